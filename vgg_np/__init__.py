@@ -1,0 +1,38 @@
+"""vgg_np: VGG16 and its family in plain NumPy.
+
+Readable kernels to learn convolution from (`vgg_np.ops`), a float64 oracle mode to check
+other implementations against, and a fast CPU inference path.
+"""
+
+from vgg_np.ops import (
+    conv2d,
+    conv2d_naive,
+    dense,
+    dense_naive,
+    dropout,
+    flatten,
+    im2col,
+    max_pool2d,
+    max_pool2d_naive,
+    relu,
+    softmax,
+    softmax_naive,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "conv2d",
+    "conv2d_naive",
+    "dense",
+    "dense_naive",
+    "dropout",
+    "flatten",
+    "im2col",
+    "max_pool2d",
+    "max_pool2d_naive",
+    "relu",
+    "softmax",
+    "softmax_naive",
+]
