@@ -4,6 +4,7 @@ Readable kernels to learn convolution from (`vgg_np.ops`), a float64 oracle mode
 other implementations against, and a fast CPU inference path.
 """
 
+from vgg_np.model import CONFIGS, VGG, VGG11, VGG13, VGG16, VGG19, VGGConfig
 from vgg_np.ops import (
     conv2d,
     conv2d_naive,
@@ -18,20 +19,31 @@ from vgg_np.ops import (
     softmax,
     softmax_naive,
 )
+from vgg_np.preprocess import decode_predictions, imagenet_classes, preprocess_input
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONFIGS",
+    "VGG",
+    "VGG11",
+    "VGG13",
+    "VGG16",
+    "VGG19",
+    "VGGConfig",
     "__version__",
     "conv2d",
     "conv2d_naive",
+    "decode_predictions",
     "dense",
     "dense_naive",
     "dropout",
     "flatten",
     "im2col",
+    "imagenet_classes",
     "max_pool2d",
     "max_pool2d_naive",
+    "preprocess_input",
     "relu",
     "softmax",
     "softmax_naive",

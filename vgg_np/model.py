@@ -1,0 +1,750 @@
+"""VGG as data: the configurations, the layer table, the forward pass and its summary.
+
+A VGG network is a table of layers: 3x3 "same" convolutions with ReLU in five blocks,
+each block closed by a 2x2 max-pool, then (with the top) a flatten and three dense
+layers. VGG11, 13, 16 and 19 differ only in the widths listed in `VGGConfig.blocks`,
+and reduced-width variants for tests are just another `VGGConfig`. Layer names are
+Keras's (``block1_conv1`` ... ``block5_pool``, ``flatten``, ``fc1``, ``fc2``,
+``predictions``), so Keras weight files map by name.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from vgg_np import formats, ops
+
+__all__ = [
+    "CONFIGS",
+    "VGG",
+    "VGG11",
+    "VGG13",
+    "VGG16",
+    "VGG19",
+    "Layer",
+    "Summary",
+    "VGGConfig",
+]
+
+#: Each of the five max-pools halves H and W: below 2**5 pixels nothing is left.
+MIN_SIZE = 32
+
+
+@dataclass(frozen=True)
+class VGGConfig:
+    """The widths that define one member of the VGG family.
+
+    Parameters
+    ----------
+    name : str
+        A label, e.g. ``"vgg16"``.
+    blocks : tuple of tuple of int
+        Output channels of each 3x3 convolution, one tuple per block; each block ends
+        with a 2x2 max-pool.
+    fc : tuple of int, default (4096, 4096)
+        Widths of the hidden dense layers ``fc1``, ``fc2``, ... of the classifier.
+    default_size : int, default 224
+        Input height and width the classifier was designed for.
+
+    Examples
+    --------
+    >>> CONFIGS["vgg16"].conv_names()[:3]
+    ['block1_conv1', 'block1_conv2', 'block2_conv1']
+    >>> tiny = VGGConfig("tiny", ((8,), (8,), (16,), (16,), (16,)), fc=(32,), default_size=32)
+    >>> len(tiny.conv_names())
+    5
+    """
+
+    name: str
+    blocks: tuple[tuple[int, ...], ...]
+    fc: tuple[int, ...] = (4096, 4096)
+    default_size: int = 224
+
+    def conv_names(self) -> list[str]:
+        """Keras names of the convolutions, in order."""
+        return [
+            f"block{b}_conv{i}"
+            for b, widths in enumerate(self.blocks, start=1)
+            for i in range(1, len(widths) + 1)
+        ]
+
+
+_W3, _W4 = (256, 256, 256), (256, 256, 256, 256)
+CONFIGS: dict[str, VGGConfig] = {
+    "vgg11": VGGConfig("vgg11", ((64,), (128,), (256, 256), (512, 512), (512, 512))),
+    "vgg13": VGGConfig("vgg13", ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512))),
+    "vgg16": VGGConfig("vgg16", ((64, 64), (128, 128), _W3, (512,) * 3, (512,) * 3)),
+    "vgg19": VGGConfig("vgg19", ((64, 64), (128, 128), _W4, (512,) * 4, (512,) * 4)),
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One row of the layer table.
+
+    Attributes
+    ----------
+    name : str
+        Keras layer name.
+    kind : {"conv", "pool", "flatten", "dense", "global_avg", "global_max"}
+    units : int
+        Output channels of a convolution, outputs of a dense layer; 0 otherwise.
+    activation : {"relu", "softmax", None}
+        Applied after a convolution or dense layer.
+    """
+
+    name: str
+    kind: str
+    units: int = 0
+    activation: str | None = None
+
+
+def layer_table(
+    config: VGGConfig,
+    *,
+    include_top: bool = True,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: str | None = "softmax",
+) -> list[Layer]:
+    """Return the layers of a VGG network, in order, named as Keras names them.
+
+    Parameters
+    ----------
+    config : VGGConfig
+        The widths.
+    include_top : bool, default True
+        Append ``flatten``, the hidden dense layers and ``predictions``.
+    pooling : {None, "avg", "max"}
+        Without the top: a global pooling after ``block5_pool``, as in Keras.
+    classes : int, default 1000
+        Outputs of ``predictions``.
+    classifier_activation : {"softmax", None}
+        Activation of ``predictions``; None gives logits.
+
+    Returns
+    -------
+    list of Layer
+
+    Examples
+    --------
+    >>> [layer.name for layer in layer_table(CONFIGS["vgg11"])][:4]
+    ['block1_conv1', 'block1_pool', 'block2_conv1', 'block2_pool']
+    >>> layer_table(CONFIGS["vgg16"], include_top=False, pooling="avg")[-1].name
+    'global_average_pooling2d'
+    """
+    layers = []
+    for b, widths in enumerate(config.blocks, start=1):
+        for i, width in enumerate(widths, start=1):
+            layers.append(Layer(f"block{b}_conv{i}", "conv", width, "relu"))
+        layers.append(Layer(f"block{b}_pool", "pool"))
+    if include_top:
+        layers.append(Layer("flatten", "flatten"))
+        for i, width in enumerate(config.fc, start=1):
+            layers.append(Layer(f"fc{i}", "dense", width, "relu"))
+        layers.append(Layer("predictions", "dense", classes, classifier_activation))
+    elif pooling == "avg":
+        layers.append(Layer("global_average_pooling2d", "global_avg"))
+    elif pooling == "max":
+        layers.append(Layer("global_max_pooling2d", "global_max"))
+    return layers
+
+
+def _output_shape(layer: Layer, shape: tuple) -> tuple:
+    """Per-image output shape of `layer` for a per-image input `shape` (None = any)."""
+    if layer.kind == "conv":
+        return (*shape[:2], layer.units)
+    if layer.kind == "pool":
+        return (*(None if s is None else s // 2 for s in shape[:2]), shape[2])
+    if layer.kind == "flatten":
+        return (math.prod(shape),)
+    if layer.kind == "dense":
+        return (layer.units,)
+    return (shape[2],)  # global pooling
+
+
+def _parameter_shapes(layer: Layer, in_shape: tuple) -> tuple[tuple, tuple] | None:
+    """Kernel and bias shapes of `layer` given its per-image input shape, or None."""
+    if layer.kind == "conv":
+        return (3, 3, in_shape[-1], layer.units), (layer.units,)
+    if layer.kind == "dense":
+        return (in_shape[-1], layer.units), (layer.units,)
+    return None
+
+
+def _fmt_shape(shape: tuple) -> str:
+    return "x".join("?" if s is None else str(s) for s in shape)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One layer of `Summary`: per-image output shape, counts and work."""
+
+    name: str
+    output_shape: tuple
+    activations: int
+    weights: int
+    biases: int
+    macs: int
+    is_view: bool = False  # flatten: a reshaped view of its input, no memory of its own
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The per-layer table of a model, with totals, computed from the layer table.
+
+    Counts are per image. Like the classic VGG16 table, the input is a row of its own
+    and "weights" excludes biases, which have their own column.
+    """
+
+    title: str
+    rows: tuple[SummaryRow, ...]
+
+    @property
+    def weights(self) -> int:
+        """Total weights (kernels), biases excluded."""
+        return sum(r.weights for r in self.rows)
+
+    @property
+    def biases(self) -> int:
+        """Total biases."""
+        return sum(r.biases for r in self.rows)
+
+    @property
+    def parameters(self) -> int:
+        """Weights plus biases."""
+        return self.weights + self.biases
+
+    @property
+    def activations(self) -> int:
+        """Values held by one image's forward pass: the input included, views excluded."""
+        return sum(r.activations for r in self.rows if not r.is_view)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one image's forward pass."""
+        return sum(r.macs for r in self.rows)
+
+    def __str__(self) -> str:
+        lines = [self.title, ""]
+        header = f"{'layer':<26}{'output':>14}{'activations':>14}{'weights':>14}"
+        lines.append(f"{header}{'biases':>9}{'MACs':>16}")
+        for r in self.rows:
+            lines.append(
+                f"{r.name:<26}{_fmt_shape(r.output_shape):>14}{r.activations:>14,}"
+                f"{r.weights:>14,}{r.biases:>9,}{r.macs:>16,}"
+            )
+        mb = self.activations / 1e6
+        lines += [
+            "",
+            f"parameters: {self.parameters:,} = {self.weights:,} weights + {self.biases:,} biases",
+            f"activations per image, forward: {self.activations:,} values = "
+            f"{mb * 4:.1f} MB in float32, {mb * 8:.1f} MB in float64",
+            f"a backward pass keeps about twice that: {mb * 8:.1f} MB in float32",
+            f"work per image: {self.macs / 1e9:.2f} GMAC = {2 * self.macs / 1e9:.2f} GFLOP",
+            "",
+            "Counted as in the classic VGG16 table: the input is a row, weights exclude",
+            "biases (their own column), a convolution's output is counted once (ReLU in",
+            "place) and flatten, a view of the last pool, not at all. The classic table's",
+            "rows add up to these same 15.2M values; its total line '24M * 4 bytes ~=",
+            "93MB' does not follow from its own rows.",
+        ]
+        return "\n".join(lines)
+
+
+class VGG:
+    """A VGG network in NumPy, with the Keras Applications interface.
+
+    Parameters
+    ----------
+    config : VGGConfig or {"vgg11", "vgg13", "vgg16", "vgg19"}, default "vgg16"
+        The widths of the network.
+    weights : str or os.PathLike, optional
+        A weights file of any supported format (detected from its content), or None
+        for a seeded He-normal initialisation.
+    include_top : bool, default True
+        Include the classifier (``flatten``, ``fc1``, ``fc2``, ``predictions``).
+    input_shape : tuple of int, optional
+        ``(H, W, C)`` (or ``(C, H, W)`` with ``data_format="channels_first"``). With the
+        top it must be static; it defaults to ``(224, 224, 3)``. Without it H and W may
+        be None (any size at least 32).
+    pooling : {None, "avg", "max"}
+        Without the top: global average or max pooling of ``block5_pool``.
+    classes : int, default 1000
+        Outputs of ``predictions``.
+    classifier_activation : {"softmax", None}
+        None returns logits.
+    dtype : {"float32", "float64", "float16"}, default "float32"
+        Compute dtype. "float64" is the oracle mode.
+    seed : int, optional
+        Seed of the initialisation when `weights` is None.
+    data_format : {"channels_last", "channels_first"}
+        Layout of the input and of the 4-D outputs; the weights are the same for both.
+    allow_nonfinite : bool, default False
+        Accept weights containing NaN or inf.
+
+    Raises
+    ------
+    ValueError
+        On an invalid argument, or weights that do not fit the network (every
+        missing, extra and misshaped tensor is listed).
+
+    Examples
+    --------
+    >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+    >>> model = VGG(tiny, input_shape=(32, 32, 3), classes=10, seed=0)
+    >>> x = np.zeros((2, 32, 32, 3), np.float32)
+    >>> model(x).shape
+    (2, 10)
+    >>> list(model.activations(x))[-3:]
+    ['flatten', 'fc1', 'predictions']
+    """
+
+    def __init__(
+        self,
+        config: VGGConfig | str = "vgg16",
+        weights: str | os.PathLike | None = None,
+        include_top: bool = True,
+        input_shape: tuple | None = None,
+        pooling: str | None = None,
+        classes: int = 1000,
+        classifier_activation: str | None = "softmax",
+        dtype: str | np.dtype = "float32",
+        seed: int | None = None,
+        data_format: str = "channels_last",
+        allow_nonfinite: bool = False,
+    ):
+        if isinstance(config, str):
+            if config.lower() not in CONFIGS:
+                raise ValueError(f"`config` must be one of {sorted(CONFIGS)}, got {config!r}")
+            config = CONFIGS[config.lower()]
+        if not isinstance(config, VGGConfig):
+            raise TypeError(f"`config` must be a VGGConfig or a name, got {type(config).__name__}")
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}"
+            )
+        if pooling not in (None, "avg", "max"):
+            raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {pooling!r}")
+        if classifier_activation not in ("softmax", None):
+            raise ValueError(
+                f"`classifier_activation` must be 'softmax' or None, got {classifier_activation!r}"
+            )
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+            raise ValueError(f"`classes` must be a positive int, got {classes!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float16, np.float32, np.float64):
+            raise ValueError(f"`dtype` must be float16, float32 or float64, got {dtype!r}")
+        self.config = config
+        self.include_top = bool(include_top)
+        self.pooling = pooling
+        self.classes = classes
+        self.classifier_activation = classifier_activation
+        self.data_format = data_format
+        self.input_shape = self._check_input_shape(input_shape)  # (H, W, C)
+        self.layers = layer_table(
+            config,
+            include_top=self.include_top,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+        )
+        self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if weights is None:
+            self.set_weights(self.he_normal(seed))
+        else:
+            self.load_weights(weights, allow_nonfinite=allow_nonfinite)
+
+    # -- construction ---------------------------------------------------------------
+
+    def _check_input_shape(self, input_shape: tuple | None) -> tuple:
+        size = self.config.default_size
+        if input_shape is None:
+            return (size, size, 3) if self.include_top else (None, None, 3)
+        shape = tuple(input_shape)
+        if len(shape) != 3:
+            raise ValueError(f"`input_shape` must have 3 entries, got {input_shape!r}")
+        if self.data_format == "channels_first":
+            shape = (shape[1], shape[2], shape[0])
+        h, w, c = shape
+        if not isinstance(c, int) or c < 1:
+            raise ValueError(
+                f"`input_shape` must give a positive channel count, got {input_shape!r}"
+            )
+        if self.include_top and (h is None or w is None):
+            raise ValueError(
+                f"with include_top=True `input_shape` must be static, got {input_shape!r}; "
+                "pass include_top=False for inputs of any size"
+            )
+        for s in (h, w):
+            if s is not None and (not isinstance(s, int) or s < MIN_SIZE):
+                raise ValueError(
+                    f"`input_shape` height and width must be at least {MIN_SIZE}, "
+                    f"got {input_shape!r}"
+                )
+        return shape
+
+    def parameter_shapes(self) -> dict[str, tuple[tuple, tuple]]:
+        """Return the expected ``(kernel shape, bias shape)`` of every weighted layer.
+
+        Returns
+        -------
+        dict
+            Keras layer name -> ((kernel shape), (bias shape)), in layer order.
+
+        Examples
+        --------
+        >>> VGG16(include_top=False, seed=0).parameter_shapes()["block1_conv1"]
+        ((3, 3, 3, 64), (64,))
+        """
+        shapes = {}
+        shape = self.input_shape
+        for layer in self.layers:
+            params = _parameter_shapes(layer, shape)
+            if params is not None:
+                if None in params[0]:
+                    raise ValueError(f"{layer.name}: its input size is not fixed by `input_shape`")
+                shapes[layer.name] = params
+            shape = _output_shape(layer, shape)
+        return shapes
+
+    def he_normal(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Draw seeded weights: He-normal kernels and N(0, 0.1**2) biases.
+
+        Kernels are ``N(0, 2 / fan_in)`` with ``fan_in = KH * KW * C`` (``in`` for dense
+        layers), so ReLU activations keep their scale through the network. Biases are
+        drawn too (Keras starts them at zero) so that tests notice a bias that is lost.
+        Values are drawn in float32, layer by layer, kernel then bias, from
+        ``np.random.default_rng(seed)``, then cast to the model dtype, so a float64
+        model holds exactly the same numbers as a float32 one.
+
+        Parameters
+        ----------
+        seed : int, optional
+
+        Returns
+        -------
+        dict
+            Keras layer name -> (kernel, bias).
+
+        Examples
+        --------
+        >>> w = VGG16(include_top=False, seed=0).he_normal(0)
+        >>> w["block1_conv1"][0].shape, w["block1_conv1"][0].dtype
+        ((3, 3, 3, 64), dtype('float32'))
+        """
+        rng = np.random.default_rng(seed)
+        weights = {}
+        for name, (kernel_shape, bias_shape) in self.parameter_shapes().items():
+            fan_in = math.prod(kernel_shape[:-1])
+            kernel = rng.standard_normal(kernel_shape, dtype=np.float32)
+            kernel *= np.float32(math.sqrt(2.0 / fan_in))
+            bias = rng.standard_normal(bias_shape, dtype=np.float32) * np.float32(0.1)
+            weights[name] = (kernel.astype(self.dtype, copy=False), bias.astype(self.dtype))
+        return weights
+
+    # -- weights --------------------------------------------------------------------
+
+    @property
+    def weights(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Keras layer name -> (kernel, bias) in Keras layout, in layer order."""
+        return dict(self._weights)
+
+    def set_weights(
+        self,
+        weights: Mapping[str, tuple[ArrayLike, ArrayLike]],
+        *,
+        allow_nonfinite: bool = False,
+        source: str = "the weights",
+    ) -> None:
+        """Replace every weight of the model, after checking that all of them fit.
+
+        Parameters
+        ----------
+        weights : mapping
+            Keras layer name -> (kernel, bias), Keras layout. Array-likes with ``shape``
+            (h5py datasets, memory maps) are read only after every shape has been
+            checked. Without the top, a classifier in `weights` is ignored.
+        allow_nonfinite : bool, default False
+            Accept NaN and inf.
+        source : str
+            How to name the weights in error messages (e.g. the file).
+
+        Raises
+        ------
+        ValueError
+            Listing every missing, extra and misshaped tensor with both shapes; or
+            naming the layers with non-finite values.
+        """
+        expected = self.parameter_shapes()
+        head = {"flatten", "predictions"} | {f"fc{i}" for i in range(1, len(self.config.fc) + 1)}
+        problems = []
+        missing = [name for name in expected if name not in weights]
+        if missing:
+            problems.append(f"missing: {', '.join(missing)}")
+            if self.include_top and set(missing) >= head - {"flatten"}:
+                problems.append("it has no classifier (a 'notop' file?): use include_top=False")
+        extra = [
+            name
+            for name in weights
+            if name not in expected and not (name in head and not self.include_top)
+        ]
+        if extra:
+            problems.append(f"not in this model: {', '.join(extra)}")
+        for name, (kernel_shape, bias_shape) in expected.items():
+            if name not in weights:
+                continue
+            kernel, bias = weights[name]
+            got = (tuple(np.shape(kernel)), tuple(np.shape(bias)))
+            if got != (kernel_shape, bias_shape):
+                problems.append(
+                    f"{name}: expected kernel {kernel_shape} and bias {bias_shape}, "
+                    f"got kernel {got[0]} and bias {got[1]}"
+                )
+        if problems:
+            raise ValueError(
+                f"{source} do not fit {self.config.name} "
+                f"(input {_fmt_shape(self.input_shape)}, include_top={self.include_top}, "
+                f"classes={self.classes}):\n  " + "\n  ".join(problems)
+            )
+        loaded = {}
+        for name in expected:
+            kernel, bias = (np.asarray(a, dtype=self.dtype) for a in weights[name])
+            loaded[name] = (kernel, bias)
+        if not allow_nonfinite:
+            bad = [
+                n
+                for n, (k, b) in loaded.items()
+                if not (np.isfinite(k).all() and np.isfinite(b).all())
+            ]
+            if bad:
+                raise ValueError(
+                    f"{source} contain NaN or inf in {', '.join(bad)}; "
+                    "pass allow_nonfinite=True to accept them"
+                )
+        self._weights = loaded
+
+    def load_weights(self, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> str:
+        """Load a weights file of any supported format, detected from its content.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        allow_nonfinite : bool, default False
+
+        Returns
+        -------
+        str
+            The format that was read, e.g. ``"keras-h5"``.
+
+        Raises
+        ------
+        ValueError
+            If the format is unknown, the file is damaged, or its weights do not fit.
+        OSError
+            If the file cannot be read.
+        """
+        with formats.open_weights(path) as source:
+            try:
+                self.set_weights(
+                    source.tensors,
+                    allow_nonfinite=allow_nonfinite,
+                    source=f"the weights in {os.fspath(path)!r} ({source.format})",
+                )
+            except (OSError, RuntimeError, KeyError) as error:
+                # Raised by h5py or a memory map while reading a damaged file's data.
+                raise ValueError(f"{os.fspath(path)!r} is damaged: {error}") from None
+            return source.format
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write the weights as a native ``.npz`` (``block1_conv1/kernel``, ...).
+
+        The file holds plain arrays (load it with ``allow_pickle=False``), stored
+        uncompressed so `load_weights` can memory-map it.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> model = VGG16(include_top=False, seed=0)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = pathlib.Path(tmp) / "w.npz"
+        ...     model.save_weights(path)
+        ...     VGG16(weights=path, include_top=False).weights["block5_conv3"][1].shape
+        (512,)
+        """
+        formats.write_npz(path, self._weights)
+
+    # -- forward --------------------------------------------------------------------
+
+    def _prepare_input(self, x: ArrayLike) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise TypeError(
+                f"`x` must be floating point, got dtype {x.dtype}; images go through "
+                "vgg_np.preprocess_input first"
+            )
+        layout = "(N, C, H, W)" if self.data_format == "channels_first" else "(N, H, W, C)"
+        if x.ndim != 4:
+            raise ValueError(f"`x` must be 4-D {layout}, got shape {x.shape}")
+        if self.data_format == "channels_first":
+            x = x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+        expected = self.input_shape
+        if x.shape[3] != expected[2] or any(
+            e is not None and s != e for s, e in zip(x.shape[1:3], expected[:2], strict=True)
+        ):
+            raise ValueError(
+                f"`x` of shape {x.shape} (as N, H, W, C) does not fit input shape "
+                f"{_fmt_shape(expected)}"
+            )
+        if min(x.shape[1:3]) < MIN_SIZE:
+            raise ValueError(f"`x` height and width must be at least {MIN_SIZE}, got {x.shape}")
+        return x.astype(self.dtype, copy=False)
+
+    def _forward(self, x: ArrayLike) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (layer name, output) for every layer; outputs are NHWC inside."""
+        x = self._prepare_input(x)  # (N, H, W, C)
+        for layer in self.layers:
+            if layer.kind == "conv":
+                kernel, bias = self._weights[layer.name]
+                x = ops.relu(ops.conv2d(x, kernel, bias, padding="same"))  # (N, H, W, O)
+            elif layer.kind == "pool":
+                x = ops.max_pool2d(x, 2)  # (N, H/2, W/2, C)
+            elif layer.kind == "flatten":
+                x = ops.flatten(x)  # (N, H*W*C)
+            elif layer.kind == "dense":
+                kernel, bias = self._weights[layer.name]
+                x = ops.dense(x, kernel, bias)  # (N, units)
+                if layer.activation == "relu":
+                    x = ops.relu(x)
+                elif layer.activation == "softmax":
+                    x = ops.softmax(x)
+            elif layer.kind == "global_avg":
+                x = x.mean(axis=(1, 2))  # (N, C)
+            else:
+                x = x.max(axis=(1, 2))  # (N, C)
+            yield layer.name, x
+
+    def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
+        if self.data_format == "channels_first" and y.ndim == 4:
+            return y.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        return y
+
+    def __call__(self, x: ArrayLike) -> NDArray[np.floating]:
+        """Run the network on preprocessed images.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, H, W, C) (or (N, C, H, W) with channels_first)
+            Preprocessed images (see `vgg_np.preprocess_input`), floating point; cast
+            to the model dtype.
+
+        Returns
+        -------
+        ndarray
+            The output of the last layer: class probabilities (or logits), or the
+            features of the convolutional base without the top.
+        """
+        # Keep only the last output: earlier ones are freed as soon as they are used.
+        ((_, last),) = collections.deque(self._forward(x), maxlen=1)
+        return self._to_user_layout(last)
+
+    def activations(self, x: ArrayLike) -> dict[str, NDArray[np.floating]]:
+        """Run the network and return every layer's output.
+
+        Parameters
+        ----------
+        x : array_like
+            As for ``__call__``.
+
+        Returns
+        -------
+        dict
+            Keras layer name -> that layer's output, in layer order (block1_conv1 ...
+            predictions). Convolution outputs are after their ReLU, as in Keras.
+        """
+        return {name: self._to_user_layout(y) for name, y in self._forward(x)}
+
+    def summary(self, print_summary: bool = True) -> Summary:
+        """Return (and print) the per-layer table: shapes, activations, parameters, work.
+
+        Examples
+        --------
+        >>> s = VGG16(include_top=False, seed=0, input_shape=(224, 224, 3)).summary(False)
+        >>> s.rows[1].name, s.rows[1].activations, s.rows[1].weights
+        ('block1_conv1', 3211264, 1728)
+        """
+        if None in self.input_shape:
+            raise ValueError(
+                f"the summary needs a static input shape, got {_fmt_shape(self.input_shape)}"
+            )
+        shape = self.input_shape
+        rows = [SummaryRow("input", shape, math.prod(shape), 0, 0, 0)]
+        for layer in self.layers:
+            params = _parameter_shapes(layer, shape)
+            out = _output_shape(layer, shape)
+            kernel, bias = params if params else ((0,), (0,))
+            weights = math.prod(kernel) if params else 0
+            # One multiply-accumulate per weight per output position.
+            positions = math.prod(out[:-1]) if layer.kind == "conv" else 1
+            rows.append(
+                SummaryRow(
+                    layer.name,
+                    out,
+                    math.prod(out),
+                    weights,
+                    math.prod(bias) if params else 0,
+                    weights * positions,
+                    is_view=layer.kind == "flatten",
+                )
+            )
+            shape = out
+        title = (
+            f"{self.config.name}: input {_fmt_shape(self.input_shape)}, "
+            f"include_top={self.include_top}, {self.dtype.name}"
+        )
+        summary = Summary(title, tuple(rows))
+        if print_summary:
+            print(summary)
+        return summary
+
+    def __repr__(self) -> str:
+        return (
+            f"VGG({self.config.name!r}, include_top={self.include_top}, "
+            f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r})"
+        )
+
+
+def _family_member(name: str):
+    """Make ``VGG16(...)`` and its siblings: `VGG` with the configuration fixed."""
+
+    def build(weights: str | os.PathLike | None = None, **kwargs) -> VGG:
+        return VGG(CONFIGS[name], weights=weights, **kwargs)
+
+    parameters = list(inspect.signature(VGG).parameters.values())[1:]  # all but `config`
+    build.__signature__ = inspect.Signature(parameters, return_annotation=VGG)
+    build.__name__ = build.__qualname__ = name.upper()
+    build.__doc__ = f"""Build {name.upper()} with the Keras Applications signature.
+
+    Same parameters as `VGG`, with the configuration fixed to ``CONFIGS[{name!r}]``.
+
+    Examples
+    --------
+    >>> model = {name.upper()}(include_top=False, seed=0)
+    >>> model.parameter_shapes()["block1_conv1"][0]
+    (3, 3, 3, 64)
+    """
+    return build
+
+
+VGG11 = _family_member("vgg11")
+VGG13 = _family_member("vgg13")
+VGG16 = _family_member("vgg16")
+VGG19 = _family_member("vgg19")

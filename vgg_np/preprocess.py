@@ -1,0 +1,155 @@
+"""From pixels to network inputs and from class scores to ImageNet labels.
+
+`preprocess_input` follows Keras Applications' three modes but never modifies the
+caller's array (Keras changes a float input in place). `decode_predictions` reads the
+1000 ImageNet classes shipped inside the package: nothing is downloaded.
+
+The class list (``data/imagenet_class_index.json``, Keras's layout
+``{"0": ["n01440764", "tench"], ...}``) holds the ImageNet-1k WordNet ids in their
+standard order, each with the first lemma of its synset, spaces as underscores.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["CAFFE_BGR_MEAN", "decode_predictions", "imagenet_classes", "preprocess_input"]
+
+#: Mean pixel of ImageNet in B, G, R order, subtracted by the "caffe" mode.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+#: Mean and standard deviation in R, G, B order (of pixels scaled to [0, 1]), "torch" mode.
+TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
+TORCH_RGB_STD = (0.229, 0.224, 0.225)
+
+MODES = ("caffe", "torch", "tf")
+
+
+def preprocess_input(
+    x: ArrayLike, mode: str = "caffe", data_format: str = "channels_last"
+) -> NDArray[np.floating]:
+    """Turn RGB pixels in [0, 255] into the inputs a VGG network was trained on.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., H, W, 3) or (..., 3, H, W)
+        RGB images. Integers (e.g. uint8) become float32; float16/32/64 keep their dtype.
+    mode : {"caffe", "torch", "tf"}, default "caffe"
+        ``"caffe"`` (Keras's VGG16 weights): RGB to BGR, then subtract `CAFFE_BGR_MEAN`,
+        no scaling. ``"torch"`` (torchvision weights): scale to [0, 1], subtract
+        `TORCH_RGB_MEAN`, divide by `TORCH_RGB_STD`. ``"tf"``: scale to [-1, 1].
+    data_format : {"channels_last", "channels_first"}
+        Where the channel axis is.
+
+    Returns
+    -------
+    ndarray
+        A new array; `x` is never modified.
+
+    Raises
+    ------
+    ValueError
+        On an unknown mode or data format, or a channel axis that is not 3 long.
+    TypeError
+        On bool or complex input.
+
+    Examples
+    --------
+    >>> pixel = np.array([[[[255, 0, 0]]]], np.uint8)  # one red pixel
+    >>> preprocess_input(pixel)  # BGR minus the mean
+    array([[[[-103.939, -116.779,  131.32 ]]]], dtype=float32)
+    >>> preprocess_input(pixel, mode="tf")
+    array([[[[ 1., -1., -1.]]]], dtype=float32)
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
+    if data_format not in ("channels_last", "channels_first"):
+        raise ValueError(
+            f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}"
+        )
+    x = np.asarray(x)
+    if x.dtype.kind in "bcOUS" or x.dtype.kind not in "iuf":
+        raise TypeError(f"`x` must hold pixel values (integers or floats), got dtype {x.dtype}")
+    axis = -1 if data_format == "channels_last" else -3
+    if x.ndim < 3 or x.shape[axis] != 3:
+        raise ValueError(
+            f"`x` must have 3 RGB channels on axis {axis} ({data_format}), got shape {x.shape}"
+        )
+    # A copy in every case: the caller's array is never touched.
+    x = x.astype(np.float32) if x.dtype.kind in "iu" else x.astype(x.dtype, copy=True)
+    shape = [1] * x.ndim
+    shape[axis] = 3
+    if mode == "tf":
+        x /= 127.5
+        x -= 1.0
+        return x
+    if mode == "torch":
+        x /= 255.0
+        x -= np.reshape(np.array(TORCH_RGB_MEAN, x.dtype), shape)
+        x /= np.reshape(np.array(TORCH_RGB_STD, x.dtype), shape)
+        return x
+    x = np.flip(x, axis=axis)  # RGB -> BGR, a view of our own copy
+    return x - np.reshape(np.array(CAFFE_BGR_MEAN, x.dtype), shape)
+
+
+@functools.cache
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+    """Return the 1000 ImageNet classes as (WordNet id, name), in class-index order.
+
+    Examples
+    --------
+    >>> imagenet_classes()[0]
+    ('n01440764', 'tench')
+    >>> len(imagenet_classes())
+    1000
+    """
+    text = resources.files("vgg_np").joinpath("data/imagenet_class_index.json").read_text()
+    index = json.loads(text)
+    return tuple((index[str(i)][0], index[str(i)][1]) for i in range(len(index)))
+
+
+def decode_predictions(preds: ArrayLike, top: int = 5) -> list[list[tuple[str, str, float]]]:
+    """Name the `top` most likely ImageNet classes of each row of `preds`.
+
+    Parameters
+    ----------
+    preds : array_like, shape (N, 1000)
+        Class probabilities (or logits: the order is the same).
+    top : int, default 5
+        How many classes per image, 1 to 1000.
+
+    Returns
+    -------
+    list of list of (str, str, float)
+        Per image, ``(wnid, class name, score)`` from the highest score down.
+
+    Raises
+    ------
+    ValueError
+        If `preds` is not (N, 1000) or `top` is out of range.
+
+    Examples
+    --------
+    >>> preds = np.zeros((1, 1000)); preds[0, 281] = 0.9; preds[0, 285] = 0.1
+    >>> decode_predictions(preds, top=2)
+    [[('n02123045', 'tabby', 0.9), ('n02124075', 'Egyptian_cat', 0.1)]]
+    """
+    preds = np.asarray(preds)
+    classes = imagenet_classes()
+    if preds.ndim != 2 or preds.shape[1] != len(classes):
+        raise ValueError(
+            f"`preds` must have shape (N, {len(classes)}) (one row of ImageNet scores per "
+            f"image), got {preds.shape}"
+        )
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= len(classes):
+        raise ValueError(f"`top` must be an int from 1 to {len(classes)}, got {top!r}")
+    results = []
+    for row in preds:
+        # A stable sort keeps the lower class index first among equal scores.
+        best = np.argsort(-row, kind="stable")[:top]
+        results.append([(*classes[i], float(row[i])) for i in best])
+    return results
