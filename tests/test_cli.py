@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
 import re
 import subprocess
 import sys
+
+import numpy as np
+import pytest
+
+from vgg_np import formats
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -32,3 +38,59 @@ def test_unknown_command_is_a_usage_error():
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+TINY_DIR = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
+
+
+def tensors_of(path) -> dict:
+    with formats.open_weights(path) as source:
+        return {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in source.tensors.items()}
+
+
+def test_convert_round_trips_every_tensor(tmp_path):
+    original = tensors_of(TINY_DIR / "model.keras")
+    chain = ["w.npz", "w.safetensors", "w.h5", "keras_layout.safetensors", "back.npz"]
+    source = TINY_DIR / "model.keras"
+    for name in chain:
+        target = tmp_path / name
+        extra = ["--layout", "keras"] if name.startswith("keras_layout") else []
+        result = run("convert", str(source), str(target), *extra)
+        assert result.returncode == 0, result.stderr
+        assert f"-> {target}" in result.stdout
+        converted = tensors_of(target)
+        assert list(converted) == list(original)
+        for layer, (kernel, bias) in original.items():
+            np.testing.assert_array_equal(converted[layer][0], kernel, err_msg=f"{name} {layer}")
+            np.testing.assert_array_equal(converted[layer][1], bias, err_msg=f"{name} {layer}")
+        source = target
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "/no/such/file.h5", "out.npz"], "No such file"),
+        (["convert", str(TINY_DIR / "model.h5"), "out.weights"], "cannot tell the format to write"),
+        (
+            ["convert", str(TINY_DIR / "model.h5"), "out.npz", "--layout", "keras"],
+            "applies to .safetensors only",
+        ),
+        (["compare", str(TINY_DIR / "model.h5")], "give the other implementation's ACTIVATIONS"),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "vgg_np", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run("--debug", "convert", "/no/such/file.h5", str(tmp_path / "out.npz"))
+    assert result.returncode != 0 and "Traceback" in result.stderr

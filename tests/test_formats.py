@@ -195,14 +195,6 @@ def test_layer_with_three_tensors_is_named(tmp_path):
         read_all(path)
 
 
-def test_theano_era_file_is_recognised(tmp_path):
-    path = tmp_path / "vgg16_weights.h5"
-    with h5py.File(path, "w") as f:
-        f.attrs["nb_layers"] = 37
-    with pytest.raises(ValueError, match="Theano-era"):
-        read_all(path)
-
-
 def test_truncated_files_fail_with_a_clear_error(tmp_path):
     for fmt in ("model.h5", "model.keras", "applications.h5"):
         data = (TINY_DIR / fmt).read_bytes()
@@ -212,16 +204,35 @@ def test_truncated_files_fail_with_a_clear_error(tmp_path):
             VGG(TINY, weights=path, input_shape=(32, 32, 3), classes=TINY_CLASSES)
 
 
-@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def pristine_files(tmp_path_factory) -> dict[str, bytes]:
+    """The bytes of one small file per format, to corrupt."""
+    out = tmp_path_factory.mktemp("pristine")
+    weights = read_all(TINY_DIR / "model.h5")[1]
+    files = {
+        name: (TINY_DIR / name).read_bytes() for name in ("model.h5", "model.keras", "tf_keras.h5")
+    }
+    for name in ("w.npz", "w.safetensors", "keras_layout.safetensors"):
+        layout = "keras" if name.startswith("keras") else None
+        formats.write_weights(out / name, weights, layout=layout)
+        files[name] = (out / name).read_bytes()
+    return files
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    fmt=st.sampled_from(["model.h5", "model.keras", "tf_keras.h5"]),
+    fmt=st.sampled_from(["model.h5", "model.keras", "tf_keras.h5", "w.npz", "w.safetensors",
+                         "keras_layout.safetensors"]),
     position=st.floats(0, 1, exclude_max=True),
     garbage=st.binary(min_size=1, max_size=64),
-)
-def test_corrupted_bytes_never_crash_or_load_misshaped_weights(tmp_path, fmt, position, garbage):
-    data = bytearray((TINY_DIR / fmt).read_bytes())
+    truncate=st.booleans(),
+)  # fmt: skip
+def test_corrupted_bytes_never_crash_or_load_misshaped_weights(
+    tmp_path, pristine_files, fmt, position, garbage, truncate
+):
+    data = bytearray(pristine_files[fmt])
     at = int(position * len(data))
-    data[at : at + len(garbage)] = garbage
+    data = data[:at] if truncate else data[:at] + garbage + data[at + len(garbage) :]
     path = tmp_path / f"corrupt-{fmt}"
     path.write_bytes(bytes(data))
     try:

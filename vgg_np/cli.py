@@ -14,7 +14,9 @@ import time
 
 import numpy as np
 
-from vgg_np import __version__, ops
+from vgg_np import __version__, formats, ops
+from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
+from vgg_np.model import VGG
 
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE_ERROR = 2
@@ -67,6 +69,42 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if same and naive_gap < 1e-9 else EXIT_RUNTIME_ERROR
 
 
+def _load_input(args: argparse.Namespace, arrays) -> np.ndarray:
+    if args.input is not None:
+        return np.load(args.input, allow_pickle=False)
+    if arrays is not None and "input" in arrays:
+        return arrays["input"]
+    raise ValueError("no input: store it as 'input' in the activations .npz, or pass --input X.npy")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Compare another implementation's activations (or a live ONNX run) with vgg_np."""
+    dtype = "float64" if args.oracle else "float32"
+    if args.onnx:
+        x = _load_input(args, None)
+        result = compare_onnx(args.weights, x, oracle=args.oracle, tolerance=args.tolerance)
+    else:
+        if args.activations is None:
+            raise ValueError("give the other implementation's ACTIVATIONS .npz, or --onnx")
+        with np.load(args.activations, allow_pickle=False) as npz:
+            arrays = dict(npz)
+        x = _load_input(args, arrays)
+        model = VGG.from_file(args.weights, dtype=dtype, classifier_activation=None)
+        result = compare_activations(model, x, arrays, tolerance=args.tolerance)
+    print(result)
+    return 0 if result.passed else EXIT_RUNTIME_ERROR
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert a weights file to another format, keeping every tensor."""
+    with formats.open_weights(args.source) as source:
+        weights = {name: (np.asarray(k), np.asarray(b)) for name, (k, b) in source.tensors.items()}
+        read = source.format
+    written = formats.write_weights(args.target, weights, layout=args.layout)
+    print(f"{args.source} ({read}) -> {args.target} ({written}): {len(weights)} layers")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``vgg-np``."""
     parser = argparse.ArgumentParser(
@@ -85,6 +123,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the random layer (0)")
     demo.set_defaults(handler=run_demo)
+
+    compare = commands.add_parser(
+        "compare",
+        help="compare another implementation's activations with vgg_np, layer by layer",
+        description=(
+            "Run vgg_np on WEIGHTS and compare every layer with another implementation's "
+            "outputs: an .npz keyed by Keras layer names (block1_conv1, ...), torchvision "
+            "module names (features.1, ...) or, with --onnx, the ONNX model's own tensors "
+            "run by onnxruntime. NCHW or NHWC is detected per layer. Exit code 1 when a "
+            "layer diverges; the first one is named."
+        ),
+        epilog=(
+            "Examples: vgg-np compare vgg16.h5 keras_acts.npz --oracle\n"
+            "          vgg-np compare vgg16.onnx --onnx --input x.npy"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("weights", help="weights file of any supported format")
+    compare.add_argument(
+        "activations", nargs="?", help=".npz of the other implementation's outputs"
+    )
+    compare.add_argument(
+        "--input", help=".npy of the preprocessed input (else 'input' in the .npz)"
+    )
+    compare.add_argument(
+        "--onnx", action="store_true", help="run WEIGHTS (an .onnx) in onnxruntime"
+    )
+    compare.add_argument("--oracle", action="store_true", help="run vgg_np in float64")
+    compare.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"max |error| / max |vgg_np| accepted per layer ({DEFAULT_TOLERANCE:g})",
+    )
+    compare.set_defaults(handler=run_compare)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert weights between formats (Keras h5, .keras, npz, safetensors, pth, onnx)",
+        description=(
+            "Read SOURCE in any supported format and write TARGET in the format its "
+            "extension names: .npz (vgg_np), .h5 (Keras Applications layout), .safetensors "
+            "(torchvision layout unless --layout keras), .pth/.pt (torchvision, needs torch)."
+        ),
+        epilog="Example: vgg-np convert vgg16_weights_tf_kernels.h5 vgg16.safetensors",
+    )
+    convert.add_argument("source")
+    convert.add_argument("target")
+    convert.add_argument("--layout", choices=["torchvision", "keras"], help="for .safetensors")
+    convert.set_defaults(handler=run_convert)
     return parser
 
 
@@ -94,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, ImportError) as error:
         if args.debug:
             raise
         print(f"vgg-np: error: {error}", file=sys.stderr)

@@ -37,6 +37,9 @@ __all__ = [
 #: Each of the five max-pools halves H and W: below 2**5 pixels nothing is left.
 MIN_SIZE = 32
 
+# Passed as `weights` by `VGG.from_file`, which loads the file it has already opened.
+_LOADED_BY_CALLER = object()
+
 
 @dataclass(frozen=True)
 class VGGConfig:
@@ -94,9 +97,10 @@ class Layer:
     ----------
     name : str
         Keras layer name.
-    kind : {"conv", "pool", "flatten", "dense", "global_avg", "global_max"}
+    kind : {"conv", "pool", "adaptive_avg", "flatten", "dense", "global_avg", "global_max"}
     units : int
-        Output channels of a convolution, outputs of a dense layer; 0 otherwise.
+        Output channels of a convolution, outputs of a dense layer, output size of an
+        adaptive pool; 0 otherwise.
     activation : {"relu", "softmax", None}
         Applied after a convolution or dense layer.
     """
@@ -114,6 +118,7 @@ def layer_table(
     pooling: str | None = None,
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
+    adaptive_pool: int | None = None,
 ) -> list[Layer]:
     """Return the layers of a VGG network, in order, named as Keras names them.
 
@@ -129,6 +134,9 @@ def layer_table(
         Outputs of ``predictions``.
     classifier_activation : {"softmax", None}
         Activation of ``predictions``; None gives logits.
+    adaptive_pool : int, optional
+        With the top: torchvision's ``AdaptiveAvgPool2d((n, n))`` before ``flatten``,
+        as the layer ``avgpool``.
 
     Returns
     -------
@@ -147,6 +155,8 @@ def layer_table(
             layers.append(Layer(f"block{b}_conv{i}", "conv", width, "relu"))
         layers.append(Layer(f"block{b}_pool", "pool"))
     if include_top:
+        if adaptive_pool is not None:
+            layers.append(Layer("avgpool", "adaptive_avg", adaptive_pool))
         layers.append(Layer("flatten", "flatten"))
         for i, width in enumerate(config.fc, start=1):
             layers.append(Layer(f"fc{i}", "dense", width, "relu"))
@@ -164,6 +174,8 @@ def _output_shape(layer: Layer, shape: tuple) -> tuple:
         return (*shape[:2], layer.units)
     if layer.kind == "pool":
         return (*(None if s is None else s // 2 for s in shape[:2]), shape[2])
+    if layer.kind == "adaptive_avg":
+        return (layer.units, layer.units, shape[2])
     if layer.kind == "flatten":
         return (math.prod(shape),)
     if layer.kind == "dense":
@@ -290,6 +302,10 @@ class VGG:
         Layout of the input and of the 4-D outputs; the weights are the same for both.
     allow_nonfinite : bool, default False
         Accept weights containing NaN or inf.
+    adaptive_pool : int, optional
+        With the top: average-pool the last feature map to ``(n, n)`` before
+        ``flatten``, as torchvision's VGG does with ``n = 7``; the classifier then takes
+        inputs of any size (at least 32).
 
     Raises
     ------
@@ -321,6 +337,7 @@ class VGG:
         seed: int | None = None,
         data_format: str = "channels_last",
         allow_nonfinite: bool = False,
+        adaptive_pool: int | None = None,
     ):
         if isinstance(config, str):
             if config.lower() not in CONFIGS:
@@ -340,6 +357,14 @@ class VGG:
             )
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
             raise ValueError(f"`classes` must be a positive int, got {classes!r}")
+        if adaptive_pool is not None and (
+            not isinstance(adaptive_pool, int)
+            or isinstance(adaptive_pool, bool)
+            or adaptive_pool < 1
+        ):
+            raise ValueError(
+                f"`adaptive_pool` must be None or a positive int, got {adaptive_pool!r}"
+            )
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float16, np.float32, np.float64):
             raise ValueError(f"`dtype` must be float16, float32 or float64, got {dtype!r}")
@@ -349,6 +374,7 @@ class VGG:
         self.classes = classes
         self.classifier_activation = classifier_activation
         self.data_format = data_format
+        self.adaptive_pool = adaptive_pool if self.include_top else None
         self.input_shape = self._check_input_shape(input_shape)  # (H, W, C)
         self.layers = layer_table(
             config,
@@ -356,19 +382,21 @@ class VGG:
             pooling=pooling,
             classes=classes,
             classifier_activation=classifier_activation,
+            adaptive_pool=self.adaptive_pool,
         )
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if weights is None:
             self.set_weights(self.he_normal(seed))
-        else:
+        elif weights is not _LOADED_BY_CALLER:
             self.load_weights(weights, allow_nonfinite=allow_nonfinite)
 
     # -- construction ---------------------------------------------------------------
 
     def _check_input_shape(self, input_shape: tuple | None) -> tuple:
         size = self.config.default_size
+        static = self.include_top and self.adaptive_pool is None  # fc1 fixes the input size
         if input_shape is None:
-            return (size, size, 3) if self.include_top else (None, None, 3)
+            return (size, size, 3) if static else (None, None, 3)
         shape = tuple(input_shape)
         if len(shape) != 3:
             raise ValueError(f"`input_shape` must have 3 entries, got {input_shape!r}")
@@ -379,7 +407,7 @@ class VGG:
             raise ValueError(
                 f"`input_shape` must give a positive channel count, got {input_shape!r}"
             )
-        if self.include_top and (h is None or w is None):
+        if static and (h is None or w is None):
             raise ValueError(
                 f"with include_top=True `input_shape` must be static, got {input_shape!r}; "
                 "pass include_top=False for inputs of any size"
@@ -450,6 +478,48 @@ class VGG:
             bias = rng.standard_normal(bias_shape, dtype=np.float32) * np.float32(0.1)
             weights[name] = (kernel.astype(self.dtype, copy=False), bias.astype(self.dtype))
         return weights
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **kwargs) -> VGG:
+        """Build the network a weights file describes, and load it.
+
+        The configuration (widths of every block, dense layers, classes), whether there
+        is a classifier, and for ONNX models the input size, layout and final softmax
+        are read from the file; torchvision-layout files get torchvision's adaptive
+        average pool (to fc1's grid, 7x7 for VGG16). Keyword arguments override what was
+        inferred.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        **kwargs
+            Any argument of `VGG` but ``config`` and ``weights``.
+
+        Returns
+        -------
+        VGG
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     VGG11(include_top=False, seed=0).save_weights(pathlib.Path(tmp) / "w.npz")
+        ...     VGG.from_file(pathlib.Path(tmp) / "w.npz").config.blocks
+        ((64,), (128,), (256, 256), (512, 512), (512, 512))
+        """
+        with formats.open_weights(path) as source:
+            inferred = infer_architecture(source.tensors, source.info, source.format)
+            inferred.update(kwargs)
+            shape = inferred.get("input_shape")
+            if (
+                "input_shape" not in kwargs
+                and shape
+                and inferred.get("data_format") == "channels_first"
+            ):
+                inferred["input_shape"] = (shape[2], shape[0], shape[1])  # (C, H, W)
+            model = cls(weights=_LOADED_BY_CALLER, **inferred)
+            model._set_from_source(source, path, inferred.get("allow_nonfinite", False))
+        return model
 
     # -- weights --------------------------------------------------------------------
 
@@ -532,13 +602,18 @@ class VGG:
                 )
         self._weights = loaded
 
-    def load_weights(self, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> str:
+    def load_weights(
+        self, path: str | os.PathLike, *, allow_nonfinite: bool = False, theano_flip: bool = True
+    ) -> str:
         """Load a weights file of any supported format, detected from its content.
 
         Parameters
         ----------
         path : str or os.PathLike
         allow_nonfinite : bool, default False
+        theano_flip : bool, default True
+            Theano-era Keras files only: flip their convolution kernels
+            (see `vgg_np.formats.theano`).
 
         Returns
         -------
@@ -552,17 +627,20 @@ class VGG:
         OSError
             If the file cannot be read.
         """
-        with formats.open_weights(path) as source:
-            try:
-                self.set_weights(
-                    source.tensors,
-                    allow_nonfinite=allow_nonfinite,
-                    source=f"the weights in {os.fspath(path)!r} ({source.format})",
-                )
-            except (OSError, RuntimeError, KeyError) as error:
-                # Raised by h5py or a memory map while reading a damaged file's data.
-                raise ValueError(f"{os.fspath(path)!r} is damaged: {error}") from None
+        with formats.open_weights(path, theano_flip=theano_flip) as source:
+            self._set_from_source(source, path, allow_nonfinite)
             return source.format
+
+    def _set_from_source(self, source, path, allow_nonfinite: bool) -> None:
+        try:
+            self.set_weights(
+                source.tensors,
+                allow_nonfinite=allow_nonfinite,
+                source=f"the weights in {os.fspath(path)!r} ({source.format})",
+            )
+        except (OSError, RuntimeError, KeyError) as error:
+            # Raised by h5py or a memory map while reading a damaged file's data.
+            raise ValueError(f"{os.fspath(path)!r} is damaged: {error}") from None
 
     def save_weights(self, path: str | os.PathLike) -> None:
         """Write the weights as a native ``.npz`` (``block1_conv1/kernel``, ...).
@@ -617,6 +695,8 @@ class VGG:
                 x = ops.relu(ops.conv2d(x, kernel, bias, padding="same"))  # (N, H, W, O)
             elif layer.kind == "pool":
                 x = ops.max_pool2d(x, 2)  # (N, H/2, W/2, C)
+            elif layer.kind == "adaptive_avg":
+                x = ops.adaptive_avg_pool2d(x, layer.units)  # (N, n, n, C)
             elif layer.kind == "flatten":
                 x = ops.flatten(x)  # (N, H*W*C)
             elif layer.kind == "dense":
@@ -720,6 +800,40 @@ class VGG:
             f"VGG({self.config.name!r}, include_top={self.include_top}, "
             f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r})"
         )
+
+
+def infer_architecture(tensors: Mapping, info: Mapping, description: str) -> dict:
+    """Guess `VGG`'s arguments from a canonical mapping of weights (see `VGG.from_file`)."""
+    blocks: dict[int, list[int]] = {}
+    for name, (kernel, _) in tensors.items():
+        if name.startswith("block") and "_conv" in name:
+            block = int(name.removeprefix("block").split("_")[0])
+            blocks.setdefault(block, []).append(np.shape(kernel)[3])
+    if sorted(blocks) != list(range(1, len(blocks) + 1)) or not blocks:
+        raise ValueError(f"{description}: no VGG convolution blocks (block1_conv1 ...) found")
+    names = [n for n in tensors if n.startswith("fc")]
+    fc = tuple(np.shape(tensors[n][0])[1] for n in sorted(names, key=lambda n: int(n[2:])))
+    known = {c.blocks: c.name for c in CONFIGS.values()}
+    widths = tuple(tuple(blocks[b]) for b in sorted(blocks))
+    config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc or (4096, 4096))
+    inferred: dict = {"config": config, "include_top": "predictions" in tensors}
+    if "predictions" in tensors:
+        inferred["classes"] = int(np.shape(tensors["predictions"][0])[1])
+    if "input_shape" in info:
+        h, w, c = info["input_shape"]
+        channels_first = info.get("input_layout") == "NCHW"
+        inferred["data_format"] = "channels_first" if channels_first else "channels_last"
+        if h and w:
+            inferred["input_shape"] = (h, w, c)  # channels last; see VGG.from_file
+        inferred["classifier_activation"] = info.get("classifier_activation")
+    if inferred["include_top"] and fc:
+        # fc1 takes the last feature map flattened: a square of this side.
+        side = math.isqrt(np.shape(tensors["fc1"][0])[0] // widths[-1][-1])
+        if "torchvision" in description:
+            inferred["adaptive_pool"] = side  # torchvision pools to it: any input size
+        elif "input_shape" not in inferred:
+            inferred["input_shape"] = (side * 2 ** len(widths), side * 2 ** len(widths), 3)
+    return inferred
 
 
 def _family_member(name: str):

@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "adaptive_avg_pool2d",
     "conv2d",
     "conv2d_naive",
     "dense",
@@ -573,6 +574,53 @@ def max_pool2d(
             view = xp[:, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw, :]
             # view: (N, Ho, Wo, C), element (a, b) of every window
             y = view.copy() if y is None else np.maximum(y, view, out=y)
+    return y
+
+
+def adaptive_avg_pool2d(x: ArrayLike, output_size: IntOrPair) -> NDArray[np.floating]:
+    """Average pooling to a fixed output size, as PyTorch's ``AdaptiveAvgPool2d``.
+
+    Output cell ``i`` of an axis of size ``n`` averages input rows
+    ``floor(i * n / out)`` to ``ceil((i + 1) * n / out)`` (exclusive), so windows may
+    overlap or differ in size. When ``n == out`` it is the identity; torchvision's VGG
+    uses it with ``(7, 7)`` so that its classifier accepts any input size.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, H, W, C)
+        Floating point.
+    output_size : int or (int, int)
+        ``(Ho, Wo)``.
+
+    Returns
+    -------
+    ndarray, shape (N, Ho, Wo, C)
+        Same dtype as `x`.
+
+    Raises
+    ------
+    TypeError
+        If `x` is not floating point.
+    ValueError
+        On a wrong rank or a non-positive output size.
+
+    Examples
+    --------
+    >>> x = np.arange(9.0).reshape(1, 3, 3, 1)
+    >>> adaptive_avg_pool2d(x, 2)[0, :, :, 0]
+    array([[2., 3.],
+           [5., 6.]])
+    """
+    x = _float_array("x", x)
+    _check_ndim("x", x, "NHWC")
+    ho, wo = _positive_pair("output_size", output_size)
+    n, h, w, c = x.shape
+    y = np.empty((n, ho, wo, c), dtype=x.dtype)
+    for i in range(ho):
+        top, bottom = (i * h) // ho, -(-((i + 1) * h) // ho)
+        for j in range(wo):
+            left, right = (j * w) // wo, -(-((j + 1) * w) // wo)
+            y[:, i, j, :] = x[:, top:bottom, left:right, :].mean(axis=(1, 2))  # (N, C)
     return y
 
 

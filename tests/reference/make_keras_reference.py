@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 import vgg_np
+from vgg_np.formats.keras_files import write_keras_h5
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 
@@ -99,27 +100,6 @@ def keras_activations(model, x: np.ndarray) -> dict[str, np.ndarray]:
     return {n: np.asarray(o) for n, o in zip(names, outputs, strict=True)}
 
 
-def _write_h5_layout(path, weights: dict, layer_names: list[str], naming: str) -> None:
-    """Write weights with h5py in the Keras Applications or tf_keras layout."""
-    with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = np.array([n.encode() for n in layer_names])
-        if naming == "tf_keras":
-            f.attrs["backend"] = b"tensorflow"
-            f.attrs["keras_version"] = b"2.15.0"
-        for name in layer_names:
-            group = f.create_group(name)
-            if name not in weights:
-                group.attrs["weight_names"] = np.array([])  # "no weights", as Keras writes
-                continue
-            if naming == "tf_keras":
-                keys = [f"{name}/kernel:0", f"{name}/bias:0"]
-            else:
-                keys = [f"{name}_W_1:0", f"{name}_b_1:0"]
-            group.attrs["weight_names"] = np.array([k.encode() for k in keys])
-            for key, array in zip(keys, weights[name], strict=True):
-                group.create_dataset(key, data=array)
-
-
 def write_all_formats(model, weights: dict, out: pathlib.Path) -> dict[str, pathlib.Path]:
     """Write `model` (holding `weights`) in every format of `FORMATS`; check Keras reads them."""
     from keras.src.legacy.saving import legacy_h5_format
@@ -128,10 +108,10 @@ def write_all_formats(model, weights: dict, out: pathlib.Path) -> dict[str, path
     names = [layer.name for layer in model.layers]
     head = {"flatten", "predictions"} | {n for n in names if n.startswith("fc")}
     paths = {fmt: out / fmt for fmt in FORMATS}
-    _write_h5_layout(paths["applications.h5"], weights, names, "applications")
+    write_keras_h5(paths["applications.h5"], weights, layer_names=names)
     notop = [n for n in names if n not in head]
-    _write_h5_layout(paths["applications_notop.h5"], weights, notop, "applications")
-    _write_h5_layout(paths["tf_keras.h5"], weights, names, "tf_keras")
+    write_keras_h5(paths["applications_notop.h5"], weights, layer_names=notop)
+    write_keras_h5(paths["tf_keras.h5"], weights, layer_names=names, naming="tf_keras")
     with h5py.File(paths["legacy_weights.h5"], "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
     model.save(paths["model.h5"])

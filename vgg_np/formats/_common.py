@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import BinaryIO
+
+import numpy as np
 
 
 def split_kernel_bias(layer: str, arrays: list) -> tuple:
@@ -23,3 +29,49 @@ def check_unique(pairs: list[tuple[str, object]], where: str) -> Mapping:
             raise ValueError(f"{where}: layer {name!r} appears twice")
         result[name] = value
     return result
+
+
+class LazyArray:
+    """An array known by shape and dtype, computed only when NumPy asks for it.
+
+    Readers return these so that a model can check every shape before any tensor is
+    read, converted or allocated.
+    """
+
+    def __init__(self, shape: tuple, dtype, read):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self._read = read
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        array = np.asarray(self._read())
+        if array.shape != self.shape:  # a reader bug, not a user error
+            raise AssertionError(f"lazy array read {array.shape}, declared {self.shape}")
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"LazyArray(shape={self.shape}, dtype={self.dtype})"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Write a file beside `path`, renamed over it only once complete.
+
+    An existing file is never left half-written, whatever fails while writing.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".vgg_np-", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

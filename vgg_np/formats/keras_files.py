@@ -28,7 +28,8 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
-from vgg_np.formats._common import check_unique, split_kernel_bias
+from vgg_np.formats._common import atomic_write, check_unique, split_kernel_bias
+from vgg_np.formats.theano import read_theano
 
 KERAS_ZIP_MEMBER = "model.weights.h5"
 
@@ -66,7 +67,7 @@ def _legacy_layers(root: h5py.Group, where: str) -> dict:
         weight_names = _strings(group.attrs, "weight_names") or []
         if not weight_names:
             continue
-        missing = [w for w in weight_names if w not in group]
+        missing = [w for w in weight_names if not isinstance(group.get(w), h5py.Dataset)]
         if missing:
             raise ValueError(f"{where}: layer {layer!r} lists weights it lacks: {missing}")
         pairs.append((layer, split_kernel_bias(layer, [group[w] for w in weight_names])))
@@ -93,14 +94,18 @@ def _keras3_layers(layers: h5py.Group, where: str) -> list[tuple[str, tuple]]:
         name = name.decode("utf8") if isinstance(name, bytes) else str(name)
         # Variables are numbered 0, 1, ... in creation order: HDF5 lists "10" before "2".
         arrays = [variables[k] for k in sorted(variables, key=int)]
+        if not all(isinstance(a, h5py.Dataset) for a in arrays):
+            raise ValueError(f"{where}: the variables of layer {name!r} are not all datasets")
         pairs.append((name, split_kernel_bias(name, arrays)))
     return pairs
 
 
-def read_keras_h5(f: h5py.File, where: str) -> tuple[str, dict]:
+def read_keras_h5(f: h5py.File, where: str, *, theano_flip: bool = True) -> tuple[str, dict]:
     """Return (format description, canonical lazy mapping) of an open Keras HDF5 file."""
     if "nb_layers" in f.attrs:
-        raise ValueError(f"{where} is a Keras 0.x/1.x (Theano-era) weights file: not supported yet")
+        kind = "flipped kernels" if theano_flip else "kernels taken as stored"
+        tensors = read_theano(f, where, flip=theano_flip)
+        return f"keras-h5 (Keras 0.x/1.x Theano layout, {kind})", tensors
     if "model_weights" in f and _strings(f["model_weights"].attrs, "layer_names") is not None:
         return "keras-h5 (model.save layout, model_weights/)", _legacy_layers(
             f["model_weights"], where
@@ -118,7 +123,9 @@ def read_keras_h5(f: h5py.File, where: str) -> tuple[str, dict]:
 
 
 @contextlib.contextmanager
-def open_keras_h5(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+def open_keras_h5(
+    path: str | os.PathLike, *, theano_flip: bool = True
+) -> Iterator[tuple[str, dict]]:
     """Open a Keras HDF5 weights file; its datasets are readable inside the block."""
     where = repr(os.fspath(path))
     try:
@@ -129,7 +136,7 @@ def open_keras_h5(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
         ) from None
     with f:
         try:
-            result = read_keras_h5(f, where)
+            result = read_keras_h5(f, where, theano_flip=theano_flip)
         except (KeyError, RuntimeError, OSError) as error:  # h5py on a damaged file
             raise ValueError(f"{where} is damaged: {error}") from None
         yield result
@@ -148,3 +155,47 @@ def open_keras_zip(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
             raise ValueError(f"{os.fspath(path)!r}: damaged .keras archive: {error}") from None
         with open_keras_h5(extracted) as (name, tensors):
             yield f"keras-zip (.keras, {name})", tensors
+
+
+def write_keras_h5(
+    path: str | os.PathLike,
+    weights: dict,
+    *,
+    layer_names: list[str] | None = None,
+    naming: str = "applications",
+) -> None:
+    """Write weights in the Keras Applications layout, or tf_keras's ``save_weights`` one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    weights : dict
+        Keras layer name -> (kernel, bias).
+    layer_names : list of str, optional
+        Every layer of the model in order, parameterless ones included (they get an empty
+        ``weight_names``, as Keras writes them); defaults to the keys of `weights`.
+    naming : {"applications", "tf_keras"}
+        ``block1_conv1_W_1:0`` dataset names in the layer group, or ``kernel:0`` names
+        nested as ``block1_conv1/block1_conv1/kernel:0`` with ``backend`` and
+        ``keras_version`` attributes.
+    """
+    if naming not in ("applications", "tf_keras"):
+        raise ValueError(f"`naming` must be 'applications' or 'tf_keras', got {naming!r}")
+    layer_names = list(weights) if layer_names is None else layer_names
+    with atomic_write(path) as out, h5py.File(out, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode() for n in layer_names])
+        if naming == "tf_keras":
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = b"2.15.0"
+        for name in layer_names:
+            group = f.create_group(name)
+            if name not in weights:
+                group.attrs["weight_names"] = np.array([])  # "no weights", as Keras writes
+                continue
+            if naming == "tf_keras":
+                keys = [f"{name}/kernel:0", f"{name}/bias:0"]
+            else:
+                keys = [f"{name}_W_1:0", f"{name}_b_1:0"]
+            group.attrs["weight_names"] = np.array([k.encode() for k in keys])
+            for key, array in zip(keys, weights[name], strict=True):
+                group.create_dataset(key, data=np.asarray(array))

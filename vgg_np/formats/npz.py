@@ -12,26 +12,28 @@ import contextlib
 import math
 import os
 import struct
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from vgg_np.formats._common import check_unique
+from vgg_np.formats._common import atomic_write, check_unique
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 _SUFFIXES = ("/kernel", "/bias")
 
 
 def _read_header(fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(fp)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-    elif version in ((2, 0), (3, 0)):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-    else:
-        raise ValueError(f"{where}: unsupported .npy version {version}")
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as error:  # NumPy's header parser raises many types on garbage
+        raise ValueError(f"{where}: damaged .npy header: {error}") from None
     if dtype.hasobject:
         raise ValueError(f"{where}: holds Python objects (a pickle); refused")
     return shape, fortran, dtype
@@ -71,14 +73,16 @@ def _member(path: str, zf: zipfile.ZipFile, fp, info: zipfile.ZipInfo) -> np.nda
 def open_npz(path: str | os.PathLike) -> Iterator[dict]:
     """Open a vgg_np ``.npz``; yield the canonical mapping of (memory-mapped) arrays."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fp, zipfile.ZipFile(fp) as zf:
-            arrays = {}
-            for info in zf.infolist():
-                key = info.filename.removesuffix(".npy")
-                arrays[key] = _member(path, zf, fp, info)
-    except (zipfile.BadZipFile, EOFError, struct.error) as error:
-        raise ValueError(f"{path!r}: damaged .npz: {error}") from None
+    with open(path, "rb") as fp:
+        try:
+            with zipfile.ZipFile(fp) as zf:
+                arrays = {}
+                for info in zf.infolist():
+                    key = info.filename.removesuffix(".npy")
+                    arrays[key] = _member(path, zf, fp, info)
+        except (zipfile.BadZipFile, EOFError, struct.error, OSError) as error:
+            # OSError: a damaged directory can send seek() before the start of the file.
+            raise ValueError(f"{path!r}: damaged .npz: {error}") from None
     bad = sorted(k for k in arrays if not k.endswith(_SUFFIXES))
     if bad:
         raise ValueError(f"{path!r}: keys must be '<layer>/kernel' or '<layer>/bias', got {bad}")
@@ -109,18 +113,9 @@ def write_npz(path: str | os.PathLike, weights: Mapping[str, tuple]) -> None:
     OSError
         If the directory is not writable.
     """
-    path = os.fspath(path)
     arrays = {}
     for layer, (kernel, bias) in weights.items():
         arrays[f"{layer}/kernel"] = np.asarray(kernel)
         arrays[f"{layer}/bias"] = np.asarray(bias)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".vgg_np-", suffix=".npz.part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)

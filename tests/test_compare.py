@@ -1,0 +1,151 @@
+"""Tests of vgg_np.compare and `vgg-np compare`: agreement passes, known bugs are located."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vgg_np import VGG, VGGConfig
+from vgg_np.compare import compare_activations
+from vgg_np.formats.torchvision import hwc_rows_to_chw, module_names
+
+TINY_DIR = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
+# A final 2x2 map, so that flatten order matters.
+SMALL = VGGConfig("small", ((4,), (6,), (8,), (8,), (8,)), fc=(16,), default_size=64)
+
+
+def small(**kwargs) -> VGG:
+    return VGG(SMALL, classes=5, classifier_activation=None, seed=7, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+
+
+def other_implementation(x, break_weights=None) -> dict:
+    """Activations of 'another implementation': vgg_np itself, optionally with a bug."""
+    model = small()
+    if break_weights:
+        weights = model.weights
+        break_weights(weights)
+        model.set_weights(weights)
+    return model.activations(x)
+
+
+def test_keras_activations_agree_in_float32_and_float64():
+    with np.load(TINY_DIR / "keras_activations.npz") as ref:
+        keras = {k.removeprefix("act/"): ref[k] for k in ref if k.startswith("act/")}
+        x = ref["x"]
+    from reference.make_keras_reference import TINY, TINY_CLASSES
+
+    for dtype in ("float32", "float64"):
+        model = VGG(TINY, weights=TINY_DIR / "model.keras", input_shape=(32, 32, 3),
+                    classes=TINY_CLASSES, classifier_activation=None, dtype=dtype)  # fmt: skip
+        result = compare_activations(model, x, keras)
+        assert result.passed and len(result.rows) == 22 and not result.missing
+        assert result.oracle_dtype == dtype
+        assert max(r.max_rel for r in result.rows) < 1e-5
+
+
+def test_wrong_flatten_order_is_located_at_fc1(x):
+    def nchw_flatten(weights):  # fc1 rows left in PyTorch's C, H, W order
+        kernel, bias = weights["fc1"]
+        weights["fc1"] = (hwc_rows_to_chw(kernel, (2, 2, 8)), bias)
+
+    result = compare_activations(small(), x, other_implementation(x, nchw_flatten))
+    assert result.first_divergence == "fc1"
+    rows = {r.name: r for r in result.rows}
+    assert rows["flatten"].passed and not rows["fc1"].passed and rows["fc1"].max_rel > 1e-2
+    assert "fc1" in str(result).split("<-- first divergence")[0].splitlines()[-1]
+
+
+def test_unflipped_kernel_is_located_at_its_layer(x):
+    def flip(weights):  # a true convolution where a correlation was meant
+        kernel, bias = weights["block2_conv1"]
+        weights["block2_conv1"] = (kernel[::-1, ::-1].copy(), bias)
+
+    result = compare_activations(small(), x, other_implementation(x, flip))
+    assert result.first_divergence == "block2_conv1"
+    assert all(r.passed for r in result.rows[:2])
+
+
+def test_bgr_rgb_mixup_shows_from_the_first_layer(x):
+    other = small().activations(x[..., ::-1])  # the other side fed RGB instead of BGR
+    assert compare_activations(small(), x, other).first_divergence == "block1_conv1"
+
+
+def test_nchw_and_torchvision_names_are_recognised(x):
+    ours = other_implementation(x)
+    names = module_names(SMALL.conv_names(), 2)
+    theirs = {
+        names.get(k, k): (v.transpose(0, 3, 1, 2) if v.ndim == 4 else v) for k, v in ours.items()
+    }
+    theirs["flatten"] = theirs["features.14"].reshape(2, -1)  # NCHW flatten: C, H, W order
+    result = compare_activations(small(), x.transpose(0, 3, 1, 2), theirs)
+    assert result.passed
+    rows = {r.name: r for r in result.rows}
+    assert (
+        rows["block1_conv1"].source_name == "features.1" and rows["block1_conv1"].layout == "NCHW"
+    )
+    assert rows["fc1"].source_name == "classifier.1" and rows["fc1"].layout == "-"
+    # (2, 8, 8, 8) reads both ways: the telling layers decide, and the table says so.
+    assert rows["block3_pool"].layout == "NCHW?"
+    assert rows["flatten"].layout == "NCHW"
+
+
+def test_missing_layers_are_listed_and_nothing_matching_is_an_error(x):
+    partial = {k: v for k, v in other_implementation(x).items() if k in ("block1_conv1", "fc1")}
+    result = compare_activations(small(), x, partial)
+    assert [r.name for r in result.rows] == ["block1_conv1", "fc1"]
+    assert "block1_pool" in result.missing and "not in the other" in str(result)
+    with pytest.raises(ValueError, match="none of the reference's arrays"):
+        compare_activations(small(), x, {"conv_0": np.zeros(3)})
+
+
+def test_misshaped_reference_is_an_error(x):
+    with pytest.raises(
+        ValueError, match=r"block1_conv1 \('block1_conv1'\): shape \(2, 5\) fits neither"
+    ):
+        compare_activations(small(), x, {"block1_conv1": np.zeros((2, 5))})
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "vgg_np", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_compare_names_the_first_diverging_layer(tmp_path, x):
+    weights = tmp_path / "small.npz"
+    small().save_weights(weights)
+
+    def nchw_flatten(w):
+        kernel, bias = w["fc1"]
+        w["fc1"] = (hwc_rows_to_chw(kernel, (2, 2, 8)), bias)
+
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    np.savez(good, input=x, **other_implementation(x))
+    np.savez(bad, input=x, **other_implementation(x, nchw_flatten))
+    result = run_cli("compare", str(weights), str(good), "--oracle")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "compared with vgg_np in float64" in result.stdout
+    assert "all layers agree within tolerance" in result.stdout
+    result = run_cli("compare", str(weights), str(bad))
+    assert result.returncode == 1
+    assert "first diverging layer: fc1" in result.stdout
+    assert "FAIL  <-- first divergence" in result.stdout
+
+
+def test_cli_compare_without_input_is_a_clear_error(tmp_path, x):
+    weights = tmp_path / "small.npz"
+    small().save_weights(weights)
+    acts = tmp_path / "acts.npz"
+    np.savez(acts, **other_implementation(x))
+    result = run_cli("compare", str(weights), str(acts))
+    assert result.returncode == 1
+    assert "no input" in result.stderr and "Traceback" not in result.stderr

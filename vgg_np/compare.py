@@ -1,0 +1,327 @@
+"""Compare another VGG implementation with vgg_np, layer by layer, and name where it diverges.
+
+Give it the other implementation's activations (an ``.npz`` keyed by Keras layer names,
+torchvision module names or ONNX tensor names, NCHW or NHWC) or a live model (a torch
+module, an ONNX file run by onnxruntime). vgg_np runs the same weights on the same input,
+in float32 or, as the oracle, in float64, and reports per layer the shape, the layout it
+detected, the max absolute and relative errors, and whether they are within tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from vgg_np import formats
+from vgg_np.formats import torchvision
+from vgg_np.model import VGG, infer_architecture
+
+__all__ = ["Comparison", "LayerComparison", "compare_activations", "compare_onnx", "compare_torch"]
+
+#: Default tolerance on max |error| / max |vgg_np|. vgg_np float32 and float64 differ
+#: from Keras float32 by at most 4.9e-6 on full-size VGG16 (docs/verification.md).
+DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """One row of a `Comparison`."""
+
+    name: str
+    source_name: str
+    shape: tuple
+    layout: str
+    max_abs: float
+    max_rel: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        """Whether the relative error is within tolerance (NaN fails)."""
+        return bool(self.max_rel <= self.tolerance)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Per-layer errors of another implementation against vgg_np."""
+
+    rows: tuple[LayerComparison, ...]
+    oracle_dtype: str
+    missing: tuple[str, ...]
+
+    @property
+    def first_divergence(self) -> str | None:
+        """Name of the first layer whose error exceeds the tolerance, or None."""
+        return next((r.name for r in self.rows if not r.passed), None)
+
+    @property
+    def passed(self) -> bool:
+        """True when every compared layer is within tolerance."""
+        return self.first_divergence is None
+
+    def __str__(self) -> str:
+        first = self.first_divergence
+        lines = [
+            f"compared with vgg_np in {self.oracle_dtype}; error = max |other - vgg_np|, "
+            "relative to max |vgg_np|",
+            f"{'layer':<14}{'as':<26}{'shape':<18}{'layout':<7}{'max abs':>10}"
+            f"{'max rel':>10}{'tol':>8}  result",
+        ]
+        for r in self.rows:
+            status = "ok" if r.passed else "FAIL"
+            if r.name == first:
+                status += "  <-- first divergence"
+            lines.append(
+                f"{r.name:<14}{r.source_name[:25]:<26}{'x'.join(map(str, r.shape)):<18}"
+                f"{r.layout:<7}{r.max_abs:>10.2e}{r.max_rel:>10.2e}{r.tolerance:>8.0e}  {status}"
+            )
+        if self.missing:
+            lines.append(f"not in the other implementation's output: {', '.join(self.missing)}")
+        lines.append(
+            "all layers agree within tolerance"
+            if first is None
+            else f"first diverging layer: {first}"
+        )
+        return "\n".join(lines)
+
+
+def source_names(model: VGG, extra: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """Names another implementation may give each layer's output: Keras's, torchvision's.
+
+    Torchvision names are those of the ReLU after each convolution or hidden linear layer
+    (torchvision's convolution modules output values before their ReLU).
+    """
+    modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
+    names = {layer.name: [layer.name] for layer in model.layers}
+    for keras_name, torch_name in modules.items():
+        names.setdefault(keras_name, []).append(torch_name)
+    for keras_name, other in (extra or {}).items():
+        names.setdefault(keras_name, []).append(other)
+    return names
+
+
+def _layouts(shape: tuple, expected: tuple) -> set[str]:
+    """Which layouts make an array of `shape` fit vgg_np's NHWC `expected` shape."""
+    if len(expected) != 4:
+        return {"-"} if shape == expected else set()
+    n, h, w, c = expected
+    return {
+        layout
+        for layout, fits in (("NHWC", shape == expected), ("NCHW", shape == (n, c, h, w)))
+        if fits
+    }
+
+
+def _flatten_input(model: VGG) -> str:
+    """Name of the layer whose output `flatten` flattens."""
+    names = [layer.name for layer in model.layers]
+    return names[names.index("flatten") - 1]
+
+
+def compare_activations(
+    model: VGG,
+    x: ArrayLike,
+    reference: Mapping[str, ArrayLike],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    aliases: Mapping[str, str] | None = None,
+) -> Comparison:
+    """Run `model` on `x` and compare every layer with `reference`.
+
+    Parameters
+    ----------
+    model : VGG
+        vgg_np's network with the same weights (``dtype="float64"`` for the oracle).
+    x : array_like, shape (N, H, W, 3) or (N, 3, H, W)
+        The preprocessed input the other implementation was given; NCHW is detected.
+    reference : mapping
+        The other implementation's outputs, keyed by Keras layer name, torchvision module
+        name (``features.1``, ``classifier.4``, ...) or a name given in `aliases`.
+    tolerance : float, default 1e-5
+        Largest accepted max |error| / max |vgg_np| per layer.
+    aliases : mapping, optional
+        Keras layer name -> the other implementation's name (e.g. ONNX tensor names).
+
+    Returns
+    -------
+    Comparison
+
+    Raises
+    ------
+    ValueError
+        If no layer of `reference` can be matched, or a matched array has a shape that
+        fits neither NHWC nor NCHW.
+
+    Examples
+    --------
+    >>> from vgg_np.model import VGGConfig
+    >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+    >>> model = VGG(tiny, classes=3, seed=0)
+    >>> x = np.ones((1, 32, 32, 3), np.float32)
+    >>> other = model.activations(x)
+    >>> other["fc1"] = other["fc1"] * 1.01  # a 1% error from fc1 on
+    >>> compare_activations(model, x, other).first_divergence
+    'fc1'
+    """
+    if model.data_format != "channels_last":
+        raise ValueError("compare with a channels_last model: layouts are matched per layer")
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[1] == model.input_shape[2] and x.shape[3] != model.input_shape[2]:
+        x = x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+    ours = model.activations(x)
+    candidates = source_names(model, aliases)
+    matched, missing = [], []
+    for name, mine in ours.items():
+        source = next((s for s in candidates.get(name, []) if s in reference), None)
+        if source is None:
+            missing.append(name)
+            continue
+        theirs = np.asarray(reference[source])
+        fits = _layouts(theirs.shape, mine.shape)
+        if not fits:
+            raise ValueError(
+                f"{name} ({source!r}): shape {theirs.shape} fits neither NHWC {mine.shape} nor NCHW"
+            )
+        matched.append((name, source, theirs, mine, fits))
+    # A shape like (N, 8, 8, 8) reads both ways: follow the layers whose shape is telling.
+    telling = [next(iter(f)) for *_, f in matched if len(f) == 1 and f != {"-"}]
+    usual = max(("NHWC", "NCHW"), key=telling.count)
+    rows = []
+    for name, source, theirs, mine, fits in matched:
+        layout = next(iter(fits)) if len(fits) == 1 else f"{usual}?"
+        if layout.startswith("NCHW"):
+            theirs = theirs.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+        elif name == "flatten" and usual == "NCHW":
+            # An NCHW implementation flattens C, H, W: reorder to vgg_np's H, W, C.
+            n, h, w, c = ours[_flatten_input(model)].shape
+            theirs = theirs.reshape(n, c, h, w).transpose(0, 2, 3, 1).reshape(n, -1)
+            layout = "NCHW"
+        error = np.abs(theirs.astype(np.float64) - mine)
+        max_abs = float(np.max(error)) if error.size else 0.0
+        scale = float(np.max(np.abs(mine))) if mine.size else 0.0
+        rows.append(
+            LayerComparison(
+                name, source, mine.shape[1:], layout, max_abs, max_abs / (scale or 1.0), tolerance
+            )
+        )
+    if not rows:
+        raise ValueError(
+            f"none of the reference's arrays ({', '.join(list(reference)[:6])}) names a layer of "
+            f"{model.config.name}; use Keras layer names (block1_conv1, ...) or torchvision "
+            "module names (features.1, ...)"
+        )
+    return Comparison(tuple(rows), model.dtype.name, tuple(missing))
+
+
+def compare_torch(
+    module, x: ArrayLike, *, oracle: bool = False, tolerance: float = DEFAULT_TOLERANCE
+) -> Comparison:
+    """Compare a live torchvision-layout VGG module with vgg_np on the same input.
+
+    vgg_np is built from the module's own ``state_dict()``; the module runs under
+    ``torch.inference_mode`` with forward hooks on its ReLU and pooling modules.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A VGG with torchvision's module tree (``features``, ``avgpool``, ``classifier``).
+    x : array_like, shape (N, 3, H, W)
+        The preprocessed input, NCHW as PyTorch wants it.
+    oracle : bool, default False
+        Run vgg_np in float64.
+    tolerance : float, default 1e-5
+
+    Returns
+    -------
+    Comparison
+    """
+    import torch
+
+    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    tensors = torchvision.from_state_dict(state, "the module's state_dict")
+    inferred = infer_architecture(tensors, {}, "torchvision")
+    x = np.asarray(x)
+    model = VGG(
+        **inferred,
+        input_shape=None,
+        classifier_activation=None,
+        dtype="float64" if oracle else "float32",
+        seed=0,
+    )
+    model.set_weights(tensors)
+    outputs: dict[str, np.ndarray] = {}
+    wanted = set(
+        torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1).values()
+    )
+    named = dict(module.named_modules())
+    hooks = [
+        named[name].register_forward_hook(
+            lambda _m, _i, out, name=name: outputs.__setitem__(
+                name, out.detach().cpu().numpy().copy()
+            )
+        )
+        for name in wanted
+        if name in named
+    ]
+    try:
+        with torch.inference_mode():
+            module.eval()(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return compare_activations(model, x, outputs, tolerance=tolerance)
+
+
+def compare_onnx(
+    path: str | os.PathLike,
+    x: ArrayLike,
+    *,
+    oracle: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Comparison:
+    """Run an ONNX VGG with onnxruntime and compare each layer with vgg_np on its weights.
+
+    Every layer output that vgg_np recognises in the graph is added as a graph output, so
+    onnxruntime returns it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.onnx`` file; vgg_np reads its weights and structure from it too.
+    x : array_like
+        The preprocessed input in the model's own layout (NCHW or NHWC).
+    oracle : bool, default False
+        Run vgg_np in float64.
+    tolerance : float, default 1e-5
+
+    Returns
+    -------
+    Comparison
+    """
+    import onnx
+    import onnxruntime
+
+    with formats.open_weights(path) as source:
+        names = dict(source.info["tensor_names"])
+    model = VGG.from_file(
+        path,
+        dtype="float64" if oracle else "float32",
+        data_format="channels_last",
+        input_shape=None,
+    )
+    graph_model = onnx.load(os.fspath(path))
+    present = {o.name for o in graph_model.graph.output}
+    for tensor in names.values():
+        if tensor not in present:
+            graph_model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    session = onnxruntime.InferenceSession(
+        graph_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feed = {session.get_inputs()[0].name: np.asarray(x, dtype=np.float32)}
+    wanted = list(names.values())
+    outputs = dict(zip(wanted, session.run(wanted, feed), strict=True))
+    return compare_activations(model, x, outputs, tolerance=tolerance, aliases=names)

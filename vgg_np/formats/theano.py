@@ -1,0 +1,86 @@
+"""Keras 0.x/1.x files written under Theano: the format of the original Keras VGG16 example.
+
+That example is a ``Sequential`` of ``ZeroPadding2D((1, 1))`` + ``Convolution2D(w, 3, 3)``
+pairs, ``MaxPooling2D`` at the end of each block, then ``Flatten``, ``Dense`` layers with
+``Dropout`` between them, on input ``(3, 224, 224)``. Its weight file has a root attribute
+``nb_layers`` and one group ``layer_{k}`` per layer (parameterless ones included), with
+attribute ``nb_params`` and datasets ``param_{p}``.
+
+Two conversions make it Keras-layout (both small named functions, tested on their own):
+
+- Theano's ``conv2d`` is a true convolution, so its kernels are stored flipped: flip
+  both spatial axes to get a cross-correlation kernel (`theano_to_correlation`), then
+  OIHW -> HWIO;
+- Theano flattened NCHW, so ``fc1``'s rows are in C, H, W order (`chw_rows_to_hwc`).
+
+Whether a file really holds flipped kernels depends on how it was made; the reader
+assumes so (``flip=True``), and tests/test_formats_theano.py checks the assumption against
+known outputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import h5py
+import numpy as np
+
+from vgg_np.formats._common import LazyArray
+from vgg_np.formats.torchvision import dense_names, lazy_hwc_rows, oihw_to_hwio
+
+
+def theano_to_correlation(weight: np.ndarray) -> np.ndarray:
+    """Flip a Theano convolution kernel ``(O, C, KH, KW)`` into a cross-correlation one.
+
+    Convolving with ``w`` equals correlating with ``w`` rotated by 180 degrees.
+
+    Examples
+    --------
+    >>> theano_to_correlation(np.arange(4.0).reshape(1, 1, 2, 2))[0, 0]
+    array([[3., 2.],
+           [1., 0.]])
+    """
+    return np.asarray(weight)[:, :, ::-1, ::-1]
+
+
+def read_theano(f: h5py.File, where: str, *, flip: bool = True) -> dict:
+    """Map a Theano-era Keras weight file to the canonical ``{Keras name: (kernel, bias)}``."""
+    count = int(f.attrs["nb_layers"])
+    layers = []  # (position, [param arrays]) of layers with parameters
+    for k in range(count):
+        name = f"layer_{k}"
+        if name not in f:
+            raise ValueError(f"{where}: declares {count} layers but has no group {name!r}")
+        group = f[name]
+        n_params = int(group.attrs.get("nb_params", 0))
+        if n_params:
+            missing = [f"param_{p}" for p in range(n_params) if f"param_{p}" not in group]
+            if missing:
+                raise ValueError(f"{where}: {name} lacks {missing}")
+            layers.append((k, [group[f"param_{p}"] for p in range(n_params)]))
+    convs = [(k, p) for k, p in layers if len(p[0].shape) == 4]
+    dense = [(k, p) for k, p in layers if len(p[0].shape) == 2]
+    if not convs or len(convs) + len(dense) != len(layers) or any(len(p) != 2 for _, p in layers):
+        raise ValueError(f"{where}: expected convolutions then dense layers, each with W and b")
+    # Between two convolutions of one block sits the fewest parameterless layers (a
+    # ZeroPadding2D, or none); a MaxPooling2D adds one more at a block boundary.
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(convs)]
+    boundary = min(gaps, default=1)
+    tensors, block, index = {}, 1, 0
+    for i, (_, (weight, bias)) in enumerate(convs):
+        if i and gaps[i - 1] > boundary:
+            block, index = block + 1, 0
+        index += 1
+        o, c, kh, kw = weight.shape
+
+        def read(w=weight):
+            w = np.asarray(w)
+            return oihw_to_hwio(theano_to_correlation(w) if flip else w)
+
+        tensors[f"block{block}_conv{index}"] = (LazyArray((kh, kw, c, o), weight.dtype, read), bias)
+    channels = convs[-1][1][0].shape[0]
+    for name, (_, (kernel, bias)) in zip(dense_names(len(dense)), dense, strict=True):
+        if name == "fc1":
+            kernel = lazy_hwc_rows(kernel, channels, where)
+        tensors[name] = (kernel, bias)
+    return tensors
