@@ -176,6 +176,7 @@ def test_safetensors_round_trip(tmp_path, layout):
         np.testing.assert_array_equal(again.weights[name][1], bias)
 
 
+@pytest.mark.safetensors
 def test_safetensors_agree_with_the_safetensors_package(tmp_path):
     st_numpy = pytest.importorskip(
         "safetensors.numpy", reason="needs the optional `safetensors` package"
