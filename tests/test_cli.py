@@ -19,18 +19,31 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_demo_checks_a_vgg_layer_against_float64():
+def test_demo_prints_the_table_the_keras_agreement_and_the_timing():
     result = run("demo")
     assert result.returncode == 0, result.stderr
-    error = float(re.search(r"max error / max \|y\| vs float64 = (\S+)", result.stdout)[1])
-    assert error < 1e-5  # float32 im2col conv: measured ~4e-7
-    assert "equal to the naive loop: True" in result.stdout
+    out = result.stdout
+    assert "138,357,544 = 138,344,128 weights + 13,416 biases" in out
+    assert "block1_conv1                  224x224x64     3,211,264         1,728" in out
+    error = float(re.search(r"max \|logit error\| / max \|logit\| = (\S+)", out)[1])
+    assert error < 1e-5  # measured 3e-6 to 5e-6 against Keras
+    assert re.search(r"\d+ ms per image \(best of 3\), \d+ GFLOP/s", out)
+    assert "vgg-np predict photo.jpg --weights" in out
 
 
-def test_help_has_an_example():
-    result = run("demo", "--help")
+@pytest.mark.parametrize("command", ["demo", "predict", "summary", "show", "compare", "convert"])
+def test_every_command_has_help_with_an_example(command):
+    result = run(command, "--help")
     assert result.returncode == 0
-    assert "Example: vgg-np demo" in result.stdout
+    assert "Example" in result.stdout and f"vgg-np {command}" in result.stdout
+
+
+def test_python_m_and_the_console_script_are_the_same_program():
+    script = pathlib.Path(sys.executable).parent / "vgg-np"
+    if not script.exists():
+        pytest.skip("the vgg-np script is not installed in this environment")
+    a = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert a.stdout == run("--version").stdout and "vgg_np" in a.stdout
 
 
 def test_unknown_command_is_a_usage_error():
@@ -69,7 +82,7 @@ def test_convert_round_trips_every_tensor(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["convert", "/no/such/file.h5", "out.npz"], "No such file"),
+        (["convert", "/no/such/file.h5", "out.npz"], "/no/such/file.h5: no such file"),
         (["convert", str(TINY_DIR / "model.h5"), "out.weights"], "cannot tell the format to write"),
         (
             ["convert", str(TINY_DIR / "model.h5"), "out.npz", "--layout", "keras"],

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from vgg_np import decode_predictions, imagenet_classes, preprocess_input
+from vgg_np import decode_predictions, imagenet_classes, load_image, preprocess_input
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -118,3 +118,79 @@ def test_decode_predictions_ties_keep_class_order():
 def test_decode_predictions_bad_input(preds, top, match):
     with pytest.raises(ValueError, match=match):
         decode_predictions(preds, top=top)
+
+
+# ---------------------------------------------------------------------------------------
+# load_image
+# ---------------------------------------------------------------------------------------
+
+
+def _save(array, path, **kwargs):
+    from PIL import Image
+
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :30] = (255, 0, 0)  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = _save(pixels, tmp_path / "photo.jpg", exif=exif, quality=100)
+    upright = load_image(path, size=60)
+    # After the rotation the red half is on top.
+    assert upright[:20, :, 0].mean() > 200 and upright[40:, :, 0].mean() < 50
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
+def test_any_mode_becomes_rgb(tmp_path, mode):
+    from PIL import Image
+
+    image = Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
+    ).convert(mode)
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    image.save(path)
+    pixels = load_image(path, size=16)
+    assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
+
+
+def test_keras_resize_is_nearest_neighbour_straight_to_size(tmp_path):
+    pixels = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) * 5
+    path = _save(pixels, tmp_path / "x.png")
+    np.testing.assert_array_equal(load_image(path, size=8), pixels.repeat(2, 0).repeat(2, 1))
+
+
+def test_torchvision_resize_is_shorter_side_then_centre_crop(tmp_path):
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 256, (300, 450, 3), np.uint8)
+    path = _save(pixels, tmp_path / "x.png")
+    # torchvision: Resize(256) -> 256 x int(256 * 450 / 300) = 256 x 384, CenterCrop(224).
+    expected = np.asarray(Image.fromarray(pixels).resize((384, 256), Image.Resampling.BILINEAR))
+    expected = expected[16:240, 80:304]
+    np.testing.assert_array_equal(load_image(path, resize="torchvision"), expected)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"plain text", "not an image Pillow can read"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "damaged or truncated image"),
+    ],
+)
+def test_load_image_refuses_bad_files(tmp_path, content, match):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        load_image(path)
+
+
+def test_load_image_bad_resize_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="`resize` must be one of"):
+        load_image(tmp_path / "x.png", resize="bicubic")
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.png")

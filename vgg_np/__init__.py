@@ -19,7 +19,7 @@ from vgg_np.ops import (
     softmax,
     softmax_naive,
 )
-from vgg_np.preprocess import decode_predictions, imagenet_classes, preprocess_input
+from vgg_np.preprocess import decode_predictions, imagenet_classes, load_image, preprocess_input
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "flatten",
     "im2col",
     "imagenet_classes",
+    "load_image",
     "max_pool2d",
     "max_pool2d_naive",
     "preprocess_input",

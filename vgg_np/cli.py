@@ -1,22 +1,35 @@
 """The ``vgg-np`` command line: the only module that prints for users or exits.
 
-Examples
---------
-``vgg-np demo`` runs VGG-sized layers through the kernels and checks them against a
-float64 oracle.
+Commands: ``demo``, ``predict``, ``summary``, ``show``, ``compare``, ``convert``; each has
+``--help`` with an example. Everything works offline.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import os
 import sys
 import time
+from importlib import resources
 
 import numpy as np
 
-from vgg_np import __version__, formats, ops
+from vgg_np import __version__, formats
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
-from vgg_np.model import VGG
+from vgg_np.model import CONFIGS, VGG, VGG16, Summary, layer_table
+from vgg_np.preprocess import (
+    MODES,
+    RESIZE_MODES,
+    decode_predictions,
+    imagenet_classes,
+    load_image,
+    preprocess_input,
+)
+from vgg_np.visualize import feature_map_grid, filter_grid
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE_ERROR = 2
@@ -27,46 +40,174 @@ def _relative_error(actual: np.ndarray, exact: np.ndarray) -> float:
     return float(np.max(np.abs(actual - exact)) / np.max(np.abs(exact)))
 
 
-def _timed(func, *args, repeat: int = 3, **kwargs):
+def _best_time(func, *args, repeat: int = 3):
     """Run `func` `repeat` times; return its last result and the best wall time in s."""
-    best = np.inf
+    best, result = np.inf, None
     for _ in range(repeat):
         start = time.perf_counter()
-        result = func(*args, **kwargs)
+        result = func(*args)
         best = min(best, time.perf_counter() - start)
     return result, best
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Check the kernels on a VGG16-sized layer against a float64 oracle and time them."""
-    rng = np.random.default_rng(args.seed)
-    h, c, o = 56, 256, 256  # block3_conv2 of VGG16 at 224x224
-    print(f"vgg_np {__version__}: VGG16 block3_conv2 ({h}x{h}x{c} -> {o}, 3x3 'same')")
-    x = rng.standard_normal((1, h, h, c))
-    kernel = rng.standard_normal((3, 3, c, o)) * np.sqrt(2.0 / (9 * c))  # He-normal
-    bias = rng.standard_normal(o) * 0.01
-    exact = ops.conv2d(x, kernel, bias)  # float64: the oracle
-    args32 = [a.astype(np.float32) for a in (x, kernel, bias)]
-    y, seconds = _timed(ops.conv2d, *args32)
-    gflop = 2 * h * h * 9 * c * o / 1e9
+    """Print VGG16's table, run it on the bundled picture, check it against Keras."""
+    data = resources.files("vgg_np") / "data"
+    with np.load(data / "demo_keras_reference.npz") as npz:
+        reference = {k: npz[k] for k in npz.files}
+    seed = int(reference["seed"])
+    print(f"vgg_np {__version__}: VGG16 in NumPy, nothing downloaded\n")
+    model = VGG16(seed=seed, classifier_activation=None)
+    summary = model.summary()
+    pixels = load_image(data / "demo.png")[None]  # (1, 224, 224, 3)
+    x = preprocess_input(pixels)
+    logits, seconds = _best_time(model, x)
+    error = _relative_error(logits, reference["logits"])
+    agrees = error < DEFAULT_TOLERANCE
     print(
-        f"  conv2d float32: {seconds * 1e3:.1f} ms, {gflop / seconds:.0f} GFLOP/s, "
-        f"max error / max |y| vs float64 = {_relative_error(y, exact):.2e}"
+        f"\nForward pass on the bundled picture (vgg_np/data/demo.png, 224x224), weights drawn "
+        f"from seed {seed}:\n"
+        f"  {seconds * 1e3:.0f} ms per image (best of 3), "
+        f"{2 * summary.macs / seconds / 1e9:.0f} GFLOP/s\n"
+        f"  agreement with Keras {reference['keras_version']} on the same weights and image "
+        f"(committed reference): max |logit error| / max |logit| = {error:.1e} "
+        f"({'within' if agrees else 'OVER'} the {DEFAULT_TOLERANCE:g} tolerance)\n"
+        "  top classes (meaningless with random weights): "
+        + ", ".join(f"{name} {score:.1f}" for _, name, score in decode_predictions(logits, 3)[0])
     )
-    small = [a[:, :7, :9, :5] for a in (x,)] + [kernel[:, :, :5, :4], bias[:4]]
-    naive_gap = np.max(np.abs(ops.conv2d(*small) - ops.conv2d_naive(*small)))
-    print(f"  conv2d == conv2d_naive on a 7x9x5 crop: max |difference| {naive_gap:.1e}")
-    pooled = ops.max_pool2d(ops.relu(y))
-    same = np.array_equal(pooled, ops.max_pool2d_naive(ops.relu(y)))
-    print(f"  relu + max_pool2d: {y.shape} -> {pooled.shape}, equal to the naive loop: {same}")
-    logits = rng.standard_normal((2, 1000)) * 1e4
-    probabilities = ops.softmax(logits)
     print(
-        "  softmax of logits ~1e4: finite "
-        f"{bool(np.isfinite(probabilities).all())}, rows sum to "
-        f"{np.round(probabilities.sum(axis=1), 6).tolist()}"
+        "\nTo classify real photos, get Keras's ImageNet weights once "
+        "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB, from the Keras Applications "
+        "releases) and run:\n  vgg-np predict photo.jpg --weights "
+        "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
     )
-    return 0 if same and naive_gap < 1e-9 else EXIT_RUNTIME_ERROR
+    return 0 if agrees else EXIT_RUNTIME_ERROR
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    """Print the per-layer table of a family member, computed from its layer table."""
+    h, w = args.input_shape
+    layers = layer_table(CONFIGS[args.model], include_top=not args.no_top)
+    if not args.no_top and (h, w) != (224, 224):
+        print("note: with the top, fc1's size follows the input size", file=sys.stderr)
+    title = f"{args.model}: input {h}x{w}x3, include_top={not args.no_top}"
+    print(Summary.of(layers, (h, w, 3), title))
+    return 0
+
+
+def _image_paths(items: list[str]) -> list[str]:
+    """Expand directories (their image files, sorted) and glob patterns, keep the rest."""
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(item, name)
+                for name in os.listdir(item)
+                if name.lower().endswith(IMAGE_SUFFIXES)
+            )
+            paths += found
+        elif glob.has_magic(item):
+            paths += sorted(glob.glob(item))
+        else:
+            paths.append(item)
+    return paths
+
+
+def _progress(done: int, total: int, enabled: bool) -> None:
+    if enabled:
+        filled = round(30 * done / total)
+        end = "\n" if done == total else ""
+        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end, file=sys.stderr)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Classify images with a weights file; one bad image is reported and skipped."""
+    with formats.open_weights(args.weights) as source:
+        family = "torchvision" if "torchvision" in source.format else "keras"
+    model = VGG.from_file(args.weights, classifier_activation="softmax")
+    if not model.include_top:
+        raise ValueError(
+            f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
+            "predict classes"
+        )
+    mode = args.preprocess or ("torch" if family == "torchvision" else "caffe")
+    resize = args.resize or ("torchvision" if family == "torchvision" else "keras")
+    size = model.input_shape[0] or model.config.default_size
+    paths = _image_paths(args.images)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.images)}")
+    print(
+        f"weights {args.weights} ({family}); preprocessing {mode!r}, resize {resize!r}",
+        file=sys.stderr,
+    )
+    show_progress = (
+        args.progress if args.progress is not None else (len(paths) > 8 and sys.stderr.isatty())
+    )
+    failures, done = 0, 0
+    for start in range(0, len(paths), args.batch_size):
+        batch, pixels = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                pixels.append(load_image(path, size=size, resize=resize))
+                batch.append(path)
+            except (ValueError, OSError) as error:
+                failures += 1
+                print(f"vgg-np: skipping {_describe(error)}", file=sys.stderr)
+        if batch:
+            probabilities = model(preprocess_input(np.stack(pixels), mode=mode))
+            for path, row in zip(batch, probabilities, strict=True):
+                _print_prediction(path, row, args.top, args.json, mode, resize)
+        done = min(start + args.batch_size, len(paths))
+        _progress(done, len(paths), show_progress)
+    return EXIT_RUNTIME_ERROR if failures else 0
+
+
+def _print_prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode: str, resize: str):
+    if row.shape[0] == len(imagenet_classes()):
+        best = decode_predictions(row[None], top=min(top, row.shape[0]))[0]
+    else:  # not ImageNet: no names to give
+        order = np.argsort(-row, kind="stable")[:top]
+        best = [(str(i), f"class {i}", float(row[i])) for i in order]
+    if as_json:
+        entries = [{"wnid": w, "label": n, "probability": round(p, 6)} for w, n, p in best]
+        print(json.dumps({"image": path, "preprocess": mode, "resize": resize, "top": entries}))
+    else:
+        print(path)
+        for rank, (wnid, name, probability) in enumerate(best, start=1):
+            print(f"  {rank}. {name:<30} {wnid}  {probability:.4f}")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Save a layer's feature maps (or the first layer's filters) as a PNG grid."""
+    from PIL import Image
+
+    if args.weights:
+        model = VGG.from_file(args.weights, include_top=False, input_shape=None)
+    else:
+        model = VGG16(include_top=False, seed=args.seed)
+    if args.filters:
+        picture = filter_grid(model.weights["block1_conv1"][0])
+    else:
+        names = [layer.name for layer in model.layers]
+        if args.layer not in names:
+            raise ValueError(f"--layer must be one of the convolutional base's: {', '.join(names)}")
+        pixels = load_image(args.image)[None]
+        activation = model.activations(preprocess_input(pixels))[args.layer][0]
+        scale = max(1, 56 // activation.shape[0])  # small deep maps get bigger pixels
+        picture = feature_map_grid(activation, scale=scale)
+    Image.fromarray(picture).save(args.output)
+    what = "first-layer filters" if args.filters else f"{args.layer} feature maps"
+    print(f"wrote {what} ({picture.shape[1]}x{picture.shape[0]}) to {args.output}")
+    return 0
+
+
+def _describe(error: BaseException) -> str:
+    """One line naming the problem; every message starts with the file it is about."""
+    if isinstance(error, FileNotFoundError):
+        return f"{error.filename}: no such file"
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 def _load_input(args: argparse.Namespace, arrays) -> np.ndarray:
@@ -105,6 +246,13 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``vgg-np``."""
     parser = argparse.ArgumentParser(
@@ -115,14 +263,101 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vgg_np {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
     demo = commands.add_parser(
         "demo",
-        help="check the kernels on a VGG-sized layer against float64 and time them",
-        description="Run VGG16's block3_conv2 through the kernels, compare with float64.",
-        epilog="Example: vgg-np demo --seed 1",
+        help="print VGG16's table, run it on a bundled picture, check it against Keras",
+        description=(
+            "Build VGG16 with seeded weights (nothing is downloaded), print the classic "
+            "per-layer table, classify the picture shipped in the package, confirm the "
+            "logits against the Keras reference committed with vgg_np, and report the time "
+            "per image."
+        ),
+        epilog="Example: vgg-np demo",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the random layer (0)")
     demo.set_defaults(handler=run_demo)
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify images with a weights file",
+        description=(
+            "Classify images (files, directories, globs) with a VGG weights file of any "
+            "supported format. Preprocessing and resizing follow the weights' family unless "
+            "given: Keras files use 'caffe' and Keras's resize, torchvision files 'torch' and "
+            "torchvision's. A bad image is reported on stderr and skipped (exit code 1)."
+        ),
+        epilog=(
+            "Examples: vgg-np predict cat.jpg --weights vgg16_weights_tf_kernels.h5\n"
+            "          vgg-np predict photos/ --weights vgg16.pth --top 3 --json"
+        ),
+        formatter_class=raw,
+    )
+    predict.add_argument(
+        "images", nargs="+", metavar="IMAGE_OR_DIR", help="images, directories or globs"
+    )
+    predict.add_argument(
+        "--weights", required=True, help="weights file (Keras, PyTorch, ONNX, npz, ...)"
+    )
+    predict.add_argument("--top", type=_positive_int, default=5, help="classes per image (5)")
+    predict.add_argument(
+        "--preprocess", choices=MODES, help="caffe, torch or tf (from the weights)"
+    )
+    predict.add_argument(
+        "--resize", choices=RESIZE_MODES, help="keras or torchvision (from the weights)"
+    )
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="images per forward pass (8)"
+    )
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal and there are >8 images)",
+    )
+    predict.set_defaults(handler=run_predict)
+
+    summary = commands.add_parser(
+        "summary",
+        help="print the per-layer table: shapes, activations, weights, biases, MACs",
+        description="Print the classic per-layer table of a VGG, computed from its layer table.",
+        epilog=(
+            "Examples: vgg-np summary\n"
+            "          vgg-np summary --model vgg19 --input-shape 320 480 --no-top"
+        ),
+        formatter_class=raw,
+    )
+    summary.add_argument("--model", choices=sorted(CONFIGS), default="vgg16")
+    summary.add_argument(
+        "--input-shape", nargs=2, type=_positive_int, default=(224, 224), metavar=("H", "W")
+    )
+    summary.add_argument(
+        "--no-top", action="store_true", help="without flatten and the dense layers"
+    )
+    summary.set_defaults(handler=run_summary)
+
+    show = commands.add_parser(
+        "show",
+        help="save a layer's feature maps (or the first filters) as a PNG grid",
+        description=(
+            "Run IMAGE through VGG16's convolutional base and save the feature maps of one "
+            "layer as a grid of grayscale tiles, each stretched to its own range; or, with "
+            "--filters, the first layer's 64 kernels as colour patches. Without --weights the "
+            "weights are seeded He-normal draws."
+        ),
+        epilog=(
+            "Examples: vgg-np show cat.jpg --layer block1_conv2 -o maps.png\n"
+            "          vgg-np show --filters --weights vgg16.h5 -o filters.png"
+        ),
+        formatter_class=raw,
+    )
+    show.add_argument("image", nargs="?", help="the picture (not needed with --filters)")
+    show.add_argument("--layer", default="block1_conv2", help="layer name (block1_conv2)")
+    show.add_argument("--filters", action="store_true", help="the first layer's kernels instead")
+    show.add_argument("--weights", help="weights file (default: seeded He-normal)")
+    show.add_argument("--seed", type=int, default=0, help="seed without --weights (0)")
+    show.add_argument("-o", "--output", required=True, help="PNG file to write")
+    show.set_defaults(handler=run_show)
 
     compare = commands.add_parser(
         "compare",
@@ -177,13 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``vgg-np`` and ``python -m vgg_np``; returns the exit code."""
+    """Entry point of ``vgg-np`` and ``python -m vgg_np``; returns the exit code.
+
+    Exit codes: 0 success, 1 runtime error (a file that cannot be used, a layer that
+    diverges, an image skipped), 2 usage error (bad arguments).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "show" and not args.filters and args.image is None:
+        parser.error("show needs an IMAGE (or --filters)")
     try:
         return args.handler(args)
     except (ValueError, TypeError, OSError, ImportError) as error:
         if args.debug:
             raise
-        print(f"vgg-np: error: {error}", file=sys.stderr)
+        print(f"vgg-np: error: {_describe(error)}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR

@@ -37,6 +37,9 @@ __all__ = [
 #: Each of the five max-pools halves H and W: below 2**5 pixels nothing is left.
 MIN_SIZE = 32
 
+#: What the rows of the classic VGG16 table (224x224, input counted) add up to.
+CLASSIC_VGG16_ACTIVATIONS = 15_237_608
+
 # Passed as `weights` by `VGG.from_file`, which loads the file it has already opened.
 _LOADED_BY_CALLER = object()
 
@@ -220,6 +223,44 @@ class Summary:
     title: str
     rows: tuple[SummaryRow, ...]
 
+    @classmethod
+    def of(cls, layers: list[Layer], input_shape: tuple, title: str) -> Summary:
+        """Compute the table of a layer table for a per-image ``(H, W, C)`` input.
+
+        No weights are needed: the counts follow from the shapes.
+
+        Examples
+        --------
+        >>> Summary.of(layer_table(CONFIGS["vgg19"]), (224, 224, 3), "vgg19").parameters
+        143667240
+        """
+        if None in input_shape:
+            raise ValueError(
+                f"the summary needs a static input shape, got {_fmt_shape(input_shape)}"
+            )
+        shape = tuple(input_shape)
+        rows = [SummaryRow("input", shape, math.prod(shape), 0, 0, 0)]
+        for layer in layers:
+            params = _parameter_shapes(layer, shape)
+            out = _output_shape(layer, shape)
+            kernel, bias = params if params else ((0,), (0,))
+            weights = math.prod(kernel) if params else 0
+            # One multiply-accumulate per weight per output position.
+            positions = math.prod(out[:-1]) if layer.kind == "conv" else 1
+            rows.append(
+                SummaryRow(
+                    layer.name,
+                    out,
+                    math.prod(out),
+                    weights,
+                    math.prod(bias) if params else 0,
+                    weights * positions,
+                    is_view=layer.kind == "flatten",
+                )
+            )
+            shape = out
+        return cls(title, tuple(rows))
+
     @property
     def weights(self) -> int:
         """Total weights (kernels), biases excluded."""
@@ -265,10 +306,13 @@ class Summary:
             "",
             "Counted as in the classic VGG16 table: the input is a row, weights exclude",
             "biases (their own column), a convolution's output is counted once (ReLU in",
-            "place) and flatten, a view of the last pool, not at all. The classic table's",
-            "rows add up to these same 15.2M values; its total line '24M * 4 bytes ~=",
-            "93MB' does not follow from its own rows.",
+            "place) and flatten, a view of the last pool, not at all.",
         ]
+        if self.activations == CLASSIC_VGG16_ACTIVATIONS:
+            lines += [
+                "The classic table's rows add up to these same 15.2M values; its total line",
+                "'24M * 4 bytes ~= 93MB' does not follow from its own rows.",
+            ]
         return "\n".join(lines)
 
 
@@ -761,36 +805,11 @@ class VGG:
         >>> s.rows[1].name, s.rows[1].activations, s.rows[1].weights
         ('block1_conv1', 3211264, 1728)
         """
-        if None in self.input_shape:
-            raise ValueError(
-                f"the summary needs a static input shape, got {_fmt_shape(self.input_shape)}"
-            )
-        shape = self.input_shape
-        rows = [SummaryRow("input", shape, math.prod(shape), 0, 0, 0)]
-        for layer in self.layers:
-            params = _parameter_shapes(layer, shape)
-            out = _output_shape(layer, shape)
-            kernel, bias = params if params else ((0,), (0,))
-            weights = math.prod(kernel) if params else 0
-            # One multiply-accumulate per weight per output position.
-            positions = math.prod(out[:-1]) if layer.kind == "conv" else 1
-            rows.append(
-                SummaryRow(
-                    layer.name,
-                    out,
-                    math.prod(out),
-                    weights,
-                    math.prod(bias) if params else 0,
-                    weights * positions,
-                    is_view=layer.kind == "flatten",
-                )
-            )
-            shape = out
         title = (
             f"{self.config.name}: input {_fmt_shape(self.input_shape)}, "
             f"include_top={self.include_top}, {self.dtype.name}"
         )
-        summary = Summary(title, tuple(rows))
+        summary = Summary.of(self.layers, self.input_shape, title)
         if print_summary:
             print(summary)
         return summary

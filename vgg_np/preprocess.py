@@ -13,12 +13,28 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import warnings
 from importlib import resources
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["CAFFE_BGR_MEAN", "decode_predictions", "imagenet_classes", "preprocess_input"]
+__all__ = [
+    "CAFFE_BGR_MEAN",
+    "decode_predictions",
+    "imagenet_classes",
+    "load_image",
+    "preprocess_input",
+]
+
+#: How images are brought to the network's size: Keras's ``load_img(target_size=...)``
+#: (straight to the size, nearest neighbour) or torchvision's ``Resize(256)`` +
+#: ``CenterCrop(224)`` (bilinear, antialiased, shorter side first).
+RESIZE_MODES = ("keras", "torchvision")
+
+#: Images above this many pixels are refused as decompression bombs (Pillow's own limit).
+MAX_PIXELS = 89_478_485
 
 #: Mean pixel of ImageNet in B, G, R order, subtracted by the "caffe" mode.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -153,3 +169,79 @@ def decode_predictions(preds: ArrayLike, top: int = 5) -> list[list[tuple[str, s
         best = np.argsort(-row, kind="stable")[:top]
         results.append([(*classes[i], float(row[i])) for i in best])
     return results
+
+
+def load_image(
+    path: str | os.PathLike, *, size: int = 224, resize: str = "keras"
+) -> NDArray[np.uint8]:
+    """Read an image file as RGB pixels of the network's input size.
+
+    EXIF orientation is applied (a photo taken upright stays upright); grayscale, palette,
+    CMYK and RGBA images are converted to RGB (alpha dropped, as Keras does).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    size : int, default 224
+        Output height and width.
+    resize : {"keras", "torchvision"}, default "keras"
+        ``"keras"``: straight to ``size`` x ``size`` with nearest-neighbour sampling, as
+        ``keras.utils.load_img(path, target_size=(size, size))``. ``"torchvision"``: the
+        shorter side to ``size * 256 / 224`` (bilinear, antialiased), then the central
+        ``size`` x ``size`` crop, as torchvision's ImageNet evaluation transform.
+
+    Returns
+    -------
+    ndarray of uint8, shape (size, size, 3)
+        Pass it (with a batch axis) to `preprocess_input`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not an image, is truncated or damaged, or is so large that it
+        looks like a decompression bomb; or `resize` is unknown.
+    OSError
+        If the file cannot be read.
+
+    Examples
+    --------
+    >>> from importlib import resources
+    >>> load_image(resources.files("vgg_np") / "data" / "demo.png").shape
+    (224, 224, 3)
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {resize!r}")
+    where = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(where) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError("too many pixels")
+                image = ImageOps.exif_transpose(image).convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"{where}: not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(
+            f"{where}: more than {MAX_PIXELS:,} pixels, refused as a possible decompression bomb"
+        ) from None
+    except (OSError, SyntaxError) as error:
+        if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        # Pillow reports truncated or damaged data as OSError (SyntaxError for some formats).
+        raise ValueError(f"{where}: damaged or truncated image ({error})") from None
+    if resize == "keras":
+        image = image.resize((size, size), Image.Resampling.NEAREST)
+    else:
+        # torchvision's rounding: the long side truncated, the crop offset rounded.
+        short = round(size * 256 / 224)
+        if image.width <= image.height:
+            width, height = short, int(short * image.height / image.width)
+        else:
+            width, height = int(short * image.width / image.height), short
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        left, top = round((width - size) / 2), round((height - size) / 2)
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8)

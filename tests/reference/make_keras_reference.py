@@ -11,6 +11,7 @@ Usage::
 
     python tests/reference/make_keras_reference.py tiny   # the committed tests/data fixtures
     python tests/reference/make_keras_reference.py full   # the committed full-size slices
+    python tests/reference/make_keras_reference.py demo   # vgg_np/data: demo image + logits
 
 The live cross-check (tests/test_keras_crosscheck.py) imports this module and writes the
 full-size files into a temporary directory instead.
@@ -67,6 +68,45 @@ def reference_images(n: int, size: int, seed: int) -> np.ndarray:
         base = np.stack([a * rows, b * cols, c * (1 - rows * cols)], axis=-1)
         images.append(np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255))
     return np.asarray(images, dtype=np.uint8)
+
+
+def render_demo_image(size: int = 224) -> np.ndarray:
+    """The demo picture shipped in the package: a sunset over hills, drawn with NumPy.
+
+    Made here so that anyone may redistribute it; RGB uint8, (size, size, 3).
+    """
+    y, x = np.mgrid[0:size, 0:size] / size
+    sky = np.stack([0.95 - 0.3 * y, 0.55 + 0.2 * y, 0.35 + 0.5 * (1 - y)], axis=-1)
+    image = sky.copy()
+    sun = (x - 0.68) ** 2 + (y - 0.36) ** 2 < 0.11**2
+    image[sun] = (1.0, 0.85, 0.3)
+    for height, phase, colour in ((0.62, 0.0, (0.25, 0.45, 0.2)), (0.74, 1.7, (0.15, 0.32, 0.12))):
+        ridge = height + 0.05 * np.sin(9 * x + phase) + 0.03 * np.sin(23 * x + 2 * phase)
+        image[y > ridge] = colour
+    stripes = (y > 0.86) & (np.sin(60 * x + 40 * y) > 0.3)
+    image[stripes] = (0.5, 0.38, 0.22)  # a ploughed field
+    noise = np.random.default_rng(224).normal(0, 0.02, image.shape)
+    return np.clip((image + noise) * 255, 0, 255).astype(np.uint8)
+
+
+def make_demo() -> None:
+    """Write the package's demo image and Keras's logits for it under the reference weights."""
+    import keras
+    from keras.applications.vgg16 import preprocess_input
+    from PIL import Image
+
+    package_data = pathlib.Path(vgg_np.__file__).parent / "data"
+    Image.fromarray(render_demo_image()).save(package_data / "demo.png", optimize=True)
+    pixels = vgg_np.load_image(package_data / "demo.png")[None]
+    model = keras.applications.VGG16(weights=None, classifier_activation=None)
+    set_numpy_weights(model, full_weights())
+    logits = model.predict(preprocess_input(pixels.astype(np.float32)), verbose=0)
+    np.savez_compressed(
+        package_data / "demo_keras_reference.npz",
+        logits=np.asarray(logits),
+        seed=np.array(FULL_SEED),
+        keras_version=np.array(keras.__version__),
+    )
 
 
 def build_keras(config: vgg_np.VGGConfig, input_size: int, classes: int, include_top=True):
@@ -223,10 +263,12 @@ def make_full_reference(out: pathlib.Path | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["tiny", "full"])
+    parser.add_argument("what", choices=["tiny", "full", "demo"])
     args = parser.parse_args(argv)
     if args.what == "tiny":
         make_tiny()
+    elif args.what == "demo":
+        make_demo()
     else:
         make_full_reference(DATA)
     return 0
