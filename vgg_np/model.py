@@ -14,13 +14,14 @@ import collections
 import inspect
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from vgg_np import formats, ops
+from vgg_np import formats
+from vgg_np.engine import ALGORITHMS, Engine
 
 __all__ = [
     "CONFIGS",
@@ -350,6 +351,14 @@ class VGG:
         With the top: average-pool the last feature map to ``(n, n)`` before
         ``flatten``, as torchvision's VGG does with ``n = 7``; the classifier then takes
         inputs of any size (at least 32).
+    conv_algorithm : {"auto", "gemm", "winograd", "naive"}, default "auto"
+        How convolutions are computed (`vgg_np.engine`): ``"auto"`` picks per layer
+        (Winograd where it is faster, direct GEMM for the first layer and whenever the
+        dtype is float64); ``"gemm"`` is direct convolution everywhere (its accuracy);
+        ``"winograd"`` Winograd on every layer; ``"naive"`` the loop definition
+        `vgg_np.ops.conv2d_naive` (minutes per VGG16 image: for small networks).
+    threads : int, optional
+        Threads for the convolutions; default: the CPUs this process may use.
 
     Raises
     ------
@@ -382,6 +391,8 @@ class VGG:
         data_format: str = "channels_last",
         allow_nonfinite: bool = False,
         adaptive_pool: int | None = None,
+        conv_algorithm: str = "auto",
+        threads: int | None = None,
     ):
         if isinstance(config, str):
             if config.lower() not in CONFIGS:
@@ -428,6 +439,15 @@ class VGG:
             classifier_activation=classifier_activation,
             adaptive_pool=self.adaptive_pool,
         )
+        if conv_algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"`conv_algorithm` must be one of {ALGORITHMS}, got {conv_algorithm!r}"
+            )
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"`threads` must be None or a positive int, got {threads!r}")
+        self.conv_algorithm = conv_algorithm
+        self.threads = threads
+        self._engine: Engine | None = None
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if weights is None:
             self.set_weights(self.he_normal(seed))
@@ -645,6 +665,7 @@ class VGG:
                     "pass allow_nonfinite=True to accept them"
                 )
         self._weights = loaded
+        self._engine = None  # packed for the old weights
 
     def load_weights(
         self, path: str | os.PathLike, *, allow_nonfinite: bool = False, theano_flip: bool = True
@@ -730,31 +751,12 @@ class VGG:
             raise ValueError(f"`x` height and width must be at least {MIN_SIZE}, got {x.shape}")
         return x.astype(self.dtype, copy=False)
 
-    def _forward(self, x: ArrayLike) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield (layer name, output) for every layer; outputs are NHWC inside."""
-        x = self._prepare_input(x)  # (N, H, W, C)
-        for layer in self.layers:
-            if layer.kind == "conv":
-                kernel, bias = self._weights[layer.name]
-                x = ops.relu(ops.conv2d(x, kernel, bias, padding="same"))  # (N, H, W, O)
-            elif layer.kind == "pool":
-                x = ops.max_pool2d(x, 2)  # (N, H/2, W/2, C)
-            elif layer.kind == "adaptive_avg":
-                x = ops.adaptive_avg_pool2d(x, layer.units)  # (N, n, n, C)
-            elif layer.kind == "flatten":
-                x = ops.flatten(x)  # (N, H*W*C)
-            elif layer.kind == "dense":
-                kernel, bias = self._weights[layer.name]
-                x = ops.dense(x, kernel, bias)  # (N, units)
-                if layer.activation == "relu":
-                    x = ops.relu(x)
-                elif layer.activation == "softmax":
-                    x = ops.softmax(x)
-            elif layer.kind == "global_avg":
-                x = x.mean(axis=(1, 2))  # (N, C)
-            else:
-                x = x.max(axis=(1, 2))  # (N, C)
-            yield layer.name, x
+    @property
+    def engine(self) -> Engine:
+        """The `vgg_np.engine.Engine` that runs this network (kernels packed on first use)."""
+        if self._engine is None:
+            self._engine = Engine(self.layers, self._weights, self.conv_algorithm, self.threads)
+        return self._engine
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
@@ -776,9 +778,10 @@ class VGG:
             The output of the last layer: class probabilities (or logits), or the
             features of the convolutional base without the top.
         """
-        # Keep only the last output: earlier ones are freed as soon as they are used.
-        ((_, last),) = collections.deque(self._forward(x), maxlen=1)
-        return self._to_user_layout(last)
+        x = self._prepare_input(x)  # (N, H, W, C)
+        # Keep only the last output: earlier ones live in reused buffers.
+        ((_, last),) = collections.deque(self.engine.run(x), maxlen=1)
+        return self._to_user_layout(np.array(last))  # a copy: buffers are reused
 
     def activations(self, x: ArrayLike) -> dict[str, NDArray[np.floating]]:
         """Run the network and return every layer's output.
@@ -794,7 +797,11 @@ class VGG:
             Keras layer name -> that layer's output, in layer order (block1_conv1 ...
             predictions). Convolution outputs are after their ReLU, as in Keras.
         """
-        return {name: self._to_user_layout(y) for name, y in self._forward(x)}
+        x = self._prepare_input(x)  # (N, H, W, C)
+        # Copied as they come: the engine reuses its buffers for the next layer.
+        return {
+            name: self._to_user_layout(np.array(y)) for name, y in self.engine.run(x, keep=True)
+        }
 
     def summary(self, print_summary: bool = True) -> Summary:
         """Return (and print) the per-layer table: shapes, activations, parameters, work.

@@ -1,0 +1,165 @@
+"""Tests of vgg_np.engine: Winograd and chunked GEMM against the teaching kernels and the
+float64 oracle, threading, fused pooling, buffers and thread settings."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+from conftest import ENGINE_REL_TOL, LOGITS_REL_TOL, relative_error
+from hypothesis import given
+from hypothesis import strategies as st
+from reference.make_keras_reference import full_weights
+from threadpoolctl import threadpool_info
+
+import vgg_np
+from vgg_np import VGG, VGGConfig, ops
+from vgg_np.engine import Engine, winograd_conv3x3, winograd_kernel, winograd_matrices
+
+DATA = pathlib.Path(__file__).parent / "data"
+SMALL = VGGConfig("small", ((8,), (12, 12), (16,), (16,), (24,)), fc=(20,), default_size=64)
+
+
+def reference_forward(model: VGG, x: np.ndarray) -> dict:
+    """The network composed from the teaching kernels of vgg_np.ops, in float64."""
+    out, h = {}, x.astype(np.float64)
+    for layer in model.layers:
+        if layer.kind == "conv":
+            kernel, bias = model.weights[layer.name]
+            h = ops.relu(ops.conv2d(h, kernel.astype(np.float64), bias.astype(np.float64)))
+        elif layer.kind == "pool":
+            h = ops.max_pool2d(h, 2)
+        elif layer.kind == "flatten":
+            h = ops.flatten(h)
+        elif layer.kind == "dense":
+            kernel, bias = model.weights[layer.name]
+            h = ops.dense(h, kernel.astype(np.float64), bias.astype(np.float64))
+            h = ops.relu(h) if layer.activation == "relu" else h
+        elif layer.kind == "adaptive_avg":
+            h = ops.adaptive_avg_pool2d(h, layer.units)
+        out[layer.name] = h
+    return out
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_matrices_compute_a_1d_correlation(m):
+    bt, g, at = winograd_matrices(m)
+    rng = np.random.default_rng(m)
+    for _ in range(20):
+        d, k = rng.standard_normal(m + 2), rng.standard_normal(3)
+        np.testing.assert_allclose(
+            at @ ((g @ k) * (bt @ d)), np.correlate(d, k, "valid"), atol=1e-12
+        )
+
+
+def test_winograd_kernel_layout():
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 2, 5))
+    u = winograd_kernel(kernel, 2)
+    _, g, _ = winograd_matrices(2)
+    assert u.shape == (16, 2, 5)
+    expected = g @ kernel[:, :, 1, 3] @ g.T  # (a_i, a_j)
+    np.testing.assert_allclose(u[:, 1, 3].reshape(4, 4).T, expected, atol=1e-15)
+
+
+@given(
+    st.integers(1, 3), st.integers(1, 13), st.integers(1, 13), st.integers(1, 6), st.integers(1, 6),
+    st.sampled_from([2, 4]), st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_winograd_conv_equals_direct_conv(n, h, w, c, o, m, seed):
+    rng = np.random.default_rng(seed)
+    x, kernel = rng.standard_normal((n, h, w, c)), rng.standard_normal((3, 3, c, o))
+    expected = ops.conv2d(x, kernel, padding="same")
+    np.testing.assert_allclose(winograd_conv3x3(x, kernel, m), expected, atol=1e-11, rtol=1e-11)
+    got32 = winograd_conv3x3(x.astype(np.float32), kernel.astype(np.float32), m)
+    assert got32.dtype == np.float32
+    scale = ops.conv2d(np.abs(x), np.abs(kernel))
+    # Winograd rounds more than direct convolution: about 1e-6 of the terms' size here.
+    assert np.all(np.abs(got32 - expected) <= 2e-5 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "gemm", "winograd", "naive"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_algorithm_matches_the_teaching_kernels(algorithm, threads):
+    model = VGG(
+        SMALL,
+        classes=7,
+        seed=3,
+        classifier_activation=None,
+        conv_algorithm=algorithm,
+        threads=threads,
+    )
+    x = np.random.default_rng(1).standard_normal((3, 64, 64, 3)).astype(np.float32)
+    exact = reference_forward(model, x)
+    got = model.activations(x)
+    assert list(got) == list(exact)
+    tolerance = ENGINE_REL_TOL.get(algorithm, ENGINE_REL_TOL["gemm"])
+    for name, y in got.items():
+        assert y.dtype == np.float32
+        assert relative_error(y, exact[name]) < tolerance, name
+    np.testing.assert_array_equal(model(x), got["predictions"])  # fused pools: same numbers
+
+
+def test_odd_sizes_without_the_top():
+    model = VGG(SMALL, include_top=False, input_shape=None, seed=4)
+    x = np.random.default_rng(2).standard_normal((2, 45, 67, 3)).astype(np.float32)
+    exact = reference_forward(model, x)
+    got = model.activations(x)
+    assert got["block5_pool"].shape == (2, 1, 2, 24)
+    for name, y in got.items():
+        assert relative_error(y, exact[name]) < ENGINE_REL_TOL["auto"], name
+    np.testing.assert_allclose(model(x), got["block5_pool"], rtol=1e-6)
+
+
+def test_float64_auto_is_direct_and_near_exact():
+    model = VGG(SMALL, classes=7, seed=3, dtype="float64")
+    assert set(model.engine.algorithms((64, 64, 3)).values()) == {"gemm"}
+    x = np.random.default_rng(1).standard_normal((2, 64, 64, 3))
+    exact = reference_forward(model, x)
+    assert relative_error(model.activations(x)["fc1"], exact["fc1"]) < 1e-13
+
+
+def test_outputs_are_copies_not_reused_buffers():
+    model = VGG(SMALL, classes=7, seed=3)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((1, 64, 64, 3)).astype(np.float32) for _ in range(2))
+    first = model(a)
+    kept = first.copy()
+    model(b)
+    np.testing.assert_array_equal(first, kept)
+    features = VGG(SMALL, include_top=False, seed=3)
+    pooled = features(a)
+    features(b)
+    assert not np.shares_memory(pooled, features(b))
+
+
+def test_thread_settings_are_restored():
+    before = [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
+    VGG(SMALL, classes=7, seed=3, threads=2)(np.zeros((1, 64, 64, 3), np.float32))
+    assert [(i["internal_api"], i["num_threads"]) for i in threadpool_info()] == before
+
+
+def test_bad_engine_arguments():
+    with pytest.raises(ValueError, match="`conv_algorithm` must be one of"):
+        VGG(SMALL, seed=0, conv_algorithm="fft")
+    with pytest.raises(ValueError, match="`threads` must be None or a positive int"):
+        VGG(SMALL, seed=0, threads=0)
+    with pytest.raises(ValueError, match="must be one of"):
+        Engine([], {}, "fast")
+
+
+def test_full_vgg16_default_path_is_close_to_the_float64_oracle():
+    with np.load(DATA / "keras_vgg16_reference.npz") as ref:
+        x = ref["x"]
+    weights = full_weights()
+    oracle = vgg_np.VGG16(seed=0, classifier_activation=None, dtype="float64")
+    oracle.set_weights(weights)
+    exact = oracle.activations(x)
+    for algorithm in ("auto", "gemm"):
+        model = vgg_np.VGG16(seed=0, classifier_activation=None, conv_algorithm=algorithm)
+        model.set_weights(weights)
+        got = model.activations(x)
+        errors = {name: relative_error(y, exact[name]) for name, y in got.items()}
+        print(f"\n{algorithm}: " + " ".join(f"{k}:{v:.1e}" for k, v in errors.items()))
+        assert max(errors.values()) < ENGINE_REL_TOL[algorithm]
+        assert errors["predictions"] < LOGITS_REL_TOL
