@@ -75,7 +75,7 @@ MIN_TILES_PER_THREAD = 256
 
 #: Bytes of transformed input a chunk aims at: large enough for efficient GEMMs, small
 #: enough to stay in cache and to give both threads several chunks.
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 8 << 20
 
 
 def winograd_matrices(m: int, dtype=np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,6 +119,7 @@ class _Padded:
     m: int
     per_image: int  # tile rows per image: tH and one or two discarded
     tiles_w: int
+    storage: str = ""  # which reused array holds it
 
     @property
     def tile_rows(self) -> int:
@@ -142,14 +143,16 @@ class _Padded:
         return images[:, 1 : self.h + 1, 1 : self.w + 1]
 
 
-def _padded(n: int, h: int, w: int, c: int, m: int, dtype, buffers=None) -> _Padded:
+def _padded(
+    n: int, h: int, w: int, c: int, m: int, dtype, buffers=None, storage: str = "in"
+) -> _Padded:
     """Lay out a padded batch; its array comes from `buffers` (reused) or is new."""
     tiles_h, tiles_w = -(-h // m), -(-w // m)
     per_image = tiles_h + 1 if (tiles_h + 1) * m % 2 == 0 else tiles_h + 2
     shape = (n * per_image * m + 2, tiles_w * m + 2, c)  # 2 = a - m rows read past the end
     if buffers is None:
         return _Padded(np.zeros(shape, dtype), n, h, w, m, per_image, tiles_w)
-    padded = _Padded(buffers.get("in", shape, dtype), n, h, w, m, per_image, tiles_w)
+    padded = _Padded(buffers.get(storage, shape, dtype), n, h, w, m, per_image, tiles_w, storage)
     # A reused array holds an earlier layer's values: zero every pixel but the interior.
     images = padded.flat[: n * padded.block].reshape(n, padded.block, *shape[1:])
     images[:, 0] = 0
@@ -244,6 +247,22 @@ def _gemm_output(
     out[q0:q1, : padded.w] = y.reshape(q1 - q0, padded.w, -1)  # (rows, W, O)
 
 
+def _stage(rows, r0: int, block: int, h: int, w: int, target: _Padded, o0: int, o1: int) -> None:
+    """Copy finished rows into the interior of the next layer's padded input.
+
+    `rows` are flat rows ``r0..`` of a layout with `block` rows per image, of which the
+    first `h` are real.
+    """
+    r1 = r0 + rows.shape[0]
+    for image in range(r0 // block, min(-(-r1 // block), target.n)):
+        first, last = max(r0, image * block), min(r1, image * block + h)
+        if last <= first:
+            continue
+        start = image * target.block + 1 + first - image * block
+        destination = target.flat[start : start + last - first, 1 : w + 1, o0:o1]
+        np.copyto(destination, rows[first - r0 : last - r0, :w])
+
+
 @functools.cache
 def _matrices(m: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(t.astype(dtype) for t in winograd_matrices(m))
@@ -328,6 +347,9 @@ def choose_algorithm(requested: str, height: int, channels: int, dtype) -> str:
 class Engine:
     """Runs a `vgg_np.model.VGG` layer table fast; built by the model, not by users.
 
+    One engine runs one pass at a time (its buffers are shared between layers and calls);
+    use one model per thread to run passes concurrently.
+
     Parameters
     ----------
     layers : list of Layer
@@ -351,6 +373,7 @@ class Engine:
         self._plans: dict[tuple, _ConvPlan] = {}
         self._buffers = _Buffers()
         self._pool = None
+        self._staged: tuple[int, _Padded] | None = None
 
     # -- planning ---------------------------------------------------------------------
 
@@ -398,16 +421,24 @@ class Engine:
         if plan.algorithm == "naive":
             return ops.relu(ops.conv2d_naive(x, plan.kernel, plan.bias))
         m, o = plan.m, plan.bias.shape[0]
-        # Three arrays serve every layer in turn: the padded input, the convolution's
-        # output and the pooled output; each layer's input is the previous one's output.
-        padded = _padded(n, h, w, c, m, x.dtype, self._buffers)
-        padded.interior()[...] = x
+        # A few arrays serve every layer in turn: two padded inputs (this layer's and the
+        # next one's, which this layer fills as its rows complete), the convolution's
+        # output and the pooled output.
+        staged, self._staged = self._staged, None
+        if staged is not None and staged[0] == index and staged[1].n == n:
+            padded = staged[1]
+        else:
+            padded = _padded(n, h, w, c, m, x.dtype, self._buffers, "in_a")
+            padded.interior()[...] = x
         rows_out, cols_out = padded.tile_rows * m, padded.tiles_w * m
         out = self._buffers.get("out", (rows_out, cols_out, o), x.dtype)
         pool = fuse_pool and plan.pool
         pooled = None
         if pool:
             pooled = self._buffers.get("pool", (rows_out // 2, cols_out // 2, o), x.dtype)
+        h_out, w_out = (h // 2, w // 2) if pool else (h, w)
+        following = index + (2 if pool else 1)
+        staging = self._next_input(following, padded, n, h_out, w_out, o, x.dtype)
         if m > 1:
             make_input, make_output, kernel = _winograd_input, _winograd_output, plan.kernel
         else:
@@ -431,6 +462,9 @@ class Engine:
                 rows = target
             rows += plan.bias[o0:o1]
             np.maximum(rows, 0, out=rows)
+            if staging is not None:
+                scale = 2 if pool else 1
+                _stage(rows, q0 * m // scale, padded.block // scale, h_out, w_out, staging, o0, o1)
 
         def by_rows(q0: int, q1: int) -> None:
             make_output(make_input(padded, q0, q1, x.dtype), kernel, padded, q0, q1, out)
@@ -463,9 +497,21 @@ class Engine:
                     ]
                     for future in futures:
                         future.result()
+        if staging is not None:
+            self._staged = (following, staging)
         if pool:
             return padded.images(pooled, h // 2, w // 2, scale=2)
         return padded.images(out, h, w)
+
+    def _next_input(self, index: int, current: _Padded, n, h, w, c, dtype) -> _Padded | None:
+        """Lay out the padded input of layer `index` if it is a convolution to fill."""
+        if index >= len(self.layers) or self.layers[index].kind != "conv":
+            return None
+        plan = self._plan(index, h, c)
+        if plan.algorithm == "naive":
+            return None
+        storage = "in_b" if current.storage == "in_a" else "in_a"
+        return _padded(n, h, w, c, plan.m, dtype, self._buffers, storage)
 
     def run(self, x: np.ndarray, keep: bool = False, timings: list | None = None):
         """Yield (layer name, output) layer after layer.
@@ -475,6 +521,7 @@ class Engine:
         internal buffers, valid until the next call. `timings`, if given, receives
         ``(layer, algorithm, seconds)`` per step.
         """
+        self._staged = None  # nothing left over from an unfinished earlier pass
         index = 0
         while index < len(self.layers):
             layer, start = self.layers[index], time.perf_counter()
