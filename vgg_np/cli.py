@@ -416,6 +416,15 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit codes: 0 success, 1 runtime error (a file that cannot be used, a layer that
     diverges, an image skipped), 2 usage error (bad arguments).
+
+    Examples
+    --------
+    >>> main(["summary", "--model", "vgg11", "--no-top", "--input-shape", "32", "32"])
+    vgg11: input 32x32x3, include_top=False
+    ...
+    parameters: 9,220,480 = 9,217,728 weights + 2,752 biases
+    ...
+    0
     """
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -29,7 +29,14 @@ DEFAULT_TOLERANCE = 1e-5
 
 @dataclass(frozen=True)
 class LayerComparison:
-    """One row of a `Comparison`."""
+    """One row of a `Comparison`.
+
+    Examples
+    --------
+    >>> row = LayerComparison("fc1", "classifier.1", (4096,), "-", 0.02, 1e-3, 1e-5)
+    >>> row.passed
+    False
+    """
 
     name: str
     source_name: str
@@ -41,13 +48,24 @@ class LayerComparison:
 
     @property
     def passed(self) -> bool:
-        """Whether the relative error is within tolerance (NaN fails)."""
+        """Whether the relative error is within tolerance (NaN fails); see the class example."""
         return bool(self.max_rel <= self.tolerance)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Per-layer errors of another implementation against vgg_np."""
+    """Per-layer errors of another implementation against vgg_np.
+
+    Examples
+    --------
+    >>> ok = LayerComparison("block1_conv1", "features.1", (224, 224, 64), "NCHW", 1e-6, 3e-7, 1e-5)
+    >>> bad = LayerComparison("fc1", "classifier.1", (4096,), "-", 0.02, 1e-3, 1e-5)
+    >>> result = Comparison((ok, bad), "float64", ())
+    >>> result.passed, result.first_divergence
+    (False, 'fc1')
+    >>> print(str(result).splitlines()[-1])
+    first diverging layer: fc1
+    """
 
     rows: tuple[LayerComparison, ...]
     oracle_dtype: str
@@ -55,12 +73,15 @@ class Comparison:
 
     @property
     def first_divergence(self) -> str | None:
-        """Name of the first layer whose error exceeds the tolerance, or None."""
+        """Name of the first layer whose error exceeds the tolerance, or None.
+
+        See the `Comparison` example.
+        """
         return next((r.name for r in self.rows if not r.passed), None)
 
     @property
     def passed(self) -> bool:
-        """True when every compared layer is within tolerance."""
+        """True when every compared layer is within tolerance; see the `Comparison` example."""
         return self.first_divergence is None
 
     def __str__(self) -> str:
@@ -238,6 +259,16 @@ def compare_torch(
     Returns
     -------
     Comparison
+
+    Examples
+    --------
+    Needs torch; ``tests/test_compare_crosscheck.py`` runs it on a full VGG16:
+
+    >>> from reference.torch_vgg import TorchVGG  # doctest: +SKIP
+    >>> x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), np.float32)  # doctest: +SKIP
+    >>> vgg16 = TorchVGG(vgg_np.CONFIGS["vgg16"].blocks)  # doctest: +SKIP
+    >>> compare_torch(vgg16, x).passed  # doctest: +SKIP
+    True
     """
     import torch
 
@@ -301,6 +332,13 @@ def compare_onnx(
     Returns
     -------
     Comparison
+
+    Examples
+    --------
+    Needs onnx and onnxruntime; ``tests/test_compare_crosscheck.py`` runs it:
+
+    >>> x = np.zeros((1, 3, 224, 224), np.float32)  # doctest: +SKIP
+    >>> print(compare_onnx("vgg16.onnx", x, oracle=True))  # doctest: +SKIP
     """
     import onnx
     import onnxruntime

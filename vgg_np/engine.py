@@ -359,6 +359,18 @@ class Engine:
     threads : int, optional
         Worker threads for the convolutions; defaults to the CPUs available (at most 2
         is what was measured to help on this project's machines, more is allowed).
+
+    Examples
+    --------
+    >>> from vgg_np import VGG, VGGConfig
+    >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+    >>> model = VGG(tiny, classes=3, seed=0)
+    >>> engine = Engine(model.layers, model.weights, "gemm", threads=2)
+    >>> timings = []
+    >>> *_, (name, y) = engine.run(np.ones((1, 32, 32, 3), np.float32), timings=timings)
+    >>> name, y.shape, timings[1][:2]
+    ('predictions', (1, 3), ('block2_conv1', 'gemm + pool'))
+    >>> engine.close()
     """
 
     def __init__(self, layers, weights, conv_algorithm="auto", threads=None):
@@ -394,7 +406,14 @@ class Engine:
         return self._plans[key]
 
     def algorithms(self, input_shape: tuple) -> dict[str, str]:
-        """Which algorithm each convolution uses for a per-image input ``(H, W, C)``."""
+        """Return which algorithm each convolution uses for a per-image input ``(H, W, C)``.
+
+        Examples
+        --------
+        >>> from vgg_np import VGG16
+        >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block5_conv1"]
+        'winograd-2'
+        """
         h, _, c = input_shape
         chosen = {}
         for layer in self.layers:
@@ -409,13 +428,21 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------
 
+    @staticmethod
+    def _wait(futures) -> None:
+        for future in futures:
+            future.result()  # re-raises a worker's exception here
+
     def _executor(self):
         if self._pool is None and self.threads > 1:
             self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "vgg_np")
         return self._pool
 
     def conv(self, index: int, x: np.ndarray, fuse_pool: bool) -> np.ndarray:
-        """Convolution + bias + ReLU of layer `index` (and the next 2x2 pool if fused)."""
+        """Compute convolution + bias + ReLU of layer `index` (and the next pool if fused).
+
+        Used by `run`; see the class example.
+        """
         n, h, w, c = x.shape
         plan = self._plan(index, h, c)
         if plan.algorithm == "naive":
@@ -475,28 +502,24 @@ class Engine:
             finish(q0, q1, o0, o1)
 
         chunks = [(q, min(q + per_chunk, total)) for q in range(0, total, per_chunk)]
-        # BLAS stays single-threaded: its idle workers would spin and steal our cores.
         # Many tiles: chunks of tile rows go to the threads. Few (the small deep layers):
         # each chunk's input transform is done once, its output channels are split.
         many = total * padded.tiles_w >= MIN_TILES_PER_THREAD * self.threads
-        with _blas_threads(1):
-            if self.threads == 1:
-                for q0, q1 in chunks:
-                    by_rows(q0, q1)
-            elif many:
-                futures = [self._executor().submit(by_rows, q0, q1) for q0, q1 in chunks]
-                for future in futures:
-                    future.result()
-            else:
-                step = -(-o // self.threads)
-                for q0, q1 in chunks:
-                    v = make_input(padded, q0, q1, x.dtype)
-                    futures = [
+        if self.threads == 1:
+            for q0, q1 in chunks:
+                by_rows(q0, q1)
+        elif many:
+            self._wait([self._executor().submit(by_rows, q0, q1) for q0, q1 in chunks])
+        else:
+            step = -(-o // self.threads)
+            for q0, q1 in chunks:
+                v = make_input(padded, q0, q1, x.dtype)
+                self._wait(
+                    [
                         self._executor().submit(by_channels, v, q0, q1, o0, min(o0 + step, o))
                         for o0 in range(0, o, step)
                     ]
-                    for future in futures:
-                        future.result()
+                )
         if staging is not None:
             self._staged = (following, staging)
         if pool:
@@ -519,9 +542,15 @@ class Engine:
         With ``keep=False`` a 2x2 pool that follows a convolution runs inside it, and the
         pair is yielded once under the pool's name. Yielded arrays may be views of
         internal buffers, valid until the next call. `timings`, if given, receives
-        ``(layer, algorithm, seconds)`` per step.
+        ``(layer, algorithm, seconds)`` per step. See the class example.
         """
         self._staged = None  # nothing left over from an unfinished earlier pass
+        # BLAS stays single-threaded for the whole pass, every layer being split between
+        # our threads: idle OpenBLAS workers would spin and steal our cores.
+        with _blas_threads(1):
+            yield from self._run(x, keep, timings)
+
+    def _run(self, x, keep, timings):
         index = 0
         while index < len(self.layers):
             layer, start = self.layers[index], time.perf_counter()
@@ -540,7 +569,7 @@ class Engine:
             yield self.layers[index - 1].name, x
 
     def other(self, layer, x: np.ndarray) -> np.ndarray:
-        """Every layer but convolutions: pool, adaptive pool, flatten, dense, global pools."""
+        """Compute any layer but a convolution (pools, flatten, dense); see the class example."""
         if layer.kind == "pool":
             return ops.max_pool2d(x, 2)
         if layer.kind == "adaptive_avg":
@@ -556,14 +585,11 @@ class Engine:
             def part(o0: int) -> None:  # (N, in) @ (in, out slice)
                 np.matmul(x, kernel[:, o0 : o0 + step], out=y[:, o0 : o0 + step])
 
-            with _blas_threads(1):  # as for convolutions: our threads, not BLAS's
-                if self.threads == 1:
-                    part(0)
-                else:
-                    for future in [
-                        self._executor().submit(part, o0) for o0 in range(0, kernel.shape[1], step)
-                    ]:
-                        future.result()
+            if self.threads == 1:
+                part(0)
+            else:
+                columns = range(0, kernel.shape[1], step)
+                self._wait([self._executor().submit(part, o0) for o0 in columns])
             y += bias
             if layer.activation == "relu":
                 np.maximum(y, 0, out=y)
@@ -575,7 +601,7 @@ class Engine:
         return x.max(axis=(1, 2))
 
     def close(self) -> None:
-        """Stop the worker threads."""
+        """Stop the worker threads (see the class example); the engine restarts them on use."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None

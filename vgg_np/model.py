@@ -76,7 +76,13 @@ class VGGConfig:
     default_size: int = 224
 
     def conv_names(self) -> list[str]:
-        """Keras names of the convolutions, in order."""
+        """Return the Keras names of the convolutions, in order.
+
+        Examples
+        --------
+        >>> CONFIGS["vgg11"].conv_names()[-2:]
+        ['block5_conv1', 'block5_conv2']
+        """
         return [
             f"block{b}_conv{i}"
             for b, widths in enumerate(self.blocks, start=1)
@@ -107,6 +113,11 @@ class Layer:
         adaptive pool; 0 otherwise.
     activation : {"relu", "softmax", None}
         Applied after a convolution or dense layer.
+
+    Examples
+    --------
+    >>> layer_table(CONFIGS["vgg16"])[0]
+    Layer(name='block1_conv1', kind='conv', units=64, activation='relu')
     """
 
     name: str
@@ -219,6 +230,14 @@ class Summary:
 
     Counts are per image. Like the classic VGG16 table, the input is a row of its own
     and "weights" excludes biases, which have their own column.
+
+    Examples
+    --------
+    >>> s = Summary.of(layer_table(CONFIGS["vgg16"]), (224, 224, 3), "VGG16")
+    >>> s.parameters, s.weights, s.biases
+    (138357544, 138344128, 13416)
+    >>> s.activations, round(2 * s.macs / 1e9, 2)  # values per image, GFLOP per image
+    (15237608, 30.94)
     """
 
     title: str
@@ -264,27 +283,30 @@ class Summary:
 
     @property
     def weights(self) -> int:
-        """Total weights (kernels), biases excluded."""
+        """Total weights (kernels), biases excluded. See `Summary` for an example."""
         return sum(r.weights for r in self.rows)
 
     @property
     def biases(self) -> int:
-        """Total biases."""
+        """Total biases. See `Summary` for an example."""
         return sum(r.biases for r in self.rows)
 
     @property
     def parameters(self) -> int:
-        """Weights plus biases."""
+        """Weights plus biases. See `Summary` for an example."""
         return self.weights + self.biases
 
     @property
     def activations(self) -> int:
-        """Values held by one image's forward pass: the input included, views excluded."""
+        """Values held by one image's forward pass, the input included, views excluded.
+
+        See `Summary` for an example.
+        """
         return sum(r.activations for r in self.rows if not r.is_view)
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates of one image's forward pass."""
+        """Multiply-accumulates of one image's forward pass. See `Summary` for an example."""
         return sum(r.macs for r in self.rows)
 
     def __str__(self) -> str:
@@ -589,7 +611,14 @@ class VGG:
 
     @property
     def weights(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Keras layer name -> (kernel, bias) in Keras layout, in layer order."""
+        """Keras layer name -> (kernel, bias) in Keras layout, in layer order (a new dict).
+
+        Examples
+        --------
+        >>> w = VGG16(include_top=False, seed=0).weights
+        >>> w["block1_conv1"][0].shape, w["block5_conv3"][1].shape
+        ((3, 3, 3, 64), (512,))
+        """
         return dict(self._weights)
 
     def set_weights(
@@ -617,6 +646,20 @@ class VGG:
         ValueError
             Listing every missing, extra and misshaped tensor with both shapes; or
             naming the layers with non-finite values.
+
+        Examples
+        --------
+        >>> model = VGG11(include_top=False, seed=0)
+        >>> weights = model.weights
+        >>> zeros = np.zeros((3, 3, 3, 64), np.float32), np.zeros(64, np.float32)
+        >>> weights["block1_conv1"] = zeros
+        >>> model.set_weights(weights)
+        >>> del weights["block2_conv1"]
+        >>> model.set_weights(weights)
+        Traceback (most recent call last):
+        ...
+        ValueError: the weights do not fit vgg11 (input ?x?x3, include_top=False, classes=1000):
+          missing: block2_conv1
         """
         expected = self.parameter_shapes()
         head = {"flatten", "predictions"} | {f"fc{i}" for i in range(1, len(self.config.fc) + 1)}
@@ -691,6 +734,15 @@ class VGG:
             If the format is unknown, the file is damaged, or its weights do not fit.
         OSError
             If the file cannot be read.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = pathlib.Path(tmp) / "w.h5"
+        ...     _ = formats.write_weights(path, VGG11(include_top=False, seed=1).weights)
+        ...     VGG11(include_top=False, seed=2).load_weights(path)
+        'keras-h5 (Keras Applications layout)'
         """
         with formats.open_weights(path, theano_flip=theano_flip) as source:
             self._set_from_source(source, path, allow_nonfinite)
@@ -753,7 +805,13 @@ class VGG:
 
     @property
     def engine(self) -> Engine:
-        """The `vgg_np.engine.Engine` that runs this network (kernels packed on first use)."""
+        """The `vgg_np.engine.Engine` that runs this network (kernels packed on first use).
+
+        Examples
+        --------
+        >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block3_conv1"]
+        'winograd-4'
+        """
         if self._engine is None:
             self._engine = Engine(self.layers, self._weights, self.conv_algorithm, self.threads)
         return self._engine
@@ -796,6 +854,13 @@ class VGG:
         dict
             Keras layer name -> that layer's output, in layer order (block1_conv1 ...
             predictions). Convolution outputs are after their ReLU, as in Keras.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> outputs = VGG(tiny, classes=3, seed=0).activations(np.ones((2, 32, 32, 3), np.float32))
+        >>> [outputs[name].shape for name in ("block1_conv1", "block5_pool", "predictions")]
+        [(2, 32, 32, 4), (2, 1, 1, 8), (2, 3)]
         """
         x = self._prepare_input(x)  # (N, H, W, C)
         # Copied as they come: the engine reuses its buffers for the next layer.

@@ -38,6 +38,13 @@ class WeightSource:
         What was read, e.g. ``"keras-h5 (Keras Applications layout)"``.
     tensors : dict
         Keras layer name -> (kernel, bias), lazy until converted with ``np.asarray``.
+    info : dict
+        What else the file says (ONNX: input shape, layout, tensor names).
+
+    Examples
+    --------
+    >>> WeightSource("npz (vgg_np)", {}).info
+    {}
     """
 
     format: str
@@ -131,6 +138,18 @@ def open_weights(path: str | os.PathLike, *, theano_flip: bool = True) -> Iterat
         If the format needs an optional package that is missing (torch, onnx).
     OSError
         If the file cannot be read.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> weights = {"fc1": (np.ones((4, 2), np.float32), np.zeros(2, np.float32))}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = pathlib.Path(tmp) / "w.safetensors"
+    ...     _ = write_weights(path, weights, layout="keras")
+    ...     with open_weights(path) as source:
+    ...         print(source.format, {k: np.asarray(v[0]).shape for k, v in source.tensors.items()})
+    safetensors (Keras layout) {'fc1': (4, 2)}
     """
     kind = detect_format(path)
     where = repr(os.fspath(path))
@@ -193,6 +212,15 @@ def write_weights(path: str | os.PathLike, weights: dict, *, layout: str | None 
         On an unknown extension or layout.
     ImportError
         For ``.pth`` without torch.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> weights = {"block1_conv1": (np.ones((3, 3, 3, 4), np.float32), np.zeros(4, np.float32))}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_weights(pathlib.Path(tmp) / "w.safetensors", weights)
+    'safetensors (torchvision layout)'
     """
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if layout not in (None, "torchvision", "keras") or (layout and suffix != ".safetensors"):

@@ -112,6 +112,15 @@ def write_npz(path: str | os.PathLike, weights: Mapping[str, tuple]) -> None:
     ------
     OSError
         If the directory is not writable.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = pathlib.Path(tmp) / "w.npz"
+    ...     write_npz(path, {"fc1": (np.ones((2, 3)), np.zeros(3))})
+    ...     sorted(np.load(path, allow_pickle=False).files)
+    ['fc1/bias', 'fc1/kernel']
     """
     arrays = {}
     for layer, (kernel, bias) in weights.items():
