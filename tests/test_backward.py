@@ -1,0 +1,158 @@
+"""Gradient checks of vgg_np.backward: central finite differences in float64 on shapes drawn
+by hypothesis, the adjoint identity of im2col / col2im, and fast == naive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_ops import conv_cases, pool_cases
+
+from vgg_np import backward, ops
+
+# Central differences with step 1e-6 in float64 have truncation error ~1e-12 * |f'''| and
+# rounding ~1e-16 / 1e-6 = 1e-10 relative: 1e-6 relative to the gradient's size is loose
+# enough never to flake and tight enough to catch any wrong index or factor.
+FD_STEP, FD_TOL = 1e-6, 1e-6
+
+
+def numeric_gradient(f, x: np.ndarray, coordinates) -> np.ndarray:
+    grads = []
+    for index in coordinates:
+        bumped = x.copy()
+        bumped[index] += FD_STEP
+        up = f(bumped)
+        bumped[index] -= 2 * FD_STEP
+        grads.append((up - f(bumped)) / (2 * FD_STEP))
+    return np.array(grads)
+
+
+def some_coordinates(shape, rng, count=6):
+    return [tuple(int(rng.integers(0, s)) for s in shape) for _ in range(count)]
+
+
+def check(analytic: np.ndarray, f, x: np.ndarray, rng) -> None:
+    coordinates = some_coordinates(x.shape, rng)
+    numeric = numeric_gradient(f, x, coordinates)
+    picked = np.array([analytic[c] for c in coordinates])
+    scale = np.max(np.abs(analytic)) + 1e-12
+    np.testing.assert_allclose(picked, numeric, atol=FD_TOL * scale, rtol=FD_TOL)
+
+
+@given(conv_cases(max_hw=7, max_c=4))
+def test_conv2d_gradients_match_finite_differences(case):
+    x, kernel, _, stride, padding = case
+    rng = np.random.default_rng(0)
+    bias = rng.standard_normal(kernel.shape[3])
+    y = ops.conv2d(x, kernel, bias, strides=stride, padding=padding)
+    r = rng.standard_normal(y.shape)  # the loss is sum(y * r), so dL/dy = r
+    dx, dk, db = backward.conv2d_backward(x, kernel, r, strides=stride, padding=padding)
+    assert dx.shape == x.shape and dk.shape == kernel.shape and db.shape == bias.shape
+
+    def loss(x=x, k=kernel, b=bias):
+        return np.sum(ops.conv2d(x, k, b, strides=stride, padding=padding) * r)
+
+    check(dx, lambda v: loss(x=v), x, rng)
+    check(dk, lambda v: loss(k=v), kernel, rng)
+    check(db, lambda v: loss(b=v), bias, rng)
+
+
+@given(conv_cases())
+def test_im2col_and_col2im_are_adjoint(case):
+    x, kernel, _, stride, padding = case
+    cols = ops.im2col(x, kernel.shape[:2], strides=stride, padding=padding)
+    y = np.random.default_rng(1).standard_normal(cols.shape)
+    back = backward.col2im(y, x.shape, kernel.shape[:2], strides=stride, padding=padding)
+    assert np.isclose(np.vdot(cols, y), np.vdot(x, back), rtol=1e-12)
+    naive = backward.col2im_naive(y, x.shape, kernel.shape[:2], strides=stride, padding=padding)
+    np.testing.assert_allclose(back, naive, rtol=1e-12, atol=1e-12)
+
+
+@given(pool_cases())
+def test_max_pool2d_gradient_fast_equals_naive_ties_included(case):
+    x, size, stride, padding = case
+    x = np.round(x)  # integers: many ties
+    y = ops.max_pool2d(x, size, strides=stride, padding=padding)
+    dy = np.random.default_rng(2).standard_normal(y.shape)
+    fast = backward.max_pool2d_backward(x, dy, size, strides=stride, padding=padding)
+    naive = backward.max_pool2d_backward_naive(x, dy, size, strides=stride, padding=padding)
+    # Same positions chosen; overlapping windows may add in another order.
+    np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
+    assert np.isclose(fast.sum(), dy.sum())  # every window passes all its gradient on
+
+
+@given(pool_cases())
+def test_max_pool2d_gradient_matches_finite_differences(case):
+    x, size, stride, padding = case  # continuous values: no ties, a differentiable max
+    rng = np.random.default_rng(3)
+    r = rng.standard_normal(ops.max_pool2d(x, size, strides=stride, padding=padding).shape)
+    dx = backward.max_pool2d_backward(x, r, size, strides=stride, padding=padding)
+    check(
+        dx, lambda v: np.sum(ops.max_pool2d(v, size, strides=stride, padding=padding) * r), x, rng
+    )
+
+
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 7), st.integers(0, 2**32 - 1))
+def test_dense_relu_and_softmax_cross_entropy_gradients(n, n_in, n_out, seed):
+    rng = np.random.default_rng(seed)
+    x, k, b = (
+        rng.standard_normal((n, n_in)),
+        rng.standard_normal((n_in, n_out)),
+        rng.standard_normal(n_out),
+    )
+    labels = rng.integers(0, n_out, n)
+
+    def loss(x=x, k=k, b=b):
+        return backward.softmax_cross_entropy(ops.relu(ops.dense(x, k, b)), labels)[0]
+
+    h = ops.dense(x, k, b)
+    _, dlogits = backward.softmax_cross_entropy(ops.relu(h), labels)
+    dh = backward.relu_backward(h, dlogits)
+    dx, dk, db = backward.dense_backward(x, k, dh)
+    check(dx, lambda v: loss(x=v), x, rng)
+    check(dk, lambda v: loss(k=v), k, rng)
+    check(db, lambda v: loss(b=v), b, rng)
+
+
+def test_softmax_cross_entropy_is_finite_for_huge_logits():
+    loss, grad = backward.softmax_cross_entropy(np.array([[1e4, -1e4, 0.0]]), np.array([2]))
+    assert loss == pytest.approx(1e4) and np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, [[1.0, 0.0, -1.0]], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: backward.conv2d_backward(
+                np.ones((1, 4, 4, 1)), np.ones((3, 3, 1, 2)), np.ones((1, 4, 4, 1))
+            ),
+            r"`dy` must have the output's shape \(1, 4, 4, 2\)",
+        ),
+        (lambda: backward.col2im(np.ones((3, 9)), (1, 4, 4, 1), 3), r"`cols` must have shape"),
+        (
+            lambda: backward.max_pool2d_backward(np.ones((1, 4, 4, 1)), np.ones((1, 4, 4, 1))),
+            r"`dy` must have the output's shape \(1, 2, 2, 1\)",
+        ),
+        (
+            lambda: backward.dense_backward(np.ones((2, 3)), np.ones((3, 4)), np.ones((2, 3))),
+            r"`dy` must have shape \(2, 4\)",
+        ),
+        (
+            lambda: backward.relu_backward(np.ones(3), np.ones(4)),
+            r"`dy` must have the shape of `x`",
+        ),
+        (
+            lambda: backward.softmax_cross_entropy(np.ones((2, 3)), np.array([0, 3])),
+            r"`labels` must be in \[0, 3\)",
+        ),
+        (
+            lambda: backward.softmax_cross_entropy(np.ones((2, 3)), np.array([0.0, 1.0])),
+            r"integers",
+        ),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,345 @@
+"""Gradients of the kernels in `vgg_np.ops`: each naive loop definition beside its fast form.
+
+Every function takes what its forward kernel took, plus ``dy``, the gradient of a scalar
+loss with respect to the forward output, and returns the gradients with respect to the
+forward inputs (and weights). Shapes and dimension letters are those of `vgg_np.ops`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from vgg_np import ops
+from vgg_np.ops import IntOrPair, Padding
+
+__all__ = [
+    "col2im",
+    "col2im_naive",
+    "conv2d_backward",
+    "dense_backward",
+    "max_pool2d_backward",
+    "max_pool2d_backward_naive",
+    "relu_backward",
+    "softmax_cross_entropy",
+]
+
+
+def _geometry(x_shape, kernel_size, strides, padding):
+    n, h, w, c = x_shape
+    kh, kw = ops._positive_pair("kernel_size", kernel_size)
+    sh, sw = ops._positive_pair("strides", strides)
+    pads = ops.resolve_padding(padding, (h, w), (kh, kw), (sh, sw))
+    ho, wo = ops._output_size((h, w), (kh, kw), (sh, sw), pads)
+    return n, h, w, c, kh, kw, sh, sw, pads, ho, wo
+
+
+def _check_cols(cols: np.ndarray, n, ho, wo, kh, kw, c) -> np.ndarray:
+    cols = ops._float_array("cols", cols)
+    if cols.shape != (n * ho * wo, kh * kw * c):
+        raise ValueError(
+            f"`cols` must have shape (N*Ho*Wo, KH*KW*C) = {(n * ho * wo, kh * kw * c)} for "
+            f"these arguments, got {cols.shape}"
+        )
+    return cols
+
+
+def col2im_naive(
+    cols: ArrayLike,
+    x_shape: tuple,
+    kernel_size: IntOrPair,
+    *,
+    strides: IntOrPair = 1,
+    padding: Padding = "same",
+) -> NDArray[np.floating]:
+    """Add every row of a patch matrix back onto the pixels it came from, by loops.
+
+    The adjoint of `vgg_np.ops.im2col`: ``<im2col(x), y> == <x, col2im(y)>`` for all x, y.
+    A pixel that belongs to several windows receives the sum of all its copies.
+
+    Parameters
+    ----------
+    cols : array_like, shape (N * Ho * Wo, KH * KW * C)
+    x_shape : tuple
+        ``(N, H, W, C)`` of the image the patches came from.
+    kernel_size, strides, padding
+        As given to `im2col`.
+
+    Returns
+    -------
+    ndarray, shape x_shape
+
+    Raises
+    ------
+    ValueError
+        If `cols` does not have the shape `im2col` gives for these arguments.
+
+    Examples
+    --------
+    >>> x = np.arange(9.0).reshape(1, 3, 3, 1)
+    >>> col2im_naive(np.ones((4, 4)), x.shape, 2, padding="valid")[0, :, :, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    n, h, w, c, kh, kw, sh, sw, pads, ho, wo = _geometry(x_shape, kernel_size, strides, padding)
+    cols = _check_cols(cols, n, ho, wo, kh, kw, c)
+    (pt, pb), (pl, pr) = pads
+    xp = np.zeros((n, h + pt + pb, w + pl + pr, c), dtype=cols.dtype)
+    row = 0
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                window = cols[row].reshape(kh, kw, c)  # (KH, KW, C)
+                xp[b, i * sh : i * sh + kh, j * sw : j * sw + kw, :] += window
+                row += 1
+    return xp[:, pt : pt + h, pl : pl + w, :]
+
+
+def col2im(
+    cols: ArrayLike,
+    x_shape: tuple,
+    kernel_size: IntOrPair,
+    *,
+    strides: IntOrPair = 1,
+    padding: Padding = "same",
+) -> NDArray[np.floating]:
+    """Apply the adjoint of `vgg_np.ops.im2col` in ``KH * KW`` strided additions.
+
+    Computes the same as `col2im_naive` (up to summation order), with the same
+    parameters, return value and errors.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((2, 5, 6, 3))
+    >>> y = np.random.default_rng(1).standard_normal(ops.im2col(x, 3).shape)
+    >>> bool(np.isclose(np.vdot(ops.im2col(x, 3), y), np.vdot(x, col2im(y, x.shape, 3))))
+    True
+    """
+    n, h, w, c, kh, kw, sh, sw, pads, ho, wo = _geometry(x_shape, kernel_size, strides, padding)
+    cols = _check_cols(cols, n, ho, wo, kh, kw, c)
+    (pt, pb), (pl, pr) = pads
+    xp = np.zeros((n, h + pt + pb, w + pl + pr, c), dtype=cols.dtype)
+    patches = cols.reshape(n, ho, wo, kh, kw, c)  # (N, Ho, Wo, KH, KW, C)
+    for a in range(kh):
+        for b in range(kw):
+            rows = slice(a, a + sh * (ho - 1) + 1, sh)
+            columns = slice(b, b + sw * (wo - 1) + 1, sw)
+            xp[:, rows, columns, :] += patches[:, :, :, a, b, :]  # (N, Ho, Wo, C)
+    return xp[:, pt : pt + h, pl : pl + w, :]
+
+
+def conv2d_backward(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    dy: ArrayLike,
+    *,
+    strides: IntOrPair = 1,
+    padding: Padding = "same",
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
+    """Return the gradients of `vgg_np.ops.conv2d` for x, the kernel and the bias.
+
+    With ``cols = im2col(x)`` the forward pass is ``y = cols @ K + b``, so
+    ``dK = cols^T @ dy``, ``db = sum(dy)`` and ``dx = col2im(dy @ K^T)``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, H, W, C)
+    kernel : array_like, shape (KH, KW, C, O)
+    dy : array_like, shape (N, Ho, Wo, O)
+        Gradient of the loss with respect to the convolution's output.
+    strides, padding
+        As given to `conv2d`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, H, W, C)
+    dkernel : ndarray, shape (KH, KW, C, O)
+    dbias : ndarray, shape (O,)
+
+    Raises
+    ------
+    ValueError
+        If `dy` does not have the forward output's shape.
+
+    Examples
+    --------
+    >>> x = np.arange(16.0).reshape(1, 4, 4, 1)
+    >>> ones = np.ones((3, 3, 1, 1)), np.ones((1, 2, 2, 1))
+    >>> dx, dk, db = conv2d_backward(x, *ones, padding="valid")
+    >>> dk[:, :, 0, 0]  # each tap saw four pixels
+    array([[10., 14., 18.],
+           [26., 30., 34.],
+           [42., 46., 50.]])
+    >>> db
+    array([4.])
+    """
+    x, kernel, _, stride_pair, pads, (ho, wo) = ops._conv_args(x, kernel, None, strides, padding)
+    dy = ops._float_array("dy", dy).astype(x.dtype, copy=False)
+    n = x.shape[0]
+    kh, kw, c, o = kernel.shape
+    if dy.shape != (n, ho, wo, o):
+        raise ValueError(f"`dy` must have the output's shape {(n, ho, wo, o)}, got {dy.shape}")
+    cols = ops.im2col(x, (kh, kw), strides=stride_pair, padding=pads)  # (N*Ho*Wo, KH*KW*C)
+    dy2 = dy.reshape(n * ho * wo, o)  # (N*Ho*Wo, O)
+    dkernel = (cols.T @ dy2).reshape(kh, kw, c, o)  # (KH*KW*C, O)
+    dcols = dy2 @ kernel.reshape(kh * kw * c, o).T  # (N*Ho*Wo, KH*KW*C)
+    dx = col2im(dcols, x.shape, (kh, kw), strides=stride_pair, padding=pads)
+    return dx, dkernel, dy2.sum(axis=0)
+
+
+def max_pool2d_backward_naive(
+    x: ArrayLike,
+    dy: ArrayLike,
+    pool_size: IntOrPair = 2,
+    *,
+    strides: IntOrPair | None = None,
+    padding: Padding = "valid",
+) -> NDArray[np.floating]:
+    """Return the gradient of max-pooling, by loops: each window's goes to its maximum.
+
+    Ties: the first maximum in row-major window order takes all of it (as PyTorch does).
+    Overlapping windows add up.
+
+    Examples
+    --------
+    >>> x = np.array([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)
+    >>> max_pool2d_backward_naive(x, np.ones((1, 1, 1, 1)))[0, :, :, 0]  # a tie: the first 3
+    array([[0., 1.],
+           [0., 0.]])
+    """
+    x, (kh, kw), (sh, sw), pads, (ho, wo) = ops._pool_args(x, pool_size, strides, padding)
+    dy = ops._float_array("dy", dy)
+    if dy.shape != (x.shape[0], ho, wo, x.shape[3]):
+        expected = (x.shape[0], ho, wo, x.shape[3])
+        raise ValueError(f"`dy` must have the output's shape {expected}, got {dy.shape}")
+    (pt, _), (pl, _) = pads
+    xp = ops._pad_spatial(x, pads, value=-np.inf)
+    dxp = np.zeros(xp.shape, dtype=x.dtype)
+    for n, i, j, c in np.ndindex(dy.shape):
+        window = xp[n, i * sh : i * sh + kh, j * sw : j * sw + kw, c]  # (KH, KW)
+        a, b = np.unravel_index(np.argmax(window), window.shape)
+        dxp[n, i * sh + a, j * sw + b, c] += dy[n, i, j, c]
+    return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :]
+
+
+def max_pool2d_backward(
+    x: ArrayLike,
+    dy: ArrayLike,
+    pool_size: IntOrPair = 2,
+    *,
+    strides: IntOrPair | None = None,
+    padding: Padding = "valid",
+) -> NDArray[np.floating]:
+    """Return the gradient of max-pooling, vectorised over the windows.
+
+    Computes exactly what `max_pool2d_backward_naive` computes, ties included.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((2, 6, 7, 3))
+    >>> dy = np.ones((2, 3, 3, 3))
+    >>> np.array_equal(max_pool2d_backward(x, dy), max_pool2d_backward_naive(x, dy))
+    True
+    """
+    x, (kh, kw), (sh, sw), pads, (ho, wo) = ops._pool_args(x, pool_size, strides, padding)
+    dy = ops._float_array("dy", dy)
+    if dy.shape != (x.shape[0], ho, wo, x.shape[3]):
+        expected = (x.shape[0], ho, wo, x.shape[3])
+        raise ValueError(f"`dy` must have the output's shape {expected}, got {dy.shape}")
+    # Windows of the input padded with -inf, as the forward pass pads: padding never wins.
+    xp = ops._pad_spatial(x, pads, value=-np.inf)  # (N, H+pt+pb, W+pl+pr, C)
+    n, c = x.shape[0], x.shape[3]
+    cols = ops.im2col(xp, (kh, kw), strides=(sh, sw), padding="valid")
+    windows = cols.reshape(n * ho * wo, kh * kw, c)  # (N*Ho*Wo, KH*KW, C)
+    first = np.argmax(windows, axis=1)  # (N*Ho*Wo, C): the first maximum of each window
+    dcols = np.zeros(windows.shape, dtype=x.dtype)  # (N*Ho*Wo, KH*KW, C)
+    np.put_along_axis(dcols, first[:, None, :], dy.reshape(-1, 1, c), axis=1)
+    dxp = col2im(
+        dcols.reshape(-1, kh * kw * c), xp.shape, (kh, kw), strides=(sh, sw), padding="valid"
+    )
+    (pt, _), (pl, _) = pads
+    return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :]
+
+
+def dense_backward(
+    x: ArrayLike, kernel: ArrayLike, dy: ArrayLike
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
+    """Return the gradients of `vgg_np.ops.dense`: ``dy @ K^T``, ``x^T @ dy``, ``sum(dy)``.
+
+    Examples
+    --------
+    >>> dx, dk, db = dense_backward(np.array([[1.0, 2.0]]), np.eye(2), np.array([[3.0, 4.0]]))
+    >>> dx, dk, db
+    (array([[3., 4.]]), array([[3., 4.],
+           [6., 8.]]), array([3., 4.]))
+    """
+    x, kernel, _ = ops._dense_args(x, kernel, None)
+    dy = ops._float_array("dy", dy).astype(x.dtype, copy=False)
+    if dy.shape != (x.shape[0], kernel.shape[1]):
+        raise ValueError(f"`dy` must have shape {(x.shape[0], kernel.shape[1])}, got {dy.shape}")
+    return dy @ kernel.T, x.T @ dy, dy.sum(axis=0)  # (N, in), (in, out), (out,)
+
+
+def relu_backward(x: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.relu`: `dy` where ``x > 0``, else 0 (as PyTorch).
+
+    Examples
+    --------
+    >>> relu_backward(np.array([-1.0, 0.0, 2.0]), np.array([5.0, 5.0, 5.0]))
+    array([0., 0., 5.])
+    """
+    x = ops._float_array("x", x)
+    dy = ops._float_array("dy", dy)
+    if dy.shape != x.shape:
+        raise ValueError(f"`dy` must have the shape of `x` {x.shape}, got {dy.shape}")
+    return np.where(x > 0, dy, 0).astype(np.result_type(x, dy))
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike, labels: ArrayLike
+) -> tuple[float, NDArray[np.floating]]:
+    """Return the mean cross-entropy of softmax(logits) against labels, and its gradient.
+
+    Computed from ``log_softmax = x - max - log(sum(exp(x - max)))``, so logits of any size
+    give a finite loss; the gradient is ``(softmax(x) - onehot(labels)) / N``.
+
+    Parameters
+    ----------
+    logits : array_like, shape (N, K)
+    labels : array_like of int, shape (N,)
+        Class indices in ``[0, K)``.
+
+    Returns
+    -------
+    loss : float
+    dlogits : ndarray, shape (N, K)
+
+    Raises
+    ------
+    ValueError
+        On shapes that do not match or labels out of range.
+
+    Examples
+    --------
+    >>> loss, grad = softmax_cross_entropy(np.array([[1000.0, 0.0]]), np.array([1]))
+    >>> loss, grad
+    (1000.0, array([[ 1., -1.]]))
+    """
+    logits = ops._float_array("logits", logits)
+    labels = np.asarray(labels)
+    if logits.ndim != 2 or labels.shape != (logits.shape[0],) or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"`logits` must be (N, K) and `labels` (N,) integers, got {logits.shape} and "
+            f"{labels.shape} of {labels.dtype}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        k = logits.shape[1]
+        raise ValueError(f"`labels` must be in [0, {k}), got {labels.min()}..{labels.max()}")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(logits.shape[0])
+    loss = float(-log_probs[rows, labels].mean())
+    grad = np.exp(log_probs)
+    grad[rows, labels] -= 1
+    return loss, grad / logits.shape[0]
