@@ -58,6 +58,33 @@ def test_conv2d_gradients_match_finite_differences(case):
     check(db, lambda v: loss(b=v), bias, rng)
 
 
+@given(conv_cases(max_hw=6, max_c=3))
+def test_conv2d_backward_equals_its_loop_definition(case):
+    x, kernel, _, stride, padding = case
+    y = ops.conv2d(x, kernel, strides=stride, padding=padding)
+    dy = np.random.default_rng(4).standard_normal(y.shape)
+    fast = backward.conv2d_backward(x, kernel, dy, strides=stride, padding=padding)
+    naive = backward.conv2d_backward_naive(x, kernel, dy, strides=stride, padding=padding)
+    for a, b in zip(fast, naive, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_dropout_and_flatten_gradients():
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 10)) + 0.1
+    y = ops.dropout(x, 0.3, training=True, rng=np.random.default_rng(1))
+    dy = rng.standard_normal(x.shape)
+    dx = backward.dropout_backward(x, y, dy)
+    np.testing.assert_allclose(dx, np.where(y == 0, 0, dy / 0.7))
+    features = rng.standard_normal((2, 3, 4, 5))
+    g = rng.standard_normal((2, 60))
+    assert np.vdot(ops.flatten(features), g) == pytest.approx(
+        np.vdot(features, backward.flatten_backward(g, features.shape))
+    )
+    with pytest.raises(ValueError, match="cannot come from flattening"):
+        backward.flatten_backward(g, (2, 3, 4, 4))
+
+
 @given(conv_cases())
 def test_im2col_and_col2im_are_adjoint(case):
     x, kernel, _, stride, padding = case

@@ -43,7 +43,7 @@ def test_vgg16_page_table_is_what_the_code_prints():
 
 PUBLIC_MODULES = [
     "vgg_np.ops", "vgg_np.backward", "vgg_np.engine", "vgg_np.model", "vgg_np.formats",
-    "vgg_np.preprocess", "vgg_np.compare", "vgg_np.visualize",
+    "vgg_np.preprocess", "vgg_np.compare", "vgg_np.visualize", "vgg_np.train",
 ]  # fmt: skip
 
 

@@ -17,7 +17,10 @@ __all__ = [
     "col2im",
     "col2im_naive",
     "conv2d_backward",
+    "conv2d_backward_naive",
     "dense_backward",
+    "dropout_backward",
+    "flatten_backward",
     "max_pool2d_backward",
     "max_pool2d_backward_naive",
     "relu_backward",
@@ -127,6 +130,49 @@ def col2im(
             columns = slice(b, b + sw * (wo - 1) + 1, sw)
             xp[:, rows, columns, :] += patches[:, :, :, a, b, :]  # (N, Ho, Wo, C)
     return xp[:, pt : pt + h, pl : pl + w, :]
+
+
+def conv2d_backward_naive(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    dy: ArrayLike,
+    *,
+    strides: IntOrPair = 1,
+    padding: Padding = "same",
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
+    """Return the gradients of a convolution by loops: the definition of `conv2d_backward`.
+
+    Each output ``y[n, i, j, o]`` added ``window * kernel[..., o]``; so its gradient adds
+    ``dy[n, i, j, o] * window`` to ``dkernel[..., o]`` and ``dy[n, i, j, o] * kernel[..., o]``
+    to the input window.
+
+    Examples
+    --------
+    >>> x = np.arange(16.0).reshape(1, 4, 4, 1)
+    >>> ones = np.ones((3, 3, 1, 1)), np.ones((1, 2, 2, 1))
+    >>> _, dk, _ = conv2d_backward_naive(x, *ones, padding="valid")
+    >>> dk[0, :, 0, 0]
+    array([10., 14., 18.])
+    """
+    x, kernel, _, (sh, sw), pads, (ho, wo) = ops._conv_args(x, kernel, None, strides, padding)
+    dy = ops._float_array("dy", dy).astype(x.dtype, copy=False)
+    kh, kw, _, n_out = kernel.shape
+    if dy.shape != (x.shape[0], ho, wo, n_out):
+        raise ValueError(
+            f"`dy` must have the output's shape {(x.shape[0], ho, wo, n_out)}, got {dy.shape}"
+        )
+    xp = ops._pad_spatial(x, pads)
+    dxp, dkernel = np.zeros_like(xp), np.zeros_like(kernel)
+    for n in range(x.shape[0]):
+        for i in range(ho):
+            for j in range(wo):
+                rows, cols = slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw)
+                for o in range(n_out):
+                    dkernel[:, :, :, o] += dy[n, i, j, o] * xp[n, rows, cols, :]
+                    dxp[n, rows, cols, :] += dy[n, i, j, o] * kernel[:, :, :, o]
+    (pt, _), (pl, _) = pads
+    dx = dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :]
+    return dx, dkernel, dy.sum(axis=(0, 1, 2))
 
 
 def conv2d_backward(
@@ -279,6 +325,43 @@ def dense_backward(
     if dy.shape != (x.shape[0], kernel.shape[1]):
         raise ValueError(f"`dy` must have shape {(x.shape[0], kernel.shape[1])}, got {dy.shape}")
     return dy @ kernel.T, x.T @ dy, dy.sum(axis=0)  # (N, in), (in, out), (out,)
+
+
+def flatten_backward(dy: ArrayLike, x_shape: tuple) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.flatten`: `dy` reshaped to the input's shape.
+
+    Examples
+    --------
+    >>> flatten_backward(np.arange(8.0).reshape(1, 8), (1, 2, 2, 2))[0, 1, 0]
+    array([4., 5.])
+    """
+    dy = ops._float_array("dy", dy)
+    if dy.size != int(np.prod(x_shape)):
+        raise ValueError(f"`dy` of shape {dy.shape} cannot come from flattening {tuple(x_shape)}")
+    return dy.reshape(x_shape)
+
+
+def dropout_backward(x: ArrayLike, y: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.dropout` in training, with the forward's mask.
+
+    The forward pass multiplied each value by 0 or ``1 / (1 - rate)``; that factor is
+    ``y / x`` wherever ``x != 0`` (where ``x == 0`` the value carries no gradient to tell:
+    ReLU outputs of 0 get none anyway). So ``dx = dy * y / x``.
+
+    Examples
+    --------
+    >>> x = np.array([1.0, 2.0, 3.0, 0.0])
+    >>> y = np.array([2.0, 0.0, 6.0, 0.0])   # rate 0.5: the second value dropped
+    >>> dropout_backward(x, y, np.ones(4))
+    array([2., 0., 2., 0.])
+    """
+    x, y, dy = (ops._float_array(name, a) for name, a in (("x", x), ("y", y), ("dy", dy)))
+    if not x.shape == y.shape == dy.shape:
+        raise ValueError(
+            f"`x`, `y` and `dy` must have one shape, got {x.shape}, {y.shape}, {dy.shape}"
+        )
+    scale = np.divide(y, x, out=np.zeros_like(y), where=x != 0)
+    return dy * scale
 
 
 def relu_backward(x: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:

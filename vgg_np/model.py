@@ -222,6 +222,7 @@ class SummaryRow:
     biases: int
     macs: int
     is_view: bool = False  # flatten: a reshaped view of its input, no memory of its own
+    kept: int = 0  # values this layer keeps for the backward pass (`vgg_np.train.Tape`)
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,13 @@ class Summary:
             weights = math.prod(kernel) if params else 0
             # One multiply-accumulate per weight per output position.
             positions = math.prod(out[:-1]) if layer.kind == "conv" else 1
+            # What backward needs: a convolution its input and its output (the ReLU mask),
+            # a pool its input (the argmax), a dense layer its input (and output if ReLU).
+            kept = {
+                "conv": math.prod(shape) + math.prod(out),
+                "pool": math.prod(shape),
+                "dense": math.prod(shape) + (math.prod(out) if layer.activation == "relu" else 0),
+            }.get(layer.kind, 0)
             rows.append(
                 SummaryRow(
                     layer.name,
@@ -276,6 +284,7 @@ class Summary:
                     math.prod(bias) if params else 0,
                     weights * positions,
                     is_view=layer.kind == "flatten",
+                    kept=kept,
                 )
             )
             shape = out
@@ -305,6 +314,14 @@ class Summary:
         return sum(r.activations for r in self.rows if not r.is_view)
 
     @property
+    def kept(self) -> int:
+        """Values a training step keeps for its backward pass, the logits included.
+
+        See `Summary` for an example.
+        """
+        return sum(r.kept for r in self.rows) + self.rows[-1].activations
+
+    @property
     def macs(self) -> int:
         """Multiply-accumulates of one image's forward pass. See `Summary` for an example."""
         return sum(r.macs for r in self.rows)
@@ -312,11 +329,11 @@ class Summary:
     def __str__(self) -> str:
         lines = [self.title, ""]
         header = f"{'layer':<26}{'output':>14}{'activations':>14}{'weights':>14}"
-        lines.append(f"{header}{'biases':>9}{'MACs':>16}")
+        lines.append(f"{header}{'biases':>9}{'MACs':>16}{'kept (bwd)':>13}")
         for r in self.rows:
             lines.append(
                 f"{r.name:<26}{_fmt_shape(r.output_shape):>14}{r.activations:>14,}"
-                f"{r.weights:>14,}{r.biases:>9,}{r.macs:>16,}"
+                f"{r.weights:>14,}{r.biases:>9,}{r.macs:>16,}{r.kept:>13,}"
             )
         mb = self.activations / 1e6
         lines += [
@@ -324,7 +341,8 @@ class Summary:
             f"parameters: {self.parameters:,} = {self.weights:,} weights + {self.biases:,} biases",
             f"activations per image, forward: {self.activations:,} values = "
             f"{mb * 4:.1f} MB in float32, {mb * 8:.1f} MB in float64",
-            f"a backward pass keeps about twice that: {mb * 8:.1f} MB in float32",
+            f"a training step keeps for its backward pass: {self.kept:,} values = "
+            f"{self.kept * 4 / 1e6:.1f} MB in float32 (column 'kept', vgg_np.train)",
             f"work per image: {self.macs / 1e9:.2f} GMAC = {2 * self.macs / 1e9:.2f} GFLOP",
             "",
             "Counted as in the classic VGG16 table: the input is a row, weights exclude",

@@ -1,0 +1,235 @@
+"""Training a VGG: forward with the teaching kernels, backward with `vgg_np.backward`, SGD.
+
+`loss_and_gradients` runs the network on a batch keeping exactly what the backward pass
+needs (`Tape`), computes the mean softmax cross-entropy and every parameter's gradient;
+`SGD` applies PyTorch's momentum and weight decay. Dropout (inverted, with `rate`) is
+applied after each hidden dense layer in training only, as in the original VGG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from vgg_np import backward, ops
+from vgg_np.model import VGG
+
+__all__ = ["SGD", "Tape", "loss_and_gradients", "shapes_dataset"]
+
+#: Classes of `shapes_dataset`.
+SHAPES = ("horizontal stripes", "vertical stripes", "checkerboard", "disc")
+
+
+@dataclass
+class Tape:
+    """What one forward pass kept for its backward pass, per layer name.
+
+    Examples
+    --------
+    >>> Tape().nbytes()
+    0
+    """
+
+    kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def nbytes(self, layer: str | None = None) -> int:
+        """Return the bytes kept by one layer (or all of them); see the class example."""
+        layers = [layer] if layer else list(self.kept)
+        return sum(a.nbytes for name in layers for a in self.kept.get(name, {}).values())
+
+
+def loss_and_gradients(
+    model: VGG,
+    x: ArrayLike,
+    labels: ArrayLike,
+    *,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+    trainable: set[str] | None = None,
+) -> tuple[float, dict[str, tuple[np.ndarray, np.ndarray]], Tape]:
+    """Return the mean cross-entropy of `model` on a batch and the gradient of every weight.
+
+    Parameters
+    ----------
+    model : VGG
+        With the top; computed in its dtype (float64 for gradient checks).
+    x : array_like, shape (N, H, W, C)
+        Preprocessed images.
+    labels : array_like of int, shape (N,)
+    dropout : float, default 0.0
+        Drop probability after each hidden dense layer (training mode when > 0).
+    rng : numpy.random.Generator, optional
+        Required when `dropout` > 0.
+    trainable : set of str, optional
+        Layers whose gradients to return (all by default); the backward pass stops below
+        the lowest of them, so fine-tuning the top is cheap.
+
+    Returns
+    -------
+    loss : float
+    gradients : dict
+        Layer name -> (dkernel, dbias).
+    tape : Tape
+        What the forward pass kept.
+
+    Examples
+    --------
+    >>> from vgg_np.model import VGGConfig
+    >>> tiny = VGGConfig("tiny", ((2,), (2,), (4,), (4,), (4,)), fc=(8,), default_size=32)
+    >>> model = VGG(tiny, classes=3, seed=0, classifier_activation=None)
+    >>> loss, grads, tape = loss_and_gradients(model, np.ones((2, 32, 32, 3)), [0, 2])
+    >>> grads["block1_conv1"][0].shape, grads["predictions"][1].shape
+    ((3, 3, 3, 2), (3,))
+    """
+    if not model.include_top:
+        raise ValueError("training needs the classifier: build the model with include_top=True")
+    x = np.asarray(x, dtype=model.dtype)
+    names = [layer.name for layer in model.layers]
+    trainable = (
+        set(trainable) if trainable is not None else {n for n in names if n in model.weights}
+    )
+    lowest = min((names.index(n) for n in trainable), default=len(names))
+    tape = Tape()
+    h, flat_shape = x, None
+    for index, layer in enumerate(model.layers):
+        keep = index >= lowest  # below the lowest trainable layer nothing flows back
+        if layer.kind == "conv":
+            kernel, bias = model.weights[layer.name]
+            y = ops.relu(ops.conv2d(h, kernel, bias))
+            if keep:
+                tape.kept[layer.name] = {"input": h, "output": y}
+        elif layer.kind == "pool":
+            y = ops.max_pool2d(h, 2)
+            if keep:
+                tape.kept[layer.name] = {"input": h}
+        elif layer.kind == "adaptive_avg":
+            raise ValueError("training with an adaptive pool is not supported")
+        elif layer.kind == "flatten":
+            flat_shape = h.shape
+            y = ops.flatten(h)
+        else:
+            kernel, bias = model.weights[layer.name]
+            y = ops.dense(h, kernel, bias)
+            record = {"input": h}
+            if layer.activation == "relu":
+                y = ops.relu(y)
+                record["output"] = y
+                if dropout > 0:
+                    y = ops.dropout(y, dropout, training=True, rng=rng)
+                    record["kept_scaled"] = y
+            if keep:
+                tape.kept[layer.name] = record
+        h = y
+    loss, grad = backward.softmax_cross_entropy(h, labels)
+    tape.kept["loss"] = {"logits": h}
+    gradients = {}
+    for index in range(len(model.layers) - 1, lowest - 1, -1):
+        layer = model.layers[index]
+        record = tape.kept.get(layer.name, {})
+        if layer.kind == "dense":
+            if "kept_scaled" in record:  # dropout, with the forward's own mask
+                grad = backward.dropout_backward(record["output"], record["kept_scaled"], grad)
+            if "output" in record:
+                grad = backward.relu_backward(record["output"], grad)
+            kernel, _ = model.weights[layer.name]
+            dx, dk, db = backward.dense_backward(record["input"], kernel, grad)
+            gradients[layer.name] = (dk, db)
+            grad = dx
+        elif layer.kind == "flatten":
+            grad = backward.flatten_backward(grad, flat_shape)  # (N, H*W*C) -> (N, H, W, C)
+        elif layer.kind == "pool":
+            grad = backward.max_pool2d_backward(record["input"], grad, 2)
+        elif layer.kind == "conv":
+            kernel, _ = model.weights[layer.name]
+            grad = backward.relu_backward(record["output"], grad)
+            dx, dk, db = backward.conv2d_backward(record["input"], kernel, grad)
+            gradients[layer.name] = (dk, db)
+            grad = dx
+    return loss, {n: g for n, g in gradients.items() if n in trainable}, tape
+
+
+class SGD:
+    """Stochastic gradient descent with momentum and weight decay, as PyTorch defines it.
+
+    ``v = momentum * v + (g + weight_decay * w)``; ``w -= lr * v``, for kernels and biases.
+
+    Examples
+    --------
+    >>> from vgg_np.model import VGGConfig
+    >>> tiny = VGGConfig("tiny", ((2,), (2,), (4,), (4,), (4,)), fc=(8,), default_size=32)
+    >>> model = VGG(tiny, classes=3, seed=0, classifier_activation=None)
+    >>> before = model.weights["predictions"][1].copy()
+    >>> SGD(lr=0.1).step(model, {"predictions": (np.zeros((8, 3)), np.ones(3))})
+    >>> model.weights["predictions"][1] - before
+    array([-0.1, -0.1, -0.1], dtype=float32)
+    """
+
+    def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(
+                "need lr > 0, 0 <= momentum < 1 and weight_decay >= 0, got "
+                f"{lr}, {momentum}, {weight_decay}"
+            )
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.velocity: dict[str, list[np.ndarray]] = {}
+
+    def step(self, model: VGG, gradients: dict) -> None:
+        """Update the model's weights in place from `gradients` (see the class example)."""
+        weights = model.weights
+        for name, grads in gradients.items():
+            velocity = self.velocity.setdefault(name, [np.zeros_like(w) for w in weights[name]])
+            new = []
+            for w, g, v in zip(weights[name], grads, velocity, strict=True):
+                v *= self.momentum
+                v += g + self.weight_decay * w
+                new.append((w - self.lr * v).astype(w.dtype))
+            weights[name] = tuple(new)
+        model.set_weights(weights)
+
+
+def shapes_dataset(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Generate `n` noisy RGB pictures of four classes (`SHAPES`), balanced.
+
+    Stripes and checkerboards of random period and phase, discs of random centre and
+    radius; each class draws its foreground colour around its own dominant channel (the
+    disc class on a darker background); Gaussian noise. A small task, nothing downloaded.
+
+    Returns
+    -------
+    images : ndarray of uint8, shape (n, size, size, 3)
+    labels : ndarray of int64, shape (n,)
+
+    Examples
+    --------
+    >>> images, labels = shapes_dataset(8, size=16)
+    >>> images.shape, labels.tolist()
+    ((8, 16, 16, 3), [0, 1, 2, 3, 0, 1, 2, 3])
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    images = np.empty((n, size, size, 3), np.uint8)
+    labels = np.arange(n) % len(SHAPES)
+    for k, label in enumerate(labels):
+        period, phase = rng.uniform(4, 10), rng.uniform(0, 2 * np.pi)
+        if label == 0:
+            pattern = np.sin(2 * np.pi * y / period + phase) > 0
+        elif label == 1:
+            pattern = np.sin(2 * np.pi * x / period + phase) > 0
+        elif label == 2:
+            pattern = (np.sin(2 * np.pi * x / period + phase) > 0) ^ (
+                np.sin(2 * np.pi * y / period) > 0
+            )
+        else:
+            cy, cx = rng.uniform(size * 0.3, size * 0.7, 2)
+            r = rng.uniform(size * 0.15, size * 0.35)
+            pattern = (y - cy) ** 2 + (x - cx) ** 2 < r**2
+        # Each class has its own palette (a dominant channel), so that even the random
+        # features of an untrained convolutional base can tell the classes apart.
+        fg = rng.uniform(0, 100, 3)
+        fg[label % 3] += 155
+        bg = rng.uniform(0, 255, 3) * (0.3 if label == 3 else 1.0)
+        picture = np.where(pattern[..., None], fg, bg) + rng.normal(0, 20, (size, size, 3))
+        images[k] = np.clip(picture, 0, 255).astype(np.uint8)
+    return images, labels
