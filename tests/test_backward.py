@@ -137,6 +137,8 @@ def test_dense_relu_and_softmax_cross_entropy_gradients(n, n_in, n_out, seed):
     _, dlogits = backward.softmax_cross_entropy(ops.relu(h), labels)
     dh = backward.relu_backward(h, dlogits)
     dx, dk, db = backward.dense_backward(x, k, dh)
+    for fast, naive in zip((dx, dk, db), backward.dense_backward_naive(x, k, dh), strict=True):
+        np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-14)
     check(dx, lambda v: loss(x=v), x, rng)
     check(dk, lambda v: loss(k=v), k, rng)
     check(db, lambda v: loss(b=v), b, rng)

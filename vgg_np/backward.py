@@ -19,6 +19,7 @@ __all__ = [
     "conv2d_backward",
     "conv2d_backward_naive",
     "dense_backward",
+    "dense_backward_naive",
     "dropout_backward",
     "flatten_backward",
     "max_pool2d_backward",
@@ -306,6 +307,33 @@ def max_pool2d_backward(
     )
     (pt, _), (pl, _) = pads
     return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :]
+
+
+def dense_backward_naive(
+    x: ArrayLike, kernel: ArrayLike, dy: ArrayLike
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
+    """Return the gradients of a dense layer by loops: the definition of `dense_backward`.
+
+    ``y[n, o] = b[o] + sum_i x[n, i] k[i, o]``, so ``dk[i, o] = sum_n x[n, i] dy[n, o]``,
+    ``dx[n, i] = sum_o k[i, o] dy[n, o]``, ``db[o] = sum_n dy[n, o]``.
+
+    Examples
+    --------
+    >>> dx, dk, db = dense_backward_naive(np.array([[1.0, 2.0]]), np.eye(2), np.array([[3.0, 4.0]]))
+    >>> dk
+    array([[3., 4.],
+           [6., 8.]])
+    """
+    x, kernel, _ = ops._dense_args(x, kernel, None)
+    dy = ops._float_array("dy", dy).astype(x.dtype, copy=False)
+    if dy.shape != (x.shape[0], kernel.shape[1]):
+        raise ValueError(f"`dy` must have shape {(x.shape[0], kernel.shape[1])}, got {dy.shape}")
+    dx, dk = np.zeros_like(x), np.zeros_like(kernel)
+    for n in range(x.shape[0]):
+        for o in range(kernel.shape[1]):
+            dk[:, o] += x[n, :] * dy[n, o]
+            dx[n, :] += kernel[:, o] * dy[n, o]
+    return dx, dk, dy.sum(axis=0)
 
 
 def dense_backward(
