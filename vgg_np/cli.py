@@ -32,7 +32,6 @@ from vgg_np.visualize import feature_map_grid, filter_grid
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 EXIT_RUNTIME_ERROR = 1
-EXIT_USAGE_ERROR = 2
 
 
 def _relative_error(actual: np.ndarray, exact: np.ndarray) -> float:
