@@ -38,6 +38,14 @@ def _geometry(x_shape, kernel_size, strides, padding):
     return n, h, w, c, kh, kw, sh, sw, pads, ho, wo
 
 
+def _check_dy(dy, expected: tuple, dtype, what: str = "the output's shape") -> np.ndarray:
+    """Check the incoming gradient against the forward output's shape; cast it to `dtype`."""
+    dy = ops._float_array("dy", dy)
+    if dy.shape != expected:
+        raise ValueError(f"`dy` must have {what} {expected}, got {dy.shape}")
+    return dy.astype(dtype, copy=False)
+
+
 def _check_cols(cols: np.ndarray, n, ho, wo, kh, kw, c) -> np.ndarray:
     cols = ops._float_array("cols", cols)
     if cols.shape != (n * ho * wo, kh * kw * c):
@@ -156,12 +164,8 @@ def conv2d_backward_naive(
     array([10., 14., 18.])
     """
     x, kernel, _, (sh, sw), pads, (ho, wo) = ops._conv_args(x, kernel, None, strides, padding)
-    dy = ops._float_array("dy", dy).astype(x.dtype, copy=False)
     kh, kw, _, n_out = kernel.shape
-    if dy.shape != (x.shape[0], ho, wo, n_out):
-        raise ValueError(
-            f"`dy` must have the output's shape {(x.shape[0], ho, wo, n_out)}, got {dy.shape}"
-        )
+    dy = _check_dy(dy, (x.shape[0], ho, wo, n_out), x.dtype)
     xp = ops._pad_spatial(x, pads)
     dxp, dkernel = np.zeros_like(xp), np.zeros_like(kernel)
     for n in range(x.shape[0]):
@@ -222,11 +226,9 @@ def conv2d_backward(
     array([4.])
     """
     x, kernel, _, stride_pair, pads, (ho, wo) = ops._conv_args(x, kernel, None, strides, padding)
-    dy = ops._float_array("dy", dy).astype(x.dtype, copy=False)
     n = x.shape[0]
     kh, kw, c, o = kernel.shape
-    if dy.shape != (n, ho, wo, o):
-        raise ValueError(f"`dy` must have the output's shape {(n, ho, wo, o)}, got {dy.shape}")
+    dy = _check_dy(dy, (n, ho, wo, o), x.dtype)
     cols = ops.im2col(x, (kh, kw), strides=stride_pair, padding=pads)  # (N*Ho*Wo, KH*KW*C)
     dy2 = dy.reshape(n * ho * wo, o)  # (N*Ho*Wo, O)
     dkernel = (cols.T @ dy2).reshape(kh, kw, c, o)  # (KH*KW*C, O)
@@ -256,10 +258,7 @@ def max_pool2d_backward_naive(
            [0., 0.]])
     """
     x, (kh, kw), (sh, sw), pads, (ho, wo) = ops._pool_args(x, pool_size, strides, padding)
-    dy = ops._float_array("dy", dy)
-    if dy.shape != (x.shape[0], ho, wo, x.shape[3]):
-        expected = (x.shape[0], ho, wo, x.shape[3])
-        raise ValueError(f"`dy` must have the output's shape {expected}, got {dy.shape}")
+    dy = _check_dy(dy, (x.shape[0], ho, wo, x.shape[3]), x.dtype)
     (pt, _), (pl, _) = pads
     xp = ops._pad_spatial(x, pads, value=-np.inf)
     dxp = np.zeros(xp.shape, dtype=x.dtype)
@@ -290,10 +289,7 @@ def max_pool2d_backward(
     True
     """
     x, (kh, kw), (sh, sw), pads, (ho, wo) = ops._pool_args(x, pool_size, strides, padding)
-    dy = ops._float_array("dy", dy)
-    if dy.shape != (x.shape[0], ho, wo, x.shape[3]):
-        expected = (x.shape[0], ho, wo, x.shape[3])
-        raise ValueError(f"`dy` must have the output's shape {expected}, got {dy.shape}")
+    dy = _check_dy(dy, (x.shape[0], ho, wo, x.shape[3]), x.dtype)
     # Windows of the input padded with -inf, as the forward pass pads: padding never wins.
     xp = ops._pad_spatial(x, pads, value=-np.inf)  # (N, H+pt+pb, W+pl+pr, C)
     n, c = x.shape[0], x.shape[3]
@@ -325,9 +321,7 @@ def dense_backward_naive(
            [6., 8.]])
     """
     x, kernel, _ = ops._dense_args(x, kernel, None)
-    dy = ops._float_array("dy", dy).astype(x.dtype, copy=False)
-    if dy.shape != (x.shape[0], kernel.shape[1]):
-        raise ValueError(f"`dy` must have shape {(x.shape[0], kernel.shape[1])}, got {dy.shape}")
+    dy = _check_dy(dy, (x.shape[0], kernel.shape[1]), x.dtype, what="shape")
     dx, dk = np.zeros_like(x), np.zeros_like(kernel)
     for n in range(x.shape[0]):
         for o in range(kernel.shape[1]):
@@ -349,9 +343,7 @@ def dense_backward(
            [6., 8.]]), array([3., 4.]))
     """
     x, kernel, _ = ops._dense_args(x, kernel, None)
-    dy = ops._float_array("dy", dy).astype(x.dtype, copy=False)
-    if dy.shape != (x.shape[0], kernel.shape[1]):
-        raise ValueError(f"`dy` must have shape {(x.shape[0], kernel.shape[1])}, got {dy.shape}")
+    dy = _check_dy(dy, (x.shape[0], kernel.shape[1]), x.dtype, what="shape")
     return dy @ kernel.T, x.T @ dy, dy.sum(axis=0)  # (N, in), (in, out), (out,)
 
 

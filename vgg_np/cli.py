@@ -121,9 +121,8 @@ def _progress(done: int, total: int, enabled: bool) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Classify images with a weights file; one bad image is reported and skipped."""
-    with formats.open_weights(args.weights) as source:
-        family = "torchvision" if "torchvision" in source.format else "keras"
     model = VGG.from_file(args.weights, classifier_activation="softmax")
+    family = "torchvision" if "torchvision" in model.weights_format else "keras"
     if not model.include_top:
         raise ValueError(
             f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "

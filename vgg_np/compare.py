@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from vgg_np import formats
 from vgg_np.formats import torchvision
 from vgg_np.model import VGG, infer_architecture
 
@@ -343,14 +342,13 @@ def compare_onnx(
     import onnx
     import onnxruntime
 
-    with formats.open_weights(path) as source:
-        names = dict(source.info["tensor_names"])
     model = VGG.from_file(
         path,
         dtype="float64" if oracle else "float32",
         data_format="channels_last",
         input_shape=None,
     )
+    names = dict(model.weights_info["tensor_names"])
     graph_model = onnx.load(os.fspath(path))
     present = {o.name for o in graph_model.graph.output}
     for tensor in names.values():

@@ -488,6 +488,10 @@ class VGG:
         self.conv_algorithm = conv_algorithm
         self.threads = threads
         self._engine: Engine | None = None
+        # What the last file loaded said about itself: its format, and for ONNX models
+        # the tensor names of each layer's output (`formats.WeightSource`).
+        self.weights_format: str | None = None
+        self.weights_info: dict = {}
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if weights is None:
             self.set_weights(self.he_normal(seed))
@@ -776,6 +780,7 @@ class VGG:
         except (OSError, RuntimeError, KeyError) as error:
             # Raised by h5py or a memory map while reading a damaged file's data.
             raise ValueError(f"{os.fspath(path)!r} is damaged: {error}") from None
+        self.weights_format, self.weights_info = source.format, dict(source.info)
 
     def save_weights(self, path: str | os.PathLike) -> None:
         """Write the weights as a native ``.npz`` (``block1_conv1/kernel``, ...).

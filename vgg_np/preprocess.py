@@ -88,7 +88,7 @@ def preprocess_input(
             f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}"
         )
     x = np.asarray(x)
-    if x.dtype.kind in "bcOUS" or x.dtype.kind not in "iuf":
+    if x.dtype.kind not in "iuf":
         raise TypeError(f"`x` must hold pixel values (integers or floats), got dtype {x.dtype}")
     axis = -1 if data_format == "channels_last" else -3
     if x.ndim < 3 or x.shape[axis] != 3:

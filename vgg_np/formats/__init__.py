@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vgg_np.formats import keras_files, npz, onnx_graph, safetensors_file, torch_file
+from vgg_np.formats._common import SUFFIXES, flatten_pairs, pair_flat
 from vgg_np.formats.torchvision import from_state_dict, to_state_dict
 
 __all__ = ["WeightSource", "detect_format", "open_weights", "write_npz", "write_weights"]
@@ -175,15 +176,8 @@ def open_weights(path: str | os.PathLike, *, theano_flip: bool = True) -> Iterat
 
 def _state_dict_source(kind: str, state: dict, where: str) -> WeightSource:
     """Map a flat dict of tensors: vgg_np's own layout (``<layer>/kernel``) or torchvision's."""
-    if state and all(k.endswith(("/kernel", "/bias")) for k in state):
-        layers = dict.fromkeys(k.rsplit("/", 1)[0] for k in state)
-        missing = [
-            f"{n}/{p}" for n in layers for p in ("kernel", "bias") if f"{n}/{p}" not in state
-        ]
-        if missing:
-            raise ValueError(f"{where}: missing {missing}")
-        tensors = {n: (state[f"{n}/kernel"], state[f"{n}/bias"]) for n in layers}
-        return WeightSource(f"{kind} (Keras layout)", tensors)
+    if state and all(k.endswith(SUFFIXES) for k in state):
+        return WeightSource(f"{kind} (Keras layout)", pair_flat(state, where))
     return WeightSource(f"{kind} (torchvision layout)", from_state_dict(state, where))
 
 
@@ -237,12 +231,7 @@ def write_weights(path: str | os.PathLike, weights: dict, *, layout: str | None 
         return "keras-h5 (Keras Applications layout)"
     if suffix == ".safetensors":
         if layout == "keras":
-            flat = {
-                f"{n}/{p}": a
-                for n, pair in weights.items()
-                for p, a in zip(("kernel", "bias"), pair, strict=True)
-            }
-            safetensors_file.write_safetensors(path, flat)
+            safetensors_file.write_safetensors(path, flatten_pairs(weights))
             return "safetensors (Keras layout)"
         safetensors_file.write_safetensors(path, to_state_dict(weights, conv_names))
         return "safetensors (torchvision layout)"

@@ -21,6 +21,33 @@ def split_kernel_bias(layer: str, arrays: list) -> tuple:
     return kernels[0], biases[0]
 
 
+#: How vgg_np names a layer's two tensors in flat files (npz, Keras-layout safetensors).
+SUFFIXES = ("/kernel", "/bias")
+
+
+def flatten_pairs(weights: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+    """``{layer: (kernel, bias)}`` -> ``{"layer/kernel": kernel, "layer/bias": bias}``."""
+    return {
+        f"{layer}{suffix}": np.asarray(array)
+        for layer, pair in weights.items()
+        for suffix, array in zip(SUFFIXES, pair, strict=True)
+    }
+
+
+def pair_flat(arrays: Mapping[str, object], where: str) -> dict[str, tuple]:
+    """Group flat tensors back by layer (the inverse of `flatten_pairs`), strictly."""
+    bad = sorted(k for k in arrays if not k.endswith(SUFFIXES))
+    if bad:
+        raise ValueError(f"{where}: keys must be '<layer>/kernel' or '<layer>/bias', got {bad}")
+    pairs = []
+    for layer in dict.fromkeys(k.rsplit("/", 1)[0] for k in arrays):
+        missing = [s for s in SUFFIXES if f"{layer}{s}" not in arrays]
+        if missing:
+            raise ValueError(f"{where}: layer {layer!r} has no {' or '.join(missing)}")
+        pairs.append((layer, tuple(arrays[f"{layer}{s}"] for s in SUFFIXES)))
+    return check_unique(pairs, where)
+
+
 def check_unique(pairs: list[tuple[str, object]], where: str) -> Mapping:
     """Build a dict from (name, value) pairs, refusing a layer name seen twice."""
     result: dict = {}

@@ -17,10 +17,9 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from vgg_np.formats._common import atomic_write, check_unique
+from vgg_np.formats._common import atomic_write, flatten_pairs, pair_flat
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
-_SUFFIXES = ("/kernel", "/bias")
 
 
 def _read_header(fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -83,17 +82,7 @@ def open_npz(path: str | os.PathLike) -> Iterator[dict]:
         except (zipfile.BadZipFile, EOFError, struct.error, OSError) as error:
             # OSError: a damaged directory can send seek() before the start of the file.
             raise ValueError(f"{path!r}: damaged .npz: {error}") from None
-    bad = sorted(k for k in arrays if not k.endswith(_SUFFIXES))
-    if bad:
-        raise ValueError(f"{path!r}: keys must be '<layer>/kernel' or '<layer>/bias', got {bad}")
-    layers = dict.fromkeys(k.rsplit("/", 1)[0] for k in arrays)
-    pairs = []
-    for layer in layers:
-        missing = [s for s in _SUFFIXES if f"{layer}{s}" not in arrays]
-        if missing:
-            raise ValueError(f"{path!r}: layer {layer!r} has no {' or '.join(missing)}")
-        pairs.append((layer, (arrays[f"{layer}/kernel"], arrays[f"{layer}/bias"])))
-    yield check_unique(pairs, repr(path))
+    yield pair_flat(arrays, repr(path))
 
 
 def write_npz(path: str | os.PathLike, weights: Mapping[str, tuple]) -> None:
@@ -122,9 +111,5 @@ def write_npz(path: str | os.PathLike, weights: Mapping[str, tuple]) -> None:
     ...     sorted(np.load(path, allow_pickle=False).files)
     ['fc1/bias', 'fc1/kernel']
     """
-    arrays = {}
-    for layer, (kernel, bias) in weights.items():
-        arrays[f"{layer}/kernel"] = np.asarray(kernel)
-        arrays[f"{layer}/bias"] = np.asarray(bias)
     with atomic_write(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, **flatten_pairs(weights))
