@@ -1,4 +1,4 @@
-"""The fast inference path: Winograd and chunked-GEMM convolutions on both cores.
+"""The fast inference path: Winograd and chunked-GEMM convolutions on several threads.
 
 Everything here computes what `vgg_np.ops` defines (and is tested against it); only the
 arithmetic is reorganised for speed:
@@ -11,20 +11,34 @@ arithmetic is reorganised for speed:
   The transforms are written as small BLAS matrix products over whole chunks.
 - **Chunked GEMM**: direct convolution, one im2col matrix per chunk of output rows, so the
   9x blow-up never exists for the whole image (the first layer, with 3 input channels,
-  and ``conv_algorithm="gemm"``).
+  float64, and ``conv_algorithm="gemm"``).
 - Max-pooling is applied to the raw convolution before the bias and ReLU (exact: both are
-  monotonic per channel), bias and ReLU in place; chunks run on two threads with BLAS at
-  one thread each (NumPy releases the GIL), and buffers are kept between calls.
+  monotonic per channel), bias and ReLU in place. Chunks run on `Engine.threads` worker
+  threads with BLAS at one thread each (NumPy releases the GIL).
+
+Three promises, each tested:
+
+- **Safe sharing.** Any number of threads may call one engine at once. Every call has
+  its own activation buffers; the worker threads are shared (calls queue their chunks on
+  them), and each worker's scratch arrays serve one chunk at a time.
+- **Batch invariance.** An image's outputs are bitwise the same whatever batch it is in
+  and whatever `threads` is: a chunk never spans two images, its shapes (hence every
+  BLAS call's shapes, hence the reduction order) depend only on the layer and the
+  image size, output channels are split in blocks fixed per layer, and the dense layers
+  multiply one image at a time in fixed blocks of input rows.
+- **Bounded memory.** A batch runs in slices of at most `slice_images` images; between
+  calls an engine keeps at most `KEEP_BYTES` of activation buffers and each thread that
+  ran a chunk at most `SCRATCH_BYTES` of scratch.
 
 Data layout. A padded input is kept as one "flat" array of image rows so that every chunk
-of tile rows is a plain strided slice, whatever image it falls in: each image owns
-``(tH + 1) * m`` rows (a zero row, its H rows, zeros), where ``tH = ceil(H / m)``; tile row
-``q`` reads rows ``q*m .. q*m + a - 1``. The last tile row of each image is padding whose
-result is discarded (the price of the uniform stride: 1/(tH + 1) extra work).
+of tile rows is a plain strided slice: each image owns ``per_image * m`` rows (a zero row,
+its H rows, zeros), where ``per_image`` is ``tH + 1`` or ``tH + 2`` tile rows and
+``tH = ceil(H / m)``; tile row ``q`` reads rows ``q*m .. q*m + a - 1``.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import math
@@ -69,13 +83,33 @@ _WINOGRAD = {
     ),
 }
 
-#: Below this many output tiles per thread, a layer's threads split its output channels
-#: rather than its tiles, so that each GEMM keeps enough rows (the small deep layers).
-MIN_TILES_PER_THREAD = 256
+#: Most worker threads an engine starts by default (it takes the CPUs it may use, up to this).
+MAX_THREADS = 8
+
+#: A layer with fewer output tiles per image splits its output channels into
+#: `CHANNEL_BLOCKS` fixed blocks, so that one image still feeds several threads.
+MIN_TILES_PER_IMAGE = 256
+CHANNEL_BLOCKS = 4
 
 #: Bytes of transformed input a chunk aims at: large enough for efficient GEMMs, small
-#: enough to stay in cache and to give both threads several chunks.
+#: enough for the transforms to run in cache.
 CHUNK_BYTES = 8 << 20
+
+#: A batch runs in slices of at most this many activation values in the largest layer
+#: output per slice: 8 images at 224x224 (64 channels), more for smaller images.
+SLICE_VALUES = 8 * 224 * 224 * 64
+
+#: Activation buffers an engine keeps after a call for the next one (enough for one
+#: 224x224 image); larger sets are released when the call returns.
+KEEP_BYTES = 64 << 20
+
+#: Scratch bytes each thread keeps between chunks and calls; arrays beyond it are
+#: allocated per chunk and released.
+SCRATCH_BYTES = 48 << 20
+
+#: Dense layers multiply one image at a time, in blocks of this many input rows whose
+#: partial sums are added in order: the same BLAS calls whatever the batch or threads.
+DENSE_ROWS = 1024
 
 
 def winograd_matrices(m: int, dtype=np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,6 +142,46 @@ def winograd_kernel(kernel: np.ndarray, m: int) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(a * a, *kernel.shape[2:]), dtype=kernel.dtype)
 
 
+def _cpu_count() -> int:
+    """Count the CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class _Buffers:
+    """Named scratch arrays, grow-only, handed out as views of the needed shape.
+
+    With a `cap`, an array that would take the kept bytes over it is handed out but not
+    kept (the next request allocates again).
+    """
+
+    def __init__(self, cap: int | None = None):
+        self.storage: dict[str, np.ndarray] = {}
+        self.cap = cap
+
+    def get(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        size = math.prod(shape)
+        buf = self.storage.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            self.storage.pop(name, None)
+            buf = np.empty(size, dtype)
+            if self.cap is None or self.nbytes + buf.nbytes <= self.cap:
+                self.storage[name] = buf
+        return buf[:size].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(buf.nbytes for buf in self.storage.values())
+
+
+class _Workspace(_Buffers, threading.local):
+    """The scratch arrays of one thread, kept between chunks and calls up to a cap."""
+
+
+_WORKSPACE = _Workspace(SCRATCH_BYTES)
+
+
 @dataclass
 class _Padded:
     """A zero-padded batch in the flat row layout (see the module docstring)."""
@@ -117,13 +191,13 @@ class _Padded:
     h: int
     w: int
     m: int
-    per_image: int  # tile rows per image: tH and one or two discarded
+    per_image: int  # tile rows per image: tH and one or two never computed
     tiles_w: int
-    storage: str = ""  # which reused array holds it
+    storage: str = ""  # which of the pass's arrays holds it
 
     @property
     def tile_rows(self) -> int:
-        """Tile rows over the batch, the discarded ones included."""
+        """Tile rows over the batch, the unused ones included."""
         return self.n * self.per_image
 
     @property
@@ -138,9 +212,7 @@ class _Padded:
 
     def interior(self) -> np.ndarray:
         """Return the (N, H, W, C) view that the layer's input is copied into."""
-        block = self.block
-        images = self.flat[: self.n * block].reshape(self.n, block, *self.flat.shape[1:])
-        return images[:, 1 : self.h + 1, 1 : self.w + 1]
+        return self.images(self.flat, self.h + 1, self.w + 1)[:, 1:, 1:]
 
 
 def _padded(
@@ -163,31 +235,15 @@ def _padded(
     return padded
 
 
-class _Buffers:
-    """Named scratch arrays, grow-only, handed out as views of the needed shape."""
+def _winograd_input(
+    padded: _Padded, q0: int, q1: int, ws: _Buffers, result: _Buffers | None = None
+) -> np.ndarray:
+    """Transform the input tiles of tile rows [q0, q1): ``B^T d B``, ``(a*a, tiles, C)``.
 
-    def __init__(self):
-        self.storage: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple, dtype) -> np.ndarray:
-        size = math.prod(shape)
-        buf = self.storage.get(name)
-        if buf is None or buf.size < size or buf.dtype != dtype:
-            buf = self.storage[name] = np.empty(size, dtype)
-        return buf[:size].reshape(shape)
-
-
-class _Workspace(_Buffers, threading.local):
-    """The scratch arrays of one worker thread, kept between chunks and calls."""
-
-
-_WORKSPACE = _Workspace()
-
-
-def _winograd_input(padded: _Padded, q0: int, q1: int, dtype) -> np.ndarray:
-    """Transform the input tiles of tile rows [q0, q1): ``B^T d B``, ``(a*a, tiles, C)``."""
-    m, tw, flat, ws = padded.m, padded.tiles_w, padded.flat, _WORKSPACE
-    a, rows, (_, wp, c) = m + 2, q1 - q0, flat.shape
+    Scratch comes from `ws`, the returned array from `result` (default: `ws`).
+    """
+    m, tw, flat = padded.m, padded.tiles_w, padded.flat
+    a, rows, (_, wp, c), dtype = m + 2, q1 - q0, flat.shape, flat.dtype
     bt, _, _ = _matrices(m, dtype)
     x = ws.get("x", (a, rows, wp, c), dtype)
     for r in range(a):
@@ -197,19 +253,25 @@ def _winograd_input(padded: _Padded, q0: int, q1: int, dtype) -> np.ndarray:
     cols = ws.get("cols", (a, a, rows, tw, c), dtype)
     for s in range(a):
         cols[s] = xr[:, :, s : s + tw * m : m]  # (a_i, rows, tW, C)
-    v = ws.get("v", (a * a, rows * tw, c), dtype)
+    v = (ws if result is None else result).get("v", (a * a, rows * tw, c), dtype)
     np.matmul(bt, cols.reshape(a, -1), out=v.reshape(a, -1))  # (a_j * a_i, tiles, C)
     return v
 
 
 def _winograd_output(
-    v: np.ndarray, u: np.ndarray, padded: _Padded, q0: int, q1: int, out: np.ndarray
+    v: np.ndarray,
+    u: np.ndarray,
+    padded: _Padded,
+    q0: int,
+    q1: int,
+    out: np.ndarray,
+    ws: _Buffers,
 ) -> None:
     """Multiply transformed tiles by packed kernels, write the output tiles ``A^T M A``.
 
     `u` may be a slice of the output channels; `out` is then the matching slice.
     """
-    m, tw, ws, dtype = padded.m, padded.tiles_w, _WORKSPACE, u.dtype
+    m, tw, dtype = padded.m, padded.tiles_w, u.dtype
     a, rows, o = m + 2, q1 - q0, u.shape[2]
     _, _, at = _matrices(m, dtype)
     product = ws.get("product", (a * a, rows * tw, o), dtype)
@@ -222,7 +284,9 @@ def _winograd_output(
     np.copyto(target, y.transpose(2, 1, 3, 0, 4))
 
 
-def _gemm_input(padded: _Padded, q0: int, q1: int, dtype) -> np.ndarray:
+def _gemm_input(
+    padded: _Padded, q0: int, q1: int, ws: _Buffers, result: _Buffers | None = None
+) -> np.ndarray:
     """Gather the im2col matrix of output rows [q0, q1) (m = 1): ``(rows * W, 9 * C)``."""
     flat = padded.flat
     rows, w, c = q1 - q0, padded.w, flat.shape[2]
@@ -233,34 +297,24 @@ def _gemm_input(padded: _Padded, q0: int, q1: int, dtype) -> np.ndarray:
         strides=(s_row, s_col, s_row, s_col, s_chan),
         writeable=False,
     )  # (rows, W, KH, KW, C), a view
-    cols = _WORKSPACE.get("im2col", (rows, w, 3, 3, c), dtype)
+    cols = (ws if result is None else result).get("im2col", (rows, w, 3, 3, c), flat.dtype)
     np.copyto(cols, windows)
     return cols.reshape(rows * w, 9 * c)
 
 
 def _gemm_output(
-    cols: np.ndarray, kernel: np.ndarray, padded: _Padded, q0: int, q1: int, out: np.ndarray
+    cols: np.ndarray,
+    kernel: np.ndarray,
+    padded: _Padded,
+    q0: int,
+    q1: int,
+    out: np.ndarray,
+    ws: _Buffers,
 ) -> None:
     """``cols @ kernel`` (a ``(9 * C, O)`` slice) into output rows [q0, q1) of `out`."""
-    y = _WORKSPACE.get("gemm", (cols.shape[0], kernel.shape[1]), kernel.dtype)
+    y = ws.get("gemm", (cols.shape[0], kernel.shape[1]), kernel.dtype)
     np.matmul(cols, kernel, out=y)  # (rows*W, 9*C) @ (9*C, O) -> (rows*W, O)
     out[q0:q1, : padded.w] = y.reshape(q1 - q0, padded.w, -1)  # (rows, W, O)
-
-
-def _stage(rows, r0: int, block: int, h: int, w: int, target: _Padded, o0: int, o1: int) -> None:
-    """Copy finished rows into the interior of the next layer's padded input.
-
-    `rows` are flat rows ``r0..`` of a layout with `block` rows per image, of which the
-    first `h` are real.
-    """
-    r1 = r0 + rows.shape[0]
-    for image in range(r0 // block, min(-(-r1 // block), target.n)):
-        first, last = max(r0, image * block), min(r1, image * block + h)
-        if last <= first:
-            continue
-        start = image * target.block + 1 + first - image * block
-        destination = target.flat[start : start + last - first, 1 : w + 1, o0:o1]
-        np.copyto(destination, rows[first - r0 : last - r0, :w])
 
 
 @functools.cache
@@ -297,8 +351,9 @@ def winograd_conv3x3(x: np.ndarray, kernel: np.ndarray, m: int = 4) -> np.ndarra
     padded = _padded(n, h, w, c, m, x.dtype)
     padded.interior()[...] = x
     out = np.empty((padded.tile_rows * m, padded.tiles_w * m, kernel.shape[3]), x.dtype)
-    v = _winograd_input(padded, 0, padded.tile_rows, x.dtype)
-    _winograd_output(v, winograd_kernel(kernel, m), padded, 0, padded.tile_rows, out)
+    ws = _Buffers()
+    v = _winograd_input(padded, 0, padded.tile_rows, ws)
+    _winograd_output(v, winograd_kernel(kernel, m), padded, 0, padded.tile_rows, out, ws)
     return padded.images(out, h, w).copy()
 
 
@@ -309,18 +364,46 @@ def _controller():
     return ThreadpoolController()
 
 
-def _blas_threads(limit: int):
-    """Limit BLAS to `limit` threads inside a ``with`` block; restored after it."""
-    return _controller().limit(limits=limit, user_api="blas")
+class _SingleThreadedBlas:
+    """BLAS at one thread while any pass of any engine runs; restored after the last.
+
+    A plain ``threadpoolctl`` limit per pass would not do: the setting is per process,
+    and passes running at once in several threads would restore it out of order.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._passes = 0
+        self._limiter = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._passes == 0:
+                self._limiter = _controller().limit(limits=1, user_api="blas")
+            self._passes += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._passes -= 1
+            if self._passes == 0:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_BLAS_SINGLE = _SingleThreadedBlas()
 
 
 @dataclass
 class _ConvPlan:
+    """How one convolution runs for one input size: fixed, whatever the batch or threads."""
+
     name: str
     algorithm: str  # "winograd-2", "winograd-4", "gemm", "naive"
-    kernel: np.ndarray  # packed: (a*a, C, O) for Winograd, (3, 3, C, O) otherwise
+    kernel: np.ndarray  # packed: (a*a, C, O) for Winograd, (9 * C, O) for GEMM
     bias: np.ndarray
     pool: bool  # a 2x2 max-pool follows: apply it before the bias and ReLU
+    rows_per_chunk: int = 1  # tile rows per chunk
+    channel_block: int = 0  # output channels per block
 
     @property
     def m(self) -> int:
@@ -344,11 +427,23 @@ def choose_algorithm(requested: str, height: int, channels: int, dtype) -> str:
     return "winograd-4" if height >= 28 else "winograd-2"
 
 
+class _Pass:
+    """The state of one call: its activation buffers and the next layer's staged input."""
+
+    def __init__(self, buffers: _Buffers):
+        self.buffers = buffers
+        self.chunk_buffers: list[_Buffers] = []  # transformed inputs, two-phase layers
+        self.staged: tuple[int, _Padded] | None = None
+
+
 class Engine:
     """Runs a `vgg_np.model.VGG` layer table fast; built by the model, not by users.
 
-    One engine runs one pass at a time (its buffers are shared between layers and calls);
-    use one model per thread to run passes concurrently.
+    Safe to share: any number of threads may call one engine (hence one model) at once,
+    and each gets exactly the result it would get alone. Every call has its own
+    activation buffers; the worker threads are shared, so concurrent calls queue their
+    chunks on them (throughput about that of one caller, measured in
+    docs/performance.md) rather than oversubscribing the cores.
 
     Parameters
     ----------
@@ -357,8 +452,8 @@ class Engine:
         Keras layer name -> (kernel, bias), already in the model dtype (not copied).
     conv_algorithm : {"auto", "gemm", "winograd", "naive"}
     threads : int, optional
-        Worker threads for the convolutions; defaults to the CPUs available (at most 2
-        is what was measured to help on this project's machines, more is allowed).
+        Worker threads for the convolutions and dense layers; default: the CPUs this
+        process may use, at most `MAX_THREADS`. Results do not depend on it.
 
     Examples
     --------
@@ -366,10 +461,13 @@ class Engine:
     >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     >>> model = VGG(tiny, classes=3, seed=0)
     >>> engine = Engine(model.layers, model.weights, "gemm", threads=2)
+    >>> x = np.ones((1, 32, 32, 3), np.float32)
+    >>> engine.predict(x).shape
+    (1, 3)
     >>> timings = []
-    >>> *_, (name, y) = engine.run(np.ones((1, 32, 32, 3), np.float32), timings=timings)
-    >>> name, y.shape, timings[1][:2]
-    ('predictions', (1, 3), ('block2_conv1', 'gemm + pool'))
+    >>> *_, (name, y) = engine.run(x, timings=timings)
+    >>> name, bool((y == engine.predict(x)).all()), timings[1][:2]
+    ('predictions', True, ('block2_conv1', 'gemm + pool'))
     >>> engine.close()
     """
 
@@ -381,29 +479,53 @@ class Engine:
         self.layers = layers
         self.weights = weights
         self.conv_algorithm = conv_algorithm
-        self.threads = threads or max(1, min(len(os.sched_getaffinity(0)), 8))
+        self.threads = threads or min(_cpu_count(), MAX_THREADS)
         self._plans: dict[tuple, _ConvPlan] = {}
-        self._buffers = _Buffers()
-        self._pool = None
-        self._staged: tuple[int, _Padded] | None = None
+        self._packed: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()  # guards the plans, the worker pool, the spare buffers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._spare: _Buffers | None = None  # one call's buffers, kept up to KEEP_BYTES
 
     # -- planning ---------------------------------------------------------------------
 
-    def _plan(self, index: int, height: int, channels: int) -> _ConvPlan:
+    def _plan(self, index: int, h: int, w: int, c: int) -> _ConvPlan:
+        key = (index, h, w)
+        plan = self._plans.get(key)
+        if plan is None:
+            with self._lock:
+                plan = self._plans.get(key) or self._make_plan(index, h, w, c)
+                self._plans[key] = plan
+        return plan
+
+    def _make_plan(self, index: int, h: int, w: int, c: int) -> _ConvPlan:
         layer = self.layers[index]
-        key = (layer.name, height)
-        if key not in self._plans:
-            kernel, bias = self.weights[layer.name]
-            algorithm = choose_algorithm(self.conv_algorithm, height, channels, kernel.dtype)
-            following = self.layers[index + 1] if index + 1 < len(self.layers) else None
-            pool = following is not None and following.kind == "pool" and algorithm != "naive"
-            packed = (
-                winograd_kernel(kernel, int(algorithm[-1]))
-                if algorithm.startswith("winograd")
-                else kernel
+        kernel, bias = self.weights[layer.name]
+        o = kernel.shape[3]
+        algorithm = choose_algorithm(self.conv_algorithm, h, c, kernel.dtype)
+        following = self.layers[index + 1] if index + 1 < len(self.layers) else None
+        pool = following is not None and following.kind == "pool" and algorithm != "naive"
+        plan = _ConvPlan(layer.name, algorithm, kernel, bias, pool)
+        if algorithm == "naive":
+            return plan
+        m = plan.m
+        if (layer.name, algorithm) not in self._packed:
+            self._packed[layer.name, algorithm] = (
+                winograd_kernel(kernel, m) if m > 1 else kernel.reshape(9 * c, o)  # (9*C, O)
             )
-            self._plans[key] = _ConvPlan(layer.name, algorithm, packed, bias, pool)
-        return self._plans[key]
+        plan.kernel = self._packed[layer.name, algorithm]
+        # Chunks of whole tile rows of one image, sized by CHUNK_BYTES, equal in size.
+        tiles_h, tiles_w = -(-h // m), -(-w // m)
+        if m > 1:
+            row_bytes = (m + 2) ** 2 * tiles_w * max(c, o) * kernel.itemsize
+        else:
+            row_bytes = w * max(9 * c, o) * kernel.itemsize
+        chunks = -(-tiles_h // max(1, CHUNK_BYTES // row_bytes))
+        plan.rows_per_chunk = -(-tiles_h // chunks)
+        if m == 1 and pool:
+            plan.rows_per_chunk += plan.rows_per_chunk % 2  # whole pairs of rows for the pool
+        few = tiles_h * tiles_w < MIN_TILES_PER_IMAGE
+        plan.channel_block = -(-o // CHANNEL_BLOCKS) if few else o
+        return plan
 
     def algorithms(self, input_shape: tuple) -> dict[str, str]:
         """Return which algorithm each convolution uses for a per-image input ``(H, W, C)``.
@@ -426,57 +548,186 @@ class Engine:
                 h //= 2
         return chosen
 
+    def slice_images(self, input_shape: tuple) -> int:
+        """Images per slice for a per-image input ``(H, W, C)``; large batches run in slices.
+
+        At most `SLICE_VALUES` values in the largest convolution output of a slice, so a
+        call's activation buffers stay the size of about 8 images at 224x224 whatever
+        the batch.
+
+        Examples
+        --------
+        >>> from vgg_np import VGG16
+        >>> engine = VGG16(include_top=False, seed=0).engine
+        >>> engine.slice_images((224, 224, 3)), engine.slice_images((32, 32, 3))
+        (8, 392)
+        """
+        h, w, _ = input_shape
+        largest = 1
+        for layer in self.layers:
+            if layer.kind == "conv":
+                largest = max(largest, h * w * layer.units)
+            elif layer.kind == "pool":
+                h, w = h // 2, w // 2
+        return max(1, SLICE_VALUES // largest)
+
+    # -- threads and buffers ----------------------------------------------------------
+
+    def _submit(self, fn, *args) -> concurrent.futures.Future:
+        with self._lock:  # `close` may not shut the pool down between these two lines
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "vgg_np")
+            return self._pool.submit(fn, *args)
+
+    def _map(self, fn, args: list) -> list:
+        """``[fn(*a) for a in args]``, on the worker threads when there are several."""
+        if self.threads == 1 or len(args) == 1:
+            return [fn(*a) for a in args]
+        futures = [self._submit(fn, *a) for a in args]
+        concurrent.futures.wait(futures)  # all finished before an error leaves the call
+        return [future.result() for future in futures]
+
+    def _acquire(self) -> _Pass:
+        with self._lock:
+            buffers, self._spare = self._spare, None
+        return _Pass(buffers or _Buffers())
+
+    def _release(self, state: _Pass) -> None:
+        if state.buffers.nbytes <= KEEP_BYTES:
+            with self._lock:
+                self._spare = state.buffers
+
+    def close(self) -> None:
+        """Stop the worker threads (see the class example); the engine restarts them on use."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
+
     # -- running ----------------------------------------------------------------------
 
     @staticmethod
-    def _wait(futures) -> None:
-        for future in futures:
-            future.result()  # re-raises a worker's exception here
+    def _check_batch(x: np.ndarray) -> None:
+        if x.ndim != 4 or x.shape[0] == 0:
+            raise ValueError(f"`x` must be a non-empty batch (N, H, W, C), got shape {x.shape}")
 
-    def _executor(self):
-        if self._pool is None and self.threads > 1:
-            self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "vgg_np")
-        return self._pool
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Return the last layer's output for an NHWC batch (a new array).
 
-    def conv(self, index: int, x: np.ndarray, fuse_pool: bool) -> np.ndarray:
-        """Compute convolution + bias + ReLU of layer `index` (and the next pool if fused).
-
-        Used by `run`; see the class example.
+        The batch runs in slices of `slice_images` images. See the class example.
         """
+        self._check_batch(x)
+        step, result = self.slice_images(x.shape[1:]), None
+        state = self._acquire()
+        try:
+            with _BLAS_SINGLE:
+                for s in range(0, len(x), step):
+                    ((_, y),) = collections.deque(self._run(state, x[s : s + step]), maxlen=1)
+                    if result is None:
+                        result = np.empty((len(x), *y.shape[1:]), y.dtype)
+                    result[s : s + len(y)] = y
+        finally:
+            self._release(state)
+        return result
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Return every layer's output for an NHWC batch (new arrays), in layer order.
+
+        Examples
+        --------
+        >>> from vgg_np import VGG, VGGConfig
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> outputs = VGG(tiny, classes=3, seed=0).engine.outputs(np.ones((2, 32, 32, 3)))
+        >>> list(outputs)[:3], outputs["block1_pool"].shape
+        (['block1_conv1', 'block1_pool', 'block2_conv1'], (2, 16, 16, 4))
+        """
+        self._check_batch(x)
+        step, result = self.slice_images(x.shape[1:]), {}
+        state = self._acquire()
+        try:
+            with _BLAS_SINGLE:
+                for s in range(0, len(x), step):
+                    for name, y in self._run(state, x[s : s + step], keep=True):
+                        if name not in result:
+                            result[name] = np.empty((len(x), *y.shape[1:]), y.dtype)
+                        result[name][s : s + len(y)] = y
+        finally:
+            self._release(state)
+        return result
+
+    def run(self, x: np.ndarray, keep: bool = False, timings: list | None = None):
+        """Yield (layer name, output) layer after layer, the whole batch at once.
+
+        With ``keep=False`` a 2x2 pool that follows a convolution runs inside it, and the
+        pair is yielded once under the pool's name. Yielded arrays may be views of this
+        call's buffers, which later layers overwrite: copy what you keep (`predict` and
+        `outputs` do, and bound the memory by slicing the batch). `timings`, if given,
+        receives ``(layer, algorithm, seconds)`` per step. See the class example.
+        """
+        self._check_batch(x)
+        with _BLAS_SINGLE:  # never recycled: the last yielded view stays valid
+            yield from self._run(_Pass(_Buffers()), x, keep, timings)
+
+    def _run(self, state: _Pass, x, keep=False, timings=None):
+        # BLAS stays single-threaded for the whole pass (the caller holds _BLAS_SINGLE),
+        # every layer being split between our threads: idle OpenBLAS workers would spin
+        # and steal our cores.
+        state.staged = None
+        index = 0
+        while index < len(self.layers):
+            layer, start = self.layers[index], time.perf_counter()
+            if layer.kind == "conv":
+                plan = self._plan(index, *x.shape[1:])
+                fused = plan.pool and not keep
+                x = self._conv(state, index, x, fuse_pool=fused)
+                label = plan.algorithm + (" + pool" if fused else "")
+                index += 2 if fused else 1
+            else:
+                x = self.other(layer, x)
+                label = layer.kind
+                index += 1
+            if timings is not None:
+                timings.append((layer.name, label, time.perf_counter() - start))
+            yield self.layers[index - 1].name, x
+
+    def _conv(self, state: _Pass, index: int, x: np.ndarray, fuse_pool: bool) -> np.ndarray:
+        """Convolution + bias + ReLU of layer `index` (and the next pool if fused)."""
         n, h, w, c = x.shape
-        plan = self._plan(index, h, c)
+        plan = self._plan(index, h, w, c)
         if plan.algorithm == "naive":
             return ops.relu(ops.conv2d_naive(x, plan.kernel, plan.bias))
-        m, o = plan.m, plan.bias.shape[0]
+        m, o, buffers = plan.m, plan.bias.shape[0], state.buffers
         # A few arrays serve every layer in turn: two padded inputs (this layer's and the
         # next one's, which this layer fills as its rows complete), the convolution's
         # output and the pooled output.
-        staged, self._staged = self._staged, None
-        if staged is not None and staged[0] == index and staged[1].n == n:
+        staged, state.staged = state.staged, None
+        if staged is not None and staged[0] == index:
             padded = staged[1]
         else:
-            padded = _padded(n, h, w, c, m, x.dtype, self._buffers, "in_a")
+            padded = _padded(n, h, w, c, m, x.dtype, buffers, "in_a")
             padded.interior()[...] = x
         rows_out, cols_out = padded.tile_rows * m, padded.tiles_w * m
-        out = self._buffers.get("out", (rows_out, cols_out, o), x.dtype)
+        out = buffers.get("out", (rows_out, cols_out, o), x.dtype)
         pool = fuse_pool and plan.pool
-        pooled = None
-        if pool:
-            pooled = self._buffers.get("pool", (rows_out // 2, cols_out // 2, o), x.dtype)
+        pooled = buffers.get("pool", (rows_out // 2, cols_out // 2, o), x.dtype) if pool else None
         h_out, w_out = (h // 2, w // 2) if pool else (h, w)
         following = index + (2 if pool else 1)
-        staging = self._next_input(following, padded, n, h_out, w_out, o, x.dtype)
+        staging = self._next_input(state, following, padded, h_out, w_out, o, x.dtype)
         if m > 1:
-            make_input, make_output, kernel = _winograd_input, _winograd_output, plan.kernel
+            make_input, make_output = _winograd_input, _winograd_output
         else:
             make_input, make_output = _gemm_input, _gemm_output
-            kernel = plan.kernel.reshape(9 * c, o)  # (KH*KW*C, O)
-        a = m + 2
-        tile_bytes = a * a * max(padded.tiles_w, 1) * max(c, o) * x.dtype.itemsize
-        per_chunk = max(2, CHUNK_BYTES // tile_bytes)
-        per_chunk -= per_chunk % 2  # whole pairs of rows for the 2x2 pool when m = 1
-        total = padded.tile_rows
-        half = cols_out // 2
+        # Chunks of tile rows within one image, channel blocks fixed per layer: the same
+        # BLAS calls for an image whatever the batch and the threads.
+        tiles_h, step, per_image = -(-h // m), plan.rows_per_chunk, padded.per_image
+        tiles_h += tiles_h % 2 if pool and m == 1 else 0  # whole pairs of rows
+        chunks = [
+            (i * per_image + q, i * per_image + min(q + step, tiles_h))
+            for i in range(n)
+            for q in range(0, tiles_h, step)
+        ]
+        blocks = [(o0, min(o0 + plan.channel_block, o)) for o0 in range(0, o, plan.channel_block)]
+        half, scale = cols_out // 2, 2 if pool else 1
 
         def finish(q0: int, q1: int, o0: int, o1: int) -> None:
             """Pool (if fused), add the bias and apply ReLU, in place, on one block."""
@@ -490,83 +741,47 @@ class Engine:
             rows += plan.bias[o0:o1]
             np.maximum(rows, 0, out=rows)
             if staging is not None:
-                scale = 2 if pool else 1
-                _stage(rows, q0 * m // scale, padded.block // scale, h_out, w_out, staging, o0, o1)
+                image = q0 // per_image
+                first = (q0 - image * per_image) * m // scale  # the image's own row number
+                _stage(rows, image, first, h_out, w_out, staging, o0, o1)
 
-        def by_rows(q0: int, q1: int) -> None:
-            make_output(make_input(padded, q0, q1, x.dtype), kernel, padded, q0, q1, out)
-            finish(q0, q1, 0, o)
-
-        def by_channels(v, q0: int, q1: int, o0: int, o1: int) -> None:
-            make_output(v, kernel[..., o0:o1], padded, q0, q1, out[..., o0:o1])
+        def product(v: np.ndarray, q0: int, q1: int, o0: int, o1: int) -> None:
+            kernel, target = plan.kernel[..., o0:o1], out[..., o0:o1]
+            make_output(v, kernel, padded, q0, q1, target, _WORKSPACE)
             finish(q0, q1, o0, o1)
 
-        chunks = [(q, min(q + per_chunk, total)) for q in range(0, total, per_chunk)]
-        # Many tiles: chunks of tile rows go to the threads. Few (the small deep layers):
-        # each chunk's input transform is done once, its output channels are split.
-        many = total * padded.tiles_w >= MIN_TILES_PER_THREAD * self.threads
-        if self.threads == 1:
-            for q0, q1 in chunks:
-                by_rows(q0, q1)
-        elif many:
-            self._wait([self._executor().submit(by_rows, q0, q1) for q0, q1 in chunks])
-        else:
-            step = -(-o // self.threads)
-            for q0, q1 in chunks:
-                v = make_input(padded, q0, q1, x.dtype)
-                self._wait(
-                    [
-                        self._executor().submit(by_channels, v, q0, q1, o0, min(o0 + step, o))
-                        for o0 in range(0, o, step)
-                    ]
-                )
+        def whole_chunk(q0: int, q1: int) -> None:
+            v = make_input(padded, q0, q1, _WORKSPACE)
+            for o0, o1 in blocks:
+                product(v, q0, q1, o0, o1)
+
+        if len(blocks) == 1 or len(chunks) >= 2 * self.threads:
+            self._map(whole_chunk, chunks)
+        else:  # few chunks: transform their inputs, then share their channel blocks out
+            while len(state.chunk_buffers) < len(chunks):
+                state.chunk_buffers.append(_Buffers())
+
+            def transform(k: int) -> np.ndarray:
+                return make_input(padded, *chunks[k], _WORKSPACE, state.chunk_buffers[k])
+
+            vs = self._map(transform, [(k,) for k in range(len(chunks))])
+            tasks = [(vs[k], *chunks[k], *block) for k in range(len(chunks)) for block in blocks]
+            self._map(product, tasks)
         if staging is not None:
-            self._staged = (following, staging)
+            state.staged = (following, staging)
         if pool:
-            return padded.images(pooled, h // 2, w // 2, scale=2)
+            return padded.images(pooled, h_out, w_out, scale=2)
         return padded.images(out, h, w)
 
-    def _next_input(self, index: int, current: _Padded, n, h, w, c, dtype) -> _Padded | None:
+    def _next_input(self, state: _Pass, index: int, current: _Padded, h, w, c, dtype):
         """Lay out the padded input of layer `index` if it is a convolution to fill."""
         if index >= len(self.layers) or self.layers[index].kind != "conv":
             return None
-        plan = self._plan(index, h, c)
+        plan = self._plan(index, h, w, c)
         if plan.algorithm == "naive":
             return None
         storage = "in_b" if current.storage == "in_a" else "in_a"
-        return _padded(n, h, w, c, plan.m, dtype, self._buffers, storage)
-
-    def run(self, x: np.ndarray, keep: bool = False, timings: list | None = None):
-        """Yield (layer name, output) layer after layer.
-
-        With ``keep=False`` a 2x2 pool that follows a convolution runs inside it, and the
-        pair is yielded once under the pool's name. Yielded arrays may be views of
-        internal buffers, valid until the next call. `timings`, if given, receives
-        ``(layer, algorithm, seconds)`` per step. See the class example.
-        """
-        self._staged = None  # nothing left over from an unfinished earlier pass
-        # BLAS stays single-threaded for the whole pass, every layer being split between
-        # our threads: idle OpenBLAS workers would spin and steal our cores.
-        with _blas_threads(1):
-            yield from self._run(x, keep, timings)
-
-    def _run(self, x, keep, timings):
-        index = 0
-        while index < len(self.layers):
-            layer, start = self.layers[index], time.perf_counter()
-            if layer.kind == "conv":
-                plan = self._plan(index, x.shape[1], x.shape[3])
-                fused = plan.pool and not keep
-                x = self.conv(index, x, fuse_pool=fused)
-                label = plan.algorithm + (" + pool" if fused else "")
-                index += 2 if fused else 1
-            else:
-                x = self.other(layer, x)
-                label = layer.kind
-                index += 1
-            if timings is not None:
-                timings.append((layer.name, label, time.perf_counter() - start))
-            yield self.layers[index - 1].name, x
+        return _padded(current.n, h, w, c, plan.m, dtype, state.buffers, storage)
 
     def other(self, layer, x: np.ndarray) -> np.ndarray:
         """Compute any layer but a convolution (pools, flatten, dense); see the class example."""
@@ -578,18 +793,7 @@ class Engine:
             return np.ascontiguousarray(x).reshape(x.shape[0], -1)
         if layer.kind == "dense":
             kernel, bias = self.weights[layer.name]
-            x = np.ascontiguousarray(x)
-            y = np.empty((x.shape[0], kernel.shape[1]), dtype=np.result_type(x, kernel))
-            step = -(-kernel.shape[1] // self.threads)
-
-            def part(o0: int) -> None:  # (N, in) @ (in, out slice)
-                np.matmul(x, kernel[:, o0 : o0 + step], out=y[:, o0 : o0 + step])
-
-            if self.threads == 1:
-                part(0)
-            else:
-                columns = range(0, kernel.shape[1], step)
-                self._wait([self._executor().submit(part, o0) for o0 in columns])
+            y = self._dense(x, kernel)
             y += bias
             if layer.activation == "relu":
                 np.maximum(y, 0, out=y)
@@ -600,8 +804,36 @@ class Engine:
             return x.mean(axis=(1, 2))
         return x.max(axis=(1, 2))
 
-    def close(self) -> None:
-        """Stop the worker threads (see the class example); the engine restarts them on use."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+    def _dense(self, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """``x @ kernel``, each image alone, as partial sums over fixed blocks of rows.
+
+        One image at a time: NumPy multiplies a single row with BLAS's gemv, several rows
+        with gemm, and the two round differently. The blocks of `DENSE_ROWS` rows of the
+        kernel go to the threads; their partial sums are added in order.
+        """
+        x = np.ascontiguousarray(x)  # (N, in)
+        starts = range(0, x.shape[1], DENSE_ROWS)
+        partial = np.empty((len(starts), x.shape[0], kernel.shape[1]), np.result_type(x, kernel))
+
+        def rows(b: int, r0: int) -> None:
+            block = kernel[r0 : r0 + DENSE_ROWS]  # (rows, out)
+            for i, image in enumerate(x):
+                np.matmul(image[r0 : r0 + DENSE_ROWS], block, out=partial[b, i])  # (out,)
+
+        self._map(rows, list(enumerate(starts)))
+        y = partial[0]
+        for part in partial[1:]:
+            y += part  # (N, out), in block order
+        return y
+
+
+def _stage(rows, image: int, first: int, h: int, w: int, target: _Padded, o0: int, o1: int):
+    """Copy an image's finished rows ``first..`` into the next layer's padded input.
+
+    Only the image's `h` real rows and `w` real columns are copied; rows past them
+    (computed from padding) are dropped.
+    """
+    count = min(rows.shape[0], h - first)
+    if count > 0:
+        start = image * target.block + 1 + first
+        np.copyto(target.flat[start : start + count, 1 : w + 1, o0:o1], rows[:count, :w])

@@ -10,7 +10,6 @@ Keras's (``block1_conv1`` ... ``block5_pool``, ``flatten``, ``fc1``, ``fc2``,
 
 from __future__ import annotations
 
-import collections
 import inspect
 import math
 import os
@@ -860,9 +859,7 @@ class VGG:
             features of the convolutional base without the top.
         """
         x = self._prepare_input(x)  # (N, H, W, C)
-        # Keep only the last output: earlier ones live in reused buffers.
-        ((_, last),) = collections.deque(self.engine.run(x), maxlen=1)
-        return self._to_user_layout(np.array(last))  # a copy: buffers are reused
+        return self._to_user_layout(self.engine.predict(x))
 
     def activations(self, x: ArrayLike) -> dict[str, NDArray[np.floating]]:
         """Run the network and return every layer's output.
@@ -886,10 +883,7 @@ class VGG:
         [(2, 32, 32, 4), (2, 1, 1, 8), (2, 3)]
         """
         x = self._prepare_input(x)  # (N, H, W, C)
-        # Copied as they come: the engine reuses its buffers for the next layer.
-        return {
-            name: self._to_user_layout(np.array(y)) for name, y in self.engine.run(x, keep=True)
-        }
+        return {name: self._to_user_layout(y) for name, y in self.engine.outputs(x).items()}
 
     def summary(self, print_summary: bool = True) -> Summary:
         """Return (and print) the per-layer table: shapes, activations, parameters, work.
