@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_info
 
 import vgg_np
 from vgg_np import VGG, VGGConfig, ops
+from vgg_np import engine as engine_module
 from vgg_np.engine import Engine, winograd_conv3x3, winograd_kernel, winograd_matrices
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -133,6 +134,40 @@ def test_outputs_are_copies_not_reused_buffers():
     pooled = features(a)
     features(b)
     assert not np.shares_memory(pooled, features(b))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"conv_algorithm": "gemm"},
+        {"dtype": "float64"},
+        {"include_top": False, "pooling": "avg", "input_shape": None},
+        {"adaptive_pool": 2, "input_shape": None},
+    ],
+)
+@pytest.mark.parametrize("chunk_bytes", [engine_module.CHUNK_BYTES, 4096])
+def test_an_image_gets_the_same_bits_in_any_batch_and_with_any_threads(
+    options, chunk_bytes, monkeypatch
+):
+    # 4096-byte chunks: several chunks per image and per layer, as on large images.
+    monkeypatch.setattr(engine_module, "CHUNK_BYTES", chunk_bytes)
+    size = (64, 64) if "input_shape" not in options else (45, 67)
+    rng = np.random.default_rng(5)
+    image = rng.standard_normal((1, *size, 3))
+    others = rng.standard_normal((3, *size, 3))
+    alone = None
+    for threads in (1, 2, 3):
+        model = VGG(SMALL, classes=7, seed=3, threads=threads, **options)
+        if alone is None:
+            alone = model.activations(image)
+        for position in range(4):
+            batch = np.insert(others, position, image[0], axis=0)  # (4, H, W, 3)
+            got = model.activations(batch)
+            for name, y in got.items():
+                assert np.array_equal(y[position], alone[name][0]), (threads, position, name)
+            last = list(alone)[-1]
+            np.testing.assert_array_equal(model(batch)[position], alone[last][0])
 
 
 def test_thread_settings_are_restored():
