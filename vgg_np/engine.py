@@ -186,135 +186,161 @@ _WORKSPACE = _Workspace(SCRATCH_BYTES)
 class _Padded:
     """A zero-padded batch in the flat row layout (see the module docstring)."""
 
-    flat: np.ndarray  # (N * per_image * m + a - m, tW * m + 2, C)
+    flat: np.ndarray  # (N * block, tW * m + 2, C)
     n: int
     h: int
     w: int
     m: int
-    per_image: int  # tile rows per image: tH and one or two never computed
+    tiles_h: int
     tiles_w: int
     storage: str = ""  # which of the pass's arrays holds it
 
     @property
-    def tile_rows(self) -> int:
-        """Tile rows over the batch, the unused ones included."""
-        return self.n * self.per_image
-
-    @property
     def block(self) -> int:
-        """Rows per image in the flat layout; even, so that 2x2 pools never straddle images."""
-        return self.per_image * self.m
+        """Rows per image: a zero row, the image, zeros up to the last tile's a rows."""
+        return self.tiles_h * self.m + 2
 
-    def images(self, flat: np.ndarray, h: int, w: int, scale: int = 1) -> np.ndarray:
-        """View rows of `flat` (this layout, or an output of it) as ``(N, h, w, C)``."""
-        block = self.block // scale
-        return flat[: self.n * block].reshape(self.n, block, *flat.shape[1:])[:, :h, :w]
+    def image(self, i: int) -> np.ndarray:
+        """Return image `i`'s rows, padding included: ``(block, Wp, C)``."""
+        return self.flat[i * self.block : (i + 1) * self.block]
 
     def interior(self) -> np.ndarray:
-        """Return the (N, H, W, C) view that the layer's input is copied into."""
-        return self.images(self.flat, self.h + 1, self.w + 1)[:, 1:, 1:]
+        """Return the ``(N, H, W, C)`` view that holds the layer's input."""
+        images = self.flat.reshape(self.n, self.block, *self.flat.shape[1:])
+        return images[:, 1 : 1 + self.h, 1 : 1 + self.w]
 
 
 def _padded(
-    n: int, h: int, w: int, c: int, m: int, dtype, buffers=None, storage: str = "in"
+    n: int, h: int, w: int, c: int, m: int, dtype, buffers=None, storage="in", tiles_h=None
 ) -> _Padded:
-    """Lay out a padded batch; its array comes from `buffers` (reused) or is new."""
-    tiles_h, tiles_w = -(-h // m), -(-w // m)
-    per_image = tiles_h + 1 if (tiles_h + 1) * m % 2 == 0 else tiles_h + 2
-    shape = (n * per_image * m + 2, tiles_w * m + 2, c)  # 2 = a - m rows read past the end
+    """Lay out a padded batch; its array comes from `buffers` (reused) or is new.
+
+    `tiles_h` (default ``ceil(h / m)``) tile rows are computed per image.
+    """
+    tiles_h, tiles_w = tiles_h or -(-h // m), -(-w // m)
+    shape = (n * (tiles_h * m + 2), tiles_w * m + 2, c)
     if buffers is None:
-        return _Padded(np.zeros(shape, dtype), n, h, w, m, per_image, tiles_w)
-    padded = _Padded(buffers.get(storage, shape, dtype), n, h, w, m, per_image, tiles_w, storage)
+        return _Padded(np.zeros(shape, dtype), n, h, w, m, tiles_h, tiles_w)
+    flat = buffers.get(storage, shape, dtype)
+    padded = _Padded(flat, n, h, w, m, tiles_h, tiles_w, storage)
     # A reused array holds an earlier layer's values: zero every pixel but the interior.
-    images = padded.flat[: n * padded.block].reshape(n, padded.block, *shape[1:])
+    images = flat.reshape(n, padded.block, *shape[1:])
     images[:, 0] = 0
     images[:, h + 1 :] = 0
     images[:, :, 0] = 0
     images[:, :, w + 1 :] = 0
-    padded.flat[n * padded.block :] = 0
     return padded
 
 
 def _winograd_input(
-    padded: _Padded, q0: int, q1: int, ws: _Buffers, result: _Buffers | None = None
+    padded: _Padded, i: int, q0: int, q1: int, ws: _Buffers, result: _Buffers | None = None
 ) -> np.ndarray:
-    """Transform the input tiles of tile rows [q0, q1): ``B^T d B``, ``(a*a, tiles, C)``.
+    """Transform the input tiles of tile rows [q0, q1) of image `i`: ``(a*a, tiles, C)``.
 
-    Scratch comes from `ws`, the returned array from `result` (default: `ws`).
+    Columns first: one strided copy per column of the a x a tile gathers every tile's
+    column, one matrix product transforms them (``d B``); the rows are then transformed
+    straight from that array by a product over overlapping strided windows (``B^T (d B)``),
+    written in the order the GEMMs need. Scratch comes from `ws`, the returned array from
+    `result` (default: `ws`).
     """
-    m, tw, flat = padded.m, padded.tiles_w, padded.flat
-    a, rows, (_, wp, c), dtype = m + 2, q1 - q0, flat.shape, flat.dtype
+    m, tw, rows = padded.m, padded.tiles_w, q1 - q0
+    source = padded.image(i)[q0 * m : q1 * m + 2]  # (rows*m + 2, Wp, C): rows the tiles read
+    a, (nr, _, c), dtype = m + 2, source.shape, source.dtype
     bt, _, _ = _matrices(m, dtype)
-    x = ws.get("x", (a, rows, wp, c), dtype)
-    for r in range(a):
-        x[r] = flat[q0 * m + r : q0 * m + r + rows * m : m]  # (rows, Wp, C)
-    xr = ws.get("xr", (a, rows, wp, c), dtype)
-    np.matmul(bt, x.reshape(a, -1), out=xr.reshape(a, -1))  # rows transformed
-    cols = ws.get("cols", (a, a, rows, tw, c), dtype)
+    gathered = ws.get("gathered", (a, nr, tw, c), dtype)
     for s in range(a):
-        cols[s] = xr[:, :, s : s + tw * m : m]  # (a_i, rows, tW, C)
-    v = (ws if result is None else result).get("v", (a * a, rows * tw, c), dtype)
-    np.matmul(bt, cols.reshape(a, -1), out=v.reshape(a, -1))  # (a_j * a_i, tiles, C)
-    return v
+        gathered[s] = source[:, s : s + tw * m : m]  # column s of every tile: (nr, tW, C)
+    cols = ws.get("cols", (a, nr, tw * c), dtype)
+    np.matmul(bt, gathered.reshape(a, -1), out=cols.reshape(a, -1))  # (a_j, nr, tW*C)
+    windows = np.lib.stride_tricks.sliding_window_view(cols, a, axis=1)[:, ::m]
+    # windows: (a_j, rows, tW*C, a_r), a view; v: (a_j, a_i, rows, tW, C)
+    v = (ws if result is None else result).get("v", (a, a, rows, tw, c), dtype)
+    v_rows = v.reshape(a, a, rows, tw * c).transpose(0, 2, 1, 3)  # (a_j, rows, a_i, tW*C)
+    np.matmul(bt, windows.transpose(0, 1, 3, 2), out=v_rows)
+    return v.reshape(a * a, rows * tw, c)
 
 
-def _winograd_output(
-    v: np.ndarray,
-    u: np.ndarray,
-    padded: _Padded,
-    q0: int,
-    q1: int,
-    out: np.ndarray,
-    ws: _Buffers,
-) -> None:
-    """Multiply transformed tiles by packed kernels, write the output tiles ``A^T M A``.
+def _winograd_output(v: np.ndarray, u: np.ndarray, m: int, tw: int, ws: _Buffers) -> np.ndarray:
+    """Multiply transformed tiles by packed kernels; return the output tiles ``A^T M A``.
 
-    `u` may be a slice of the output channels; `out` is then the matching slice.
+    `u` may be a slice of the output channels. Returns ``(m_j, m_i, rows, tW, O)``.
     """
-    m, tw, dtype = padded.m, padded.tiles_w, u.dtype
-    a, rows, o = m + 2, q1 - q0, u.shape[2]
+    a, tiles, o, dtype = m + 2, v.shape[1], u.shape[2], u.dtype
     _, _, at = _matrices(m, dtype)
-    product = ws.get("product", (a * a, rows * tw, o), dtype)
+    product = ws.get("product", (a * a, tiles, o), dtype)
     np.matmul(v, u, out=product)  # one GEMM per transformed position: (tiles, C) @ (C, O)
-    p = ws.get("p", (m, a, rows * tw * o), dtype)
+    p = ws.get("p", (m, a, tiles * o), dtype)
     np.matmul(at, product.reshape(a, -1), out=p.reshape(m, -1))  # over j: (m_j, a_i, ...)
-    y = ws.get("y", (m, m, rows, tw, o), dtype)
-    np.matmul(at, p, out=y.reshape(m, m, -1))  # over i, batched on j: (m_j, m_i, rows, tW, O)
-    target = out[q0 * m : q1 * m].reshape(rows, m, tw, m, o)  # (rows, m_i, tW, m_j, O)
-    np.copyto(target, y.transpose(2, 1, 3, 0, 4))
+    y = ws.get("y", (m, m, tiles // tw, tw, o), dtype)
+    np.matmul(at, p, out=y.reshape(m, m, -1))  # over i, batched on j: (m_j, m_i, ...)
+    return y
 
 
 def _gemm_input(
-    padded: _Padded, q0: int, q1: int, ws: _Buffers, result: _Buffers | None = None
+    padded: _Padded, i: int, q0: int, q1: int, ws: _Buffers, result: _Buffers | None = None
 ) -> np.ndarray:
-    """Gather the im2col matrix of output rows [q0, q1) (m = 1): ``(rows * W, 9 * C)``."""
-    flat = padded.flat
-    rows, w, c = q1 - q0, padded.w, flat.shape[2]
-    s_row, s_col, s_chan = flat.strides
-    windows = np.lib.stride_tricks.as_strided(
-        flat[q0:],
-        shape=(rows, w, 3, 3, c),
-        strides=(s_row, s_col, s_row, s_col, s_chan),
-        writeable=False,
-    )  # (rows, W, KH, KW, C), a view
-    cols = (ws if result is None else result).get("im2col", (rows, w, 3, 3, c), flat.dtype)
-    np.copyto(cols, windows)
+    """Gather the im2col matrix of output rows [q0, q1) of image `i` (m = 1): ``(rows*W, 9*C)``."""
+    source = padded.image(i)[q0 : q1 + 2]  # (rows + 2, Wp, C)
+    rows, w, c = q1 - q0, padded.w, source.shape[2]
+    s_row, s_col, s_chan = source.strides
+    cols = (ws if result is None else result).get("im2col", (rows, w, 3, 3 * c), source.dtype)
+    for kh in range(3):  # one copy per kernel row, runs of 3*C contiguous values
+        windows = np.lib.stride_tricks.as_strided(
+            source[kh:], shape=(rows, w, 3 * c), strides=(s_row, s_col, s_chan), writeable=False
+        )  # (rows, W, KW*C), a view
+        cols[:, :, kh] = windows
     return cols.reshape(rows * w, 9 * c)
 
 
-def _gemm_output(
-    cols: np.ndarray,
-    kernel: np.ndarray,
-    padded: _Padded,
-    q0: int,
-    q1: int,
-    out: np.ndarray,
-    ws: _Buffers,
-) -> None:
-    """``cols @ kernel`` (a ``(9 * C, O)`` slice) into output rows [q0, q1) of `out`."""
+def _gemm_output(cols: np.ndarray, kernel: np.ndarray, w: int, ws: _Buffers) -> np.ndarray:
+    """``cols @ kernel`` (a ``(9 * C, O)`` slice) as tiles of one pixel: ``(1, 1, rows, W, O)``."""
     y = ws.get("gemm", (cols.shape[0], kernel.shape[1]), kernel.dtype)
     np.matmul(cols, kernel, out=y)  # (rows*W, 9*C) @ (9*C, O) -> (rows*W, O)
-    out[q0:q1, : padded.w] = y.reshape(q1 - q0, padded.w, -1)  # (rows, W, O)
+    return y.reshape(1, 1, -1, w, kernel.shape[1])
+
+
+def _pool_tiles(y: np.ndarray, ws: _Buffers) -> np.ndarray:
+    """2x2 max-pool of output tiles ``(m_j, m_i, rows, tW, O)``, pools never crossing tiles.
+
+    Winograd tiles (m even) pool within each tile: ``(m_j/2, m_i/2, rows, tW, O)``.
+    One-pixel tiles (direct convolution) pool pairs of rows and of columns:
+    ``(1, 1, rows/2, W//2, O)``.
+    """
+    mj, mi, rows, tw, o = y.shape
+    if mj == 1:
+        plane, half = y[0, 0], tw // 2
+        pairs = ws.get("pool_rows", (rows // 2, tw, o), y.dtype)
+        np.maximum(plane[0::2], plane[1::2], out=pairs)
+        pooled = ws.get("pooled", (1, 1, rows // 2, half, o), y.dtype)
+        np.maximum(pairs[:, 0 : 2 * half : 2], pairs[:, 1 : 2 * half : 2], out=pooled[0, 0])
+        return pooled
+    pairs = ws.get("pool_rows", (mj // 2, mi, rows, tw, o), y.dtype)
+    np.maximum(y[0::2], y[1::2], out=pairs)
+    pooled = ws.get("pooled", (mj // 2, mi // 2, rows, tw, o), y.dtype)
+    np.maximum(pairs[:, 0::2], pairs[:, 1::2], out=pooled)
+    return pooled
+
+
+def _untile(tiles: np.ndarray, dest: np.ndarray, r0: int) -> None:
+    """Copy tiles ``(m_j, m_i, rows, tW, O)`` into image rows ``r0..`` of `dest` ``(H, W, O)``.
+
+    Tile ``(q, t)``'s pixel ``(i, j)`` goes to ``(r0 + q*m_i + i, t*m_j + j)``; pixels
+    past `dest`'s edges (computed from padding) are dropped.
+    """
+    mj, mi, rows, tw, _ = tiles.shape
+    h, w = dest.shape[:2]
+    if r0 + rows * mi <= h and tw * mj <= w:  # the whole block fits: one transposing copy
+        target = dest[r0 : r0 + rows * mi, : tw * mj].reshape(rows, mi, tw, mj, -1)
+        assert np.may_share_memory(target, dest), "a reshape copied: the write would be lost"
+        np.copyto(target, tiles.transpose(2, 1, 3, 0, 4))  # (rows, m_i, tW, m_j, O)
+        return
+    for i in range(mi):
+        nr = min(rows, -(-(h - r0 - i) // mi))  # tile rows whose pixel row i is inside
+        for j in range(mj):
+            nc = min(tw, -(-(w - j) // mj))
+            if nr > 0 and nc > 0:
+                rows_ = slice(r0 + i, r0 + i + (nr - 1) * mi + 1, mi)
+                dest[rows_, j : j + (nc - 1) * mj + 1 : mj] = tiles[j, i, :nr, :nc]
 
 
 @functools.cache
@@ -350,11 +376,12 @@ def winograd_conv3x3(x: np.ndarray, kernel: np.ndarray, m: int = 4) -> np.ndarra
     n, h, w, c = x.shape
     padded = _padded(n, h, w, c, m, x.dtype)
     padded.interior()[...] = x
-    out = np.empty((padded.tile_rows * m, padded.tiles_w * m, kernel.shape[3]), x.dtype)
-    ws = _Buffers()
-    v = _winograd_input(padded, 0, padded.tile_rows, ws)
-    _winograd_output(v, winograd_kernel(kernel, m), padded, 0, padded.tile_rows, out, ws)
-    return padded.images(out, h, w).copy()
+    u, ws = winograd_kernel(kernel, m), _Buffers()
+    out = np.empty((n, h, w, kernel.shape[3]), x.dtype)
+    for i in range(n):
+        v = _winograd_input(padded, i, 0, padded.tiles_h, ws)
+        _untile(_winograd_output(v, u, m, padded.tiles_w, ws), out[i], 0)
+    return out
 
 
 @functools.cache
@@ -402,6 +429,7 @@ class _ConvPlan:
     kernel: np.ndarray  # packed: (a*a, C, O) for Winograd, (9 * C, O) for GEMM
     bias: np.ndarray
     pool: bool  # a 2x2 max-pool follows: apply it before the bias and ReLU
+    tiles_h: int = 0  # tile rows per image (for a fused pool after a direct conv: even)
     rows_per_chunk: int = 1  # tile rows per chunk
     channel_block: int = 0  # output channels per block
 
@@ -515,14 +543,16 @@ class Engine:
         plan.kernel = self._packed[layer.name, algorithm]
         # Chunks of whole tile rows of one image, sized by CHUNK_BYTES, equal in size.
         tiles_h, tiles_w = -(-h // m), -(-w // m)
+        if m == 1 and pool:
+            tiles_h += tiles_h % 2  # the pool takes whole pairs of rows
         if m > 1:
             row_bytes = (m + 2) ** 2 * tiles_w * max(c, o) * kernel.itemsize
         else:
             row_bytes = w * max(9 * c, o) * kernel.itemsize
         chunks = -(-tiles_h // max(1, CHUNK_BYTES // row_bytes))
-        plan.rows_per_chunk = -(-tiles_h // chunks)
+        plan.tiles_h, plan.rows_per_chunk = tiles_h, -(-tiles_h // chunks)
         if m == 1 and pool:
-            plan.rows_per_chunk += plan.rows_per_chunk % 2  # whole pairs of rows for the pool
+            plan.rows_per_chunk += plan.rows_per_chunk % 2
         few = tiles_h * tiles_w < MIN_TILES_PER_IMAGE
         plan.channel_block = -(-o // CHANNEL_BLOCKS) if few else o
         return plan
@@ -691,69 +721,68 @@ class Engine:
             yield self.layers[index - 1].name, x
 
     def _conv(self, state: _Pass, index: int, x: np.ndarray, fuse_pool: bool) -> np.ndarray:
-        """Convolution + bias + ReLU of layer `index` (and the next pool if fused)."""
+        """Convolution + bias + ReLU of layer `index` (and the next pool if fused).
+
+        Each chunk's output goes, pooled, biased and rectified while in cache, straight
+        into the next layer's padded input when that is a convolution, else into an
+        ``(N, H, W, O)`` buffer. Returns the layer's output as an ``(N, H, W, O)`` view.
+        """
         n, h, w, c = x.shape
         plan = self._plan(index, h, w, c)
         if plan.algorithm == "naive":
             return ops.relu(ops.conv2d_naive(x, plan.kernel, plan.bias))
         m, o, buffers = plan.m, plan.bias.shape[0], state.buffers
-        # A few arrays serve every layer in turn: two padded inputs (this layer's and the
-        # next one's, which this layer fills as its rows complete), the convolution's
-        # output and the pooled output.
         staged, state.staged = state.staged, None
         if staged is not None and staged[0] == index:
             padded = staged[1]
         else:
-            padded = _padded(n, h, w, c, m, x.dtype, buffers, "in_a")
+            padded = _padded(n, h, w, c, m, x.dtype, buffers, "in_a", plan.tiles_h)
             padded.interior()[...] = x
-        rows_out, cols_out = padded.tile_rows * m, padded.tiles_w * m
-        out = buffers.get("out", (rows_out, cols_out, o), x.dtype)
         pool = fuse_pool and plan.pool
-        pooled = buffers.get("pool", (rows_out // 2, cols_out // 2, o), x.dtype) if pool else None
         h_out, w_out = (h // 2, w // 2) if pool else (h, w)
         following = index + (2 if pool else 1)
         staging = self._next_input(state, following, padded, h_out, w_out, o, x.dtype)
-        if m > 1:
-            make_input, make_output = _winograd_input, _winograd_output
+        if staging is None:
+            result = buffers.get("out", (n, h_out, w_out, o), x.dtype)
+            destinations = list(result)
         else:
-            make_input, make_output = _gemm_input, _gemm_output
+            result = staging.interior()
+            destinations = [staging.image(i)[1 : 1 + h_out, 1 : 1 + w_out] for i in range(n)]
+        if m > 1:
+            make_input, tw = _winograd_input, padded.tiles_w
+
+            def make_output(v, kernel):
+                return _winograd_output(v, kernel, m, tw, _WORKSPACE)
+        else:
+            make_input = _gemm_input
+
+            def make_output(v, kernel):
+                return _gemm_output(v, kernel, w, _WORKSPACE)
+
         # Chunks of tile rows within one image, channel blocks fixed per layer: the same
         # BLAS calls for an image whatever the batch and the threads.
-        tiles_h, step, per_image = -(-h // m), plan.rows_per_chunk, padded.per_image
-        tiles_h += tiles_h % 2 if pool and m == 1 else 0  # whole pairs of rows
+        step = plan.rows_per_chunk
         chunks = [
-            (i * per_image + q, i * per_image + min(q + step, tiles_h))
+            (i, q, min(q + step, plan.tiles_h))
             for i in range(n)
-            for q in range(0, tiles_h, step)
+            for q in range(0, plan.tiles_h, step)
         ]
         blocks = [(o0, min(o0 + plan.channel_block, o)) for o0 in range(0, o, plan.channel_block)]
-        half, scale = cols_out // 2, 2 if pool else 1
 
-        def finish(q0: int, q1: int, o0: int, o1: int) -> None:
-            """Pool (if fused), add the bias and apply ReLU, in place, on one block."""
-            rows = out[q0 * m : q1 * m, :, o0:o1]  # (rows, cols_out, O slice)
+        def product(v: np.ndarray, i: int, q0: int, q1: int, o0: int, o1: int) -> None:
+            """Output tiles of one channel block: pooled, biased, rectified, stored."""
+            y = make_output(v, plan.kernel[..., o0:o1])  # (m_j, m_i, rows, tW, O block)
             if pool:
-                target = pooled[q0 * m // 2 : q1 * m // 2, :, o0:o1]
-                np.maximum(rows[0::2, 0 : 2 * half : 2], rows[0::2, 1 : 2 * half : 2], out=target)
-                np.maximum(target, rows[1::2, 0 : 2 * half : 2], out=target)
-                np.maximum(target, rows[1::2, 1 : 2 * half : 2], out=target)
-                rows = target
-            rows += plan.bias[o0:o1]
-            np.maximum(rows, 0, out=rows)
-            if staging is not None:
-                image = q0 // per_image
-                first = (q0 - image * per_image) * m // scale  # the image's own row number
-                _stage(rows, image, first, h_out, w_out, staging, o0, o1)
+                y = _pool_tiles(y, _WORKSPACE)
+            y += plan.bias[o0:o1]
+            np.maximum(y, 0, out=y)
+            r0 = q0 * m // 2 if pool else q0 * m  # the chunk's first output row
+            _untile(y, destinations[i][..., o0:o1], r0)
 
-        def product(v: np.ndarray, q0: int, q1: int, o0: int, o1: int) -> None:
-            kernel, target = plan.kernel[..., o0:o1], out[..., o0:o1]
-            make_output(v, kernel, padded, q0, q1, target, _WORKSPACE)
-            finish(q0, q1, o0, o1)
-
-        def whole_chunk(q0: int, q1: int) -> None:
-            v = make_input(padded, q0, q1, _WORKSPACE)
+        def whole_chunk(i: int, q0: int, q1: int) -> None:
+            v = make_input(padded, i, q0, q1, _WORKSPACE)
             for o0, o1 in blocks:
-                product(v, q0, q1, o0, o1)
+                product(v, i, q0, q1, o0, o1)
 
         if len(blocks) == 1 or len(chunks) >= 2 * self.threads:
             self._map(whole_chunk, chunks)
@@ -765,13 +794,12 @@ class Engine:
                 return make_input(padded, *chunks[k], _WORKSPACE, state.chunk_buffers[k])
 
             vs = self._map(transform, [(k,) for k in range(len(chunks))])
-            tasks = [(vs[k], *chunks[k], *block) for k in range(len(chunks)) for block in blocks]
-            self._map(product, tasks)
+            self._map(
+                product, [(vs[k], *chunks[k], *b) for k in range(len(chunks)) for b in blocks]
+            )
         if staging is not None:
             state.staged = (following, staging)
-        if pool:
-            return padded.images(pooled, h_out, w_out, scale=2)
-        return padded.images(out, h, w)
+        return result
 
     def _next_input(self, state: _Pass, index: int, current: _Padded, h, w, c, dtype):
         """Lay out the padded input of layer `index` if it is a convolution to fill."""
@@ -781,7 +809,7 @@ class Engine:
         if plan.algorithm == "naive":
             return None
         storage = "in_b" if current.storage == "in_a" else "in_a"
-        return _padded(current.n, h, w, c, plan.m, dtype, state.buffers, storage)
+        return _padded(current.n, h, w, c, plan.m, dtype, state.buffers, storage, plan.tiles_h)
 
     def other(self, layer, x: np.ndarray) -> np.ndarray:
         """Compute any layer but a convolution (pools, flatten, dense); see the class example."""
@@ -825,15 +853,3 @@ class Engine:
         for part in partial[1:]:
             y += part  # (N, out), in block order
         return y
-
-
-def _stage(rows, image: int, first: int, h: int, w: int, target: _Padded, o0: int, o1: int):
-    """Copy an image's finished rows ``first..`` into the next layer's padded input.
-
-    Only the image's `h` real rows and `w` real columns are copied; rows past them
-    (computed from padding) are dropped.
-    """
-    count = min(rows.shape[0], h - first)
-    if count > 0:
-        start = image * target.block + 1 + first
-        np.copyto(target.flat[start : start + count, 1 : w + 1, o0:o1], rows[:count, :w])
