@@ -86,14 +86,20 @@ _WINOGRAD = {
 #: Most worker threads an engine starts by default (it takes the CPUs it may use, up to this).
 MAX_THREADS = 8
 
-#: A layer with fewer output tiles per image splits its output channels into
-#: `CHANNEL_BLOCKS` fixed blocks, so that one image still feeds several threads.
+#: A layer with fewer output tiles per image splits its output channels into fixed
+#: blocks of `CHANNEL_BLOCK` (up to `CHANNEL_BLOCKS` of them), so that one image still
+#: feeds several threads; narrower GEMMs than that lose speed (measured: 256 -> 64
+#: columns costs 20%).
 MIN_TILES_PER_IMAGE = 256
+CHANNEL_BLOCK = 128
 CHANNEL_BLOCKS = 4
 
-#: Bytes of transformed input a chunk aims at: large enough for efficient GEMMs, small
-#: enough for the transforms to run in cache.
-CHUNK_BYTES = 8 << 20
+#: Bytes of transformed input (or im2col matrix) a chunk aims at, so that its transforms
+#: run in cache (the sweep is in docs/performance.md)...
+CHUNK_BYTES = 1 << 20
+#: ...but a chunk has at least ``C * O / KERNEL_VALUES_PER_TILE`` tiles: each of its GEMMs
+#: packs a C x O kernel, which must stay cheap beside the chunk's work (tiles * C * O).
+KERNEL_VALUES_PER_TILE = 256
 
 #: A batch runs in slices of at most this many activation values in the largest layer
 #: output per slice: 8 images at 224x224 (64 channels), more for smaller images.
@@ -549,12 +555,14 @@ class Engine:
             row_bytes = (m + 2) ** 2 * tiles_w * max(c, o) * kernel.itemsize
         else:
             row_bytes = w * max(9 * c, o) * kernel.itemsize
-        chunks = -(-tiles_h // max(1, CHUNK_BYTES // row_bytes))
+        rows = max(1, CHUNK_BYTES // row_bytes, -(-c * o // (KERNEL_VALUES_PER_TILE * tiles_w)))
+        chunks = -(-tiles_h // rows)
         plan.tiles_h, plan.rows_per_chunk = tiles_h, -(-tiles_h // chunks)
         if m == 1 and pool:
             plan.rows_per_chunk += plan.rows_per_chunk % 2
         few = tiles_h * tiles_w < MIN_TILES_PER_IMAGE
-        plan.channel_block = -(-o // CHANNEL_BLOCKS) if few else o
+        blocks = min(CHANNEL_BLOCKS, max(1, o // CHANNEL_BLOCK)) if few else 1
+        plan.channel_block = -(-o // blocks)
         return plan
 
     def algorithms(self, input_shape: tuple) -> dict[str, str]:
