@@ -49,7 +49,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import vgg_np
 
-    small = vgg_np.VGGConfig("small", ((16,), (32,), (32, 32), (64, 64), (64, 64)), fc=(64,))
+    small = vgg_np.VGGConfig(
+        "small", ((16,), (32,), (32, 32), (64, 64), (64, 64)), fc=(64,), default_size=64
+    )
     models = {
         "VGG16 224x224": (vgg_np.VGG16(seed=0), (224, 224, 3), args.calls),
         "small VGG 64x64": (vgg_np.VGG(small, seed=0, classes=10), (64, 64, 3), 8 * args.calls),

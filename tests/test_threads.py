@@ -9,6 +9,7 @@ wrong numbers without an error.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 
 import numpy as np
 import pytest
@@ -64,3 +65,23 @@ def test_concurrent_calls_leave_the_blas_setting_as_they_found_it():
     with concurrent.futures.ThreadPoolExecutor(CALLERS) as pool:
         list(pool.map(lambda _: model(x), range(3 * CALLERS)))
     assert [(i["internal_api"], i["num_threads"]) for i in threadpool_info()] == before
+
+
+def test_blas_is_single_threaded_during_a_pass_called_from_any_thread():
+    from threadpoolctl import threadpool_info
+
+    model = VGG(SMALL, classes=7, seed=3, threads=2)
+    x = np.zeros((1, 64, 64, 3), np.float32)
+    model(x)  # from the main thread first, as a script or a notebook would
+    seen = []
+
+    def probe() -> None:
+        passes = model.engine.run(x)
+        next(passes)  # inside a pass: our threads run, so BLAS must not add its own
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        passes.close()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    assert seen and set(seen[0]) == {1}, seen
