@@ -238,16 +238,14 @@ def _padded(
     return padded
 
 
-def _winograd_input(
-    padded: _Padded, i: int, q0: int, q1: int, ws: _Buffers, result: _Buffers | None = None
-) -> np.ndarray:
-    """Transform the input tiles of tile rows [q0, q1) of image `i`: ``(a*a, tiles, C)``.
+def _winograd_input(padded: _Padded, i: int, q0: int, q1: int, ws: _Buffers, out) -> None:
+    """Transform the input tiles of tile rows [q0, q1) of image `i` into `out`.
 
-    Columns first: one strided copy per column of the a x a tile gathers every tile's
-    column, one matrix product transforms them (``d B``); the rows are then transformed
-    straight from that array by a product over overlapping strided windows (``B^T (d B)``),
-    written in the order the GEMMs need. Scratch comes from `ws`, the returned array from
-    `result` (default: `ws`).
+    `out` is ``(a_j, a_i, rows, tW, C)``. Columns first: one strided copy per column of
+    the a x a tile gathers every tile's column, one matrix product transforms them
+    (``d B``); the rows are then transformed straight from that array by a product over
+    overlapping strided windows (``B^T (d B)``), written in the order the GEMMs need.
+    Scratch comes from `ws`.
     """
     m, tw, rows = padded.m, padded.tiles_w, q1 - q0
     source = padded.image(i)[q0 * m : q1 * m + 2]  # (rows*m + 2, Wp, C): rows the tiles read
@@ -259,11 +257,9 @@ def _winograd_input(
     cols = ws.get("cols", (a, nr, tw * c), dtype)
     np.matmul(bt, gathered.reshape(a, -1), out=cols.reshape(a, -1))  # (a_j, nr, tW*C)
     windows = np.lib.stride_tricks.sliding_window_view(cols, a, axis=1)[:, ::m]
-    # windows: (a_j, rows, tW*C, a_r), a view; v: (a_j, a_i, rows, tW, C)
-    v = (ws if result is None else result).get("v", (a, a, rows, tw, c), dtype)
-    v_rows = v.reshape(a, a, rows, tw * c).transpose(0, 2, 1, 3)  # (a_j, rows, a_i, tW*C)
+    # windows: (a_j, rows, tW*C, a_r), a view
+    v_rows = _reshaped(out, (a, a, rows, tw * c)).transpose(0, 2, 1, 3)  # (a_j, rows, a_i, .)
     np.matmul(bt, windows.transpose(0, 1, 3, 2), out=v_rows)
-    return v.reshape(a * a, rows * tw, c)
 
 
 def _winograd_output(v: np.ndarray, u: np.ndarray, m: int, tw: int, ws: _Buffers) -> np.ndarray:
@@ -282,20 +278,18 @@ def _winograd_output(v: np.ndarray, u: np.ndarray, m: int, tw: int, ws: _Buffers
     return y
 
 
-def _gemm_input(
-    padded: _Padded, i: int, q0: int, q1: int, ws: _Buffers, result: _Buffers | None = None
-) -> np.ndarray:
-    """Gather the im2col matrix of output rows [q0, q1) of image `i` (m = 1): ``(rows*W, 9*C)``."""
+def _gemm_input(padded: _Padded, i: int, q0: int, q1: int, ws: _Buffers, out) -> None:
+    """Gather the im2col rows of output rows [q0, q1) of image `i` (m = 1) into `out`.
+
+    `out` is ``(rows, W, KH, KW*C)``, one copy per kernel row, runs of KW*C values.
+    """
     source = padded.image(i)[q0 : q1 + 2]  # (rows + 2, Wp, C)
     rows, w, c = q1 - q0, padded.w, source.shape[2]
     s_row, s_col, s_chan = source.strides
-    cols = (ws if result is None else result).get("im2col", (rows, w, 3, 3 * c), source.dtype)
-    for kh in range(3):  # one copy per kernel row, runs of 3*C contiguous values
-        windows = np.lib.stride_tricks.as_strided(
+    for kh in range(3):
+        out[:, :, kh] = np.lib.stride_tricks.as_strided(
             source[kh:], shape=(rows, w, 3 * c), strides=(s_row, s_col, s_chan), writeable=False
         )  # (rows, W, KW*C), a view
-        cols[:, :, kh] = windows
-    return cols.reshape(rows * w, 9 * c)
 
 
 def _gemm_output(cols: np.ndarray, kernel: np.ndarray, w: int, ws: _Buffers) -> np.ndarray:
@@ -327,6 +321,13 @@ def _pool_tiles(y: np.ndarray, ws: _Buffers) -> np.ndarray:
     return pooled
 
 
+def _reshaped(array: np.ndarray, shape: tuple) -> np.ndarray:
+    """``array.reshape(shape)``, a view: a write into a reshaped copy would be lost."""
+    view = array.reshape(shape)
+    assert np.may_share_memory(view, array), f"reshaping {array.shape} to {shape} copied"
+    return view
+
+
 def _untile(tiles: np.ndarray, dest: np.ndarray, r0: int) -> None:
     """Copy tiles ``(m_j, m_i, rows, tW, O)`` into image rows ``r0..`` of `dest` ``(H, W, O)``.
 
@@ -336,8 +337,7 @@ def _untile(tiles: np.ndarray, dest: np.ndarray, r0: int) -> None:
     mj, mi, rows, tw, _ = tiles.shape
     h, w = dest.shape[:2]
     if r0 + rows * mi <= h and tw * mj <= w:  # the whole block fits: one transposing copy
-        target = dest[r0 : r0 + rows * mi, : tw * mj].reshape(rows, mi, tw, mj, -1)
-        assert np.may_share_memory(target, dest), "a reshape copied: the write would be lost"
+        target = _reshaped(dest[r0 : r0 + rows * mi, : tw * mj], (rows, mi, tw, mj, -1))
         np.copyto(target, tiles.transpose(2, 1, 3, 0, 4))  # (rows, m_i, tW, m_j, O)
         return
     for i in range(mi):
@@ -382,11 +382,15 @@ def winograd_conv3x3(x: np.ndarray, kernel: np.ndarray, m: int = 4) -> np.ndarra
     n, h, w, c = x.shape
     padded = _padded(n, h, w, c, m, x.dtype)
     padded.interior()[...] = x
-    u, ws = winograd_kernel(kernel, m), _Buffers()
-    out = np.empty((n, h, w, kernel.shape[3]), x.dtype)
+    u, ws, (th, tw) = winograd_kernel(kernel, m), _Buffers(), (padded.tiles_h, padded.tiles_w)
+    out, v = (
+        np.empty((n, h, w, kernel.shape[3]), x.dtype),
+        np.empty((m + 2, m + 2, th, tw, c), x.dtype),
+    )
     for i in range(n):
-        v = _winograd_input(padded, i, 0, padded.tiles_h, ws)
-        _untile(_winograd_output(v, u, m, padded.tiles_w, ws), out[i], 0)
+        _winograd_input(padded, i, 0, th, ws, v)
+        y = _winograd_output(v.reshape((m + 2) ** 2, th * tw, c), u, m, tw, ws)
+        _untile(y, out[i], 0)
     return out
 
 
@@ -447,6 +451,7 @@ class _ConvPlan:
     pool: bool  # a 2x2 max-pool follows: apply it before the bias and ReLU
     tiles_h: int = 0  # tile rows per image (for a fused pool after a direct conv: even)
     rows_per_chunk: int = 1  # tile rows per chunk
+    rows_per_part: int = 1  # tile rows per piece of a chunk's input transform
     channel_block: int = 0  # output channels per block
 
     @property
@@ -573,6 +578,9 @@ class Engine:
         few = tiles_h * tiles_w < MIN_TILES_PER_IMAGE
         blocks = min(CHANNEL_BLOCKS, max(1, o // CHANNEL_BLOCK)) if few else 1
         plan.channel_block = -(-o // blocks)
+        # Layers split by channels have a chunk per image: two threads share its input
+        # transform, in two pieces whatever the threads (the same BLAS calls).
+        plan.rows_per_part = -(-plan.rows_per_chunk // 2) if blocks > 1 else plan.rows_per_chunk
         return plan
 
     def algorithms(self, input_shape: tuple) -> dict[str, str]:
@@ -766,20 +774,33 @@ class Engine:
         else:
             result = staging.interior()
             destinations = [staging.image(i)[1 : 1 + h_out, 1 : 1 + w_out] for i in range(n)]
+        tw, a = padded.tiles_w, m + 2
         if m > 1:
-            make_input, tw = _winograd_input, padded.tiles_w
+            make_input = _winograd_input
+
+            def input_shape(rows: int) -> tuple:
+                return (a, a, rows, tw, c)
+
+            def part(v: np.ndarray, r0: int, r1: int) -> np.ndarray:
+                return v[:, :, r0:r1]
 
             def make_output(v, kernel):
-                return _winograd_output(v, kernel, m, tw, _WORKSPACE)
+                return _winograd_output(v.reshape(a * a, -1, c), kernel, m, tw, _WORKSPACE)
         else:
             make_input = _gemm_input
 
+            def input_shape(rows: int) -> tuple:
+                return (rows, w, 3, 3 * c)
+
+            def part(v: np.ndarray, r0: int, r1: int) -> np.ndarray:
+                return v[r0:r1]
+
             def make_output(v, kernel):
-                return _gemm_output(v, kernel, w, _WORKSPACE)
+                return _gemm_output(v.reshape(-1, 9 * c), kernel, w, _WORKSPACE)
 
         # Chunks of tile rows within one image, channel blocks fixed per layer: the same
         # BLAS calls for an image whatever the batch and the threads.
-        step = plan.rows_per_chunk
+        step, piece = plan.rows_per_chunk, plan.rows_per_part
         chunks = [
             (i, q, min(q + step, plan.tiles_h))
             for i in range(n)
@@ -787,7 +808,11 @@ class Engine:
         ]
         blocks = [(o0, min(o0 + plan.channel_block, o)) for o0 in range(0, o, plan.channel_block)]
 
-        def product(v: np.ndarray, i: int, q0: int, q1: int, o0: int, o1: int) -> None:
+        def transform(v: np.ndarray, i: int, q0: int, p0: int, p1: int) -> None:
+            """Input tiles of rows [p0, p1) of the chunk that starts at q0, into `v`."""
+            make_input(padded, i, p0, p1, _WORKSPACE, part(v, p0 - q0, p1 - q0))
+
+        def product(v: np.ndarray, i: int, q0: int, o0: int, o1: int) -> None:
             """Output tiles of one channel block: pooled, biased, rectified, stored."""
             y = make_output(v, plan.kernel[..., o0:o1])  # (m_j, m_i, rows, tW, O block)
             if pool:
@@ -797,23 +822,30 @@ class Engine:
             r0 = q0 * m // 2 if pool else q0 * m  # the chunk's first output row
             _untile(y, destinations[i][..., o0:o1], r0)
 
-        def whole_chunk(i: int, q0: int, q1: int) -> None:
-            v = make_input(padded, i, q0, q1, _WORKSPACE)
+        def pieces(k: int, v: np.ndarray) -> list[tuple]:
+            i, q0, q1 = chunks[k]
+            return [(v, i, q0, p, min(p + piece, q1)) for p in range(q0, q1, piece)]
+
+        def whole_chunk(k: int) -> None:
+            i, q0, q1 = chunks[k]
+            v = _WORKSPACE.get("v", input_shape(q1 - q0), x.dtype)
+            for args in pieces(k, v):
+                transform(*args)
             for o0, o1 in blocks:
-                product(v, i, q0, q1, o0, o1)
+                product(v, i, q0, o0, o1)
 
         if len(blocks) == 1 or len(chunks) >= 2 * self.threads:
-            self._map(whole_chunk, chunks)
+            self._map(whole_chunk, [(k,) for k in range(len(chunks))])
         else:  # few chunks: transform their inputs, then share their channel blocks out
             while len(state.chunk_buffers) < len(chunks):
                 state.chunk_buffers.append(_Buffers())
-
-            def transform(k: int) -> np.ndarray:
-                return make_input(padded, *chunks[k], _WORKSPACE, state.chunk_buffers[k])
-
-            vs = self._map(transform, [(k,) for k in range(len(chunks))])
+            vs = [
+                state.chunk_buffers[k].get("v", input_shape(q1 - q0), x.dtype)
+                for k, (_, q0, q1) in enumerate(chunks)
+            ]
+            self._map(transform, [args for k, v in enumerate(vs) for args in pieces(k, v)])
             self._map(
-                product, [(vs[k], *chunks[k], *b) for k in range(len(chunks)) for b in blocks]
+                product, [(vs[k], *chunks[k][:2], *b) for k in range(len(chunks)) for b in blocks]
             )
         if staging is not None:
             state.staged = (following, staging)
