@@ -4,11 +4,12 @@
     python benchmarks/memory.py --batch 1 8 --size 96 --top
 
 Each measurement runs in its own Python process (peak RSS only grows, so one process per
-batch): build the model (seeded weights, nothing read from disk), run one forward pass on
-a random batch, report the peak resident memory of the whole process (``ru_maxrss``), the
-memory resident after the call with the output still held, and the output's size. The
-bound the engine promises: the peak at a large batch stays within the peak of a
-`vgg_np.engine.Engine.slice_images` batch plus the returned array.
+batch): build the model (seeded weights, nothing read from disk), draw a random batch,
+run one forward pass. Reported: the peak resident memory of the whole process
+(``ru_maxrss``), the memory resident just before the call (model and input), what the
+call added at its peak and what stays after it (the output still held), and the
+output's size. The engine's promise: what a call adds at a large batch stays within
+what a batch of `vgg_np.engine.Engine.slice_images` images adds, plus the returned array.
 """
 
 from __future__ import annotations
@@ -39,16 +40,15 @@ def worker(batch: int, size: int, top: bool) -> dict:
 
     shape = (size, size, 3)
     model = vgg_np.VGG16(include_top=top, seed=0, input_shape=shape if not top else None)
-    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+    before = current_rss_mb()
     y = model(x)
     return {
         "batch": batch,
-        "peak_before_call_mb": before,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_after_mb": current_rss_mb(),
+        "before_mb": before,
+        "after_mb": current_rss_mb(),
         "output_mb": y.nbytes / 2**20,
-        "input_mb": x.nbytes / 2**20,
     }
 
 
@@ -65,8 +65,8 @@ def main(argv=None) -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     print(
         f"VGG16 {args.size}x{args.size}, include_top={args.top}, one process per batch\n\n"
-        "| batch | peak RSS (MB) | peak before the call | RSS after, output held | "
-        "input (MB) | output (MB) |\n|---|---|---|---|---|---|"
+        "| batch | peak RSS (MB) | RSS before the call | peak - before | after - before "
+        "(output held) | output (MB) |\n|---|---|---|---|---|---|"
     )
     for batch in args.batch:
         command = [sys.executable, __file__, "--worker", "--batch", str(batch)]
@@ -76,8 +76,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"batch {batch} failed:\n{out.stderr}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"| {batch} | {r['peak_mb']:.0f} | {r['peak_before_call_mb']:.0f} | "
-            f"{r['rss_after_mb']:.0f} | {r['input_mb']:.1f} | {r['output_mb']:.1f} |"
+            f"| {batch} | {r['peak_mb']:.0f} | {r['before_mb']:.0f} | "
+            f"{r['peak_mb'] - r['before_mb']:.0f} | {r['after_mb'] - r['before_mb']:.0f} | "
+            f"{r['output_mb']:.1f} |"
         )
     return 0
 
