@@ -11,7 +11,7 @@ from conftest import relative_error
 from reference.make_keras_reference import TINY, TINY_CLASSES
 
 from vgg_np import VGG, formats
-from vgg_np.formats.torchvision import hwc_rows_to_chw, hwio_to_oihw
+from vgg_np.formats.layouts import hwc_rows_to_chw, hwio_to_oihw
 
 pytestmark = pytest.mark.onnx
 onnx = pytest.importorskip("onnx", reason="needs the optional `onnx` package")
