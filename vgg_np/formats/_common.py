@@ -249,8 +249,8 @@ def check_unique(pairs: list[tuple[str, object]], where: str) -> dict:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Write a file beside `path`, renamed over it only once complete and on disk.
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a new file's name beside `path`; rename it over `path` once complete and synced.
 
     An existing file is never left half-written, whatever fails while writing (an
     exception, SIGINT, a full disk), and a reader of the old file keeps reading the old
@@ -262,14 +262,23 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.part")
     # Mode 0o666 as for any new file: the kernel applies the umask (mkstemp's 0o600 did not).
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o666)
+    os.close(os.open(tmp, flags, 0o666))
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Write a binary file beside `path`, renamed over it once complete (see `atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "r+b") as f:
+        yield f

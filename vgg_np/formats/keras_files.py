@@ -35,7 +35,7 @@ from vgg_np.formats import _hdf5
 from vgg_np.formats._common import (
     CHUNK,
     FileFormatError,
-    atomic_write,
+    atomic_path,
     check_regular,
     check_unique,
     check_zip,
@@ -190,7 +190,7 @@ def write_keras_h5(
     if naming not in ("applications", "tf_keras"):
         raise ValueError(f"`naming` must be 'applications' or 'tf_keras', got {naming!r}")
     layer_names = list(weights) if layer_names is None else layer_names
-    with atomic_write(path) as out, h5py.File(out, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["layer_names"] = np.array([n.encode() for n in layer_names])
         if naming == "tf_keras":
             f.attrs["backend"] = b"tensorflow"

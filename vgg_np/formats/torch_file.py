@@ -116,5 +116,12 @@ def write_torch(path: str | os.PathLike, weights: Mapping[str, tuple], provenanc
     )
     state._metadata = {METADATA_KEY: provenance.record()}  # as nn.Module.state_dict() does
     with atomic_write(path) as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as error:
+            # torch.save reports a failed write (a full disk, SIGINT) as its own
+            # RuntimeError when it closes the archive: raise what really happened.
+            if isinstance(error.__context__, (OSError, KeyboardInterrupt)):
+                raise error.__context__ from None
+            raise
     return "pytorch (torchvision layout)"
