@@ -197,14 +197,14 @@ def lazy(array, where: str) -> LazyArray:
     return LazyArray(array.shape, array.dtype, lambda: np.asarray(array), where)
 
 
-def split_kernel_bias(layer: str, arrays: list) -> tuple:
+def split_kernel_bias(layer: str, arrays: list, where: str) -> tuple:
     """Tell a layer's kernel (2-D or more) from its bias (1-D) by their ranks."""
     kernels = [a for a in arrays if len(a.shape) >= 2]
     biases = [a for a in arrays if len(a.shape) == 1]
     if len(arrays) != 2 or len(kernels) != 1 or len(biases) != 1:
         shapes = [tuple(a.shape) for a in arrays]
         raise FileFormatError(
-            f"layer {layer!r} should hold a kernel and a bias, got shapes {shapes}"
+            f"{where}: layer {layer!r} should hold a kernel and a bias, got shapes {shapes}"
         )
     return kernels[0], biases[0]
 

@@ -20,36 +20,27 @@ import numpy as np
 from vgg_np.formats._common import FileFormatError, LazyArray, check_expansion, check_regular
 
 
-def _check_link(name: str, link, where: str) -> None:
+def _indirection(f: h5py.File, name: str, link) -> str | None:
+    """Say what is wrong with one link of the file, or None."""
     if not isinstance(link, h5py.HardLink):
-        kind = type(link).__name__
-        raise FileFormatError(
-            f"{where}: {name!r} is a {kind}; links to other objects or files are refused"
-        )
-
-
-def _check_object(name: str, obj, where: str) -> None:
+        return f"{name!r} is a {type(link).__name__}; links to other objects or files are refused"
+    obj = f[name]
     if not isinstance(obj, h5py.Dataset):
-        return
+        return None
     plist = obj.id.get_create_plist()
     if plist.get_external_count():
-        raise FileFormatError(
-            f"{where}: dataset {name!r} keeps its data in another file (external storage); refused"
-        )
+        return f"dataset {name!r} keeps its data in another file (external storage); refused"
     if plist.get_layout() == h5py.h5d.VIRTUAL:
-        raise FileFormatError(
-            f"{where}: dataset {name!r} is virtual (assembled from other files); refused"
-        )
+        return f"dataset {name!r} is virtual (assembled from other files); refused"
+    return None
 
 
 def check_no_indirection(f: h5py.File, where: str) -> None:
     """Refuse soft and external links, external storage and virtual datasets anywhere."""
-
-    def visit(name: str, link) -> None:
-        _check_link(name, link, where)
-        _check_object(name, f[name], where)
-
-    f.visititems_links(visit)
+    # The visit stops at the first non-None return; raising inside it confuses h5py.
+    problem = f.visititems_links(lambda name, link: _indirection(f, name, link))
+    if problem is not None:
+        raise FileFormatError(f"{where}: {problem}")
 
 
 @contextlib.contextmanager
@@ -75,6 +66,8 @@ def dataset(ds: h5py.Dataset, where: str) -> LazyArray:
     the dataset is read or allocated.
     """
     name = f"{where} dataset {ds.name!r}"
+    if ds.shape is None:
+        raise FileFormatError(f"{name}: holds no data (an empty dataspace)")
     if ds.dtype.kind != "f":
         raise FileFormatError(f"{name}: weights must be floating point, got dtype {ds.dtype}")
     declared = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize

@@ -64,7 +64,7 @@ def _legacy_layers(root: h5py.Group, where: str) -> dict:
         if missing:
             raise FileFormatError(f"{where}: layer {layer!r} lists weights it lacks: {missing}")
         arrays = [_hdf5.dataset(group[w], where) for w in weight_names]
-        pairs.append((layer, split_kernel_bias(layer, arrays)))
+        pairs.append((layer, split_kernel_bias(layer, arrays, where)))
     return check_unique(pairs, where)
 
 
@@ -87,7 +87,7 @@ def _variables(group: h5py.Group, key: str, where: str) -> tuple[str, tuple] | N
     arrays = [variables[k] for k in sorted(variables, key=int)]
     if not all(isinstance(a, h5py.Dataset) for a in arrays):
         raise FileFormatError(f"{where}: the variables of layer {name!r} are not all datasets")
-    return name, split_kernel_bias(name, [_hdf5.dataset(a, where) for a in arrays])
+    return name, split_kernel_bias(name, [_hdf5.dataset(a, where) for a in arrays], where)
 
 
 def _keras3_layers(layers: h5py.Group, where: str, depth: int = 0) -> list[tuple[str, tuple]]:
