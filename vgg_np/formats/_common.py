@@ -28,8 +28,9 @@ SMALL_MEMBER = 1 << 20
 #: Largest tensor a reader computes instead of reading (ONNX ``ConstantOfShape``): VGG's
 #: largest tensor, fc1, is 411 MB in float32 (VGG16 and VGG19).
 MAX_COMPUTED_BYTES = 1 << 30
-#: Bytes read per call when copying a tensor out of a file.
-CHUNK = 1 << 24
+#: Bytes read per call when copying a tensor out of a file (1 MiB: the CRC-32 then
+#: runs on bytes still in cache; measured 0.57 s for 553 MB against 0.73 s with 16 MiB).
+CHUNK = 1 << 20
 
 
 class FileFormatError(ValueError):
