@@ -31,7 +31,8 @@ SAMPLES = {
 
 
 def parameters(layer: Layer, shape: tuple, rng) -> tuple:
-    return tuple(rng.standard_normal(s) for s in KINDS[layer.kind].parameter_shapes(layer, shape))
+    shapes = KINDS[layer.kind].parameter_shapes
+    return tuple(rng.standard_normal(s) for s in shapes(layer, shape)) if shapes else ()
 
 
 def test_every_kind_has_a_sample():
@@ -44,10 +45,16 @@ def test_output_and_parameter_shapes_are_what_the_forward_call_gives(kind):
     entry, rng = KINDS[kind], np.random.default_rng(0)
     params = parameters(layer, shape, rng)
     assert len(params) == len(entry.parameters)
+    if params:  # the seeded draw of `VGG.he_normal` has the same shapes, in float32
+        drawn = entry.initial(entry.parameter_shapes(layer, shape), rng)
+        assert [(a.shape, a.dtype) for a in drawn] == [(p.shape, np.float32) for p in params]
     y = entry.forward(layer, params or None, rng.standard_normal((2, *shape)))
     assert y.shape == (2, *entry.output_shape(layer, shape))
-    if kind == "pool":  # unknown sizes stay unknown
-        assert entry.output_shape(layer, (None, 10, 3)) == (None, 5, 3)
+
+
+def test_unknown_sizes_stay_unknown():
+    assert KINDS["pool"].output_shape(Layer("p", "pool"), (None, 10, 3)) == (None, 5, 3)
+    assert KINDS["conv"].output_shape(Layer("c", "conv", 8), (None, None, 3)) == (None, None, 8)
 
 
 @pytest.mark.parametrize("kind", sorted(k for k, entry in KINDS.items() if entry.backward))

@@ -76,8 +76,12 @@ class Kind:
         ``"input_shape"``. None: the kind cannot be trained through (yet).
     parameters : tuple of str
         Names of the layer's tensors, in the order they are stored (``weights[name]``).
-    parameter_shapes : callable
-        ``(layer, input shape) -> one shape per name in parameters``.
+    parameter_shapes : callable or None
+        ``(layer, input shape) -> one shape per name in parameters``; None without
+        parameters.
+    initial : callable or None
+        ``(shapes, rng) -> tensors``: seeded initial values, in float32
+        (`vgg_np.model.VGG.he_normal`).
     keeps : tuple of str
         What a training pass keeps for `backward`: ``"input"`` (the layer's input).
     view : bool
@@ -99,7 +103,8 @@ class Kind:
     forward: Callable[[Layer, tuple | None, np.ndarray], np.ndarray]
     backward: Callable[[Layer, tuple | None, dict, np.ndarray], tuple] | None = None
     parameters: tuple[str, ...] = ()
-    parameter_shapes: Callable[[Layer, tuple], tuple[tuple, ...]] = lambda layer, shape: ()
+    parameter_shapes: Callable[[Layer, tuple], tuple[tuple, ...]] | None = None
+    initial: Callable[[tuple[tuple, ...], np.random.Generator], tuple] | None = None
     keeps: tuple[str, ...] = ()
     view: bool = False
     dropout_after: bool = False
@@ -107,6 +112,19 @@ class Kind:
 
 def _halve(size: int | None) -> int | None:
     return None if size is None else size // 2
+
+
+def _he_normal(shapes: tuple[tuple, ...], rng: np.random.Generator) -> tuple:
+    """Draw a He-normal kernel, ``N(0, 2 / fan_in)``, then an ``N(0, 0.1**2)`` bias (float32).
+
+    ``fan_in`` is every kernel axis but the last (``KH * KW * C``, or ``in``), so ReLU
+    activations keep their scale through the network.
+    """
+    kernel_shape, bias_shape = shapes
+    kernel = rng.standard_normal(kernel_shape, dtype=np.float32)
+    kernel *= np.float32(math.sqrt(2.0 / math.prod(kernel_shape[:-1])))
+    bias = rng.standard_normal(bias_shape, dtype=np.float32) * np.float32(0.1)
+    return kernel, bias
 
 
 #: The layer kinds, keyed by `Layer.kind`. Shapes in the comments are of the batch.
@@ -120,6 +138,7 @@ KINDS: dict[str, Kind] = {
         ),  # dx, dkernel, dbias
         parameters=("kernel", "bias"),
         parameter_shapes=lambda layer, shape: ((3, 3, shape[2], layer.units), (layer.units,)),
+        initial=_he_normal,
         keeps=("input",),
     ),
     # 2x2 max-pool, stride 2: (N, H, W, C) -> (N, H // 2, W // 2, C)
@@ -154,6 +173,7 @@ KINDS: dict[str, Kind] = {
         ),  # dx, dkernel, dbias
         parameters=("kernel", "bias"),
         parameter_shapes=lambda layer, shape: ((shape[-1], layer.units), (layer.units,)),
+        initial=_he_normal,
         keeps=("input",),
         dropout_after=True,
     ),

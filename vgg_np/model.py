@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import inspect
-import math
 import os
 from collections.abc import Mapping
 
@@ -243,8 +242,8 @@ class VGG:
         shape = self.input_shape
         for layer in self.layers:
             kind = KINDS[layer.kind]
-            params = kind.parameter_shapes(layer, shape)
-            if params:
+            if kind.parameter_shapes:
+                params = kind.parameter_shapes(layer, shape)
                 if any(None in p for p in params):
                     raise ValueError(f"{layer.name}: its input size is not fixed by `input_shape`")
                 shapes[layer.name] = params
@@ -259,7 +258,8 @@ class VGG:
         drawn too (Keras starts them at zero) so that tests notice a bias that is lost.
         Values are drawn in float32, layer by layer, kernel then bias, from
         ``np.random.default_rng(seed)``, then cast to the model dtype, so a float64
-        model holds exactly the same numbers as a float32 one.
+        model holds exactly the same numbers as a float32 one. Each kind's draw is its
+        ``initial`` in `vgg_np.layers.KINDS`.
 
         Parameters
         ----------
@@ -277,13 +277,11 @@ class VGG:
         ((3, 3, 3, 64), dtype('float32'))
         """
         rng = np.random.default_rng(seed)
+        kinds = {layer.name: KINDS[layer.kind] for layer in self.layers}
         weights = {}
-        for name, (kernel_shape, bias_shape) in self.parameter_shapes().items():
-            fan_in = math.prod(kernel_shape[:-1])
-            kernel = rng.standard_normal(kernel_shape, dtype=np.float32)
-            kernel *= np.float32(math.sqrt(2.0 / fan_in))
-            bias = rng.standard_normal(bias_shape, dtype=np.float32) * np.float32(0.1)
-            weights[name] = (kernel.astype(self.dtype, copy=False), bias.astype(self.dtype))
+        for name, shapes in self.parameter_shapes().items():
+            drawn = kinds[name].initial(shapes, rng)
+            weights[name] = tuple(a.astype(self.dtype, copy=False) for a in drawn)
         return weights
 
     @classmethod

@@ -77,7 +77,7 @@ class Summary:
         for layer in layers:
             kind = KINDS[layer.kind]
             out = kind.output_shape(layer, shape)
-            params = kind.parameter_shapes(layer, shape)
+            params = kind.parameter_shapes(layer, shape) if kind.parameter_shapes else ()
             weights = math.prod(params[0]) if params else 0
             # One multiply-accumulate per weight per output position (H*W for a
             # convolution, 1 for a dense layer).
