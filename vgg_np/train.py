@@ -9,8 +9,7 @@ is applied after each hidden dense layer in training only, as in the original VG
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -100,7 +99,7 @@ def loss_and_gradients(
     x = np.asarray(x, dtype=model.dtype)
     # The loss takes the logits: the classifier's softmax is part of softmax_cross_entropy.
     *base, last = model.layers
-    layers = [*base, dataclasses.replace(last, activation=None)]
+    layers = [*base, replace(last, activation=None)]
     names = [layer.name for layer in layers]
     trainable = (
         set(trainable) if trainable is not None else {n for n in names if n in model.weights}
