@@ -14,7 +14,9 @@ from reference.make_keras_reference import TINY, TINY_CLASSES, TINY_SEED
 
 from vgg_np import VGG
 from vgg_np.config import layer_table
-from vgg_np.layers import ACTIVATIONS, KINDS, Layer, forward
+from vgg_np.engine import Engine
+from vgg_np.layers import ACTIVATIONS, KINDS, Kind, Layer, forward
+from vgg_np.train import loss_and_gradients
 
 TINY_DIR = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
 
@@ -197,3 +199,42 @@ def test_bad_tables_and_weights_name_the_layer():
     with pytest.raises(ValueError, match="`rng` is required"):
         dense = [Layer("fc", "dense", 2, "relu")]
         forward(dense, {"fc": (np.ones((4, 2)), np.zeros(2))}, np.ones((1, 4)), dropout=0.5)
+
+
+def test_a_new_kind_is_one_entry(monkeypatch):
+    # A kind the code has never seen, given by its entry alone: the reference forward, the
+    # summary, the engine and training all run it.
+    double = Kind(
+        output_shape=lambda layer, shape: shape,
+        forward=lambda layer, params, x: 2 * x,  # (N, H, W, C)
+        backward=lambda layer, params, kept, dy: (2 * dy,),
+    )
+    monkeypatch.setitem(KINDS, "double", double)
+    model = keras_tiny_model("float64")
+    model.layers = [model.layers[0], Layer("twice", "double"), *model.layers[1:]]
+    x = np.random.default_rng(4).standard_normal((2, 32, 32, 3))
+    seen = {}
+    logits = forward(
+        model.layers, model.weights, x, hook=lambda layer, v: seen.setdefault(layer.name, v)
+    )
+    np.testing.assert_array_equal(seen["twice"]["output"], 2 * seen["block1_conv1"]["output"])
+
+    row = model.summary(print_summary=False).rows[2]
+    assert (row.name, row.output_shape, row.weights, row.kept) == ("twice", (32, 32, 8), 0, 0)
+
+    engine = Engine(model.layers, model.weights, "gemm", threads=1)
+    assert relative_error(list(engine.run(x))[-1][1], logits) < 1e-12
+
+    labels = np.array([1, 7])
+    _, grads, tape = loss_and_gradients(model, x, labels)
+    assert tape.nbytes("twice") == 0
+    weights = model.weights
+    kernel, bias = weights["block1_conv1"]
+    losses = []
+    for step in (1e-6, -1e-6):
+        bumped = bias.copy()
+        bumped[3] += step
+        model.set_weights({**weights, "block1_conv1": (kernel, bumped)})
+        losses.append(loss_and_gradients(model, x, labels)[0])
+    numeric = (losses[0] - losses[1]) / 2e-6
+    assert abs(numeric - grads["block1_conv1"][1][3]) < 1e-6 * (1 + abs(numeric))
