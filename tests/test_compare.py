@@ -134,7 +134,8 @@ def test_cli_compare_names_the_first_diverging_layer(tmp_path, x):
     result = run_cli("compare", str(weights), str(good), "--oracle")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "compared with vgg_np in float64" in result.stdout
-    assert "all layers agree within tolerance" in result.stdout
+    assert "13/13 layers compared" in result.stdout  # 5 conv, 5 pool, flatten, 2 dense
+    assert "all 13 layers agree within tolerance" in result.stdout
     result = run_cli("compare", str(weights), str(bad))
     assert result.returncode == 1
     assert "first diverging layer: fc1" in result.stdout
