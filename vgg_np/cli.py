@@ -40,8 +40,9 @@ import numpy as np
 
 from vgg_np import __version__, formats
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
+from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
 from vgg_np.formats._common import atomic_write
-from vgg_np.model import CONFIGS, MIN_SIZE, VGG, VGG16, Summary, layer_table
+from vgg_np.model import VGG, VGG16
 from vgg_np.preprocess import (
     MODES,
     RESIZE_MODES,
@@ -50,6 +51,7 @@ from vgg_np.preprocess import (
     load_image,
     preprocess_input,
 )
+from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid, filter_grid
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -502,7 +504,6 @@ def add_train(commands) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Fine-tune a reduced-width VGG16 on generated shapes; print loss and accuracy."""
-    from vgg_np.model import VGGConfig
     from vgg_np.train import SGD, SHAPES, shapes_dataset
 
     config = VGGConfig(

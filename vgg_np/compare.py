@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from vgg_np.architecture import infer_architecture
 from vgg_np.formats import torchvision
-from vgg_np.model import VGG, infer_architecture
+from vgg_np.model import VGG
 from vgg_np.ops import softmax
 
 __all__ = ["Comparison", "LayerComparison", "compare_activations", "compare_onnx", "compare_torch"]
@@ -328,7 +329,7 @@ def compare_activations(
 
     Examples
     --------
-    >>> from vgg_np.model import VGGConfig
+    >>> from vgg_np.config import VGGConfig
     >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     >>> model = VGG(tiny, classes=3, seed=0)
     >>> x = np.ones((1, 32, 32, 3), np.float32)
