@@ -113,7 +113,7 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        """True when every layer asked for was compared and is within tolerance."""
+        """True when every layer asked for was compared and agrees; see the class example."""
         return self.first_divergence is None and not self.missing
 
     def verdict(self) -> str:
