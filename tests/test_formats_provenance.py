@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import pathlib
 import struct
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 from reference.make_keras_reference import TINY, TINY_CLASSES
 
 from vgg_np import VGG, formats
@@ -19,6 +23,7 @@ from vgg_np.formats import FORMATS, Family, Provenance, choose_preprocessing
 from vgg_np.formats._common import LazyArray, flatten_pairs
 
 TINY_DIR = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
+ROOT = pathlib.Path(__file__).parent.parent
 WRITTEN = ["w.npz", "w.h5", "w.safetensors", "keras.safetensors", "w.pth"]
 
 
@@ -243,3 +248,53 @@ def test_safetensors_metadata_of_other_tools_is_not_a_record(tmp_path, weights):
     path.write_bytes(data[:8] + text + data[8 + length :])
     read = provenance_of(path)
     assert (read.family, read.recorded) == (Family.TORCHVISION, False)
+
+
+# ---------------------------------------------------------------------------------------
+# `vgg-np predict` uses it
+# ---------------------------------------------------------------------------------------
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vgg_np", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("images") / "a.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_predict_on_converted_keras_weights_uses_keras_preprocessing_and_says_why(tmp_path, image):
+    # The README's recipe; before, predict took these for torchvision weights.
+    target = tmp_path / "w.safetensors"
+    converted = run("convert", str(TINY_DIR / "model.h5"), str(target))
+    assert converted.returncode == 0, converted.stderr
+    result = run("predict", str(image), "--weights", str(target), "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert (record["preprocess"], record["resize"]) == ("caffe", "keras")
+    assert "preprocessing 'caffe', resize 'keras' (keras weights, recorded in the file" in (
+        result.stderr
+    )
+    assert "keras-h5 (model.save layout" in result.stderr  # where they came from
+
+
+def test_predict_refuses_to_guess_and_takes_the_users_choice(tmp_path, image, weights):
+    path = tmp_path / "w.npz"
+    np.savez(path, **flatten_pairs(weights))  # no provenance recorded: any family fits
+    refused = run("predict", str(image), "--weights", str(path))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "which preprocessing they expect is unknown" in refused.stderr
+    assert "--preprocess" in refused.stderr
+    chosen = run("predict", str(image), "--weights", str(path), "--preprocess", "torch")
+    assert chosen.returncode == 0, chosen.stderr
+    assert "preprocessing 'torch', resize 'torchvision' (chosen by the user)" in chosen.stderr

@@ -237,10 +237,12 @@ def add_predict(commands) -> None:
         summary="classify images with a weights file",
         description=(
             "Classify images (files, directories, globs) with a VGG weights file of any "
-            "supported format. Preprocessing and resizing follow the weights' family unless "
-            "given: Keras files use 'caffe' and Keras's resize, torchvision files 'torch' and "
-            "torchvision's. A bad image (unreadable, damaged, too large, not a regular file) "
-            "is reported on stderr and skipped; the others are still classified (exit code 1)."
+            "supported format. Preprocessing and resizing follow the weights' provenance unless "
+            "given (Keras-trained weights use 'caffe' and Keras's resize, torchvision's 'torch' "
+            "and torchvision's), and the choice is printed with its reason; weights whose "
+            "provenance is unknown need --preprocess. A bad image (unreadable, damaged, too "
+            "large, not a regular file) is reported on stderr and skipped; the others are still "
+            "classified (exit code 1)."
         ),
         examples=[
             "vgg-np predict cat.jpg --weights vgg16_weights_tf_kernels.h5",
@@ -255,7 +257,7 @@ def add_predict(commands) -> None:
     )
     predict.add_argument("--top", type=_positive_int, default=5, help="classes per image (5)")
     predict.add_argument(
-        "--preprocess", choices=MODES, help="caffe, torch or tf (from the weights)"
+        "--preprocess", choices=MODES, help="caffe, torch or tf (default: from the weights)"
     )
     predict.add_argument(
         "--resize", choices=RESIZE_MODES, help="keras or torchvision (from the weights)"
@@ -283,23 +285,29 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
             "predict classes"
         )
-    family, mode, resize = _choose_preprocessing(model, args)
+    choice = _choose_preprocessing(model, args)
     print(
-        f"weights {args.weights} ({family}); preprocessing {mode!r}, resize {resize!r}",
+        f"weights {args.weights}: preprocessing {choice.mode!r}, resize {choice.resize!r} "
+        f"({choice.reason})",
         file=sys.stderr,
     )
-    failures = _predict_all(model, paths, args, mode, resize)
+    failures = _predict_all(model, paths, args, choice.mode, choice.resize)
     if failures:
         print(f"vgg-np: {failures} of {len(paths)} images skipped", file=sys.stderr)
     return EXIT_RUNTIME_ERROR if failures else 0
 
 
-def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> tuple[str, str, str]:
-    """Return (family, preprocessing mode, resize): the user's, else the weights' family's."""
-    family = "torchvision" if "torchvision" in model.weights_format else "keras"
-    mode = args.preprocess or ("torch" if family == "torchvision" else "caffe")
-    resize = args.resize or ("torchvision" if family == "torchvision" else "keras")
-    return family, mode, resize
+def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> formats.Preprocessing:
+    """Choose the user's --preprocess / --resize, else what the weights' provenance says.
+
+    The choice carries its reason; when nothing says, the error asks for --preprocess.
+    """
+    return formats.choose_preprocessing(
+        model.weights_provenance,
+        preprocess=args.preprocess,
+        resize=args.resize,
+        where=args.weights,
+    )
 
 
 def _image_paths(items: list[str]) -> list[str]:
@@ -688,11 +696,11 @@ def add_convert(commands) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a weights file to another format, keeping every tensor."""
-    with formats.open_weights(args.source) as source:
-        weights = {name: (np.asarray(k), np.asarray(b)) for name, (k, b) in source.tensors.items()}
-        read = source.format
-    written = formats.write_weights(args.target, weights, layout=args.layout)
-    print(f"{args.source} ({read}) -> {args.target} ({written}): {len(weights)} layers")
+    source, written = formats.convert(args.source, args.target, layout=args.layout)
+    print(
+        f"{args.source} ({source.format}) -> {args.target} ({written}): "
+        f"{len(source.tensors)} layers"
+    )
     return 0
 
 
