@@ -146,6 +146,12 @@ class Format:
         ``write(path, weights, provenance, layout)``; returns what was written.
     layouts : tuple of str
         The ``layout`` values `write` accepts (the first is the default).
+
+    Examples
+    --------
+    >>> {f.name: f.suffixes for f in FORMATS if f.write}  # doctest: +NORMALIZE_WHITESPACE
+    {'hdf5': ('.h5', '.hdf5'), 'torch': ('.pth', '.pt'), 'npz': ('.npz',),
+     'safetensors': ('.safetensors',)}
     """
 
     name: str

@@ -37,6 +37,15 @@ class FileFormatError(ValueError):
     """A weights file is malformed, truncated, hostile or not what it claims to be.
 
     A `ValueError`; its message names the user's file.
+
+    Examples
+    --------
+    >>> try:
+    ...     with reading("'w.npz'"):
+    ...         [][1]
+    ... except ValueError as error:
+    ...     print(error)
+    'w.npz' is damaged or not a weights file vgg_np can read (IndexError: list index out of range)
     """
 
 
