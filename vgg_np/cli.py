@@ -10,6 +10,7 @@ import argparse
 import glob
 import json
 import os
+import pathlib
 import sys
 import time
 from importlib import resources
@@ -290,6 +291,56 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_vectors(args: argparse.Namespace) -> int:
+    """Write conformance test cases from the float64 oracle (`vgg_np.vectors`)."""
+    from collections import Counter
+
+    from vgg_np.vectors import NARROW_VGG16, write_vectors
+
+    config = NARROW_VGG16 if args.narrow else args.model
+    encoding = "npy" if args.npy else "auto"
+    cases = write_vectors(
+        args.out_dir, weights=args.weights, config=config, seed=args.seed, encoding=encoding
+    )
+    index = json.loads((pathlib.Path(args.out_dir) / "index.json").read_text())
+    counts = Counter(case.kernel for case in cases)
+    print(f"wrote {len(cases)} cases ({index['encoding']}) to {args.out_dir}: "
+          + ", ".join(f"{kernel} {n}" for kernel, n in counts.items())
+          + f"; layers of {index['network']['name']} ({index['network']['weights']})")  # fmt: skip
+    return 0
+
+
+def add_vectors_parser(commands) -> None:
+    """Register ``vgg-np vectors``."""
+    vectors = commands.add_parser(
+        "vectors",
+        help="write conformance test cases (ONNX backend layout) from the float64 oracle",
+        description=(
+            "Write test cases for another implementation: every kernel (padding forms, odd "
+            "sizes, strides, max-pool ties, softmax overflow, dropout with its mask) and every "
+            "layer of a VGG16, expected outputs computed in float64. With the onnx package "
+            "each case is a model.onnx and test_data_set_0/input_N.pb, output_0.pb (ONNX's "
+            "backend test layout); otherwise .npy files. index.json lists every case with "
+            "its tolerance. Arrays are NCHW/OIHW, as ONNX defines its operators."
+        ),
+        epilog=(
+            "Examples: vgg-np vectors cases/ --narrow\n"
+            "          vgg-np vectors cases/ --weights vgg16_weights_tf_kernels.h5"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    vectors.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty directory")
+    network = vectors.add_mutually_exclusive_group()
+    network.add_argument("--weights", help="weights file for the layer cases (any format)")
+    network.add_argument(
+        "--narrow", action="store_true", help="VGG16 at 1/8 width on 32x32 inputs (small files)"
+    )
+    vectors.add_argument("--model", choices=sorted(CONFIGS), default="vgg16")
+    vectors.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (0)")
+    vectors.add_argument("--npy", action="store_true", help=".npy files even with onnx")
+    vectors.set_defaults(handler=run_vectors)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -473,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("target")
     convert.add_argument("--layout", choices=["torchvision", "keras"], help="for .safetensors")
     convert.set_defaults(handler=run_convert)
+    add_vectors_parser(commands)
     return parser
 
 

@@ -41,8 +41,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vgg_np import __version__, ops
+from vgg_np.config import VGGConfig
 from vgg_np.formats.torchvision import hwc_rows_to_chw, hwio_to_oihw, oihw_to_hwio
-from vgg_np.model import VGG, VGGConfig
+from vgg_np.model import VGG
 
 __all__ = [
     "ENCODINGS",
@@ -226,7 +227,10 @@ def evaluate(
     elif op == "Relu":
         y = ops.relu(x)
     elif op == "Softmax":
-        y = ops.softmax(x, axis=-1)  # the stable form is the definition; naive overflows
+        # The stable form is the definition (the naive one overflows). x - max(x) may
+        # overflow to -inf on a row spanning more than float32's range: its exp, 0, is right.
+        with np.errstate(over="ignore"):
+            y = ops.softmax(x, axis=-1)
     elif op == "Flatten":
         y = ops.flatten(x)  # on NCHW: C, H, W order, as ONNX's Flatten
     elif op == "Dropout":
