@@ -34,10 +34,18 @@ def _missing(modules) -> list[str]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> pathlib.Path:
-    """Build the site once (notebooks executed) into a temporary folder."""
+    """Build the site once (notebooks executed) into a temporary folder.
+
+    With ``VGG_NP_DOCS_SITE`` set (``.ci/run`` has just built it with ``--strict``), check
+    that site instead of building it a second time.
+    """
     missing = _missing(SITE_PACKAGES)
     if missing:
         pytest.skip(f"needs the `docs` extra (missing {', '.join(missing)})")
+    if os.environ.get("VGG_NP_DOCS_SITE"):
+        built = pathlib.Path(os.environ["VGG_NP_DOCS_SITE"])
+        assert (built / "index.html").is_file(), f"VGG_NP_DOCS_SITE={built} holds no site"
+        return built
     out = tmp_path_factory.mktemp("site")
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path, "NO_MKDOCS_2_WARNING": "1"}
