@@ -68,10 +68,11 @@ NARROW_VGG16 = VGGConfig(
 )
 
 # A float32 sum of products, against the exact value, relative to the sum of the absolute
-# values of its terms: tests/conftest.py measured 2.1e-7 (about 2 eps) for vgg_np's GEMMs,
-# and Winograd F(4x4, 3x3), which a fast implementation may use, reaches about 2e-6.
-# 1e-5 accepts any summation order or fast algorithm; a bug (a flipped or transposed
-# kernel, a wrong pad) is off by a sizeable fraction of the output itself.
+# values of its terms: tests/conftest.py measured 2.1e-7 (about 2 eps) for vgg_np's GEMMs;
+# Winograd F(4x4, 3x3), which a fast implementation may use, reached 2.0e-6 of a similar
+# scale (max |x| times the kernel's sum of |taps|). 1e-5 accepts any summation order or
+# fast algorithm; a bug (a flipped or transposed kernel, a wrong pad, a lost bias) is off
+# by a sizeable fraction of the output itself (tests/test_vectors.py breaks some on purpose).
 DOT_TOL = 1e-5
 # exp, a sum and a division, each a few ulps in float32, on probabilities in [0, 1];
 # the relative part lets a fast exp (a few ulps more) through.
