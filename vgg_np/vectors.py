@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 
 from vgg_np import __version__, ops
 from vgg_np.config import VGGConfig
-from vgg_np.formats.torchvision import hwc_rows_to_chw, hwio_to_oihw, oihw_to_hwio
+from vgg_np.formats.layouts import hwc_rows_to_chw, hwio_to_oihw, oihw_to_hwio
 from vgg_np.model import VGG
 
 __all__ = [
