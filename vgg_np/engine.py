@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vgg_np import ops
+from vgg_np.layers import ACTIVATIONS, KINDS
 
 __all__ = ["ALGORITHMS", "Engine", "winograd_conv3x3", "winograd_matrices"]
 
@@ -485,6 +486,45 @@ class _Pass:
         self.staged: tuple[int, _Padded] | None = None
 
 
+class _WinogradSteps:
+    """A Winograd chunk's steps: input tiles transformed, GEMMs and output transform."""
+
+    def __init__(self, padded: _Padded, c: int):
+        self.padded, self.c, self.a = padded, c, padded.m + 2
+
+    def input_shape(self, rows: int) -> tuple:
+        """Shape of a chunk's transformed input: ``(a_j, a_i, rows, tW, C)``."""
+        return (self.a, self.a, rows, self.padded.tiles_w, self.c)
+
+    def transform(self, v: np.ndarray, i: int, q0: int, p0: int, p1: int) -> None:
+        """Transform tile rows [p0, p1) of the chunk of image `i` that starts at `q0`."""
+        _winograd_input(self.padded, i, p0, p1, _WORKSPACE, v[:, :, p0 - q0 : p1 - q0])
+
+    def output(self, v: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """Output tiles ``(m_j, m_i, rows, tW, O)`` of a chunk for a kernel block."""
+        matrix = v.reshape(self.a * self.a, -1, self.c)  # (a*a, tiles, C)
+        return _winograd_output(matrix, kernel, self.padded.m, self.padded.tiles_w, _WORKSPACE)
+
+
+class _GemmSteps:
+    """A direct (im2col + GEMM) chunk's steps, with one-pixel tiles."""
+
+    def __init__(self, padded: _Padded, c: int):
+        self.padded, self.c = padded, c
+
+    def input_shape(self, rows: int) -> tuple:
+        """Shape of a chunk's im2col rows: ``(rows, W, KH, KW*C)``."""
+        return (rows, self.padded.w, 3, 3 * self.c)
+
+    def transform(self, v: np.ndarray, i: int, q0: int, p0: int, p1: int) -> None:
+        """Gather rows [p0, p1) of the chunk of image `i` that starts at `q0`."""
+        _gemm_input(self.padded, i, p0, p1, _WORKSPACE, v[p0 - q0 : p1 - q0])
+
+    def output(self, v: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """Output pixels ``(1, 1, rows, W, O)`` of a chunk for a kernel block."""
+        return _gemm_output(v.reshape(-1, 9 * self.c), kernel, self.padded.w, _WORKSPACE)
+
+
 class Engine:
     """Runs a `vgg_np.model.VGG` layer table fast; built by the model, not by users.
 
@@ -592,16 +632,13 @@ class Engine:
         >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block5_conv1"]
         'winograd-2'
         """
-        h, _, c = input_shape
-        chosen = {}
+        shape, chosen = tuple(input_shape), {}
         for layer in self.layers:
             if layer.kind == "conv":
                 chosen[layer.name] = choose_algorithm(
-                    self.conv_algorithm, h, c, self.weights[layer.name][0].dtype
+                    self.conv_algorithm, shape[0], shape[2], self.weights[layer.name][0].dtype
                 )
-                c = layer.units
-            elif layer.kind == "pool":
-                h //= 2
+            shape = KINDS[layer.kind].output_shape(layer, shape)
         return chosen
 
     def slice_images(self, input_shape: tuple) -> int:
@@ -618,13 +655,11 @@ class Engine:
         >>> engine.slice_images((224, 224, 3)), engine.slice_images((32, 32, 3))
         (8, 392)
         """
-        h, w, _ = input_shape
-        largest = 1
+        shape, largest = tuple(input_shape), 1
         for layer in self.layers:
+            shape = KINDS[layer.kind].output_shape(layer, shape)
             if layer.kind == "conv":
-                largest = max(largest, h * w * layer.units)
-            elif layer.kind == "pool":
-                h, w = h // 2, w // 2
+                largest = max(largest, math.prod(shape))
         return max(1, SLICE_VALUES // largest)
 
     # -- threads and buffers ----------------------------------------------------------
@@ -774,30 +809,7 @@ class Engine:
         else:
             result = staging.interior()
             destinations = [staging.image(i)[1 : 1 + h_out, 1 : 1 + w_out] for i in range(n)]
-        tw, a = padded.tiles_w, m + 2
-        if m > 1:
-            make_input = _winograd_input
-
-            def input_shape(rows: int) -> tuple:
-                return (a, a, rows, tw, c)
-
-            def part(v: np.ndarray, r0: int, r1: int) -> np.ndarray:
-                return v[:, :, r0:r1]
-
-            def make_output(v, kernel):
-                return _winograd_output(v.reshape(a * a, -1, c), kernel, m, tw, _WORKSPACE)
-        else:
-            make_input = _gemm_input
-
-            def input_shape(rows: int) -> tuple:
-                return (rows, w, 3, 3 * c)
-
-            def part(v: np.ndarray, r0: int, r1: int) -> np.ndarray:
-                return v[r0:r1]
-
-            def make_output(v, kernel):
-                return _gemm_output(v.reshape(-1, 9 * c), kernel, w, _WORKSPACE)
-
+        steps = (_WinogradSteps if m > 1 else _GemmSteps)(padded, c)
         # Chunks of tile rows within one image, channel blocks fixed per layer: the same
         # BLAS calls for an image whatever the batch and the threads.
         step, piece = plan.rows_per_chunk, plan.rows_per_part
@@ -808,13 +820,9 @@ class Engine:
         ]
         blocks = [(o0, min(o0 + plan.channel_block, o)) for o0 in range(0, o, plan.channel_block)]
 
-        def transform(v: np.ndarray, i: int, q0: int, p0: int, p1: int) -> None:
-            """Input tiles of rows [p0, p1) of the chunk that starts at q0, into `v`."""
-            make_input(padded, i, p0, p1, _WORKSPACE, part(v, p0 - q0, p1 - q0))
-
         def product(v: np.ndarray, i: int, q0: int, o0: int, o1: int) -> None:
             """Output tiles of one channel block: pooled, biased, rectified, stored."""
-            y = make_output(v, plan.kernel[..., o0:o1])  # (m_j, m_i, rows, tW, O block)
+            y = steps.output(v, plan.kernel[..., o0:o1])  # (m_j, m_i, rows, tW, O block)
             if pool:
                 y = _pool_tiles(y, _WORKSPACE)
             y += plan.bias[o0:o1]
@@ -828,9 +836,9 @@ class Engine:
 
         def whole_chunk(k: int) -> None:
             i, q0, q1 = chunks[k]
-            v = _WORKSPACE.get("v", input_shape(q1 - q0), x.dtype)
+            v = _WORKSPACE.get("v", steps.input_shape(q1 - q0), x.dtype)
             for args in pieces(k, v):
-                transform(*args)
+                steps.transform(*args)
             for o0, o1 in blocks:
                 product(v, i, q0, o0, o1)
 
@@ -840,10 +848,10 @@ class Engine:
             while len(state.chunk_buffers) < len(chunks):
                 state.chunk_buffers.append(_Buffers())
             vs = [
-                state.chunk_buffers[k].get("v", input_shape(q1 - q0), x.dtype)
+                state.chunk_buffers[k].get("v", steps.input_shape(q1 - q0), x.dtype)
                 for k, (_, q0, q1) in enumerate(chunks)
             ]
-            self._map(transform, [args for k, v in enumerate(vs) for args in pieces(k, v)])
+            self._map(steps.transform, [args for k, v in enumerate(vs) for args in pieces(k, v)])
             self._map(
                 product, [(vs[k], *chunks[k][:2], *b) for k in range(len(chunks)) for b in blocks]
             )
@@ -862,25 +870,24 @@ class Engine:
         return _padded(current.n, h, w, c, plan.m, dtype, state.buffers, storage, plan.tiles_h)
 
     def other(self, layer, x: np.ndarray) -> np.ndarray:
-        """Compute any layer but a convolution (pools, flatten, dense); see the class example."""
-        if layer.kind == "pool":
-            return ops.max_pool2d(x, 2)
-        if layer.kind == "adaptive_avg":
-            return ops.adaptive_avg_pool2d(x, layer.units)
-        if layer.kind == "flatten":
-            return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        """Compute a layer that is not a convolution; see the class example.
+
+        Dense layers multiply each image alone, in fixed blocks of input rows shared by
+        the threads (`_dense`: batch-invariant; at batch 1 bound by memory bandwidth);
+        any other kind (pools, flatten, global pools) is its forward call in
+        `vgg_np.layers.KINDS`, then its activation.
+        """
         if layer.kind == "dense":
             kernel, bias = self.weights[layer.name]
             y = self._dense(x, kernel)
             y += bias
             if layer.activation == "relu":
-                np.maximum(y, 0, out=y)
-            elif layer.activation == "softmax":
-                y = ops.softmax(y)
+                np.maximum(y, 0, out=y)  # in place
+            else:
+                y = ACTIVATIONS[layer.activation].forward(y)
             return y
-        if layer.kind == "global_avg":
-            return x.mean(axis=(1, 2))
-        return x.max(axis=(1, 2))
+        y = KINDS[layer.kind].forward(layer, self.weights.get(layer.name), x)
+        return ACTIVATIONS[layer.activation].forward(y)
 
     def _dense(self, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         """``x @ kernel``, each image alone, as partial sums over fixed blocks of rows.

@@ -1,26 +1,34 @@
-"""VGG as data: the configurations, the layer table, the forward pass and its summary.
+"""The `VGG` class, the user API: build a family member, load weights, run it.
 
-A VGG network is a table of layers: 3x3 "same" convolutions with ReLU in five blocks,
-each block closed by a 2x2 max-pool, then (with the top) a flatten and three dense
-layers. VGG11, 13, 16 and 19 differ only in the widths listed in `VGGConfig.blocks`,
-and reduced-width variants for tests are just another `VGGConfig`. Layer names are
-Keras's (``block1_conv1`` ... ``block5_pool``, ``flatten``, ``fc1``, ``fc2``,
-``predictions``), so Keras weight files map by name.
+The configurations and layer table are in `vgg_np.config`, the per-layer report in
+`vgg_np.summary`, and guessing an architecture from a file in `vgg_np.architecture`;
+their public names are re-exported here.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import inspect
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import formats
+from vgg_np.architecture import infer_architecture
+from vgg_np.config import (
+    CONFIGS,
+    MIN_SIZE,
+    Layer,
+    VGGConfig,
+    _fmt_shape,
+    layer_table,
+)
 from vgg_np.engine import ALGORITHMS, Engine
+from vgg_np.layers import KINDS, forward
+from vgg_np.summary import Summary
 
 __all__ = [
     "CONFIGS",
@@ -32,328 +40,15 @@ __all__ = [
     "Layer",
     "Summary",
     "VGGConfig",
+    "layer_table",
 ]
 
-#: Each of the five max-pools halves H and W: below 2**5 pixels nothing is left.
-MIN_SIZE = 32
-
-#: What the rows of the classic VGG16 table (224x224, input counted) add up to.
-CLASSIC_VGG16_ACTIVATIONS = 15_237_608
 
 # Passed as `weights` by `VGG.from_file`, which loads the file it has already opened.
 _LOADED_BY_CALLER = object()
 
-
-@dataclass(frozen=True)
-class VGGConfig:
-    """The widths that define one member of the VGG family.
-
-    Parameters
-    ----------
-    name : str
-        A label, e.g. ``"vgg16"``.
-    blocks : tuple of tuple of int
-        Output channels of each 3x3 convolution, one tuple per block; each block ends
-        with a 2x2 max-pool.
-    fc : tuple of int, default (4096, 4096)
-        Widths of the hidden dense layers ``fc1``, ``fc2``, ... of the classifier.
-    default_size : int, default 224
-        Input height and width the classifier was designed for.
-
-    Examples
-    --------
-    >>> CONFIGS["vgg16"].conv_names()[:3]
-    ['block1_conv1', 'block1_conv2', 'block2_conv1']
-    >>> tiny = VGGConfig("tiny", ((8,), (8,), (16,), (16,), (16,)), fc=(32,), default_size=32)
-    >>> len(tiny.conv_names())
-    5
-    """
-
-    name: str
-    blocks: tuple[tuple[int, ...], ...]
-    fc: tuple[int, ...] = (4096, 4096)
-    default_size: int = 224
-
-    def conv_names(self) -> list[str]:
-        """Return the Keras names of the convolutions, in order.
-
-        Examples
-        --------
-        >>> CONFIGS["vgg11"].conv_names()[-2:]
-        ['block5_conv1', 'block5_conv2']
-        """
-        return [
-            f"block{b}_conv{i}"
-            for b, widths in enumerate(self.blocks, start=1)
-            for i in range(1, len(widths) + 1)
-        ]
-
-
-_W3, _W4 = (256, 256, 256), (256, 256, 256, 256)
-CONFIGS: dict[str, VGGConfig] = {
-    "vgg11": VGGConfig("vgg11", ((64,), (128,), (256, 256), (512, 512), (512, 512))),
-    "vgg13": VGGConfig("vgg13", ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512))),
-    "vgg16": VGGConfig("vgg16", ((64, 64), (128, 128), _W3, (512,) * 3, (512,) * 3)),
-    "vgg19": VGGConfig("vgg19", ((64, 64), (128, 128), _W4, (512,) * 4, (512,) * 4)),
-}
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One row of the layer table.
-
-    Attributes
-    ----------
-    name : str
-        Keras layer name.
-    kind : {"conv", "pool", "adaptive_avg", "flatten", "dense", "global_avg", "global_max"}
-    units : int
-        Output channels of a convolution, outputs of a dense layer, output size of an
-        adaptive pool; 0 otherwise.
-    activation : {"relu", "softmax", None}
-        Applied after a convolution or dense layer.
-
-    Examples
-    --------
-    >>> layer_table(CONFIGS["vgg16"])[0]
-    Layer(name='block1_conv1', kind='conv', units=64, activation='relu')
-    """
-
-    name: str
-    kind: str
-    units: int = 0
-    activation: str | None = None
-
-
-def layer_table(
-    config: VGGConfig,
-    *,
-    include_top: bool = True,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: str | None = "softmax",
-    adaptive_pool: int | None = None,
-) -> list[Layer]:
-    """Return the layers of a VGG network, in order, named as Keras names them.
-
-    Parameters
-    ----------
-    config : VGGConfig
-        The widths.
-    include_top : bool, default True
-        Append ``flatten``, the hidden dense layers and ``predictions``.
-    pooling : {None, "avg", "max"}
-        Without the top: a global pooling after ``block5_pool``, as in Keras.
-    classes : int, default 1000
-        Outputs of ``predictions``.
-    classifier_activation : {"softmax", None}
-        Activation of ``predictions``; None gives logits.
-    adaptive_pool : int, optional
-        With the top: torchvision's ``AdaptiveAvgPool2d((n, n))`` before ``flatten``,
-        as the layer ``avgpool``.
-
-    Returns
-    -------
-    list of Layer
-
-    Examples
-    --------
-    >>> [layer.name for layer in layer_table(CONFIGS["vgg11"])][:4]
-    ['block1_conv1', 'block1_pool', 'block2_conv1', 'block2_pool']
-    >>> layer_table(CONFIGS["vgg16"], include_top=False, pooling="avg")[-1].name
-    'global_average_pooling2d'
-    """
-    layers = []
-    for b, widths in enumerate(config.blocks, start=1):
-        for i, width in enumerate(widths, start=1):
-            layers.append(Layer(f"block{b}_conv{i}", "conv", width, "relu"))
-        layers.append(Layer(f"block{b}_pool", "pool"))
-    if include_top:
-        if adaptive_pool is not None:
-            layers.append(Layer("avgpool", "adaptive_avg", adaptive_pool))
-        layers.append(Layer("flatten", "flatten"))
-        for i, width in enumerate(config.fc, start=1):
-            layers.append(Layer(f"fc{i}", "dense", width, "relu"))
-        layers.append(Layer("predictions", "dense", classes, classifier_activation))
-    elif pooling == "avg":
-        layers.append(Layer("global_average_pooling2d", "global_avg"))
-    elif pooling == "max":
-        layers.append(Layer("global_max_pooling2d", "global_max"))
-    return layers
-
-
-def _output_shape(layer: Layer, shape: tuple) -> tuple:
-    """Per-image output shape of `layer` for a per-image input `shape` (None = any)."""
-    if layer.kind == "conv":
-        return (*shape[:2], layer.units)
-    if layer.kind == "pool":
-        return (*(None if s is None else s // 2 for s in shape[:2]), shape[2])
-    if layer.kind == "adaptive_avg":
-        return (layer.units, layer.units, shape[2])
-    if layer.kind == "flatten":
-        return (math.prod(shape),)
-    if layer.kind == "dense":
-        return (layer.units,)
-    return (shape[2],)  # global pooling
-
-
-def _parameter_shapes(layer: Layer, in_shape: tuple) -> tuple[tuple, tuple] | None:
-    """Kernel and bias shapes of `layer` given its per-image input shape, or None."""
-    if layer.kind == "conv":
-        return (3, 3, in_shape[-1], layer.units), (layer.units,)
-    if layer.kind == "dense":
-        return (in_shape[-1], layer.units), (layer.units,)
-    return None
-
-
-def _fmt_shape(shape: tuple) -> str:
-    return "x".join("?" if s is None else str(s) for s in shape)
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    """One layer of `Summary`: per-image output shape, counts and work."""
-
-    name: str
-    output_shape: tuple
-    activations: int
-    weights: int
-    biases: int
-    macs: int
-    is_view: bool = False  # flatten: a reshaped view of its input, no memory of its own
-    kept: int = 0  # values this layer keeps for the backward pass (`vgg_np.train.Tape`)
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The per-layer table of a model, with totals, computed from the layer table.
-
-    Counts are per image. Like the classic VGG16 table, the input is a row of its own
-    and "weights" excludes biases, which have their own column.
-
-    Examples
-    --------
-    >>> s = Summary.of(layer_table(CONFIGS["vgg16"]), (224, 224, 3), "VGG16")
-    >>> s.parameters, s.weights, s.biases
-    (138357544, 138344128, 13416)
-    >>> s.activations, round(2 * s.macs / 1e9, 2)  # values per image, GFLOP per image
-    (15237608, 30.94)
-    """
-
-    title: str
-    rows: tuple[SummaryRow, ...]
-
-    @classmethod
-    def of(cls, layers: list[Layer], input_shape: tuple, title: str) -> Summary:
-        """Compute the table of a layer table for a per-image ``(H, W, C)`` input.
-
-        No weights are needed: the counts follow from the shapes.
-
-        Examples
-        --------
-        >>> Summary.of(layer_table(CONFIGS["vgg19"]), (224, 224, 3), "vgg19").parameters
-        143667240
-        """
-        if None in input_shape:
-            raise ValueError(
-                f"the summary needs a static input shape, got {_fmt_shape(input_shape)}"
-            )
-        shape = tuple(input_shape)
-        rows = [SummaryRow("input", shape, math.prod(shape), 0, 0, 0)]
-        for layer in layers:
-            params = _parameter_shapes(layer, shape)
-            out = _output_shape(layer, shape)
-            kernel, bias = params if params else ((0,), (0,))
-            weights = math.prod(kernel) if params else 0
-            # One multiply-accumulate per weight per output position.
-            positions = math.prod(out[:-1]) if layer.kind == "conv" else 1
-            # What backward needs: a convolution its input and its output (the ReLU mask),
-            # a pool its input (the argmax), a dense layer its input (and output if ReLU).
-            kept = {
-                "conv": math.prod(shape) + math.prod(out),
-                "pool": math.prod(shape),
-                "dense": math.prod(shape) + (math.prod(out) if layer.activation == "relu" else 0),
-            }.get(layer.kind, 0)
-            rows.append(
-                SummaryRow(
-                    layer.name,
-                    out,
-                    math.prod(out),
-                    weights,
-                    math.prod(bias) if params else 0,
-                    weights * positions,
-                    is_view=layer.kind == "flatten",
-                    kept=kept,
-                )
-            )
-            shape = out
-        return cls(title, tuple(rows))
-
-    @property
-    def weights(self) -> int:
-        """Total weights (kernels), biases excluded. See `Summary` for an example."""
-        return sum(r.weights for r in self.rows)
-
-    @property
-    def biases(self) -> int:
-        """Total biases. See `Summary` for an example."""
-        return sum(r.biases for r in self.rows)
-
-    @property
-    def parameters(self) -> int:
-        """Weights plus biases. See `Summary` for an example."""
-        return self.weights + self.biases
-
-    @property
-    def activations(self) -> int:
-        """Values held by one image's forward pass, the input included, views excluded.
-
-        See `Summary` for an example.
-        """
-        return sum(r.activations for r in self.rows if not r.is_view)
-
-    @property
-    def kept(self) -> int:
-        """Values a training step keeps for its backward pass, the logits included.
-
-        See `Summary` for an example.
-        """
-        return sum(r.kept for r in self.rows) + self.rows[-1].activations
-
-    @property
-    def macs(self) -> int:
-        """Multiply-accumulates of one image's forward pass. See `Summary` for an example."""
-        return sum(r.macs for r in self.rows)
-
-    def __str__(self) -> str:
-        lines = [self.title, ""]
-        header = f"{'layer':<26}{'output':>14}{'activations':>14}{'weights':>14}"
-        lines.append(f"{header}{'biases':>9}{'MACs':>16}{'kept (bwd)':>13}")
-        for r in self.rows:
-            lines.append(
-                f"{r.name:<26}{_fmt_shape(r.output_shape):>14}{r.activations:>14,}"
-                f"{r.weights:>14,}{r.biases:>9,}{r.macs:>16,}{r.kept:>13,}"
-            )
-        mb = self.activations / 1e6
-        lines += [
-            "",
-            f"parameters: {self.parameters:,} = {self.weights:,} weights + {self.biases:,} biases",
-            f"activations per image, forward: {self.activations:,} values = "
-            f"{mb * 4:.1f} MB in float32, {mb * 8:.1f} MB in float64",
-            f"a training step keeps for its backward pass: {self.kept:,} values = "
-            f"{self.kept * 4 / 1e6:.1f} MB in float32 (column 'kept', vgg_np.train)",
-            f"work per image: {self.macs / 1e9:.2f} GMAC = {2 * self.macs / 1e9:.2f} GFLOP",
-            "",
-            "Counted as in the classic VGG16 table: the input is a row, weights exclude",
-            "biases (their own column), a convolution's output is counted once (ReLU in",
-            "place) and flatten, a view of the last pool, not at all.",
-        ]
-        if self.activations == CLASSIC_VGG16_ACTIVATIONS:
-            lines += [
-                "The classic table's rows add up to these same 15.2M values; its total line",
-                "'24M * 4 bytes ~= 93MB' does not follow from its own rows.",
-            ]
-        return "\n".join(lines)
+#: What ``conv_algorithm`` accepts: the reference forward pass or an engine algorithm.
+CONV_ALGORITHMS = ("reference", *ALGORITHMS)
 
 
 class VGG:
@@ -390,12 +85,15 @@ class VGG:
         With the top: average-pool the last feature map to ``(n, n)`` before
         ``flatten``, as torchvision's VGG does with ``n = 7``; the classifier then takes
         inputs of any size (at least 32).
-    conv_algorithm : {"auto", "gemm", "winograd", "naive"}, default "auto"
+    conv_algorithm : {"auto", "gemm", "winograd", "naive", "reference"}, default "auto"
         How convolutions are computed (`vgg_np.engine`): ``"auto"`` picks per layer
         (Winograd where it is faster, direct GEMM for the first layer and whenever the
         dtype is float64); ``"gemm"`` is direct convolution everywhere (its accuracy);
         ``"winograd"`` Winograd on every layer; ``"naive"`` the loop definition
         `vgg_np.ops.conv2d_naive` (minutes per VGG16 image: for small networks).
+        ``"reference"`` runs no engine but `vgg_np.layers.forward`, the teaching
+        kernels composed layer by layer (im2col convolutions), the definition the
+        engine is tested against.
     threads : int, optional
         Threads for the convolutions; default: the CPUs this process may use.
 
@@ -478,9 +176,9 @@ class VGG:
             classifier_activation=classifier_activation,
             adaptive_pool=self.adaptive_pool,
         )
-        if conv_algorithm not in ALGORITHMS:
+        if conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(
-                f"`conv_algorithm` must be one of {ALGORITHMS}, got {conv_algorithm!r}"
+                f"`conv_algorithm` must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}"
             )
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"`threads` must be None or a positive int, got {threads!r}")
@@ -491,6 +189,7 @@ class VGG:
         # the tensor names of each layer's output (`formats.WeightSource`).
         self.weights_format: str | None = None
         self.weights_info: dict = {}
+        self._loaded: tuple[dict, formats.Provenance] | None = None  # see weights_provenance
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if weights is None:
             self.set_weights(self.he_normal(seed))
@@ -527,13 +226,14 @@ class VGG:
                 )
         return shape
 
-    def parameter_shapes(self) -> dict[str, tuple[tuple, tuple]]:
+    def parameter_shapes(self) -> dict[str, tuple[tuple, ...]]:
         """Return the expected ``(kernel shape, bias shape)`` of every weighted layer.
 
         Returns
         -------
         dict
-            Keras layer name -> ((kernel shape), (bias shape)), in layer order.
+            Keras layer name -> ((kernel shape), (bias shape)), in layer order: one
+            shape per tensor its kind holds (`vgg_np.layers.Kind.parameters`).
 
         Examples
         --------
@@ -543,12 +243,13 @@ class VGG:
         shapes = {}
         shape = self.input_shape
         for layer in self.layers:
-            params = _parameter_shapes(layer, shape)
-            if params is not None:
-                if None in params[0]:
+            kind = KINDS[layer.kind]
+            if kind.parameter_shapes:
+                params = kind.parameter_shapes(layer, shape)
+                if any(None in p for p in params):
                     raise ValueError(f"{layer.name}: its input size is not fixed by `input_shape`")
                 shapes[layer.name] = params
-            shape = _output_shape(layer, shape)
+            shape = kind.output_shape(layer, shape)
         return shapes
 
     def he_normal(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -559,7 +260,8 @@ class VGG:
         drawn too (Keras starts them at zero) so that tests notice a bias that is lost.
         Values are drawn in float32, layer by layer, kernel then bias, from
         ``np.random.default_rng(seed)``, then cast to the model dtype, so a float64
-        model holds exactly the same numbers as a float32 one.
+        model holds exactly the same numbers as a float32 one. Each kind's draw is its
+        ``initial`` in `vgg_np.layers.KINDS`.
 
         Parameters
         ----------
@@ -577,13 +279,11 @@ class VGG:
         ((3, 3, 3, 64), dtype('float32'))
         """
         rng = np.random.default_rng(seed)
+        kinds = {layer.name: KINDS[layer.kind] for layer in self.layers}
         weights = {}
-        for name, (kernel_shape, bias_shape) in self.parameter_shapes().items():
-            fan_in = math.prod(kernel_shape[:-1])
-            kernel = rng.standard_normal(kernel_shape, dtype=np.float32)
-            kernel *= np.float32(math.sqrt(2.0 / fan_in))
-            bias = rng.standard_normal(bias_shape, dtype=np.float32) * np.float32(0.1)
-            weights[name] = (kernel.astype(self.dtype, copy=False), bias.astype(self.dtype))
+        for name, shapes in self.parameter_shapes().items():
+            drawn = kinds[name].initial(shapes, rng)
+            weights[name] = tuple(a.astype(self.dtype, copy=False) for a in drawn)
         return weights
 
     @classmethod
@@ -615,7 +315,13 @@ class VGG:
         ((64,), (128,), (256, 256), (512, 512), (512, 512))
         """
         with formats.open_weights(path) as source:
-            inferred = infer_architecture(source.tensors, source.info, source.format)
+            inferred = infer_architecture(
+                source.tensors,
+                source.info,
+                source.provenance,
+                where=source.path,
+                layout=source.layout,
+            )
             inferred.update(kwargs)
             shape = inferred.get("input_shape")
             if (
@@ -697,15 +403,15 @@ class VGG:
         ]
         if extra:
             problems.append(f"not in this model: {', '.join(extra)}")
-        for name, (kernel_shape, bias_shape) in expected.items():
+        tensors = {layer.name: KINDS[layer.kind].parameters for layer in self.layers}
+        for name, shapes in expected.items():
             if name not in weights:
                 continue
-            kernel, bias = weights[name]
-            got = (tuple(np.shape(kernel)), tuple(np.shape(bias)))
-            if got != (kernel_shape, bias_shape):
+            got = tuple(tuple(np.shape(a)) for a in weights[name])
+            if got != shapes:
                 problems.append(
-                    f"{name}: expected kernel {kernel_shape} and bias {bias_shape}, "
-                    f"got kernel {got[0]} and bias {got[1]}"
+                    f"{name}: expected {_describe(tensors[name], shapes)}, "
+                    f"got {_describe(tensors[name], got)}"
                 )
         if problems:
             raise ValueError(
@@ -713,10 +419,9 @@ class VGG:
                 f"(input {_fmt_shape(self.input_shape)}, include_top={self.include_top}, "
                 f"classes={self.classes}):\n  " + "\n  ".join(problems)
             )
-        loaded = {}
-        for name in expected:
-            kernel, bias = (np.asarray(a, dtype=self.dtype) for a in weights[name])
-            loaded[name] = (kernel, bias)
+        loaded = {
+            name: tuple(np.asarray(a, dtype=self.dtype) for a in weights[name]) for name in expected
+        }
         if not allow_nonfinite:
             bad = [
                 n
@@ -752,9 +457,11 @@ class VGG:
         Raises
         ------
         ValueError
-            If the format is unknown, the file is damaged, or its weights do not fit.
+            If the format is unknown, the file is damaged, hostile or not a regular
+            file, or its weights do not fit (every tensor is read and copied: the model
+            never aliases the file).
         OSError
-            If the file cannot be read.
+            If the file does not exist or cannot be opened.
 
         Examples
         --------
@@ -769,23 +476,45 @@ class VGG:
             self._set_from_source(source, path, allow_nonfinite)
             return source.format
 
-    def _set_from_source(self, source, path, allow_nonfinite: bool) -> None:
-        try:
-            self.set_weights(
-                source.tensors,
-                allow_nonfinite=allow_nonfinite,
-                source=f"the weights in {os.fspath(path)!r} ({source.format})",
-            )
-        except (OSError, RuntimeError, KeyError) as error:
-            # Raised by h5py or a memory map while reading a damaged file's data.
-            raise ValueError(f"{os.fspath(path)!r} is damaged: {error}") from None
+    def _set_from_source(
+        self, source: formats.WeightSource, path: str | os.PathLike, allow_nonfinite: bool
+    ) -> None:
+        # The tensors are lazy: set_weights checks every shape before reading them, and
+        # a failure while reading is already a ValueError naming the file.
+        self.set_weights(
+            source.tensors,
+            allow_nonfinite=allow_nonfinite,
+            source=f"the weights in {os.fspath(path)!r} ({source.format})",
+        )
         self.weights_format, self.weights_info = source.format, dict(source.info)
+        self._loaded = (self._weights, source.provenance)
+
+    @property
+    def weights_provenance(self) -> formats.Provenance:
+        """Where the current weights came from (family, preprocessing, input size, evidence).
+
+        Weights loaded from a file keep that file's `formats.Provenance` until they are
+        replaced; seeded or user-set weights have no known preprocessing.
+
+        Examples
+        --------
+        >>> VGG11(include_top=False, seed=0).weights_provenance.family
+        <Family.VGG_NP: 'vgg_np'>
+        """
+        if self._loaded is not None and self._loaded[0] is self._weights:
+            return self._loaded[1]
+        return formats.Provenance(
+            "weights set in vgg_np",
+            formats.Family.VGG_NP,
+            evidence="seeded or set in vgg_np: no preprocessing is known",
+        )
 
     def save_weights(self, path: str | os.PathLike) -> None:
         """Write the weights as a native ``.npz`` (``block1_conv1/kernel``, ...).
 
         The file holds plain arrays (load it with ``allow_pickle=False``), stored
-        uncompressed so `load_weights` can memory-map it.
+        uncompressed, and records `weights_provenance` (the model's input size included)
+        so that whoever loads it knows the preprocessing the weights expect.
 
         Examples
         --------
@@ -797,7 +526,11 @@ class VGG:
         ...     VGG16(weights=path, include_top=False).weights["block5_conv3"][1].shape
         (512,)
         """
-        formats.write_npz(path, self._weights)
+        provenance = self.weights_provenance
+        h, w, _ = self.input_shape
+        if h and w:
+            provenance = dataclasses.replace(provenance, input_size=(h, w))
+        formats.write_npz(path, self._weights, provenance=provenance)
 
     # -- forward --------------------------------------------------------------------
 
@@ -838,6 +571,25 @@ class VGG:
             self._engine = Engine(self.layers, self._weights, self.conv_algorithm, self.threads)
         return self._engine
 
+    def _run(self, x: np.ndarray, keep: bool):
+        """Yield (layer name, output) from the engine, or from the reference forward pass.
+
+        With ``keep=False`` only the last output is sure to be yielded. Every output is a
+        new array.
+        """
+        if self.conv_algorithm != "reference":  # the engine runs large batches in slices
+            if keep:
+                return self.engine.outputs(x).items()
+            return [(self.layers[-1].name, self.engine.predict(x))]
+        outputs = []
+
+        def record(layer: Layer, values: dict) -> None:
+            if keep or layer is self.layers[-1]:
+                outputs.append((layer.name, values["output"]))
+
+        forward(self.layers, self._weights, x, hook=record)
+        return outputs
+
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
             return y.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
@@ -859,7 +611,8 @@ class VGG:
             features of the convolutional base without the top.
         """
         x = self._prepare_input(x)  # (N, H, W, C)
-        return self._to_user_layout(self.engine.predict(x))
+        ((_, last),) = collections.deque(self._run(x, keep=False), maxlen=1)
+        return self._to_user_layout(last)
 
     def activations(self, x: ArrayLike) -> dict[str, NDArray[np.floating]]:
         """Run the network and return every layer's output.
@@ -883,7 +636,7 @@ class VGG:
         [(2, 32, 32, 4), (2, 1, 1, 8), (2, 3)]
         """
         x = self._prepare_input(x)  # (N, H, W, C)
-        return {name: self._to_user_layout(y) for name, y in self.engine.outputs(x).items()}
+        return {name: self._to_user_layout(y) for name, y in self._run(x, keep=True)}
 
     def summary(self, print_summary: bool = True) -> Summary:
         """Return (and print) the per-layer table: shapes, activations, parameters, work.
@@ -910,38 +663,11 @@ class VGG:
         )
 
 
-def infer_architecture(tensors: Mapping, info: Mapping, description: str) -> dict:
-    """Guess `VGG`'s arguments from a canonical mapping of weights (see `VGG.from_file`)."""
-    blocks: dict[int, list[int]] = {}
-    for name, (kernel, _) in tensors.items():
-        if name.startswith("block") and "_conv" in name:
-            block = int(name.removeprefix("block").split("_")[0])
-            blocks.setdefault(block, []).append(np.shape(kernel)[3])
-    if sorted(blocks) != list(range(1, len(blocks) + 1)) or not blocks:
-        raise ValueError(f"{description}: no VGG convolution blocks (block1_conv1 ...) found")
-    names = [n for n in tensors if n.startswith("fc")]
-    fc = tuple(np.shape(tensors[n][0])[1] for n in sorted(names, key=lambda n: int(n[2:])))
-    known = {c.blocks: c.name for c in CONFIGS.values()}
-    widths = tuple(tuple(blocks[b]) for b in sorted(blocks))
-    config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc or (4096, 4096))
-    inferred: dict = {"config": config, "include_top": "predictions" in tensors}
-    if "predictions" in tensors:
-        inferred["classes"] = int(np.shape(tensors["predictions"][0])[1])
-    if "input_shape" in info:
-        h, w, c = info["input_shape"]
-        channels_first = info.get("input_layout") == "NCHW"
-        inferred["data_format"] = "channels_first" if channels_first else "channels_last"
-        if h and w:
-            inferred["input_shape"] = (h, w, c)  # channels last; see VGG.from_file
-        inferred["classifier_activation"] = info.get("classifier_activation")
-    if inferred["include_top"] and fc:
-        # fc1 takes the last feature map flattened: a square of this side.
-        side = math.isqrt(np.shape(tensors["fc1"][0])[0] // widths[-1][-1])
-        if "torchvision" in description:
-            inferred["adaptive_pool"] = side  # torchvision pools to it: any input size
-        elif "input_shape" not in inferred:
-            inferred["input_shape"] = (side * 2 ** len(widths), side * 2 ** len(widths), 3)
-    return inferred
+def _describe(names: tuple[str, ...], shapes: tuple[tuple, ...]) -> str:
+    """Name each tensor's shape: ``kernel (3, 3, 3, 64) and bias (64,)``."""
+    if len(names) != len(shapes):
+        return f"{len(shapes)} tensors of shapes {shapes}"
+    return " and ".join(f"{n} {s}" for n, s in zip(names, shapes, strict=True))
 
 
 def _family_member(name: str):
