@@ -1,20 +1,22 @@
 """The fast inference path: Winograd and chunked-GEMM convolutions on several threads.
 
-Everything here computes what `vgg_np.ops` defines (and is tested against it); only the
-arithmetic is reorganised for speed:
+Everything here computes what `vgg_np.ops` defines (and is tested against the reference
+forward pass, `vgg_np.layers.forward`); only the arithmetic is reorganised for speed:
 
 - **Winograd F(m x m, 3 x 3)** (Lavin and Gray, 2016) for 3x3 stride-1 "same"
   convolutions: each a x a input tile (a = m + 2) is transformed once (``B^T d B``), the
   kernels once at load (``G g G^T``), and an m x m output tile costs a*a multiplies per
   input-output channel pair instead of 9*m*m: 2.25x fewer for F(2x2), 4x fewer for
   F(4x4), at the price of larger rounding error (measured in the tests and docs).
-  The transforms are written as small BLAS matrix products over whole chunks.
+  The transforms are small BLAS matrix products over a chunk of about 1 MB, so that
+  they run in cache: columns first, rows straight from strided windows of the result.
 - **Chunked GEMM**: direct convolution, one im2col matrix per chunk of output rows, so the
   9x blow-up never exists for the whole image (the first layer, with 3 input channels,
   float64, and ``conv_algorithm="gemm"``).
-- Max-pooling is applied to the raw convolution before the bias and ReLU (exact: both are
-  monotonic per channel), bias and ReLU in place. Chunks run on `Engine.threads` worker
-  threads with BLAS at one thread each (NumPy releases the GIL).
+- Each chunk's output is max-pooled (before the bias and ReLU: exact, both are monotonic
+  per channel), biased and rectified while in cache, and written straight into the next
+  layer's padded input. Chunks run on `Engine.threads` worker threads with BLAS at one
+  thread each (NumPy releases the GIL).
 
 Three promises, each tested:
 
@@ -30,10 +32,10 @@ Three promises, each tested:
   calls an engine keeps at most `KEEP_BYTES` of activation buffers and each thread that
   ran a chunk at most `SCRATCH_BYTES` of scratch.
 
-Data layout. A padded input is kept as one "flat" array of image rows so that every chunk
-of tile rows is a plain strided slice: each image owns ``per_image * m`` rows (a zero row,
-its H rows, zeros), where ``per_image`` is ``tH + 1`` or ``tH + 2`` tile rows and
-``tH = ceil(H / m)``; tile row ``q`` reads rows ``q*m .. q*m + a - 1``.
+Data layout. A padded input is one "flat" array of image rows: each image owns
+``tH * m + 2`` rows (a zero row, its H rows, zeros), ``tH = ceil(H / m)`` tile rows of
+which row ``q`` reads rows ``q*m .. q*m + a - 1``, so a chunk of tile rows is a plain
+strided slice. Output tiles are ``(m_j, m_i, rows, tW, O)`` until written out.
 """
 
 from __future__ import annotations
@@ -691,9 +693,12 @@ class Engine:
                 self._spare = state.buffers
 
     def close(self) -> None:
-        """Stop the worker threads (see the class example); the engine restarts them on use."""
+        """Stop the worker threads and drop the kept buffers (see the class example).
+
+        The engine starts them again on its next call.
+        """
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._spare = self._pool, None, None
         if pool is not None:
             pool.shutdown()
 
