@@ -163,6 +163,24 @@ def test_an_image_gets_the_same_bits_in_any_batch_and_with_any_threads(
             np.testing.assert_array_equal(model(batch)[position], alone[last][0])
 
 
+def test_a_batch_in_slices_gives_what_it_gives_whole(monkeypatch):
+    model = VGG(SMALL, classes=7, seed=3)
+    x = np.random.default_rng(6).standard_normal((5, 64, 64, 3)).astype(np.float32)
+    whole, whole_activations = model(x), model.activations(x)
+    monkeypatch.setattr(engine_module, "SLICE_VALUES", 2 * 64 * 64 * 8)  # 2 images a slice
+    assert model.engine.slice_images((64, 64, 3)) == 2
+    np.testing.assert_array_equal(model(x), whole)
+    sliced = model.activations(x)
+    assert list(sliced) == list(whole_activations)
+    for name, y in sliced.items():
+        np.testing.assert_array_equal(y, whole_activations[name], err_msg=name)
+
+
+def test_an_empty_batch_is_refused():
+    with pytest.raises(ValueError, match="non-empty batch"):
+        VGG(SMALL, classes=7, seed=3).engine.predict(np.zeros((0, 64, 64, 3), np.float32))
+
+
 def test_thread_settings_are_restored():
     before = [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
     VGG(SMALL, classes=7, seed=3, threads=2)(np.zeros((1, 64, 64, 3), np.float32))
