@@ -14,7 +14,14 @@ import threading
 import numpy as np
 import pytest
 
-from vgg_np import VGG, VGGConfig
+from vgg_np import VGG, VGGConfig, engine
+
+
+@pytest.fixture(autouse=True)
+def every_layer_on_the_threads(monkeypatch):
+    """The small test network's layers are below the size the engine hands to its threads."""
+    monkeypatch.setattr(engine, "MIN_PARALLEL_MACS", 0)
+
 
 SMALL = VGGConfig("small", ((8,), (12, 12), (16,), (16,), (24,)), fc=(20,), default_size=64)
 CALLERS = 4

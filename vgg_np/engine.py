@@ -116,6 +116,10 @@ KEEP_BYTES = 64 << 20
 #: allocated per chunk and released.
 SCRATCH_BYTES = 48 << 20
 
+#: Smaller layers (multiply-adds per slice) run on the calling thread: handing tasks to
+#: the workers costs tens of microseconds each.
+MIN_PARALLEL_MACS = 4_000_000
+
 #: Dense layers multiply one image at a time, in blocks of this many input rows whose
 #: partial sums are added in order: the same BLAS calls whatever the batch or threads.
 #: A block of fc1 (4 MB) stays in cache for the next image: at batch 8 the dense layers
@@ -674,9 +678,13 @@ class Engine:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "vgg_np")
             return self._pool.submit(fn, *args)
 
-    def _map(self, fn, args: list) -> list:
-        """``[fn(*a) for a in args]``, on the worker threads when there are several."""
-        if self.threads == 1 or len(args) == 1:
+    def _map(self, fn, args: list, macs: int) -> list:
+        """``[fn(*a) for a in args]``, on the worker threads when it is worth it.
+
+        `macs`, the multiply-adds of all the tasks, decides: below `MIN_PARALLEL_MACS`
+        handing the tasks to other threads costs more than it saves.
+        """
+        if self.threads == 1 or len(args) == 1 or macs < MIN_PARALLEL_MACS:
             return [fn(*a) for a in args]
         futures = [self._submit(fn, *a) for a in args]
         concurrent.futures.wait(futures)  # all finished before an error leaves the call
@@ -849,8 +857,9 @@ class Engine:
             for o0, o1 in blocks:
                 product(v, i, q0, o0, o1)
 
+        macs = n * h * w * c * o * 9
         if len(blocks) == 1 or len(chunks) >= 2 * self.threads:
-            self._map(whole_chunk, [(k,) for k in range(len(chunks))])
+            self._map(whole_chunk, [(k,) for k in range(len(chunks))], macs)
         else:  # few chunks: transform their inputs, then share their channel blocks out
             while len(state.chunk_buffers) < len(chunks):
                 state.chunk_buffers.append(_Buffers())
@@ -858,10 +867,10 @@ class Engine:
                 state.chunk_buffers[k].get("v", steps.input_shape(q1 - q0), x.dtype)
                 for k, (_, q0, q1) in enumerate(chunks)
             ]
-            self._map(steps.transform, [args for k, v in enumerate(vs) for args in pieces(k, v)])
-            self._map(
-                product, [(vs[k], *chunks[k][:2], *b) for k in range(len(chunks)) for b in blocks]
-            )
+            transforms = [args for k, v in enumerate(vs) for args in pieces(k, v)]
+            self._map(steps.transform, transforms, macs)
+            products = [(vs[k], *chunks[k][:2], *b) for k in range(len(chunks)) for b in blocks]
+            self._map(product, products, macs)
         if staging is not None:
             state.staged = (following, staging)
         return result
@@ -912,7 +921,7 @@ class Engine:
             for i, image in enumerate(x):
                 np.matmul(image[r0 : r0 + DENSE_ROWS], block, out=partial[b, i])  # (out,)
 
-        self._map(rows, list(enumerate(starts)))
+        self._map(rows, list(enumerate(starts)), x.shape[0] * kernel.size)
         y = partial[0]
         for part in partial[1:]:
             y += part  # (N, out), in block order
