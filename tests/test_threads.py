@@ -18,9 +18,11 @@ from vgg_np import VGG, VGGConfig, engine
 
 
 @pytest.fixture(autouse=True)
-def every_layer_on_the_threads(monkeypatch):
-    """The small test network's layers are below the size the engine hands to its threads."""
+def concurrent_passes_on_the_threads(monkeypatch):
+    """The small test network is below the sizes the engine hands to its threads and runs
+    at once for several callers (smaller calls take turns): lift both limits."""
     monkeypatch.setattr(engine, "MIN_PARALLEL_MACS", 0)
+    monkeypatch.setattr(engine, "SERIAL_MACS", 0)
 
 
 SMALL = VGGConfig("small", ((8,), (12, 12), (16,), (16,), (24,)), fc=(20,), default_size=64)
