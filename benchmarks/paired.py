@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PAUSE = 0.2  # seconds between turns: longer than any pool's spin-wait
+PAUSE = 0.05  # seconds between turns: longer than any pool's spin-wait
 
 
 def serve(engine: str, batch: int, files: dict, dtype: str) -> None:
