@@ -541,10 +541,11 @@ class Engine:
     """Runs a `vgg_np.model.VGG` layer table fast; built by the model, not by users.
 
     Safe to share: any number of threads may call one engine (hence one model) at once,
-    and each gets exactly the result it would get alone. Every call has its own
+    and each gets exactly, bitwise, the result it would get alone. Every call has its own
     activation buffers; the worker threads are shared, so concurrent calls queue their
-    chunks on them (throughput about that of one caller, measured in
-    docs/performance.md) rather than oversubscribing the cores.
+    chunks on them rather than oversubscribing the cores (four callers get about the
+    throughput of one, measured in docs/performance.md), and calls too small to gain
+    from running at once (`SERIAL_MACS`) take turns.
 
     Parameters
     ----------
@@ -553,8 +554,9 @@ class Engine:
         Keras layer name -> (kernel, bias), already in the model dtype (not copied).
     conv_algorithm : {"auto", "gemm", "winograd", "naive"}
     threads : int, optional
-        Worker threads for the convolutions and dense layers; default: the CPUs this
-        process may use, at most `MAX_THREADS`. Results do not depend on it.
+        Threads that share a call's work: the calling thread and ``threads - 1`` workers;
+        default: the CPUs this process may use, at most `MAX_THREADS`. Results do not
+        depend on it.
 
     Examples
     --------
