@@ -85,7 +85,8 @@ def assert_close_scaled(actual, expected, scale, what: str = "", tol_table=None)
     diff = np.abs(actual.astype(np.float64) - expected)
     bad = ~(diff <= tol)
     if bad.any():
-        worst = np.unravel_index(np.argmax(np.where(np.isnan(diff), np.inf, diff)), diff.shape)
+        ratio = np.where(np.isnan(diff), np.inf, diff / tol)  # the worst violation, not
+        worst = np.unravel_index(np.argmax(ratio), diff.shape)  # merely the largest diff
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {diff.size} elements differ beyond tolerance\n"
             f"  dtype {actual.dtype}, shape {actual.shape}\n"
