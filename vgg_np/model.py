@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -26,7 +26,7 @@ from vgg_np.config import (
     layer_table,
 )
 from vgg_np.engine import ALGORITHMS, Engine
-from vgg_np.layers import KINDS, forward
+from vgg_np.layers import ACTIVATIONS, KINDS, fold_batch_norms, forward
 from vgg_np.summary import Summary
 
 __all__ = [
@@ -45,6 +45,9 @@ __all__ = [
 
 # Passed as `weights` by `VGG.from_file`, which loads the file it has already opened.
 _LOADED_BY_CALLER = object()
+
+#: PyTorch's ``BatchNorm2d`` epsilon, torchvision's ``vgg*_bn`` (Keras's default is 1e-3).
+TORCH_BN_EPS = 1e-5
 
 #: What ``conv_algorithm`` accepts: the reference forward pass or an engine algorithm.
 CONV_ALGORITHMS = ("reference", *ALGORITHMS)
@@ -95,6 +98,17 @@ class VGG:
         engine is tested against.
     threads : int, optional
         Threads for the convolutions; default: the CPUs this process may use.
+    batch_norm : bool or float, default False
+        The variant with batch normalisation after every convolution (torchvision's
+        ``vgg16_bn``; layers ``block1_conv1_bn`` ...); a float is its epsilon, True
+        PyTorch's 1e-5. The engine folds each into its convolution
+        (`vgg_np.layers.fold_batch_norms`); ``conv_algorithm="reference"`` runs it as is.
+    head : sequence of Layer, optional
+        A classifier of one's own after ``block5_pool`` in place of the top, as data:
+        ``flatten``, ``global_avg``, ``global_max``, ``dense`` (with any activation of
+        `vgg_np.layers.ACTIVATIONS`), ``batch_norm`` (its ``eps`` per layer),
+        ``dropout``. `include_top`, `pooling`, `classes`, `classifier_activation` and
+        `adaptive_pool` are then read from it, not given.
 
     Raises
     ------
@@ -129,6 +143,8 @@ class VGG:
         adaptive_pool: int | None = None,
         conv_algorithm: str = "auto",
         threads: int | None = None,
+        batch_norm: bool | float = False,
+        head: Sequence[Layer] | None = None,
     ):
         if isinstance(config, str):
             if config.lower() not in CONFIGS:
@@ -140,13 +156,19 @@ class VGG:
             raise ValueError(
                 f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}"
             )
-        if pooling not in (None, "avg", "max"):
+        if head is not None:
+            head = self._check_head(head)
+            dense = [layer for layer in head if layer.kind == "dense"]
+            include_top, pooling, adaptive_pool = True, None, None
+            classes = dense[-1].units if dense else 0
+            classifier_activation = head[-1].activation
+        elif pooling not in (None, "avg", "max"):
             raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {pooling!r}")
-        if classifier_activation not in ("softmax", None):
+        elif classifier_activation not in ("softmax", None):
             raise ValueError(
                 f"`classifier_activation` must be 'softmax' or None, got {classifier_activation!r}"
             )
-        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        elif not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
             raise ValueError(f"`classes` must be a positive int, got {classes!r}")
         if adaptive_pool is not None and (
             not isinstance(adaptive_pool, int)
@@ -155,6 +177,14 @@ class VGG:
         ):
             raise ValueError(
                 f"`adaptive_pool` must be None or a positive int, got {adaptive_pool!r}"
+            )
+        if batch_norm is True:
+            batch_norm = TORCH_BN_EPS
+        if batch_norm is not False and (
+            isinstance(batch_norm, bool) or not isinstance(batch_norm, float) or batch_norm < 0
+        ):
+            raise ValueError(
+                f"`batch_norm` must be a bool or a non-negative float eps, got {batch_norm!r}"
             )
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float16, np.float32, np.float64):
@@ -166,7 +196,8 @@ class VGG:
         self.classifier_activation = classifier_activation
         self.data_format = data_format
         self.adaptive_pool = adaptive_pool if self.include_top else None
-        self.input_shape = self._check_input_shape(input_shape)  # (H, W, C)
+        self.batch_norm = None if batch_norm is False else batch_norm
+        self.head = head
         self.layers = layer_table(
             config,
             include_top=self.include_top,
@@ -174,7 +205,10 @@ class VGG:
             classes=classes,
             classifier_activation=classifier_activation,
             adaptive_pool=self.adaptive_pool,
+            batch_norm=self.batch_norm,
+            head=head,
         )
+        self.input_shape = self._check_input_shape(input_shape)  # (H, W, C)
         if conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(
                 f"`conv_algorithm` must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}"
@@ -196,9 +230,33 @@ class VGG:
 
     # -- construction ---------------------------------------------------------------
 
+    @staticmethod
+    def _check_head(head: Sequence[Layer]) -> tuple[Layer, ...]:
+        head = tuple(head)
+        wrong = [layer for layer in head if not isinstance(layer, Layer)]
+        if wrong or not head:
+            raise TypeError(f"`head` must be a non-empty sequence of Layer, got {wrong or head!r}")
+        bad = [
+            f"{layer.name} (kind {layer.kind!r}, activation {layer.activation!r})"
+            for layer in head
+            if layer.kind not in KINDS
+            or layer.kind in ("conv", "pool")
+            or layer.activation not in ACTIVATIONS
+        ]
+        if bad:
+            raise ValueError(
+                f"`head` has layers vgg_np cannot run after the base: {', '.join(bad)}; "
+                f"kinds {sorted(set(KINDS) - {'conv', 'pool'})}, activations "
+                f"{sorted(a for a in ACTIVATIONS if a)} or None"
+            )
+        names = [layer.name for layer in head]
+        if len(set(names)) != len(names) or any(n.startswith("block") for n in names):
+            raise ValueError(f"`head` layer names must be unique and not block*, got {names}")
+        return head
+
     def _check_input_shape(self, input_shape: tuple | None) -> tuple:
         size = self.config.default_size
-        static = self.include_top and self.adaptive_pool is None  # fc1 fixes the input size
+        static = self._needs_fixed_size()  # e.g. fc1 after a flatten fixes the input size
         if input_shape is None:
             return (size, size, 3) if static else (None, None, 3)
         shape = tuple(input_shape)
@@ -223,6 +281,19 @@ class VGG:
                     f"got {input_shape!r}"
                 )
         return shape
+
+    def _needs_fixed_size(self) -> bool:
+        """Whether some parameter's shape depends on the input's H and W (a dense layer
+        after a flatten without an adaptive pool)."""
+        shape: tuple = (None, None, 3)
+        for layer in self.layers:
+            kind = KINDS[layer.kind]
+            if kind.parameter_shapes and any(
+                None in p for p in kind.parameter_shapes(layer, shape)
+            ):
+                return True
+            shape = kind.output_shape(layer, shape)
+        return False
 
     def parameter_shapes(self) -> dict[str, tuple[tuple, ...]]:
         """Return the expected ``(kernel shape, bias shape)`` of every weighted layer.
@@ -416,9 +487,7 @@ class VGG:
         }
         if not allow_nonfinite:
             bad = [
-                n
-                for n, (k, b) in loaded.items()
-                if not (np.isfinite(k).all() and np.isfinite(b).all())
+                n for n, tensors in loaded.items() if not all(np.isfinite(a).all() for a in tensors)
             ]
             if bad:
                 raise ValueError(
@@ -532,7 +601,9 @@ class VGG:
         'winograd-4'
         """
         if self._engine is None:
-            self._engine = Engine(self.layers, self._weights, self.conv_algorithm, self.threads)
+            # Batch norms fold into their convolutions here, before the engine packs them.
+            layers, weights = fold_batch_norms(self.layers, self._weights)
+            self._engine = Engine(layers, weights, self.conv_algorithm, self.threads)
         return self._engine
 
     def _run(self, x: np.ndarray, keep: bool):
