@@ -283,8 +283,7 @@ class VGG:
         return shape
 
     def _needs_fixed_size(self) -> bool:
-        """Whether some parameter's shape depends on the input's H and W (a dense layer
-        after a flatten without an adaptive pool)."""
+        """Whether a parameter's shape depends on the input's H and W (dense after flatten)."""
         shape: tuple = (None, None, 3)
         for layer in self.layers:
             kind = KINDS[layer.kind]
