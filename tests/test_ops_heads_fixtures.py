@@ -134,7 +134,7 @@ def torchvision_classifier(state, y):
 def test_torchvision_vgg16_bn_state_dicts(outputs, model, dtype):
     state = {
         k: v.astype(dtype)
-        for k, v in load_state_dict(HEADS / f"{model}.pth").items()
+        for k, v in load_state_dict(HEADS / f"{model}.pth")[0].items()
         if v.dtype.kind == "f"
     }
     compared = []
@@ -158,7 +158,7 @@ def test_torchvision_vgg16_bn_state_dicts(outputs, model, dtype):
 
 
 def test_timm_vgg_state_dict(outputs):
-    state = load_state_dict(HEADS / "timm_vgg16.pth")
+    state = load_state_dict(HEADS / "timm_vgg16.pth")[0]
     compared = []
     y = torch_features(state, outputs["x"], False, 0.0, outputs, "timm_vgg16", compared)
     # pre_logits (timm's ConvMlp): a map smaller than 7x7 is average-pooled up to it first.

@@ -27,6 +27,7 @@ from vgg_np.config import (
     layer_table,
 )
 from vgg_np.engine import ALGORITHMS, Engine
+from vgg_np.formats.torchvision import TIMM_SIDE, TORCH_BN_EPS
 from vgg_np.layers import ACTIVATIONS, KINDS, fold_batch_norms, forward
 from vgg_np.summary import Summary
 
@@ -46,9 +47,6 @@ __all__ = [
 
 # Passed as `weights` by `VGG.from_file`, which loads the file it has already opened.
 _LOADED_BY_CALLER = object()
-
-#: PyTorch's ``BatchNorm2d`` epsilon, torchvision's ``vgg*_bn`` (Keras's default is 1e-3).
-TORCH_BN_EPS = 1e-5
 
 #: What ``conv_algorithm`` accepts: the reference forward pass or an engine algorithm.
 CONV_ALGORITHMS = ("reference", *ALGORITHMS)
@@ -624,6 +622,13 @@ class VGG:
             )
         if min(x.shape[1:3]) < MIN_SIZE:
             raise ValueError(f"`x` height and width must be at least {MIN_SIZE}, got {x.shape}")
+        side = max(x.shape[1:3]) >> len(self.config.blocks)  # the last feature map's
+        if side > TIMM_SIDE and self._loaded and self._loaded[1].family == formats.Family.TIMM:
+            raise ValueError(
+                f"`x` of shape {x.shape} gives a {side}-pixel feature map: timm's VGG then "
+                f"slides its {TIMM_SIDE}x{TIMM_SIDE} pre_logits convolution and averages, "
+                f"which vgg_np does not represent; use inputs below {(TIMM_SIDE + 1) << 5}"
+            )
         return x.astype(self.dtype, copy=False)
 
     @property

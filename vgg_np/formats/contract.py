@@ -34,8 +34,8 @@ PREPROCESS_MODES = ("caffe", "torch", "tf")
 RESIZE_MODES = ("keras", "torchvision")
 #: How a file names and lays out its tensors (what was read; the tensors a reader returns
 #: are always in Keras layout): Keras's layer names, torchvision's state dict, the
-#: Theano-era Keras layout, or an ONNX graph.
-LAYOUTS = ("keras", "torchvision", "theano", "onnx")
+#: Theano-era Keras layout, an ONNX graph, or timm's VGG state dict.
+LAYOUTS = ("keras", "torchvision", "theano", "onnx", "timm")
 
 
 class Family(str, enum.Enum):

@@ -81,6 +81,22 @@ def _entry(name: str, entry: object, data_size: int, where: str) -> tuple:
     return kind, shape, begin, end
 
 
+def _is_bn_counter(name: str, entry: object, data_size: int) -> bool:
+    """Tell a BatchNorm's ``num_batches_tracked`` (one int64, a count, skipped: not a weight)."""
+    if not name.endswith(".num_batches_tracked") or not isinstance(entry, dict):
+        return False
+    offsets = entry.get("data_offsets")
+    return (
+        entry.get("dtype") == "I64"
+        and entry.get("shape") == []
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0]
+        and offsets[0] + 8 == offsets[1] <= data_size
+    )
+
+
 def read_header(f: BinaryIO, size: int, where: str) -> tuple[dict, dict, int]:
     """Return the checked tensor entries, the metadata and where the data starts."""
     head = f.read(8)
@@ -101,7 +117,11 @@ def read_header(f: BinaryIO, size: int, where: str) -> tuple[dict, dict, int]:
     if not isinstance(metadata, dict):
         raise FileFormatError(f"{where}: its __metadata__ is not a JSON object")
     data_size = size - 8 - length
-    entries = {name: _entry(name, entry, data_size, where) for name, entry in header.items()}
+    entries = {
+        name: _entry(name, entry, data_size, where)
+        for name, entry in header.items()
+        if not _is_bn_counter(name, entry, data_size)
+    }
     spans = sorted((begin, end) for _, _, begin, end in entries.values() if end > begin)
     if any(a_end > b_begin for (_, a_end), (b_begin, _) in itertools.pairwise(spans)):
         raise FileFormatError(f"{where}: tensors overlap in the data")
@@ -158,11 +178,11 @@ def open_source(path: str | os.PathLike, where: str) -> Iterator[WeightSource]:
 
 
 def _implied(description: str, layout: str) -> Provenance:
-    if layout == "torchvision":
+    if layout in ("torchvision", "timm"):
         return Provenance.implied(
             description,
-            Family.TORCHVISION,
-            "implied by torchvision's state-dict names (no provenance recorded)",
+            Family(layout),
+            f"implied by {layout}'s state-dict names (no provenance recorded)",
         )
     return Provenance(
         description,

@@ -84,7 +84,10 @@ def load_state_dict(path: str | os.PathLike, where: str | None = None) -> tuple[
     record = (getattr(state, "_metadata", None) or {}).get(METADATA_KEY, {})
     if not isinstance(record, Mapping):
         raise FileFormatError(f"{where}: damaged vgg_np provenance record")
-    return {k: _to_numpy(torch, k, v, where) for k, v in state.items()}, dict(record)
+    # A BatchNorm's num_batches_tracked is a count, not a weight: skipped.
+    counters = {k for k, v in state.items() if k.endswith(".num_batches_tracked") and v.ndim == 0}
+    tensors = {k: _to_numpy(torch, k, v, where) for k, v in state.items() if k not in counters}
+    return tensors, dict(record)
 
 
 @contextlib.contextmanager
@@ -95,9 +98,9 @@ def open_torch(path: str | os.PathLike, where: str | None = None) -> Iterator[We
     tensors, layout = flat_tensors(state, where)
     description = f"pytorch ({LAYOUT_NAMES[layout]})"
     provenance = Provenance.from_record(record, description, where)
-    if provenance is None and layout == "torchvision":
+    if provenance is None and layout in ("torchvision", "timm"):
         provenance = Provenance.implied(
-            description, Family.TORCHVISION, "implied by a PyTorch file in torchvision's layout"
+            description, Family(layout), f"implied by a PyTorch file in {layout}'s layout"
         )
     yield WeightSource(
         tensors,
