@@ -127,13 +127,16 @@ def infer_architecture(
     info = info or {}
     where = where or getattr(provenance, "description", None) or "the weights"
     widths = _conv_widths(tensors, where)
-    fc = _dense_widths(tensors, where)
+    head = info.get("head")
+    fc = () if head else _dense_widths(tensors, where)
     known = {c.blocks: c.name for c in CONFIGS.values()}
     config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc or (4096, 4096))
     inferred: dict = {"config": config, "include_top": "predictions" in tensors}
+    if head:
+        inferred["head"] = head  # a classifier of its own: widths and kinds from the file
     if any(_CONV.fullmatch(name.removesuffix("_bn")) for name in tensors if name.endswith("_bn")):
         inferred["batch_norm"] = _batch_norm_eps(info, provenance, layout, where)
-    if "predictions" in tensors:
+    if "predictions" in tensors and not head:
         inferred["classes"] = _shape(tensors, "predictions", 2, where)[1]
     if "input_shape" in info:
         inferred.update(_from_info(info))
