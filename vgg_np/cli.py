@@ -265,6 +265,11 @@ def add_predict(commands) -> None:
     predict.add_argument(
         "--batch-size", type=_positive_int, default=8, help="images per forward pass (8)"
     )
+    predict.add_argument(
+        "--labels",
+        help="class names of a classifier of one's own, one per line in output order "
+        "(without it only an ImageNet classifier's classes are named)",
+    )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument(
         "--progress",
@@ -279,7 +284,11 @@ def run_predict(args: argparse.Namespace) -> int:
     paths = _image_paths(args.images)
     if not paths:
         raise ValueError(f"no images found in {' '.join(args.images)}")
-    model = VGG.from_file(args.weights, classifier_activation="softmax")
+    # Images are loaded channels last, whatever layout the file's graph takes.
+    model = VGG.from_file(
+        args.weights, classifier_activation="softmax", data_format="channels_last"
+    )
+    names = _class_names(args.labels, model) if args.labels else None
     if not model.include_top:
         raise ValueError(
             f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
@@ -291,7 +300,7 @@ def run_predict(args: argparse.Namespace) -> int:
         f"({choice.reason})",
         file=sys.stderr,
     )
-    failures = _predict_all(model, paths, args, choice.mode, choice.resize)
+    failures = _predict_all(model, paths, args, choice.mode, choice.resize, names)
     if failures:
         print(f"vgg-np: {failures} of {len(paths)} images skipped", file=sys.stderr)
     return EXIT_RUNTIME_ERROR if failures else 0
@@ -327,9 +336,28 @@ def _image_paths(items: list[str]) -> list[str]:
     return paths
 
 
-def _predict_all(model: VGG, paths: list[str], args, mode: str, resize: str) -> int:
+def _class_names(path: str, model: VGG) -> list[str]:
+    """Read --labels: one class name per line, as many as the model has outputs."""
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f.read().splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if len(names) != model.classes or not all(names):
+        raise ValueError(
+            f"--labels {path}: {len(names)} names (empty lines: {names.count('')}), but the "
+            f"classifier has {model.classes} outputs: give one non-empty name per line"
+        )
+    return names
+
+
+def _predict_all(
+    model: VGG, paths: list[str], args, mode: str, resize: str, names: list[str] | None
+) -> int:
     """Print the classes of every image, batch by batch; return how many were skipped."""
-    size = model.input_shape[0] or model.config.default_size
+    h, w, _ = model.input_shape
+    size = (h, w) if h and w and h != w else (h or model.config.default_size)
+    # ImageNet's names only for VGG's own 1000-class top, never for a head of one's own.
+    imagenet = model.head is None and model.classes == len(imagenet_classes())
     show_progress = (
         args.progress if args.progress is not None else (len(paths) > 8 and sys.stderr.isatty())
     )
@@ -347,18 +375,17 @@ def _predict_all(model: VGG, paths: list[str], args, mode: str, resize: str) -> 
             probabilities = model(preprocess_input(np.stack(pixels), mode=mode))
             for path, row in zip(batch, probabilities, strict=True):
                 # One write per image: an interrupted run never ends mid-record.
-                print(_prediction(path, row, args.top, args.json, mode, resize))
+                print(_prediction(path, row, args, mode, resize, names, imagenet))
         _progress(min(start + args.batch_size, len(paths)), len(paths), show_progress)
     return failures
 
 
-def _prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode: str, resize: str):
+def _prediction(path: str, row: np.ndarray, args, mode, resize, names, imagenet: bool) -> str:
     """Format the classes of one image as text lines or one JSON object."""
-    if row.shape[0] == len(imagenet_classes()):
-        best = decode_predictions(row[None], top=min(top, row.shape[0]))[0]
-    else:  # not ImageNet: no names to give
-        order = np.argsort(-row, kind="stable")[:top]
-        best = [(str(i), f"class {i}", float(row[i])) for i in order]
+    top, as_json = min(args.top, row.shape[0]), args.json
+    if names is None and not imagenet:  # nothing names these classes
+        names = [f"class {i}" for i in range(row.shape[0])]
+    best = decode_predictions(row[None], top=top, class_names=names)[0]
     if as_json:
         entries = [{"wnid": w, "label": n, "probability": round(p, 6)} for w, n, p in best]
         return json.dumps({"image": path, "preprocess": mode, "resize": resize, "top": entries})
@@ -398,11 +425,22 @@ def add_summary(commands) -> None:
     summary.add_argument(
         "--no-top", action="store_true", help="without flatten and the dense layers"
     )
+    summary.add_argument(
+        "--weights",
+        help="the network a weights file describes (batch norm, a head of its own), "
+        "instead of --model",
+    )
 
 
 def run_summary(args: argparse.Namespace) -> int:
     """Print the per-layer table of a family member, computed from its layer table."""
     h, w = args.input_shape
+    if args.weights:
+        model = VGG.from_file(args.weights, data_format="channels_last")
+        shape = model.input_shape if None not in model.input_shape else (h, w, 3)
+        title = f"{args.weights} ({model.weights_format}): input {shape[0]}x{shape[1]}x3"
+        print(Summary.of(model.layers, shape, title))
+        return 0
     layers = layer_table(CONFIGS[args.model], include_top=not args.no_top)
     if not args.no_top and (h, w) != (224, 224):
         print("note: with the top, fc1's size follows the input size", file=sys.stderr)
@@ -455,8 +493,16 @@ def run_show(args: argparse.Namespace) -> int:
     """Save a layer's feature maps (or the first layer's filters) as a picture grid."""
     from PIL import Image
 
-    if args.weights:
-        model = VGG.from_file(args.weights, include_top=False, input_shape=None)
+    if args.weights:  # the convolutional base only, in the layout of the loaded images
+        model = VGG.from_file(
+            args.weights,
+            include_top=False,
+            head=None,
+            input_shape=None,
+            data_format="channels_last",
+        )
+        if model.batch_norm:  # a convolution's own output: not in the engine's folded table
+            model.conv_algorithm = "reference"
     else:
         model = VGG16(include_top=False, seed=args.seed)
     if args.filters:

@@ -430,7 +430,8 @@ class VGG:
         weights : mapping
             Keras layer name -> (kernel, bias), Keras layout. Array-likes with ``shape``
             (h5py datasets, memory maps) are read only after every shape has been
-            checked. Without the top, a classifier in `weights` is ignored.
+            checked. Without the top, a classifier in `weights` (any layer not named
+            ``block*``, a head of its own too) is ignored.
         allow_nonfinite : bool, default False
             Accept NaN and inf.
         source : str
@@ -467,7 +468,7 @@ class VGG:
         extra = [
             name
             for name in weights
-            if name not in expected and not (name in head and not self.include_top)
+            if name not in expected and (self.include_top or name.startswith("block"))
         ]
         if extra:
             problems.append(f"not in this model: {', '.join(extra)}")
