@@ -134,7 +134,7 @@ def test_npz_with_a_pickle_is_refused(tmp_path):
 def test_npz_with_foreign_keys_is_refused(tmp_path):
     path = tmp_path / "foreign.npz"
     np.savez(path, arr_0=np.zeros(3))
-    with pytest.raises(ValueError, match=r"'<layer>/kernel' or '<layer>/bias', got \['arr_0'\]"):
+    with pytest.raises(ValueError, match=r"'<layer>/kernel' or '<layer>/bias' .*got \['arr_0'\]"):
         read_all(path)
 
 

@@ -140,6 +140,9 @@ def infer_architecture(
         inferred["classes"] = _shape(tensors, "predictions", 2, where)[1]
     if "input_shape" in info:
         inferred.update(_from_info(info))
+    size = getattr(provenance, "input_size", None)
+    if head and "input_shape" not in inferred and size:  # recorded with the weights
+        inferred["input_shape"] = (*size, 3)
     if inferred["include_top"] and fc:
         # fc1 takes the last feature map flattened: a square of this side.
         rows = _shape(tensors, "fc1", 2, where)[0]

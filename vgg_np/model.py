@@ -597,7 +597,8 @@ class VGG:
         h, w, _ = self.input_shape
         if h and w:
             provenance = dataclasses.replace(provenance, input_size=(h, w))
-        formats.write_npz(path, self._weights, provenance=provenance)
+        architecture = {"head": self.head, "batch_norm_eps": self.batch_norm}
+        formats.write_npz(path, self._weights, provenance=provenance, info=architecture)
 
     # -- forward --------------------------------------------------------------------
 

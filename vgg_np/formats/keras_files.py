@@ -149,6 +149,11 @@ def _from_config(text: object, arrays, where: str) -> tuple[dict, dict]:
     return tensors, info | ({"head": model.head} if model.head else {})
 
 
+def _static_size(info: dict) -> tuple[int, int] | None:
+    h, w, _ = info.get("input_shape", (None, None, None))
+    return (h, w) if h and w else None
+
+
 def read_keras_h5(f: h5py.File, where: str) -> WeightSource:
     """Read an open (and checked, see `_hdf5.open_hdf5`) Keras HDF5 file.
 
@@ -164,7 +169,12 @@ def read_keras_h5(f: h5py.File, where: str) -> WeightSource:
         )
         provenance = Provenance.from_record(
             _hdf5.text_attrs(f.attrs, RECORD_PREFIX), description, where
-        ) or Provenance.implied(description, Family.KERAS, "implied by a Keras model.save file")
+        ) or Provenance.implied(
+            description,
+            Family.KERAS,
+            "implied by a Keras model.save file",
+            input_size=_static_size(info),
+        )
         return WeightSource(tensors, provenance, info, path=where)
     description, tensors = _layout(f, where)
     record = _hdf5.text_attrs(f.attrs, RECORD_PREFIX)
@@ -205,7 +215,10 @@ def open_keras_zip(path: str | os.PathLike, where: str) -> Iterator[WeightSource
                 )
                 description = "keras-zip (.keras, whole model from its config)"
             provenance = Provenance.implied(
-                description, Family.KERAS, "written by Keras (a .keras archive)"
+                description,
+                Family.KERAS,
+                "written by Keras (a .keras archive)",
+                input_size=_static_size(info),
             )
             yield WeightSource(tensors, provenance, info, path=where)
 

@@ -36,8 +36,15 @@ from vgg_np.formats._common import (
     open_regular,
     read_exactly,
 )
+from vgg_np.formats.architecture_record import RECORD_KEY, from_record, to_record
 from vgg_np.formats.contract import Family, Provenance, WeightSource
-from vgg_np.formats.torchvision import LAYOUT_NAMES, conv_names, flat_tensors, to_state_dict
+from vgg_np.formats.torchvision import (
+    LAYOUT_NAMES,
+    check_torchvision,
+    conv_names,
+    flat_tensors,
+    to_state_dict,
+)
 
 #: Largest JSON header accepted (the format's own reference reader uses 100 MB).
 MAX_HEADER = 100_000_000
@@ -174,7 +181,8 @@ def open_source(path: str | os.PathLike, where: str) -> Iterator[WeightSource]:
         provenance = Provenance.from_record(metadata, description, where) or _implied(
             description, layout
         )
-        yield WeightSource(tensors, provenance, path=where, layout=layout)
+        info = from_record(metadata[RECORD_KEY], where) if RECORD_KEY in metadata else {}
+        yield WeightSource(tensors, provenance, info, path=where, layout=layout)
 
 
 def _implied(description: str, layout: str) -> Provenance:
@@ -224,11 +232,23 @@ def write_safetensors(
 
 
 def write_weights(
-    path: str | os.PathLike, weights: Mapping[str, tuple], provenance: Provenance, layout: str
+    path: str | os.PathLike,
+    weights: Mapping[str, tuple],
+    provenance: Provenance,
+    layout: str,
+    info: Mapping | None = None,
 ) -> str:
-    """Write canonical weights in vgg_np's Keras layout or torchvision's; say which."""
+    """Write canonical weights in vgg_np's Keras layout or torchvision's; say which.
+
+    The Keras layout records the architecture (a head, batch norm's epsilon) in the
+    metadata; torchvision's layout holds batch norms but no head of one's own.
+    """
     if layout == "keras":
-        write_safetensors(path, flatten_pairs(weights), provenance.record())
+        metadata = provenance.record()
+        if (architecture := to_record(info or {})) is not None:
+            metadata[RECORD_KEY] = architecture
+        write_safetensors(path, flatten_pairs(weights), metadata)
         return "safetensors (Keras layout)"
+    check_torchvision(info or {}, path)
     write_safetensors(path, to_state_dict(weights, conv_names(weights)), provenance.record())
     return "safetensors (torchvision layout)"

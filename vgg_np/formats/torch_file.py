@@ -28,7 +28,13 @@ from vgg_np.formats._common import (
     verify_zip_crcs,
 )
 from vgg_np.formats.contract import Family, Provenance, WeightSource
-from vgg_np.formats.torchvision import LAYOUT_NAMES, conv_names, flat_tensors, to_state_dict
+from vgg_np.formats.torchvision import (
+    LAYOUT_NAMES,
+    check_torchvision,
+    conv_names,
+    flat_tensors,
+    to_state_dict,
+)
 
 #: The key of vgg_np's provenance record in a state dict's ``_metadata``.
 METADATA_KEY = "vgg_np.provenance"
@@ -110,8 +116,14 @@ def open_torch(path: str | os.PathLike, where: str | None = None) -> Iterator[We
     )
 
 
-def write_torch(path: str | os.PathLike, weights: Mapping[str, tuple], provenance: Provenance):
+def write_torch(
+    path: str | os.PathLike,
+    weights: Mapping[str, tuple],
+    provenance: Provenance,
+    info: Mapping | None = None,
+):
     """Write canonical weights as a torchvision state dict with ``torch.save``, atomically."""
+    check_torchvision(info or {}, path)
     torch = _torch()
     state = collections.OrderedDict(
         (k, torch.from_numpy(np.ascontiguousarray(v)))

@@ -10,12 +10,19 @@ themselves are in `vgg_np.formats.layouts`. It reads no file: the ``.pth`` and
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Mapping
 
 import numpy as np
 
-from vgg_np.formats._common import SUFFIXES, FileFormatError, LazyArray, pair_flat
+from vgg_np.formats._common import (
+    BN_SUFFIXES,
+    SUFFIXES,
+    FileFormatError,
+    LazyArray,
+    pair_flat,
+)
 from vgg_np.formats.layouts import (
     dense_names,
     fc1_keras_to_torch,
@@ -48,7 +55,7 @@ def flat_tensors(state: Mapping[str, object], where: str) -> tuple[dict, str]:
         ``{"blockB_convI_bn": (gamma, beta, mean, var)}``).
     layout : {"keras", "torchvision", "timm"}
     """
-    if state and all(k.endswith(SUFFIXES) for k in state):
+    if state and all(k.endswith(SUFFIXES + BN_SUFFIXES) for k in state):
         return pair_flat(state, where), "keras"
     timm = any(k.removeprefix("module.").startswith("pre_logits.") for k in state)
     return from_state_dict(state, where), "timm" if timm else "torchvision"
@@ -199,10 +206,29 @@ def conv_names(weights: Mapping[str, tuple]) -> list[str]:
     >>> conv_names({"block2_conv1": 0, "fc1": 0, "block10_conv1": 0, "block1_conv2": 0})
     ['block1_conv2', 'block2_conv1', 'block10_conv1']
     """
-    return sorted(
-        (n for n in weights if n.startswith("block")),
-        key=lambda n: tuple(int(p) for p in n.removeprefix("block").split("_conv")),
-    )
+    found = ((m, n) for n in weights if (m := re.fullmatch(r"block(\d+)_conv(\d+)", n)))
+    return [n for m, n in sorted(found, key=lambda pair: (int(pair[0][1]), int(pair[0][2])))]
+
+
+def check_torchvision(info: Mapping, path) -> None:
+    """Refuse to write what torchvision's layout cannot hold: a head, another epsilon.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, if `info` (a reader's) holds a head.
+    """
+    if info.get("head"):
+        names = ", ".join(layer.name for layer in info["head"])
+        raise ValueError(
+            f"{os.fspath(path)!r}: torchvision's layout cannot hold a head of its own "
+            f"({names}); write .npz or .safetensors with the Keras layout"
+        )
+    if info.get("batch_norm_eps", TORCH_BN_EPS) != TORCH_BN_EPS:
+        raise ValueError(
+            f"{os.fspath(path)!r}: torchvision's BatchNorm2d has epsilon {TORCH_BN_EPS}, "
+            f"these batch norms {info['batch_norm_eps']}; write .npz or Keras-layout .safetensors"
+        )
 
 
 def to_state_dict(weights: Mapping[str, tuple], conv_names: list[str]) -> dict[str, np.ndarray]:
@@ -220,7 +246,11 @@ def to_state_dict(weights: Mapping[str, tuple], conv_names: list[str]) -> dict[s
         kernel, bias = weights[name]
         state[f"features.{index}.weight"] = np.ascontiguousarray(hwio_to_oihw(kernel))
         state[f"features.{index}.bias"] = np.asarray(bias)
-        index += 2  # this conv and its ReLU
+        if f"{name}_bn" in weights:  # BatchNorm2d right after the convolution
+            index += 1
+            for param, array in zip(BN_PARAMS, weights[f"{name}_bn"], strict=True):
+                state[f"features.{index}.{param}"] = np.asarray(array)
+        index += 2  # this conv (or batch norm) and its ReLU
     last_channels = np.shape(weights[conv_names[-1]][0])[-1]
     dense = [n for n in weights if n.startswith("fc")] + ["predictions"]
     for position, name in enumerate(n for n in dense if n in weights):
