@@ -214,8 +214,9 @@ def load_image(
     path : str or os.PathLike
         A regular file; FIFOs, devices and directories are refused without being read.
     size : int or (int, int), default 224
-        Output height and width, or ``(height, width)`` (``"keras"`` resizing only, as
-        Keras's ``target_size``).
+        Output height and width, or ``(height, width)`` (Keras's ``target_size``; for
+        ``"torchvision"`` the shorter side goes to ``max(height, width) * 256 / 224``
+        before the central ``height`` x ``width`` crop).
     resize : {"keras", "torchvision"}, default "keras"
         ``"keras"``: straight to ``size`` x ``size`` with nearest-neighbour sampling, as
         ``keras.utils.load_img(path, target_size=(size, size))``. ``"torchvision"``: the
@@ -261,8 +262,6 @@ def load_image(
             f"`size` must be an int or (height, width) of at most {MAX_PIXELS:,} pixels, "
             f"got {size!r}"
         )
-    if h != w and resize != "keras":
-        raise ValueError(f"`size` {size!r}: torchvision's resize makes square crops only")
     where = os.fspath(path)
     with _open_regular(where) as file, _pillow_errors(where), Image.open(file) as image:
         _check_dimensions(image.size, where)
@@ -270,7 +269,7 @@ def load_image(
         image = _to_rgb(ImageOps.exif_transpose(image), kind, where)
     if resize == "keras":
         return np.asarray(image.resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
-    return _torchvision_resize(image, h, where)
+    return _torchvision_resize(image, h, w, where)
 
 
 class _Refused(ValueError):
@@ -361,21 +360,21 @@ def _to_rgb(image, kind: str | None, where: str):
     return image.convert("RGB")
 
 
-def _torchvision_resize(image, size: int, where: str) -> NDArray[np.uint8]:
-    """Resize and crop as torchvision's ``Resize(size * 256 / 224)``, ``CenterCrop(size)``."""
+def _torchvision_resize(image, h: int, w: int, where: str) -> NDArray[np.uint8]:
+    """Resize and crop as torchvision's ``Resize(max(h, w) * 256 / 224)``, ``CenterCrop``."""
     from PIL import Image
 
     # torchvision's rounding: the long side truncated, the crop offset rounded.
-    short = round(size * 256 / 224)
+    short = round(max(h, w) * 256 / 224)
     if image.width <= image.height:
         width, height = short, int(short * image.height / image.width)
     else:
         width, height = int(short * image.width / image.height), short
     if width * height > MAX_PIXELS:
         raise ValueError(
-            f"{where}: resizing to {width}x{height} for a {size}x{size} crop would exceed "
+            f"{where}: resizing to {width}x{height} for a {h}x{w} crop would exceed "
             f"{MAX_PIXELS:,} pixels"
         )
     image = image.resize((width, height), Image.Resampling.BILINEAR)
-    left, top = round((width - size) / 2), round((height - size) / 2)
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    left, top = round((width - w) / 2), round((height - h) / 2)
+    return np.asarray(image.crop((left, top, left + w, top + h)), dtype=np.uint8)
