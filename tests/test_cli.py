@@ -39,7 +39,7 @@ COMMANDS = list(
 
 
 def test_the_commands_are_those_the_docstring_lists():
-    assert COMMANDS == ["demo", "predict", "summary", "show", "train", "compare", "convert"]
+    assert {"demo", "predict", "summary", "show", "train", "compare", "convert"} <= set(COMMANDS)
     listed = [line.split("``")[1] for line in cli.__doc__.splitlines() if line.startswith("- ``")]
     assert listed == COMMANDS
 

@@ -9,6 +9,7 @@ Commands (each has ``--help`` with an example; everything works offline):
 - ``train``: fine-tune the top of a reduced-width VGG16 on generated pictures
 - ``compare``: another implementation's activations against vgg_np, layer by layer
 - ``convert``: weights from one file format to another
+- ``vectors``: conformance test cases for other implementations, from the float64 oracle
 
 Conventions shared by every command: exit code 0 on success; 1 on a runtime error (a file
 that cannot be used, a diverging layer, a skipped image), told in one line on stderr that
@@ -30,6 +31,7 @@ import glob
 import json
 import math
 import os
+import pathlib
 import sys
 import textwrap
 import time
@@ -750,6 +752,59 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- vectors -------------------------------------------------------------------------------
+
+
+def add_vectors(commands) -> None:
+    """Declare ``vgg-np vectors``."""
+    vectors = _new_command(
+        commands,
+        "vectors",
+        run_vectors,
+        summary="write conformance test cases (ONNX backend layout) from the float64 oracle",
+        description=(
+            "Write test cases for another implementation: every kernel (padding forms, odd "
+            "sizes, strides, max-pool ties, softmax overflow, dropout with its mask) and every "
+            "layer of a VGG16, expected outputs computed in float64. With the onnx package "
+            "each case is a model.onnx and test_data_set_0/input_N.pb, output_0.pb (ONNX's "
+            "backend test layout); otherwise .npy files. index.json lists every case with "
+            "its tolerance. Arrays are NCHW/OIHW, as ONNX defines its operators."
+        ),
+        examples=[
+            "vgg-np vectors cases/ --narrow",
+            "vgg-np vectors cases/ --weights vgg16_weights_tf_kernels.h5",
+        ],
+    )
+    vectors.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty directory")
+    network = vectors.add_mutually_exclusive_group()
+    network.add_argument("--weights", help="weights file for the layer cases (any format)")
+    network.add_argument(
+        "--narrow", action="store_true", help="VGG16 at 1/8 width on 32x32 inputs (small files)"
+    )
+    vectors.add_argument("--model", choices=sorted(CONFIGS), default="vgg16")
+    vectors.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (0)")
+    vectors.add_argument("--npy", action="store_true", help=".npy files even with onnx")
+
+
+def run_vectors(args: argparse.Namespace) -> int:
+    """Write conformance test cases from the float64 oracle (`vgg_np.vectors`)."""
+    from collections import Counter
+
+    from vgg_np.vectors import NARROW_VGG16, write_vectors
+
+    config = NARROW_VGG16 if args.narrow else args.model
+    encoding = "npy" if args.npy else "auto"
+    cases = write_vectors(
+        args.out_dir, weights=args.weights, config=config, seed=args.seed, encoding=encoding
+    )
+    index = json.loads((pathlib.Path(args.out_dir) / "index.json").read_text())
+    counts = Counter(case.kernel for case in cases)
+    print(f"wrote {len(cases)} cases ({index['encoding']}) to {args.out_dir}: "
+          + ", ".join(f"{kernel} {n}" for kernel, n in counts.items())
+          + f"; layers of {index['network']['name']} ({index['network']['weights']})")  # fmt: skip
+    return 0
+
+
 # -- the program ---------------------------------------------------------------------------
 
 #: The commands, in the order ``vgg-np --help`` lists them.
@@ -761,6 +816,7 @@ COMMANDS: tuple[Callable, ...] = (
     add_train,
     add_compare,
     add_convert,
+    add_vectors,
 )
 
 

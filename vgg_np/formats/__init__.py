@@ -153,6 +153,12 @@ class Format:
         it or refuses.
     layouts : tuple of str
         The ``layout`` values `write` accepts (the first is the default).
+
+    Examples
+    --------
+    >>> {f.name: f.suffixes for f in FORMATS if f.write}  # doctest: +NORMALIZE_WHITESPACE
+    {'hdf5': ('.h5', '.hdf5'), 'torch': ('.pth', '.pt'), 'npz': ('.npz',),
+     'safetensors': ('.safetensors',)}
     """
 
     name: str

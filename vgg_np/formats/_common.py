@@ -37,6 +37,15 @@ class FileFormatError(ValueError):
     """A weights file is malformed, truncated, hostile or not what it claims to be.
 
     A `ValueError`; its message names the user's file.
+
+    Examples
+    --------
+    >>> try:
+    ...     with reading("'w.npz'"):
+    ...         [][1]
+    ... except ValueError as error:
+    ...     print(error)
+    'w.npz' is damaged or not a weights file vgg_np can read (IndexError: list index out of range)
     """
 
 
@@ -278,7 +287,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.part")
     # Mode 0o666 as for any new file: the kernel applies the umask (mkstemp's 0o600 did not).
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    os.close(os.open(tmp, flags, 0o666))
+    try:
+        os.close(os.open(tmp, flags, 0o666))
+    except OSError as error:  # name the user's file, not the temporary one
+        raise type(error)(error.errno, error.strerror, path) from None
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)

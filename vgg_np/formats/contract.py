@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from vgg_np.formats._common import FileFormatError
 
 __all__ = [
-    "LAYOUTS",
     "PREPROCESS_MODES",
     "RESIZE_MODES",
     "Family",
@@ -32,10 +31,6 @@ __all__ = [
 PREPROCESS_MODES = ("caffe", "torch", "tf")
 #: Resizing of `vgg_np.load_image`: Keras's ``load_img`` or torchvision's evaluation crop.
 RESIZE_MODES = ("keras", "torchvision")
-#: How a file names and lays out its tensors (what was read; the tensors a reader returns
-#: are always in Keras layout): Keras's layer names, torchvision's state dict, the
-#: Theano-era Keras layout, an ONNX graph, or timm's VGG state dict.
-LAYOUTS = ("keras", "torchvision", "theano", "onnx", "timm")
 
 
 class Family(str, enum.Enum):
@@ -124,12 +119,26 @@ class Provenance:
         *,
         input_size: tuple[int, int] | None = None,
     ) -> Provenance:
-        """Provenance a layout implies: `family`'s conventions (none for some families)."""
+        """Provenance a layout implies: `family`'s conventions (none for some families).
+
+        Examples
+        --------
+        >>> Provenance.implied("pytorch (torchvision layout)", Family.TORCHVISION, "").resize
+        'torchvision'
+        """
         preprocess, resize = CONVENTIONS.get(family, (None, None))
         return cls(description, family, preprocess, resize, input_size, evidence)
 
     def record(self) -> dict[str, str]:
-        """Return the strings vgg_np writes into a file: the provenance travels with the weights."""
+        """Return the strings vgg_np writes into a file: the provenance travels with the weights.
+
+        Examples
+        --------
+        >>> Provenance("npz (vgg_np)", Family.KERAS, "caffe", "keras", (224, 224)).record()
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'vgg_np.family': 'keras', 'vgg_np.preprocess': 'caffe', 'vgg_np.resize': 'keras',
+         'vgg_np.input_size': '224x224', 'vgg_np.source': 'npz (vgg_np)'}
+        """
         record = {
             "family": self.family.value,
             "preprocess": self.preprocess or "",
@@ -149,6 +158,13 @@ class Provenance:
         ------
         FileFormatError
             If the record is present but malformed: a damaged record is never ignored.
+
+        Examples
+        --------
+        >>> Provenance.from_record({"format": "pt"}, "safetensors", "'w.safetensors'") is None
+        True
+        >>> Provenance.from_record({"vgg_np.family": "torchvision"}, "npz", "'w.npz'").family
+        <Family.TORCHVISION: 'torchvision'>
         """
         values = {k: record[RECORD_PREFIX + k] for k in RECORD_KEYS if RECORD_PREFIX + k in record}
         if not values:
@@ -209,8 +225,10 @@ class WeightSource:
         ``classifier_activation``, ``tensor_names``, ``note``).
     path : str
         The file read, as the user named it (for messages).
-    layout : {"keras", "torchvision", "theano", "onnx"}
-        How the file laid out its tensors (one of `LAYOUTS`).
+    layout : {"keras", "torchvision", "timm", "theano", "onnx"}
+        How the file named and laid out its tensors (the tensors returned are always in
+        Keras layout): Keras's layer names, torchvision's state dict, the Theano-era Keras
+        layout, or an ONNX graph.
 
     Examples
     --------
@@ -227,13 +245,25 @@ class WeightSource:
 
     @property
     def format(self) -> str:
-        """The format and layout read, e.g. ``"safetensors (torchvision layout)"``."""
+        """The format and layout read, e.g. ``"safetensors (torchvision layout)"``.
+
+        Examples
+        --------
+        >>> WeightSource({}, Provenance("safetensors (Keras layout)", Family.UNKNOWN)).format
+        'safetensors (Keras layout)'
+        """
         return self.provenance.description
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """The preprocessing and resizing chosen for some weights, and why."""
+    """The preprocessing and resizing chosen for some weights, and why.
+
+    Examples
+    --------
+    >>> Preprocessing("caffe", "keras", "keras weights, implied by the Keras HDF5 layout").mode
+    'caffe'
+    """
 
     mode: str
     resize: str
