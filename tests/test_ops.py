@@ -649,7 +649,7 @@ def test_fold_batch_norm_is_as_accurate_as_unfolded(hw, c, o, quiet):
 
 
 # ---------------------------------------------------------------------------------------
-# sigmoid, tanh, linear
+# sigmoid, tanh
 # ---------------------------------------------------------------------------------------
 
 
@@ -690,18 +690,9 @@ def test_sigmoid_and_tanh_properties(values, dtype):
     np.testing.assert_allclose(ops.tanh(x), 2 * ops.sigmoid(2 * x) - 1, atol=1e-15)
 
 
-def test_linear_and_the_activation_table():
-    x = np.array([[-3.0, 0.5]], np.float32)
-    assert ops.linear(x) is x
-    assert set(ops.ACTIVATIONS) == {"linear", "relu", "sigmoid", "softmax", "tanh"}
-    for name, f in ops.ACTIVATIONS.items():
-        assert f(x).dtype == np.float32, name
-    np.testing.assert_array_equal(ops.ACTIVATIONS["relu"](x), [[0.0, 0.5]])
-
-
 def test_activations_propagate_nan():
     x = np.array([np.nan, 1.0])
-    for f in (ops.sigmoid, ops.sigmoid_naive, ops.tanh, ops.linear):
+    for f in (ops.sigmoid, ops.sigmoid_naive, ops.tanh):
         y = f(x)
         assert np.isnan(y[0]) and np.isfinite(y[1]), f.__name__
 
@@ -736,7 +727,6 @@ def test_every_kernel_preserves_dtype(dtype):
         "sigmoid": ops.sigmoid(x),
         "sigmoid_naive": ops.sigmoid_naive(x),
         "tanh": ops.tanh(x),
-        "linear": ops.linear(x),
     }
     per_channel = [np.ones(2, dtype)] * 4
     for bn in (ops.batch_norm, ops.batch_norm_naive):
@@ -976,7 +966,6 @@ def test_head_kernels_bad_input(func, args, match):
         ops.sigmoid,
         ops.sigmoid_naive,
         ops.tanh,
-        ops.linear,
         ops.global_avg_pool2d,
         ops.batch_moments,
     ],
@@ -1035,8 +1024,8 @@ def test_head_kernels_equal_pytorch(dtype):
     np.testing.assert_array_equal(ops.global_max_pool2d(x), maximum)
     # Activations on logits of a few units: a few eps apart, relative to the output.
     for name, theirs_fn in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
-        ours = ops.ACTIVATIONS[name](feats)
-        exact = ops.ACTIVATIONS[name](feats.astype(np.float64))
+        ours = getattr(ops, name)(feats)
+        exact = getattr(ops, name)(feats.astype(np.float64))
         theirs = theirs_fn(torch.from_numpy(feats)).numpy()
         for y, who in ((ours, "vgg_np"), (theirs, "torch")):
             assert_close_scaled(y, exact, np.abs(exact), f"{who} {name}", ELEMENTWISE_TOL)
@@ -1069,7 +1058,9 @@ def test_head_kernels_equal_keras_layers():
     maximum = keras.ops.convert_to_numpy(keras.layers.GlobalMaxPooling2D()(x))
     np.testing.assert_array_equal(ops.global_max_pool2d(x), maximum)
     logits = ops.flatten(x)[:, :7]  # (N, 7), values of a few units
-    for name, ours in ops.ACTIVATIONS.items():
+    # The activations Keras offers for a classifier's Dense layers ("linear" is the identity).
+    for name in ("relu", "sigmoid", "softmax", "tanh"):
+        ours = getattr(ops, name)
         theirs = keras.ops.convert_to_numpy(keras.activations.get(name)(logits))
         exact = ours(logits.astype(np.float64))
         # Probabilities carry the rounding of exp's argument: compare them absolutely.

@@ -592,27 +592,29 @@ def global_max_pool2d_backward(x: ArrayLike, dy: ArrayLike) -> NDArray[np.floati
     return max_pool2d_backward(x, dy[:, None, None, :], (h, w))  # dy as (N, 1, 1, C)
 
 
-def sigmoid_backward(x: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
-    """Return the gradient of `vgg_np.ops.sigmoid`: ``dy * s * (1 - s)`` with ``s = sigmoid(x)``.
+def sigmoid_backward(y: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.sigmoid` from its output ``y``: ``dy * y * (1 - y)``.
 
     Examples
     --------
-    >>> sigmoid_backward(np.array([0.0, 1000.0]), np.ones(2))
+    >>> y = ops.sigmoid(np.array([0.0, 1000.0]))
+    >>> sigmoid_backward(y, np.ones(2))
     array([0.25, 0.  ])
     """
-    s = ops.sigmoid(x)
-    dy = _check_dy(dy, s.shape, s.dtype, what="the shape of `x`")
-    return dy * s * (1 - s)
+    y = ops._float_array("y", y)
+    dy = _check_dy(dy, y.shape, y.dtype, what="the shape of `y`")
+    return dy * y * (1 - y)
 
 
-def tanh_backward(x: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
-    """Return the gradient of `vgg_np.ops.tanh`: ``dy * (1 - tanh(x)**2)``.
+def tanh_backward(y: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.tanh` from its output ``y``: ``dy * (1 - y**2)``.
 
     Examples
     --------
-    >>> tanh_backward(np.array([0.0, 1000.0]), np.ones(2))
+    >>> y = ops.tanh(np.array([0.0, 1000.0]))
+    >>> tanh_backward(y, np.ones(2))
     array([1., 0.])
     """
-    t = ops.tanh(x)
-    dy = _check_dy(dy, t.shape, t.dtype, what="the shape of `x`")
-    return dy * (1 - t * t)
+    y = ops._float_array("y", y)
+    dy = _check_dy(dy, y.shape, y.dtype, what="the shape of `y`")
+    return dy * (1 - y * y)

@@ -33,7 +33,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
-    "ACTIVATIONS",
     "BATCH_NORM_EPS",
     "adaptive_avg_pool2d",
     "batch_moments",
@@ -51,7 +50,6 @@ __all__ = [
     "global_max_pool2d",
     "global_max_pool2d_naive",
     "im2col",
-    "linear",
     "max_pool2d",
     "max_pool2d_naive",
     "relu",
@@ -1393,44 +1391,6 @@ def tanh(x: ArrayLike) -> NDArray[np.floating]:
     """
     x = _float_array("x", x)
     return np.tanh(x)
-
-
-def linear(x: ArrayLike) -> NDArray[np.floating]:
-    """Return `x` unchanged: Keras's ``linear`` activation (``activation=None``).
-
-    Parameters
-    ----------
-    x : array_like
-        Floating point.
-
-    Returns
-    -------
-    ndarray
-        `x` itself (as an array).
-
-    Raises
-    ------
-    TypeError
-        If `x` is not floating point.
-
-    Examples
-    --------
-    >>> x = np.array([-1.0, 2.0])
-    >>> linear(x) is x
-    True
-    """
-    return _float_array("x", x)
-
-
-#: The activations Keras offers for a classifier's Dense layers, by the name a Keras
-#: config stores (``"linear"`` is what ``activation=None`` is saved as).
-ACTIVATIONS = {
-    "linear": linear,
-    "relu": relu,
-    "sigmoid": sigmoid,
-    "softmax": softmax,
-    "tanh": tanh,
-}
 
 
 def dropout(
