@@ -289,11 +289,9 @@ ACTIVATIONS: dict[str | None, Activation] = {
     "softmax": Activation(forward=ops.softmax),
     # Their derivatives from the output: s * (1 - s) and 1 - t**2.
     "sigmoid": Activation(
-        forward=ops.sigmoid, backward=lambda y, dy: dy * y * (1 - y), keeps=("output",)
+        forward=ops.sigmoid, backward=backward.sigmoid_backward, keeps=("output",)
     ),
-    "tanh": Activation(
-        forward=ops.tanh, backward=lambda y, dy: dy * (1 - y * y), keeps=("output",)
-    ),
+    "tanh": Activation(forward=ops.tanh, backward=backward.tanh_backward, keeps=("output",)),
 }
 
 
