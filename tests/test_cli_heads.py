@@ -183,3 +183,15 @@ def test_compare_a_head_by_its_layer_names(capsys, tmp_path):
     )
     assert code == 0, err
     assert "4/4 layers compared" in out or "layers compared" in out
+
+
+def test_an_onnx_head_vgg_np_cannot_run_is_named(capsys, image, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="reading ONNX needs the onnx package")
+    graph = onnx.load(HEADS / "keras_gap_head_torch.onnx")
+    (relu,) = [n for n in graph.graph.node if n.name == "/head/head.3/Relu"]
+    relu.op_type, relu.name = "Elu", "custom_elu"
+    onnx.save(graph, tmp_path / "elu.onnx")
+    model = VGG.from_file(tmp_path / "elu.onnx")
+    assert not model.include_top and "node Elu 'custom_elu'" in model.weights_format
+    code, _, err = run(capsys, "predict", image, "--weights", tmp_path / "elu.onnx")
+    assert code != 0 and "node Elu 'custom_elu' in the head" in err

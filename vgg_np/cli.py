@@ -292,9 +292,10 @@ def run_predict(args: argparse.Namespace) -> int:
     )
     names = _class_names(args.labels, model) if args.labels else None
     if not model.include_top:
+        note = model.weights_info.get("note")  # an ONNX head vgg_np cannot read, named
         raise ValueError(
-            f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
-            "predict classes"
+            f"{args.weights} has no classifier vgg_np can run: "
+            + (note or "a 'notop' file (no fc1 ... predictions) cannot predict classes")
         )
     choice = _choose_preprocessing(model, args)
     print(
