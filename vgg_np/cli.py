@@ -32,6 +32,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 import textwrap
 import time
@@ -145,13 +146,24 @@ def _base_layer(text: str) -> str:
     return text
 
 
+#: Names in VGG's own scheme (`vgg_np.config.layer_table`).
+_VGG_NAME = re.compile(r"block\d+_(conv\d+(_bn)?|pool)|fc\d+|predictions|flatten|avgpool")
+
+
 def _layer_list(text: str) -> list[str]:
-    # Any names: a head of one's own names its layers (checked against the model later).
+    # A name in VGG's own scheme must be one of the family's (a typo like fc9 fails here);
+    # a head of one's own names its layers freely (checked against the model later).
     names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
+    family = _family_layers(True)
+    unknown = [
+        name
+        for name in names
+        if _VGG_NAME.fullmatch(name) and name.removesuffix("_bn") not in family
+    ]
+    if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"must be comma-separated layer names (e.g. {', '.join(_family_layers(True)[:3])}), "
-            f"got {text!r}"
+            f"must be comma-separated layer names ({', '.join(family)}, or a head's own), "
+            f"got {', '.join(unknown) or repr(text)}"
         )
     return names
 

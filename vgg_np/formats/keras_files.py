@@ -172,7 +172,7 @@ def read_keras_h5(f: h5py.File, where: str) -> WeightSource:
         ) or Provenance.implied(
             description,
             Family.KERAS,
-            "implied by a Keras model.save file",
+            "implied by the Keras HDF5 layout (no provenance recorded)",
             input_size=_static_size(info),
         )
         return WeightSource(tensors, provenance, info, path=where)

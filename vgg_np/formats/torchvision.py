@@ -32,6 +32,7 @@ from vgg_np.formats.layouts import (
     lazy_linear_to_dense,
     lazy_oihw_to_hwio,
 )
+from vgg_np.ops import BATCH_NORM_EPS
 
 _KEY = re.compile(r"(features|classifier)\.(\d+)\.(weight|bias|running_mean|running_var)")
 #: timm's VGG keeps torchvision's ``features`` but names its classifier differently: its
@@ -42,7 +43,7 @@ TIMM_KEYS = {"pre_logits.fc1": 0, "pre_logits.fc2": 3, "head.fc": 6}
 #: The feature-map side timm's ``pre_logits.fc1`` covers; on larger maps it slides.
 TIMM_SIDE = 7
 #: PyTorch's ``BatchNorm2d`` epsilon (torchvision's ``vgg*_bn``).
-TORCH_BN_EPS = 1e-5
+TORCH_BN_EPS = BATCH_NORM_EPS["torch"]
 
 
 def flat_tensors(state: Mapping[str, object], where: str) -> tuple[dict, str]:
