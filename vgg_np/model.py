@@ -733,9 +733,13 @@ class VGG:
         return summary
 
     def __repr__(self) -> str:
+        extra = f", batch_norm={self.batch_norm}" if self.batch_norm is not None else ""
+        if self.head is not None:
+            extra += f", head=[{', '.join(layer.name for layer in self.head)}]"
         return (
             f"VGG({self.config.name!r}, include_top={self.include_top}, "
-            f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r})"
+            f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r}"
+            f"{extra})"
         )
 
 

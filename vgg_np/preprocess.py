@@ -259,8 +259,8 @@ def load_image(
         1 <= h * w <= MAX_PIXELS and min(h, w) >= 1
     ):
         raise ValueError(
-            f"`size` must be an int or (height, width) of at most {MAX_PIXELS:,} pixels, "
-            f"got {size!r}"
+            f"`size` must be an int from 1 to {int(MAX_PIXELS**0.5)} or (height, width) of "
+            f"at most {MAX_PIXELS:,} pixels, got {size!r}"
         )
     where = os.fspath(path)
     with _open_regular(where) as file, _pillow_errors(where), Image.open(file) as image:
