@@ -227,7 +227,7 @@ def torch_twin(model, config, size, width, pool: str):
     import torch
     from reference.torch_vgg import KerasHeadTwin
 
-    from vgg_np.formats.torchvision import fc1_keras_to_torch, hwio_to_oihw, linear_to_dense
+    from vgg_np.formats.layouts import fc1_keras_to_torch, hwio_to_oihw, linear_to_dense
 
     h, w = size
     for _ in config.blocks:
