@@ -4,8 +4,9 @@ The fixtures in tests/data/heads were written by Keras 3 and PyTorch
 (tests/reference/make_heads_reference.py): a Keras VGG16 base under a head of its own
 (Flatten or GlobalAveragePooling2D, Dense, BatchNormalization, Dropout, softmax), a
 torchvision-layout vgg16_bn, the same with its classifier replaced, and a timm-layout
-VGG. Here the weights are read with h5py and vgg_np's .pth reader (no framework needed)
-and run through `vgg_np.ops`, layer by layer, with each framework's own epsilon.
+VGG. Here the weights are read (Keras files with h5py; state dicts with torch.load, so
+those tests are marked `torch`) and run through `vgg_np.ops`, layer by layer, with each
+framework's own epsilon.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from conftest import HEADS_FIXTURE_REL_TOL, relative_error
 from reference.make_keras_reference import take_slice
 
 from vgg_np import ops
-from vgg_np.formats.torch_file import load_state_dict
 
 HEADS = pathlib.Path(__file__).parent / "data" / "heads"
 BLOCKS = ((4, 4), (8, 8), (8, 8, 8), (8, 8, 8), (8, 8, 8))  # make_heads_reference.MICRO
@@ -41,6 +41,13 @@ def check(outputs, model: str, layer: str, value, compared: list) -> None:
     actual = value if key in outputs else take_slice(value)
     compared.append((layer, relative_error(actual, expected)))
     assert compared[-1][1] < HEADS_FIXTURE_REL_TOL, (model, compared[-1])
+
+
+def state_dict(name: str, dtype=np.float32) -> dict[str, np.ndarray]:
+    """The floating-point tensors of a .pth fixture (batch norm's int64 counters left out)."""
+    torch = pytest.importorskip("torch", reason="needs torch (pip install torch==2.13.0)")
+    state = torch.load(HEADS / f"{name}.pth", map_location="cpu", weights_only=True)
+    return {k: v.numpy().astype(dtype) for k, v in state.items() if v.is_floating_point()}
 
 
 def keras_archive(path: pathlib.Path) -> tuple[dict, dict]:
@@ -129,14 +136,11 @@ def torchvision_classifier(state, y):
     return y, f"classifier.{linear[-1]}"
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("model", ["vgg16_bn", "vgg16_bn_custom_classifier"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_torchvision_vgg16_bn_state_dicts(outputs, model, dtype):
-    state = {
-        k: v.astype(dtype)
-        for k, v in load_state_dict(HEADS / f"{model}.pth")[0].items()
-        if v.dtype.kind == "f"
-    }
+    state = state_dict(model, dtype)
     compared = []
     shared = "vgg16_bn_custom_classifier"  # its features are vgg16_bn's, stored once
     x = outputs["x"].astype(dtype)
@@ -157,8 +161,9 @@ def test_torchvision_vgg16_bn_state_dicts(outputs, model, dtype):
     print(f"\n{model} {dtype.__name__}: {len(compared)} layers, max error {worst:.1e}")
 
 
+@pytest.mark.torch
 def test_timm_vgg_state_dict(outputs):
-    state = load_state_dict(HEADS / "timm_vgg16.pth")[0]
+    state = state_dict("timm_vgg16")
     compared = []
     y = torch_features(state, outputs["x"], False, 0.0, outputs, "timm_vgg16", compared)
     # pre_logits (timm's ConvMlp): a map smaller than 7x7 is average-pooled up to it first.

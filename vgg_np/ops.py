@@ -773,9 +773,13 @@ def global_max_pool2d(x: ArrayLike) -> NDArray[np.floating]:
 # ---------------------------------------------------------------------------------------
 
 BATCH_NORM_EPS = {"torch": 1e-5, "keras": 1e-3, "onnx": 1e-5}
-"""The ``eps`` each framework adds to the variance by default: a file read from one of
-them must be normalised with its own (``BatchNorm2d(eps=1e-5)``,
-``BatchNormalization(epsilon=1e-3)``; ONNX's ``BatchNormalization`` says 1e-5)."""
+"""The ``eps`` each framework adds to the variance by default.
+
+A file read from one of them must be normalised with its own: PyTorch's
+``BatchNorm2d(eps=1e-5)``, Keras's ``BatchNormalization(epsilon=1e-3)``, ONNX's
+``BatchNormalization`` attribute ``epsilon`` (default 1e-5). A layer's saved config wins
+over these defaults.
+"""
 
 
 def _bn_args(x, gamma, beta, mean, var, eps):
