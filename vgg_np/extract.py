@@ -62,10 +62,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from vgg_np.model import Summary
 from vgg_np.preprocess import decode_predictions, imagenet_classes
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import Preprocessing, decode_batches, image_paths, preprocessing_for
+from vgg_np.summary import Summary
 
 __all__ = [
     "Partition",
@@ -486,7 +486,7 @@ def run_partition(
     ...     run_partition(store, store.partitions[0], model)
     ...     [entry["status"] for entry in store.manifest()], store.pending()
     PartitionResult(index=0, written=2, failed=1, already_done=0)
-    (['ok', 'error'], [])
+    (['error', 'ok'], [])
     """
     result = PartitionResult(partition.index)
     if store.is_complete(partition):
@@ -497,7 +497,7 @@ def run_partition(
     entries = _read_entries(journal)
     # Batches are journaled in row order: what is done is a prefix of the partition.
     first = next((r for r in range(partition.start, partition.stop) if r not in entries), None)
-    result.already_done = (first or partition.stop) - partition.start
+    result.already_done = (partition.stop if first is None else first) - partition.start
     if first is not None:
         wanted = [store.layer] + (["predictions"] if store.plan["top"] else [])
         dtype, row_shape = np.dtype(store.plan["dtype"]), tuple(store.plan["row_shape"])

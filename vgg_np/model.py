@@ -8,6 +8,7 @@ their public names are re-exported here.
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import math
 import os
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from vgg_np import formats
+from vgg_np import formats, hub
 from vgg_np.architecture import infer_architecture
 from vgg_np.config import (
     CONFIGS,
@@ -29,6 +30,7 @@ from vgg_np.config import (
     layer_table,
 )
 from vgg_np.engine import ALGORITHMS, Engine
+from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
 
 __all__ = [
@@ -57,8 +59,10 @@ class VGG:
     config : VGGConfig or {"vgg11", "vgg13", "vgg16", "vgg19"}, default "vgg16"
         The widths of the network.
     weights : str or os.PathLike, optional
-        A weights file of any supported format (detected from its content), or None
-        for a seeded He-normal initialisation.
+        A weights file of any supported format (detected from its content); or
+        ``"imagenet"`` (VGG16 and VGG19): the published ImageNet weights from the Keras
+        or torch cache (`vgg_np.hub.resolve`, hash verified); or None for a seeded
+        He-normal initialisation.
     include_top : bool, default True
         Include the classifier (``flatten``, ``fc1``, ``fc2``, ``predictions``).
     input_shape : tuple of int, optional
@@ -91,6 +95,9 @@ class VGG:
         `vgg_np.ops.conv2d_naive` (minutes per VGG16 image: for small networks).
     threads : int, optional
         Threads for the convolutions; default: the CPUs this process may use.
+    download : bool, default False
+        With ``weights="imagenet"`` and no cached copy: download Keras's file into the
+        Keras cache (a progress bar, hash verified, written atomically).
 
     Raises
     ------
@@ -125,6 +132,7 @@ class VGG:
         adaptive_pool: int | None = None,
         conv_algorithm: str = "auto",
         threads: int | None = None,
+        download: bool = False,
     ):
         if isinstance(config, str):
             if config.lower() not in CONFIGS:
@@ -185,6 +193,13 @@ class VGG:
         self.weights_format: str | None = None
         self.weights_info: dict = {}
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if isinstance(weights, str) and "://" in weights:
+            raise ValueError(
+                f"`weights` must be a local file, 'imagenet' or None, got the URL {weights!r}: "
+                "download it and pass its path"
+            )
+        if isinstance(weights, str) and weights == "imagenet":
+            weights = hub.resolve(config.name, self.include_top, download_missing=download)
         if weights is None:
             self.set_weights(self.he_normal(seed))
         elif weights is not _LOADED_BY_CALLER:
@@ -494,7 +509,7 @@ class VGG:
 
     # -- forward --------------------------------------------------------------------
 
-    def _prepare_input(self, x: ArrayLike) -> np.ndarray:
+    def _prepare_input(self, x: ArrayLike, cast: bool = True) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(
@@ -516,7 +531,7 @@ class VGG:
             )
         if min(x.shape[1:3]) < MIN_SIZE:
             raise ValueError(f"`x` height and width must be at least {MIN_SIZE}, got {x.shape}")
-        return x.astype(self.dtype, copy=False)
+        return x.astype(self.dtype, copy=False) if cast else x
 
     @property
     def engine(self) -> Engine:
@@ -556,13 +571,45 @@ class VGG:
         ((_, last),) = collections.deque(self.engine.run(x), maxlen=1)
         return self._to_user_layout(np.array(last))  # a copy: buffers are reused
 
-    def activations(self, x: ArrayLike) -> dict[str, NDArray[np.floating]]:
-        """Run the network and return every layer's output.
+    def _layer_names(self, names: list[str]) -> list[str]:
+        """Return every layer name, in order, after checking that `names` are among them."""
+        order = [layer.name for layer in self.layers]
+        if not names or any(name not in order for name in names):
+            raise ValueError(
+                f"`layers` must name layers of this model ({', '.join(order)}), got {names!r}"
+            )
+        return order
+
+    def _outputs(self, x: np.ndarray, names: list[str]) -> dict[str, NDArray[np.floating]]:
+        """Return copies of the outputs of `names` for a prepared `x`, stopping after the last."""
+        order = self._layer_names(names)
+        wanted = set(names)
+        deepest = max(order.index(name) for name in wanted)
+        found = {}
+        # The engine fuses each pool into the convolution before it, except for the
+        # convolutions asked for; closing the generator stops it after `deepest`.
+        with contextlib.closing(self.engine.run(x, keep=wanted)) as outputs:
+            for name, y in outputs:
+                if name in wanted:
+                    found[name] = self._to_user_layout(np.array(y))  # a copy: buffers are reused
+                if name == order[deepest]:
+                    break
+        return {name: found[name] for name in order if name in wanted}
+
+    def activations(
+        self, x: ArrayLike, layers: list[str] | None = None
+    ) -> dict[str, NDArray[np.floating]]:
+        """Run the network and return the outputs of `layers` (default: every layer).
+
+        With `layers` the pass stops after the deepest of them, and only their outputs
+        are copied out (Keras's multi-output sub-model, torchvision's feature extractor).
 
         Parameters
         ----------
         x : array_like
             As for ``__call__``.
+        layers : list of str, optional
+            Keras layer names, in any order.
 
         Returns
         -------
@@ -570,18 +617,121 @@ class VGG:
             Keras layer name -> that layer's output, in layer order (block1_conv1 ...
             predictions). Convolution outputs are after their ReLU, as in Keras.
 
+        Raises
+        ------
+        ValueError
+            If a name is not a layer of this model.
+
         Examples
         --------
         >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
-        >>> outputs = VGG(tiny, classes=3, seed=0).activations(np.ones((2, 32, 32, 3), np.float32))
+        >>> model = VGG(tiny, classes=3, seed=0)
+        >>> outputs = model.activations(np.ones((2, 32, 32, 3), np.float32))
         >>> [outputs[name].shape for name in ("block1_conv1", "block5_pool", "predictions")]
         [(2, 32, 32, 4), (2, 1, 1, 8), (2, 3)]
+        >>> picked = model.activations(np.ones((2, 32, 32, 3), np.float32), ["fc1", "block2_conv1"])
+        >>> {name: y.shape for name, y in picked.items()}
+        {'block2_conv1': (2, 16, 16, 4), 'fc1': (2, 16)}
         """
         x = self._prepare_input(x)  # (N, H, W, C)
+        if layers is not None:
+            return self._outputs(x, list(layers))
         # Copied as they come: the engine reuses its buffers for the next layer.
         return {
             name: self._to_user_layout(np.array(y)) for name, y in self.engine.run(x, keep=True)
         }
+
+    def features(self, x: ArrayLike, layer: str) -> NDArray[np.floating]:
+        """Return the output of one layer, computing nothing after it.
+
+        ``model.features(x, "fc2")`` is Keras's ``Model(base.input,
+        base.get_layer("fc2").output)(x)``; ``"block5_pool"`` is torchvision's
+        ``model.features(x)`` (in NHWC).
+
+        Parameters
+        ----------
+        x : array_like
+            As for ``__call__``.
+        layer : str
+            A Keras layer name of this model.
+
+        Returns
+        -------
+        ndarray
+            Equal, bit for bit, to ``model.activations(x)[layer]``.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> VGG(tiny, classes=3, seed=0).features(np.ones((2, 32, 32, 3), np.float32), "fc1").shape
+        (2, 16)
+        """
+        return self._outputs(self._prepare_input(x), [layer])[layer]
+
+    def predict(
+        self,
+        x: ArrayLike,
+        batch_size: int = 32,
+        verbose: bool | int | str = "auto",
+        *,
+        layer: str | None = None,
+    ) -> NDArray[np.floating]:
+        """Run the network `batch_size` images at a time, as Keras's ``Model.predict``.
+
+        Memory stays bounded whatever N: beyond the input and the output array, a pass
+        holds only one batch's activations. The result equals ``model(x)`` (or
+        ``model.features(x, layer)``) bit for bit: results do not depend on how the
+        batch is split.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, H, W, C) (or (N, C, H, W) with channels_first)
+            As for ``__call__``; it may be a memory map (slices are read and cast one
+            batch at a time).
+        batch_size : int, default 32
+        verbose : {"auto", 0, 1}, default "auto"
+            A progress bar on stderr; ``"auto"``: when stderr is a terminal and there
+            is more than one batch.
+        layer : str, optional
+            Return this layer's output instead of the last one's, stopping there.
+
+        Returns
+        -------
+        ndarray, shape (N, ...)
+
+        Raises
+        ------
+        ValueError
+            On a bad `x`, `batch_size` or `layer`.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> model = VGG(tiny, classes=3, seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((5, 32, 32, 3)).astype(np.float32)
+        >>> np.array_equal(model.predict(x, batch_size=2, verbose=0), model(x))
+        True
+        >>> model.predict(x, batch_size=2, verbose=0, layer="block3_pool").shape
+        (5, 4, 4, 8)
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+        view = self._prepare_input(x, cast=False)  # (N, H, W, C), not copied
+        name = layer or self.layers[-1].name
+        self._layer_names([name])
+        rows = {row.name: row for row in Summary.of(self.layers, view.shape[1:], "").rows}
+        shape = rows[name].output_shape
+        if self.data_format == "channels_first" and len(shape) == 3:
+            shape = (shape[2], shape[0], shape[1])  # (H, W, C) -> (C, H, W)
+        n = view.shape[0]
+        out = np.empty((n, *shape), self.dtype)
+        enabled = show_progress(verbose, -(-n // batch_size))
+        with Progress(n, enabled=enabled) as bar:
+            for start in range(0, n, batch_size):
+                batch = view[start : start + batch_size].astype(self.dtype, copy=False)
+                out[start : start + len(batch)] = self._outputs(batch, [name])[name]
+                bar.update(len(batch))
+        return out
 
     def summary(self, print_summary: bool = True) -> Summary:
         """Return (and print) the per-layer table: shapes, activations, parameters, work.
