@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import threading
 
+import numpy as np
 import pytest
 
 from vgg_np import hub
@@ -179,3 +180,35 @@ def test_a_failed_or_cut_download_leaves_nothing(caches, server):
     finally:
         httpd.server_close()
     assert list(hub.cache_dir("torchvision").iterdir()) == []
+
+
+def test_vgg16_imagenet_downloads_verifies_and_loads_the_keras_file(caches, server, monkeypatch):
+    from vgg_np import VGG, VGG16, VGGConfig, formats
+
+    base, folder = server
+    source = VGG16(include_top=False, seed=3)
+    name = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    formats.write_weights(folder / name, source.weights)  # the Applications layout, 59 MB
+    md5 = hashlib.md5((folder / name).read_bytes()).hexdigest()
+    entry = hub.Published("keras", name, f"{base}{name}", "md5", md5)  # served locally
+    monkeypatch.setitem(hub.PUBLISHED, ("vgg16", False), (entry,))
+    with pytest.raises(FileNotFoundError, match=f"put {name}"):
+        VGG16(weights="imagenet", include_top=False)
+    model = VGG16(weights="imagenet", include_top=False, download=True)
+    assert (caches / "keras" / "models" / name).is_file()
+    assert "Keras Applications layout" in model.weights_format
+    for layer, (kernel, bias) in source.weights.items():
+        np.testing.assert_array_equal(model.weights[layer][0], kernel)
+        np.testing.assert_array_equal(model.weights[layer][1], bias)
+    # Now cached: no download needed, and a different file under that name is refused.
+    assert VGG16(weights="imagenet", include_top=False).weights_format == model.weights_format
+    with open(caches / "keras" / "models" / name, "r+b") as file:
+        file.seek(-1, 2)
+        file.write(b"?")
+    with pytest.raises(ValueError, match="a partial or different file"):
+        VGG16(weights="imagenet", include_top=False)
+    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+    with pytest.raises(ValueError, match="published for \\['vgg16', 'vgg19'\\], not 'tiny'"):
+        VGG(tiny, weights="imagenet")
+    with pytest.raises(ValueError, match=r"got the URL 'https://x/w\.h5': download it"):
+        VGG16(weights="https://x/w.h5")
