@@ -77,9 +77,8 @@ def test_bad_files_are_reported_with_their_reason_and_never_opened_if_not_regula
     assert [os.path.basename(p) for p in paths] == ["good.png"] and batch.shape == (1, 32, 32, 3)
     assert reported == [(os.path.basename(p), r) for p, r in stream.skipped]
     reasons = dict(reported)
-    assert reasons["pipe.jpg"].endswith("pipe.jpg: not a regular file")
-    assert reasons["link.jpg"].endswith("link.jpg: not a regular file")
-    assert reasons["dir.jpg"].endswith("dir.jpg: not a regular file")
+    for name in ("pipe.jpg", "link.jpg", "dir.jpg"):
+        assert f"{name}: not a regular file" in reasons[name]
     assert "not an image Pillow can read" in reasons["text.png"]
     assert reasons["missing.jpg"].endswith("missing.jpg: no such file")
 
