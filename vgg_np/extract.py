@@ -205,6 +205,20 @@ class Store:
     plan : dict
         The content of ``plan.json``.
     partitions : list of Partition
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from importlib import resources
+    >>> from vgg_np import VGG11
+    >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
+    >>> demo = resources.files("vgg_np") / "data" / "demo.png"
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     store = create_store(f"{tmp}/f.npy", [demo] * 3, model, layer="block1_pool")
+    ...     _ = run_partition(store, store.pending()[0], model)
+    ...     again = open_store(f"{tmp}/f.npy")  # in another process, say
+    ...     again.layer, again.shape, again.pending(), bool(np.isfinite(again.read()).all())
+    ('block1_pool', (1, 16, 16, 64), [], True)
     """
 
     def __init__(self, out: str, plan: dict):
@@ -223,27 +237,30 @@ class Store:
 
     @property
     def layer(self) -> str:
-        """The layer whose output the rows hold."""
+        """The layer whose output the rows hold (see the class example)."""
         return self.plan["layer"]
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of the whole output: ``(n_images, *row shape)``."""
+        """Shape of the whole output, ``(n_images, *row shape)`` (see the class example)."""
         return (len(self.plan["paths"]), *self.plan["row_shape"])
 
     def _path(self, partition: Partition, kind: str) -> str:
         return os.path.join(self.manifest_dir, f"{partition.name}.{kind}")
 
     def is_complete(self, partition: Partition) -> bool:
-        """Whether the partition's rows and manifest are all written."""
+        """Whether the partition's rows and manifest are all written (class example)."""
         return os.path.exists(self._path(partition, "jsonl"))
 
     def pending(self) -> list[Partition]:
-        """Return the partitions not complete yet, in order."""
+        """Return the partitions not complete yet, in order (see the class example)."""
         return [p for p in self.partitions if not self.is_complete(p)]
 
     def manifest(self) -> list[dict]:
-        """Every entry written so far (complete partitions and journals), in row order."""
+        """Return every entry so far (complete partitions, journals) in row order.
+
+        See `run_partition` for an example.
+        """
         entries: dict[int, dict] = {}
         for partition in self.partitions:
             entries.update(_read_entries(self._path(partition, "journal.jsonl")))
@@ -251,7 +268,7 @@ class Store:
         return [entries[row] for row in sorted(entries)]
 
     def read(self):
-        """Return the output array, read-only (a memory map, or a Zarr array)."""
+        """Return the output array, read-only: a memory map or a Zarr array (class example)."""
         if self.out.endswith(".zarr"):
             import zarr
 
@@ -259,7 +276,10 @@ class Store:
         return np.load(self.out, mmap_mode="r")
 
     def check_model(self, model) -> None:
-        """Raise ValueError unless `model` makes exactly the outputs the plan was made with."""
+        """Raise ValueError unless `model` makes the outputs the plan was made with.
+
+        See the class example (`run_partition` calls it).
+        """
         plan = self.plan
         row_shape = _output_shape(model, plan["layer"], self.prep.size)
         problems = []
@@ -437,6 +457,14 @@ def open_store(out: str | os.PathLike) -> Store:
     ------
     FileNotFoundError
         If `out` has no plan.
+
+    Examples
+    --------
+    See `Store`.
+    >>> open_store("nowhere.npy")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: [Errno 2] No such file or directory: 'nowhere.npy.manifest/plan.json'
     """
     out = os.fspath(out)
     with open(os.path.join(_manifest_dir(out), "plan.json")) as file:
