@@ -68,7 +68,9 @@ from vgg_np.streams import Preprocessing, decode_batches, image_paths, preproces
 from vgg_np.summary import Summary
 
 __all__ = [
+    "ExtractResult",
     "Partition",
+    "PartitionResult",
     "Store",
     "create_store",
     "extract",
@@ -473,7 +475,13 @@ def open_store(out: str | os.PathLike) -> Store:
 
 @dataclass
 class PartitionResult:
-    """What `run_partition` did: rows written now, of which failed, rows already done."""
+    """What `run_partition` did: rows written now, of which failed, rows already done.
+
+    Examples
+    --------
+    >>> PartitionResult(3, written=250, failed=2, already_done=6)
+    PartitionResult(index=3, written=250, failed=2, already_done=6)
+    """
 
     index: int
     written: int = 0
@@ -577,7 +585,15 @@ def run_partition(
 
 @dataclass
 class ExtractResult:
-    """The summary of `extract` (what ``vgg-np extract --json`` prints)."""
+    """The summary of `extract` (what ``vgg-np extract --json`` prints).
+
+    Examples
+    --------
+    >>> r = ExtractResult("f.npy", "f.npy.manifest", "fc2", (512, 4096), 512, written=500,
+    ...                   failed=3, already_done=12, failed_total=4, seconds=250.0)
+    >>> r.images_per_second, r.to_dict()["images_per_second"]
+    (2.0, 2.0)
+    """
 
     out: str
     manifest: str
@@ -590,13 +606,30 @@ class ExtractResult:
     failed_total: int
     seconds: float
 
+    @classmethod
+    def collect(cls, store: Store, results: list[PartitionResult], seconds: float):
+        """Summarise a run of `results` (one per partition run) over `store`.
+
+        Partitions without a result count as done before the run. See `extract` for an
+        example.
+        """
+        ran = {r.index for r in results}
+        before = sum(p.stop - p.start for p in store.partitions if p.index not in ran)
+        failed_total = sum(entry["status"] == "error" for entry in store.manifest())
+        return cls(
+            store.out, store.manifest_dir, store.layer, store.shape, store.shape[0],
+            written=sum(r.written for r in results), failed=sum(r.failed for r in results),
+            already_done=before + sum(r.already_done for r in results),
+            failed_total=failed_total, seconds=seconds,
+        )  # fmt: skip
+
     @property
     def images_per_second(self) -> float:
-        """Rows written per second in this run."""
+        """Rows written per second in this run (see `extract` for an example)."""
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        """Return the summary as plain JSON types (see `extract`)."""
+        """Return the summary as plain JSON types (see the class example)."""
         return {**asdict(self), "images_per_second": round(self.images_per_second, 3)}
 
 
@@ -652,10 +685,7 @@ def extract(
     )
     pending = store.pending()
     remaining = sum(p.stop - p.start for p in pending)
-    result = ExtractResult(
-        store.out, store.manifest_dir, store.layer, store.shape, store.shape[0],
-        written=0, failed=0, already_done=store.shape[0] - remaining, failed_total=0, seconds=0.0,
-    )  # fmt: skip
+    results = []
     enabled = show_progress(verbose, -(-remaining // batch_size))
     with Progress(remaining, enabled=enabled) as bar:
 
@@ -666,14 +696,11 @@ def extract(
                     on_skip(path, reason)
 
         for partition in pending:
-            done = run_partition(
-                store, partition, model, batch_size=batch_size, workers=workers,
-                on_batch=on_batch,
+            results.append(
+                run_partition(
+                    store, partition, model, batch_size=batch_size, workers=workers,
+                    on_batch=on_batch,
+                )
             )  # fmt: skip
-            bar.update(done.already_done)  # journaled by a run that was killed
-            result.written += done.written
-            result.failed += done.failed
-            result.already_done += done.already_done
-    result.failed_total = sum(entry["status"] == "error" for entry in store.manifest())
-    result.seconds = time.perf_counter() - start
-    return result
+            bar.update(results[-1].already_done)  # journaled by a run that was killed
+    return ExtractResult.collect(store, results, time.perf_counter() - start)
