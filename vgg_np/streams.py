@@ -228,6 +228,10 @@ def decode_batches(
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"`workers` must be an int >= 0, got {workers!r}")
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    return _decoded(chunks, prep, workers, prefetch)  # arguments checked now, not at first use
+
+
+def _decoded(chunks: list[list[str]], prep: Preprocessing, workers: int, prefetch: int):
     if workers == 0:
         for chunk in chunks:
             yield _assemble(chunk, [_decode(p, prep) for p in chunk], prep)
@@ -299,6 +303,7 @@ class ImageStream:
         on_skip: Callable[[str, str], None] | None = None,
     ):
         self.paths = image_paths(images)
+        decode_batches([], prep, batch_size=batch_size, workers=workers)  # checks them
         self.prep, self.batch_size, self.workers = prep, batch_size, workers
         self.on_skip = on_skip
         self.skipped: list[tuple[str, str]] = []
