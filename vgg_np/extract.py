@@ -204,7 +204,8 @@ class Store:
 
     Examples
     --------
-    >>>     >>> from importlib import resources
+    >>> import tempfile
+    >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
@@ -389,7 +390,8 @@ def create_store(
 
     Examples
     --------
-    >>>     >>> from importlib import resources
+    >>> import tempfile
+    >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
@@ -512,7 +514,8 @@ def run_partition(
 
     Examples
     --------
-    >>>     >>> from importlib import resources
+    >>> import tempfile
+    >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
@@ -657,7 +660,8 @@ def extract(
 
     Examples
     --------
-    >>>     >>> from importlib import resources
+    >>> import tempfile
+    >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), pooling="avg", seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
