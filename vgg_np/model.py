@@ -7,7 +7,7 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from vgg_np import formats
+from vgg_np import formats, hub
 from vgg_np.architecture import infer_architecture
 from vgg_np.config import (
     CONFIGS,
@@ -29,6 +29,7 @@ from vgg_np.config import (
 from vgg_np.engine import ALGORITHMS, Engine
 from vgg_np.formats.torchvision import TIMM_SIDE, TORCH_BN_EPS
 from vgg_np.layers import ACTIVATIONS, KINDS, fold_batch_norms, forward
+from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
 
 __all__ = [
@@ -60,8 +61,10 @@ class VGG:
     config : VGGConfig or {"vgg11", "vgg13", "vgg16", "vgg19"}, default "vgg16"
         The widths of the network.
     weights : str or os.PathLike, optional
-        A weights file of any supported format (detected from its content), or None
-        for a seeded He-normal initialisation.
+        A weights file of any supported format (detected from its content); or
+        ``"imagenet"`` (VGG16 and VGG19): the published ImageNet weights from the Keras
+        or torch cache (`vgg_np.hub.resolve`, hash verified); or None for a seeded
+        He-normal initialisation.
     include_top : bool, default True
         Include the classifier (``flatten``, ``fc1``, ``fc2``, ``predictions``).
     input_shape : tuple of int, optional
@@ -108,6 +111,9 @@ class VGG:
         `vgg_np.layers.ACTIVATIONS`), ``batch_norm`` (its ``eps`` per layer),
         ``dropout``. `include_top`, `pooling`, `classes`, `classifier_activation` and
         `adaptive_pool` are then read from it, not given.
+    download : bool, default False
+        With ``weights="imagenet"`` and no cached copy: download Keras's file into the
+        Keras cache (a progress bar, hash verified, written atomically).
 
     Raises
     ------
@@ -144,6 +150,7 @@ class VGG:
         threads: int | None = None,
         batch_norm: bool | float = False,
         head: Sequence[Layer] | None = None,
+        download: bool = False,
     ):
         if isinstance(config, str):
             if config.lower() not in CONFIGS:
@@ -223,6 +230,13 @@ class VGG:
         self.weights_info: dict = {}
         self._loaded: tuple[dict, formats.Provenance] | None = None  # see weights_provenance
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if isinstance(weights, str) and "://" in weights:
+            raise ValueError(
+                f"`weights` must be a local file, 'imagenet' or None, got the URL {weights!r}: "
+                "download it and pass its path"
+            )
+        if isinstance(weights, str) and weights == "imagenet":
+            weights = hub.resolve(config.name, self.include_top, download_missing=download)
         if weights is None:
             self.set_weights(self.he_normal(seed))
         elif weights is not _LOADED_BY_CALLER:
@@ -602,7 +616,7 @@ class VGG:
 
     # -- forward --------------------------------------------------------------------
 
-    def _prepare_input(self, x: ArrayLike) -> np.ndarray:
+    def _prepare_input(self, x: ArrayLike, cast: bool = True) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(
@@ -631,7 +645,7 @@ class VGG:
                 f"slides its {TIMM_SIDE}x{TIMM_SIDE} pre_logits convolution and averages, "
                 f"which vgg_np does not represent; use inputs below {(TIMM_SIDE + 1) << 5}"
             )
-        return x.astype(self.dtype, copy=False)
+        return x.astype(self.dtype, copy=False) if cast else x
 
     @property
     def engine(self) -> Engine:
@@ -648,10 +662,11 @@ class VGG:
             self._engine = Engine(layers, weights, self.conv_algorithm, self.threads)
         return self._engine
 
-    def _run(self, x: np.ndarray, keep: bool):
+    def _run(self, x: np.ndarray, keep: bool | set):
         """Yield (layer name, output) from the engine, or from the reference forward pass.
 
-        With ``keep=False`` only the last output is sure to be yielded.
+        With ``keep=False`` only the last output is sure to be yielded; with a set of
+        names, those layers' outputs are (`vgg_np.engine.Engine.run`).
         """
         if self.conv_algorithm != "reference":
             return self.engine.run(x, keep=keep)
@@ -662,7 +677,7 @@ class VGG:
                 outputs.append((layer.name, values["output"]))
 
         forward(self.layers, self._weights, x, hook=record)
-        return outputs
+        return (pair for pair in outputs)  # a generator, closed like the engine's
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
@@ -684,18 +699,48 @@ class VGG:
             The output of the last layer: class probabilities (or logits), or the
             features of the convolutional base without the top.
         """
-        x = self._prepare_input(x)  # (N, H, W, C)
-        # Keep only the last output: earlier ones live in reused buffers.
-        ((_, last),) = collections.deque(self._run(x, keep=False), maxlen=1)
-        return self._to_user_layout(np.array(last))  # a copy: buffers are reused
+        last = self.layers[-1].name
+        return self._outputs(self._prepare_input(x), [last])[last]
 
-    def activations(self, x: ArrayLike) -> dict[str, NDArray[np.floating]]:
-        """Run the network and return every layer's output.
+    def _layer_names(self, names: list[str]) -> list[str]:
+        """Return every layer name, in order, after checking that `names` are among them."""
+        order = [layer.name for layer in self.layers]
+        if not names or any(name not in order for name in names):
+            raise ValueError(
+                f"`layers` must name layers of this model ({', '.join(order)}), got {names!r}"
+            )
+        return order
+
+    def _outputs(self, x: np.ndarray, names: list[str]) -> dict[str, NDArray[np.floating]]:
+        """Return copies of the outputs of `names` for a prepared `x`, stopping after the last."""
+        order = self._layer_names(names)
+        wanted = set(names)
+        deepest = max(order.index(name) for name in wanted)
+        found = {}
+        # The engine fuses each pool into the convolution before it, except for the
+        # convolutions asked for; closing the generator stops it after `deepest`.
+        with contextlib.closing(self._run(x, keep=wanted)) as outputs:
+            for name, y in outputs:
+                if name in wanted:
+                    found[name] = self._to_user_layout(np.array(y))  # a copy: buffers are reused
+                if name == order[deepest]:
+                    break
+        return {name: found[name] for name in order if name in wanted}
+
+    def activations(
+        self, x: ArrayLike, layers: list[str] | None = None
+    ) -> dict[str, NDArray[np.floating]]:
+        """Run the network and return the outputs of `layers` (default: every layer).
+
+        With `layers` the pass stops after the deepest of them, and only their outputs
+        are copied out (Keras's multi-output sub-model, torchvision's feature extractor).
 
         Parameters
         ----------
         x : array_like
             As for ``__call__``.
+        layers : list of str, optional
+            Keras layer names, in any order.
 
         Returns
         -------
@@ -703,16 +748,119 @@ class VGG:
             Keras layer name -> that layer's output, in layer order (block1_conv1 ...
             predictions). Convolution outputs are after their ReLU, as in Keras.
 
+        Raises
+        ------
+        ValueError
+            If a name is not a layer of this model.
+
         Examples
         --------
         >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
-        >>> outputs = VGG(tiny, classes=3, seed=0).activations(np.ones((2, 32, 32, 3), np.float32))
+        >>> model = VGG(tiny, classes=3, seed=0)
+        >>> outputs = model.activations(np.ones((2, 32, 32, 3), np.float32))
         >>> [outputs[name].shape for name in ("block1_conv1", "block5_pool", "predictions")]
         [(2, 32, 32, 4), (2, 1, 1, 8), (2, 3)]
+        >>> picked = model.activations(np.ones((2, 32, 32, 3), np.float32), ["fc1", "block2_conv1"])
+        >>> {name: y.shape for name, y in picked.items()}
+        {'block2_conv1': (2, 16, 16, 4), 'fc1': (2, 16)}
         """
         x = self._prepare_input(x)  # (N, H, W, C)
+        if layers is not None:
+            return self._outputs(x, list(layers))
         # Copied as they come: the engine reuses its buffers for the next layer.
         return {name: self._to_user_layout(np.array(y)) for name, y in self._run(x, keep=True)}
+
+    def features(self, x: ArrayLike, layer: str) -> NDArray[np.floating]:
+        """Return the output of one layer, computing nothing after it.
+
+        ``model.features(x, "fc2")`` is Keras's ``Model(base.input,
+        base.get_layer("fc2").output)(x)``; ``"block5_pool"`` is torchvision's
+        ``model.features(x)`` (in NHWC).
+
+        Parameters
+        ----------
+        x : array_like
+            As for ``__call__``.
+        layer : str
+            A Keras layer name of this model.
+
+        Returns
+        -------
+        ndarray
+            Equal, bit for bit, to ``model.activations(x)[layer]``.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> VGG(tiny, classes=3, seed=0).features(np.ones((2, 32, 32, 3), np.float32), "fc1").shape
+        (2, 16)
+        """
+        return self._outputs(self._prepare_input(x), [layer])[layer]
+
+    def predict(
+        self,
+        x: ArrayLike,
+        batch_size: int = 32,
+        verbose: bool | int | str = "auto",
+        *,
+        layer: str | None = None,
+    ) -> NDArray[np.floating]:
+        """Run the network `batch_size` images at a time, as Keras's ``Model.predict``.
+
+        Memory stays bounded whatever N: beyond the input and the output array, a pass
+        holds only one batch's activations. The result equals ``model(x)`` (or
+        ``model.features(x, layer)``) bit for bit: results do not depend on how the
+        batch is split.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, H, W, C) (or (N, C, H, W) with channels_first)
+            As for ``__call__``; it may be a memory map (slices are read and cast one
+            batch at a time).
+        batch_size : int, default 32
+        verbose : {"auto", 0, 1}, default "auto"
+            A progress bar on stderr; ``"auto"``: when stderr is a terminal and there
+            is more than one batch.
+        layer : str, optional
+            Return this layer's output instead of the last one's, stopping there.
+
+        Returns
+        -------
+        ndarray, shape (N, ...)
+
+        Raises
+        ------
+        ValueError
+            On a bad `x`, `batch_size` or `layer`.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> model = VGG(tiny, classes=3, seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((5, 32, 32, 3)).astype(np.float32)
+        >>> np.array_equal(model.predict(x, batch_size=2, verbose=0), model(x))
+        True
+        >>> model.predict(x, batch_size=2, verbose=0, layer="block3_pool").shape
+        (5, 4, 4, 8)
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+        view = self._prepare_input(x, cast=False)  # (N, H, W, C), not copied
+        name = layer or self.layers[-1].name
+        self._layer_names([name])
+        rows = {row.name: row for row in Summary.of(self.layers, view.shape[1:], "").rows}
+        shape = rows[name].output_shape
+        if self.data_format == "channels_first" and len(shape) == 3:
+            shape = (shape[2], shape[0], shape[1])  # (H, W, C) -> (C, H, W)
+        n = view.shape[0]
+        out = np.empty((n, *shape), self.dtype)
+        enabled = show_progress(verbose, -(-n // batch_size))
+        with Progress(n, enabled=enabled) as bar:
+            for start in range(0, n, batch_size):
+                batch = view[start : start + batch_size].astype(self.dtype, copy=False)
+                out[start : start + len(batch)] = self._outputs(batch, [name])[name]
+                bar.update(len(batch))
+        return out
 
     def summary(self, print_summary: bool = True) -> Summary:
         """Return (and print) the per-layer table: shapes, activations, parameters, work.
