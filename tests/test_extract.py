@@ -26,7 +26,8 @@ WEIGHTS = str(ROOT / "tests" / "data" / "tiny_vgg16" / "model.h5")  # 10 classes
 
 @pytest.fixture(scope="module")
 def model():
-    return VGG.from_file(WEIGHTS)
+    # Probabilities: the saved Keras model itself ends in logits (its config says linear).
+    return VGG.from_file(WEIGHTS, classifier_activation="softmax")
 
 
 @pytest.fixture
