@@ -1,35 +1,28 @@
 """The ``vgg-np`` command line: the only module that prints for users or exits.
 
-Commands: ``demo``, ``predict``, ``summary``, ``show``, ``compare``, ``convert``; each has
-``--help`` with an example. Everything works offline.
+Commands: ``demo``, ``predict``, ``extract``, ``summary``, ``show``, ``compare``,
+``convert``, ``fetch-weights``; each has ``--help`` with an example. Everything but
+``fetch-weights`` works offline.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import sys
 import time
 from importlib import resources
 
 import numpy as np
 
-from vgg_np import __version__, formats
+from vgg_np import __version__, formats, hub
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
+from vgg_np.extract import DEFAULT_PARTITION_SIZE, extract, top_classes
 from vgg_np.model import CONFIGS, VGG, VGG16, Summary, layer_table
-from vgg_np.preprocess import (
-    MODES,
-    RESIZE_MODES,
-    decode_predictions,
-    imagenet_classes,
-    load_image,
-    preprocess_input,
-)
+from vgg_np.preprocess import MODES, RESIZE_MODES, decode_predictions, load_image, preprocess_input
+from vgg_np.progress import Progress
+from vgg_np.streams import ImageStream, preprocessing_for
 from vgg_np.visualize import feature_map_grid, filter_grid
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 EXIT_RUNTIME_ERROR = 1
 
@@ -94,78 +87,53 @@ def run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_paths(items: list[str]) -> list[str]:
-    """Expand directories (their image files, sorted) and glob patterns, keep the rest."""
-    paths = []
-    for item in items:
-        if os.path.isdir(item):
-            found = sorted(
-                os.path.join(item, name)
-                for name in os.listdir(item)
-                if name.lower().endswith(IMAGE_SUFFIXES)
-            )
-            paths += found
-        elif glob.has_magic(item):
-            paths += sorted(glob.glob(item))
-        else:
-            paths.append(item)
-    return paths
+def _model_and_preprocessing(args: argparse.Namespace, **kwargs):
+    """Load --weights; pick the preprocessing its family implies unless given."""
+    model = VGG.from_file(args.weights, **kwargs)
+    return model, preprocessing_for(model, args.preprocess, args.resize)
 
 
-def _progress(done: int, total: int, enabled: bool) -> None:
-    if enabled:
-        filled = round(30 * done / total)
-        end = "\n" if done == total else ""
-        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end, file=sys.stderr)
+def _skip(path: str, reason: str) -> None:
+    print(f"vgg-np: skipping {reason}", file=sys.stderr)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Classify images with a weights file; one bad image is reported and skipped."""
-    model = VGG.from_file(args.weights, classifier_activation="softmax")
-    family = "torchvision" if "torchvision" in model.weights_format else "keras"
+    model, prep = _model_and_preprocessing(args, classifier_activation="softmax")
     if not model.include_top:
         raise ValueError(
             f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
             "predict classes"
         )
-    mode = args.preprocess or ("torch" if family == "torchvision" else "caffe")
-    resize = args.resize or ("torchvision" if family == "torchvision" else "keras")
-    size = model.input_shape[0] or model.config.default_size
-    paths = _image_paths(args.images)
-    if not paths:
+    if args.output:
+        result = extract(
+            args.images,
+            args.output,
+            model,
+            layer="predictions",
+            top=args.top,
+            batch_size=args.batch_size,
+            prep=prep,
+            verbose="auto" if args.progress is None else args.progress,
+            on_skip=_skip,
+        )
+        _print_extract_summary(result, prep, args.json)
+        return 0
+    stream = ImageStream(args.images, prep, batch_size=args.batch_size, on_skip=_skip)
+    if not stream.paths:
         raise ValueError(f"no images found in {' '.join(args.images)}")
-    print(
-        f"weights {args.weights} ({family}); preprocessing {mode!r}, resize {resize!r}",
-        file=sys.stderr,
-    )
-    show_progress = (
-        args.progress if args.progress is not None else (len(paths) > 8 and sys.stderr.isatty())
-    )
-    failures, done = 0, 0
-    for start in range(0, len(paths), args.batch_size):
-        batch, pixels = [], []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                pixels.append(load_image(path, size=size, resize=resize))
-                batch.append(path)
-            except (ValueError, OSError) as error:
-                failures += 1
-                print(f"vgg-np: skipping {_describe(error)}", file=sys.stderr)
-        if batch:
-            probabilities = model(preprocess_input(np.stack(pixels), mode=mode))
-            for path, row in zip(batch, probabilities, strict=True):
-                _print_prediction(path, row, args.top, args.json, mode, resize)
-        done = min(start + args.batch_size, len(paths))
-        _progress(done, len(paths), show_progress)
-    return EXIT_RUNTIME_ERROR if failures else 0
+    print(f"weights {args.weights}; {prep.describe()}", file=sys.stderr)
+    show = args.progress if args.progress is not None else len(stream) > 8 and sys.stderr.isatty()
+    with Progress(len(stream), enabled=show) as bar:
+        for paths, batch in stream:
+            for path, row in zip(paths, model(batch), strict=True):
+                _print_prediction(path, row, args.top, args.json, prep.mode, prep.resize)
+            bar.update(len(paths))
+    return EXIT_RUNTIME_ERROR if stream.skipped else 0
 
 
 def _print_prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode: str, resize: str):
-    if row.shape[0] == len(imagenet_classes()):
-        best = decode_predictions(row[None], top=min(top, row.shape[0]))[0]
-    else:  # not ImageNet: no names to give
-        order = np.argsort(-row, kind="stable")[:top]
-        best = [(str(i), f"class {i}", float(row[i])) for i in order]
+    best = top_classes(row, top)
     if as_json:
         entries = [{"wnid": w, "label": n, "probability": round(p, 6)} for w, n, p in best]
         print(json.dumps({"image": path, "preprocess": mode, "resize": resize, "top": entries}))
@@ -173,6 +141,103 @@ def _print_prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode:
         print(path)
         for rank, (wnid, name, probability) in enumerate(best, start=1):
             print(f"  {rank}. {name:<30} {wnid}  {probability:.4f}")
+
+
+def _print_extract_summary(result, prep, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({**result.to_dict(), "preprocessing": prep.describe()}))
+    else:
+        print(
+            f"{result.out}: {result.shape} {result.layer}; {result.written} images written "
+            f"({result.failed} failed) at {result.images_per_second:.1f} images/s, "
+            f"{result.already_done} done before; {result.failed_total} failed in all "
+            f"(reasons in {result.manifest}); {prep.describe()}"
+        )
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Write one layer's features (and top classes) of many images to disk, resumably."""
+    model, prep = _model_and_preprocessing(args)
+    result = extract(
+        args.images,
+        args.output,
+        model,
+        layer=args.layer,
+        top=args.top,
+        batch_size=args.batch_size,
+        partition_size=args.partition_size,
+        workers=args.workers,
+        prep=prep,
+        verbose="auto" if args.progress is None else args.progress,
+        on_skip=_skip,
+    )
+    _print_extract_summary(result, prep, args.json)
+    return 0
+
+
+def add_extract_parser(commands) -> None:
+    """Add ``vgg-np extract`` to the subcommands."""
+    parser = commands.add_parser(
+        "extract",
+        help="write one layer's features of many images to .npy or .zarr, resumably",
+        description=(
+            "Run images (files, directories, globs; sorted, duplicates dropped) through a "
+            "weights file and write LAYER's output, one row per image, to OUT (.npy through "
+            "a memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
+            "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
+            "last one stopped; a bad image gets a NaN row and its reason, never an error."
+        ),
+        epilog=(
+            "Examples: vgg-np extract photos/ --weights vgg16.h5 --layer fc2 -o fc2.npy\n"
+            "          vgg-np extract 'photos/**/*.jpg' --weights vgg16.pth --layer "
+            "block5_pool -o maps.zarr --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--weights", required=True, help="weights file of any supported format")
+    parser.add_argument("--layer", help="layer whose output is stored (default: the last)")
+    parser.add_argument("-o", "--output", required=True, help="OUT.npy or OUT.zarr")
+    parser.add_argument("--top", type=_natural, default=0, help="top classes in the manifest (0)")
+    parser.add_argument("--preprocess", choices=MODES, help="caffe, torch or tf (from the weights)")
+    parser.add_argument("--resize", choices=RESIZE_MODES, help="keras or torchvision (weights)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="per pass (32)")
+    parser.add_argument(
+        "--partition-size", type=_positive_int, default=DEFAULT_PARTITION_SIZE,
+        help=f"images per partition, the unit of completion ({DEFAULT_PARTITION_SIZE})",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=_natural, default=2, help="decoding threads (2)")
+    parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+    parser.set_defaults(handler=run_extract)
+
+
+def run_fetch_weights(args: argparse.Namespace) -> int:
+    """Find or download the published ImageNet weights into the Keras cache."""
+    path = hub.resolve(args.model, not args.no_top, download_missing=True,
+                       base_url=args.base_url, progress=sys.stderr.isatty())  # fmt: skip
+    print(path)
+    return 0
+
+
+def add_fetch_weights_parser(commands) -> None:
+    """Add ``vgg-np fetch-weights`` to the subcommands."""
+    parser = commands.add_parser(
+        "fetch-weights",
+        help="download Keras's ImageNet weights (VGG16, VGG19) into the Keras cache",
+        description=(
+            "Print the path of a verified copy of the published ImageNet weights, looking in "
+            "the Keras cache ($KERAS_HOME/models) and torch's ($TORCH_HOME/hub/checkpoints), "
+            "and downloading Keras's file into the Keras cache if there is none: hash "
+            "checked, written atomically. This is the only command that uses the network."
+        ),
+        epilog="Example: vgg-np fetch-weights vgg16 --no-top",
+    )
+    parser.add_argument("model", choices=sorted({name for name, _ in hub.PUBLISHED}))
+    parser.add_argument("--no-top", action="store_true", help="the file without the classifier")
+    parser.add_argument("--base-url", help="download from this directory URL (a mirror)")
+    parser.set_defaults(handler=run_fetch_weights)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -247,7 +312,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _describe(error: BaseException) -> str:
     """One line naming the problem; every message starts with the file it is about."""
-    if isinstance(error, FileNotFoundError):
+    if isinstance(error, FileNotFoundError) and error.filename:
         return f"{error.filename}: no such file"
     if isinstance(error, OSError) and error.filename:
         return f"{error.filename}: {error.strerror}"
@@ -294,6 +359,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _natural(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
 
 
@@ -353,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=8, help="images per forward pass (8)"
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument(
+        "-o", "--output", help="write probabilities to OUT.npy/.zarr instead (as extract)"
+    )
     predict.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -473,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("target")
     convert.add_argument("--layout", choices=["torchvision", "keras"], help="for .safetensors")
     convert.set_defaults(handler=run_convert)
+    add_extract_parser(commands)
+    add_fetch_weights_parser(commands)
     return parser
 
 

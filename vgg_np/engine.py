@@ -540,8 +540,10 @@ class Engine:
         """Yield (layer name, output) layer after layer.
 
         With ``keep=False`` a 2x2 pool that follows a convolution runs inside it, and the
-        pair is yielded once under the pool's name. Yielded arrays may be views of
-        internal buffers, valid until the next call. `timings`, if given, receives
+        pair is yielded once under the pool's name; ``keep=True`` yields every layer, and
+        a set of names yields those layers unfused, the others fused. A caller may stop
+        early (``close()`` the generator): the next run starts afresh. Yielded arrays may
+        be views of internal buffers, valid until the next call. `timings`, if given, receives
         ``(layer, algorithm, seconds)`` per step. See the class example.
         """
         self._staged = None  # nothing left over from an unfinished earlier pass
@@ -556,7 +558,7 @@ class Engine:
             layer, start = self.layers[index], time.perf_counter()
             if layer.kind == "conv":
                 plan = self._plan(index, x.shape[1], x.shape[3])
-                fused = plan.pool and not keep
+                fused = plan.pool and not (keep is True or (keep and layer.name in keep))
                 x = self.conv(index, x, fuse_pool=fused)
                 label = plan.algorithm + (" + pool" if fused else "")
                 index += 2 if fused else 1

@@ -1,27 +1,37 @@
-"""VGG as data: the configurations, the layer table, the forward pass and its summary.
+"""The `VGG` class, the user API: build a family member, load weights, run it.
 
-A VGG network is a table of layers: 3x3 "same" convolutions with ReLU in five blocks,
-each block closed by a 2x2 max-pool, then (with the top) a flatten and three dense
-layers. VGG11, 13, 16 and 19 differ only in the widths listed in `VGGConfig.blocks`,
-and reduced-width variants for tests are just another `VGGConfig`. Layer names are
-Keras's (``block1_conv1`` ... ``block5_pool``, ``flatten``, ``fc1``, ``fc2``,
-``predictions``), so Keras weight files map by name.
+The configurations and layer table are in `vgg_np.config`, the per-layer report in
+`vgg_np.summary`, and guessing an architecture from a file in `vgg_np.architecture`;
+their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from vgg_np import formats
+from vgg_np import formats, hub
+from vgg_np.architecture import infer_architecture
+from vgg_np.config import (
+    CONFIGS,
+    MIN_SIZE,
+    Layer,
+    VGGConfig,
+    _fmt_shape,
+    _output_shape,
+    _parameter_shapes,
+    layer_table,
+)
 from vgg_np.engine import ALGORITHMS, Engine
+from vgg_np.progress import Progress, show_progress
+from vgg_np.summary import Summary
 
 __all__ = [
     "CONFIGS",
@@ -33,328 +43,12 @@ __all__ = [
     "Layer",
     "Summary",
     "VGGConfig",
+    "layer_table",
 ]
 
-#: Each of the five max-pools halves H and W: below 2**5 pixels nothing is left.
-MIN_SIZE = 32
-
-#: What the rows of the classic VGG16 table (224x224, input counted) add up to.
-CLASSIC_VGG16_ACTIVATIONS = 15_237_608
 
 # Passed as `weights` by `VGG.from_file`, which loads the file it has already opened.
 _LOADED_BY_CALLER = object()
-
-
-@dataclass(frozen=True)
-class VGGConfig:
-    """The widths that define one member of the VGG family.
-
-    Parameters
-    ----------
-    name : str
-        A label, e.g. ``"vgg16"``.
-    blocks : tuple of tuple of int
-        Output channels of each 3x3 convolution, one tuple per block; each block ends
-        with a 2x2 max-pool.
-    fc : tuple of int, default (4096, 4096)
-        Widths of the hidden dense layers ``fc1``, ``fc2``, ... of the classifier.
-    default_size : int, default 224
-        Input height and width the classifier was designed for.
-
-    Examples
-    --------
-    >>> CONFIGS["vgg16"].conv_names()[:3]
-    ['block1_conv1', 'block1_conv2', 'block2_conv1']
-    >>> tiny = VGGConfig("tiny", ((8,), (8,), (16,), (16,), (16,)), fc=(32,), default_size=32)
-    >>> len(tiny.conv_names())
-    5
-    """
-
-    name: str
-    blocks: tuple[tuple[int, ...], ...]
-    fc: tuple[int, ...] = (4096, 4096)
-    default_size: int = 224
-
-    def conv_names(self) -> list[str]:
-        """Return the Keras names of the convolutions, in order.
-
-        Examples
-        --------
-        >>> CONFIGS["vgg11"].conv_names()[-2:]
-        ['block5_conv1', 'block5_conv2']
-        """
-        return [
-            f"block{b}_conv{i}"
-            for b, widths in enumerate(self.blocks, start=1)
-            for i in range(1, len(widths) + 1)
-        ]
-
-
-_W3, _W4 = (256, 256, 256), (256, 256, 256, 256)
-CONFIGS: dict[str, VGGConfig] = {
-    "vgg11": VGGConfig("vgg11", ((64,), (128,), (256, 256), (512, 512), (512, 512))),
-    "vgg13": VGGConfig("vgg13", ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512))),
-    "vgg16": VGGConfig("vgg16", ((64, 64), (128, 128), _W3, (512,) * 3, (512,) * 3)),
-    "vgg19": VGGConfig("vgg19", ((64, 64), (128, 128), _W4, (512,) * 4, (512,) * 4)),
-}
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One row of the layer table.
-
-    Attributes
-    ----------
-    name : str
-        Keras layer name.
-    kind : {"conv", "pool", "adaptive_avg", "flatten", "dense", "global_avg", "global_max"}
-    units : int
-        Output channels of a convolution, outputs of a dense layer, output size of an
-        adaptive pool; 0 otherwise.
-    activation : {"relu", "softmax", None}
-        Applied after a convolution or dense layer.
-
-    Examples
-    --------
-    >>> layer_table(CONFIGS["vgg16"])[0]
-    Layer(name='block1_conv1', kind='conv', units=64, activation='relu')
-    """
-
-    name: str
-    kind: str
-    units: int = 0
-    activation: str | None = None
-
-
-def layer_table(
-    config: VGGConfig,
-    *,
-    include_top: bool = True,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: str | None = "softmax",
-    adaptive_pool: int | None = None,
-) -> list[Layer]:
-    """Return the layers of a VGG network, in order, named as Keras names them.
-
-    Parameters
-    ----------
-    config : VGGConfig
-        The widths.
-    include_top : bool, default True
-        Append ``flatten``, the hidden dense layers and ``predictions``.
-    pooling : {None, "avg", "max"}
-        Without the top: a global pooling after ``block5_pool``, as in Keras.
-    classes : int, default 1000
-        Outputs of ``predictions``.
-    classifier_activation : {"softmax", None}
-        Activation of ``predictions``; None gives logits.
-    adaptive_pool : int, optional
-        With the top: torchvision's ``AdaptiveAvgPool2d((n, n))`` before ``flatten``,
-        as the layer ``avgpool``.
-
-    Returns
-    -------
-    list of Layer
-
-    Examples
-    --------
-    >>> [layer.name for layer in layer_table(CONFIGS["vgg11"])][:4]
-    ['block1_conv1', 'block1_pool', 'block2_conv1', 'block2_pool']
-    >>> layer_table(CONFIGS["vgg16"], include_top=False, pooling="avg")[-1].name
-    'global_average_pooling2d'
-    """
-    layers = []
-    for b, widths in enumerate(config.blocks, start=1):
-        for i, width in enumerate(widths, start=1):
-            layers.append(Layer(f"block{b}_conv{i}", "conv", width, "relu"))
-        layers.append(Layer(f"block{b}_pool", "pool"))
-    if include_top:
-        if adaptive_pool is not None:
-            layers.append(Layer("avgpool", "adaptive_avg", adaptive_pool))
-        layers.append(Layer("flatten", "flatten"))
-        for i, width in enumerate(config.fc, start=1):
-            layers.append(Layer(f"fc{i}", "dense", width, "relu"))
-        layers.append(Layer("predictions", "dense", classes, classifier_activation))
-    elif pooling == "avg":
-        layers.append(Layer("global_average_pooling2d", "global_avg"))
-    elif pooling == "max":
-        layers.append(Layer("global_max_pooling2d", "global_max"))
-    return layers
-
-
-def _output_shape(layer: Layer, shape: tuple) -> tuple:
-    """Per-image output shape of `layer` for a per-image input `shape` (None = any)."""
-    if layer.kind == "conv":
-        return (*shape[:2], layer.units)
-    if layer.kind == "pool":
-        return (*(None if s is None else s // 2 for s in shape[:2]), shape[2])
-    if layer.kind == "adaptive_avg":
-        return (layer.units, layer.units, shape[2])
-    if layer.kind == "flatten":
-        return (math.prod(shape),)
-    if layer.kind == "dense":
-        return (layer.units,)
-    return (shape[2],)  # global pooling
-
-
-def _parameter_shapes(layer: Layer, in_shape: tuple) -> tuple[tuple, tuple] | None:
-    """Kernel and bias shapes of `layer` given its per-image input shape, or None."""
-    if layer.kind == "conv":
-        return (3, 3, in_shape[-1], layer.units), (layer.units,)
-    if layer.kind == "dense":
-        return (in_shape[-1], layer.units), (layer.units,)
-    return None
-
-
-def _fmt_shape(shape: tuple) -> str:
-    return "x".join("?" if s is None else str(s) for s in shape)
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    """One layer of `Summary`: per-image output shape, counts and work."""
-
-    name: str
-    output_shape: tuple
-    activations: int
-    weights: int
-    biases: int
-    macs: int
-    is_view: bool = False  # flatten: a reshaped view of its input, no memory of its own
-    kept: int = 0  # values this layer keeps for the backward pass (`vgg_np.train.Tape`)
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The per-layer table of a model, with totals, computed from the layer table.
-
-    Counts are per image. Like the classic VGG16 table, the input is a row of its own
-    and "weights" excludes biases, which have their own column.
-
-    Examples
-    --------
-    >>> s = Summary.of(layer_table(CONFIGS["vgg16"]), (224, 224, 3), "VGG16")
-    >>> s.parameters, s.weights, s.biases
-    (138357544, 138344128, 13416)
-    >>> s.activations, round(2 * s.macs / 1e9, 2)  # values per image, GFLOP per image
-    (15237608, 30.94)
-    """
-
-    title: str
-    rows: tuple[SummaryRow, ...]
-
-    @classmethod
-    def of(cls, layers: list[Layer], input_shape: tuple, title: str) -> Summary:
-        """Compute the table of a layer table for a per-image ``(H, W, C)`` input.
-
-        No weights are needed: the counts follow from the shapes.
-
-        Examples
-        --------
-        >>> Summary.of(layer_table(CONFIGS["vgg19"]), (224, 224, 3), "vgg19").parameters
-        143667240
-        """
-        if None in input_shape:
-            raise ValueError(
-                f"the summary needs a static input shape, got {_fmt_shape(input_shape)}"
-            )
-        shape = tuple(input_shape)
-        rows = [SummaryRow("input", shape, math.prod(shape), 0, 0, 0)]
-        for layer in layers:
-            params = _parameter_shapes(layer, shape)
-            out = _output_shape(layer, shape)
-            kernel, bias = params if params else ((0,), (0,))
-            weights = math.prod(kernel) if params else 0
-            # One multiply-accumulate per weight per output position.
-            positions = math.prod(out[:-1]) if layer.kind == "conv" else 1
-            # What backward needs: a convolution its input and its output (the ReLU mask),
-            # a pool its input (the argmax), a dense layer its input (and output if ReLU).
-            kept = {
-                "conv": math.prod(shape) + math.prod(out),
-                "pool": math.prod(shape),
-                "dense": math.prod(shape) + (math.prod(out) if layer.activation == "relu" else 0),
-            }.get(layer.kind, 0)
-            rows.append(
-                SummaryRow(
-                    layer.name,
-                    out,
-                    math.prod(out),
-                    weights,
-                    math.prod(bias) if params else 0,
-                    weights * positions,
-                    is_view=layer.kind == "flatten",
-                    kept=kept,
-                )
-            )
-            shape = out
-        return cls(title, tuple(rows))
-
-    @property
-    def weights(self) -> int:
-        """Total weights (kernels), biases excluded. See `Summary` for an example."""
-        return sum(r.weights for r in self.rows)
-
-    @property
-    def biases(self) -> int:
-        """Total biases. See `Summary` for an example."""
-        return sum(r.biases for r in self.rows)
-
-    @property
-    def parameters(self) -> int:
-        """Weights plus biases. See `Summary` for an example."""
-        return self.weights + self.biases
-
-    @property
-    def activations(self) -> int:
-        """Values held by one image's forward pass, the input included, views excluded.
-
-        See `Summary` for an example.
-        """
-        return sum(r.activations for r in self.rows if not r.is_view)
-
-    @property
-    def kept(self) -> int:
-        """Values a training step keeps for its backward pass, the logits included.
-
-        See `Summary` for an example.
-        """
-        return sum(r.kept for r in self.rows) + self.rows[-1].activations
-
-    @property
-    def macs(self) -> int:
-        """Multiply-accumulates of one image's forward pass. See `Summary` for an example."""
-        return sum(r.macs for r in self.rows)
-
-    def __str__(self) -> str:
-        lines = [self.title, ""]
-        header = f"{'layer':<26}{'output':>14}{'activations':>14}{'weights':>14}"
-        lines.append(f"{header}{'biases':>9}{'MACs':>16}{'kept (bwd)':>13}")
-        for r in self.rows:
-            lines.append(
-                f"{r.name:<26}{_fmt_shape(r.output_shape):>14}{r.activations:>14,}"
-                f"{r.weights:>14,}{r.biases:>9,}{r.macs:>16,}{r.kept:>13,}"
-            )
-        mb = self.activations / 1e6
-        lines += [
-            "",
-            f"parameters: {self.parameters:,} = {self.weights:,} weights + {self.biases:,} biases",
-            f"activations per image, forward: {self.activations:,} values = "
-            f"{mb * 4:.1f} MB in float32, {mb * 8:.1f} MB in float64",
-            f"a training step keeps for its backward pass: {self.kept:,} values = "
-            f"{self.kept * 4 / 1e6:.1f} MB in float32 (column 'kept', vgg_np.train)",
-            f"work per image: {self.macs / 1e9:.2f} GMAC = {2 * self.macs / 1e9:.2f} GFLOP",
-            "",
-            "Counted as in the classic VGG16 table: the input is a row, weights exclude",
-            "biases (their own column), a convolution's output is counted once (ReLU in",
-            "place) and flatten, a view of the last pool, not at all.",
-        ]
-        if self.activations == CLASSIC_VGG16_ACTIVATIONS:
-            lines += [
-                "The classic table's rows add up to these same 15.2M values; its total line",
-                "'24M * 4 bytes ~= 93MB' does not follow from its own rows.",
-            ]
-        return "\n".join(lines)
 
 
 class VGG:
@@ -365,8 +59,10 @@ class VGG:
     config : VGGConfig or {"vgg11", "vgg13", "vgg16", "vgg19"}, default "vgg16"
         The widths of the network.
     weights : str or os.PathLike, optional
-        A weights file of any supported format (detected from its content), or None
-        for a seeded He-normal initialisation.
+        A weights file of any supported format (detected from its content); or
+        ``"imagenet"`` (VGG16 and VGG19): the published ImageNet weights from the Keras
+        or torch cache (`vgg_np.hub.resolve`, hash verified); or None for a seeded
+        He-normal initialisation.
     include_top : bool, default True
         Include the classifier (``flatten``, ``fc1``, ``fc2``, ``predictions``).
     input_shape : tuple of int, optional
@@ -399,6 +95,9 @@ class VGG:
         `vgg_np.ops.conv2d_naive` (minutes per VGG16 image: for small networks).
     threads : int, optional
         Threads for the convolutions; default: the CPUs this process may use.
+    download : bool, default False
+        With ``weights="imagenet"`` and no cached copy: download Keras's file into the
+        Keras cache (a progress bar, hash verified, written atomically).
 
     Raises
     ------
@@ -433,6 +132,7 @@ class VGG:
         adaptive_pool: int | None = None,
         conv_algorithm: str = "auto",
         threads: int | None = None,
+        download: bool = False,
     ):
         if isinstance(config, str):
             if config.lower() not in CONFIGS:
@@ -493,6 +193,13 @@ class VGG:
         self.weights_format: str | None = None
         self.weights_info: dict = {}
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if isinstance(weights, str) and "://" in weights:
+            raise ValueError(
+                f"`weights` must be a local file, 'imagenet' or None, got the URL {weights!r}: "
+                "download it and pass its path"
+            )
+        if isinstance(weights, str) and weights == "imagenet":
+            weights = hub.resolve(config.name, self.include_top, download_missing=download)
         if weights is None:
             self.set_weights(self.he_normal(seed))
         elif weights is not _LOADED_BY_CALLER:
@@ -802,7 +509,7 @@ class VGG:
 
     # -- forward --------------------------------------------------------------------
 
-    def _prepare_input(self, x: ArrayLike) -> np.ndarray:
+    def _prepare_input(self, x: ArrayLike, cast: bool = True) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(
@@ -824,7 +531,7 @@ class VGG:
             )
         if min(x.shape[1:3]) < MIN_SIZE:
             raise ValueError(f"`x` height and width must be at least {MIN_SIZE}, got {x.shape}")
-        return x.astype(self.dtype, copy=False)
+        return x.astype(self.dtype, copy=False) if cast else x
 
     @property
     def engine(self) -> Engine:
@@ -864,13 +571,45 @@ class VGG:
         ((_, last),) = collections.deque(self.engine.run(x), maxlen=1)
         return self._to_user_layout(np.array(last))  # a copy: buffers are reused
 
-    def activations(self, x: ArrayLike) -> dict[str, NDArray[np.floating]]:
-        """Run the network and return every layer's output.
+    def _layer_names(self, names: list[str]) -> list[str]:
+        """Return every layer name, in order, after checking that `names` are among them."""
+        order = [layer.name for layer in self.layers]
+        if not names or any(name not in order for name in names):
+            raise ValueError(
+                f"`layers` must name layers of this model ({', '.join(order)}), got {names!r}"
+            )
+        return order
+
+    def _outputs(self, x: np.ndarray, names: list[str]) -> dict[str, NDArray[np.floating]]:
+        """Return copies of the outputs of `names` for a prepared `x`, stopping after the last."""
+        order = self._layer_names(names)
+        wanted = set(names)
+        deepest = max(order.index(name) for name in wanted)
+        found = {}
+        # The engine fuses each pool into the convolution before it, except for the
+        # convolutions asked for; closing the generator stops it after `deepest`.
+        with contextlib.closing(self.engine.run(x, keep=wanted)) as outputs:
+            for name, y in outputs:
+                if name in wanted:
+                    found[name] = self._to_user_layout(np.array(y))  # a copy: buffers are reused
+                if name == order[deepest]:
+                    break
+        return {name: found[name] for name in order if name in wanted}
+
+    def activations(
+        self, x: ArrayLike, layers: list[str] | None = None
+    ) -> dict[str, NDArray[np.floating]]:
+        """Run the network and return the outputs of `layers` (default: every layer).
+
+        With `layers` the pass stops after the deepest of them, and only their outputs
+        are copied out (Keras's multi-output sub-model, torchvision's feature extractor).
 
         Parameters
         ----------
         x : array_like
             As for ``__call__``.
+        layers : list of str, optional
+            Keras layer names, in any order.
 
         Returns
         -------
@@ -878,18 +617,121 @@ class VGG:
             Keras layer name -> that layer's output, in layer order (block1_conv1 ...
             predictions). Convolution outputs are after their ReLU, as in Keras.
 
+        Raises
+        ------
+        ValueError
+            If a name is not a layer of this model.
+
         Examples
         --------
         >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
-        >>> outputs = VGG(tiny, classes=3, seed=0).activations(np.ones((2, 32, 32, 3), np.float32))
+        >>> model = VGG(tiny, classes=3, seed=0)
+        >>> outputs = model.activations(np.ones((2, 32, 32, 3), np.float32))
         >>> [outputs[name].shape for name in ("block1_conv1", "block5_pool", "predictions")]
         [(2, 32, 32, 4), (2, 1, 1, 8), (2, 3)]
+        >>> picked = model.activations(np.ones((2, 32, 32, 3), np.float32), ["fc1", "block2_conv1"])
+        >>> {name: y.shape for name, y in picked.items()}
+        {'block2_conv1': (2, 16, 16, 4), 'fc1': (2, 16)}
         """
         x = self._prepare_input(x)  # (N, H, W, C)
+        if layers is not None:
+            return self._outputs(x, list(layers))
         # Copied as they come: the engine reuses its buffers for the next layer.
         return {
             name: self._to_user_layout(np.array(y)) for name, y in self.engine.run(x, keep=True)
         }
+
+    def features(self, x: ArrayLike, layer: str) -> NDArray[np.floating]:
+        """Return the output of one layer, computing nothing after it.
+
+        ``model.features(x, "fc2")`` is Keras's ``Model(base.input,
+        base.get_layer("fc2").output)(x)``; ``"block5_pool"`` is torchvision's
+        ``model.features(x)`` (in NHWC).
+
+        Parameters
+        ----------
+        x : array_like
+            As for ``__call__``.
+        layer : str
+            A Keras layer name of this model.
+
+        Returns
+        -------
+        ndarray
+            Equal, bit for bit, to ``model.activations(x)[layer]``.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> VGG(tiny, classes=3, seed=0).features(np.ones((2, 32, 32, 3), np.float32), "fc1").shape
+        (2, 16)
+        """
+        return self._outputs(self._prepare_input(x), [layer])[layer]
+
+    def predict(
+        self,
+        x: ArrayLike,
+        batch_size: int = 32,
+        verbose: bool | int | str = "auto",
+        *,
+        layer: str | None = None,
+    ) -> NDArray[np.floating]:
+        """Run the network `batch_size` images at a time, as Keras's ``Model.predict``.
+
+        Memory stays bounded whatever N: beyond the input and the output array, a pass
+        holds only one batch's activations. The result equals ``model(x)`` (or
+        ``model.features(x, layer)``) bit for bit: results do not depend on how the
+        batch is split.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, H, W, C) (or (N, C, H, W) with channels_first)
+            As for ``__call__``; it may be a memory map (slices are read and cast one
+            batch at a time).
+        batch_size : int, default 32
+        verbose : {"auto", 0, 1}, default "auto"
+            A progress bar on stderr; ``"auto"``: when stderr is a terminal and there
+            is more than one batch.
+        layer : str, optional
+            Return this layer's output instead of the last one's, stopping there.
+
+        Returns
+        -------
+        ndarray, shape (N, ...)
+
+        Raises
+        ------
+        ValueError
+            On a bad `x`, `batch_size` or `layer`.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> model = VGG(tiny, classes=3, seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((5, 32, 32, 3)).astype(np.float32)
+        >>> np.array_equal(model.predict(x, batch_size=2, verbose=0), model(x))
+        True
+        >>> model.predict(x, batch_size=2, verbose=0, layer="block3_pool").shape
+        (5, 4, 4, 8)
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+        view = self._prepare_input(x, cast=False)  # (N, H, W, C), not copied
+        name = layer or self.layers[-1].name
+        self._layer_names([name])
+        rows = {row.name: row for row in Summary.of(self.layers, view.shape[1:], "").rows}
+        shape = rows[name].output_shape
+        if self.data_format == "channels_first" and len(shape) == 3:
+            shape = (shape[2], shape[0], shape[1])  # (H, W, C) -> (C, H, W)
+        n = view.shape[0]
+        out = np.empty((n, *shape), self.dtype)
+        enabled = show_progress(verbose, -(-n // batch_size))
+        with Progress(n, enabled=enabled) as bar:
+            for start in range(0, n, batch_size):
+                batch = view[start : start + batch_size].astype(self.dtype, copy=False)
+                out[start : start + len(batch)] = self._outputs(batch, [name])[name]
+                bar.update(len(batch))
+        return out
 
     def summary(self, print_summary: bool = True) -> Summary:
         """Return (and print) the per-layer table: shapes, activations, parameters, work.
@@ -914,40 +756,6 @@ class VGG:
             f"VGG({self.config.name!r}, include_top={self.include_top}, "
             f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r})"
         )
-
-
-def infer_architecture(tensors: Mapping, info: Mapping, description: str) -> dict:
-    """Guess `VGG`'s arguments from a canonical mapping of weights (see `VGG.from_file`)."""
-    blocks: dict[int, list[int]] = {}
-    for name, (kernel, _) in tensors.items():
-        if name.startswith("block") and "_conv" in name:
-            block = int(name.removeprefix("block").split("_")[0])
-            blocks.setdefault(block, []).append(np.shape(kernel)[3])
-    if sorted(blocks) != list(range(1, len(blocks) + 1)) or not blocks:
-        raise ValueError(f"{description}: no VGG convolution blocks (block1_conv1 ...) found")
-    names = [n for n in tensors if n.startswith("fc")]
-    fc = tuple(np.shape(tensors[n][0])[1] for n in sorted(names, key=lambda n: int(n[2:])))
-    known = {c.blocks: c.name for c in CONFIGS.values()}
-    widths = tuple(tuple(blocks[b]) for b in sorted(blocks))
-    config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc or (4096, 4096))
-    inferred: dict = {"config": config, "include_top": "predictions" in tensors}
-    if "predictions" in tensors:
-        inferred["classes"] = int(np.shape(tensors["predictions"][0])[1])
-    if "input_shape" in info:
-        h, w, c = info["input_shape"]
-        channels_first = info.get("input_layout") == "NCHW"
-        inferred["data_format"] = "channels_first" if channels_first else "channels_last"
-        if h and w:
-            inferred["input_shape"] = (h, w, c)  # channels last; see VGG.from_file
-        inferred["classifier_activation"] = info.get("classifier_activation")
-    if inferred["include_top"] and fc:
-        # fc1 takes the last feature map flattened: a square of this side.
-        side = math.isqrt(np.shape(tensors["fc1"][0])[0] // widths[-1][-1])
-        if "torchvision" in description:
-            inferred["adaptive_pool"] = side  # torchvision pools to it: any input size
-        elif "input_shape" not in inferred:
-            inferred["input_shape"] = (side * 2 ** len(widths), side * 2 ** len(widths), 3)
-    return inferred
 
 
 def _family_member(name: str):

@@ -1,0 +1,325 @@
+"""Image files in, preprocessed batches out, decoded on threads while the model computes.
+
+`ImageStream` iterates over files, directories and globs and yields ``(paths, batch)``:
+each batch already resized and preprocessed the way the weights were trained
+(`preprocessing_for`), through `vgg_np.preprocess.load_image` and
+`vgg_np.preprocess.preprocess_input`. A small thread pool decodes the next batches while
+the caller runs the current one (Pillow and NumPy release the GIL while they work). A file
+that cannot be used (not a regular file, not an image, damaged, too large) is skipped and
+reported with its reason; it never stops the stream.
+
+`decode_batches` is the layer underneath, for callers that must know where every input
+went (`vgg_np.extract` writes one output row per input, good or bad).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import glob
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vgg_np.preprocess import MODES, RESIZE_MODES, load_image, preprocess_input
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Decoded",
+    "ImageStream",
+    "Preprocessing",
+    "decode_batches",
+    "image_paths",
+    "preprocessing_for",
+]
+
+#: File names a directory is searched for (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+#: Batches decoded ahead of the one the caller holds: one to overlap with the model's
+#: compute, one more to absorb a slow file.
+PREFETCH = 2
+
+
+def image_paths(items: Iterable[str | os.PathLike]) -> list[str]:
+    """Expand directories (their image files, sorted) and globs (sorted); keep the rest.
+
+    A directory is not searched recursively; a glob with ``**`` is. Names that match
+    nothing are kept, so that the stream reports them as missing rather than silently
+    dropping them.
+
+    Examples
+    --------
+    >>> from importlib import resources
+    >>> [os.path.basename(p) for p in image_paths([resources.files("vgg_np") / "data"])]
+    ['demo.png']
+    """
+    paths = []
+    for item in map(os.fspath, items):
+        if os.path.isdir(item):
+            paths += sorted(
+                os.path.join(item, name)
+                for name in os.listdir(item)
+                if name.lower().endswith(IMAGE_SUFFIXES)
+            )
+        elif glob.has_magic(item):
+            paths += sorted(glob.glob(item, recursive=True))
+        else:
+            paths.append(item)
+    return paths
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become inputs: `vgg_np.preprocess_input` mode, resize mode, size, and why.
+
+    Examples
+    --------
+    >>> Preprocessing("caffe", "keras", 224, "Keras weights").describe()
+    "preprocessing 'caffe', resize 'keras' to 224x224 (Keras weights)"
+    """
+
+    mode: str
+    resize: str
+    size: int
+    reason: str = "given"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {self.resize!r}")
+
+    def describe(self) -> str:
+        """One line for users: what is done to every image and why (see the class)."""
+        return (
+            f"preprocessing {self.mode!r}, resize {self.resize!r} to {self.size}x{self.size} "
+            f"({self.reason})"
+        )
+
+
+def preprocessing_for(
+    model, mode: str | None = None, resize: str | None = None, size: int | None = None
+) -> Preprocessing:
+    """Return the preprocessing the model's weights were trained with, unless overridden.
+
+    torchvision weights (read from a torchvision-layout file) get ``"torch"`` mode and
+    torchvision's resize; every other file and seeded weights get Keras's ``"caffe"``
+    mode and Keras's resize. The size is the model's input size (its configuration's
+    default when the input size is free).
+
+    Parameters
+    ----------
+    model : vgg_np.VGG
+    mode, resize, size : optional
+        Override what the weights imply.
+
+    Examples
+    --------
+    >>> from vgg_np import VGG16
+    >>> preprocessing_for(VGG16(include_top=False, seed=0)).describe()
+    "preprocessing 'caffe', resize 'keras' to 224x224 (seeded weights: Keras's conventions)"
+    """
+    source = model.weights_format
+    torchvision = source is not None and "torchvision" in source
+    if source is None:
+        reason = "seeded weights: Keras's conventions"
+    else:
+        reason = f"{source} weights"
+    if mode is not None or resize is not None or size is not None:
+        reason += ", overridden where given"
+    return Preprocessing(
+        mode or ("torch" if torchvision else "caffe"),
+        resize or ("torchvision" if torchvision else "keras"),
+        size or model.input_shape[0] or model.config.default_size,
+        reason,
+    )
+
+
+def _decode(path: str, prep: Preprocessing) -> tuple[NDArray[np.float32] | None, str | None]:
+    """One image as a preprocessed (size, size, 3) array, or None and the reason why not."""
+    try:
+        # Only regular files are opened: a FIFO or a device would block or never end.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None, f"{path}: not a regular file"
+        pixels = load_image(path, size=prep.size, resize=prep.resize)
+    except FileNotFoundError:
+        return None, f"{path}: no such file"
+    except OSError as error:
+        return None, f"{path}: {error.strerror or error}"
+    except ValueError as error:
+        return None, str(error)
+    return preprocess_input(pixels, mode=prep.mode), None
+
+
+@dataclass
+class Decoded:
+    """One batch of inputs: every path of the batch, and the images that decoded.
+
+    Attributes
+    ----------
+    paths : list of str
+        The batch's paths in input order, good and bad.
+    batch : ndarray, shape (n_ok, size, size, 3), float32
+        The preprocessed images that decoded, in input order.
+    ok : list of int
+        For each row of `batch`, its position in `paths`.
+    errors : dict of int to str
+        Position in `paths` -> why that file was skipped (a line naming the file).
+    """
+
+    paths: list[str]
+    batch: NDArray[np.float32]
+    ok: list[int]
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def _assemble(paths: list[str], results, prep: Preprocessing) -> Decoded:
+    ok = [i for i, (image, _) in enumerate(results) if image is not None]
+    errors = {i: reason for i, (_, reason) in enumerate(results) if reason is not None}
+    if ok:
+        batch = np.stack([results[i][0] for i in ok])  # (n_ok, size, size, 3)
+    else:
+        batch = np.empty((0, prep.size, prep.size, 3), np.float32)
+    return Decoded(paths, batch, ok, errors)
+
+
+def decode_batches(
+    paths: list[str],
+    prep: Preprocessing,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    prefetch: int = PREFETCH,
+) -> Iterator[Decoded]:
+    """Yield `Decoded` batches of `batch_size` consecutive paths, decoded ahead on threads.
+
+    Parameters
+    ----------
+    paths : list of str
+    prep : Preprocessing
+    batch_size : int, default 32
+        Paths per batch (the last may be shorter); bad files leave a batch shorter.
+    workers : int, default 2
+        Decoding threads; 0 decodes in the caller's thread, when it asks (no overlap).
+    prefetch : int, default `PREFETCH`
+        Batches decoded ahead of the one being used.
+
+    Examples
+    --------
+    >>> from importlib import resources
+    >>> demo = str(resources.files("vgg_np") / "data" / "demo.png")
+    >>> prep = Preprocessing("caffe", "keras", 32)
+    >>> [(d.batch.shape, d.ok, list(d.errors)) for d in decode_batches([demo, "nope.jpg"], prep)]
+    [((1, 32, 32, 3), [0], [1])]
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"`workers` must be an int >= 0, got {workers!r}")
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    if workers == 0:
+        for chunk in chunks:
+            yield _assemble(chunk, [_decode(p, prep) for p in chunk], prep)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(workers, "vgg_np-decode")
+    pending: collections.deque = collections.deque()
+    upcoming = iter(chunks)
+
+    def submit() -> None:
+        chunk = next(upcoming, None)
+        if chunk is not None:
+            pending.append((chunk, [pool.submit(_decode, p, prep) for p in chunk]))
+
+    try:
+        for _ in range(1 + prefetch):
+            submit()
+        while pending:
+            chunk, futures = pending.popleft()
+            results = [future.result() for future in futures]
+            submit()
+            yield _assemble(chunk, results, prep)
+    finally:
+        # A caller that stops early (or fails) leaves no decoding behind.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ImageStream:
+    """Iterate over images as ``(paths, batch)``, preprocessed, decoded ahead on threads.
+
+    Parameters
+    ----------
+    images : iterable of str or os.PathLike
+        Files, directories (their image files, sorted) and globs (``**`` recurses).
+    prep : Preprocessing
+        What to do to each image; `ImageStream.for_model` picks it from the weights.
+    batch_size : int, default 32
+        Paths per batch; a batch holds fewer images when some are skipped, and none is
+        yielded empty.
+    workers : int, default 2
+        Decoding threads (0: decode in the caller's thread, no overlap).
+    on_skip : callable, optional
+        Called as ``on_skip(path, reason)`` for each skipped file, as it happens.
+
+    Attributes
+    ----------
+    paths : list of str
+        Every path the stream will try, in order.
+    skipped : list of (str, str)
+        The files skipped so far and why.
+
+    Examples
+    --------
+    >>> from importlib import resources
+    >>> demo = resources.files("vgg_np") / "data" / "demo.png"
+    >>> stream = ImageStream([demo, "missing.jpg"], Preprocessing("caffe", "keras", 64))
+    >>> [(len(paths), batch.shape) for paths, batch in stream]
+    [(1, (1, 64, 64, 3))]
+    >>> stream.skipped
+    [('missing.jpg', 'missing.jpg: no such file')]
+    """
+
+    def __init__(
+        self,
+        images: Iterable[str | os.PathLike],
+        prep: Preprocessing,
+        *,
+        batch_size: int = 32,
+        workers: int = 2,
+        on_skip: Callable[[str, str], None] | None = None,
+    ):
+        self.paths = image_paths(images)
+        self.prep, self.batch_size, self.workers = prep, batch_size, workers
+        self.on_skip = on_skip
+        self.skipped: list[tuple[str, str]] = []
+
+    @classmethod
+    def for_model(cls, images: Iterable[str | os.PathLike], model, **kwargs) -> ImageStream:
+        """Stream `images` preprocessed as `model`'s weights expect (`preprocessing_for`).
+
+        Examples
+        --------
+        >>> from vgg_np import VGG16
+        >>> ImageStream.for_model([], VGG16(include_top=False, seed=0)).prep.mode
+        'caffe'
+        """
+        return cls(images, preprocessing_for(model), **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[tuple[list[str], NDArray[np.float32]]]:
+        batches = decode_batches(
+            self.paths, self.prep, batch_size=self.batch_size, workers=self.workers
+        )
+        for decoded in batches:
+            for i, reason in decoded.errors.items():
+                self.skipped.append((decoded.paths[i], reason))
+                if self.on_skip is not None:
+                    self.on_skip(decoded.paths[i], reason)
+            if decoded.ok:
+                yield [decoded.paths[i] for i in decoded.ok], decoded.batch
