@@ -15,7 +15,7 @@ from importlib import resources
 
 import numpy as np
 
-from vgg_np import __version__, formats, hub
+from vgg_np import __version__, distributed, formats, hub
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
 from vgg_np.extract import DEFAULT_PARTITION_SIZE, extract, top_classes
 from vgg_np.model import CONFIGS, VGG, VGG16, Summary, layer_table
@@ -157,6 +157,8 @@ def _print_extract_summary(result, prep, as_json: bool) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     """Write one layer's features (and top classes) of many images to disk, resumably."""
+    if args.scheduler or args.workers:
+        return _run_extract_on_cluster(args)
     model, prep = _model_and_preprocessing(args)
     result = extract(
         args.images,
@@ -166,11 +168,28 @@ def run_extract(args: argparse.Namespace) -> int:
         top=args.top,
         batch_size=args.batch_size,
         partition_size=args.partition_size,
-        workers=args.workers,
+        workers=args.decode_threads,
         prep=prep,
         verbose="auto" if args.progress is None else args.progress,
         on_skip=_skip,
     )
+    _print_extract_summary(result, prep, args.json)
+    return 0
+
+
+def _run_extract_on_cluster(args: argparse.Namespace) -> int:
+    """``extract --scheduler ADDRESS`` or ``--workers N``: the partitions as Dask tasks."""
+    options = distributed.engine_options(args.workers)
+    model = distributed.load_model(args.weights, options)
+    prep = preprocessing_for(model, args.preprocess, args.resize)
+    with distributed.connect(args.scheduler, args.workers) as client:
+        print(distributed.describe(client), file=sys.stderr)
+        result = distributed.extract_on_cluster(
+            args.images, args.output, args.weights, client, options=options, layer=args.layer,
+            top=args.top, batch_size=args.batch_size, partition_size=args.partition_size,
+            decode_threads=args.decode_threads, prep=prep, on_skip=_skip,
+            verbose="auto" if args.progress is None else args.progress,
+        )  # fmt: skip
     _print_extract_summary(result, prep, args.json)
     return 0
 
@@ -185,12 +204,17 @@ def add_extract_parser(commands) -> None:
             "weights file and write LAYER's output, one row per image, to OUT (.npy through "
             "a memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
             "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
-            "last one stopped; a bad image gets a NaN row and its reason, never an error."
+            "last one stopped; a bad image gets a NaN row and its reason, never an error. "
+            "With --scheduler or --workers (needs vgg_np[dask]) the partitions run as Dask "
+            "tasks and write the same OUT; weights and OUT must be at the same paths on "
+            "every worker (docs/distributed.md)."
         ),
         epilog=(
             "Examples: vgg-np extract photos/ --weights vgg16.h5 --layer fc2 -o fc2.npy\n"
             "          vgg-np extract 'photos/**/*.jpg' --weights vgg16.pth --layer "
-            "block5_pool -o maps.zarr --json"
+            "block5_pool -o maps.zarr --json\n"
+            "          vgg-np extract /shared/photos --weights /shared/vgg16.h5 --layer fc2 "
+            "-o /shared/fc2.zarr --scheduler tcp://head:8786"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -206,10 +230,15 @@ def add_extract_parser(commands) -> None:
         "--partition-size", type=_positive_int, default=DEFAULT_PARTITION_SIZE,
         help=f"images per partition, the unit of completion ({DEFAULT_PARTITION_SIZE})",
     )  # fmt: skip
-    parser.add_argument("--workers", type=_natural, default=2, help="decoding threads (2)")
+    parser.add_argument("--decode-threads", type=_natural, default=2, help="per process (2)")
     parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip
+    cluster.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="run them on a local Dask cluster of N processes")  # fmt: skip
     parser.set_defaults(handler=run_extract)
 
 
@@ -574,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("show needs an IMAGE (or --filters)")
     try:
         return args.handler(args)
-    except (ValueError, TypeError, OSError, ImportError) as error:
+    except (ValueError, TypeError, OSError, ImportError, distributed.ClusterError) as error:
         if args.debug:
             raise
         print(f"vgg-np: error: {_describe(error)}", file=sys.stderr)

@@ -563,6 +563,30 @@ class ExtractResult:
         """Return the summary as plain JSON types (see `extract`)."""
         return {**asdict(self), "images_per_second": round(self.images_per_second, 3)}
 
+    @classmethod
+    def starting(cls, store: Store) -> ExtractResult:
+        """Return the summary of a run of `store` before its pending partitions ran.
+
+        `extract` and `vgg_np.distributed.extract_on_cluster` count the same way:
+        `add` each partition's result, then `finish`.
+        """
+        remaining = sum(p.stop - p.start for p in store.pending())
+        return cls(
+            store.out, store.manifest_dir, store.layer, store.shape, store.shape[0], written=0,
+            failed=0, already_done=store.shape[0] - remaining, failed_total=0, seconds=0.0,
+        )  # fmt: skip
+
+    def add(self, done: PartitionResult) -> None:
+        """Count one partition's result (see `starting`)."""
+        self.written += done.written
+        self.failed += done.failed
+        self.already_done += done.already_done
+
+    def finish(self, store: Store, start: float) -> None:
+        """Count the failures in the whole manifest and the time since `start` (see `starting`)."""
+        self.failed_total = sum(entry["status"] == "error" for entry in store.manifest())
+        self.seconds = time.perf_counter() - start
+
 
 def extract(
     images: Iterable[str | os.PathLike],
@@ -616,10 +640,7 @@ def extract(
     )
     pending = store.pending()
     remaining = sum(p.stop - p.start for p in pending)
-    result = ExtractResult(
-        store.out, store.manifest_dir, store.layer, store.shape, store.shape[0],
-        written=0, failed=0, already_done=store.shape[0] - remaining, failed_total=0, seconds=0.0,
-    )  # fmt: skip
+    result = ExtractResult.starting(store)
     enabled = show_progress(verbose, -(-remaining // batch_size))
     with Progress(remaining, enabled=enabled) as bar:
 
@@ -635,9 +656,6 @@ def extract(
                 on_batch=on_batch,
             )  # fmt: skip
             bar.update(done.already_done)  # journaled by a run that was killed
-            result.written += done.written
-            result.failed += done.failed
-            result.already_done += done.already_done
-    result.failed_total = sum(entry["status"] == "error" for entry in store.manifest())
-    result.seconds = time.perf_counter() - start
+            result.add(done)
+    result.finish(store, start)
     return result
