@@ -31,7 +31,10 @@ def test_demo_prints_the_table_the_keras_agreement_and_the_timing():
     assert "vgg-np predict photo.jpg --weights" in out
 
 
-@pytest.mark.parametrize("command", ["demo", "predict", "summary", "show", "compare", "convert"])
+@pytest.mark.parametrize(
+    "command",
+    ["demo", "predict", "summary", "show", "compare", "convert", "extract", "fetch-weights"],
+)
 def test_every_command_has_help_with_an_example(command):
     result = run(command, "--help")
     assert result.returncode == 0

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
+import pathlib
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -212,3 +216,20 @@ def test_vgg16_imagenet_downloads_verifies_and_loads_the_keras_file(caches, serv
         VGG(tiny, weights="imagenet")
     with pytest.raises(ValueError, match=r"got the URL 'https://x/w\.h5': download it"):
         VGG16(weights="https://x/w.h5")
+
+
+def test_fetch_weights_refuses_a_wrong_file_in_one_line(caches, server):
+    base, folder = server
+    (folder / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(CONTENT)
+    root = pathlib.Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "vgg_np", "fetch-weights", "vgg19", "--no-top", "--base-url", base],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "not the published 253f8cb515780f3b799900260a226db6: nothing was saved" in result.stderr
+    assert list(hub.cache_dir("keras").iterdir()) == []

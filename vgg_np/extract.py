@@ -160,6 +160,10 @@ def _output_shape(model, layer: str, size: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _manifest_dir(out: str) -> str:
+    return out + ".manifest"  # the whole name: f.npy and f.zarr never share a manifest
+
+
 def _write_atomically(path: str, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: all of it or nothing."""
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
@@ -197,7 +201,7 @@ class Store:
     out : str
         The ``.npy`` file or ``.zarr`` directory.
     manifest_dir : str
-        ``OUT.manifest`` beside it.
+        ``OUT.manifest`` beside it (``f.npy.manifest`` for ``f.npy``).
     plan : dict
         The content of ``plan.json``.
     partitions : list of Partition
@@ -205,7 +209,7 @@ class Store:
 
     def __init__(self, out: str, plan: dict):
         self.out, self.plan = out, plan
-        self.manifest_dir = os.path.splitext(out)[0] + ".manifest"
+        self.manifest_dir = _manifest_dir(out)
         paths, size = plan["paths"], plan["partition_size"]
         self.partitions = [
             Partition(i, start, min(start + size, len(paths)), tuple(paths[start : start + size]))
@@ -384,9 +388,13 @@ def create_store(
     if not out.endswith(SUFFIXES):
         raise ValueError(f"`out` must end in .npy or .zarr, got {out!r}")
     plan = _plan(images, model, layer, top, partition_size, prep or preprocessing_for(model))
-    manifest_dir = os.path.splitext(out)[0] + ".manifest"
+    manifest_dir = _manifest_dir(out)
     plan_path = os.path.join(manifest_dir, "plan.json")
     if os.path.exists(plan_path):
+        if not os.path.exists(out):
+            raise ValueError(
+                f"{plan_path} exists but {out} does not: delete {manifest_dir} to start over"
+            )
         with open(plan_path) as file:
             old = json.load(file)
         differences = _differences(old, plan)
@@ -431,7 +439,7 @@ def open_store(out: str | os.PathLike) -> Store:
         If `out` has no plan.
     """
     out = os.fspath(out)
-    with open(os.path.join(os.path.splitext(out)[0] + ".manifest", "plan.json")) as file:
+    with open(os.path.join(_manifest_dir(out), "plan.json")) as file:
         return Store(out, json.load(file))
 
 
