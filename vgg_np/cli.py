@@ -159,7 +159,7 @@ def run_extract(args: argparse.Namespace) -> int:
     """Write one layer's features (and top classes) of many images to disk, resumably."""
     if args.scheduler or args.workers:
         return _run_extract_on_cluster(args)
-    model, prep = _model_and_preprocessing(args)
+    model, prep = _model_and_preprocessing(args, threads=args.threads)
     result = extract(
         args.images,
         args.output,
@@ -179,7 +179,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def _run_extract_on_cluster(args: argparse.Namespace) -> int:
     """``extract --scheduler ADDRESS`` or ``--workers N``: the partitions as Dask tasks."""
-    options = distributed.engine_options(args.workers)
+    options = distributed.engine_options(args.workers, args.threads)
     model = distributed.load_model(args.weights, options)
     prep = preprocessing_for(model, args.preprocess, args.resize)
     with distributed.connect(args.scheduler, args.workers) as client:
@@ -231,6 +231,9 @@ def add_extract_parser(commands) -> None:
         help=f"images per partition, the unit of completion ({DEFAULT_PARTITION_SIZE})",
     )  # fmt: skip
     parser.add_argument("--decode-threads", type=_natural, default=2, help="per process (2)")
+    parser.add_argument(
+        "--threads", type=_positive_int, help="engine threads per process (CPUs / --workers)"
+    )
     parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")  # fmt: skip

@@ -234,6 +234,7 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},  # health routes: any free port
             env=BLAS_ENV,
         ) as cluster,
         Client(cluster) as client,
@@ -241,18 +242,20 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
         yield client
 
 
-def engine_options(workers: int | None) -> dict:
-    """Return the `load_model` options for a local cluster of `workers` processes.
+def engine_options(workers: int | None = None, threads: int | None = None) -> dict:
+    """Return the `load_model` options giving each task's engine `threads` threads.
 
-    The processes share this machine's CPUs: each engine gets its share of them (at
-    least one thread). For a remote cluster (`workers` None) each worker's engine uses
-    the CPUs its process may use, as a local run does.
+    Without `threads`: for a local cluster of `workers` processes, each engine gets its
+    share of this machine's CPUs (at least one thread); for a remote cluster (`workers`
+    None) each engine uses the CPUs its worker process may use, as a local run does.
 
     Examples
     --------
-    >>> engine_options(None), engine_options(10**6)
-    ({}, {'threads': 1})
+    >>> engine_options(), engine_options(10**6), engine_options(2, threads=3)
+    ({}, {'threads': 1}, {'threads': 3})
     """
+    if threads is not None:
+        return {"threads": threads}
     if workers is None:
         return {}
     return {"threads": max(1, len(os.sched_getaffinity(0)) // workers)}
