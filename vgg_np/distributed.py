@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -153,6 +154,14 @@ def _worker_store(out: str) -> Store:
         return store
 
 
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def _run_task(
     out: str,
     partition: Partition,
@@ -182,6 +191,7 @@ def _run_task(
         "pid": os.getpid(),
         "model_loads": _loads[key],
         "seconds": time.perf_counter() - start,
+        "peak_rss": _peak_rss(),
     }
 
 
@@ -332,7 +342,8 @@ def extract_on_cluster(
     on_task : callable, optional
         Called with each task's status dict: ``result`` (a `PartitionResult` as a dict),
         ``skipped`` (``(path, reason)`` pairs), ``host``, ``pid``, ``model_loads`` (how
-        many times that worker process has loaded the weights) and ``seconds``.
+        many times that worker process has loaded the weights), ``seconds`` and
+        ``peak_rss`` (the worker process's peak resident memory, bytes).
 
     Returns
     -------
