@@ -45,7 +45,7 @@ dask = pytest.mark.dask
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """Generated pictures (one damaged), narrow weights in a file, and the local run's store."""
+    """Generated pictures (one damaged) and narrow weights in a file."""
     root = tmp_path_factory.mktemp("distributed")
     folder = root / "images"
     folder.mkdir()
@@ -56,22 +56,28 @@ def job(tmp_path_factory):
     (folder / BAD).write_bytes((folder / "img000.png").read_bytes()[:100])
     weights = root / "narrow.npz"
     VGG(NARROW, classes=10, seed=0).save_weights(weights)
-    local = extract([folder], root / "local.npy", load_model(weights, OPTIONS), **SETTINGS,
-                    verbose=0)  # fmt: skip
-    return {"root": root, "images": folder, "weights": weights, "local": local}
+    return {"root": root, "images": folder, "weights": weights}
 
 
-def assert_same_store(job, out) -> None:
+@pytest.fixture(scope="module")
+def local(job):
+    """The local run's result: the reference every cluster run must reproduce."""
+    model = load_model(job["weights"], OPTIONS)
+    return extract([job["images"]], job["root"] / "local.npy", model, **SETTINGS, verbose=0)
+
+
+def assert_same_store(local, out) -> None:
     """Rows equal bit for bit (NaN rows included) and every manifest file byte for byte."""
-    local, other = open_store(job["local"].out), open_store(out)
-    rows, expected = np.asarray(other.read()), np.load(local.out)
+    reference, other = open_store(local.out), open_store(out)
+    rows, expected = np.asarray(other.read()), np.load(reference.out)
     assert rows.dtype == expected.dtype and rows.shape == expected.shape
-    differ = ~((rows == expected) | (np.isnan(rows) & np.isnan(expected)))
-    assert not differ.any(), f"{differ.any(axis=1).sum()} of {len(rows)} rows differ"
-    names = sorted(os.listdir(local.manifest_dir))
+    bits, expected_bits = rows.view(np.uint32), expected.view(np.uint32)  # float32 rows
+    differ = (bits != expected_bits).reshape(len(rows), -1).any(axis=1)
+    assert not differ.any(), f"{differ.sum()} of {len(rows)} rows differ: {np.flatnonzero(differ)}"
+    names = sorted(os.listdir(reference.manifest_dir))
     assert sorted(os.listdir(other.manifest_dir)) == names  # no journal left behind
     for name in names:
-        a = pathlib.Path(local.manifest_dir, name).read_bytes()
+        a = pathlib.Path(reference.manifest_dir, name).read_bytes()
         b = pathlib.Path(other.manifest_dir, name).read_bytes()
         assert a == b, f"{name} differs"
     bad = [e for e in other.manifest() if e["status"] == "error"]
@@ -88,14 +94,13 @@ def client():
 
 
 @dask
-def test_two_workers_write_the_local_store_and_load_the_weights_once_each(job, client):
+def test_two_workers_write_the_local_store_and_load_the_weights_once_each(client, job, local):
     statuses, skipped = [], []
     result = extract_on_cluster(
         [job["images"]], job["root"] / "two.npy", job["weights"], client, options=OPTIONS,
         **SETTINGS, verbose=0, on_task=statuses.append, on_skip=lambda p, r: skipped.append(p),
     )  # fmt: skip
-    assert_same_store(job, job["root"] / "two.npy")
-    local = job["local"]
+    assert_same_store(local, job["root"] / "two.npy")
     assert (result.images, result.written, result.failed, result.failed_total) == (96, 96, 1, 1)
     assert (result.shape, result.layer) == (local.shape, local.layer)
     assert [pathlib.Path(p).name for p in skipped] == [BAD]
@@ -106,15 +111,15 @@ def test_two_workers_write_the_local_store_and_load_the_weights_once_each(job, c
 
 
 @dask
-def test_the_scheduler_option_writes_zarr_and_prints_the_local_summary(job, client, capsys):
+def test_the_scheduler_option_writes_zarr_and_prints_the_local_summary(client, job, local, capsys):
     out = job["root"] / "cluster.zarr"
     code = main(["extract", str(job["images"]), "--weights", str(job["weights"]), "-o", str(out),
                  *CLI_SETTINGS, "--scheduler", client.scheduler.address, "--json"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert_same_store(job, out)
+    assert_same_store(local, out)
     summary = json.loads(captured.out)
-    expected = job["local"].to_dict()
+    expected = local.to_dict()
     for key in ("layer", "images", "written", "failed", "already_done", "failed_total"):
         assert summary[key] == expected[key], key
     assert f"Dask scheduler {client.scheduler.address}: 2 workers, 2 threads" in captured.err
@@ -141,7 +146,7 @@ def kill_a_worker_mid_partition(client, manifest_dir: str, batches: int) -> tupl
 
 
 @dask
-def test_a_worker_killed_mid_partition_has_it_rerun_elsewhere(job, client):
+def test_a_worker_killed_mid_partition_has_it_rerun_elsewhere(client, job, local):
     out = job["root"] / "killed.npy"
     manifest_dir = f"{out}.manifest"
     killed, statuses = {}, []
@@ -158,7 +163,7 @@ def test_a_worker_killed_mid_partition_has_it_rerun_elsewhere(job, client):
 
     result = extract_on_cluster([job["images"]], out, job["weights"], client, options=OPTIONS,
                                 **SETTINGS, verbose=0, on_task=on_task)  # fmt: skip
-    assert_same_store(job, out)
+    assert_same_store(local, out)
     assert (result.written + result.already_done, result.failed_total) == (96, 1)
     index = int(killed["name"].split("-")[1])
     (rerun,) = [s for s in statuses if s["result"]["index"] == index]
@@ -177,7 +182,7 @@ def wait_until_idle(client, seconds: float = 60) -> None:
 
 
 @dask
-def test_a_killed_client_is_resumed_from_the_manifest(job, client, capsys):
+def test_a_killed_client_is_resumed_from_the_manifest(client, job, local, capsys):
     out = job["root"] / "resumed.npy"
     manifest_dir = f"{out}.manifest"
     command = [sys.executable, "-m", "vgg_np", "extract", str(job["images"]), "--weights",
@@ -204,7 +209,7 @@ def test_a_killed_client_is_resumed_from_the_manifest(job, client, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     wait_until_idle(client)
-    assert_same_store(job, out)
+    assert_same_store(local, out)
     summary = json.loads(captured.out)
     assert summary["already_done"] >= 16 * done_before
     assert summary["already_done"] + summary["written"] == 96

@@ -87,6 +87,10 @@ def _identity(path: str) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def _model_key(weights: str | os.PathLike, options: dict | None) -> tuple[str, tuple]:
+    return os.path.abspath(weights), tuple(sorted((options or {}).items()))
+
+
 def load_model(weights: str | os.PathLike, options: dict | None = None) -> VGG:
     """Return ``VGG.from_file(weights, **options)``, loaded once per thread and kept.
 
@@ -116,13 +120,11 @@ def load_model(weights: str | os.PathLike, options: dict | None = None) -> VGG:
     ...     first is load_model(path, {"threads": 1}), first is load_model(path)
     (True, False)
     """
-    path = os.path.abspath(weights)
-    options = dict(options or {})
-    key = (path, tuple(sorted(options.items())))
+    key = _model_key(weights, options)
     models = _thread_state.__dict__.setdefault("models", {})
-    identity = _identity(path)
+    identity = _identity(key[0])
     if key not in models or models[key][0] != identity:
-        models[key] = (identity, VGG.from_file(path, **options))
+        models[key] = (identity, VGG.from_file(key[0], **dict(key[1])))
         with _loads_lock:
             _loads[key] = _loads.get(key, 0) + 1
     return models[key][1]
@@ -183,13 +185,12 @@ def _run_task(
         _worker_store(out), partition, model, batch_size=batch_size, workers=decode_threads,
         on_batch=lambda rows, bad: skipped.extend(bad),
     )  # fmt: skip
-    key = (weights, tuple(sorted(options.items())))
     return {
         "result": asdict(done),
         "skipped": skipped,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "model_loads": _loads[key],
+        "model_loads": _loads[_model_key(weights, options)],
         "seconds": time.perf_counter() - start,
         "peak_rss": _peak_rss(),
     }
@@ -286,6 +287,8 @@ def describe(client) -> str:
         f"Dask scheduler {info.get('address', '?')}: {len(workers)} workers, "
         f"{sum(w.get('nthreads', 0) for w in workers)} threads"
     )
+    if not workers:
+        text += " (tasks wait until workers join: dask worker ADDRESS)"
     link = client.dashboard_link if "dashboard" in info.get("services", {}) else None
     return text + (f", dashboard {link}" if link else "")
 
