@@ -143,6 +143,6 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="`mode` must be one of"):
         Preprocessing("bgr", "keras", 32)
     with pytest.raises(ValueError, match="`batch_size` must be a positive int, got 0"):
-        next(decode_batches(["a.jpg"], PREP, batch_size=0))
+        decode_batches(["a.jpg"], PREP, batch_size=0)
     with pytest.raises(ValueError, match="`workers` must be an int >= 0, got -1"):
-        next(decode_batches(["a.jpg"], PREP, workers=-1))
+        ImageStream(["a.jpg"], PREP, workers=-1)

@@ -374,7 +374,6 @@ def extract_on_cluster(
         out, images, model, layer=layer, top=top, partition_size=partition_size, prep=prep
     )
     pending = store.pending()
-    result = ExtractResult.starting(store)
     target = os.path.abspath(store.out)
     run = uuid.uuid4().hex[:8]  # fresh keys: a long-lived scheduler must not reuse old results
     futures = {}
@@ -383,6 +382,7 @@ def extract_on_cluster(
         futures[client.submit(_run_task, *args, key=f"vgg-np-{partition.name}-{run}")] = partition
     remaining = sum(p.stop - p.start for p in pending)
     enabled = show_progress(verbose, len(pending))
+    results = []
     with _TaskProgress(remaining, len(pending), enabled=enabled) as bar:
         try:
             for future in as_completed(futures):
@@ -395,7 +395,7 @@ def extract_on_cluster(
                     ) from None
                 future.release()  # the scheduler forgets it: nothing to recompute if lost
                 done = PartitionResult(**status["result"])
-                result.add(done)
+                results.append(done)
                 bar.tasks_done += 1
                 bar.update(done.written + done.already_done)
                 for path, reason in status["skipped"]:
@@ -406,5 +406,4 @@ def extract_on_cluster(
         except BaseException:
             client.cancel(list(futures))
             raise
-    result.finish(store, start)
-    return result
+    return ExtractResult.collect(store, results, time.perf_counter() - start)

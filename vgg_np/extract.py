@@ -68,7 +68,9 @@ from vgg_np.streams import Preprocessing, decode_batches, image_paths, preproces
 from vgg_np.summary import Summary
 
 __all__ = [
+    "ExtractResult",
     "Partition",
+    "PartitionResult",
     "Store",
     "create_store",
     "extract",
@@ -205,6 +207,20 @@ class Store:
     plan : dict
         The content of ``plan.json``.
     partitions : list of Partition
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from importlib import resources
+    >>> from vgg_np import VGG11
+    >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
+    >>> demo = resources.files("vgg_np") / "data" / "demo.png"
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     store = create_store(f"{tmp}/f.npy", [demo] * 3, model, layer="block1_pool")
+    ...     _ = run_partition(store, store.pending()[0], model)
+    ...     again = open_store(f"{tmp}/f.npy")  # in another process, say
+    ...     again.layer, again.shape, again.pending(), bool(np.isfinite(again.read()).all())
+    ('block1_pool', (1, 16, 16, 64), [], True)
     """
 
     def __init__(self, out: str, plan: dict):
@@ -223,27 +239,30 @@ class Store:
 
     @property
     def layer(self) -> str:
-        """The layer whose output the rows hold."""
+        """The layer whose output the rows hold (see the class example)."""
         return self.plan["layer"]
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of the whole output: ``(n_images, *row shape)``."""
+        """Shape of the whole output, ``(n_images, *row shape)`` (see the class example)."""
         return (len(self.plan["paths"]), *self.plan["row_shape"])
 
     def _path(self, partition: Partition, kind: str) -> str:
         return os.path.join(self.manifest_dir, f"{partition.name}.{kind}")
 
     def is_complete(self, partition: Partition) -> bool:
-        """Whether the partition's rows and manifest are all written."""
+        """Whether the partition's rows and manifest are all written (class example)."""
         return os.path.exists(self._path(partition, "jsonl"))
 
     def pending(self) -> list[Partition]:
-        """Return the partitions not complete yet, in order."""
+        """Return the partitions not complete yet, in order (see the class example)."""
         return [p for p in self.partitions if not self.is_complete(p)]
 
     def manifest(self) -> list[dict]:
-        """Every entry written so far (complete partitions and journals), in row order."""
+        """Return every entry so far (complete partitions, journals) in row order.
+
+        See `run_partition` for an example.
+        """
         entries: dict[int, dict] = {}
         for partition in self.partitions:
             entries.update(_read_entries(self._path(partition, "journal.jsonl")))
@@ -251,7 +270,7 @@ class Store:
         return [entries[row] for row in sorted(entries)]
 
     def read(self):
-        """Return the output array, read-only (a memory map, or a Zarr array)."""
+        """Return the output array, read-only: a memory map or a Zarr array (class example)."""
         if self.out.endswith(".zarr"):
             import zarr
 
@@ -259,7 +278,10 @@ class Store:
         return np.load(self.out, mmap_mode="r")
 
     def check_model(self, model) -> None:
-        """Raise ValueError unless `model` makes exactly the outputs the plan was made with."""
+        """Raise ValueError unless `model` makes the outputs the plan was made with.
+
+        See the class example (`run_partition` calls it).
+        """
         plan = self.plan
         row_shape = _output_shape(model, plan["layer"], self.prep.size)
         problems = []
@@ -437,6 +459,14 @@ def open_store(out: str | os.PathLike) -> Store:
     ------
     FileNotFoundError
         If `out` has no plan.
+
+    Examples
+    --------
+    See `Store`.
+    >>> open_store("nowhere.npy")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: [Errno 2] No such file or directory: 'nowhere.npy.manifest/plan.json'
     """
     out = os.fspath(out)
     with open(os.path.join(_manifest_dir(out), "plan.json")) as file:
@@ -445,7 +475,13 @@ def open_store(out: str | os.PathLike) -> Store:
 
 @dataclass
 class PartitionResult:
-    """What `run_partition` did: rows written now, of which failed, rows already done."""
+    """What `run_partition` did: rows written now, of which failed, rows already done.
+
+    Examples
+    --------
+    >>> PartitionResult(3, written=250, failed=2, already_done=6)
+    PartitionResult(index=3, written=250, failed=2, already_done=6)
+    """
 
     index: int
     written: int = 0
@@ -549,7 +585,15 @@ def run_partition(
 
 @dataclass
 class ExtractResult:
-    """The summary of `extract` (what ``vgg-np extract --json`` prints)."""
+    """The summary of `extract` (what ``vgg-np extract --json`` prints).
+
+    Examples
+    --------
+    >>> r = ExtractResult("f.npy", "f.npy.manifest", "fc2", (512, 4096), 512, written=500,
+    ...                   failed=3, already_done=12, failed_total=4, seconds=250.0)
+    >>> r.images_per_second, r.to_dict()["images_per_second"]
+    (2.0, 2.0)
+    """
 
     out: str
     manifest: str
@@ -562,38 +606,31 @@ class ExtractResult:
     failed_total: int
     seconds: float
 
+    @classmethod
+    def collect(cls, store: Store, results: list[PartitionResult], seconds: float):
+        """Summarise a run of `results` (one per partition run) over `store`.
+
+        Partitions without a result count as done before the run. See `extract` for an
+        example.
+        """
+        ran = {r.index for r in results}
+        before = sum(p.stop - p.start for p in store.partitions if p.index not in ran)
+        failed_total = sum(entry["status"] == "error" for entry in store.manifest())
+        return cls(
+            store.out, store.manifest_dir, store.layer, store.shape, store.shape[0],
+            written=sum(r.written for r in results), failed=sum(r.failed for r in results),
+            already_done=before + sum(r.already_done for r in results),
+            failed_total=failed_total, seconds=seconds,
+        )  # fmt: skip
+
     @property
     def images_per_second(self) -> float:
-        """Rows written per second in this run."""
+        """Rows written per second in this run (see `extract` for an example)."""
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        """Return the summary as plain JSON types (see `extract`)."""
+        """Return the summary as plain JSON types (see the class example)."""
         return {**asdict(self), "images_per_second": round(self.images_per_second, 3)}
-
-    @classmethod
-    def starting(cls, store: Store) -> ExtractResult:
-        """Return the summary of a run of `store` before its pending partitions ran.
-
-        `extract` and `vgg_np.distributed.extract_on_cluster` count the same way:
-        `add` each partition's result, then `finish`.
-        """
-        remaining = sum(p.stop - p.start for p in store.pending())
-        return cls(
-            store.out, store.manifest_dir, store.layer, store.shape, store.shape[0], written=0,
-            failed=0, already_done=store.shape[0] - remaining, failed_total=0, seconds=0.0,
-        )  # fmt: skip
-
-    def add(self, done: PartitionResult) -> None:
-        """Count one partition's result (see `starting`)."""
-        self.written += done.written
-        self.failed += done.failed
-        self.already_done += done.already_done
-
-    def finish(self, store: Store, start: float) -> None:
-        """Count the failures in the whole manifest and the time since `start` (see `starting`)."""
-        self.failed_total = sum(entry["status"] == "error" for entry in store.manifest())
-        self.seconds = time.perf_counter() - start
 
 
 def extract(
@@ -648,7 +685,7 @@ def extract(
     )
     pending = store.pending()
     remaining = sum(p.stop - p.start for p in pending)
-    result = ExtractResult.starting(store)
+    results = []
     enabled = show_progress(verbose, -(-remaining // batch_size))
     with Progress(remaining, enabled=enabled) as bar:
 
@@ -659,11 +696,11 @@ def extract(
                     on_skip(path, reason)
 
         for partition in pending:
-            done = run_partition(
-                store, partition, model, batch_size=batch_size, workers=workers,
-                on_batch=on_batch,
+            results.append(
+                run_partition(
+                    store, partition, model, batch_size=batch_size, workers=workers,
+                    on_batch=on_batch,
+                )
             )  # fmt: skip
-            bar.update(done.already_done)  # journaled by a run that was killed
-            result.add(done)
-    result.finish(store, start)
-    return result
+            bar.update(results[-1].already_done)  # journaled by a run that was killed
+    return ExtractResult.collect(store, results, time.perf_counter() - start)

@@ -182,6 +182,18 @@ def download(entry: Published, *, base_url: str | None = None, progress: bool = 
         If the downloaded bytes do not have the published hash.
     OSError
         If the download fails (``urllib.error.URLError`` is an OSError).
+
+    Examples
+    --------
+    >>> import hashlib, pathlib, tempfile
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (tmp / "w.h5").write_bytes(b"weights")
+    >>> entry = Published("keras", "w.h5", (tmp / "w.h5").as_uri(), "md5",
+    ...                   hashlib.md5(b"weights").hexdigest())
+    >>> os.environ["KERAS_HOME"] = str(tmp / "keras")
+    >>> download(entry, progress=False).read_bytes()
+    b'weights'
+    >>> del os.environ["KERAS_HOME"]
     """
     url = entry.url if base_url is None else f"{base_url.rstrip('/')}/{entry.filename}"
     target = cache_dir(entry.family)

@@ -7,7 +7,6 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import inspect
 import math
@@ -566,10 +565,8 @@ class VGG:
             The output of the last layer: class probabilities (or logits), or the
             features of the convolutional base without the top.
         """
-        x = self._prepare_input(x)  # (N, H, W, C)
-        # Keep only the last output: earlier ones live in reused buffers.
-        ((_, last),) = collections.deque(self.engine.run(x), maxlen=1)
-        return self._to_user_layout(np.array(last))  # a copy: buffers are reused
+        last = self.layers[-1].name
+        return self._outputs(self._prepare_input(x), [last])[last]
 
     def _layer_names(self, names: list[str]) -> list[str]:
         """Return every layer name, in order, after checking that `names` are among them."""

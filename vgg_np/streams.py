@@ -95,7 +95,7 @@ class Preprocessing:
             raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {self.resize!r}")
 
     def describe(self) -> str:
-        """One line for users: what is done to every image and why (see the class)."""
+        """Return one line for users: what is done to each image and why (class example)."""
         return (
             f"preprocessing {self.mode!r}, resize {self.resize!r} to {self.size}x{self.size} "
             f"({self.reason})"
@@ -170,6 +170,12 @@ class Decoded:
         For each row of `batch`, its position in `paths`.
     errors : dict of int to str
         Position in `paths` -> why that file was skipped (a line naming the file).
+
+    Examples
+    --------
+    >>> decoded = next(decode_batches(["gone.png"], Preprocessing("tf", "keras", 32)))
+    >>> decoded.batch.shape, decoded.ok, decoded.errors
+    ((0, 32, 32, 3), [], {0: 'gone.png: no such file'})
     """
 
     paths: list[str]
@@ -222,6 +228,10 @@ def decode_batches(
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"`workers` must be an int >= 0, got {workers!r}")
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    return _decoded(chunks, prep, workers, prefetch)  # arguments checked now, not at first use
+
+
+def _decoded(chunks: list[list[str]], prep: Preprocessing, workers: int, prefetch: int):
     if workers == 0:
         for chunk in chunks:
             yield _assemble(chunk, [_decode(p, prep) for p in chunk], prep)
@@ -293,6 +303,7 @@ class ImageStream:
         on_skip: Callable[[str, str], None] | None = None,
     ):
         self.paths = image_paths(images)
+        decode_batches([], prep, batch_size=batch_size, workers=workers)  # checks them
         self.prep, self.batch_size, self.workers = prep, batch_size, workers
         self.on_skip = on_skip
         self.skipped: list[tuple[str, str]] = []
