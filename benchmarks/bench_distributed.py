@@ -12,9 +12,11 @@ alternating configurations over ``--rounds``:
 
 Every process first extracts a few images to a throwaway store (so each worker has loaded
 the weights and planned its layers), then times the full run. Reported: the median
-images/s of the timed runs, the one-time costs (cluster start; the warm-up, which
-includes each worker reading the weights), the peak RSS of the client and of each
-worker, and whether the rows equal the local run's bit for bit.
+images/s of the timed runs, the CPU seconds per image they used (client and workers:
+the overhead at equal cores, less sensitive than images/s to other load on the machine),
+the one-time costs (cluster start; the warm-up, which includes each worker reading the
+weights), the peak RSS of the client and of each worker, and whether the rows equal the
+local run's bit for bit.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ RUN = textwrap.dedent(
     from vgg_np.distributed import connect, extract_on_cluster, load_model
     from vgg_np.extract import extract
 
+    def cpu_seconds():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     images, weights, out, workers, threads = sys.argv[1:6]
     workers, threads = int(workers), int(threads)
     settings = dict(layer="fc2", batch_size=8, verbose=0)
@@ -50,7 +56,9 @@ RUN = textwrap.dedent(
     if workers == 0:
         model = load_model(weights, options)
         extract(warm, out + ".warm.npy", model, partition_size=1, **settings)
+        cpu = cpu_seconds()
         result = extract([images], out, model, partition_size=16, **settings)
+        report["cpu_s"] = cpu_seconds() - cpu
         workers_rss = []
     else:
         start = time.perf_counter()
@@ -61,8 +69,11 @@ RUN = textwrap.dedent(
                                partition_size=1, on_task=statuses.append, **settings)
             report["warm_up_s"] = time.perf_counter() - start
             report["warmed_workers"] = len({s["pid"] for s in statuses})
+            cpu = cpu_seconds(), sum(client.run(cpu_seconds).values())
             result = extract_on_cluster([images], out, weights, client, options=options,
                                         partition_size=16, on_task=statuses.append, **settings)
+            report["cpu_s"] = (cpu_seconds() - cpu[0]
+                               + sum(client.run(cpu_seconds).values()) - cpu[1])
             peaks = {}
             for s in statuses:
                 peaks[s["pid"]] = max(peaks.get(s["pid"], 0), s["peak_rss"])
@@ -119,10 +130,11 @@ def main() -> None:
         f"configuration in a fresh process ({time.strftime('%Y-%m-%d')})\n"
     )
     print(
-        "| configuration | images/s | vs local | cluster start (s) | warm-up incl. loading "
-        "weights (s) | client peak RSS (MB) | worker peak RSS (MB) | rows equal local |"
+        "| configuration | images/s | vs local | CPU s / image | cluster start (s) | warm-up "
+        "incl. loading weights (s) | client peak RSS (MB) | worker peak RSS (MB) | rows equal "
+        "local |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     local = statistics.median(r["images_per_s"] for r in runs["local"])
     for label, reports in runs.items():
         rate = statistics.median(r["images_per_s"] for r in reports)
@@ -132,8 +144,10 @@ def main() -> None:
             return f"{statistics.median(values):.1f}" if values else "-"
 
         workers_rss = ", ".join(f"{v / 1e6:.0f}" for v in reports[-1]["workers_rss"]) or "-"
+        cpu = statistics.median(r["cpu_s"] / r["written"] for r in reports)
         print(
-            f"| {label} | {rate:.2f} | {rate / local:.2f} | {median('cluster_start_s')} | "
+            f"| {label} | {rate:.2f} | {rate / local:.2f} | {cpu:.2f} | "
+            f"{median('cluster_start_s')} | "
             f"{median('warm_up_s')} | {reports[-1]['client_rss'] / 1e6:.0f} | {workers_rss} | "
             f"{'yes' if all(r['equal'] for r in reports) else 'no'} |"
         )
