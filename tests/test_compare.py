@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -134,7 +135,8 @@ def test_cli_compare_names_the_first_diverging_layer(tmp_path, x):
     result = run_cli("compare", str(weights), str(good), "--oracle")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "compared with vgg_np in float64" in result.stdout
-    assert "all layers agree within tolerance" in result.stdout
+    assert "13/13 layers compared" in result.stdout  # 5 conv, 5 pool, flatten, 2 dense
+    assert "all 13 layers agree within tolerance" in result.stdout
     result = run_cli("compare", str(weights), str(bad))
     assert result.returncode == 1
     assert "first diverging layer: fc1" in result.stdout
@@ -149,3 +151,97 @@ def test_cli_compare_without_input_is_a_clear_error(tmp_path, x):
     result = run_cli("compare", str(weights), str(acts))
     assert result.returncode == 1
     assert "no input" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- a comparison cannot pass by accident ------------------------------------------------
+
+
+def test_a_dump_matching_one_layer_fails_and_says_how_many_were_compared(x):
+    one = {"block1_conv1": other_implementation(x)["block1_conv1"]}
+    result = compare_activations(small(), x, one)
+    assert not result.passed and result.first_divergence is None
+    assert (result.compared, result.requested) == (1, 12)  # 13 layers, flatten optional
+    assert "1/12 layers compared" in str(result)
+    assert str(result).splitlines()[-1] == "FAIL: only 1/12 layers compared"
+
+
+def test_flatten_is_optional_by_default_and_compared_when_given(x):
+    full = other_implementation(x)
+    with_flatten = compare_activations(small(), x, full)
+    assert with_flatten.passed and with_flatten.compared == with_flatten.requested == 13
+    without = compare_activations(small(), x, {k: v for k, v in full.items() if k != "flatten"})
+    assert without.passed and without.compared == without.requested == 12
+
+
+def test_explicit_layers_must_all_be_compared(x):
+    full = other_implementation(x)
+    asked = ["block1_conv1", "fc1", "flatten"]
+    result = compare_activations(small(), x, full, layers=asked)
+    assert result.passed and [r.name for r in result.rows] == ["block1_conv1", "flatten", "fc1"]
+    del full["flatten"]
+    result = compare_activations(small(), x, full, layers=asked)
+    assert not result.passed and result.missing == ("flatten",)
+    assert result.verdict() == "FAIL: only 2/3 layers compared"
+    with pytest.raises(ValueError, match=r"`layers` must name layers of small .* got \['fc3'\]"):
+        compare_activations(small(), x, full, layers=["fc1", "fc3"])
+
+
+def test_an_empty_batch_is_a_clear_error(x):
+    with pytest.raises(ValueError, match=r"`x` holds no image: shape \(0, 64, 64, 3\)"):
+        compare_activations(small(), x[:0], other_implementation(x))
+
+
+def softmax64(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_probabilities_against_logits_are_recognised(x):
+    dump = other_implementation(x)  # small() gives logits
+    dump["predictions"] = softmax64(dump["predictions"].astype(np.float64))
+    result = compare_activations(small(), x, dump)
+    assert not result.passed and result.first_divergence == "predictions"
+    (note,) = result.notes
+    assert note.startswith(
+        "predictions: the other implementation's output holds probabilities (softmax applied) "
+        "where vgg_np gives logits; after softmax they agree"
+    )
+    assert f"note: {note}" in str(result)
+
+
+def test_logits_against_probabilities_are_recognised(x):
+    dump = other_implementation(x)  # logits
+    with_softmax = VGG(SMALL, classes=5, classifier_activation="softmax", seed=7)
+    result = compare_activations(with_softmax, x, dump)
+    assert not result.passed
+    assert "holds logits where vgg_np gives probabilities" in result.notes[0]
+    assert "after softmax they agree" in result.notes[0]
+    # A real disagreement is not dressed up as a softmax mix-up.
+    dump["predictions"] = dump["predictions"] + 1.0
+    assert compare_activations(small(), x, dump).notes == ()
+
+
+def test_cli_compare_fails_on_a_partial_dump_and_reports_json(tmp_path, x):
+    weights = tmp_path / "small.npz"
+    small().save_weights(weights)
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, input=x, block1_conv1=other_implementation(x)["block1_conv1"])
+    result = run_cli("compare", str(weights), str(partial))
+    assert result.returncode == 1
+    assert "1/12 layers compared" in result.stdout
+    assert "FAIL: only 1/12 layers compared" in result.stdout
+
+    result = run_cli("compare", str(weights), str(partial), "--json", "--layers", "block1_conv1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] and (report["compared"], report["requested"]) == (1, 1)
+    assert report["layers"][0]["name"] == "block1_conv1" and report["layers"][0]["max_rel"] < 1e-5
+
+    probabilities = tmp_path / "probabilities.npz"
+    dump = other_implementation(x)
+    dump["predictions"] = softmax64(dump["predictions"].astype(np.float64))
+    np.savez(probabilities, input=x, **dump)
+    result = run_cli("compare", str(weights), str(probabilities), "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["first_divergence"] == "predictions"
+    assert "probabilities (softmax applied) where vgg_np gives logits" in report["notes"][0]

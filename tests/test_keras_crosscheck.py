@@ -18,6 +18,7 @@ from conftest import KERAS_REL_TOL, relative_error
 from reference import make_keras_reference as ref
 
 import vgg_np
+from vgg_np.layers import forward
 
 pytestmark = pytest.mark.keras
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -46,6 +47,26 @@ def test_committed_reference_is_what_keras_computes_today(live):
         for name, activation in full["activations"].items():
             error = relative_error(ref.take_slice(activation), committed[f"slice/{name}"])
             assert error < KERAS_REL_TOL, (name, error)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reference_forward_matches_keras_on_every_layer(live, dtype):
+    # vgg_np.layers.forward itself (no engine, no file) on the weights Keras was given.
+    full, _ = live
+    weights = {name: tuple(a.astype(dtype) for a in t) for name, t in full["weights"].items()}
+    keras_acts, errors = full["activations"], {}
+
+    def compare(layer, values) -> None:
+        assert values["output"].shape == keras_acts[layer.name].shape, layer.name
+        errors[layer.name] = relative_error(values["output"], keras_acts[layer.name])
+
+    table = vgg_np.VGG16(seed=0, classifier_activation=None).layers
+    forward(table, weights, full["x"].astype(dtype), hook=compare)
+    assert list(errors) == list(keras_acts)
+    print(f"\nreference forward {dtype}: max |err| / max |Keras| per layer")
+    for name, error in errors.items():
+        print(f"  {name:<14}{error:.2e}")
+    assert max(errors.values()) < KERAS_REL_TOL
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -65,7 +65,8 @@ def test_parameter_counts_of_the_family(name, parameters):
         assert VGG(name, seed=0).summary(print_summary=False).parameters == parameters
 
 
-# The classic VGG16 table (see ../shared/FACTS.md): per layer, output values and weights.
+# The classic VGG16 table (the CS231n notes, see docs/vgg16.md): per layer, output values and
+# weights.
 CLASSIC_VGG16 = [
     ("input", 224 * 224 * 3, 0),
     ("block1_conv1", 224 * 224 * 64, (3 * 3 * 3) * 64),
@@ -98,7 +99,7 @@ def test_summary_reproduces_the_classic_vgg16_table(capsys):
     rows = {r.name: r for r in summary.rows}
     for name, activations, weights in CLASSIC_VGG16:
         assert (rows[name].activations, rows[name].weights) == (activations, weights), name
-    # The figures quoted in FACTS.md, spelled out.
+    # The figures the classic table quotes, spelled out.
     assert rows["block1_conv1"].weights == 1_728 and rows["fc1"].weights == 102_760_448
     assert (
         rows["predictions"].weights == 4_096_000 and rows["block1_conv1"].activations == 3_211_264

@@ -156,3 +156,15 @@ def test_predict_memory_does_not_grow_with_the_number_of_images():
     assert large < small + (20 << 20), (small, large)
     whole_small, whole_large = peak_growth(8, "call"), peak_growth(64, "call")
     assert whole_large > whole_small + (100 << 20), (whole_small, whole_large)  # the test bites
+
+
+def test_the_reference_forward_serves_features_and_predict_too(x):
+    reference = VGG(SMALL, classes=5, seed=0, conv_algorithm="reference")
+    everything = reference.activations(x[:2])
+    picked = reference.activations(x[:2], layers=["fc1", "block2_conv2"])
+    assert list(picked) == ["block2_conv2", "fc1"]
+    np.testing.assert_array_equal(picked["fc1"], everything["fc1"])
+    np.testing.assert_array_equal(
+        reference.features(x[:2], "block3_pool"), everything["block3_pool"]
+    )
+    assert reference.predict(x[:2], batch_size=1, verbose=0).shape == (2, 5)

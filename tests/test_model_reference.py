@@ -17,6 +17,7 @@ from conftest import KERAS_REL_TOL, relative_error
 from reference.make_keras_reference import checksums, full_weights, take_slice
 
 import vgg_np
+from vgg_np.layers import forward
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -61,3 +62,24 @@ def test_full_vgg16_matches_keras_on_every_layer(reference, weights, dtype):
     logits, keras_logits = activations["predictions"], reference["slice/predictions"]
     top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
     np.testing.assert_array_equal(top5, np.argsort(-keras_logits, axis=1, kind="stable")[:, :5])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reference_forward_matches_keras_on_every_layer(reference, weights, dtype):
+    # The library's reference forward pass itself (no engine), on the same weights.
+    table = vgg_np.VGG16(seed=0, classifier_activation=None).layers
+    cast = {name: tuple(a.astype(dtype) for a in tensors) for name, tensors in weights.items()}
+    errors = {}
+
+    def compare(layer, values) -> None:
+        assert values["output"].dtype == np.dtype(dtype), layer.name
+        errors[layer.name] = relative_error(
+            take_slice(values["output"]), reference[f"slice/{layer.name}"]
+        )
+
+    forward(table, cast, reference["x"].astype(dtype), hook=compare)
+    assert len(errors) == 22
+    print(f"\nreference forward {dtype}: max |err| / max |Keras| per layer")
+    for name, error in errors.items():
+        print(f"  {name:<14}{error:.2e}")
+    assert max(errors.values()) < KERAS_REL_TOL, errors

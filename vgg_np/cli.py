@@ -1,30 +1,59 @@
 """The ``vgg-np`` command line: the only module that prints for users or exits.
 
-Commands: ``demo``, ``predict``, ``extract``, ``summary``, ``show``, ``compare``,
-``convert``, ``fetch-weights``; each has ``--help`` with an example. Everything but
-``fetch-weights`` works offline.
+Commands (each has ``--help`` with an example; all but ``fetch-weights`` work offline):
+
+- ``demo``: print VGG16's table, run it on the bundled picture, check it against Keras
+- ``predict``: classify images with a weights file
+- ``extract``: one layer's features of many images to a .npy or .zarr, resumably
+- ``summary``: the per-layer table of any family member
+- ``show``: a layer's feature maps (or the first layer's filters) as a PNG grid
+- ``train``: fine-tune the top of a reduced-width VGG16 on generated pictures
+- ``compare``: another implementation's activations against vgg_np, layer by layer
+- ``convert``: weights from one file format to another
+- ``fetch-weights``: download the published ImageNet weights (the only use of the network)
+
+Conventions shared by every command: exit code 0 on success; 1 on a runtime error (a file
+that cannot be used, a diverging layer, a skipped image), told in one line on stderr that
+names the user's file; 2 on a usage error, and every argument is checked before any work
+starts; 130 on Ctrl-C, with one line and no output file left half-written; 141 when
+stdout is closed early (``vgg-np predict ... --json | head -1``), quietly. ``--debug``,
+before or after the command, shows the traceback instead of the one line.
+
+A command is two small functions: ``add_<name>(commands)`` declares its arguments, help
+and example through `_new_command`, and ``run_<name>(args)`` does the work. Listing
+``add_<name>`` in `COMMANDS` registers it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
+import os
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from importlib import resources
 
 import numpy as np
 
 from vgg_np import __version__, distributed, formats, hub
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
-from vgg_np.extract import DEFAULT_PARTITION_SIZE, extract, top_classes
-from vgg_np.model import CONFIGS, VGG, VGG16, Summary, layer_table
+from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
+from vgg_np.extract import DEFAULT_PARTITION_SIZE, SUFFIXES, extract, top_classes
+from vgg_np.formats._common import atomic_write
+from vgg_np.model import VGG, VGG16
 from vgg_np.preprocess import MODES, RESIZE_MODES, decode_predictions, load_image, preprocess_input
 from vgg_np.progress import Progress
-from vgg_np.streams import ImageStream, preprocessing_for
+from vgg_np.streams import ImageStream, image_paths, preprocessing_for
+from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid, filter_grid
 
 EXIT_RUNTIME_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as for `yes | head -1`
 
 
 def _relative_error(actual: np.ndarray, exact: np.ndarray) -> float:
@@ -42,6 +71,131 @@ def _best_time(func, *args, repeat: int = 3):
     return result, best
 
 
+def _describe(error: BaseException) -> str:
+    """One line naming the problem; every message starts with the file it is about."""
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"{error.filename}: no such file"
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+# -- argument types: each checks one value before any work starts (else exit 2) ----------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a rate in [0, 1), got {text}")
+    return value
+
+
+def _image_side(text: str) -> int:
+    value = int(text)
+    if value < MIN_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_SIZE} (five 2x2 poolings), got {text}"
+        )
+    return value
+
+
+@functools.cache
+def _family_layers(include_top: bool) -> tuple[str, ...]:
+    """Layer names of every family member (VGG19's order first), with or without the top."""
+    pool = 7 if include_top else None  # torchvision's avgpool
+    configs = sorted(CONFIGS.values(), key=lambda config: -len(config.conv_names()))
+    tables = [layer_table(c, include_top=include_top, adaptive_pool=pool) for c in configs]
+    return tuple(dict.fromkeys(layer.name for table in tables for layer in table))
+
+
+def _base_layer(text: str) -> str:
+    if text not in _family_layers(False):
+        raise argparse.ArgumentTypeError(
+            f"must be a layer of the convolutional base ({', '.join(_family_layers(False))}), "
+            f"got {text!r}"
+        )
+    return text
+
+
+def _layer_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in _family_layers(True)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated layer names ({', '.join(_family_layers(True))}), "
+            f"got {', '.join(unknown) or repr(text)}"
+        )
+    return names
+
+
+def _output_file(text: str) -> str:
+    directory = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"{text}: the directory {directory} does not exist")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file name")
+    return text
+
+
+def _extract_output(text: str) -> str:
+    if not text.endswith(SUFFIXES):
+        raise argparse.ArgumentTypeError(f"{text}: must end in .npy or .zarr")
+    directory = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"{text}: the directory {directory} does not exist")
+    return text  # may exist: a rerun resumes it
+
+
+def _picture_file(text: str) -> str:
+    from PIL import Image
+
+    kind = Image.registered_extensions().get(os.path.splitext(text)[1].lower())
+    if kind not in Image.SAVE:
+        raise argparse.ArgumentTypeError(f"{text}: not a picture file name (.png, .jpg, ...)")
+    return _output_file(text)
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+def add_demo(commands) -> None:
+    """Declare ``vgg-np demo``."""
+    _new_command(
+        commands,
+        "demo",
+        run_demo,
+        summary="print VGG16's table, run it on a bundled picture, check it against Keras",
+        description=(
+            "Build VGG16 with seeded weights (nothing is downloaded), print the classic "
+            "per-layer table, classify the picture shipped in the package, confirm the "
+            "logits against the Keras reference committed with vgg_np, and report the time "
+            "per image."
+        ),
+        examples=["vgg-np demo"],
+    )
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Print VGG16's table, run it on the bundled picture, check it against Keras."""
     data = resources.files("vgg_np") / "data"
@@ -52,8 +206,7 @@ def run_demo(args: argparse.Namespace) -> int:
     model = VGG16(seed=seed, classifier_activation=None)
     summary = model.summary()
     pixels = load_image(data / "demo.png")[None]  # (1, 224, 224, 3)
-    x = preprocess_input(pixels)
-    logits, seconds = _best_time(model, x)
+    logits, seconds = _best_time(model, preprocess_input(pixels))
     error = _relative_error(logits, reference["logits"])
     agrees = error < DEFAULT_TOLERANCE
     print(
@@ -76,369 +229,28 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if agrees else EXIT_RUNTIME_ERROR
 
 
-def run_summary(args: argparse.Namespace) -> int:
-    """Print the per-layer table of a family member, computed from its layer table."""
-    h, w = args.input_shape
-    layers = layer_table(CONFIGS[args.model], include_top=not args.no_top)
-    if not args.no_top and (h, w) != (224, 224):
-        print("note: with the top, fc1's size follows the input size", file=sys.stderr)
-    title = f"{args.model}: input {h}x{w}x3, include_top={not args.no_top}"
-    print(Summary.of(layers, (h, w, 3), title))
-    return 0
+# -- predict -------------------------------------------------------------------------------
 
 
-def _model_and_preprocessing(args: argparse.Namespace, **kwargs):
-    """Load --weights; pick the preprocessing its family implies unless given."""
-    model = VGG.from_file(args.weights, **kwargs)
-    return model, preprocessing_for(model, args.preprocess, args.resize)
-
-
-def _skip(path: str, reason: str) -> None:
-    print(f"vgg-np: skipping {reason}", file=sys.stderr)
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """Classify images with a weights file; one bad image is reported and skipped."""
-    model, prep = _model_and_preprocessing(args, classifier_activation="softmax")
-    if not model.include_top:
-        raise ValueError(
-            f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
-            "predict classes"
-        )
-    if args.output:
-        result = extract(
-            args.images,
-            args.output,
-            model,
-            layer="predictions",
-            top=args.top,
-            batch_size=args.batch_size,
-            prep=prep,
-            verbose="auto" if args.progress is None else args.progress,
-            on_skip=_skip,
-        )
-        _print_extract_summary(result, prep, args.json)
-        return 0
-    stream = ImageStream(args.images, prep, batch_size=args.batch_size, on_skip=_skip)
-    if not stream.paths:
-        raise ValueError(f"no images found in {' '.join(args.images)}")
-    print(f"weights {args.weights}; {prep.describe()}", file=sys.stderr)
-    show = args.progress if args.progress is not None else len(stream) > 8 and sys.stderr.isatty()
-    with Progress(len(stream), enabled=show) as bar:
-        for paths, batch in stream:
-            for path, row in zip(paths, model(batch), strict=True):
-                _print_prediction(path, row, args.top, args.json, prep.mode, prep.resize)
-            bar.update(len(paths))
-    return EXIT_RUNTIME_ERROR if stream.skipped else 0
-
-
-def _print_prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode: str, resize: str):
-    best = top_classes(row, top)
-    if as_json:
-        entries = [{"wnid": w, "label": n, "probability": round(p, 6)} for w, n, p in best]
-        print(json.dumps({"image": path, "preprocess": mode, "resize": resize, "top": entries}))
-    else:
-        print(path)
-        for rank, (wnid, name, probability) in enumerate(best, start=1):
-            print(f"  {rank}. {name:<30} {wnid}  {probability:.4f}")
-
-
-def _print_extract_summary(result, prep, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({**result.to_dict(), "preprocessing": prep.describe()}))
-    else:
-        print(
-            f"{result.out}: {result.shape} {result.layer}; {result.written} images written "
-            f"({result.failed} failed) at {result.images_per_second:.1f} images/s, "
-            f"{result.already_done} done before; {result.failed_total} failed in all "
-            f"(reasons in {result.manifest}); {prep.describe()}"
-        )
-
-
-def run_extract(args: argparse.Namespace) -> int:
-    """Write one layer's features (and top classes) of many images to disk, resumably."""
-    if args.scheduler or args.workers:
-        return _run_extract_on_cluster(args)
-    model, prep = _model_and_preprocessing(args, threads=args.threads)
-    result = extract(
-        args.images,
-        args.output,
-        model,
-        layer=args.layer,
-        top=args.top,
-        batch_size=args.batch_size,
-        partition_size=args.partition_size,
-        workers=args.decode_threads,
-        prep=prep,
-        verbose="auto" if args.progress is None else args.progress,
-        on_skip=_skip,
-    )
-    _print_extract_summary(result, prep, args.json)
-    return 0
-
-
-def _run_extract_on_cluster(args: argparse.Namespace) -> int:
-    """``extract --scheduler ADDRESS`` or ``--workers N``: the partitions as Dask tasks."""
-    options = distributed.engine_options(args.workers, args.threads)
-    model = distributed.load_model(args.weights, options)
-    prep = preprocessing_for(model, args.preprocess, args.resize)
-    with distributed.connect(args.scheduler, args.workers) as client:
-        print(distributed.describe(client), file=sys.stderr)
-        result = distributed.extract_on_cluster(
-            args.images, args.output, args.weights, client, options=options, layer=args.layer,
-            top=args.top, batch_size=args.batch_size, partition_size=args.partition_size,
-            decode_threads=args.decode_threads, prep=prep, on_skip=_skip,
-            verbose="auto" if args.progress is None else args.progress,
-        )  # fmt: skip
-    _print_extract_summary(result, prep, args.json)
-    return 0
-
-
-def add_extract_parser(commands) -> None:
-    """Add ``vgg-np extract`` to the subcommands."""
-    parser = commands.add_parser(
-        "extract",
-        help="write one layer's features of many images to .npy or .zarr, resumably",
-        description=(
-            "Run images (files, directories, globs; sorted, duplicates dropped) through a "
-            "weights file and write LAYER's output, one row per image, to OUT (.npy through "
-            "a memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
-            "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
-            "last one stopped; a bad image gets a NaN row and its reason, never an error. "
-            "With --scheduler or --workers (needs vgg_np[dask]) the partitions run as Dask "
-            "tasks and write the same OUT; weights and OUT must be at the same paths on "
-            "every worker (docs/distributed.md)."
-        ),
-        epilog=(
-            "Examples: vgg-np extract photos/ --weights vgg16.h5 --layer fc2 -o fc2.npy\n"
-            "          vgg-np extract 'photos/**/*.jpg' --weights vgg16.pth --layer "
-            "block5_pool -o maps.zarr --json\n"
-            "          vgg-np extract /shared/photos --weights /shared/vgg16.h5 --layer fc2 "
-            "-o /shared/fc2.zarr --scheduler tcp://head:8786"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    parser.add_argument("--weights", required=True, help="weights file of any supported format")
-    parser.add_argument("--layer", help="layer whose output is stored (default: the last)")
-    parser.add_argument("-o", "--output", required=True, help="OUT.npy or OUT.zarr")
-    parser.add_argument("--top", type=_natural, default=0, help="top classes in the manifest (0)")
-    parser.add_argument("--preprocess", choices=MODES, help="caffe, torch or tf (from the weights)")
-    parser.add_argument("--resize", choices=RESIZE_MODES, help="keras or torchvision (weights)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="per pass (32)")
-    parser.add_argument(
-        "--partition-size", type=_positive_int, default=DEFAULT_PARTITION_SIZE,
-        help=f"images per partition, the unit of completion ({DEFAULT_PARTITION_SIZE})",
-    )  # fmt: skip
-    parser.add_argument("--decode-threads", type=_natural, default=2, help="per process (2)")
-    parser.add_argument(
-        "--threads", type=_positive_int, help="engine threads per process (CPUs / --workers)"
-    )
-    parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar (default: when stderr is a terminal)")  # fmt: skip
-    cluster = parser.add_mutually_exclusive_group()
-    cluster.add_argument("--scheduler", metavar="ADDRESS",
-                         help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip
-    cluster.add_argument("--workers", type=_positive_int, metavar="N",
-                         help="run them on a local Dask cluster of N processes")  # fmt: skip
-    parser.set_defaults(handler=run_extract)
-
-
-def run_fetch_weights(args: argparse.Namespace) -> int:
-    """Find or download the published ImageNet weights into the Keras cache."""
-    path = hub.resolve(args.model, not args.no_top, download_missing=True,
-                       base_url=args.base_url, progress=sys.stderr.isatty())  # fmt: skip
-    print(path)
-    return 0
-
-
-def add_fetch_weights_parser(commands) -> None:
-    """Add ``vgg-np fetch-weights`` to the subcommands."""
-    parser = commands.add_parser(
-        "fetch-weights",
-        help="download Keras's ImageNet weights (VGG16, VGG19) into the Keras cache",
-        description=(
-            "Print the path of a verified copy of the published ImageNet weights, looking in "
-            "the Keras cache ($KERAS_HOME/models) and torch's ($TORCH_HOME/hub/checkpoints), "
-            "and downloading Keras's file into the Keras cache if there is none: hash "
-            "checked, written atomically. This is the only command that uses the network."
-        ),
-        epilog="Example: vgg-np fetch-weights vgg16 --no-top",
-    )
-    parser.add_argument("model", choices=sorted({name for name, _ in hub.PUBLISHED}))
-    parser.add_argument("--no-top", action="store_true", help="the file without the classifier")
-    parser.add_argument("--base-url", help="download from this directory URL (a mirror)")
-    parser.set_defaults(handler=run_fetch_weights)
-
-
-def run_show(args: argparse.Namespace) -> int:
-    """Save a layer's feature maps (or the first layer's filters) as a PNG grid."""
-    from PIL import Image
-
-    if args.weights:
-        model = VGG.from_file(args.weights, include_top=False, input_shape=None)
-    else:
-        model = VGG16(include_top=False, seed=args.seed)
-    if args.filters:
-        picture = filter_grid(model.weights["block1_conv1"][0])
-    else:
-        names = [layer.name for layer in model.layers]
-        if args.layer not in names:
-            raise ValueError(f"--layer must be one of the convolutional base's: {', '.join(names)}")
-        pixels = load_image(args.image)[None]
-        activation = model.activations(preprocess_input(pixels))[args.layer][0]
-        scale = max(1, 56 // activation.shape[0])  # small deep maps get bigger pixels
-        picture = feature_map_grid(activation, scale=scale)
-    Image.fromarray(picture).save(args.output)
-    what = "first-layer filters" if args.filters else f"{args.layer} feature maps"
-    print(f"wrote {what} ({picture.shape[1]}x{picture.shape[0]}) to {args.output}")
-    return 0
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """Fine-tune the top of a reduced-width VGG16 on generated shapes; print loss, accuracy."""
-    from vgg_np.model import VGGConfig
-    from vgg_np.train import SGD, SHAPES, loss_and_gradients, shapes_dataset
-
-    config = VGGConfig(
-        "vgg16-narrow",
-        ((8, 8), (16, 16), (32,) * 3, (64,) * 3, (64,) * 3),
-        fc=(64, 64),
-        default_size=32,
-    )
-    model = VGG(config, classes=len(SHAPES), classifier_activation=None, seed=args.seed)
-    images, labels = shapes_dataset(args.train + args.test, seed=args.seed)
-    x = preprocess_input(images, mode="tf")
-    x_train, y_train, x_test, y_test = (
-        x[: args.train],
-        labels[: args.train],
-        x[args.train :],
-        labels[args.train :],
-    )
-    top = {"fc1", "fc2", "predictions"} if not args.all_layers else None
-    optimizer = SGD(lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    rng = np.random.default_rng(args.seed)
-
-    def accuracy() -> float:
-        return float(np.mean(np.argmax(model(x_test), axis=1) == y_test))
-
-    print(f"fine-tuning fc1, fc2, predictions of {config.name} on {args.train} generated pictures "
-          f"of {len(SHAPES)} classes ({', '.join(SHAPES)}); {args.test} held out")  # fmt: skip
-    print(f"epoch 0: test accuracy {accuracy():.3f}")
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        order = rng.permutation(args.train)
-        losses = []
-        for first in range(0, args.train, args.batch_size):
-            batch = order[first : first + args.batch_size]
-            loss, grads, _ = loss_and_gradients(
-                model, x_train[batch], y_train[batch], dropout=args.dropout, rng=rng, trainable=top
-            )
-            optimizer.step(model, grads)
-            losses.append(loss)
-        print(f"epoch {epoch}: train loss {np.mean(losses):.4f}, test accuracy {accuracy():.3f}, "
-              f"{time.perf_counter() - start:.1f} s")  # fmt: skip
-    return 0
-
-
-def _describe(error: BaseException) -> str:
-    """One line naming the problem; every message starts with the file it is about."""
-    if isinstance(error, FileNotFoundError) and error.filename:
-        return f"{error.filename}: no such file"
-    if isinstance(error, OSError) and error.filename:
-        return f"{error.filename}: {error.strerror}"
-    return str(error)
-
-
-def _load_input(args: argparse.Namespace, arrays) -> np.ndarray:
-    if args.input is not None:
-        return np.load(args.input, allow_pickle=False)
-    if arrays is not None and "input" in arrays:
-        return arrays["input"]
-    raise ValueError("no input: store it as 'input' in the activations .npz, or pass --input X.npy")
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    """Compare another implementation's activations (or a live ONNX run) with vgg_np."""
-    dtype = "float64" if args.oracle else "float32"
-    if args.onnx:
-        x = _load_input(args, None)
-        result = compare_onnx(args.weights, x, oracle=args.oracle, tolerance=args.tolerance)
-    else:
-        if args.activations is None:
-            raise ValueError("give the other implementation's ACTIVATIONS .npz, or --onnx")
-        with np.load(args.activations, allow_pickle=False) as npz:
-            arrays = dict(npz)
-        x = _load_input(args, arrays)
-        model = VGG.from_file(args.weights, dtype=dtype, classifier_activation=None)
-        result = compare_activations(model, x, arrays, tolerance=args.tolerance)
-    print(result)
-    return 0 if result.passed else EXIT_RUNTIME_ERROR
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Convert a weights file to another format, keeping every tensor."""
-    with formats.open_weights(args.source) as source:
-        weights = {name: (np.asarray(k), np.asarray(b)) for name, (k, b) in source.tensors.items()}
-        read = source.format
-    written = formats.write_weights(args.target, weights, layout=args.layout)
-    print(f"{args.source} ({read}) -> {args.target} ({written}): {len(weights)} layers")
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _natural(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of ``vgg-np``."""
-    parser = argparse.ArgumentParser(
-        prog="vgg-np",
-        description="VGG16 in plain NumPy: learn it, verify against it, run it.",
-        epilog="Example: vgg-np demo",
-    )
-    parser.add_argument("--version", action="version", version=f"vgg_np {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    raw = argparse.RawDescriptionHelpFormatter
-    demo = commands.add_parser(
-        "demo",
-        help="print VGG16's table, run it on a bundled picture, check it against Keras",
-        description=(
-            "Build VGG16 with seeded weights (nothing is downloaded), print the classic "
-            "per-layer table, classify the picture shipped in the package, confirm the "
-            "logits against the Keras reference committed with vgg_np, and report the time "
-            "per image."
-        ),
-        epilog="Example: vgg-np demo",
-    )
-    demo.set_defaults(handler=run_demo)
-
-    predict = commands.add_parser(
+def add_predict(commands) -> None:
+    """Declare ``vgg-np predict``."""
+    predict = _new_command(
+        commands,
         "predict",
-        help="classify images with a weights file",
+        run_predict,
+        summary="classify images with a weights file",
         description=(
             "Classify images (files, directories, globs) with a VGG weights file of any "
             "supported format. Preprocessing and resizing follow the weights' family unless "
             "given: Keras files use 'caffe' and Keras's resize, torchvision files 'torch' and "
-            "torchvision's. A bad image is reported on stderr and skipped (exit code 1)."
+            "torchvision's. A bad image (unreadable, damaged, too large, not a regular file) "
+            "is reported on stderr and skipped; the others are still classified (exit code 1)."
         ),
-        epilog=(
-            "Examples: vgg-np predict cat.jpg --weights vgg16_weights_tf_kernels.h5\n"
-            "          vgg-np predict photos/ --weights vgg16.pth --top 3 --json"
-        ),
-        formatter_class=raw,
+        examples=[
+            "vgg-np predict cat.jpg --weights vgg16_weights_tf_kernels.h5",
+            "vgg-np predict photos/ --weights vgg16.pth --top 3 --json",
+            "vgg-np predict photos/ --weights vgg16.h5 -o probabilities.npy --top 5",
+        ],
     )
     predict.add_argument(
         "images", nargs="+", metavar="IMAGE_OR_DIR", help="images, directories or globs"
@@ -458,94 +270,389 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument(
-        "-o", "--output", help="write probabilities to OUT.npy/.zarr instead (as extract)"
-    )
+        "-o", "--output", type=_extract_output,
+        help="write the probabilities to OUT.npy or OUT.zarr instead, as extract does",
+    )  # fmt: skip
     predict.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar on stderr (default: when stderr is a terminal and there are >8 images)",
     )
-    predict.set_defaults(handler=run_predict)
 
-    summary = commands.add_parser(
-        "summary",
-        help="print the per-layer table: shapes, activations, weights, biases, MACs",
-        description="Print the classic per-layer table of a VGG, computed from its layer table.",
-        epilog=(
-            "Examples: vgg-np summary\n"
-            "          vgg-np summary --model vgg19 --input-shape 320 480 --no-top"
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Classify images with a weights file; a bad image is reported, the others go on."""
+    paths = image_paths(args.images)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.images)}")
+    model = VGG.from_file(args.weights, classifier_activation="softmax")
+    if not model.include_top:
+        raise ValueError(
+            f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
+            "predict classes"
+        )
+    prep = preprocessing_for(model, args.preprocess, args.resize)
+    print(
+        f"weights {args.weights} ({prep.reason}); preprocessing {prep.mode!r}, "
+        f"resize {prep.resize!r}",
+        file=sys.stderr,
+    )
+    if args.output:
+        args.layer, args.partition_size = "predictions", DEFAULT_PARTITION_SIZE
+        args.decode_threads = 2
+        return _extract(args, model, prep)
+    stream = ImageStream(paths, prep, batch_size=args.batch_size, on_skip=_skip, expand=False)
+    show = args.progress if args.progress is not None else len(paths) > 8 and sys.stderr.isatty()
+    with Progress(len(paths), enabled=show) as bar:
+        for batch_paths, batch in stream:
+            for path, row in zip(batch_paths, model(batch), strict=True):
+                # One write per image: an interrupted run never ends mid-record.
+                print(_prediction(path, row, args.top, args.json, prep.mode, prep.resize))
+            bar.update(len(batch_paths))
+    if stream.skipped:
+        print(f"vgg-np: {len(stream.skipped)} of {len(paths)} images skipped", file=sys.stderr)
+    return EXIT_RUNTIME_ERROR if stream.skipped else 0
+
+
+def _skip(path: str, reason: str) -> None:
+    print(f"vgg-np: skipping {reason}", file=sys.stderr)
+
+
+def _prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode: str, resize: str):
+    """Format the classes of one image as text lines or one JSON object."""
+    best = top_classes(row, top)
+    if as_json:
+        entries = [{"wnid": w, "label": n, "probability": round(p, 6)} for w, n, p in best]
+        return json.dumps({"image": path, "preprocess": mode, "resize": resize, "top": entries})
+    lines = [path]
+    for rank, (wnid, name, probability) in enumerate(best, start=1):
+        lines.append(f"  {rank}. {name:<30} {wnid}  {probability:.4f}")
+    return "\n".join(lines)
+
+
+# -- extract -------------------------------------------------------------------------------
+
+
+def add_extract(commands) -> None:
+    """Declare ``vgg-np extract``."""
+    parser = _new_command(
+        commands,
+        "extract",
+        run_extract,
+        summary="one layer's features of many images to a .npy or .zarr, resumably",
+        description=(
+            "Run images (files, directories, globs; sorted, duplicates dropped) through a "
+            "weights file and write LAYER's output, one row per image, to OUT (.npy through a "
+            "memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
+            "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
+            "last one stopped; a bad image gets a NaN row and its reason, not an error. With "
+            "--scheduler or --workers (needs vgg_np[dask]) the partitions run as Dask tasks "
+            "and write the same OUT; the weights and OUT must be at the same paths on every "
+            "worker (docs/distributed.md)."
         ),
-        formatter_class=raw,
+        examples=[
+            "vgg-np extract photos/ --weights vgg16.h5 --layer fc2 -o fc2.npy",
+            "vgg-np extract 'photos/**/*.jpg' --weights vgg16.pth --layer block5_pool "
+            "-o maps.zarr --json",
+            "vgg-np extract /shared/photos --weights /shared/vgg16.h5 --layer fc2 "
+            "-o /shared/fc2.zarr --scheduler tcp://head:8786",
+        ],
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--weights", required=True, help="weights file of any supported format")
+    parser.add_argument("--layer", help="whose output is stored (default: the last layer)")
+    parser.add_argument("-o", "--output", required=True, type=_extract_output, help="OUT.npy/.zarr")
+    parser.add_argument("--top", type=_non_negative_int, default=0, help="classes per entry (0)")
+    parser.add_argument("--preprocess", choices=MODES, help="caffe, torch or tf (from the weights)")
+    parser.add_argument("--resize", choices=RESIZE_MODES, help="keras or torchvision (weights)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="per pass (32)")
+    parser.add_argument(
+        "--partition-size", type=_positive_int, default=DEFAULT_PARTITION_SIZE,
+        help=f"images per partition, the unit of completion ({DEFAULT_PARTITION_SIZE})",
+    )  # fmt: skip
+    parser.add_argument("--decode-threads", type=_non_negative_int, default=2, help="per process")
+    parser.add_argument("--threads", type=_positive_int, help="engine threads (CPUs / --workers)")
+    parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip
+    cluster.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="run them on a local Dask cluster of N processes")  # fmt: skip
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Write one layer's features (and top classes) of many images to disk, resumably."""
+    if args.scheduler or args.workers:
+        return _extract_on_cluster(args)
+    model = VGG.from_file(args.weights, threads=args.threads)
+    return _extract(args, model, preprocessing_for(model, args.preprocess, args.resize))
+
+
+def _extract_on_cluster(args: argparse.Namespace) -> int:
+    """``extract --scheduler ADDRESS`` or ``--workers N``: the partitions as Dask tasks."""
+    options = distributed.engine_options(args.workers, args.threads)
+    model = distributed.load_model(args.weights, options)
+    prep = preprocessing_for(model, args.preprocess, args.resize)
+    with distributed.connect(args.scheduler, args.workers) as client:
+        print(distributed.describe(client), file=sys.stderr)
+        result = distributed.extract_on_cluster(
+            args.images, args.output, args.weights, client, options=options, layer=args.layer,
+            top=args.top, batch_size=args.batch_size, partition_size=args.partition_size,
+            decode_threads=args.decode_threads, prep=prep, on_skip=_skip,
+            verbose="auto" if args.progress is None else args.progress,
+        )  # fmt: skip
+    return _extract_summary(result, prep, args.json)
+
+
+def _extract(args: argparse.Namespace, model: VGG, prep) -> int:
+    result = extract(
+        args.images,
+        args.output,
+        model,
+        layer=args.layer,
+        top=args.top,
+        batch_size=args.batch_size,
+        partition_size=args.partition_size,
+        workers=args.decode_threads,
+        prep=prep,
+        verbose="auto" if args.progress is None else args.progress,
+        on_skip=_skip,
+    )
+    return _extract_summary(result, prep, args.json)
+
+
+def _extract_summary(result, prep, as_json: bool) -> int:
+    """Print the summary of a local or cluster run (one line, or JSON)."""
+    if as_json:
+        print(json.dumps({**result.to_dict(), "preprocessing": prep.describe()}))
+    else:
+        print(
+            f"{result.out}: {result.shape} {result.layer}; {result.written} images written "
+            f"({result.failed} failed) at {result.images_per_second:.1f} images/s, "
+            f"{result.already_done} done before; {result.failed_total} failed in all "
+            f"(reasons in {result.manifest}); {prep.describe()}"
+        )
+    return 0
+
+
+# -- summary -------------------------------------------------------------------------------
+
+
+def add_summary(commands) -> None:
+    """Declare ``vgg-np summary``."""
+    summary = _new_command(
+        commands,
+        "summary",
+        run_summary,
+        summary="print the per-layer table: shapes, activations, weights, biases, MACs",
+        description="Print the classic per-layer table of a VGG, computed from its layer table.",
+        examples=[
+            "vgg-np summary",
+            "vgg-np summary --model vgg19 --input-shape 320 480 --no-top",
+        ],
     )
     summary.add_argument("--model", choices=sorted(CONFIGS), default="vgg16")
     summary.add_argument(
-        "--input-shape", nargs=2, type=_positive_int, default=(224, 224), metavar=("H", "W")
+        "--input-shape", nargs=2, type=_image_side, default=(224, 224), metavar=("H", "W")
     )
     summary.add_argument(
         "--no-top", action="store_true", help="without flatten and the dense layers"
     )
-    summary.set_defaults(handler=run_summary)
 
-    show = commands.add_parser(
+
+def run_summary(args: argparse.Namespace) -> int:
+    """Print the per-layer table of a family member, computed from its layer table."""
+    h, w = args.input_shape
+    layers = layer_table(CONFIGS[args.model], include_top=not args.no_top)
+    if not args.no_top and (h, w) != (224, 224):
+        print("note: with the top, fc1's size follows the input size", file=sys.stderr)
+    title = f"{args.model}: input {h}x{w}x3, include_top={not args.no_top}"
+    print(Summary.of(layers, (h, w, 3), title))
+    return 0
+
+
+# -- show ----------------------------------------------------------------------------------
+
+
+def add_show(commands) -> None:
+    """Declare ``vgg-np show``."""
+    show = _new_command(
+        commands,
         "show",
-        help="save a layer's feature maps (or the first filters) as a PNG grid",
+        run_show,
+        summary="save a layer's feature maps (or the first filters) as a PNG grid",
         description=(
             "Run IMAGE through VGG16's convolutional base and save the feature maps of one "
             "layer as a grid of grayscale tiles, each stretched to its own range; or, with "
             "--filters, the first layer's 64 kernels as colour patches. Without --weights the "
             "weights are seeded He-normal draws."
         ),
-        epilog=(
-            "Examples: vgg-np show cat.jpg --layer block1_conv2 -o maps.png\n"
-            "          vgg-np show --filters --weights vgg16.h5 -o filters.png"
-        ),
-        formatter_class=raw,
+        examples=[
+            "vgg-np show cat.jpg --layer block1_conv2 -o maps.png",
+            "vgg-np show --filters --weights vgg16.h5 -o filters.png",
+        ],
+        check=_check_show,
     )
-    show.add_argument("image", nargs="?", help="the picture (not needed with --filters)")
-    show.add_argument("--layer", default="block1_conv2", help="layer name (block1_conv2)")
+    show.add_argument("image", nargs="?", help="the picture (not with --filters)")
+    show.add_argument(
+        "--layer", type=_base_layer, default="block1_conv2", help="layer name (block1_conv2)"
+    )
     show.add_argument("--filters", action="store_true", help="the first layer's kernels instead")
     show.add_argument("--weights", help="weights file (default: seeded He-normal)")
-    show.add_argument("--seed", type=int, default=0, help="seed without --weights (0)")
-    show.add_argument("-o", "--output", required=True, help="PNG file to write")
-    show.set_defaults(handler=run_show)
+    show.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed without --weights (0)"
+    )
+    show.add_argument(
+        "-o", "--output", type=_picture_file, required=True, help="picture file to write"
+    )
 
-    train = commands.add_parser(
+
+def _check_show(args: argparse.Namespace) -> str | None:
+    if args.filters == (args.image is not None):
+        return "show needs an IMAGE or --filters (one of them)"
+    return None
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Save a layer's feature maps (or the first layer's filters) as a picture grid."""
+    from PIL import Image
+
+    if args.weights:
+        model = VGG.from_file(args.weights, include_top=False, input_shape=None)
+    else:
+        model = VGG16(include_top=False, seed=args.seed)
+    if args.filters:
+        picture, what = filter_grid(model.weights["block1_conv1"][0]), "first-layer filters"
+    else:
+        picture, what = _feature_maps(model, args.image, args.layer), f"{args.layer} feature maps"
+    kind = Image.registered_extensions()[os.path.splitext(args.output)[1].lower()]
+    with atomic_write(args.output) as out:  # never a half-written picture
+        Image.fromarray(picture).save(out, format=kind)
+    print(f"wrote {what} ({picture.shape[1]}x{picture.shape[0]}) to {args.output}")
+    return 0
+
+
+def _feature_maps(model: VGG, image: str, layer: str) -> np.ndarray:
+    names = [layer.name for layer in model.layers]
+    if layer not in names:
+        raise ValueError(f"--layer {layer} is not in this model: {', '.join(names)}")
+    pixels = load_image(image)[None]  # (1, 224, 224, 3)
+    activation = model.activations(preprocess_input(pixels))[layer][0]
+    scale = max(1, 56 // activation.shape[0])  # small deep maps get bigger pixels
+    return feature_map_grid(activation, scale=scale)
+
+
+# -- train ---------------------------------------------------------------------------------
+
+
+def add_train(commands) -> None:
+    """Declare ``vgg-np train``."""
+    train = _new_command(
+        commands,
         "train",
-        help="fine-tune the top of a reduced-width VGG16 on generated pictures",
+        run_train,
+        summary="fine-tune the top of a reduced-width VGG16 on generated pictures",
         description=(
             "Generate pictures of stripes, checkerboards and discs, build a narrow VGG16 "
             "(seeded), and train fc1, fc2 and predictions with SGD (momentum 0.9, weight "
             "decay 5e-4, dropout) using vgg_np's own backward pass; prints the loss and "
             "the held-out accuracy per epoch."
         ),
-        epilog="Example: vgg-np train --epochs 20 --seed 0",
+        examples=["vgg-np train --epochs 20 --seed 0"],
     )
     train.add_argument("--epochs", type=_positive_int, default=20)
     train.add_argument("--train", type=_positive_int, default=800, help="training pictures (800)")
     train.add_argument("--test", type=_positive_int, default=200, help="held-out pictures (200)")
     train.add_argument("--batch-size", type=_positive_int, default=32)
-    train.add_argument("--lr", type=float, default=0.01)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--lr", type=_positive_float, default=0.01)
+    train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--all-layers", action="store_true", help="train the convolutions too")
-    train.add_argument("--dropout", type=float, default=0.0, help="after fc1 and fc2 (0: off)")
-    train.set_defaults(handler=run_train)
+    train.add_argument(
+        "--dropout", type=_rate, default=0.0, help="rate after fc1 and fc2, in [0, 1) (0: off)"
+    )
 
-    compare = commands.add_parser(
+
+def run_train(args: argparse.Namespace) -> int:
+    """Fine-tune a reduced-width VGG16 on generated shapes; print loss and accuracy."""
+    from vgg_np.train import SGD, SHAPES, shapes_dataset
+
+    config = VGGConfig(
+        "vgg16-narrow",
+        ((8, 8), (16, 16), (32,) * 3, (64,) * 3, (64,) * 3),
+        fc=(64, 64),
+        default_size=32,
+    )
+    model = VGG(config, classes=len(SHAPES), classifier_activation=None, seed=args.seed)
+    images, labels = shapes_dataset(args.train + args.test, seed=args.seed)
+    x = preprocess_input(images, mode="tf")
+    train, test = (x[: args.train], labels[: args.train]), (x[args.train :], labels[args.train :])
+    trainable = None if args.all_layers else {"fc1", "fc2", "predictions"}
+    optimizer = SGD(lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    rng = np.random.default_rng(args.seed)
+    what = "every layer" if args.all_layers else "fc1, fc2, predictions"
+    print(
+        f"fine-tuning {what} of {config.name} on {args.train} generated pictures of "
+        f"{len(SHAPES)} classes ({', '.join(SHAPES)}); {args.test} held out"
+    )
+    print(f"epoch 0: test accuracy {_accuracy(model, *test):.3f}")
+    start = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        loss = _train_epoch(model, *train, args, optimizer, rng, trainable)
+        accuracy, seconds = _accuracy(model, *test), time.perf_counter() - start
+        print(
+            f"epoch {epoch}: train loss {loss:.4f}, test accuracy {accuracy:.3f}, {seconds:.1f} s"
+        )
+    return 0
+
+
+def _accuracy(model: VGG, x: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(model(x), axis=1) == labels))
+
+
+def _train_epoch(model, x, labels, args, optimizer, rng, trainable) -> float:
+    """One pass over (x, labels) in shuffled mini-batches; return the mean loss."""
+    from vgg_np.train import loss_and_gradients
+
+    order = rng.permutation(len(x))
+    losses = []
+    for first in range(0, len(x), args.batch_size):
+        batch = order[first : first + args.batch_size]
+        loss, grads, _ = loss_and_gradients(
+            model, x[batch], labels[batch], dropout=args.dropout, rng=rng, trainable=trainable
+        )
+        optimizer.step(model, grads)
+        losses.append(loss)
+    return float(np.mean(losses))
+
+
+# -- compare -------------------------------------------------------------------------------
+
+
+def add_compare(commands) -> None:
+    """Declare ``vgg-np compare``."""
+    compare = _new_command(
+        commands,
         "compare",
-        help="compare another implementation's activations with vgg_np, layer by layer",
+        run_compare,
+        summary="compare another implementation's activations with vgg_np, layer by layer",
         description=(
             "Run vgg_np on WEIGHTS and compare every layer with another implementation's "
             "outputs: an .npz keyed by Keras layer names (block1_conv1, ...), torchvision "
             "module names (features.1, ...) or, with --onnx, the ONNX model's own tensors "
-            "run by onnxruntime. NCHW or NHWC is detected per layer. Exit code 1 when a "
-            "layer diverges; the first one is named."
+            "run by onnxruntime. NCHW or NHWC is detected per layer. States how many layers "
+            "were compared; exit code 1 when a layer diverges (the first one is named) or "
+            "when a layer asked for (by default every layer but flatten) is missing. "
+            "Probabilities compared with logits are recognised and said."
         ),
-        epilog=(
-            "Examples: vgg-np compare vgg16.h5 keras_acts.npz --oracle\n"
-            "          vgg-np compare vgg16.onnx --onnx --input x.npy"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "vgg-np compare vgg16.h5 keras_acts.npz --oracle",
+            "vgg-np compare vgg16.onnx --onnx --input x.npy --json",
+            "vgg-np compare vgg16.pth torch_acts.npz --layers block1_conv1,fc1",
+        ],
+        check=_check_compare,
     )
     compare.add_argument("weights", help="weights file of any supported format")
     compare.add_argument(
@@ -560,36 +667,225 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--oracle", action="store_true", help="run vgg_np in float64")
     compare.add_argument(
         "--tolerance",
-        type=float,
+        type=_positive_float,
         default=DEFAULT_TOLERANCE,
         help=f"max |error| / max |vgg_np| accepted per layer ({DEFAULT_TOLERANCE:g})",
     )
-    compare.set_defaults(handler=run_compare)
+    compare.add_argument(
+        "--layers",
+        type=_layer_list,
+        help="comma-separated layers that must be compared (default: all of the model's)",
+    )
+    compare.add_argument("--json", action="store_true", help="the result as one JSON object")
 
-    convert = commands.add_parser(
+
+def _check_compare(args: argparse.Namespace) -> str | None:
+    if args.onnx and args.activations is not None:
+        return "--onnx runs WEIGHTS in onnxruntime: give no ACTIVATIONS with it"
+    if args.onnx and args.input is None:
+        return "--onnx needs --input X.npy, the preprocessed input"
+    if not args.onnx and args.activations is None:
+        return "give the other implementation's ACTIVATIONS .npz, or --onnx"
+    return None
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Compare another implementation's activations (or a live ONNX run) with vgg_np."""
+    options = {"tolerance": args.tolerance, "layers": args.layers}
+    if args.onnx:
+        x = _input_array(args.input)
+        result = compare_onnx(args.weights, x, oracle=args.oracle, **options)
+    else:
+        arrays = _numpy_file(args.activations)
+        if args.input is None and "input" not in arrays:
+            raise ValueError(
+                f"{args.activations}: no input: store it as 'input' in the .npz, "
+                "or pass --input X.npy"
+            )
+        x = _input_array(args.input) if args.input else _nonempty(arrays["input"], args.activations)
+        dtype = "float64" if args.oracle else "float32"
+        model = VGG.from_file(args.weights, dtype=dtype, classifier_activation=None)
+        result = compare_activations(model, x, arrays, **options)
+    print(json.dumps(result.to_dict()) if args.json else result)
+    return 0 if result.passed else EXIT_RUNTIME_ERROR
+
+
+def _numpy_file(path: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (or a .npy's array as "input"), read in full."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"input": loaded}
+        with loaded:
+            return dict(loaded)
+    except OSError:
+        raise
+    except Exception as error:  # NumPy and zipfile name damage in many exception types
+        raise ValueError(f"{path}: not a readable .npy or .npz file ({error})") from None
+
+
+def _input_array(path: str) -> np.ndarray:
+    arrays = _numpy_file(path)
+    if list(arrays) != ["input"]:
+        raise ValueError(f"{path}: --input must be a .npy file holding one array")
+    return _nonempty(arrays["input"], path)
+
+
+def _nonempty(x: np.ndarray, path: str) -> np.ndarray:
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"{path}: the input holds no image (shape {x.shape})")
+    return x
+
+
+# -- convert -------------------------------------------------------------------------------
+
+
+def add_convert(commands) -> None:
+    """Declare ``vgg-np convert``."""
+    convert = _new_command(
+        commands,
         "convert",
-        help="convert weights between formats (Keras h5, .keras, npz, safetensors, pth, onnx)",
+        run_convert,
+        summary="convert weights between formats (Keras h5, .keras, npz, safetensors, pth, onnx)",
         description=(
             "Read SOURCE in any supported format and write TARGET in the format its "
             "extension names: .npz (vgg_np), .h5 (Keras Applications layout), .safetensors "
             "(torchvision layout unless --layout keras), .pth/.pt (torchvision, needs torch)."
         ),
-        epilog="Example: vgg-np convert vgg16_weights_tf_kernels.h5 vgg16.safetensors",
+        examples=["vgg-np convert vgg16_weights_tf_kernels.h5 vgg16.safetensors"],
     )
     convert.add_argument("source")
-    convert.add_argument("target")
+    convert.add_argument("target", type=_output_file)
     convert.add_argument("--layout", choices=["torchvision", "keras"], help="for .safetensors")
-    convert.set_defaults(handler=run_convert)
-    add_extract_parser(commands)
-    add_fetch_weights_parser(commands)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert a weights file to another format, keeping every tensor."""
+    with formats.open_weights(args.source) as source:
+        weights = {name: (np.asarray(k), np.asarray(b)) for name, (k, b) in source.tensors.items()}
+        read = source.format
+    written = formats.write_weights(args.target, weights, layout=args.layout)
+    print(f"{args.source} ({read}) -> {args.target} ({written}): {len(weights)} layers")
+    return 0
+
+
+# -- fetch-weights -------------------------------------------------------------------------
+
+
+def add_fetch_weights(commands) -> None:
+    """Declare ``vgg-np fetch-weights``."""
+    parser = _new_command(
+        commands,
+        "fetch-weights",
+        run_fetch_weights,
+        summary="download the published ImageNet weights (VGG16, VGG19) into the Keras cache",
+        description=(
+            "Print the path of a verified copy of the published ImageNet weights, looking in "
+            "the Keras cache ($KERAS_HOME/models) and torch's ($TORCH_HOME/hub/checkpoints), "
+            "and downloading Keras's file into the Keras cache if there is none: hash "
+            "checked, renamed into place only when complete. The only command that uses "
+            "the network."
+        ),
+        examples=["vgg-np fetch-weights vgg16 --no-top"],
+    )
+    parser.add_argument("model", choices=sorted({name for name, _ in hub.PUBLISHED}))
+    parser.add_argument("--no-top", action="store_true", help="the file without the classifier")
+    parser.add_argument("--base-url", help="download from this directory URL (a mirror)")
+
+
+def run_fetch_weights(args: argparse.Namespace) -> int:
+    """Find or download the published ImageNet weights; print the path."""
+    path = hub.resolve(
+        args.model,
+        not args.no_top,
+        download_missing=True,
+        base_url=args.base_url,
+        progress=sys.stderr.isatty(),
+    )
+    print(path)
+    return 0
+
+
+# -- the program ---------------------------------------------------------------------------
+
+#: The commands, in the order ``vgg-np --help`` lists them.
+COMMANDS: tuple[Callable, ...] = (
+    add_demo,
+    add_predict,
+    add_extract,
+    add_summary,
+    add_show,
+    add_train,
+    add_compare,
+    add_convert,
+    add_fetch_weights,
+)
+
+
+def _new_command(
+    commands,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    summary: str,
+    description: str,
+    examples: list[str],
+    check: Callable[[argparse.Namespace], str | None] | None = None,
+) -> argparse.ArgumentParser:
+    """Add one command's parser: help, examples, ``--debug``, what runs it.
+
+    `check` sees the parsed arguments before anything runs and returns a usage problem
+    (exit code 2) or None: for rules between arguments, which argparse cannot express.
+    """
+    label = "Example: " if len(examples) == 1 else "Examples: "
+    debug = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: given before the command, --debug must not be reset by this default.
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 88),
+        epilog=label + ("\n" + " " * len(label)).join(examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[debug],
+    )
+    parser.set_defaults(run=run, check=check, usage_error=parser.error)
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``vgg-np``, one subparser per entry of `COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="vgg-np",
+        description="VGG16 in plain NumPy: learn it, verify against it, run it.",
+        epilog="Example: vgg-np demo",
+    )
+    parser.add_argument("--version", action="version", version=f"vgg_np {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the final flush into a closed pipe is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (captured, replaced): nothing to do
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vgg-np`` and ``python -m vgg_np``; returns the exit code.
 
     Exit codes: 0 success, 1 runtime error (a file that cannot be used, a layer that
-    diverges, an image skipped), 2 usage error (bad arguments).
+    diverges, an image skipped), 2 usage error (bad arguments, found before any work),
+    130 interrupted (Ctrl-C), 141 stdout closed early.
 
     Examples
     --------
@@ -600,12 +896,22 @@ def main(argv: list[str] | None = None) -> int:
     ...
     0
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "show" and not args.filters and args.image is None:
-        parser.error("show needs an IMAGE (or --filters)")
+    args = build_parser().parse_args(argv)
+    problem = args.check(args) if args.check else None
+    if problem:
+        args.usage_error(problem)  # exits with code 2
     try:
-        return args.handler(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit
+        return code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("vgg-np: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_CLOSED_PIPE
     except (ValueError, TypeError, OSError, ImportError, distributed.ClusterError) as error:
         if args.debug:
             raise

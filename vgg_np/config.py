@@ -10,8 +10,9 @@ Keras's (``block1_conv1`` ... ``block5_pool``, ``flatten``, ``fc1``, ``fc2``,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from vgg_np.layers import Layer
 
 __all__ = ["CONFIGS", "MIN_SIZE", "Layer", "VGGConfig", "layer_table"]
 
@@ -73,33 +74,6 @@ CONFIGS: dict[str, VGGConfig] = {
 }
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One row of the layer table.
-
-    Attributes
-    ----------
-    name : str
-        Keras layer name.
-    kind : {"conv", "pool", "adaptive_avg", "flatten", "dense", "global_avg", "global_max"}
-    units : int
-        Output channels of a convolution, outputs of a dense layer, output size of an
-        adaptive pool; 0 otherwise.
-    activation : {"relu", "softmax", None}
-        Applied after a convolution or dense layer.
-
-    Examples
-    --------
-    >>> layer_table(CONFIGS["vgg16"])[0]
-    Layer(name='block1_conv1', kind='conv', units=64, activation='relu')
-    """
-
-    name: str
-    kind: str
-    units: int = 0
-    activation: str | None = None
-
-
 def layer_table(
     config: VGGConfig,
     *,
@@ -155,30 +129,6 @@ def layer_table(
     elif pooling == "max":
         layers.append(Layer("global_max_pooling2d", "global_max"))
     return layers
-
-
-def _output_shape(layer: Layer, shape: tuple) -> tuple:
-    """Per-image output shape of `layer` for a per-image input `shape` (None = any)."""
-    if layer.kind == "conv":
-        return (*shape[:2], layer.units)
-    if layer.kind == "pool":
-        return (*(None if s is None else s // 2 for s in shape[:2]), shape[2])
-    if layer.kind == "adaptive_avg":
-        return (layer.units, layer.units, shape[2])
-    if layer.kind == "flatten":
-        return (math.prod(shape),)
-    if layer.kind == "dense":
-        return (layer.units,)
-    return (shape[2],)  # global pooling
-
-
-def _parameter_shapes(layer: Layer, in_shape: tuple) -> tuple[tuple, tuple] | None:
-    """Kernel and bias shapes of `layer` given its per-image input shape, or None."""
-    if layer.kind == "conv":
-        return (3, 3, in_shape[-1], layer.units), (layer.units,)
-    if layer.kind == "dense":
-        return (in_shape[-1], layer.units), (layer.units,)
-    return None
 
 
 def _fmt_shape(shape: tuple) -> str:

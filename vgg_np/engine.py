@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vgg_np import ops
+from vgg_np.layers import ACTIVATIONS, KINDS
 
 __all__ = ["ALGORITHMS", "Engine", "winograd_conv3x3", "winograd_matrices"]
 
@@ -414,16 +415,13 @@ class Engine:
         >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block5_conv1"]
         'winograd-2'
         """
-        h, _, c = input_shape
-        chosen = {}
+        shape, chosen = tuple(input_shape), {}
         for layer in self.layers:
             if layer.kind == "conv":
                 chosen[layer.name] = choose_algorithm(
-                    self.conv_algorithm, h, c, self.weights[layer.name][0].dtype
+                    self.conv_algorithm, shape[0], shape[2], self.weights[layer.name][0].dtype
                 )
-                c = layer.units
-            elif layer.kind == "pool":
-                h //= 2
+            shape = KINDS[layer.kind].output_shape(layer, shape)
         return chosen
 
     # -- running ----------------------------------------------------------------------
@@ -543,8 +541,8 @@ class Engine:
         pair is yielded once under the pool's name; ``keep=True`` yields every layer, and
         a set of names yields those layers unfused, the others fused. A caller may stop
         early (``close()`` the generator): the next run starts afresh. Yielded arrays may
-        be views of internal buffers, valid until the next call. `timings`, if given, receives
-        ``(layer, algorithm, seconds)`` per step. See the class example.
+        be views of internal buffers, valid until the next call. `timings`, if given,
+        receives ``(layer, algorithm, seconds)`` per step. See the class example.
         """
         self._staged = None  # nothing left over from an unfinished earlier pass
         # BLAS stays single-threaded for the whole pass, every layer being split between
@@ -571,13 +569,12 @@ class Engine:
             yield self.layers[index - 1].name, x
 
     def other(self, layer, x: np.ndarray) -> np.ndarray:
-        """Compute any layer but a convolution (pools, flatten, dense); see the class example."""
-        if layer.kind == "pool":
-            return ops.max_pool2d(x, 2)
-        if layer.kind == "adaptive_avg":
-            return ops.adaptive_avg_pool2d(x, layer.units)
-        if layer.kind == "flatten":
-            return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        """Compute a layer that is not a convolution; see the class example.
+
+        Dense layers split their output columns over the threads (at batch 1 they are
+        bound by memory bandwidth); any other kind (pools, flatten, global pools) is its
+        forward call in `vgg_np.layers.KINDS`, then its activation.
+        """
         if layer.kind == "dense":
             kernel, bias = self.weights[layer.name]
             x = np.ascontiguousarray(x)
@@ -594,13 +591,12 @@ class Engine:
                 self._wait([self._executor().submit(part, o0) for o0 in columns])
             y += bias
             if layer.activation == "relu":
-                np.maximum(y, 0, out=y)
-            elif layer.activation == "softmax":
-                y = ops.softmax(y)
+                np.maximum(y, 0, out=y)  # in place
+            else:
+                y = ACTIVATIONS[layer.activation].forward(y)
             return y
-        if layer.kind == "global_avg":
-            return x.mean(axis=(1, 2))
-        return x.max(axis=(1, 2))
+        y = KINDS[layer.kind].forward(layer, self.weights.get(layer.name), x)
+        return ACTIVATIONS[layer.activation].forward(y)
 
     def close(self) -> None:
         """Stop the worker threads (see the class example); the engine restarts them on use."""

@@ -54,7 +54,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -62,6 +61,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from vgg_np.formats._common import atomic_write
 from vgg_np.preprocess import decode_predictions, imagenet_classes
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import Preprocessing, decode_batches, image_paths, preprocessing_for
@@ -168,16 +168,10 @@ def _manifest_dir(out: str) -> str:
 
 def _write_atomically(path: str, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: all of it or nothing."""
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+    with atomic_write(path) as file:
+        file.write(text.encode())
+        file.flush()
+        os.fsync(file.fileno())  # on disk before the rename makes it count
 
 
 def _read_entries(path: str) -> dict[int, dict]:
@@ -210,8 +204,7 @@ class Store:
 
     Examples
     --------
-    >>> import tempfile
-    >>> from importlib import resources
+    >>>     >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
@@ -396,8 +389,7 @@ def create_store(
 
     Examples
     --------
-    >>> import tempfile
-    >>> from importlib import resources
+    >>>     >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
@@ -520,8 +512,7 @@ def run_partition(
 
     Examples
     --------
-    >>> import tempfile
-    >>> from importlib import resources
+    >>>     >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
@@ -666,8 +657,7 @@ def extract(
 
     Examples
     --------
-    >>> import tempfile
-    >>> from importlib import resources
+    >>>     >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), pooling="avg", seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"

@@ -18,14 +18,13 @@ one was loaded).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pathlib
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 
+from vgg_np.formats._common import atomic_write
 from vgg_np.progress import Progress
 
 __all__ = ["PUBLISHED", "Published", "cache_dir", "download", "find", "resolve"]
@@ -199,28 +198,27 @@ def download(entry: Published, *, base_url: str | None = None, progress: bool = 
     target = cache_dir(entry.family)
     target.mkdir(parents=True, exist_ok=True)
     hasher = _hasher(entry)
-    handle, temporary = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=target)
-    try:
-        with os.fdopen(handle, "wb") as file, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0)
-            with Progress(total, unit="MB", scale=1e6, enabled=progress and total > 0) as bar:
-                while block := response.read(BLOCK):
-                    file.write(block)
-                    hasher.update(block)
-                    bar.update(len(block))
-            if total and bar.done != total:
-                raise OSError(f"{url}: the download stopped after {bar.done} of {total} bytes")
-            file.flush()
-            os.fsync(file.fileno())
+    # Written beside its final name and renamed only once complete and verified: a
+    # failure anywhere (network, hash, Ctrl-C) removes the temporary file.
+    with (
+        atomic_write(target / entry.filename) as file,
+        urllib.request.urlopen(url, timeout=60) as response,
+    ):
+        total = int(response.headers.get("Content-Length") or 0)
+        with Progress(total, unit="MB", scale=1e6, enabled=progress and total > 0) as bar:
+            while block := response.read(BLOCK):
+                file.write(block)
+                hasher.update(block)
+                bar.update(len(block))
+        if total and bar.done != total:
+            raise OSError(f"{url}: the download stopped after {bar.done} of {total} bytes")
         if not _matches(entry, hasher.hexdigest()):
             raise ValueError(
                 f"{url} gave {entry.algorithm} {hasher.hexdigest()}, not the published "
                 f"{entry.digest}: nothing was saved"
             )
-        os.replace(temporary, target / entry.filename)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)  # gone already after a successful rename
+        file.flush()
+        os.fsync(file.fileno())
     return target / entry.filename
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import os
 from collections.abc import Mapping
 
@@ -24,11 +23,10 @@ from vgg_np.config import (
     Layer,
     VGGConfig,
     _fmt_shape,
-    _output_shape,
-    _parameter_shapes,
     layer_table,
 )
 from vgg_np.engine import ALGORITHMS, Engine
+from vgg_np.layers import KINDS, forward
 from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
 
@@ -48,6 +46,9 @@ __all__ = [
 
 # Passed as `weights` by `VGG.from_file`, which loads the file it has already opened.
 _LOADED_BY_CALLER = object()
+
+#: What ``conv_algorithm`` accepts: the reference forward pass or an engine algorithm.
+CONV_ALGORITHMS = ("reference", *ALGORITHMS)
 
 
 class VGG:
@@ -86,12 +87,15 @@ class VGG:
         With the top: average-pool the last feature map to ``(n, n)`` before
         ``flatten``, as torchvision's VGG does with ``n = 7``; the classifier then takes
         inputs of any size (at least 32).
-    conv_algorithm : {"auto", "gemm", "winograd", "naive"}, default "auto"
+    conv_algorithm : {"auto", "gemm", "winograd", "naive", "reference"}, default "auto"
         How convolutions are computed (`vgg_np.engine`): ``"auto"`` picks per layer
         (Winograd where it is faster, direct GEMM for the first layer and whenever the
         dtype is float64); ``"gemm"`` is direct convolution everywhere (its accuracy);
         ``"winograd"`` Winograd on every layer; ``"naive"`` the loop definition
         `vgg_np.ops.conv2d_naive` (minutes per VGG16 image: for small networks).
+        ``"reference"`` runs no engine but `vgg_np.layers.forward`, the teaching
+        kernels composed layer by layer (im2col convolutions), the definition the
+        engine is tested against.
     threads : int, optional
         Threads for the convolutions; default: the CPUs this process may use.
     download : bool, default False
@@ -178,9 +182,9 @@ class VGG:
             classifier_activation=classifier_activation,
             adaptive_pool=self.adaptive_pool,
         )
-        if conv_algorithm not in ALGORITHMS:
+        if conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(
-                f"`conv_algorithm` must be one of {ALGORITHMS}, got {conv_algorithm!r}"
+                f"`conv_algorithm` must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}"
             )
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"`threads` must be None or a positive int, got {threads!r}")
@@ -234,13 +238,14 @@ class VGG:
                 )
         return shape
 
-    def parameter_shapes(self) -> dict[str, tuple[tuple, tuple]]:
+    def parameter_shapes(self) -> dict[str, tuple[tuple, ...]]:
         """Return the expected ``(kernel shape, bias shape)`` of every weighted layer.
 
         Returns
         -------
         dict
-            Keras layer name -> ((kernel shape), (bias shape)), in layer order.
+            Keras layer name -> ((kernel shape), (bias shape)), in layer order: one
+            shape per tensor its kind holds (`vgg_np.layers.Kind.parameters`).
 
         Examples
         --------
@@ -250,12 +255,13 @@ class VGG:
         shapes = {}
         shape = self.input_shape
         for layer in self.layers:
-            params = _parameter_shapes(layer, shape)
-            if params is not None:
-                if None in params[0]:
+            kind = KINDS[layer.kind]
+            if kind.parameter_shapes:
+                params = kind.parameter_shapes(layer, shape)
+                if any(None in p for p in params):
                     raise ValueError(f"{layer.name}: its input size is not fixed by `input_shape`")
                 shapes[layer.name] = params
-            shape = _output_shape(layer, shape)
+            shape = kind.output_shape(layer, shape)
         return shapes
 
     def he_normal(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -266,7 +272,8 @@ class VGG:
         drawn too (Keras starts them at zero) so that tests notice a bias that is lost.
         Values are drawn in float32, layer by layer, kernel then bias, from
         ``np.random.default_rng(seed)``, then cast to the model dtype, so a float64
-        model holds exactly the same numbers as a float32 one.
+        model holds exactly the same numbers as a float32 one. Each kind's draw is its
+        ``initial`` in `vgg_np.layers.KINDS`.
 
         Parameters
         ----------
@@ -284,13 +291,11 @@ class VGG:
         ((3, 3, 3, 64), dtype('float32'))
         """
         rng = np.random.default_rng(seed)
+        kinds = {layer.name: KINDS[layer.kind] for layer in self.layers}
         weights = {}
-        for name, (kernel_shape, bias_shape) in self.parameter_shapes().items():
-            fan_in = math.prod(kernel_shape[:-1])
-            kernel = rng.standard_normal(kernel_shape, dtype=np.float32)
-            kernel *= np.float32(math.sqrt(2.0 / fan_in))
-            bias = rng.standard_normal(bias_shape, dtype=np.float32) * np.float32(0.1)
-            weights[name] = (kernel.astype(self.dtype, copy=False), bias.astype(self.dtype))
+        for name, shapes in self.parameter_shapes().items():
+            drawn = kinds[name].initial(shapes, rng)
+            weights[name] = tuple(a.astype(self.dtype, copy=False) for a in drawn)
         return weights
 
     @classmethod
@@ -404,15 +409,15 @@ class VGG:
         ]
         if extra:
             problems.append(f"not in this model: {', '.join(extra)}")
-        for name, (kernel_shape, bias_shape) in expected.items():
+        tensors = {layer.name: KINDS[layer.kind].parameters for layer in self.layers}
+        for name, shapes in expected.items():
             if name not in weights:
                 continue
-            kernel, bias = weights[name]
-            got = (tuple(np.shape(kernel)), tuple(np.shape(bias)))
-            if got != (kernel_shape, bias_shape):
+            got = tuple(tuple(np.shape(a)) for a in weights[name])
+            if got != shapes:
                 problems.append(
-                    f"{name}: expected kernel {kernel_shape} and bias {bias_shape}, "
-                    f"got kernel {got[0]} and bias {got[1]}"
+                    f"{name}: expected {_describe(tensors[name], shapes)}, "
+                    f"got {_describe(tensors[name], got)}"
                 )
         if problems:
             raise ValueError(
@@ -420,10 +425,9 @@ class VGG:
                 f"(input {_fmt_shape(self.input_shape)}, include_top={self.include_top}, "
                 f"classes={self.classes}):\n  " + "\n  ".join(problems)
             )
-        loaded = {}
-        for name in expected:
-            kernel, bias = (np.asarray(a, dtype=self.dtype) for a in weights[name])
-            loaded[name] = (kernel, bias)
+        loaded = {
+            name: tuple(np.asarray(a, dtype=self.dtype) for a in weights[name]) for name in expected
+        }
         if not allow_nonfinite:
             bad = [
                 n
@@ -545,6 +549,23 @@ class VGG:
             self._engine = Engine(self.layers, self._weights, self.conv_algorithm, self.threads)
         return self._engine
 
+    def _run(self, x: np.ndarray, keep: bool | set):
+        """Yield (layer name, output) from the engine, or from the reference forward pass.
+
+        With ``keep=False`` only the last output is sure to be yielded; with a set of
+        names, those layers' outputs are (`vgg_np.engine.Engine.run`).
+        """
+        if self.conv_algorithm != "reference":
+            return self.engine.run(x, keep=keep)
+        outputs = []
+
+        def record(layer: Layer, values: dict) -> None:
+            if keep or layer is self.layers[-1]:
+                outputs.append((layer.name, values["output"]))
+
+        forward(self.layers, self._weights, x, hook=record)
+        return (pair for pair in outputs)  # a generator, closed like the engine's
+
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
             return y.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
@@ -585,7 +606,7 @@ class VGG:
         found = {}
         # The engine fuses each pool into the convolution before it, except for the
         # convolutions asked for; closing the generator stops it after `deepest`.
-        with contextlib.closing(self.engine.run(x, keep=wanted)) as outputs:
+        with contextlib.closing(self._run(x, keep=wanted)) as outputs:
             for name, y in outputs:
                 if name in wanted:
                     found[name] = self._to_user_layout(np.array(y))  # a copy: buffers are reused
@@ -634,9 +655,7 @@ class VGG:
         if layers is not None:
             return self._outputs(x, list(layers))
         # Copied as they come: the engine reuses its buffers for the next layer.
-        return {
-            name: self._to_user_layout(np.array(y)) for name, y in self.engine.run(x, keep=True)
-        }
+        return {name: self._to_user_layout(np.array(y)) for name, y in self._run(x, keep=True)}
 
     def features(self, x: ArrayLike, layer: str) -> NDArray[np.floating]:
         """Return the output of one layer, computing nothing after it.
@@ -753,6 +772,13 @@ class VGG:
             f"VGG({self.config.name!r}, include_top={self.include_top}, "
             f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r})"
         )
+
+
+def _describe(names: tuple[str, ...], shapes: tuple[tuple, ...]) -> str:
+    """Name each tensor's shape: ``kernel (3, 3, 3, 64) and bias (64,)``."""
+    if len(names) != len(shapes):
+        return f"{len(shapes)} tensors of shapes {shapes}"
+    return " and ".join(f"{n} {s}" for n, s in zip(names, shapes, strict=True))
 
 
 def _family_member(name: str):

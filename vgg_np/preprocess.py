@@ -11,10 +11,13 @@ standard order, each with the first lemma of its synset, spaces as underscores.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import stat
 import warnings
+from collections.abc import Iterator
 from importlib import resources
 
 import numpy as np
@@ -33,8 +36,22 @@ __all__ = [
 #: ``CenterCrop(224)`` (bilinear, antialiased, shorter side first).
 RESIZE_MODES = ("keras", "torchvision")
 
-#: Images above this many pixels are refused as decompression bombs (Pillow's own limit).
+#: Images above this many pixels are refused as decompression bombs (Pillow's own limit),
+#: and so is a resize whose intermediate image would exceed it.
 MAX_PIXELS = 89_478_485
+
+#: Images whose long side is more than this many times the short side are refused before
+#: decoding: squeezed into a square they are no picture, and torchvision's shorter side
+#: first resize of a 1x4000 strip alone would make 256 x 1,024,000 pixels (0.8 GB).
+MAX_ASPECT_RATIO = 100
+
+#: Pillow modes of unsigned 16-bit grey samples, scaled to 8 bits by ``round(v / 257)``
+#: (Pillow's own conversion to RGB clips them at 255 instead).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+#: File formats whose mode ``"I"`` images hold 16-bit samples: PGM/PPM (Pillow scales any
+#: maxval to 0..65535) and PNG (16-bit grey opens as ``"I"`` before Pillow 10).
+SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 
 #: Mean pixel of ImageNet in B, G, R order, subtracted by the "caffe" mode.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -176,12 +193,16 @@ def load_image(
 ) -> NDArray[np.uint8]:
     """Read an image file as RGB pixels of the network's input size.
 
-    EXIF orientation is applied (a photo taken upright stays upright); grayscale, palette,
-    CMYK and RGBA images are converted to RGB (alpha dropped, as Keras does).
+    EXIF orientation is applied (a photo taken upright stays upright). Every mode a file
+    can hold becomes 8-bit RGB: by Pillow's own conversion (grey, palette, CMYK, YCbCr,
+    LAB; alpha is dropped, as Keras does), and 16-bit grey samples `v` as
+    ``round(v / 257)`` (Pillow would clip them at 255). 32-bit integer and floating
+    point pixels have no agreed range and are refused.
 
     Parameters
     ----------
     path : str or os.PathLike
+        A regular file; FIFOs, devices and directories are refused without being read.
     size : int, default 224
         Output height and width.
     resize : {"keras", "torchvision"}, default "keras"
@@ -198,10 +219,18 @@ def load_image(
     Raises
     ------
     ValueError
-        If the file is not an image, is truncated or damaged, or is so large that it
-        looks like a decompression bomb; or `resize` is unknown.
+        Naming the file: if it is not a regular file or not an image, is truncated or
+        damaged, holds more than `MAX_PIXELS` pixels (a possible decompression bomb) or
+        a long side more than `MAX_ASPECT_RATIO` times its short side, or has pixels
+        without a defined range. Also on an unknown `resize` or a bad `size`.
     OSError
-        If the file cannot be read.
+        If the file cannot be opened (missing, no permission).
+
+    Notes
+    -----
+    The size checks read only the image header, so a hostile file is refused before
+    any pixel is decoded; the torchvision resize is also checked against `MAX_PIXELS`
+    before it allocates its intermediate image.
 
     Examples
     --------
@@ -209,39 +238,125 @@ def load_image(
     >>> load_image(resources.files("vgg_np") / "data" / "demo.png").shape
     (224, 224, 3)
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if resize not in RESIZE_MODES:
         raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {resize!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size * size <= MAX_PIXELS:
+        raise ValueError(f"`size` must be an int from 1 to {int(MAX_PIXELS**0.5)}, got {size!r}")
     where = os.fspath(path)
+    with _open_regular(where) as file, _pillow_errors(where), Image.open(file) as image:
+        _check_dimensions(image.size, where)
+        kind = image.format  # lost by exif_transpose's copy
+        image = _to_rgb(ImageOps.exif_transpose(image), kind, where)
+    if resize == "keras":
+        return np.asarray(image.resize((size, size), Image.Resampling.NEAREST), dtype=np.uint8)
+    return _torchvision_resize(image, size, where)
+
+
+class _Refused(ValueError):
+    """An image vgg_np refuses on its own checks (as opposed to one Pillow cannot read)."""
+
+
+#: What a path is when it is not a regular file, for the error message.
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+@contextlib.contextmanager
+def _open_regular(where: str) -> Iterator:
+    """Open `where` for reading only if it is a regular file; a FIFO is never waited on.
+
+    The type is checked on the open descriptor (O_NONBLOCK makes opening a FIFO return at
+    once), so the file cannot be swapped between the check and the read.
+    """
+    fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+        raise _Refused(f"{where}: not a regular file ({kind}), not read")
+    with os.fdopen(fd, "rb") as file:
+        yield file
+
+
+@contextlib.contextmanager
+def _pillow_errors(where: str) -> Iterator[None]:
+    """Turn whatever Pillow raises on a bad file into one ValueError naming `where`."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(where) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise Image.DecompressionBombError("too many pixels")
-                image = ImageOps.exif_transpose(image).convert("RGB")
+            yield
+    except _Refused:
+        raise
     except UnidentifiedImageError:
         raise ValueError(f"{where}: not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(
             f"{where}: more than {MAX_PIXELS:,} pixels, refused as a possible decompression bomb"
         ) from None
-    except (OSError, SyntaxError) as error:
-        if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
-        # Pillow reports truncated or damaged data as OSError (SyntaxError for some formats).
-        raise ValueError(f"{where}: damaged or truncated image ({error})") from None
-    if resize == "keras":
-        image = image.resize((size, size), Image.Resampling.NEAREST)
+    except Exception as error:
+        # Pillow reports damaged data as OSError, SyntaxError, ValueError, struct.error,
+        # MemoryError ... depending on the format: none of them may stop a batch of images.
+        detail = str(error) or type(error).__name__
+        raise ValueError(f"{where}: damaged or truncated image ({detail})") from None
+
+
+def _check_dimensions(dimensions: tuple[int, int], where: str) -> None:
+    """Refuse, from the header alone, sizes whose decoding or resizing costs too much."""
+    width, height = dimensions
+    if width * height > MAX_PIXELS:
+        raise _Refused(
+            f"{where}: {width}x{height} is more than {MAX_PIXELS:,} pixels, refused as a "
+            "possible decompression bomb"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise _Refused(
+            f"{where}: {width}x{height} pixels, an aspect ratio beyond {MAX_ASPECT_RATIO}:1; "
+            "refused (no resize to a square input makes a picture of it)"
+        )
+
+
+def _to_rgb(image, kind: str | None, where: str):
+    """8-bit RGB from any Pillow mode; `kind` is the file format Pillow detected."""
+    from PIL import Image
+
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and kind in SIXTEEN_BIT_I_FORMATS):
+        samples = np.asarray(image, dtype=np.int64)  # (H, W), 0..65535
+        # round(v * 255 / 65535) in integers: 257 * k gives k back exactly.
+        grey = ((samples * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("I", "F"):
+        what = "32-bit integer" if image.mode == "I" else "floating point"
+        raise _Refused(
+            f"{where}: {what} pixels (Pillow mode {image.mode!r}) have no agreed range; "
+            "save the image with 8 or 16 bits per channel"
+        )
+    return image.convert("RGB")
+
+
+def _torchvision_resize(image, size: int, where: str) -> NDArray[np.uint8]:
+    """Resize and crop as torchvision's ``Resize(size * 256 / 224)``, ``CenterCrop(size)``."""
+    from PIL import Image
+
+    # torchvision's rounding: the long side truncated, the crop offset rounded.
+    short = round(size * 256 / 224)
+    if image.width <= image.height:
+        width, height = short, int(short * image.height / image.width)
     else:
-        # torchvision's rounding: the long side truncated, the crop offset rounded.
-        short = round(size * 256 / 224)
-        if image.width <= image.height:
-            width, height = short, int(short * image.height / image.width)
-        else:
-            width, height = int(short * image.width / image.height), short
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-        left, top = round((width - size) / 2), round((height - size) / 2)
-        image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8)
+        width, height = int(short * image.width / image.height), short
+    if width * height > MAX_PIXELS:
+        raise ValueError(
+            f"{where}: resizing to {width}x{height} for a {size}x{size} crop would exceed "
+            f"{MAX_PIXELS:,} pixels"
+        )
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+    left, top = round((width - size) / 2), round((height - size) / 2)
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -18,7 +18,6 @@ import collections
 import concurrent.futures
 import glob
 import os
-import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -79,14 +78,14 @@ class Preprocessing:
 
     Examples
     --------
-    >>> Preprocessing("caffe", "keras", 224, "Keras weights").describe()
-    "preprocessing 'caffe', resize 'keras' to 224x224 (Keras weights)"
+    >>> Preprocessing("caffe", "keras", 224, "keras").describe()
+    "preprocessing 'caffe', resize 'keras' to 224x224 (keras)"
     """
 
     mode: str
     resize: str
     size: int
-    reason: str = "given"
+    reason: str = "given"  # the weights' family ("keras", "torchvision"), or why else
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -122,14 +121,11 @@ def preprocessing_for(
     --------
     >>> from vgg_np import VGG16
     >>> preprocessing_for(VGG16(include_top=False, seed=0)).describe()
-    "preprocessing 'caffe', resize 'keras' to 224x224 (seeded weights: Keras's conventions)"
+    "preprocessing 'caffe', resize 'keras' to 224x224 (keras, seeded weights)"
     """
     source = model.weights_format
     torchvision = source is not None and "torchvision" in source
-    if source is None:
-        reason = "seeded weights: Keras's conventions"
-    else:
-        reason = f"{source} weights"
+    reason = "torchvision" if torchvision else "keras" if source else "keras, seeded weights"
     if mode is not None or resize is not None or size is not None:
         reason += ", overridden where given"
     return Preprocessing(
@@ -143,9 +139,8 @@ def preprocessing_for(
 def _decode(path: str, prep: Preprocessing) -> tuple[NDArray[np.float32] | None, str | None]:
     """One image as a preprocessed (size, size, 3) array, or None and the reason why not."""
     try:
-        # Only regular files are opened: a FIFO or a device would block or never end.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None, f"{path}: not a regular file"
+        # load_image refuses, without reading, anything but a regular file (a FIFO would
+        # block, a device never end).
         pixels = load_image(path, size=prep.size, resize=prep.resize)
     except FileNotFoundError:
         return None, f"{path}: no such file"
@@ -274,6 +269,8 @@ class ImageStream:
         Decoding threads (0: decode in the caller's thread, no overlap).
     on_skip : callable, optional
         Called as ``on_skip(path, reason)`` for each skipped file, as it happens.
+    expand : bool, default True
+        False: `images` are paths already (from `image_paths`), taken as they are.
 
     Attributes
     ----------
@@ -301,8 +298,9 @@ class ImageStream:
         batch_size: int = 32,
         workers: int = 2,
         on_skip: Callable[[str, str], None] | None = None,
+        expand: bool = True,
     ):
-        self.paths = image_paths(images)
+        self.paths = image_paths(images) if expand else list(map(os.fspath, images))
         decode_batches([], prep, batch_size=batch_size, workers=workers)  # checks them
         self.prep, self.batch_size, self.workers = prep, batch_size, workers
         self.on_skip = on_skip

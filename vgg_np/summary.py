@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from vgg_np.config import Layer, _fmt_shape, _output_shape, _parameter_shapes
+from vgg_np.config import _fmt_shape
+from vgg_np.layers import ACTIVATIONS, KINDS, Layer
 
 __all__ = ["CLASSIC_VGG16_ACTIVATIONS", "Summary", "SummaryRow"]
 
@@ -74,29 +75,27 @@ class Summary:
         shape = tuple(input_shape)
         rows = [SummaryRow("input", shape, math.prod(shape), 0, 0, 0)]
         for layer in layers:
-            params = _parameter_shapes(layer, shape)
-            out = _output_shape(layer, shape)
-            kernel, bias = params if params else ((0,), (0,))
-            weights = math.prod(kernel) if params else 0
-            # One multiply-accumulate per weight per output position.
-            positions = math.prod(out[:-1]) if layer.kind == "conv" else 1
-            # What backward needs: a convolution its input and its output (the ReLU mask),
-            # a pool its input (the argmax), a dense layer its input (and output if ReLU).
-            kept = {
-                "conv": math.prod(shape) + math.prod(out),
-                "pool": math.prod(shape),
-                "dense": math.prod(shape) + (math.prod(out) if layer.activation == "relu" else 0),
-            }.get(layer.kind, 0)
+            kind = KINDS[layer.kind]
+            out = kind.output_shape(layer, shape)
+            params = kind.parameter_shapes(layer, shape) if kind.parameter_shapes else ()
+            weights = math.prod(params[0]) if params else 0
+            # One multiply-accumulate per weight per output position (H*W for a
+            # convolution, 1 for a dense layer).
+            macs = weights * math.prod(out[:-1])
+            # What the backward pass reads (`vgg_np.train`): the layer's input and its
+            # activation's output, as the tables say (convolution: both; pool: its input).
+            sizes = {"input": math.prod(shape), "output": math.prod(out)}
+            keeps = kind.keeps + ACTIVATIONS[layer.activation].keeps
             rows.append(
                 SummaryRow(
                     layer.name,
                     out,
                     math.prod(out),
                     weights,
-                    math.prod(bias) if params else 0,
-                    weights * positions,
-                    is_view=layer.kind == "flatten",
-                    kept=kept,
+                    sum(math.prod(p) for p in params[1:]),
+                    macs,
+                    is_view=kind.view,
+                    kept=sum(sizes[k] for k in keeps),
                 )
             )
             shape = out

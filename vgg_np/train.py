@@ -1,19 +1,21 @@
-"""Training a VGG: forward with the teaching kernels, backward with `vgg_np.backward`, SGD.
+"""Training a VGG: the reference forward pass, backward with `vgg_np.backward`, SGD.
 
-`loss_and_gradients` runs the network on a batch keeping exactly what the backward pass
-needs (`Tape`), computes the mean softmax cross-entropy and every parameter's gradient;
-`SGD` applies PyTorch's momentum and weight decay. Dropout (inverted, with `rate`) is
-applied after each hidden dense layer in training only, as in the original VGG.
+`loss_and_gradients` runs the network on a batch through `vgg_np.layers.forward`, keeping
+exactly what the backward pass needs (`Tape`, as the layer tables say), computes the mean
+softmax cross-entropy and every parameter's gradient, each layer's by its kind's backward
+call; `SGD` applies PyTorch's momentum and weight decay. Dropout (inverted, with `rate`)
+is applied after each hidden dense layer in training only, as in the original VGG.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from vgg_np import backward, ops
+from vgg_np import backward
+from vgg_np.layers import ACTIVATIONS, KINDS, Layer, forward
 from vgg_np.model import VGG
 
 __all__ = ["SGD", "Tape", "loss_and_gradients", "shapes_dataset"]
@@ -26,18 +28,27 @@ SHAPES = ("horizontal stripes", "vertical stripes", "checkerboard", "disc")
 class Tape:
     """What one forward pass kept for its backward pass, per layer name.
 
+    Each layer keeps the arrays its kind and activation name in their ``keeps``
+    (`vgg_np.layers.KINDS`, `vgg_np.layers.ACTIVATIONS`), its dropout output if any,
+    and its ``"input_shape"`` (a tuple: no array memory).
+
     Examples
     --------
     >>> Tape().nbytes()
     0
     """
 
-    kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    kept: dict[str, dict[str, np.ndarray | tuple]] = field(default_factory=dict)
 
     def nbytes(self, layer: str | None = None) -> int:
-        """Return the bytes kept by one layer (or all of them); see the class example."""
+        """Return the array bytes kept by one layer (or all of them); see the class example."""
         layers = [layer] if layer else list(self.kept)
-        return sum(a.nbytes for name in layers for a in self.kept.get(name, {}).values())
+        return sum(
+            a.nbytes
+            for name in layers
+            for a in self.kept.get(name, {}).values()
+            if isinstance(a, np.ndarray)
+        )
 
 
 def loss_and_gradients(
@@ -86,67 +97,43 @@ def loss_and_gradients(
     if not model.include_top:
         raise ValueError("training needs the classifier: build the model with include_top=True")
     x = np.asarray(x, dtype=model.dtype)
-    names = [layer.name for layer in model.layers]
+    # The loss takes the logits: the classifier's softmax is part of softmax_cross_entropy.
+    *base, last = model.layers
+    layers = [*base, replace(last, activation=None)]
+    names = [layer.name for layer in layers]
     trainable = (
         set(trainable) if trainable is not None else {n for n in names if n in model.weights}
     )
     lowest = min((names.index(n) for n in trainable), default=len(names))
-    tape = Tape()
-    h, flat_shape = x, None
-    for index, layer in enumerate(model.layers):
-        keep = index >= lowest  # below the lowest trainable layer nothing flows back
-        if layer.kind == "conv":
-            kernel, bias = model.weights[layer.name]
-            y = ops.relu(ops.conv2d(h, kernel, bias))
-            if keep:
-                tape.kept[layer.name] = {"input": h, "output": y}
-        elif layer.kind == "pool":
-            y = ops.max_pool2d(h, 2)
-            if keep:
-                tape.kept[layer.name] = {"input": h}
-        elif layer.kind == "adaptive_avg":
-            raise ValueError("training with an adaptive pool is not supported")
-        elif layer.kind == "flatten":
-            flat_shape = h.shape
-            y = ops.flatten(h)
-        else:
-            kernel, bias = model.weights[layer.name]
-            y = ops.dense(h, kernel, bias)
-            record = {"input": h}
-            if layer.activation == "relu":
-                y = ops.relu(y)
-                record["output"] = y
-                if dropout > 0:
-                    y = ops.dropout(y, dropout, training=True, rng=rng)
-                    record["kept_scaled"] = y
-            if keep:
-                tape.kept[layer.name] = record
-        h = y
-    loss, grad = backward.softmax_cross_entropy(h, labels)
-    tape.kept["loss"] = {"logits": h}
+    # Below the lowest trainable layer nothing flows back, and nothing is kept.
+    stuck = [
+        f"{layer.name} ({layer.kind}, {layer.activation})"
+        for layer in layers[lowest:]
+        if KINDS[layer.kind].backward is None or ACTIVATIONS[layer.activation].backward is None
+    ]
+    if stuck:
+        raise ValueError(f"training through {', '.join(stuck)} is not supported: no backward")
+    tape, recorded = Tape(), set(names[lowest:])
+
+    def record(layer: Layer, values: dict) -> None:
+        if layer.name in recorded:
+            keeps = KINDS[layer.kind].keeps + ACTIVATIONS[layer.activation].keeps
+            kept = {name: values[name] for name in (*keeps, "kept_scaled") if name in values}
+            tape.kept[layer.name] = {**kept, "input_shape": values["input"].shape}
+
+    logits = forward(layers, model.weights, x, dropout=dropout, rng=rng, hook=record)
+    loss, grad = backward.softmax_cross_entropy(logits, labels)
+    tape.kept["loss"] = {"logits": logits}
     gradients = {}
-    for index in range(len(model.layers) - 1, lowest - 1, -1):
-        layer = model.layers[index]
-        record = tape.kept.get(layer.name, {})
-        if layer.kind == "dense":
-            if "kept_scaled" in record:  # dropout, with the forward's own mask
-                grad = backward.dropout_backward(record["output"], record["kept_scaled"], grad)
-            if "output" in record:
-                grad = backward.relu_backward(record["output"], grad)
-            kernel, _ = model.weights[layer.name]
-            dx, dk, db = backward.dense_backward(record["input"], kernel, grad)
-            gradients[layer.name] = (dk, db)
-            grad = dx
-        elif layer.kind == "flatten":
-            grad = backward.flatten_backward(grad, flat_shape)  # (N, H*W*C) -> (N, H, W, C)
-        elif layer.kind == "pool":
-            grad = backward.max_pool2d_backward(record["input"], grad, 2)
-        elif layer.kind == "conv":
-            kernel, _ = model.weights[layer.name]
-            grad = backward.relu_backward(record["output"], grad)
-            dx, dk, db = backward.conv2d_backward(record["input"], kernel, grad)
-            gradients[layer.name] = (dk, db)
-            grad = dx
+    for layer in reversed(layers[lowest:]):
+        kept = tape.kept[layer.name]
+        if "kept_scaled" in kept:  # dropout, with the forward's own mask
+            grad = backward.dropout_backward(kept["output"], kept["kept_scaled"], grad)
+        grad = ACTIVATIONS[layer.activation].backward(kept.get("output"), grad)
+        params = model.weights.get(layer.name)
+        grad, *parameter_grads = KINDS[layer.kind].backward(layer, params, kept, grad)
+        if parameter_grads:
+            gradients[layer.name] = tuple(parameter_grads)
     return loss, {n: g for n, g in gradients.items() if n in trainable}, tape
 
 

@@ -1,6 +1,7 @@
 """Readers of the weight files Keras users have, all through HDF5 attributes.
 
-Layouts (see docs and ../shared/FACTS.md):
+Layouts (each written by Keras, or by h5py and loaded back by Keras, in the tests' reference
+maker, tests/reference/make_keras_reference.py):
 
 - Keras Applications files (``vgg16_weights_tf_dim_ordering_tf_kernels.h5``): root
   attribute ``layer_names``; each layer group has ``weight_names`` such as

@@ -1,0 +1,322 @@
+"""The layer kinds as one table, and the reference forward pass that runs it.
+
+A network is a list of `Layer` rows (`vgg_np.config.layer_table` builds VGG's). What a
+row *does* is looked up by its kind in `KINDS`: its output shape, its parameters, its
+forward pass (the `vgg_np.ops` call) and backward pass (the `vgg_np.backward` call), and
+what a training pass keeps for that backward pass. Activations, applied after a layer,
+have their own table, `ACTIVATIONS`. The summary, the weight checks, `forward`, the
+engine's non-convolution layers and training all read these two tables, so a new kind
+of layer is one entry here plus its kernels.
+
+`forward` composes the teaching kernels: it is the definition of the network that the
+fast engine (`vgg_np.engine`) and every other implementation are checked against.
+Like the kernels, this module needs NumPy alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from vgg_np import backward, ops
+
+__all__ = ["ACTIVATIONS", "KINDS", "Activation", "Kind", "Layer", "forward"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One row of a layer table.
+
+    Attributes
+    ----------
+    name : str
+        Keras layer name.
+    kind : str
+        A key of `KINDS`: ``"conv"``, ``"pool"``, ``"adaptive_avg"``, ``"flatten"``,
+        ``"dense"``, ``"global_avg"``, ``"global_max"``.
+    units : int
+        Output channels of a convolution, outputs of a dense layer, output size of an
+        adaptive pool; 0 otherwise.
+    activation : {"relu", "softmax", None}
+        A key of `ACTIVATIONS`, applied after the layer.
+
+    Examples
+    --------
+    >>> Layer("block1_conv1", "conv", 64, "relu")
+    Layer(name='block1_conv1', kind='conv', units=64, activation='relu')
+    """
+
+    name: str
+    kind: str
+    units: int = 0
+    activation: str | None = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Everything that depends on a layer's kind: one entry of `KINDS`.
+
+    Shapes are per image, without N (``(H, W, C)`` or ``(units,)``); None stands for a
+    size that is not known before the input is seen.
+
+    Attributes
+    ----------
+    output_shape : callable
+        ``(layer, input shape) -> output shape``.
+    forward : callable
+        ``(layer, params, x) -> y``: the `vgg_np.ops` call, before the layer's
+        activation; `params` is the layer's tuple of tensors (None without parameters).
+    backward : callable or None
+        ``(layer, params, kept, dy) -> (dx, *parameter gradients)``: the
+        `vgg_np.backward` call. `kept` holds what the forward pass kept (`keeps`) and
+        ``"input_shape"``. None: the kind cannot be trained through (yet).
+    parameters : tuple of str
+        Names of the layer's tensors, in the order they are stored (``weights[name]``).
+    parameter_shapes : callable or None
+        ``(layer, input shape) -> one shape per name in parameters``; None without
+        parameters.
+    initial : callable or None
+        ``(shapes, rng) -> tensors``: seeded initial values, in float32
+        (`vgg_np.model.VGG.he_normal`).
+    keeps : tuple of str
+        What a training pass keeps for `backward`: ``"input"`` (the layer's input).
+    view : bool
+        Its output is a view of its input, with no memory of its own.
+    dropout_after : bool
+        In training, dropout may follow its ReLU (the classifier's hidden layers, as
+        in the original VGG).
+
+    Examples
+    --------
+    >>> conv = KINDS["conv"]
+    >>> conv.output_shape(Layer("c", "conv", 64), (224, 224, 3))
+    (224, 224, 64)
+    >>> dict(zip(conv.parameters, conv.parameter_shapes(Layer("c", "conv", 64), (224, 224, 3))))
+    {'kernel': (3, 3, 3, 64), 'bias': (64,)}
+    """
+
+    output_shape: Callable[[Layer, tuple], tuple]
+    forward: Callable[[Layer, tuple | None, np.ndarray], np.ndarray]
+    backward: Callable[[Layer, tuple | None, dict, np.ndarray], tuple] | None = None
+    parameters: tuple[str, ...] = ()
+    parameter_shapes: Callable[[Layer, tuple], tuple[tuple, ...]] | None = None
+    initial: Callable[[tuple[tuple, ...], np.random.Generator], tuple] | None = None
+    keeps: tuple[str, ...] = ()
+    view: bool = False
+    dropout_after: bool = False
+
+
+def _halve(size: int | None) -> int | None:
+    return None if size is None else size // 2
+
+
+def _he_normal(shapes: tuple[tuple, ...], rng: np.random.Generator) -> tuple:
+    """Draw a He-normal kernel, ``N(0, 2 / fan_in)``, then an ``N(0, 0.1**2)`` bias (float32).
+
+    ``fan_in`` is every kernel axis but the last (``KH * KW * C``, or ``in``), so ReLU
+    activations keep their scale through the network.
+    """
+    kernel_shape, bias_shape = shapes
+    kernel = rng.standard_normal(kernel_shape, dtype=np.float32)
+    kernel *= np.float32(math.sqrt(2.0 / math.prod(kernel_shape[:-1])))
+    bias = rng.standard_normal(bias_shape, dtype=np.float32) * np.float32(0.1)
+    return kernel, bias
+
+
+#: The layer kinds, keyed by `Layer.kind`. Shapes in the comments are of the batch.
+KINDS: dict[str, Kind] = {
+    # 3x3 "same" convolution, stride 1, as im2col + one GEMM: (N, H, W, C) -> (N, H, W, O)
+    "conv": Kind(
+        output_shape=lambda layer, shape: (shape[0], shape[1], layer.units),
+        forward=lambda layer, params, x: ops.conv2d(x, *params, padding="same"),
+        backward=lambda layer, params, kept, dy: backward.conv2d_backward(
+            kept["input"], params[0], dy, padding="same"
+        ),  # dx, dkernel, dbias
+        parameters=("kernel", "bias"),
+        parameter_shapes=lambda layer, shape: ((3, 3, shape[2], layer.units), (layer.units,)),
+        initial=_he_normal,
+        keeps=("input",),
+    ),
+    # 2x2 max-pool, stride 2: (N, H, W, C) -> (N, H // 2, W // 2, C)
+    "pool": Kind(
+        output_shape=lambda layer, shape: (_halve(shape[0]), _halve(shape[1]), shape[2]),
+        forward=lambda layer, params, x: ops.max_pool2d(x, 2),
+        backward=lambda layer, params, kept, dy: (
+            backward.max_pool2d_backward(kept["input"], dy, 2),
+        ),
+        keeps=("input",),
+    ),
+    # torchvision's AdaptiveAvgPool2d((n, n)), n = units: (N, H, W, C) -> (N, n, n, C)
+    "adaptive_avg": Kind(
+        output_shape=lambda layer, shape: (layer.units, layer.units, shape[2]),
+        forward=lambda layer, params, x: ops.adaptive_avg_pool2d(x, layer.units),
+    ),
+    # Keras's Flatten, H then W then C: (N, H, W, C) -> (N, H*W*C)
+    "flatten": Kind(
+        output_shape=lambda layer, shape: (math.prod(shape),),
+        forward=lambda layer, params, x: ops.flatten(x),
+        backward=lambda layer, params, kept, dy: (
+            backward.flatten_backward(dy, kept["input_shape"]),
+        ),
+        view=True,
+    ),
+    # x @ kernel + bias: (N, in) @ (in, units) -> (N, units)
+    "dense": Kind(
+        output_shape=lambda layer, shape: (layer.units,),
+        forward=lambda layer, params, x: ops.dense(x, *params),
+        backward=lambda layer, params, kept, dy: backward.dense_backward(
+            kept["input"], params[0], dy
+        ),  # dx, dkernel, dbias
+        parameters=("kernel", "bias"),
+        parameter_shapes=lambda layer, shape: ((shape[-1], layer.units), (layer.units,)),
+        initial=_he_normal,
+        keeps=("input",),
+        dropout_after=True,
+    ),
+    # Keras's GlobalAveragePooling2D: (N, H, W, C) -> (N, C)
+    "global_avg": Kind(
+        output_shape=lambda layer, shape: (shape[2],),
+        forward=lambda layer, params, x: x.mean(axis=(1, 2)),
+    ),
+    # Keras's GlobalMaxPooling2D: (N, H, W, C) -> (N, C)
+    "global_max": Kind(
+        output_shape=lambda layer, shape: (shape[2],),
+        forward=lambda layer, params, x: x.max(axis=(1, 2)),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation applied after a layer: one entry of `ACTIVATIONS`.
+
+    Attributes
+    ----------
+    forward : callable
+        ``z -> y``, the `vgg_np.ops` call.
+    backward : callable or None
+        ``(y, dy) -> dz`` from the activation's output `y`; None where training folds
+        it into the loss (softmax, in `vgg_np.backward.softmax_cross_entropy`).
+    keeps : tuple of str
+        What a training pass keeps for `backward`: ``"output"``.
+
+    Examples
+    --------
+    >>> relu = ACTIVATIONS["relu"]
+    >>> relu.forward(np.array([-1.0, 2.0])), relu.backward(np.array([0.0, 2.0]), np.ones(2))
+    (array([0., 2.]), array([0., 1.]))
+    """
+
+    forward: Callable[[np.ndarray], np.ndarray]
+    backward: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    keeps: tuple[str, ...] = ()
+
+
+#: The activations, keyed by `Layer.activation`.
+ACTIVATIONS: dict[str | None, Activation] = {
+    None: Activation(forward=lambda z: z, backward=lambda y, dy: dy),
+    # ReLU's mask from its output: y > 0 exactly where z > 0.
+    "relu": Activation(forward=ops.relu, backward=backward.relu_backward, keeps=("output",)),
+    "softmax": Activation(forward=ops.softmax),
+}
+
+
+def _check_table(layers: Sequence[Layer], weights: Mapping) -> None:
+    unknown = [f"{layer.name} ({layer.kind!r})" for layer in layers if layer.kind not in KINDS]
+    if unknown:
+        raise ValueError(f"`layers` has kinds not in {sorted(KINDS)}: {', '.join(unknown)}")
+    unknown = [
+        f"{layer.name} ({layer.activation!r})"
+        for layer in layers
+        if layer.activation not in ACTIVATIONS
+    ]
+    if unknown:
+        raise ValueError(f"`layers` has activations not in ACTIVATIONS: {', '.join(unknown)}")
+    missing = [
+        layer.name for layer in layers if KINDS[layer.kind].parameters and layer.name not in weights
+    ]
+    if missing:
+        raise ValueError(f"`weights` has no tensors for the layers {', '.join(missing)}")
+
+
+def forward(
+    layers: Sequence[Layer],
+    weights: Mapping[str, tuple[ArrayLike, ...]],
+    x: ArrayLike,
+    *,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+    hook: Callable[[Layer, dict[str, np.ndarray]], None] | None = None,
+) -> NDArray[np.floating]:
+    """Run a layer table on a batch with the teaching kernels: the reference forward pass.
+
+    Each layer is its kind's `vgg_np.ops` call (`KINDS`: ``conv2d`` as im2col and one
+    GEMM, ``max_pool2d``, ``flatten``, ``dense``, ...) followed by its activation
+    (`ACTIVATIONS`: ``relu``, ``softmax``); in training, ``dropout`` after each hidden
+    dense layer. Nothing is fused or reordered: this is the network's definition, slow
+    and plain, which `vgg_np.engine` is tested against. ``VGG(conv_algorithm="reference")``
+    runs it.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+        The layer table, e.g. ``model.layers``.
+    weights : mapping
+        Layer name -> tuple of tensors in the order of the kind's ``parameters``
+        (``(kernel, bias)``, Keras layout), e.g. ``model.weights``.
+    x : array_like, shape (N, H, W, C)
+        Preprocessed images; the dtype of `x` and the weights is the compute dtype.
+    dropout : float, default 0.0
+        Training only: the rate of inverted dropout after each hidden dense layer's
+        ReLU (`vgg_np.ops.dropout`). 0 is inference.
+    rng : numpy.random.Generator, optional
+        The dropout mask's source; required when `dropout` > 0.
+    hook : callable, optional
+        Called after each layer as ``hook(layer, values)``, `values` holding the
+        layer's ``"input"``, its ``"output"`` (after the activation) and, with
+        dropout, ``"kept_scaled"`` (after dropout, the next layer's input).
+        `vgg_np.train` records its tape this way.
+
+    Returns
+    -------
+    ndarray
+        The output of the last layer.
+
+    Raises
+    ------
+    ValueError
+        On a kind or activation that is not in the tables, a layer without weights,
+        or shapes that do not fit (named by the kernel that meets them).
+
+    Examples
+    --------
+    >>> from vgg_np.config import VGGConfig, layer_table
+    >>> tiny = VGGConfig("tiny", ((2,), (2,), (4,), (4,), (4,)), fc=(8,), default_size=32)
+    >>> table = layer_table(tiny, classes=3)
+    >>> weights = {"block1_conv1": (np.ones((3, 3, 3, 2)), np.zeros(2))}
+    >>> x = np.ones((1, 32, 32, 3))
+    >>> def show(layer, values):
+    ...     print(layer.name, values["output"].shape)
+    >>> y = forward(table[:2], weights, x, hook=show)
+    block1_conv1 (1, 32, 32, 2)
+    block1_pool (1, 16, 16, 2)
+    >>> float(y.max())  # 27 ones under the kernel, ReLU, max
+    27.0
+    """
+    _check_table(layers, weights)
+    x = np.asarray(x)  # (N, H, W, C)
+    for layer in layers:
+        kind = KINDS[layer.kind]
+        y = kind.forward(layer, weights.get(layer.name), x)  # conv2d, max_pool2d, dense, ...
+        y = ACTIVATIONS[layer.activation].forward(y)  # relu, softmax or the identity
+        values = {"input": x, "output": y}
+        if dropout and kind.dropout_after and layer.activation == "relu":
+            y = values["kept_scaled"] = ops.dropout(y, dropout, training=True, rng=rng)
+        if hook is not None:
+            hook(layer, values)
+        x = y  # (N, H, W, C) in the convolutional base, (N, units) in the classifier
+    return x
