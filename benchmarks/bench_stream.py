@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from vgg_np import VGG, VGG16, VGGConfig
-from vgg_np.streams import ImageStream, Preprocessing
+from vgg_np.formats import Preprocessing
+from vgg_np.streams import ImageStream
 
 RSS_SCRIPT = textwrap.dedent(
     """
@@ -103,8 +104,8 @@ def make_jpegs(folder: str, n: int) -> None:
 
 def stream_rate(paths, model, workers: int) -> tuple[float, float]:
     """Images/s, and the share of the wall time spent waiting for decoded images."""
-    prep = Preprocessing("caffe", "keras", 224, "benchmark")
-    batches = iter(ImageStream(paths, prep, batch_size=16, workers=workers))
+    prep = Preprocessing("caffe", "keras", "benchmark")
+    batches = iter(ImageStream(paths, prep, size=224, batch_size=16, workers=workers))
     start, waiting = time.perf_counter(), 0.0
     while True:
         asked = time.perf_counter()
@@ -121,9 +122,9 @@ def stream_table(n_images: int, n_full: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         make_jpegs(folder, n_images)
         paths = sorted(os.path.join(folder, name) for name in os.listdir(folder))
-        prep = Preprocessing("caffe", "keras", 224, "benchmark")
+        prep = Preprocessing("caffe", "keras", "benchmark")
         start = time.perf_counter()
-        batches = list(ImageStream(paths, prep, batch_size=16, workers=0))
+        batches = list(ImageStream(paths, prep, size=224, batch_size=16, workers=0))
         decode = n_images / (time.perf_counter() - start)
         narrow = VGG(NARROW, include_top=False, pooling="avg", seed=0)
         narrow(batches[0][1])

@@ -12,7 +12,8 @@ import pytest
 
 from vgg_np import VGG, VGGConfig
 from vgg_np.compare import compare_activations
-from vgg_np.formats.torchvision import hwc_rows_to_chw, module_names
+from vgg_np.formats.layouts import hwc_rows_to_chw
+from vgg_np.formats.torchvision import module_names
 
 TINY_DIR = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
 # A final 2x2 map, so that flatten order matters.

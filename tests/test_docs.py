@@ -44,7 +44,7 @@ def test_vgg16_page_table_is_what_the_code_prints():
 PUBLIC_MODULES = [
     "vgg_np.ops", "vgg_np.backward", "vgg_np.layers", "vgg_np.engine", "vgg_np.config",
     "vgg_np.summary", "vgg_np.architecture", "vgg_np.model", "vgg_np.formats",
-    "vgg_np.preprocess", "vgg_np.compare", "vgg_np.visualize", "vgg_np.train",
+    "vgg_np.preprocess", "vgg_np.compare", "vgg_np.visualize", "vgg_np.train", "vgg_np.vectors",
     "vgg_np.progress", "vgg_np.hub", "vgg_np.streams", "vgg_np.extract",
     "vgg_np.distributed",
 ]  # fmt: skip
@@ -83,3 +83,26 @@ def test_every_public_function_and_class_has_an_example():
         if ">>>" not in doc and (top_level or "example" not in doc.lower()):
             missing.append(name)
     assert not missing, f"no runnable example in: {', '.join(missing)}"
+
+
+def test_every_public_module_has_an_api_page():
+    pages = "".join(p.read_text() for p in (ROOT / "docs" / "api").glob("*.md"))
+    missing = [m for m in PUBLIC_MODULES if f"::: {m}\n" not in pages]
+    assert not missing, f"no API reference page for {', '.join(missing)}"
+
+
+def test_every_page_and_notebook_is_in_the_site_navigation():
+    nav = (ROOT / "docs" / "mkdocs" / "mkdocs.yml").read_text()
+    pages = [p for p in (ROOT / "docs").glob("*.md") if p.name != "README.md"]
+    notebooks = sorted((ROOT / "docs" / "notebooks").iterdir())
+    missing = [p.name for p in pages if f": {p.name}\n" not in nav]
+    missing += [p.name for p in notebooks if f": notebooks/{p.name}\n" not in nav]
+    assert not missing, f"not in docs/mkdocs/mkdocs.yml's nav: {', '.join(missing)}"
+
+
+def test_notebooks_are_text_without_outputs():
+    # jupytext percent scripts: readable diffs, and nothing executed is committed.
+    for path in sorted((ROOT / "docs" / "notebooks").iterdir()):
+        assert path.suffix == ".py", f"{path.name}: keep notebooks as jupytext percent .py"
+        text = path.read_text()
+        assert "format_name: percent" in text and text.count("# %%") >= 5, path.name

@@ -11,7 +11,7 @@ from conftest import relative_error
 from reference.make_keras_reference import TINY, TINY_CLASSES
 
 from vgg_np import VGG, formats
-from vgg_np.formats.torchvision import hwc_rows_to_chw, hwio_to_oihw
+from vgg_np.formats.layouts import hwc_rows_to_chw, hwio_to_oihw
 
 pytestmark = pytest.mark.onnx
 onnx = pytest.importorskip("onnx", reason="needs the optional `onnx` package")
@@ -185,3 +185,88 @@ def test_onnx_light_vgg19_matches_its_stored_output():
     assert model.config.name == "vgg19" and model.classifier_activation == "softmax"
     # ONNX's tolerances for this model (real/test_vgg19/data.json): rtol 1e-3, atol 1e-7.
     np.testing.assert_allclose(model(x), expected, rtol=1e-3, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------
+# Provenance: what the exporter and the input layout say about preprocessing
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("style", "producer", "family", "mode"),
+    [
+        ("torch", "pytorch", "onnx-nchw", "torch"),
+        ("tf2onnx", "tf2onnx", "onnx-nhwc", "caffe"),
+        ("tf2onnx", "", "onnx-nhwc", "caffe"),  # only TensorFlow-side exporters write NHWC
+        ("torch", "", "onnx-nchw", None),  # an NCHW graph from nobody knows where
+    ],
+)
+def test_onnx_provenance_from_the_exporter_and_layout(
+    tmp_path, original, style, producer, family, mode
+):
+    graph = build_graph(original.weights, style=style)
+    graph.producer_name = producer
+    with formats.open_weights(save(graph, tmp_path)) as source:
+        provenance = source.provenance
+    assert provenance.family.value == family and provenance.preprocess == mode
+    assert provenance.input_size == (32, 32) and not provenance.recorded
+    if mode is None:
+        with pytest.raises(ValueError, match="exporter unnamed: no convention"):
+            formats.choose_preprocessing(provenance)
+
+
+def test_a_vgg_np_record_in_onnx_metadata_is_read(tmp_path, original):
+    graph = build_graph(original.weights)
+    record = formats.Provenance("x", formats.Family.KERAS, "caffe", "keras").record()
+    helper.set_model_props(graph, record)
+    with formats.open_weights(save(graph, tmp_path)) as source:
+        assert source.provenance.recorded and source.provenance.family is formats.Family.KERAS
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile graphs: nothing evaluated unless it is a weight, nothing read from elsewhere
+# ---------------------------------------------------------------------------------------
+
+
+def test_an_unused_huge_constant_of_shape_is_never_evaluated(tmp_path, original):
+    graph = build_graph(original.weights)
+    graph.graph.initializer.append(numpy_helper.from_array(np.array([2**40], np.int64), "huge"))
+    graph.graph.node.append(helper.make_node("ConstantOfShape", ["huge"], ["unused"]))
+    model = VGG.from_file(save(graph, tmp_path), classifier_activation=None)  # 4 TiB if evaluated
+    np.testing.assert_array_equal(model.weights["fc2"][0], original.weights["fc2"][0])
+
+
+def test_a_huge_computed_weight_is_refused_before_it_is_computed(tmp_path, original):
+    graph = build_graph(original.weights)
+    graph.graph.initializer.append(
+        numpy_helper.from_array(np.array([2**20, 2**20], np.int64), "huge_shape")
+    )
+    graph.graph.node.insert(0, helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"]))
+    fc2 = next(n for n in graph.graph.node if n.op_type == "Gemm" and "fc2_W" in n.input)
+    fc2.input[1] = "huge"
+    path = tmp_path / "huge.onnx"
+    onnx.save(graph, path)
+    with pytest.raises(ValueError, match=r"declares 4,398,046,511,104 bytes, more than any VGG"):
+        VGG.from_file(path)
+
+
+def test_tensors_in_external_files_are_refused(tmp_path, original):
+    graph = build_graph(original.weights)
+    onnx.save(graph, tmp_path / "ext.onnx", save_as_external_data=True, size_threshold=0,
+              location="ext.data")  # fmt: skip
+    assert (tmp_path / "ext.data").exists()
+    with pytest.raises(ValueError, match=r"ext.onnx.*data is in an external file; refused"):
+        VGG.from_file(tmp_path / "ext.onnx")
+
+
+def test_integer_weights_are_refused_naming_the_dtype(tmp_path, original):
+    graph = build_graph(original.weights)
+    for i, tensor in enumerate(graph.graph.initializer):
+        if tensor.name == "fc2_b":
+            integers = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.int64))
+            integers.name = "fc2_b"
+            graph.graph.initializer[i].CopyFrom(integers)
+    path = tmp_path / "int.onnx"
+    onnx.save(graph, path)
+    with pytest.raises(ValueError, match=r"int.onnx.*floating point, got dtype int64"):
+        VGG.from_file(path)

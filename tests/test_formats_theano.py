@@ -16,8 +16,8 @@ import pytest
 from reference.make_keras_reference import TINY, TINY_CLASSES
 
 from vgg_np import VGG
+from vgg_np.formats.layouts import flattened_grid, hwc_rows_to_chw, hwio_to_oihw
 from vgg_np.formats.theano import theano_to_correlation
-from vgg_np.formats.torchvision import flattened_grid, hwc_rows_to_chw, hwio_to_oihw
 
 TINY_DIR = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
 

@@ -15,19 +15,17 @@ from reference.make_keras_reference import TINY, TINY_CLASSES
 
 from vgg_np import VGG, formats, ops
 from vgg_np.formats import safetensors_file
-from vgg_np.formats.torchvision import (
+from vgg_np.formats.layouts import (
     chw_rows_to_hwc,
     fc1_keras_to_torch,
     fc1_torch_to_keras,
     flattened_grid,
-    from_state_dict,
     hwc_rows_to_chw,
     hwio_to_oihw,
     linear_to_dense,
-    module_names,
     oihw_to_hwio,
-    to_state_dict,
 )
+from vgg_np.formats.torchvision import from_state_dict, module_names, to_state_dict
 
 TINY_DIR = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import threading
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from vgg_np import streams
+from vgg_np.formats import Preprocessing
 from vgg_np.preprocess import load_image, preprocess_input
-from vgg_np.streams import ImageStream, Preprocessing, decode_batches, image_paths
+from vgg_np.streams import ImageStream, decode_batches, image_paths
 
-PREP = Preprocessing("caffe", "keras", 32)
+PREP = Preprocessing("caffe", "keras", "chosen by the test")
+TINY_WEIGHTS = pathlib.Path(__file__).parent / "data" / "tiny_vgg16" / "model.h5"  # 32x32
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ def test_image_paths_expands_directories_and_globs_and_keeps_the_rest(folder):
 
 
 def test_batches_hold_exactly_what_load_image_and_preprocess_input_give(folder):
-    stream = ImageStream([folder], PREP, batch_size=3)
+    stream = ImageStream([folder], PREP, size=32, batch_size=3)
     seen = []
     for paths, batch in stream:
         expected = preprocess_input(np.stack([load_image(p, size=32) for p in paths]))
@@ -71,6 +73,7 @@ def test_bad_files_are_reported_with_their_reason_and_never_opened_if_not_regula
     stream = ImageStream(
         [tmp_path / name for name in items],
         PREP,
+        size=32,
         on_skip=lambda path, reason: reported.append((os.path.basename(path), reason)),
     )
     ((paths, batch),) = list(stream)
@@ -85,7 +88,7 @@ def test_bad_files_are_reported_with_their_reason_and_never_opened_if_not_regula
 
 def test_decode_batches_maps_every_input_to_a_row_or_a_reason(folder):
     paths = image_paths([folder])  # cut.jpg first
-    (first, second, third) = decode_batches(paths, PREP, batch_size=3)
+    (first, second, third) = decode_batches(paths, PREP, size=32, batch_size=3)
     assert (first.paths, first.ok, list(first.errors)) == (paths[:3], [1, 2], [0])
     assert (second.ok, second.errors, len(third.paths)) == ([0, 1, 2], {}, 2)
     assert first.batch.shape == (2, 32, 32, 3)
@@ -93,8 +96,8 @@ def test_decode_batches_maps_every_input_to_a_row_or_a_reason(folder):
 
 def test_threads_give_the_same_batches_as_no_threads(folder):
     paths = image_paths([folder])
-    one = list(decode_batches(paths, PREP, batch_size=2, workers=0))
-    many = list(decode_batches(paths, PREP, batch_size=2, workers=3))
+    one = list(decode_batches(paths, PREP, size=32, batch_size=2, workers=0))
+    many = list(decode_batches(paths, PREP, size=32, batch_size=2, workers=3))
     for a, b in zip(one, many, strict=True):
         assert (a.paths, a.ok, a.errors) == (b.paths, b.ok, b.errors)
         np.testing.assert_array_equal(a.batch, b.batch)
@@ -106,14 +109,14 @@ def test_the_next_batch_decodes_while_the_caller_holds_this_one(folder, monkeypa
     threads = set()
     decode = streams._decode
 
-    def watched(path, prep):
+    def watched(path, prep, size):
         threads.add(threading.current_thread().name)
         if path == paths[2]:  # the first image of the second batch
             started.set()
-        return decode(path, prep)
+        return decode(path, prep, size)
 
     monkeypatch.setattr(streams, "_decode", watched)
-    batches = decode_batches(paths, PREP, batch_size=2, workers=2)
+    batches = decode_batches(paths, PREP, size=32, batch_size=2, workers=2)
     next(batches)
     # Without decoding ahead this would wait for the caller's next request: never.
     assert started.wait(timeout=30)
@@ -121,27 +124,24 @@ def test_the_next_batch_decodes_while_the_caller_holds_this_one(folder, monkeypa
     batches.close()  # stopping early leaves no decoding thread behind
     assert not [t for t in threading.enumerate() if t.name.startswith("vgg_np-decode")]
     threads.clear()
-    list(decode_batches(paths[:2], PREP, workers=0))
+    list(decode_batches(paths[:2], PREP, size=32, workers=0))
     assert threads == {threading.current_thread().name}
 
 
-def test_preprocessing_follows_the_weights_family():
-    def model(fmt, shape=(None, None, 3)):
-        config = types.SimpleNamespace(default_size=224)
-        return types.SimpleNamespace(weights_format=fmt, input_shape=shape, config=config)
+def test_for_model_asks_the_weights_and_never_guesses():
+    from vgg_np import VGG, VGG16
 
-    torch = streams.preprocessing_for(model("pytorch .pth (torchvision layout)"))
-    assert (torch.mode, torch.resize, torch.size) == ("torch", "torchvision", 224)
-    assert "torchvision" in torch.reason
-    keras = streams.preprocessing_for(model("keras-h5", (32, 32, 3)))
-    assert (keras.mode, keras.resize, keras.size) == ("caffe", "keras", 32)
-    mixed = streams.preprocessing_for(model("keras-h5"), mode="tf")
-    assert (mixed.mode, mixed.resize) == ("tf", "keras") and "overridden" in mixed.reason
+    keras = ImageStream.for_model([], VGG.from_file(TINY_WEIGHTS))
+    assert (keras.prep.mode, keras.prep.resize, keras.size) == ("caffe", "keras", 32)
+    assert "keras weights" in keras.prep.reason
+    seeded = VGG16(include_top=False, seed=0)
+    with pytest.raises(ValueError, match="which preprocessing they expect is unknown"):
+        ImageStream.for_model([], seeded)
+    chosen = ImageStream.for_model([], seeded, preprocess="torch")
+    assert (chosen.prep.mode, chosen.prep.resize, chosen.size) == ("torch", "torchvision", 224)
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="`mode` must be one of"):
-        Preprocessing("bgr", "keras", 32)
     with pytest.raises(ValueError, match="`batch_size` must be a positive int, got 0"):
         decode_batches(["a.jpg"], PREP, batch_size=0)
     with pytest.raises(ValueError, match="`workers` must be an int >= 0, got -1"):

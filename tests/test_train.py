@@ -120,13 +120,8 @@ def test_every_gradient_matches_pytorch_autograd():
     torch = pytest.importorskip("torch", reason="needs torch (pip install torch==2.13.0)")
     from reference.torch_vgg import TorchVGG
 
-    from vgg_np.formats.torchvision import (
-        fc1_torch_to_keras,
-        linear_to_dense,
-        module_names,
-        oihw_to_hwio,
-        to_state_dict,
-    )
+    from vgg_np.formats.layouts import fc1_torch_to_keras, linear_to_dense, oihw_to_hwio
+    from vgg_np.formats.torchvision import module_names, to_state_dict
 
     model = narrow()
     x = np.random.default_rng(0).standard_normal((3, 32, 32, 3))

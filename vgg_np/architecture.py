@@ -3,26 +3,95 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
 from vgg_np.config import CONFIGS, VGGConfig
+from vgg_np.formats.contract import Family, Provenance
 
 __all__ = ["infer_architecture"]
 
+_CONV = re.compile(r"block(\d+)_conv(\d+)")
+_FC = re.compile(r"fc(\d+)")
 
-def infer_architecture(tensors: Mapping, info: Mapping, description: str) -> dict:
+
+def _shape(tensors: Mapping, name: str, rank: int, where: str) -> tuple[int, ...]:
+    shape = tuple(np.shape(tensors[name][0]))
+    if len(shape) != rank or 0 in shape:
+        kind = "convolution" if rank == 4 else "dense"
+        raise ValueError(
+            f"{where}: {name} should hold a non-empty {rank}-D {kind} kernel, got shape {shape}"
+        )
+    return shape
+
+
+def _conv_widths(tensors: Mapping, where: str) -> tuple[tuple[int, ...], ...]:
+    """Output channels of every convolution, block by block, in index order."""
+    found = sorted((int(m[1]), int(m[2]), name) for name in tensors if (m := _CONV.fullmatch(name)))
+    blocks: dict[int, list[tuple[int, int]]] = {}
+    for block, index, name in found:
+        blocks.setdefault(block, []).append((index, _shape(tensors, name, 4, where)[3]))
+    if not blocks or sorted(blocks) != list(range(1, len(blocks) + 1)):
+        raise ValueError(f"{where}: no VGG convolution blocks (block1_conv1 ...) found")
+    for block, convs in blocks.items():
+        if [index for index, _ in convs] != list(range(1, len(convs) + 1)):
+            raise ValueError(
+                f"{where}: the convolutions of block {block} are not numbered 1, 2, ..."
+            )
+    return tuple(tuple(width for _, width in blocks[b]) for b in sorted(blocks))
+
+
+def _dense_widths(tensors: Mapping, where: str) -> tuple[int, ...]:
+    """Output widths of fc1, fc2, ... (the hidden dense layers), in order."""
+    found = sorted((int(m[1]), name) for name in tensors if (m := _FC.fullmatch(name)))
+    if [index for index, _ in found] != list(range(1, len(found) + 1)):
+        raise ValueError(f"{where}: the dense layers are not numbered fc1, fc2, ...")
+    return tuple(_shape(tensors, name, 2, where)[1] for _, name in found)
+
+
+def _family(provenance: Provenance | Family | str | None) -> Family:
+    if isinstance(provenance, Provenance):
+        return provenance.family
+    return Family(provenance or Family.UNKNOWN)
+
+
+def _from_info(info: Mapping) -> dict:
+    """Read what a graph (ONNX) says about its input and final activation."""
+    h, w, c = info["input_shape"]
+    inferred = {
+        "data_format": "channels_first" if info.get("input_layout") == "NCHW" else "channels_last",
+        "classifier_activation": info.get("classifier_activation"),
+    }
+    if h and w:
+        inferred["input_shape"] = (h, w, c)  # channels last; see VGG.from_file
+    return inferred
+
+
+def infer_architecture(
+    tensors: Mapping,
+    info: Mapping | None = None,
+    provenance: Provenance | Family | str | None = None,
+    *,
+    where: str | None = None,
+    layout: str = "keras",
+) -> dict:
     """Guess `VGG`'s arguments from a canonical mapping of weights (see `VGG.from_file`).
 
     Parameters
     ----------
     tensors : mapping
         Keras layer name -> (kernel, bias) in Keras layout; only shapes are read.
-    info : mapping
+    info : mapping, optional
         What the file said about itself (input shape and layout, final activation).
-    description : str
-        The file's format, named in errors.
+    provenance : Provenance or Family, optional
+        Where the weights came from: torchvision's get its adaptive average pool.
+    where : str, optional
+        The file, named in errors; default: the provenance's description.
+    layout : str, default "keras"
+        How the file laid its tensors out (`WeightSource.layout`): a torchvision state
+        dict is meant for torchvision's VGG, adaptive average pool included.
 
     Returns
     -------
@@ -32,42 +101,37 @@ def infer_architecture(tensors: Mapping, info: Mapping, description: str) -> dic
     Raises
     ------
     ValueError
-        If the tensors hold no VGG convolution blocks.
+        If the tensors hold no VGG convolution blocks, or misnumbered or misshaped ones.
 
     Examples
     --------
     >>> import numpy as np
     >>> tensors = {"block1_conv1": (np.zeros((3, 3, 3, 8)), np.zeros(8))}
-    >>> inferred = infer_architecture(tensors, {}, "npz")
+    >>> inferred = infer_architecture(tensors, {}, "keras")
     >>> inferred["config"].blocks, inferred["include_top"]
     (((8,),), False)
     """
-    blocks: dict[int, list[int]] = {}
-    for name, (kernel, _) in tensors.items():
-        if name.startswith("block") and "_conv" in name:
-            block = int(name.removeprefix("block").split("_")[0])
-            blocks.setdefault(block, []).append(np.shape(kernel)[3])
-    if sorted(blocks) != list(range(1, len(blocks) + 1)) or not blocks:
-        raise ValueError(f"{description}: no VGG convolution blocks (block1_conv1 ...) found")
-    names = [n for n in tensors if n.startswith("fc")]
-    fc = tuple(np.shape(tensors[n][0])[1] for n in sorted(names, key=lambda n: int(n[2:])))
+    info = info or {}
+    where = where or getattr(provenance, "description", None) or "the weights"
+    widths = _conv_widths(tensors, where)
+    fc = _dense_widths(tensors, where)
     known = {c.blocks: c.name for c in CONFIGS.values()}
-    widths = tuple(tuple(blocks[b]) for b in sorted(blocks))
     config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc or (4096, 4096))
     inferred: dict = {"config": config, "include_top": "predictions" in tensors}
     if "predictions" in tensors:
-        inferred["classes"] = int(np.shape(tensors["predictions"][0])[1])
+        inferred["classes"] = _shape(tensors, "predictions", 2, where)[1]
     if "input_shape" in info:
-        h, w, c = info["input_shape"]
-        channels_first = info.get("input_layout") == "NCHW"
-        inferred["data_format"] = "channels_first" if channels_first else "channels_last"
-        if h and w:
-            inferred["input_shape"] = (h, w, c)  # channels last; see VGG.from_file
-        inferred["classifier_activation"] = info.get("classifier_activation")
+        inferred.update(_from_info(info))
     if inferred["include_top"] and fc:
         # fc1 takes the last feature map flattened: a square of this side.
-        side = math.isqrt(np.shape(tensors["fc1"][0])[0] // widths[-1][-1])
-        if "torchvision" in description:
+        rows = _shape(tensors, "fc1", 2, where)[0]
+        side = math.isqrt(rows // widths[-1][-1])
+        if side < 1:
+            raise ValueError(
+                f"{where}: fc1 takes {rows} inputs, fewer than block{len(widths)}'s "
+                f"{widths[-1][-1]} channels"
+            )
+        if Family.TORCHVISION in (_family(provenance), layout):
             inferred["adaptive_pool"] = side  # torchvision pools to it: any input size
         elif "input_shape" not in inferred:
             inferred["input_shape"] = (side * 2 ** len(widths), side * 2 ** len(widths), 3)

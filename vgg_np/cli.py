@@ -10,6 +10,7 @@ Commands (each has ``--help`` with an example; all but ``fetch-weights`` work of
 - ``train``: fine-tune the top of a reduced-width VGG16 on generated pictures
 - ``compare``: another implementation's activations against vgg_np, layer by layer
 - ``convert``: weights from one file format to another
+- ``vectors``: conformance test cases for other implementations, from the float64 oracle
 - ``fetch-weights``: download the published ImageNet weights (the only use of the network)
 
 Conventions shared by every command: exit code 0 on success; 1 on a runtime error (a file
@@ -31,6 +32,7 @@ import functools
 import json
 import math
 import os
+import pathlib
 import sys
 import textwrap
 import time
@@ -47,7 +49,7 @@ from vgg_np.formats._common import atomic_write
 from vgg_np.model import VGG, VGG16
 from vgg_np.preprocess import MODES, RESIZE_MODES, decode_predictions, load_image, preprocess_input
 from vgg_np.progress import Progress
-from vgg_np.streams import ImageStream, image_paths, preprocessing_for
+from vgg_np.streams import ImageStream, image_paths, input_size
 from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid, filter_grid
 
@@ -241,10 +243,12 @@ def add_predict(commands) -> None:
         summary="classify images with a weights file",
         description=(
             "Classify images (files, directories, globs) with a VGG weights file of any "
-            "supported format. Preprocessing and resizing follow the weights' family unless "
-            "given: Keras files use 'caffe' and Keras's resize, torchvision files 'torch' and "
-            "torchvision's. A bad image (unreadable, damaged, too large, not a regular file) "
-            "is reported on stderr and skipped; the others are still classified (exit code 1)."
+            "supported format. Preprocessing and resizing follow the weights' provenance unless "
+            "given (Keras-trained weights use 'caffe' and Keras's resize, torchvision's 'torch' "
+            "and torchvision's), and the choice is printed with its reason; weights whose "
+            "provenance is unknown need --preprocess. A bad image (unreadable, damaged, too "
+            "large, not a regular file) is reported on stderr and skipped; the others are still "
+            "classified (exit code 1)."
         ),
         examples=[
             "vgg-np predict cat.jpg --weights vgg16_weights_tf_kernels.h5",
@@ -260,7 +264,7 @@ def add_predict(commands) -> None:
     )
     predict.add_argument("--top", type=_positive_int, default=5, help="classes per image (5)")
     predict.add_argument(
-        "--preprocess", choices=MODES, help="caffe, torch or tf (from the weights)"
+        "--preprocess", choices=MODES, help="caffe, torch or tf (default: from the weights)"
     )
     predict.add_argument(
         "--resize", choices=RESIZE_MODES, help="keras or torchvision (from the weights)"
@@ -292,23 +296,26 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
             "predict classes"
         )
-    prep = preprocessing_for(model, args.preprocess, args.resize)
+    choice = _choose_preprocessing(model, args)
     print(
-        f"weights {args.weights} ({prep.reason}); preprocessing {prep.mode!r}, "
-        f"resize {prep.resize!r}",
+        f"weights {args.weights}: preprocessing {choice.mode!r}, resize {choice.resize!r} "
+        f"({choice.reason})",
         file=sys.stderr,
     )
     if args.output:
         args.layer, args.partition_size = "predictions", DEFAULT_PARTITION_SIZE
         args.decode_threads = 2
-        return _extract(args, model, prep)
-    stream = ImageStream(paths, prep, batch_size=args.batch_size, on_skip=_skip, expand=False)
+        return _extract(args, model)
+    stream = ImageStream(
+        paths, choice, size=input_size(model), batch_size=args.batch_size, on_skip=_skip,
+        expand=False,
+    )  # fmt: skip
     show = args.progress if args.progress is not None else len(paths) > 8 and sys.stderr.isatty()
     with Progress(len(paths), enabled=show) as bar:
         for batch_paths, batch in stream:
             for path, row in zip(batch_paths, model(batch), strict=True):
                 # One write per image: an interrupted run never ends mid-record.
-                print(_prediction(path, row, args.top, args.json, prep.mode, prep.resize))
+                print(_prediction(path, row, args.top, args.json, choice.mode, choice.resize))
             bar.update(len(batch_paths))
     if stream.skipped:
         print(f"vgg-np: {len(stream.skipped)} of {len(paths)} images skipped", file=sys.stderr)
@@ -317,6 +324,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _skip(path: str, reason: str) -> None:
     print(f"vgg-np: skipping {reason}", file=sys.stderr)
+
+
+def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> formats.Preprocessing:
+    """Choose the user's --preprocess / --resize, else what the weights' provenance says.
+
+    The choice carries its reason; when nothing says, the error asks for --preprocess.
+    """
+    return formats.choose_preprocessing(
+        model.weights_provenance,
+        preprocess=args.preprocess,
+        resize=args.resize,
+        where=args.weights,
+    )
 
 
 def _prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode: str, resize: str):
@@ -362,7 +382,9 @@ def add_extract(commands) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     parser.add_argument("--weights", required=True, help="weights file of any supported format")
     parser.add_argument("--layer", help="whose output is stored (default: the last layer)")
-    parser.add_argument("-o", "--output", required=True, type=_extract_output, help="OUT.npy/.zarr")
+    parser.add_argument(
+        "-o", "--output", required=True, type=_extract_output, help="OUT.npy or OUT.zarr"
+    )
     parser.add_argument("--top", type=_non_negative_int, default=0, help="classes per entry (0)")
     parser.add_argument("--preprocess", choices=MODES, help="caffe, torch or tf (from the weights)")
     parser.add_argument("--resize", choices=RESIZE_MODES, help="keras or torchvision (weights)")
@@ -387,27 +409,24 @@ def run_extract(args: argparse.Namespace) -> int:
     """Write one layer's features (and top classes) of many images to disk, resumably."""
     if args.scheduler or args.workers:
         return _extract_on_cluster(args)
-    model = VGG.from_file(args.weights, threads=args.threads)
-    return _extract(args, model, preprocessing_for(model, args.preprocess, args.resize))
+    return _extract(args, VGG.from_file(args.weights, threads=args.threads))
 
 
 def _extract_on_cluster(args: argparse.Namespace) -> int:
     """``extract --scheduler ADDRESS`` or ``--workers N``: the partitions as Dask tasks."""
-    options = distributed.engine_options(args.workers, args.threads)
-    model = distributed.load_model(args.weights, options)
-    prep = preprocessing_for(model, args.preprocess, args.resize)
     with distributed.connect(args.scheduler, args.workers) as client:
         print(distributed.describe(client), file=sys.stderr)
         result = distributed.extract_on_cluster(
-            args.images, args.output, args.weights, client, options=options, layer=args.layer,
+            args.images, args.output, args.weights, client,
+            options=distributed.engine_options(args.workers, args.threads), layer=args.layer,
             top=args.top, batch_size=args.batch_size, partition_size=args.partition_size,
-            decode_threads=args.decode_threads, prep=prep, on_skip=_skip,
-            verbose="auto" if args.progress is None else args.progress,
+            decode_threads=args.decode_threads, preprocess=args.preprocess, resize=args.resize,
+            verbose="auto" if args.progress is None else args.progress, on_skip=_skip,
         )  # fmt: skip
-    return _extract_summary(result, prep, args.json)
+    return _extract_summary(result, args.json)
 
 
-def _extract(args: argparse.Namespace, model: VGG, prep) -> int:
+def _extract(args: argparse.Namespace, model: VGG) -> int:
     result = extract(
         args.images,
         args.output,
@@ -417,23 +436,25 @@ def _extract(args: argparse.Namespace, model: VGG, prep) -> int:
         batch_size=args.batch_size,
         partition_size=args.partition_size,
         workers=args.decode_threads,
-        prep=prep,
+        preprocess=args.preprocess,
+        resize=args.resize,
         verbose="auto" if args.progress is None else args.progress,
         on_skip=_skip,
     )
-    return _extract_summary(result, prep, args.json)
+    return _extract_summary(result, args.json)
 
 
-def _extract_summary(result, prep, as_json: bool) -> int:
-    """Print the summary of a local or cluster run (one line, or JSON)."""
+def _extract_summary(result, as_json: bool) -> int:
+    """Print the summary of a local or cluster run: one line, or JSON."""
     if as_json:
-        print(json.dumps({**result.to_dict(), "preprocessing": prep.describe()}))
+        print(json.dumps(result.to_dict()))
     else:
         print(
             f"{result.out}: {result.shape} {result.layer}; {result.written} images written "
             f"({result.failed} failed) at {result.images_per_second:.1f} images/s, "
             f"{result.already_done} done before; {result.failed_total} failed in all "
-            f"(reasons in {result.manifest}); {prep.describe()}"
+            f"(reasons in {result.manifest}); preprocessing {result.preprocessing['mode']!r}, "
+            f"resize {result.preprocessing['resize']!r} ({result.preprocessing['reason']})"
         )
     return 0
 
@@ -761,11 +782,64 @@ def add_convert(commands) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a weights file to another format, keeping every tensor."""
-    with formats.open_weights(args.source) as source:
-        weights = {name: (np.asarray(k), np.asarray(b)) for name, (k, b) in source.tensors.items()}
-        read = source.format
-    written = formats.write_weights(args.target, weights, layout=args.layout)
-    print(f"{args.source} ({read}) -> {args.target} ({written}): {len(weights)} layers")
+    source, written = formats.convert(args.source, args.target, layout=args.layout)
+    print(
+        f"{args.source} ({source.format}) -> {args.target} ({written}): "
+        f"{len(source.tensors)} layers"
+    )
+    return 0
+
+
+# -- vectors -------------------------------------------------------------------------------
+
+
+def add_vectors(commands) -> None:
+    """Declare ``vgg-np vectors``."""
+    vectors = _new_command(
+        commands,
+        "vectors",
+        run_vectors,
+        summary="write conformance test cases (ONNX backend layout) from the float64 oracle",
+        description=(
+            "Write test cases for another implementation: every kernel (padding forms, odd "
+            "sizes, strides, max-pool ties, softmax overflow, dropout with its mask) and every "
+            "layer of a VGG16, expected outputs computed in float64. With the onnx package "
+            "each case is a model.onnx and test_data_set_0/input_N.pb, output_0.pb (ONNX's "
+            "backend test layout); otherwise .npy files. index.json lists every case with "
+            "its tolerance. Arrays are NCHW/OIHW, as ONNX defines its operators."
+        ),
+        examples=[
+            "vgg-np vectors cases/ --narrow",
+            "vgg-np vectors cases/ --weights vgg16_weights_tf_kernels.h5",
+        ],
+    )
+    vectors.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty directory")
+    network = vectors.add_mutually_exclusive_group()
+    network.add_argument("--weights", help="weights file for the layer cases (any format)")
+    network.add_argument(
+        "--narrow", action="store_true", help="VGG16 at 1/8 width on 32x32 inputs (small files)"
+    )
+    vectors.add_argument("--model", choices=sorted(CONFIGS), default="vgg16")
+    vectors.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (0)")
+    vectors.add_argument("--npy", action="store_true", help=".npy files even with onnx")
+
+
+def run_vectors(args: argparse.Namespace) -> int:
+    """Write conformance test cases from the float64 oracle (`vgg_np.vectors`)."""
+    from collections import Counter
+
+    from vgg_np.vectors import NARROW_VGG16, write_vectors
+
+    config = NARROW_VGG16 if args.narrow else args.model
+    encoding = "npy" if args.npy else "auto"
+    cases = write_vectors(
+        args.out_dir, weights=args.weights, config=config, seed=args.seed, encoding=encoding
+    )
+    index = json.loads((pathlib.Path(args.out_dir) / "index.json").read_text())
+    counts = Counter(case.kernel for case in cases)
+    print(f"wrote {len(cases)} cases ({index['encoding']}) to {args.out_dir}: "
+          + ", ".join(f"{kernel} {n}" for kernel, n in counts.items())
+          + f"; layers of {index['network']['name']} ({index['network']['weights']})")  # fmt: skip
     return 0
 
 
@@ -818,6 +892,7 @@ COMMANDS: tuple[Callable, ...] = (
     add_train,
     add_compare,
     add_convert,
+    add_vectors,
     add_fetch_weights,
 )
 

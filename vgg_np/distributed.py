@@ -51,7 +51,6 @@ from vgg_np.extract import (
 )
 from vgg_np.model import VGG
 from vgg_np.progress import Progress, show_progress
-from vgg_np.streams import Preprocessing
 
 __all__ = [
     "ClusterError",
@@ -317,7 +316,8 @@ def extract_on_cluster(
     batch_size: int = 32,
     partition_size: int = DEFAULT_PARTITION_SIZE,
     decode_threads: int = 2,
-    prep: Preprocessing | None = None,
+    preprocess: str | None = None,
+    resize: str | None = None,
     verbose: bool | int | str = "auto",
     on_skip: Callable[[str, str], None] | None = None,
     on_task: Callable[[dict], None] | None = None,
@@ -330,7 +330,7 @@ def extract_on_cluster(
 
     Parameters
     ----------
-    images, out, layer, top, batch_size, partition_size, prep, verbose, on_skip
+    images, out, layer, top, batch_size, partition_size, preprocess, resize, verbose, on_skip
         As for `vgg_np.extract.extract`.
     weights : str or os.PathLike
         The weights file, at a path every worker can read: each worker thread loads it
@@ -371,8 +371,9 @@ def extract_on_cluster(
     weights, options = os.path.abspath(weights), dict(options or {})
     model = load_model(weights, options)  # here only to plan: row shape, digest
     store = create_store(
-        out, images, model, layer=layer, top=top, partition_size=partition_size, prep=prep
-    )
+        out, images, model, layer=layer, top=top, partition_size=partition_size,
+        preprocess=preprocess, resize=resize,
+    )  # fmt: skip
     pending = store.pending()
     target = os.path.abspath(store.out)
     run = uuid.uuid4().hex[:8]  # fresh keys: a long-lived scheduler must not reuse old results

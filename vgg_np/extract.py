@@ -56,15 +56,16 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
+from vgg_np.formats import Preprocessing, choose_preprocessing
 from vgg_np.formats._common import atomic_write
 from vgg_np.preprocess import decode_predictions, imagenet_classes
 from vgg_np.progress import Progress, show_progress
-from vgg_np.streams import Preprocessing, decode_batches, image_paths, preprocessing_for
+from vgg_np.streams import decode_batches, image_paths, input_size
 from vgg_np.summary import Summary
 
 __all__ = [
@@ -204,12 +205,15 @@ class Store:
 
     Examples
     --------
-    >>>     >>> from importlib import resources
+    >>> import tempfile
+    >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     store = create_store(f"{tmp}/f.npy", [demo] * 3, model, layer="block1_pool")
+    ...     store = create_store(
+    ...         f"{tmp}/f.npy", [demo] * 3, model, layer="block1_pool", preprocess="caffe"
+    ...     )  # seeded weights: no preprocessing is known, so it is given
     ...     _ = run_partition(store, store.pending()[0], model)
     ...     again = open_store(f"{tmp}/f.npy")  # in another process, say
     ...     again.layer, again.shape, again.pending(), bool(np.isfinite(again.read()).all())
@@ -225,6 +229,7 @@ class Store:
             for i, start in enumerate(range(0, len(paths), size))
         ]
         self.prep = Preprocessing(**plan["preprocessing"])
+        self.size = plan["size"]
         self._array = None  # opened on first write, in the process that writes
 
     def __reduce__(self):
@@ -276,7 +281,7 @@ class Store:
         See the class example (`run_partition` calls it).
         """
         plan = self.plan
-        row_shape = _output_shape(model, plan["layer"], self.prep.size)
+        row_shape = _output_shape(model, plan["layer"], self.size)
         problems = []
         if list(row_shape) != plan["row_shape"] or model.dtype.name != plan["dtype"]:
             problems.append(
@@ -307,7 +312,7 @@ class Store:
             array.flush()  # msync: the rows are on disk before the journal says so
 
 
-def _plan(images, model, layer, top, partition_size, prep) -> dict:
+def _plan(images, model, layer, top, partition_size, preprocess, resize) -> dict:
     paths = sorted({os.path.abspath(p) for p in image_paths(images)})
     if not paths:
         raise ValueError(f"no images found in {' '.join(map(os.fspath, images))}")
@@ -319,11 +324,14 @@ def _plan(images, model, layer, top, partition_size, prep) -> dict:
     return {
         "version": PLAN_VERSION,
         "layer": layer,
-        "row_shape": list(_output_shape(model, layer, prep.size)),
+        "row_shape": list(_output_shape(model, layer, input_size(model))),
         "dtype": model.dtype.name,
         "top": top,
         "partition_size": partition_size,
-        "preprocessing": asdict(prep),
+        "preprocessing": asdict(
+            choose_preprocessing(model.weights_provenance, preprocess=preprocess, resize=resize)
+        ),
+        "size": input_size(model),
         "model": repr(model),
         "weights_format": model.weights_format,
         "weights_digest": weights_digest(model),
@@ -333,9 +341,13 @@ def _plan(images, model, layer, top, partition_size, prep) -> dict:
 
 def _differences(old: dict, new: dict) -> list[str]:
     differences = []
-    for key in ("layer", "top", "partition_size", "preprocessing", "dtype"):
+    for key in ("layer", "top", "partition_size", "size", "dtype"):
         if old[key] != new[key]:
             differences.append(f"{key} {old[key]!r} (now {new[key]!r})")
+    for key in ("mode", "resize"):  # not the reason: the same choice may be put otherwise
+        if old["preprocessing"][key] != new["preprocessing"][key]:
+            was, now = old["preprocessing"][key], new["preprocessing"][key]
+            differences.append(f"preprocessing {key} {was!r} (now {now!r})")
     if old["weights_digest"] != new["weights_digest"]:
         differences.append("other weights")
     added = len(set(new["paths"]) - set(old["paths"]))
@@ -353,7 +365,8 @@ def create_store(
     layer: str | None = None,
     top: int = 0,
     partition_size: int = DEFAULT_PARTITION_SIZE,
-    prep: Preprocessing | None = None,
+    preprocess: str | None = None,
+    resize: str | None = None,
 ) -> Store:
     """Plan an extraction and preallocate its output, or reopen the same one to resume.
 
@@ -370,8 +383,9 @@ def create_store(
     top : int, default 0
         Also name the `top` best classes of each image in its manifest entry.
     partition_size : int, default `DEFAULT_PARTITION_SIZE`
-    prep : Preprocessing, optional
-        Default: what the weights imply (`vgg_np.streams.preprocessing_for`).
+    preprocess, resize : str, optional
+        Override what the weights' provenance says (`vgg_np.formats.choose_preprocessing`,
+        which raises rather than guess for weights of unknown origin).
 
     Returns
     -------
@@ -389,19 +403,22 @@ def create_store(
 
     Examples
     --------
-    >>>     >>> from importlib import resources
+    >>> import tempfile
+    >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     store = create_store(f"{tmp}/f.npy", [demo], model, layer="block5_pool")
+    ...     store = create_store(
+    ...         f"{tmp}/f.npy", [demo], model, layer="block5_pool", preprocess="caffe"
+    ...     )
     ...     store.shape, [p.name for p in store.pending()]
     ((1, 1, 1, 512), ['part-00000'])
     """
     out = os.fspath(out)
     if not out.endswith(SUFFIXES):
         raise ValueError(f"`out` must end in .npy or .zarr, got {out!r}")
-    plan = _plan(images, model, layer, top, partition_size, prep or preprocessing_for(model))
+    plan = _plan(images, model, layer, top, partition_size, preprocess, resize)
     manifest_dir = _manifest_dir(out)
     plan_path = os.path.join(manifest_dir, "plan.json")
     if os.path.exists(plan_path):
@@ -512,12 +529,14 @@ def run_partition(
 
     Examples
     --------
-    >>>     >>> from importlib import resources
+    >>> import tempfile
+    >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     store = create_store(f"{tmp}/f.npy", [demo, f"{tmp}/gone.png"], model)
+    ...     images = [demo, f"{tmp}/gone.png"]
+    ...     store = create_store(f"{tmp}/f.npy", images, model, preprocess="caffe")
     ...     run_partition(store, store.partitions[0], model)
     ...     [entry["status"] for entry in store.manifest()], store.pending()
     PartitionResult(index=0, written=2, failed=1, already_done=0)
@@ -538,7 +557,9 @@ def run_partition(
         dtype, row_shape = np.dtype(store.plan["dtype"]), tuple(store.plan["row_shape"])
         paths = list(partition.paths[first - partition.start :])
         row = first
-        batches = decode_batches(paths, store.prep, batch_size=batch_size, workers=workers)
+        batches = decode_batches(
+            paths, store.prep, size=store.size, batch_size=batch_size, workers=workers
+        )
         with open(journal, "a") as log:
             for decoded in batches:
                 block = np.full((len(decoded.paths), *row_shape), np.nan, dtype)
@@ -596,6 +617,7 @@ class ExtractResult:
     already_done: int
     failed_total: int
     seconds: float
+    preprocessing: dict = field(default_factory=dict)  # mode, resize, reason, size
 
     @classmethod
     def collect(cls, store: Store, results: list[PartitionResult], seconds: float):
@@ -612,6 +634,7 @@ class ExtractResult:
             written=sum(r.written for r in results), failed=sum(r.failed for r in results),
             already_done=before + sum(r.already_done for r in results),
             failed_total=failed_total, seconds=seconds,
+            preprocessing={**store.plan["preprocessing"], "size": store.size},
         )  # fmt: skip
 
     @property
@@ -634,7 +657,8 @@ def extract(
     batch_size: int = 32,
     partition_size: int = DEFAULT_PARTITION_SIZE,
     workers: int = 2,
-    prep: Preprocessing | None = None,
+    preprocess: str | None = None,
+    resize: str | None = None,
     verbose: bool | int | str = "auto",
     on_skip: Callable[[str, str], None] | None = None,
 ) -> ExtractResult:
@@ -657,13 +681,14 @@ def extract(
 
     Examples
     --------
-    >>>     >>> from importlib import resources
+    >>> import tempfile
+    >>> from importlib import resources
     >>> from vgg_np import VGG11
     >>> model = VGG11(include_top=False, input_shape=(32, 32, 3), pooling="avg", seed=0)
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     first = extract([demo], f"{tmp}/f.npy", model, verbose=0)
-    ...     again = extract([demo], f"{tmp}/f.npy", model, verbose=0)
+    ...     first = extract([demo], f"{tmp}/f.npy", model, preprocess="caffe", verbose=0)
+    ...     again = extract([demo], f"{tmp}/f.npy", model, preprocess="caffe", verbose=0)
     ...     np.load(f"{tmp}/f.npy").shape
     (1, 512)
     >>> (first.written, again.written, again.already_done)
@@ -671,7 +696,14 @@ def extract(
     """
     start = time.perf_counter()
     store = create_store(
-        out, images, model, layer=layer, top=top, partition_size=partition_size, prep=prep
+        out,
+        images,
+        model,
+        layer=layer,
+        top=top,
+        partition_size=partition_size,
+        preprocess=preprocess,
+        resize=resize,
     )
     pending = store.pending()
     remaining = sum(p.stop - p.start for p in pending)

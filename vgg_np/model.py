@@ -8,6 +8,7 @@ their public names are re-exported here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 from collections.abc import Mapping
@@ -195,6 +196,7 @@ class VGG:
         # the tensor names of each layer's output (`formats.WeightSource`).
         self.weights_format: str | None = None
         self.weights_info: dict = {}
+        self._loaded: tuple[dict, formats.Provenance] | None = None  # see weights_provenance
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if isinstance(weights, str) and "://" in weights:
             raise ValueError(
@@ -327,7 +329,13 @@ class VGG:
         ((64,), (128,), (256, 256), (512, 512), (512, 512))
         """
         with formats.open_weights(path) as source:
-            inferred = infer_architecture(source.tensors, source.info, source.format)
+            inferred = infer_architecture(
+                source.tensors,
+                source.info,
+                source.provenance,
+                where=source.path,
+                layout=source.layout,
+            )
             inferred.update(kwargs)
             shape = inferred.get("input_shape")
             if (
@@ -463,9 +471,11 @@ class VGG:
         Raises
         ------
         ValueError
-            If the format is unknown, the file is damaged, or its weights do not fit.
+            If the format is unknown, the file is damaged, hostile or not a regular
+            file, or its weights do not fit (every tensor is read and copied: the model
+            never aliases the file).
         OSError
-            If the file cannot be read.
+            If the file does not exist or cannot be opened.
 
         Examples
         --------
@@ -480,23 +490,45 @@ class VGG:
             self._set_from_source(source, path, allow_nonfinite)
             return source.format
 
-    def _set_from_source(self, source, path, allow_nonfinite: bool) -> None:
-        try:
-            self.set_weights(
-                source.tensors,
-                allow_nonfinite=allow_nonfinite,
-                source=f"the weights in {os.fspath(path)!r} ({source.format})",
-            )
-        except (OSError, RuntimeError, KeyError) as error:
-            # Raised by h5py or a memory map while reading a damaged file's data.
-            raise ValueError(f"{os.fspath(path)!r} is damaged: {error}") from None
+    def _set_from_source(
+        self, source: formats.WeightSource, path: str | os.PathLike, allow_nonfinite: bool
+    ) -> None:
+        # The tensors are lazy: set_weights checks every shape before reading them, and
+        # a failure while reading is already a ValueError naming the file.
+        self.set_weights(
+            source.tensors,
+            allow_nonfinite=allow_nonfinite,
+            source=f"the weights in {os.fspath(path)!r} ({source.format})",
+        )
         self.weights_format, self.weights_info = source.format, dict(source.info)
+        self._loaded = (self._weights, source.provenance)
+
+    @property
+    def weights_provenance(self) -> formats.Provenance:
+        """Where the current weights came from (family, preprocessing, input size, evidence).
+
+        Weights loaded from a file keep that file's `formats.Provenance` until they are
+        replaced; seeded or user-set weights have no known preprocessing.
+
+        Examples
+        --------
+        >>> VGG11(include_top=False, seed=0).weights_provenance.family
+        <Family.VGG_NP: 'vgg_np'>
+        """
+        if self._loaded is not None and self._loaded[0] is self._weights:
+            return self._loaded[1]
+        return formats.Provenance(
+            "weights set in vgg_np",
+            formats.Family.VGG_NP,
+            evidence="seeded or set in vgg_np: no preprocessing is known",
+        )
 
     def save_weights(self, path: str | os.PathLike) -> None:
         """Write the weights as a native ``.npz`` (``block1_conv1/kernel``, ...).
 
         The file holds plain arrays (load it with ``allow_pickle=False``), stored
-        uncompressed so `load_weights` can memory-map it.
+        uncompressed, and records `weights_provenance` (the model's input size included)
+        so that whoever loads it knows the preprocessing the weights expect.
 
         Examples
         --------
@@ -508,7 +540,11 @@ class VGG:
         ...     VGG16(weights=path, include_top=False).weights["block5_conv3"][1].shape
         (512,)
         """
-        formats.write_npz(path, self._weights)
+        provenance = self.weights_provenance
+        h, w, _ = self.input_shape
+        if h and w:
+            provenance = dataclasses.replace(provenance, input_size=(h, w))
+        formats.write_npz(path, self._weights, provenance=provenance)
 
     # -- forward --------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 `ImageStream` iterates over files, directories and globs and yields ``(paths, batch)``:
 each batch already resized and preprocessed the way the weights were trained
-(`preprocessing_for`), through `vgg_np.preprocess.load_image` and
+(`vgg_np.formats.choose_preprocessing` reads it from the weights' provenance, and never
+guesses), through `vgg_np.preprocess.load_image` and
 `vgg_np.preprocess.preprocess_input`. A small thread pool decodes the next batches while
 the caller runs the current one (Pillow and NumPy release the GIL while they work). A file
 that cannot be used (not a regular file, not an image, damaged, too large) is skipped and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import glob
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -24,16 +26,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from vgg_np.preprocess import MODES, RESIZE_MODES, load_image, preprocess_input
+from vgg_np.formats import Preprocessing, choose_preprocessing
+from vgg_np.preprocess import load_image, preprocess_input
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "Decoded",
     "ImageStream",
-    "Preprocessing",
     "decode_batches",
     "image_paths",
-    "preprocessing_for",
+    "input_size",
 ]
 
 #: File names a directory is searched for (case-insensitive).
@@ -72,76 +74,26 @@ def image_paths(items: Iterable[str | os.PathLike]) -> list[str]:
     return paths
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images become inputs: `vgg_np.preprocess_input` mode, resize mode, size, and why.
-
-    Examples
-    --------
-    >>> Preprocessing("caffe", "keras", 224, "keras").describe()
-    "preprocessing 'caffe', resize 'keras' to 224x224 (keras)"
-    """
-
-    mode: str
-    resize: str
-    size: int
-    reason: str = "given"  # the weights' family ("keras", "torchvision"), or why else
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {self.resize!r}")
-
-    def describe(self) -> str:
-        """Return one line for users: what is done to each image and why (class example)."""
-        return (
-            f"preprocessing {self.mode!r}, resize {self.resize!r} to {self.size}x{self.size} "
-            f"({self.reason})"
-        )
-
-
-def preprocessing_for(
-    model, mode: str | None = None, resize: str | None = None, size: int | None = None
-) -> Preprocessing:
-    """Return the preprocessing the model's weights were trained with, unless overridden.
-
-    torchvision weights (read from a torchvision-layout file) get ``"torch"`` mode and
-    torchvision's resize; every other file and seeded weights get Keras's ``"caffe"``
-    mode and Keras's resize. The size is the model's input size (its configuration's
-    default when the input size is free).
-
-    Parameters
-    ----------
-    model : vgg_np.VGG
-    mode, resize, size : optional
-        Override what the weights imply.
+def input_size(model) -> int:
+    """Return the side images are resized to for `model`: its input size, else its default.
 
     Examples
     --------
     >>> from vgg_np import VGG16
-    >>> preprocessing_for(VGG16(include_top=False, seed=0)).describe()
-    "preprocessing 'caffe', resize 'keras' to 224x224 (keras, seeded weights)"
+    >>> input_size(VGG16(include_top=False, seed=0)), input_size(VGG16(seed=0))
+    (224, 224)
     """
-    source = model.weights_format
-    torchvision = source is not None and "torchvision" in source
-    reason = "torchvision" if torchvision else "keras" if source else "keras, seeded weights"
-    if mode is not None or resize is not None or size is not None:
-        reason += ", overridden where given"
-    return Preprocessing(
-        mode or ("torch" if torchvision else "caffe"),
-        resize or ("torchvision" if torchvision else "keras"),
-        size or model.input_shape[0] or model.config.default_size,
-        reason,
-    )
+    return model.input_shape[0] or model.config.default_size
 
 
-def _decode(path: str, prep: Preprocessing) -> tuple[NDArray[np.float32] | None, str | None]:
+def _decode(
+    path: str, prep: Preprocessing, size: int
+) -> tuple[NDArray[np.float32] | None, str | None]:
     """One image as a preprocessed (size, size, 3) array, or None and the reason why not."""
     try:
         # load_image refuses, without reading, anything but a regular file (a FIFO would
         # block, a device never end).
-        pixels = load_image(path, size=prep.size, resize=prep.resize)
+        pixels = load_image(path, size=size, resize=prep.resize)
     except FileNotFoundError:
         return None, f"{path}: no such file"
     except OSError as error:
@@ -168,7 +120,7 @@ class Decoded:
 
     Examples
     --------
-    >>> decoded = next(decode_batches(["gone.png"], Preprocessing("tf", "keras", 32)))
+    >>> decoded = next(decode_batches(["gone.png"], Preprocessing("tf", "keras", "doc"), size=32))
     >>> decoded.batch.shape, decoded.ok, decoded.errors
     ((0, 32, 32, 3), [], {0: 'gone.png: no such file'})
     """
@@ -179,13 +131,13 @@ class Decoded:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-def _assemble(paths: list[str], results, prep: Preprocessing) -> Decoded:
+def _assemble(paths: list[str], results, size: int) -> Decoded:
     ok = [i for i, (image, _) in enumerate(results) if image is not None]
     errors = {i: reason for i, (_, reason) in enumerate(results) if reason is not None}
     if ok:
         batch = np.stack([results[i][0] for i in ok])  # (n_ok, size, size, 3)
     else:
-        batch = np.empty((0, prep.size, prep.size, 3), np.float32)
+        batch = np.empty((0, size, size, 3), np.float32)
     return Decoded(paths, batch, ok, errors)
 
 
@@ -193,6 +145,7 @@ def decode_batches(
     paths: list[str],
     prep: Preprocessing,
     *,
+    size: int = 224,
     batch_size: int = 32,
     workers: int = 2,
     prefetch: int = PREFETCH,
@@ -202,7 +155,10 @@ def decode_batches(
     Parameters
     ----------
     paths : list of str
-    prep : Preprocessing
+    prep : vgg_np.formats.Preprocessing
+        The mode of `vgg_np.preprocess_input` and the resize of `vgg_np.load_image`.
+    size : int, default 224
+        Height and width of the images.
     batch_size : int, default 32
         Paths per batch (the last may be shorter); bad files leave a batch shorter.
     workers : int, default 2
@@ -214,8 +170,9 @@ def decode_batches(
     --------
     >>> from importlib import resources
     >>> demo = str(resources.files("vgg_np") / "data" / "demo.png")
-    >>> prep = Preprocessing("caffe", "keras", 32)
-    >>> [(d.batch.shape, d.ok, list(d.errors)) for d in decode_batches([demo, "nope.jpg"], prep)]
+    >>> prep = Preprocessing("caffe", "keras", "an example")
+    >>> batches = decode_batches([demo, "nope.jpg"], prep, size=32)
+    >>> [(d.batch.shape, d.ok, list(d.errors)) for d in batches]
     [((1, 32, 32, 3), [0], [1])]
     """
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -223,13 +180,15 @@ def decode_batches(
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"`workers` must be an int >= 0, got {workers!r}")
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    return _decoded(chunks, prep, workers, prefetch)  # arguments checked now, not at first use
+    return _decoded(
+        chunks, functools.partial(_decode, prep=prep, size=size), size, workers, prefetch
+    )
 
 
-def _decoded(chunks: list[list[str]], prep: Preprocessing, workers: int, prefetch: int):
+def _decoded(chunks: list[list[str]], decode, size: int, workers: int, prefetch: int):
     if workers == 0:
         for chunk in chunks:
-            yield _assemble(chunk, [_decode(p, prep) for p in chunk], prep)
+            yield _assemble(chunk, [decode(p) for p in chunk], size)
         return
     pool = concurrent.futures.ThreadPoolExecutor(workers, "vgg_np-decode")
     pending: collections.deque = collections.deque()
@@ -238,7 +197,7 @@ def _decoded(chunks: list[list[str]], prep: Preprocessing, workers: int, prefetc
     def submit() -> None:
         chunk = next(upcoming, None)
         if chunk is not None:
-            pending.append((chunk, [pool.submit(_decode, p, prep) for p in chunk]))
+            pending.append((chunk, [pool.submit(decode, p) for p in chunk]))
 
     try:
         for _ in range(1 + prefetch):
@@ -247,7 +206,7 @@ def _decoded(chunks: list[list[str]], prep: Preprocessing, workers: int, prefetc
             chunk, futures = pending.popleft()
             results = [future.result() for future in futures]
             submit()
-            yield _assemble(chunk, results, prep)
+            yield _assemble(chunk, results, size)
     finally:
         # A caller that stops early (or fails) leaves no decoding behind.
         pool.shutdown(wait=True, cancel_futures=True)
@@ -260,8 +219,11 @@ class ImageStream:
     ----------
     images : iterable of str or os.PathLike
         Files, directories (their image files, sorted) and globs (``**`` recurses).
-    prep : Preprocessing
-        What to do to each image; `ImageStream.for_model` picks it from the weights.
+    prep : vgg_np.formats.Preprocessing
+        What to do to each image; `ImageStream.for_model` asks the weights
+        (`vgg_np.formats.choose_preprocessing`).
+    size : int, default 224
+        Height and width of the images.
     batch_size : int, default 32
         Paths per batch; a batch holds fewer images when some are skipped, and none is
         yielded empty.
@@ -283,7 +245,8 @@ class ImageStream:
     --------
     >>> from importlib import resources
     >>> demo = resources.files("vgg_np") / "data" / "demo.png"
-    >>> stream = ImageStream([demo, "missing.jpg"], Preprocessing("caffe", "keras", 64))
+    >>> prep = Preprocessing("caffe", "keras", "an example")
+    >>> stream = ImageStream([demo, "missing.jpg"], prep, size=64)
     >>> [(len(paths), batch.shape) for paths, batch in stream]
     [(1, (1, 64, 64, 3))]
     >>> stream.skipped
@@ -295,6 +258,7 @@ class ImageStream:
         images: Iterable[str | os.PathLike],
         prep: Preprocessing,
         *,
+        size: int = 224,
         batch_size: int = 32,
         workers: int = 2,
         on_skip: Callable[[str, str], None] | None = None,
@@ -302,28 +266,41 @@ class ImageStream:
     ):
         self.paths = image_paths(images) if expand else list(map(os.fspath, images))
         decode_batches([], prep, batch_size=batch_size, workers=workers)  # checks them
-        self.prep, self.batch_size, self.workers = prep, batch_size, workers
+        self.prep, self.size, self.batch_size, self.workers = prep, size, batch_size, workers
         self.on_skip = on_skip
         self.skipped: list[tuple[str, str]] = []
 
     @classmethod
-    def for_model(cls, images: Iterable[str | os.PathLike], model, **kwargs) -> ImageStream:
-        """Stream `images` preprocessed as `model`'s weights expect (`preprocessing_for`).
+    def for_model(
+        cls,
+        images: Iterable[str | os.PathLike],
+        model,
+        *,
+        preprocess: str | None = None,
+        resize: str | None = None,
+        **kwargs,
+    ) -> ImageStream:
+        """Stream `images` preprocessed and sized as `model`'s weights expect.
+
+        `preprocess` and `resize` override what the weights' provenance says
+        (`vgg_np.formats.choose_preprocessing`, which raises rather than guess).
 
         Examples
         --------
         >>> from vgg_np import VGG16
-        >>> ImageStream.for_model([], VGG16(include_top=False, seed=0)).prep.mode
-        'caffe'
+        >>> stream = ImageStream.for_model([], VGG16(include_top=False, seed=0), preprocess="tf")
+        >>> stream.prep.mode, stream.prep.resize, stream.size
+        ('tf', 'keras', 224)
         """
-        return cls(images, preprocessing_for(model), **kwargs)
+        prep = choose_preprocessing(model.weights_provenance, preprocess=preprocess, resize=resize)
+        return cls(images, prep, size=input_size(model), **kwargs)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __iter__(self) -> Iterator[tuple[list[str], NDArray[np.float32]]]:
         batches = decode_batches(
-            self.paths, self.prep, batch_size=self.batch_size, workers=self.workers
+            self.paths, self.prep, size=self.size, batch_size=self.batch_size, workers=self.workers
         )
         for decoded in batches:
             for i, reason in decoded.errors.items():

@@ -1,56 +1,232 @@
-"""Weight files: one reader per format, all giving the same canonical mapping.
+"""Weight files: one registry of formats, one reader per format, one typed result.
 
-The canonical mapping is ``{Keras layer name: (kernel, bias)}`` in Keras layout (HWIO
-convolution kernels, ``(in, out)`` dense kernels). Readers return *lazy* arrays (h5py
-datasets, memory maps) so that the model can check every shape before reading a byte.
-Nothing here runs a forward pass.
+Every reader returns a `WeightSource` (see `vgg_np.formats.contract`): lazy tensors
+``{Keras layer name: (kernel, bias)}`` in Keras layout (HWIO convolution kernels,
+``(in, out)`` dense kernels), and a `Provenance` (format, family, the preprocessing and
+resizing the weights expect, input size where known, and the evidence). The model checks
+every shape before a byte of a tensor is read. Nothing here runs a forward pass.
 
-Formats are detected from the file's content, not its name.
+`FORMATS` lists the formats in detection order; detecting, reading and writing all
+dispatch through it. Formats are detected from the file's content, not its name.
+Any malformed, truncated or hostile file fails with a `ValueError` naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 import struct
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 
-from vgg_np.formats import keras_files, npz, onnx_graph, safetensors_file, torch_file
-from vgg_np.formats._common import SUFFIXES, flatten_pairs, pair_flat
-from vgg_np.formats.torchvision import from_state_dict, to_state_dict
+import numpy as np
 
-__all__ = ["WeightSource", "detect_format", "open_weights", "write_npz", "write_weights"]
+from vgg_np.formats import (
+    _hdf5,
+    keras_files,
+    npz,
+    onnx_graph,
+    safetensors_file,
+    theano,
+    torch_file,
+)
+from vgg_np.formats._common import (
+    FileFormatError,
+    LazyArray,
+    check_regular,
+    lazy,
+    open_regular,
+    reading,
+)
+from vgg_np.formats.contract import (
+    Family,
+    Preprocessing,
+    Provenance,
+    WeightSource,
+    choose_preprocessing,
+)
+
+__all__ = [
+    "FORMATS",
+    "Family",
+    "FileFormatError",
+    "Format",
+    "Preprocessing",
+    "Provenance",
+    "WeightSource",
+    "choose_preprocessing",
+    "convert",
+    "detect_format",
+    "open_weights",
+    "write_npz",
+    "write_weights",
+]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
 
 write_npz = npz.write_npz
 
 
-@dataclass
-class WeightSource:
-    """An open weights file.
+@dataclasses.dataclass
+class _Sniff:
+    """The first bytes of a file, and its zip member names if it is a zip."""
+
+    path: str
+    where: str
+    head: bytes
+    size: int
+
+    @functools.cached_property
+    def zip_names(self) -> list[str] | None:
+        if self.head[:4] not in ZIP_SIGNATURES:
+            return None
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                return zf.namelist()
+        except zipfile.BadZipFile as error:
+            raise FileFormatError(
+                f"{self.where} starts like a zip file but is damaged: {error}"
+            ) from None
+
+
+def _is_torch(s: _Sniff) -> bool:
+    if s.zip_names is not None:
+        return any(n.endswith("data.pkl") for n in s.zip_names)  # torch.save's zip format
+    return s.head[:1] == b"\x80" and s.head[1:2] in PICKLE_PROTOCOLS  # a legacy pickle
+
+
+def _is_safetensors(s: _Sniff) -> bool:
+    return (
+        len(s.head) == 9
+        and s.head[8:9] == b"{"
+        and struct.unpack("<Q", s.head[:8])[0] <= s.size - 8
+    )
+
+
+@contextlib.contextmanager
+def _open_hdf5(path: str, where: str, theano_flip: bool) -> Iterator[WeightSource]:
+    """Keras HDF5 files of every era: Theano's layout or the Keras layouts."""
+    with _hdf5.open_hdf5(path, where) as f:
+        if theano.is_theano(f):
+            yield theano.read_theano(f, where, flip=theano_flip)
+        else:
+            yield keras_files.read_keras_h5(f, where)
+
+
+def _write_npz(path, weights, provenance, layout) -> str:
+    npz.write_npz(path, weights, provenance=provenance)
+    return npz.DESCRIPTION
+
+
+def _write_h5(path, weights, provenance, layout) -> str:
+    keras_files.write_keras_h5(path, weights, provenance=provenance)
+    return "keras-h5 (Keras Applications layout)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """One weights format: how to recognise it, read it and (maybe) write it.
 
     Attributes
     ----------
-    format : str
-        What was read, e.g. ``"keras-h5 (Keras Applications layout)"``.
-    tensors : dict
-        Keras layer name -> (kernel, bias), lazy until converted with ``np.asarray``.
-    info : dict
-        What else the file says (ONNX: input shape, layout, tensor names).
+    name : str
+        What `detect_format` returns.
+    detect : callable
+        Takes the file's first bytes (and zip member names); True if it is this format.
+    open : callable
+        ``open(path, where, theano_flip)``: a context manager yielding a `WeightSource`.
+    suffixes : tuple of str
+        File name endings `write_weights` writes this format for.
+    write : callable, optional
+        ``write(path, weights, provenance, layout)``; returns what was written.
+    layouts : tuple of str
+        The ``layout`` values `write` accepts (the first is the default).
 
     Examples
     --------
-    >>> WeightSource("npz (vgg_np)", {}).info
-    {}
+    >>> {f.name: f.suffixes for f in FORMATS if f.write}  # doctest: +NORMALIZE_WHITESPACE
+    {'hdf5': ('.h5', '.hdf5'), 'torch': ('.pth', '.pt'), 'npz': ('.npz',),
+     'safetensors': ('.safetensors',)}
     """
 
-    format: str
-    tensors: dict
-    info: dict = field(default_factory=dict)
+    name: str
+    detect: Callable[[_Sniff], bool]
+    open: Callable[[str, str, bool], AbstractContextManager[WeightSource]]
+    suffixes: tuple[str, ...] = ()
+    write: Callable[..., str] | None = None
+    layouts: tuple[str | None, ...] = (None,)
+
+
+#: Every format, in detection order.
+FORMATS: tuple[Format, ...] = (
+    Format(
+        "hdf5",
+        lambda s: s.head[:8] == HDF5_SIGNATURE,
+        _open_hdf5,
+        (".h5", ".hdf5"),
+        _write_h5,
+    ),
+    Format(
+        "keras-zip",
+        lambda s: s.zip_names is not None and keras_files.KERAS_ZIP_MEMBER in s.zip_names,
+        lambda path, where, _: keras_files.open_keras_zip(path, where),
+    ),
+    Format(
+        "torch",
+        _is_torch,
+        lambda path, where, _: torch_file.open_torch(path, where),
+        (".pth", ".pt"),
+        lambda path, weights, provenance, layout: torch_file.write_torch(path, weights, provenance),
+    ),
+    Format(
+        "npz",
+        lambda s: bool(s.zip_names) and all(n.endswith(".npy") for n in s.zip_names),
+        lambda path, where, _: npz.open_npz(path, where),
+        (".npz",),
+        _write_npz,
+    ),
+    Format(
+        "safetensors",
+        _is_safetensors,
+        lambda path, where, _: safetensors_file.open_source(path, where),
+        (".safetensors",),
+        safetensors_file.write_weights,
+        ("torchvision", "keras"),
+    ),
+    Format(
+        "onnx",
+        lambda s: s.head[:1] == b"\x08",  # a ModelProto starts with field 1, ir_version
+        lambda path, where, _: onnx_graph.open_onnx(path, where),
+    ),
+)
+_BY_NAME = {f.name: f for f in FORMATS}
+
+
+def _detect(path: str | os.PathLike) -> Format:
+    where = repr(os.fspath(path))
+    size = check_regular(path).st_size
+    with open_regular(path) as f:
+        head = f.read(9)
+    sniff = _Sniff(os.fspath(path), where, head, size)
+    with reading(where):
+        for fmt in FORMATS:
+            if fmt.detect(sniff):
+                return fmt
+    if sniff.zip_names is not None:
+        raise FileFormatError(
+            f"{where} is a zip file but neither a .keras model, a PyTorch file nor a .npz "
+            f"of weights (members: {sniff.zip_names[:5]})"
+        )
+    raise FileFormatError(
+        f"unknown weights format: {where} starts with {head[:8]!r}; supported are Keras HDF5 "
+        "(.h5, .weights.h5, Theano-era .h5), .keras, vgg_np .npz, .safetensors, PyTorch "
+        ".pth/.pt and ONNX"
+    )
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -62,14 +238,16 @@ def detect_format(path: str | os.PathLike) -> str:
 
     Returns
     -------
-    {"hdf5", "keras-zip", "npz", "safetensors", "torch", "onnx"}
+    str
+        The `Format.name` of one of `FORMATS`: ``"hdf5"``, ``"keras-zip"``, ``"torch"``,
+        ``"npz"``, ``"safetensors"`` or ``"onnx"``.
 
     Raises
     ------
     ValueError
-        If the content is not a supported format.
+        If the content is not a supported format, or the path is not a regular file.
     OSError
-        If the file cannot be read.
+        If the file does not exist or cannot be read.
 
     Examples
     --------
@@ -81,39 +259,23 @@ def detect_format(path: str | os.PathLike) -> str:
     ...     detect_format(path)
     'npz'
     """
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
-    size = os.path.getsize(path)
-    if head[:8] == HDF5_SIGNATURE:
-        return "hdf5"
-    if head[:4] in ZIP_SIGNATURES:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except zipfile.BadZipFile as error:
-            raise ValueError(f"{path!r} starts like a zip file but is damaged: {error}") from None
-        if keras_files.KERAS_ZIP_MEMBER in names:
-            return "keras-zip"
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch"  # torch.save's zip format
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
-        raise ValueError(
-            f"{path!r} is a zip file but neither a .keras model, a PyTorch file nor a .npz "
-            f"of weights (members: {names[:5]})"
-        )
-    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
-        return "safetensors"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "torch"  # a legacy pickle-based torch.save file
-    if head[:1] == b"\x08":  # an ONNX ModelProto starts with field 1, ir_version
-        return "onnx"
-    raise ValueError(
-        f"unknown weights format: {path!r} starts with {head[:8]!r}; supported are Keras HDF5 "
-        "(.h5, .weights.h5, Theano-era .h5), .keras, vgg_np .npz, .safetensors, PyTorch "
-        ".pth/.pt and ONNX"
-    )
+    return _detect(path).name
+
+
+def _canonical(source: WeightSource) -> WeightSource:
+    """Hold every reader to the contract: lazy floating-point tensors, named in errors."""
+    tensors = {}
+    for name, pair in source.tensors.items():
+        where = f"{source.path} layer {name!r}"
+        arrays = tuple(a if isinstance(a, LazyArray) else lazy(a, where) for a in pair)
+        for array in arrays:
+            if array.dtype.kind != "f":
+                raise FileFormatError(
+                    f"{array.where or where}: weights must be floating point, "
+                    f"got dtype {array.dtype}"
+                )
+        tensors[name] = arrays
+    return dataclasses.replace(source, tensors=tensors)
 
 
 @contextlib.contextmanager
@@ -130,15 +292,17 @@ def open_weights(path: str | os.PathLike, *, theano_flip: bool = True) -> Iterat
     Yields
     ------
     WeightSource
+        Lazy canonical tensors (read, and copied, on ``np.asarray``) and provenance.
 
     Raises
     ------
     ValueError
-        If the format is unknown or the file is damaged or inconsistent.
+        If the format is unknown, the file is damaged, hostile or inconsistent, or not a
+        regular file (a `FileFormatError`, naming the file).
     ImportError
         If the format needs an optional package that is missing (torch, onnx).
     OSError
-        If the file cannot be read.
+        If the file does not exist or cannot be opened.
 
     Examples
     --------
@@ -149,40 +313,31 @@ def open_weights(path: str | os.PathLike, *, theano_flip: bool = True) -> Iterat
     ...     path = pathlib.Path(tmp) / "w.safetensors"
     ...     _ = write_weights(path, weights, layout="keras")
     ...     with open_weights(path) as source:
-    ...         print(source.format, {k: np.asarray(v[0]).shape for k, v in source.tensors.items()})
+    ...         print(source.format, {k: v[0].shape for k, v in source.tensors.items()})
+    ...         print(source.provenance.family.value, source.provenance.preprocess)
     safetensors (Keras layout) {'fc1': (4, 2)}
+    unknown None
     """
-    kind = detect_format(path)
+    fmt = _detect(path)
     where = repr(os.fspath(path))
-    if kind == "npz":
-        with npz.open_npz(path) as tensors:
-            yield WeightSource("npz (vgg_np)", tensors)
-    elif kind == "keras-zip":
-        with keras_files.open_keras_zip(path) as (name, tensors):
-            yield WeightSource(name, tensors)
-    elif kind == "safetensors":
-        with safetensors_file.open_safetensors(path) as state:
-            yield _state_dict_source("safetensors", state, where)
-    elif kind == "torch":
-        yield _state_dict_source("pytorch", torch_file.load_state_dict(path), where)
-    elif kind == "onnx":
-        tensors, info = onnx_graph.read_onnx(path)
-        note = f"; {info['note']}" if info["note"] else ""
-        yield WeightSource(f"onnx ({info['input_layout']} input{note})", tensors, info)
-    else:
-        with keras_files.open_keras_h5(path, theano_flip=theano_flip) as (name, tensors):
-            yield WeightSource(name, tensors)
+    with contextlib.ExitStack() as stack:
+        with reading(where):
+            source = _canonical(stack.enter_context(fmt.open(os.fspath(path), where, theano_flip)))
+        yield source
 
 
-def _state_dict_source(kind: str, state: dict, where: str) -> WeightSource:
-    """Map a flat dict of tensors: vgg_np's own layout (``<layer>/kernel``) or torchvision's."""
-    if state and all(k.endswith(SUFFIXES) for k in state):
-        return WeightSource(f"{kind} (Keras layout)", pair_flat(state, where))
-    return WeightSource(f"{kind} (torchvision layout)", from_state_dict(state, where))
+def write_weights(
+    path: str | os.PathLike,
+    weights: Mapping[str, tuple],
+    *,
+    layout: str | None = None,
+    provenance: Provenance | None = None,
+) -> str:
+    """Write canonical weights in the format named by `path`'s extension, with provenance.
 
-
-def write_weights(path: str | os.PathLike, weights: dict, *, layout: str | None = None) -> str:
-    """Write canonical weights in the format named by `path`'s extension.
+    The file is written beside `path` and renamed over it when complete (never a
+    half-written target, and `path` may be the file the weights were read from); it
+    gets the permissions the umask gives a new file.
 
     Parameters
     ----------
@@ -194,6 +349,9 @@ def write_weights(path: str | os.PathLike, weights: dict, *, layout: str | None 
     layout : {"torchvision", "keras"}, optional
         For ``.safetensors`` only: torchvision's keys and layouts (the default) or
         vgg_np's ``<layer>/kernel`` names in Keras layout.
+    provenance : Provenance, optional
+        Where the weights came from (`WeightSource.provenance`): recorded in the file so
+        that a reader knows their preprocessing. None records an unknown family.
 
     Returns
     -------
@@ -217,28 +375,58 @@ def write_weights(path: str | os.PathLike, weights: dict, *, layout: str | None 
     'safetensors (torchvision layout)'
     """
     suffix = os.path.splitext(os.fspath(path))[1].lower()
-    if layout not in (None, "torchvision", "keras") or (layout and suffix != ".safetensors"):
+    fmt = next((f for f in FORMATS if suffix in f.suffixes), None)
+    if fmt is None:
+        raise ValueError(
+            f"cannot tell the format to write from {os.fspath(path)!r}: use "
+            f"{', '.join(s for f in FORMATS for s in f.suffixes)}"
+        )
+    if layout not in fmt.layouts and layout is not None:
         raise ValueError(f"`layout` {layout!r} applies to .safetensors only (torchvision or keras)")
-    conv_names = sorted(
-        (n for n in weights if n.startswith("block")),
-        key=lambda n: tuple(int(p) for p in n.removeprefix("block").split("_conv")),
-    )
-    if suffix == ".npz":
-        write_npz(path, weights)
-        return "npz (vgg_np)"
-    if suffix in (".h5", ".hdf5"):
-        keras_files.write_keras_h5(path, weights)
-        return "keras-h5 (Keras Applications layout)"
-    if suffix == ".safetensors":
-        if layout == "keras":
-            safetensors_file.write_safetensors(path, flatten_pairs(weights))
-            return "safetensors (Keras layout)"
-        safetensors_file.write_safetensors(path, to_state_dict(weights, conv_names))
-        return "safetensors (torchvision layout)"
-    if suffix in (".pth", ".pt"):
-        torch_file.save_state_dict(path, to_state_dict(weights, conv_names))
-        return "pytorch (torchvision layout)"
-    raise ValueError(
-        f"cannot tell the format to write from {os.fspath(path)!r}: use .npz, .h5, "
-        ".safetensors, .pth or .pt"
-    )
+    provenance = provenance or Provenance("weights of unknown origin", Family.UNKNOWN)
+    return fmt.write(path, weights, provenance, layout or fmt.layouts[0])
+
+
+def convert(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    layout: str | None = None,
+    theano_flip: bool = True,
+) -> tuple[WeightSource, str]:
+    """Convert a weights file to the format `target`'s extension names, keeping provenance.
+
+    Every tensor is read (and copied) before `target` is written, so `target` may be
+    `source` itself.
+
+    Parameters
+    ----------
+    source, target : str or os.PathLike
+    layout : {"torchvision", "keras"}, optional
+        For a ``.safetensors`` target (see `write_weights`).
+    theano_flip : bool, default True
+        For Theano-era Keras sources (see `open_weights`).
+
+    Returns
+    -------
+    source : WeightSource
+        What was read (its tensors are no longer readable).
+    written : str
+        What was written.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> weights = {"fc1": (np.ones((4, 2), np.float32), np.zeros(2, np.float32))}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = pathlib.Path(tmp) / "w.npz"
+    ...     write_npz(path, weights)
+    ...     read, written = convert(path, pathlib.Path(tmp) / "w.safetensors", layout="keras")
+    ...     read.format, written
+    ('npz (vgg_np)', 'safetensors (Keras layout)')
+    """
+    with open_weights(source, theano_flip=theano_flip) as opened:
+        weights = {name: (np.asarray(k), np.asarray(b)) for name, (k, b) in opened.tensors.items()}
+    written = write_weights(target, weights, layout=layout, provenance=opened.provenance)
+    return opened, written

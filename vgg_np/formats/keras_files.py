@@ -15,6 +15,9 @@ maker, tests/reference/make_keras_reference.py):
 
 Large attributes may be split by Keras into ``layer_names0``, ``layer_names1``, ...;
 values may be ``bytes`` or ``str``; an empty float array means "no weights".
+
+A file vgg_np wrote carries its provenance in root attributes ``vgg_np.family``, ...;
+any other Keras file is taken as Keras-trained (caffe preprocessing, Keras's resize).
 """
 
 from __future__ import annotations
@@ -29,49 +32,40 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
-from vgg_np.formats._common import atomic_write, check_unique, split_kernel_bias
-from vgg_np.formats.theano import read_theano
+from vgg_np.formats import _hdf5
+from vgg_np.formats._common import (
+    CHUNK,
+    FileFormatError,
+    atomic_path,
+    check_regular,
+    check_unique,
+    check_zip,
+    split_kernel_bias,
+)
+from vgg_np.formats.contract import RECORD_PREFIX, Family, Provenance, WeightSource
 
 KERAS_ZIP_MEMBER = "model.weights.h5"
-
-
-def _strings(attrs: h5py.AttributeManager, key: str) -> list[str] | None:
-    """Read a list-of-strings attribute, joining Keras's ``key0``, ``key1``, ... chunks."""
-    if key in attrs:
-        chunks = [attrs[key]]
-    elif f"{key}0" in attrs:
-        chunks, k = [], 0
-        while f"{key}{k}" in attrs:
-            chunks.append(attrs[f"{key}{k}"])
-            k += 1
-    else:
-        return None
-    values = []
-    for chunk in chunks:
-        for value in np.atleast_1d(np.asarray(chunk)):
-            if isinstance(value, bytes):
-                values.append(value.decode("utf8"))
-            elif isinstance(value, str):
-                values.append(value)
-            # anything else (an empty float array) means "no entries"
-    return values
+#: Deepest nesting of models inside models read from a ``.weights.h5`` (a hard-link
+#: cycle would otherwise recurse forever).
+MAX_NESTING = 8
 
 
 def _legacy_layers(root: h5py.Group, where: str) -> dict:
     """Layers of the ``layer_names`` / ``weight_names`` layouts (all but .weights.h5)."""
-    names = _strings(root.attrs, "layer_names")
+    names = _hdf5.strings(root.attrs, "layer_names")
     pairs = []
     for layer in names:
-        if layer not in root:
-            raise ValueError(f"{where}: layer {layer!r} is listed but has no group")
+        if not isinstance(root.get(layer), h5py.Group):
+            raise FileFormatError(f"{where}: layer {layer!r} is listed but has no group")
         group = root[layer]
-        weight_names = _strings(group.attrs, "weight_names") or []
+        weight_names = _hdf5.strings(group.attrs, "weight_names") or []
         if not weight_names:
             continue
         missing = [w for w in weight_names if not isinstance(group.get(w), h5py.Dataset)]
         if missing:
-            raise ValueError(f"{where}: layer {layer!r} lists weights it lacks: {missing}")
-        pairs.append((layer, split_kernel_bias(layer, [group[w] for w in weight_names])))
+            raise FileFormatError(f"{where}: layer {layer!r} lists weights it lacks: {missing}")
+        arrays = [_hdf5.dataset(group[w], where) for w in weight_names]
+        pairs.append((layer, split_kernel_bias(layer, arrays, where)))
     return check_unique(pairs, where)
 
 
@@ -81,81 +75,92 @@ def _natural_key(key: str) -> tuple[str, int]:
     return (stem, int(counter)) if stem and counter.isdigit() else (key, -1)
 
 
-def _keras3_layers(layers: h5py.Group, where: str) -> list[tuple[str, tuple]]:
+def _variables(group: h5py.Group, key: str, where: str) -> tuple[str, tuple] | None:
+    """Return (layer name, (kernel, bias)) of one layer group, None if it has no variables."""
+    variables = group.get("vars")
+    if not isinstance(variables, h5py.Group) or not len(variables):
+        return None
+    name = variables.attrs.get("name", key)
+    name = name.decode("utf8") if isinstance(name, bytes) else str(name)
+    if not all(k.isdigit() for k in variables):
+        raise FileFormatError(f"{where}: the variables of layer {name!r} are not numbered")
+    # Variables are numbered 0, 1, ... in creation order: HDF5 lists "10" before "2".
+    arrays = [variables[k] for k in sorted(variables, key=int)]
+    if not all(isinstance(a, h5py.Dataset) for a in arrays):
+        raise FileFormatError(f"{where}: the variables of layer {name!r} are not all datasets")
+    return name, split_kernel_bias(name, [_hdf5.dataset(a, where) for a in arrays], where)
+
+
+def _keras3_layers(layers: h5py.Group, where: str, depth: int = 0) -> list[tuple[str, tuple]]:
     """Layers of a Keras 3 ``.weights.h5``: map each ``vars`` group by its name attribute."""
+    if depth > MAX_NESTING:
+        raise FileFormatError(f"{where}: models nested more than {MAX_NESTING} deep")
     pairs = []
     for key in sorted(layers, key=_natural_key):
         group = layers[key]
-        if "layers" in group:  # a nested model: its layers are named inside
-            pairs += _keras3_layers(group["layers"], where)
-        if "vars" not in group or not len(group["vars"]):
-            continue
-        variables = group["vars"]
-        name = variables.attrs.get("name", key)
-        name = name.decode("utf8") if isinstance(name, bytes) else str(name)
-        # Variables are numbered 0, 1, ... in creation order: HDF5 lists "10" before "2".
-        arrays = [variables[k] for k in sorted(variables, key=int)]
-        if not all(isinstance(a, h5py.Dataset) for a in arrays):
-            raise ValueError(f"{where}: the variables of layer {name!r} are not all datasets")
-        pairs.append((name, split_kernel_bias(name, arrays)))
+        if not isinstance(group, h5py.Group):
+            raise FileFormatError(f"{where}: layer {key!r} is not a group")
+        if isinstance(group.get("layers"), h5py.Group):  # a nested model: its layers inside
+            pairs += _keras3_layers(group["layers"], where, depth + 1)
+        if (pair := _variables(group, key, where)) is not None:
+            pairs.append(pair)
     return pairs
 
 
-def read_keras_h5(f: h5py.File, where: str, *, theano_flip: bool = True) -> tuple[str, dict]:
-    """Return (format description, canonical lazy mapping) of an open Keras HDF5 file."""
-    if "nb_layers" in f.attrs:
-        kind = "flipped kernels" if theano_flip else "kernels taken as stored"
-        tensors = read_theano(f, where, flip=theano_flip)
-        return f"keras-h5 (Keras 0.x/1.x Theano layout, {kind})", tensors
-    if "model_weights" in f and _strings(f["model_weights"].attrs, "layer_names") is not None:
+def _layout(f: h5py.File, where: str) -> tuple[str, dict]:
+    """Return (layout description, canonical lazy tensors) of a Keras HDF5 file."""
+    if isinstance(f.get("model_weights"), h5py.Group) and (
+        _hdf5.strings(f["model_weights"].attrs, "layer_names") is not None
+    ):
         return "keras-h5 (model.save layout, model_weights/)", _legacy_layers(
             f["model_weights"], where
         )
-    if _strings(f.attrs, "layer_names") is not None:
+    if _hdf5.strings(f.attrs, "layer_names") is not None:
         kind = "save_weights layout" if "keras_version" in f.attrs else "Keras Applications layout"
         return f"keras-h5 ({kind})", _legacy_layers(f, where)
-    if "layers" in f:
+    if isinstance(f.get("layers"), h5py.Group):
         pairs = _keras3_layers(f["layers"], where)
         return "keras-weights-h5 (Keras 3 .weights.h5)", check_unique(pairs, where)
-    raise ValueError(
+    raise FileFormatError(
         f"{where} is an HDF5 file but not a Keras weights file: no `layer_names` attribute, "
         "no `model_weights` or `layers` group"
     )
 
 
-@contextlib.contextmanager
-def open_keras_h5(
-    path: str | os.PathLike, *, theano_flip: bool = True
-) -> Iterator[tuple[str, dict]]:
-    """Open a Keras HDF5 weights file; its datasets are readable inside the block."""
-    where = repr(os.fspath(path))
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(
-            f"{where} cannot be read as HDF5 (damaged or truncated?): {error}"
-        ) from None
-    with f:
-        try:
-            result = read_keras_h5(f, where, theano_flip=theano_flip)
-        except (KeyError, RuntimeError, OSError) as error:  # h5py on a damaged file
-            raise ValueError(f"{where} is damaged: {error}") from None
-        yield result
+def read_keras_h5(f: h5py.File, where: str) -> WeightSource:
+    """Read an open (and checked, see `_hdf5.open_hdf5`) Keras HDF5 file."""
+    description, tensors = _layout(f, where)
+    record = _hdf5.text_attrs(f.attrs, RECORD_PREFIX)
+    provenance = Provenance.from_record(record, description, where) or Provenance.implied(
+        description, Family.KERAS, "implied by the Keras HDF5 layout (no provenance recorded)"
+    )
+    return WeightSource(tensors, provenance, path=where)
 
 
 @contextlib.contextmanager
-def open_keras_zip(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
-    """Open a Keras 3 ``.keras`` zip through the ``model.weights.h5`` it holds."""
+def open_keras_zip(path: str | os.PathLike, where: str) -> Iterator[WeightSource]:
+    """Open a Keras 3 ``.keras`` zip through the ``model.weights.h5`` it holds.
+
+    Every member's declared size is checked against its stored size before the weights
+    member is extracted; zipfile checks its CRC-32 as it is extracted.
+    """
+    check_regular(path)
     with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as tmp:
+        check_zip(zf, where)
         # h5py needs random access: extract the member rather than seek in the zip stream.
         extracted = os.path.join(tmp, KERAS_ZIP_MEMBER)
         try:
             with zf.open(KERAS_ZIP_MEMBER) as member, open(extracted, "wb") as out:
-                shutil.copyfileobj(member, out, length=1 << 24)
+                shutil.copyfileobj(member, out, length=CHUNK)
         except (zipfile.BadZipFile, EOFError, OSError) as error:
-            raise ValueError(f"{os.fspath(path)!r}: damaged .keras archive: {error}") from None
-        with open_keras_h5(extracted) as (name, tensors):
-            yield f"keras-zip (.keras, {name})", tensors
+            raise FileFormatError(f"{where}: damaged .keras archive: {error}") from None
+        with _hdf5.open_hdf5(extracted, where) as f:
+            source = read_keras_h5(f, where)
+            description = f"keras-zip (.keras, {source.format})"
+            provenance = Provenance.implied(
+                description, Family.KERAS, "written by Keras (a .keras archive)"
+            )
+            yield WeightSource(source.tensors, provenance, path=where)
 
 
 def write_keras_h5(
@@ -164,6 +169,7 @@ def write_keras_h5(
     *,
     layer_names: list[str] | None = None,
     naming: str = "applications",
+    provenance: Provenance | None = None,
 ) -> None:
     """Write weights in the Keras Applications layout, or tf_keras's ``save_weights`` one.
 
@@ -179,15 +185,19 @@ def write_keras_h5(
         ``block1_conv1_W_1:0`` dataset names in the layer group, or ``kernel:0`` names
         nested as ``block1_conv1/block1_conv1/kernel:0`` with ``backend`` and
         ``keras_version`` attributes.
+    provenance : Provenance, optional
+        Recorded in root attributes (see `Provenance.record`); None writes none, as Keras.
     """
     if naming not in ("applications", "tf_keras"):
         raise ValueError(f"`naming` must be 'applications' or 'tf_keras', got {naming!r}")
     layer_names = list(weights) if layer_names is None else layer_names
-    with atomic_write(path) as out, h5py.File(out, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["layer_names"] = np.array([n.encode() for n in layer_names])
         if naming == "tf_keras":
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = b"2.15.0"
+        for key, value in (provenance.record() if provenance else {}).items():
+            f.attrs[key] = value
         for name in layer_names:
             group = f.create_group(name)
             if name not in weights:

@@ -1,28 +1,64 @@
 """vgg_np's native format: an uncompressed ``.npz`` of ``<layer>/kernel``, ``<layer>/bias``.
 
-Every member is a plain ``.npy`` (never a pickle). Stored (uncompressed) members are
-memory-mapped instead of read, so loading a 553 MB VGG16 costs no copy until the model
-converts each array to its dtype. Every header is checked against the member's size
-before anything is mapped or allocated.
+Every member is a plain ``.npy`` (never a pickle), plus one ``__provenance__.npy``, a
+JSON string saying where the weights came from (`vgg_np.formats.contract.Provenance`).
+
+Reading checks every ``.npy`` header against the member's size (and a compressed
+member's size against its stored size) before anything is allocated, and returns lazy
+tensors. A tensor is *copied* out of the file when the model asks for it, and the zip's
+CRC-32 of the member is checked on the way: a file overwritten later cannot change a
+loaded model, a file truncated later cannot crash it, and a flipped bit is an error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
-from vgg_np.formats._common import atomic_write, flatten_pairs, pair_flat
+from vgg_np.formats._common import (
+    CHUNK,
+    FileFormatError,
+    LazyArray,
+    atomic_write,
+    bytes_to_array,
+    check_zip,
+    flatten_pairs,
+    open_regular,
+    pair_flat,
+    read_exactly,
+)
+from vgg_np.formats.contract import Family, Provenance, WeightSource
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+PROVENANCE_KEY = "__provenance__"
+#: Largest provenance entry read (it is a few hundred bytes).
+MAX_RECORD = 1 << 16
+DESCRIPTION = "npz (vgg_np)"
 
 
-def _read_header(fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+@dataclass
+class _Header:
+    """A member's ``.npy`` header and where its data starts."""
+
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    header_len: int  # bytes of the .npy header, before the data
+    data_offset: int  # in the file (stored members) or in the member (compressed ones)
+    crc: int  # CRC-32 of the member's bytes before the data (stored members)
+
+
+def _parse_npy_header(fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
@@ -32,60 +68,117 @@ def _read_header(fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except Exception as error:  # NumPy's header parser raises many types on garbage
-        raise ValueError(f"{where}: damaged .npy header: {error}") from None
+        raise FileFormatError(f"{where}: damaged .npy header: {error}") from None
     if dtype.hasobject:
-        raise ValueError(f"{where}: holds Python objects (a pickle); refused")
+        raise FileFormatError(f"{where}: holds Python objects (a pickle); refused")
     return shape, fortran, dtype
 
 
-def _member(path: str, zf: zipfile.ZipFile, fp, info: zipfile.ZipInfo) -> np.ndarray:
-    where = f"{path!r} member {info.filename!r}"
-    if info.compress_type == zipfile.ZIP_STORED:
-        fp.seek(info.header_offset)
-        signature, name_len, extra_len = _LOCAL_HEADER.unpack(fp.read(_LOCAL_HEADER.size))
-        if signature != b"PK\x03\x04":
-            raise ValueError(f"{where}: damaged zip entry")
-        start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-        fp.seek(start)
-        shape, fortran, dtype = _read_header(fp, where)
-        header_len = fp.tell() - start
-    else:
-        with zf.open(info) as member:
-            shape, fortran, dtype = _read_header(member, where)
-            header_len = member.tell()
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes != info.file_size - header_len:
-        raise ValueError(
-            f"{where}: header declares shape {shape} of {dtype} ({nbytes:,} bytes) but "
-            f"the member holds {info.file_size - header_len:,} bytes (truncated or damaged)"
-        )
-    order = "F" if fortran else "C"
-    if info.compress_type == zipfile.ZIP_STORED:
-        if nbytes == 0:
-            return np.empty(shape, dtype, order=order)
-        return np.memmap(path, dtype=dtype, mode="r", offset=fp.tell(), shape=shape, order=order)
+def _stored_header(fp: BinaryIO, info: zipfile.ZipInfo, where: str) -> _Header:
+    fp.seek(info.header_offset)
+    signature, name_len, extra_len = _LOCAL_HEADER.unpack(fp.read(_LOCAL_HEADER.size))
+    if signature != b"PK\x03\x04":
+        raise FileFormatError(f"{where}: damaged zip entry")
+    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    fp.seek(start)
+    shape, fortran, dtype = _parse_npy_header(fp, where)
+    header_len = fp.tell() - start
+    fp.seek(start)
+    crc = zlib.crc32(fp.read(header_len))
+    return _Header(shape, fortran, dtype, header_len, start + header_len, crc)
+
+
+def _compressed_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> _Header:
     with zf.open(info) as member:
-        return np.lib.format.read_array(member, allow_pickle=False)
+        shape, fortran, dtype = _parse_npy_header(member, where)
+        return _Header(shape, fortran, dtype, member.tell(), member.tell(), 0)
+
+
+def _read_stored(fp: BinaryIO, info: zipfile.ZipInfo, header: _Header, nbytes: int, where: str):
+    data, crc = read_exactly(fp, header.data_offset, nbytes, header.crc)
+    if crc != info.CRC:
+        raise FileFormatError(f"{where}: CRC-32 mismatch: the member is damaged or was changed")
+    return bytes_to_array(data, header.dtype, header.shape, header.fortran)
+
+
+def _read_compressed(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: _Header, nbytes: int):
+    data = np.empty(nbytes, np.uint8)
+    view = memoryview(data)
+    with zf.open(info) as member:
+        member.read(header.data_offset)
+        done = 0
+        while done < nbytes:
+            got = member.readinto(view[done : done + CHUNK])
+            if not got:
+                raise FileFormatError("the member ends early")
+            done += got
+        member.read(1)  # reaching the end makes zipfile check the CRC-32
+    return bytes_to_array(data, header.dtype, header.shape, header.fortran)
+
+
+def _member(fp: BinaryIO, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> LazyArray:
+    """Return a lazy tensor for one member, after checking its header against its size."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        header = _stored_header(fp, info, where)
+    else:
+        header = _compressed_header(zf, info, where)
+    data_len = info.file_size - header.header_len
+    nbytes = math.prod(header.shape) * header.dtype.itemsize
+    if nbytes != data_len:
+        raise FileFormatError(
+            f"{where}: header declares shape {header.shape} of {header.dtype} "
+            f"({nbytes:,} bytes) but the member holds {data_len:,} bytes (truncated or damaged)"
+        )
+    if info.compress_type == zipfile.ZIP_STORED:
+        return LazyArray(
+            header.shape, header.dtype, lambda: _read_stored(fp, info, header, nbytes, where), where
+        )
+    return LazyArray(
+        header.shape, header.dtype, lambda: _read_compressed(zf, info, header, nbytes), where
+    )
+
+
+def _record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> dict:
+    """Read the provenance entry: a 0-d unicode array holding a JSON object."""
+    if info.file_size > MAX_RECORD:
+        raise FileFormatError(f"{where}: its provenance entry is too large")
+    with zf.open(info) as member:
+        text = np.lib.format.read_array(member, allow_pickle=False)
+    if text.dtype.kind != "U" or text.ndim != 0:
+        raise FileFormatError(f"{where}: its provenance entry is not a string")
+    record = json.loads(str(text))
+    if not isinstance(record, dict):
+        raise FileFormatError(f"{where}: its provenance entry is not a JSON object")
+    return record
 
 
 @contextlib.contextmanager
-def open_npz(path: str | os.PathLike) -> Iterator[dict]:
-    """Open a vgg_np ``.npz``; yield the canonical mapping of (memory-mapped) arrays."""
-    path = os.fspath(path)
-    with open(path, "rb") as fp:
-        try:
-            with zipfile.ZipFile(fp) as zf:
-                arrays = {}
-                for info in zf.infolist():
-                    key = info.filename.removesuffix(".npy")
-                    arrays[key] = _member(path, zf, fp, info)
-        except (zipfile.BadZipFile, EOFError, struct.error, OSError) as error:
-            # OSError: a damaged directory can send seek() before the start of the file.
-            raise ValueError(f"{path!r}: damaged .npz: {error}") from None
-    yield pair_flat(arrays, repr(path))
+def open_npz(path: str | os.PathLike, where: str | None = None) -> Iterator[WeightSource]:
+    """Open a vgg_np ``.npz``; yield its lazy canonical tensors and provenance."""
+    where = where or repr(os.fspath(path))
+    with open_regular(path) as fp, zipfile.ZipFile(fp) as zf:
+        check_zip(zf, where)  # declared sizes against stored sizes, before decompressing
+        arrays, record = {}, {}
+        for info in zf.infolist():
+            key = info.filename.removesuffix(".npy")
+            if key == PROVENANCE_KEY:
+                record = _record(zf, info, where)
+            else:
+                arrays[key] = _member(fp, zf, info, f"{where} member {info.filename!r}")
+        provenance = Provenance.from_record(record, DESCRIPTION, where) or Provenance(
+            DESCRIPTION,
+            Family.UNKNOWN,
+            evidence="no provenance recorded, and vgg_np's .npz layout fits weights of any family",
+        )
+        yield WeightSource(pair_flat(arrays, where), provenance, path=where)
 
 
-def write_npz(path: str | os.PathLike, weights: Mapping[str, tuple]) -> None:
+def write_npz(
+    path: str | os.PathLike,
+    weights: Mapping[str, tuple],
+    *,
+    provenance: Provenance | None = None,
+) -> None:
     """Write ``{layer: (kernel, bias)}`` as an uncompressed ``.npz``, atomically.
 
     The file is written beside `path` and renamed over it only when complete, so an
@@ -96,6 +189,9 @@ def write_npz(path: str | os.PathLike, weights: Mapping[str, tuple]) -> None:
     path : str or os.PathLike
     weights : mapping
         Layer name -> (kernel, bias).
+    provenance : Provenance, optional
+        Where the weights came from, recorded in a ``__provenance__`` entry; None records
+        an unknown family (see `vgg_np.formats.contract.choose_preprocessing`).
 
     Raises
     ------
@@ -109,7 +205,9 @@ def write_npz(path: str | os.PathLike, weights: Mapping[str, tuple]) -> None:
     ...     path = pathlib.Path(tmp) / "w.npz"
     ...     write_npz(path, {"fc1": (np.ones((2, 3)), np.zeros(3))})
     ...     sorted(np.load(path, allow_pickle=False).files)
-    ['fc1/bias', 'fc1/kernel']
+    ['__provenance__', 'fc1/bias', 'fc1/kernel']
     """
+    provenance = provenance or Provenance("weights of unknown origin", Family.UNKNOWN)
+    record = np.array(json.dumps(provenance.record()))
     with atomic_write(path) as f:
-        np.savez(f, **flatten_pairs(weights))
+        np.savez(f, **flatten_pairs(weights), **{PROVENANCE_KEY: record})

@@ -14,22 +14,52 @@ are the outputs of ``ConstantOfShape`` nodes. The reader walks the graph from it
 If the base is followed by anything else (a custom head), only the base is taken, and
 loading into an ``include_top=True`` model fails naming those nodes. Any other node inside
 the base is an error that names it. Needs the optional `onnx` package.
+
+Nothing is evaluated unless it is a weight: tensors stay lazy, a ``ConstantOfShape`` is
+computed only when its output is a layer's weight (and at most `MAX_COMPUTED_BYTES`), and
+tensors kept in external files are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from vgg_np.formats._common import LazyArray
-from vgg_np.formats.torchvision import dense_names, lazy_hwc_rows, linear_to_dense, oihw_to_hwio
+from vgg_np.formats._common import (
+    MAX_COMPUTED_BYTES,
+    FileFormatError,
+    LazyArray,
+    open_regular,
+)
+from vgg_np.formats.contract import RECORD_PREFIX, Family, Provenance, WeightSource
+from vgg_np.formats.layouts import (
+    dense_names,
+    lazy_hwc_rows,
+    lazy_linear_to_dense,
+    lazy_oihw_to_hwio,
+)
 
 SUPPORTED = (
     "Conv", "Relu", "MaxPool", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Softmax",
     "Dropout", "Transpose", "Identity", "AveragePool", "GlobalAveragePool", "Constant",
     "ConstantOfShape",
 )  # fmt: skip
+CONSTANT_OPS = ("Constant", "ConstantOfShape")
+_TYPED_FIELDS = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data")
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(
+            "reading ONNX models needs the `onnx` package (pip install onnx)"
+        ) from None
+    return onnx
 
 
 def _attrs(node) -> dict:
@@ -38,23 +68,56 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _constants(graph) -> dict[str, np.ndarray]:
-    """Collect initializers and the outputs of Constant / ConstantOfShape nodes, by name."""
-    from onnx import numpy_helper
+def _lazy_tensor(proto, where: str) -> LazyArray:
+    """Wrap a TensorProto as a lazy array, after checking its data is in the file and whole."""
+    from onnx import TensorProto, helper, numpy_helper
 
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    what = f"{where} tensor {proto.name!r}"
+    if proto.data_location == TensorProto.EXTERNAL:
+        raise FileFormatError(f"{what}: its data is in an external file; refused")
+    shape = tuple(int(d) for d in proto.dims)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(proto.data_type))
+    count = int(np.prod(shape, dtype=object))
+    stored = (
+        len(proto.raw_data) // max(dtype.itemsize, 1)
+        if proto.raw_data
+        else sum(len(getattr(proto, name)) for name in _TYPED_FIELDS)
+    )
+    if min(shape, default=0) < 0 or stored != count:
+        raise FileFormatError(f"{what}: declares shape {shape} but holds {stored:,} values")
+    return LazyArray(shape, dtype, lambda: numpy_helper.to_array(proto), what)
+
+
+def _constant_of_shape(node, values: dict, where: str) -> LazyArray | None:
+    """Return the output of a ``ConstantOfShape`` of constant shape, computed only if read."""
+    if node.input[0] not in values:
+        return None
+    attrs = _attrs(node)
+    fill = (
+        _lazy_tensor(attrs["value"], where)
+        if "value" in attrs
+        else LazyArray((1,), np.float32, lambda: np.zeros(1, np.float32))
+    )
+    shape = tuple(int(s) for s in np.asarray(values[node.input[0]]).reshape(-1))
+    what = f"{where} ConstantOfShape {node.name!r}"
+    if min(shape, default=0) < 0:
+        raise FileFormatError(f"{what}: negative shape {shape}")
+    return LazyArray(
+        shape, fill.dtype, lambda: np.full(shape, np.asarray(fill).reshape(-1)[0]), what
+    )
+
+
+def _constants(graph, where: str) -> dict[str, LazyArray]:
+    """Collect initializers and the outputs of Constant / ConstantOfShape nodes, lazily."""
+    values = {t.name: _lazy_tensor(t, where) for t in graph.initializer}
     for node in graph.node:
-        attrs = _attrs(node)
-        if node.op_type == "Constant" and "value" in attrs:
-            values[node.output[0]] = numpy_helper.to_array(attrs["value"])
-        elif node.op_type == "ConstantOfShape" and node.input[0] in values:
-            fill = (
-                numpy_helper.to_array(attrs["value"])
-                if "value" in attrs
-                else np.zeros(1, np.float32)
-            )
-            shape = tuple(int(s) for s in values[node.input[0]])
-            values[node.output[0]] = np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)
+        attrs = _attrs(node) if node.op_type == "Constant" else {}
+        if "value" in attrs:
+            values[node.output[0]] = _lazy_tensor(attrs["value"], where)
+        elif node.op_type == "ConstantOfShape":
+            computed = _constant_of_shape(node, values, where)
+            if computed is not None:
+                values[node.output[0]] = computed
     return values
 
 
@@ -66,7 +129,7 @@ class _Walker:
         self.values = values
         self.consumers: dict[str, list] = {}
         for node in graph.node:
-            if node.op_type in ("Constant", "ConstantOfShape"):
+            if node.op_type in CONSTANT_OPS:
                 continue
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
@@ -75,201 +138,179 @@ class _Walker:
         nodes = self.consumers.get(tensor, [])
         if len(nodes) > 1:
             ops = ", ".join(f"{n.op_type} {n.name!r}" for n in nodes)
-            raise ValueError(
+            raise FileFormatError(
                 f"{self.where}: tensor {tensor!r} feeds several nodes ({ops}): not a chain"
             )
         return nodes[0] if nodes else None
 
-    def weight(self, node, position: int, what: str) -> np.ndarray:
+    def weight(self, node, position: int, what: str) -> LazyArray | None:
+        """Return a constant input of `node` used as a weight (None if absent), size-capped."""
         if position >= len(node.input) or not node.input[position]:
             return None
         name = node.input[position]
         if name not in self.values:
-            raise ValueError(
+            raise FileFormatError(
                 f"{self.where}: {what} of {node.op_type} {node.name!r} is computed, not a constant"
             )
-        return self.values[name]
+        value = self.values[name]
+        if value.nbytes > MAX_COMPUTED_BYTES:
+            raise FileFormatError(
+                f"{self.where}: {what} of {node.op_type} {node.name!r} declares "
+                f"{value.nbytes:,} bytes, more than any VGG weight ({MAX_COMPUTED_BYTES:,})"
+            )
+        return value
 
 
-def _unsupported(node, where: str, expected: str) -> ValueError:
-    return ValueError(
+def _unsupported(node, where: str, expected: str) -> FileFormatError:
+    return FileFormatError(
         f"{where}: unsupported node {node.op_type} {node.name!r} where {expected} was expected; "
         f"vgg_np reads VGG graphs made of {', '.join(SUPPORTED)} with 3x3 'same' convolutions "
         "and 2x2 max-pools"
     )
 
 
-def read_onnx(path: str | os.PathLike) -> tuple[dict, dict]:
-    """Return (canonical lazy tensors, info) of a VGG ONNX model.
+@dataclass
+class _Graph:
+    """What the walk found: canonical tensors and each layer's output tensor name."""
 
-    ``info`` holds ``input_shape`` (H, W, C, None where dynamic), ``input_layout``
-    ("NCHW" or "NHWC"), ``classifier_activation`` ("softmax" or None), ``tensor_names``
-    (Keras layer name -> ONNX tensor name of that layer's output) and ``note``.
-    """
-    try:
-        import onnx
-    except ImportError:
-        raise ImportError(
-            f"reading the ONNX model {os.fspath(path)!r} needs the `onnx` package "
-            "(pip install onnx)"
-        ) from None
-    where = repr(os.fspath(path))
-    try:
-        model = onnx.load(os.fspath(path))
-    except Exception as error:  # protobuf raises its own DecodeError and friends
-        raise ValueError(f"{where}: not a readable ONNX model: {error}") from None
-    graph = model.graph
-    values = _constants(graph)
-    inputs = [i for i in graph.input if i.name not in values]
-    if len(inputs) != 1:
-        raise ValueError(f"{where}: expected one data input, got {[i.name for i in inputs]}")
-    dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
-    walk = _Walker(graph, values, where)
-    tensors: dict = {}
-    names: dict[str, str] = {}
-    current, layout = inputs[0].name, "NCHW"
-    node = walk.next(current)
-    if (
-        node is not None
-        and node.op_type == "Transpose"
-        and list(_attrs(node)["perm"]) == [0, 3, 1, 2]
-    ):
-        layout, current = "NHWC", node.output[0]  # tf2onnx: NHWC input, NCHW inside
-        node = walk.next(current)
-    if len(dims) != 4:
-        raise ValueError(f"{where}: the input must be 4-D images, got {len(dims)}-D")
-    h, w, c = (dims[1], dims[2], dims[3]) if layout == "NHWC" else (dims[2], dims[3], dims[1])
+    walk: _Walker
+    where: str
+    tensors: dict = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    channels: int | None = None
 
-    block, index, pools, channels = 1, 0, 0, c
-    while pools < 5:
-        if node is None or node.op_type not in ("Conv", "MaxPool"):
-            expected = "a 3x3 Conv or a 2x2 MaxPool"
-            if node is None:
-                raise ValueError(f"{where}: the graph ends after {pools} of 5 VGG blocks")
-            raise _unsupported(node, where, expected)
-        attrs = _attrs(node)
+
+def _is_transpose(node, perm: list[int]) -> bool:
+    return node is not None and node.op_type == "Transpose" and list(_attrs(node)["perm"]) == perm
+
+
+def _same_conv(node, weight) -> bool:
+    """Tell a 3x3, stride 1, dilation 1, ungrouped convolution with 'same' padding."""
+    attrs = _attrs(node)
+    same = list(attrs.get("pads", [0, 0, 0, 0])) == [1, 1, 1, 1] or attrs.get("auto_pad", b"") in (
+        b"SAME_UPPER",
+        b"SAME_LOWER",
+    )
+    return (
+        weight is not None and weight.ndim == 4 and weight.shape[2:] == (3, 3)
+        and attrs.get("group", 1) == 1 and list(attrs.get("strides", [1, 1])) == [1, 1]
+        and list(attrs.get("dilations", [1, 1])) == [1, 1] and same
+    )  # fmt: skip
+
+
+def _conv(g: _Graph, node, name: str) -> str:
+    """Take one Conv + Relu as layer `name`; return the Relu's output tensor."""
+    weight = g.walk.weight(node, 1, "the weight")
+    if not _same_conv(node, weight):
+        raise _unsupported(node, g.where, "a 3x3, stride 1, 'same' Conv")
+    bias = g.walk.weight(node, 2, "the bias")
+    if bias is None:
+        bias = np.zeros(weight.shape[0], weight.dtype)
+    g.tensors[name] = (lazy_oihw_to_hwio(weight, weight.where), bias)
+    g.channels = weight.shape[0]
+    relu = g.walk.next(node.output[0])
+    if relu is None or relu.op_type != "Relu":
+        raise _unsupported(relu or node, g.where, f"a Relu after {name}")
+    g.names[name] = relu.output[0]
+    return relu.output[0]
+
+
+def _check_pool(node, where: str) -> None:
+    attrs = _attrs(node)
+    if list(attrs.get("kernel_shape", [])) != [2, 2] or list(attrs.get("strides", [1, 1])) != [
+        2,
+        2,
+    ]:
+        raise _unsupported(node, where, "a 2x2, stride 2 MaxPool")
+    if any(attrs.get("pads", [0, 0, 0, 0])) or attrs.get("ceil_mode", 0):
+        raise _unsupported(node, where, "a MaxPool without padding")
+
+
+def _read_base(g: _Graph, current: str):
+    """Walk the five VGG blocks from tensor `current`; return the first node after them."""
+    block, index = 1, 0
+    node = g.walk.next(current)
+    while block <= 5:
+        if node is None:
+            raise FileFormatError(f"{g.where}: the graph ends after {block - 1} of 5 VGG blocks")
         if node.op_type == "Conv":
-            weight = walk.weight(node, 1, "the weight")
-            bias = walk.weight(node, 2, "the bias")
-            pads = list(attrs.get("pads", [0, 0, 0, 0]))
-            same = pads == [1, 1, 1, 1] or attrs.get("auto_pad", b"") in (
-                b"SAME_UPPER",
-                b"SAME_LOWER",
-            )
-            plain = (
-                weight is not None and weight.ndim == 4 and weight.shape[2:] == (3, 3)
-                and attrs.get("group", 1) == 1 and list(attrs.get("strides", [1, 1])) == [1, 1]
-                and list(attrs.get("dilations", [1, 1])) == [1, 1] and same
-            )  # fmt: skip
-            if not plain:
-                raise _unsupported(node, where, "a 3x3, stride 1, 'same' Conv")
             index += 1
-            name = f"block{block}_conv{index}"
-            if bias is None:
-                bias = np.zeros(weight.shape[0], weight.dtype)
-            o, ci, kh, kw = weight.shape
-            channels = o
-            tensors[name] = (
-                LazyArray((kh, kw, ci, o), weight.dtype, lambda w=weight: oihw_to_hwio(w)),
-                bias,
-            )
-            relu = walk.next(node.output[0])
-            if relu is None or relu.op_type != "Relu":
-                raise _unsupported(relu or node, where, f"a Relu after {name}")
-            names[name] = relu.output[0]
-            current = relu.output[0]
+            current = _conv(g, node, f"block{block}_conv{index}")
+        elif node.op_type == "MaxPool":
+            _check_pool(node, g.where)
+            g.names[f"block{block}_pool"] = current = node.output[0]
+            block, index = block + 1, 0
         else:
-            if list(attrs.get("kernel_shape", [])) != [2, 2] or list(
-                attrs.get("strides", [1, 1])
-            ) != [2, 2]:
-                raise _unsupported(node, where, "a 2x2, stride 2 MaxPool")
-            if any(attrs.get("pads", [0, 0, 0, 0])) or attrs.get("ceil_mode", 0):
-                raise _unsupported(node, where, "a MaxPool without padding")
-            names[f"block{block}_pool"] = current = node.output[0]
-            block, index, pools = block + 1, 0, pools + 1
-        node = walk.next(current)
-
-    side = (None if h is None else h // 32, None if w is None else w // 32)
-    info = {
-        "input_shape": (h, w, c),
-        "input_layout": layout,
-        "classifier_activation": None,
-        "tensor_names": names,
-        "note": "",
-    }
-    head_start = node
-    try:
-        head, activation = _read_head(walk, node, channels, side, names, where)
-        tensors.update(head)
-        info["classifier_activation"] = activation
-    except _NotAHead as why:
-        remaining = []
-        while head_start is not None and len(remaining) < 6:
-            remaining.append(head_start.op_type)
-            head_start = walk.next(head_start.output[0]) if head_start.output else None
-        info["note"] = (
-            f"convolutional base only; the head is not VGG's ({why}: {', '.join(remaining)})"
-        )
-    return tensors, info
+            raise _unsupported(node, g.where, "a 3x3 Conv or a 2x2 MaxPool")
+        node = g.walk.next(current)
+    return node
 
 
 class _NotAHead(Exception):
     """What follows block5_pool is not VGG's classifier."""
 
 
-def _read_head(walk, node, channels, side, names, where):
-    """Parse flatten and dense layers after the base; raise _NotAHead on anything else."""
-    hwc_order = False
-    if (
-        node is not None
-        and node.op_type == "Transpose"
-        and list(_attrs(node)["perm"]) == [0, 2, 3, 1]
-    ):
-        hwc_order, node = True, walk.next(node.output[0])  # tf2onnx: back to NHWC before Flatten
-    while node is not None and node.op_type in ("AveragePool", "GlobalAveragePool", "Identity"):
-        attrs = _attrs(node)
-        identity = (
-            node.op_type == "Identity"
-            or (
-                node.op_type == "AveragePool"
-                and list(attrs.get("kernel_shape", [])) == [1, 1]
-                and list(attrs.get("strides", [1, 1])) == [1, 1]
-                and not any(attrs.get("pads", [0, 0, 0, 0]))
-            )
-            or (node.op_type == "GlobalAveragePool" and side == (1, 1))
+def _is_identity_pool(node, side) -> bool:
+    attrs = _attrs(node)
+    if node.op_type == "AveragePool":
+        return (
+            list(attrs.get("kernel_shape", [])) == [1, 1]
+            and list(attrs.get("strides", [1, 1])) == [1, 1]
+            and not any(attrs.get("pads", [0, 0, 0, 0]))
         )
-        if not identity:
+    return node.op_type == "Identity" or (node.op_type == "GlobalAveragePool" and side == (1, 1))
+
+
+def _to_flatten(g: _Graph, node, side) -> tuple[object, bool]:
+    """Skip identity pools up to the Flatten; return the node after it and the row order."""
+    hwc_order = _is_transpose(node, [0, 2, 3, 1])  # tf2onnx: back to NHWC before Flatten
+    if hwc_order:
+        node = g.walk.next(node.output[0])
+    while node is not None and node.op_type in ("AveragePool", "GlobalAveragePool", "Identity"):
+        if not _is_identity_pool(node, side):
             raise _NotAHead(f"{node.op_type} changes the feature map")
-        node = walk.next(node.output[0])
+        node = g.walk.next(node.output[0])
     if node is None or node.op_type not in ("Flatten", "Reshape"):
         raise _NotAHead("no Flatten")
-    names["flatten"] = node.output[0]
-    node = walk.next(node.output[0])
-    tensors, dense = {}, []
-    activation = None
+    g.names["flatten"] = node.output[0]
+    return g.walk.next(node.output[0]), hwc_order
+
+
+def _dense(g: _Graph, node) -> tuple[list, object]:
+    """One Gemm (or MatMul + Add): ([kernel, bias, output name], the node after it)."""
+    attrs = _attrs(node)
+    weight = g.walk.weight(node, 1, "the weight")
+    if weight is None or weight.ndim != 2 or attrs.get("alpha", 1.0) != 1.0:
+        raise _NotAHead(f"{node.op_type} is not a plain dense layer")
+    kernel = lazy_linear_to_dense(weight, weight.where) if attrs.get("transB", 0) else weight
+    bias = g.walk.weight(node, 2, "the bias") if node.op_type == "Gemm" else None
+    output = node.output[0]
+    after = g.walk.next(output)
+    if node.op_type == "MatMul" and after is not None and after.op_type == "Add":
+        bias = g.walk.weight(after, 1, "the bias")
+        output, after = after.output[0], g.walk.next(after.output[0])
+    if bias is None:
+        bias = np.zeros(kernel.shape[1], kernel.dtype)
+    elif bias.ndim != 1:  # an Add's bias may be (1, out)
+        size = int(np.prod(bias.shape))
+        bias = LazyArray((size,), bias.dtype, lambda b=bias: np.asarray(b).reshape(-1), bias.where)
+    return [kernel, bias, output], after
+
+
+def _read_head(g: _Graph, node, side) -> str | None:
+    """Parse flatten and dense layers after the base; raise _NotAHead on anything else."""
+    node, hwc_order = _to_flatten(g, node, side)
+    dense, activation = [], None
     while node is not None:
         if node.op_type in ("Gemm", "MatMul"):
-            attrs = _attrs(node)
-            weight = walk.weight(node, 1, "the weight")
-            if weight is None or weight.ndim != 2 or attrs.get("alpha", 1.0) != 1.0:
-                raise _NotAHead(f"{node.op_type} is not a plain dense layer")
-            kernel = linear_to_dense(weight) if attrs.get("transB", 0) else weight
-            bias = walk.weight(node, 2, "the bias") if node.op_type == "Gemm" else None
-            output = node.output[0]
-            nxt = walk.next(output)
-            if node.op_type == "MatMul" and nxt is not None and nxt.op_type == "Add":
-                bias = walk.weight(nxt, 1, "the bias")
-                output, nxt = nxt.output[0], walk.next(nxt.output[0])
-            if bias is None:
-                bias = np.zeros(kernel.shape[1], kernel.dtype)
-            dense.append([np.asarray(kernel), np.asarray(bias).reshape(-1), output])
-            node = nxt
+            layer, node = _dense(g, node)
+            dense.append(layer)
         elif node.op_type == "Relu" and dense:
             dense[-1][2] = node.output[0]
-            node = walk.next(node.output[0])
+            node = g.walk.next(node.output[0])
         elif node.op_type in ("Dropout", "Identity"):
-            node = walk.next(node.output[0])
-        elif node.op_type == "Softmax" and dense and walk.next(node.output[0]) is None:
+            node = g.walk.next(node.output[0])
+        elif node.op_type == "Softmax" and dense and g.walk.next(node.output[0]) is None:
             activation, dense[-1][2], node = "softmax", node.output[0], None
         else:
             raise _NotAHead(f"{node.op_type} in the classifier")
@@ -277,7 +318,91 @@ def _read_head(walk, node, channels, side, names, where):
         raise _NotAHead("no dense layer")
     for name, (kernel, bias, output) in zip(dense_names(len(dense)), dense, strict=True):
         if name == "fc1" and not hwc_order:
-            kernel = lazy_hwc_rows(kernel, channels, where)
-        tensors[name] = (kernel, bias)
-        names[name] = output
-    return tensors, activation
+            kernel = lazy_hwc_rows(kernel, g.channels, g.where)
+        g.tensors[name] = (kernel, bias)
+        g.names[name] = output
+    return activation
+
+
+def _remaining(walk: _Walker, node, count: int = 6) -> list[str]:
+    ops = []
+    while node is not None and len(ops) < count:
+        ops.append(node.op_type)
+        node = walk.next(node.output[0]) if node.output else None
+    return ops
+
+
+def _input(graph, values: dict, where: str) -> tuple[str, list]:
+    inputs = [i for i in graph.input if i.name not in values]
+    if len(inputs) != 1:
+        raise FileFormatError(f"{where}: expected one data input, got {[i.name for i in inputs]}")
+    dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise FileFormatError(f"{where}: the input must be 4-D images, got {len(dims)}-D")
+    return inputs[0].name, dims
+
+
+def _provenance(model, description: str, layout: str, input_size, where: str) -> Provenance:
+    """Return the recorded provenance, or what the exporter and the input layout imply."""
+    record = {p.key: p.value for p in model.metadata_props if p.key.startswith(RECORD_PREFIX)}
+    recorded = Provenance.from_record(record, description, where)
+    if recorded is not None:
+        return recorded
+    family = Family.ONNX_NHWC if layout == "NHWC" else Family.ONNX_NCHW
+    producer = model.producer_name.lower()
+    if producer == "pytorch":
+        conventions, evidence = ("torch", "torchvision"), "exported by PyTorch (producer_name)"
+    elif producer in ("tf2onnx", "keras2onnx") or layout == "NHWC":
+        conventions = ("caffe", "keras")
+        evidence = f"exported from TensorFlow/Keras ({producer or 'NHWC input'})"
+    else:
+        conventions, evidence = (None, None), f"exporter {producer or 'unnamed'}: no convention"
+    return Provenance(description, family, *conventions, input_size, evidence)
+
+
+def _load(path: str | os.PathLike, where: str):
+    onnx = _onnx()
+    with open_regular(path) as f:
+        data = f.read()
+    try:
+        return onnx.load_model_from_string(data)
+    except Exception as error:  # protobuf raises its own DecodeError and friends
+        raise FileFormatError(f"{where}: not a readable ONNX model: {error}") from None
+
+
+def read_onnx(path: str | os.PathLike, where: str | None = None) -> WeightSource:
+    """Read a VGG ONNX model: its lazy canonical tensors, provenance and facts.
+
+    ``info`` holds ``input_shape`` (H, W, C, None where dynamic), ``input_layout``
+    ("NCHW" or "NHWC"), ``classifier_activation`` ("softmax" or None), ``tensor_names``
+    (Keras layer name -> ONNX tensor name of that layer's output) and ``note``.
+    """
+    where = where or repr(os.fspath(path))
+    model = _load(path, where)
+    values = _constants(model.graph, where)
+    current, dims = _input(model.graph, values, where)
+    g = _Graph(_Walker(model.graph, values, where), where)
+    layout, (h, w, c) = "NCHW", (dims[2], dims[3], dims[1])
+    if _is_transpose(g.walk.next(current), [0, 3, 1, 2]):
+        layout, (h, w, c) = "NHWC", (dims[1], dims[2], dims[3])  # tf2onnx: NHWC input
+        current = g.walk.next(current).output[0]
+    g.channels = c
+    node = _read_base(g, current)
+    side = (None if h is None else h // 32, None if w is None else w // 32)
+    info = {"input_shape": (h, w, c), "input_layout": layout, "classifier_activation": None}
+    info.update(tensor_names=g.names, note="")
+    try:
+        info["classifier_activation"] = _read_head(g, node, side)
+    except _NotAHead as why:
+        ops = ", ".join(_remaining(g.walk, node))
+        info["note"] = f"convolutional base only; the head is not VGG's ({why}: {ops})"
+    note = f"; {info['note']}" if info["note"] else ""
+    description = f"onnx ({layout} input{note})"
+    provenance = _provenance(model, description, layout, (h, w) if h and w else None, where)
+    return WeightSource(g.tensors, provenance, info, where, "onnx")
+
+
+@contextlib.contextmanager
+def open_onnx(path: str | os.PathLike, where: str | None = None) -> Iterator[WeightSource]:
+    """Open an ONNX model (read whole: the tensors live in the parsed model)."""
+    yield read_onnx(path, where)

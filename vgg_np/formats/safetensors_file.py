@@ -1,24 +1,43 @@
 """Reader and writer of ``.safetensors`` files, in NumPy alone.
 
 The format is an 8-byte little-endian header length, a JSON header
-``{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...}`` and the
-raw little-endian data. It holds no code. Every declared size is checked against the
-file before anything is mapped; tensors are memory-mapped. (The `safetensors` package
-reads and writes the same files; the tests use it as a cross-check.)
+``{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ...}`` with an
+optional ``"__metadata__"`` object of strings, and the raw little-endian data. It holds
+no code and no checksum. Every declared size and offset is checked against the file
+before anything is read; tensors are *copied* out of the file when the model asks for
+them (so the file may change later without changing a loaded model), and a file changed
+while it is being read is an error. vgg_np records the weights' provenance in
+``__metadata__`` (`vgg_np.formats.contract.Provenance.record`).
+
+(The `safetensors` package reads and writes the same files; the tests use it as a
+cross-check.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import struct
 from collections.abc import Iterator, Mapping
+from typing import BinaryIO
 
 import numpy as np
 
-from vgg_np.formats._common import LazyArray, atomic_write
+from vgg_np.formats._common import (
+    FileFormatError,
+    LazyArray,
+    atomic_write,
+    bytes_to_array,
+    fingerprint,
+    flatten_pairs,
+    open_regular,
+    read_exactly,
+)
+from vgg_np.formats.contract import Family, Provenance, WeightSource
+from vgg_np.formats.torchvision import LAYOUT_NAMES, conv_names, flat_tensors, to_state_dict
 
 #: Largest JSON header accepted (the format's own reference reader uses 100 MB).
 MAX_HEADER = 100_000_000
@@ -37,74 +56,130 @@ def _bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def read_header(path: str) -> tuple[dict, int]:
-    """Return the checked header of a safetensors file and where its data starts."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path!r}: too short for a safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(MAX_HEADER, size - 8):
-            raise ValueError(
-                f"{path!r}: header declares {length:,} bytes but the file has {size - 8:,}"
-            )
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path!r}: damaged safetensors header: {error}") from None
+def _entry(name: str, entry: object, data_size: int, where: str) -> tuple:
+    """Check one tensor's header entry: (dtype name, shape, begin, end)."""
+    where = f"{where} tensor {name!r}"
+    try:
+        kind = entry["dtype"]
+        dtype = _DTYPES[kind]
+        shape = tuple(int(s) for s in entry["shape"])
+        begin, end = (int(o) for o in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        dtype_name = entry.get("dtype") if isinstance(entry, dict) else None
+        raise FileFormatError(
+            f"{where}: needs dtype (F16, F32, F64 or BF16; got {dtype_name!r}), shape and "
+            f"data_offsets, got {entry!r}"[:400]
+        ) from None
+    if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_size:
+        raise FileFormatError(
+            f"{where}: offsets {begin}..{end} outside the {data_size:,} data bytes"
+        )
+    if math.prod(shape) * dtype.itemsize != end - begin:
+        raise FileFormatError(
+            f"{where}: shape {shape} of {kind} does not fill {end - begin:,} bytes"
+        )
+    return kind, shape, begin, end
+
+
+def read_header(f: BinaryIO, size: int, where: str) -> tuple[dict, dict, int]:
+    """Return the checked tensor entries, the metadata and where the data starts."""
+    head = f.read(8)
+    if len(head) < 8:
+        raise FileFormatError(f"{where}: too short for a safetensors file")
+    (length,) = struct.unpack("<Q", head)
+    if length > min(MAX_HEADER, size - 8):
+        raise FileFormatError(
+            f"{where}: header declares {length:,} bytes but the file has {size - 8:,}"
+        )
+    try:
+        header = json.loads(f.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FileFormatError(f"{where}: damaged safetensors header: {error}") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path!r}: the safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    start, data_size = 8 + length, size - 8 - length
-    for name, entry in header.items():
-        where = f"{path!r} tensor {name!r}"
-        try:
-            dtype = _DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"{where}: needs dtype (F16, F32, F64 or BF16), shape and data_offsets, "
-                f"got {entry!r}"
-            ) from None
-        if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_size:
-            raise ValueError(
-                f"{where}: offsets {begin}..{end} outside the {data_size:,} data bytes"
-            )
-        if math.prod(shape) * dtype.itemsize != end - begin:
-            raise ValueError(
-                f"{where}: shape {shape} of {entry['dtype']} does not fill {end - begin:,} bytes"
-            )
-    return header, start
+        raise FileFormatError(f"{where}: the safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise FileFormatError(f"{where}: its __metadata__ is not a JSON object")
+    data_size = size - 8 - length
+    entries = {name: _entry(name, entry, data_size, where) for name, entry in header.items()}
+    spans = sorted((begin, end) for _, _, begin, end in entries.values() if end > begin)
+    if any(a_end > b_begin for (_, a_end), (b_begin, _) in itertools.pairwise(spans)):
+        raise FileFormatError(f"{where}: tensors overlap in the data")
+    return entries, metadata, 8 + length
+
+
+def _lazy(f: BinaryIO, name: str, entry: tuple, start: int, opened, where: str) -> LazyArray:
+    kind, shape, begin, end = entry
+
+    def read() -> np.ndarray:
+        data, _ = read_exactly(f, start + begin, end - begin)
+        if fingerprint(f) != opened:  # no checksum here: at least notice a change
+            raise FileFormatError("the file changed while it was being read")
+        array = bytes_to_array(data, _DTYPES[kind], shape, fortran=False)
+        return _bfloat16_to_float32(array) if kind == "BF16" else array
+
+    dtype = np.float32 if kind == "BF16" else _DTYPES[kind]
+    return LazyArray(shape, dtype, read, f"{where} tensor {name!r}")
+
+
+@contextlib.contextmanager
+def _open(path: str | os.PathLike, where: str) -> Iterator[tuple[dict[str, LazyArray], dict]]:
+    """Yield a safetensors file's lazy tensors by name, and its metadata."""
+    with open_regular(path) as f:
+        opened = fingerprint(f)
+        entries, metadata, start = read_header(f, os.fstat(f.fileno()).st_size, where)
+        yield (
+            {name: _lazy(f, name, e, start, opened, where) for name, e in entries.items()},
+            metadata,
+        )
 
 
 @contextlib.contextmanager
 def open_safetensors(path: str | os.PathLike) -> Iterator[dict[str, LazyArray]]:
-    """Open a safetensors file: yield ``{name: LazyArray}`` backed by memory maps."""
-    path = os.fspath(path)
-    header, start = read_header(path)
-
-    def reader(entry):
-        dtype, shape = _DTYPES[entry["dtype"]], tuple(entry["shape"])
-        begin, end = entry["data_offsets"]
-
-        def read():
-            if end == begin:
-                return np.zeros(shape, dtype)
-            mapped = np.memmap(path, dtype=dtype, mode="r", offset=start + begin, shape=shape)
-            return _bfloat16_to_float32(mapped) if entry["dtype"] == "BF16" else mapped
-
-        out_dtype = np.float32 if entry["dtype"] == "BF16" else dtype
-        return LazyArray(shape, out_dtype, read)
-
-    yield {name: reader(entry) for name, entry in header.items()}
+    """Open a safetensors file: yield ``{name: LazyArray}`` under the file's own names."""
+    with _open(path, repr(os.fspath(path))) as (tensors, _):
+        yield tensors
 
 
-def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) -> None:
+@contextlib.contextmanager
+def open_source(path: str | os.PathLike, where: str) -> Iterator[WeightSource]:
+    """Open a safetensors file: yield its lazy canonical tensors and provenance.
+
+    Tensors named ``<layer>/kernel`` are vgg_np's Keras layout; anything else is read
+    as a torchvision state dict.
+    """
+    with _open(path, where) as (state, metadata):
+        tensors, layout = flat_tensors(state, where)
+        description = f"safetensors ({LAYOUT_NAMES[layout]})"
+        provenance = Provenance.from_record(metadata, description, where) or _implied(
+            description, layout
+        )
+        yield WeightSource(tensors, provenance, path=where, layout=layout)
+
+
+def _implied(description: str, layout: str) -> Provenance:
+    if layout == "torchvision":
+        return Provenance.implied(
+            description,
+            Family.TORCHVISION,
+            "implied by torchvision's state-dict names (no provenance recorded)",
+        )
+    return Provenance(
+        description,
+        Family.UNKNOWN,
+        evidence="no provenance recorded, and vgg_np's Keras-layout names fit any family",
+    )
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Write ``{name: array}`` (float16/32/64) as a safetensors file, atomically."""
     path = os.fspath(path)
-    header, offset, arrays = {}, 0, []
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset, arrays = 0, []
     for name, array in tensors.items():
         array = np.ascontiguousarray(array)
         little = array.dtype.newbyteorder("<")
@@ -125,4 +200,15 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for array in arrays:
-            f.write(array.tobytes())
+            f.write(array.data)  # no tobytes() copy of a 400 MB tensor
+
+
+def write_weights(
+    path: str | os.PathLike, weights: Mapping[str, tuple], provenance: Provenance, layout: str
+) -> str:
+    """Write canonical weights in vgg_np's Keras layout or torchvision's; say which."""
+    if layout == "keras":
+        write_safetensors(path, flatten_pairs(weights), provenance.record())
+        return "safetensors (Keras layout)"
+    write_safetensors(path, to_state_dict(weights, conv_names(weights)), provenance.record())
+    return "safetensors (torchvision layout)"

@@ -25,8 +25,10 @@ import itertools
 import h5py
 import numpy as np
 
-from vgg_np.formats._common import LazyArray
-from vgg_np.formats.torchvision import dense_names, lazy_hwc_rows, oihw_to_hwio
+from vgg_np.formats import _hdf5
+from vgg_np.formats._common import FileFormatError, LazyArray
+from vgg_np.formats.contract import Family, Provenance, WeightSource
+from vgg_np.formats.layouts import dense_names, lazy_hwc_rows, oihw_to_hwio
 
 
 def theano_to_correlation(weight: np.ndarray) -> np.ndarray:
@@ -43,25 +45,38 @@ def theano_to_correlation(weight: np.ndarray) -> np.ndarray:
     return np.asarray(weight)[:, :, ::-1, ::-1]
 
 
-def read_theano(f: h5py.File, where: str, *, flip: bool = True) -> dict:
-    """Map a Theano-era Keras weight file to the canonical ``{Keras name: (kernel, bias)}``."""
-    count = int(f.attrs["nb_layers"])
-    layers = []  # (position, [param arrays]) of layers with parameters
+def is_theano(f: h5py.File) -> bool:
+    """Whether an open HDF5 file is in the Keras 0.x/1.x Theano layout (``nb_layers``)."""
+    return "nb_layers" in f.attrs
+
+
+def _layers_with_params(f: h5py.File, where: str) -> list[tuple[int, list]]:
+    """(position, [param datasets]) of every layer group that has parameters."""
+    count = int(np.asarray(f.attrs["nb_layers"]).item())
+    layers = []
     for k in range(count):
-        name = f"layer_{k}"
-        if name not in f:
-            raise ValueError(f"{where}: declares {count} layers but has no group {name!r}")
-        group = f[name]
-        n_params = int(group.attrs.get("nb_params", 0))
-        if n_params:
-            missing = [f"param_{p}" for p in range(n_params) if f"param_{p}" not in group]
-            if missing:
-                raise ValueError(f"{where}: {name} lacks {missing}")
-            layers.append((k, [group[f"param_{p}"] for p in range(n_params)]))
+        group = f.get(f"layer_{k}")
+        if not isinstance(group, h5py.Group):
+            raise FileFormatError(f"{where}: declares {count} layers but has no group 'layer_{k}'")
+        n_params = int(np.asarray(group.attrs.get("nb_params", 0)).item())
+        params = [group.get(f"param_{p}") for p in range(n_params)]
+        missing = [f"param_{p}" for p, d in enumerate(params) if not isinstance(d, h5py.Dataset)]
+        if missing:
+            raise FileFormatError(f"{where}: layer_{k} lacks {missing}")
+        if params:
+            layers.append((k, [_hdf5.dataset(d, where) for d in params]))
+    return layers
+
+
+def read_theano(f: h5py.File, where: str, *, flip: bool = True) -> WeightSource:
+    """Map a Theano-era Keras weight file to the canonical ``{Keras name: (kernel, bias)}``."""
+    layers = _layers_with_params(f, where)
     convs = [(k, p) for k, p in layers if len(p[0].shape) == 4]
     dense = [(k, p) for k, p in layers if len(p[0].shape) == 2]
     if not convs or len(convs) + len(dense) != len(layers) or any(len(p) != 2 for _, p in layers):
-        raise ValueError(f"{where}: expected convolutions then dense layers, each with W and b")
+        raise FileFormatError(
+            f"{where}: expected convolutions then dense layers, each with W and b"
+        )
     # Between two convolutions of one block sits the fewest parameterless layers (a
     # ZeroPadding2D, or none); a MaxPooling2D adds one more at a block boundary.
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(convs)]
@@ -77,10 +92,19 @@ def read_theano(f: h5py.File, where: str, *, flip: bool = True) -> dict:
             w = np.asarray(w)
             return oihw_to_hwio(theano_to_correlation(w) if flip else w)
 
-        tensors[f"block{block}_conv{index}"] = (LazyArray((kh, kw, c, o), weight.dtype, read), bias)
+        tensors[f"block{block}_conv{index}"] = (
+            LazyArray((kh, kw, c, o), weight.dtype, read, weight.where),
+            bias,
+        )
     channels = convs[-1][1][0].shape[0]
     for name, (_, (kernel, bias)) in zip(dense_names(len(dense)), dense, strict=True):
         if name == "fc1":
             kernel = lazy_hwc_rows(kernel, channels, where)
         tensors[name] = (kernel, bias)
-    return tensors
+    kind = "flipped kernels" if flip else "kernels taken as stored"
+    provenance = Provenance.implied(
+        f"keras-h5 (Keras 0.x/1.x Theano layout, {kind})",
+        Family.THEANO,
+        "implied by the Theano-era Keras layout (the original VGG16, converted from Caffe)",
+    )
+    return WeightSource(tensors, provenance, path=where, layout="theano")
