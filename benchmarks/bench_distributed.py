@@ -48,7 +48,7 @@ RUN = textwrap.dedent(
 
     images, weights, out, workers, threads = sys.argv[1:6]
     workers, threads = int(workers), int(threads)
-    settings = dict(layer="fc2", batch_size=8, verbose=0)
+    settings = dict(layer="fc2", batch_size=8, preprocess="caffe", verbose=0)
     options = {"threads": threads}
     names = sorted(os.listdir(images))
     warm = [os.path.join(images, n) for n in names[: 2 * max(workers, 1)]]
