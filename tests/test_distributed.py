@@ -23,7 +23,13 @@ from PIL import Image
 
 from vgg_np import VGG, VGGConfig
 from vgg_np.cli import main
-from vgg_np.distributed import connect, engine_options, extract_on_cluster, load_model
+from vgg_np.distributed import (
+    ClusterError,
+    connect,
+    engine_options,
+    extract_on_cluster,
+    load_model,
+)
 from vgg_np.extract import extract, open_store
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -171,6 +177,30 @@ def test_a_worker_killed_mid_partition_has_it_rerun_elsewhere(client, job, local
     # The rerun resumed after the batches the killed worker had journaled.
     assert rerun["result"]["already_done"] > 0
     assert rerun["result"]["already_done"] + rerun["result"]["written"] == 16
+
+
+@dask
+def test_a_partition_that_ends_every_worker_stops_the_run_in_one_error(job):
+    pytest.importorskip("distributed", reason="needs the dask extra: pip install 'vgg_np[dask]'")
+    import dask
+
+    out = job["root"] / "fatal.npy"
+    manifest_dir = f"{out}.manifest"
+    # No retry allowed: the first worker killed under a partition ends the run.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), connect(workers=1) as one:
+        batches = SETTINGS["partition_size"] // SETTINGS["batch_size"]
+        killed = []
+
+        def on_task(status):
+            if not killed:
+                killed.append(kill_a_worker_mid_partition(one, manifest_dir, batches)[0])
+
+        with pytest.raises(ClusterError, match=r"fatal\.npy: every worker it was given died"):
+            extract_on_cluster([job["images"]], out, job["weights"], one, options=OPTIONS,
+                               **SETTINGS, verbose=0, on_task=on_task)  # fmt: skip
+    # What was written stays: a rerun resumes from the partitions complete before the kill.
+    pending = [p.name for p in open_store(out).pending()]
+    assert killed[0] in pending and 0 < len(pending) < IMAGES // SETTINGS["partition_size"] + 1
 
 
 def wait_until_idle(client, seconds: float = 60) -> None:

@@ -71,12 +71,12 @@ _loads: dict[tuple, int] = {}  # (path, options) -> times this process loaded it
 
 
 class ClusterError(RuntimeError):
-    """A partition could not be run by the cluster (it ended every worker that tried it).
+    """A partition could not be run: every worker it was given died (out of memory, killed).
 
     Examples
     --------
-    >>> str(ClusterError("part-00003 ended 3 workers"))
-    'part-00003 ended 3 workers'
+    >>> str(ClusterError("part-00003 of f.npy: every worker it was given died"))
+    'part-00003 of f.npy: every worker it was given died'
     """
 
 
@@ -355,8 +355,9 @@ def extract_on_cluster(
     Raises
     ------
     ClusterError
-        If a partition ended every worker that ran it (Dask's ``allowed-failures``); the
-        other tasks are cancelled, what was written stays, a rerun resumes.
+        If every worker a partition was given died (more than Dask's ``allowed-failures``,
+        3 by default); the other tasks are cancelled, what was written stays, a rerun
+        resumes.
     ValueError, OSError
         As `vgg_np.extract.extract`, raised on a worker and re-raised here.
 
@@ -391,8 +392,8 @@ def extract_on_cluster(
                     status = future.result()
                 except KilledWorker as error:
                     raise ClusterError(
-                        f"{futures[future].name} of {store.out} ended every worker that ran "
-                        f"it ({error}); what was written stays, a rerun resumes"
+                        f"{futures[future].name} of {store.out}: every worker it was given died "
+                        f"({error}); what was written stays, a rerun resumes"
                     ) from None
                 future.release()  # the scheduler forgets it: nothing to recompute if lost
                 done = PartitionResult(**status["result"])
