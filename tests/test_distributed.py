@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -120,15 +121,19 @@ def test_two_workers_write_the_local_store_and_load_the_weights_once_each(client
 def test_the_scheduler_option_writes_zarr_and_prints_the_local_summary(client, job, local, capsys):
     out = job["root"] / "cluster.zarr"
     code = main(["extract", str(job["images"]), "--weights", str(job["weights"]), "-o", str(out),
-                 *CLI_SETTINGS, "--scheduler", client.scheduler.address, "--json"])  # fmt: skip
+                 *CLI_SETTINGS, "--scheduler", client.scheduler.address, "--json",
+                 "--progress"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert_same_store(local, out)
     summary = json.loads(captured.out)
     expected = local.to_dict()
-    for key in ("layer", "images", "written", "failed", "already_done", "failed_total"):
+    for key in ("layer", "images", "written", "failed", "already_done", "failed_total",
+                "preprocessing"):  # fmt: skip
         assert summary[key] == expected[key], key
     assert f"Dask scheduler {client.scheduler.address}: 2 workers, 2 threads" in captured.err
+    # The bar's last state: every image, the rate, every task.
+    assert re.search(r"\] 96/96 images [0-9.]+ images/s ETA [0-9:]+, 6/6 tasks", captured.err)
 
 
 def kill_a_worker_mid_partition(client, manifest_dir: str, batches: int) -> tuple[str, int]:
