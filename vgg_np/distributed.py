@@ -293,7 +293,7 @@ def describe(client) -> str:
 
 
 class _TaskProgress(Progress):
-    """The extraction's bar followed by the tasks done: ``... ETA 0:00:47, 3/12 tasks``."""
+    """The extraction's bar followed by the tasks done: ``... ETA 00:00:47, 3/12 tasks``."""
 
     def __init__(self, total: int, tasks: int, **kwargs):
         super().__init__(total, **kwargs)
