@@ -42,7 +42,7 @@ from importlib import resources
 
 import numpy as np
 
-from vgg_np import __version__, formats, hub
+from vgg_np import __version__, distributed, formats, hub
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
 from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
 from vgg_np.extract import DEFAULT_PARTITION_SIZE, SUFFIXES, extract, top_classes
@@ -327,7 +327,8 @@ def run_predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.output:
-        args.layer, args.partition_size, args.workers = "predictions", DEFAULT_PARTITION_SIZE, 2
+        args.layer, args.partition_size = "predictions", DEFAULT_PARTITION_SIZE
+        args.decode_threads = 2
         return _extract(args, model)
     h, w, _ = model.input_shape  # a head's input may be fixed and not square
     size = (h, w) if h and w and h != w else input_size(model)
@@ -406,12 +407,17 @@ def add_extract(commands) -> None:
             "weights file and write LAYER's output, one row per image, to OUT (.npy through a "
             "memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
             "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
-            "last one stopped; a bad image gets a NaN row and its reason, not an error."
+            "last one stopped; a bad image gets a NaN row and its reason, not an error. With "
+            "--scheduler or --workers (needs vgg_np[dask]) the partitions run as Dask tasks "
+            "and write the same OUT; the weights and OUT must be at the same paths on every "
+            "worker (docs/distributed.md)."
         ),
         examples=[
             "vgg-np extract photos/ --weights vgg16.h5 --layer fc2 -o fc2.npy",
             "vgg-np extract 'photos/**/*.jpg' --weights vgg16.pth --layer block5_pool "
             "-o maps.zarr --json",
+            "vgg-np extract /shared/photos --weights /shared/vgg16.h5 --layer fc2 "
+            "-o /shared/fc2.zarr --scheduler tcp://head:8786",
         ],
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
@@ -428,15 +434,37 @@ def add_extract(commands) -> None:
         "--partition-size", type=_positive_int, default=DEFAULT_PARTITION_SIZE,
         help=f"images per partition, the unit of completion ({DEFAULT_PARTITION_SIZE})",
     )  # fmt: skip
-    parser.add_argument("--workers", type=_non_negative_int, default=2, help="decoding threads")
+    parser.add_argument("--decode-threads", type=_non_negative_int, default=2, help="per process")
+    parser.add_argument("--threads", type=_positive_int, help="engine threads (CPUs / --workers)")
     parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip
+    cluster.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="run them on a local Dask cluster of N processes")  # fmt: skip
 
 
 def run_extract(args: argparse.Namespace) -> int:
     """Write one layer's features (and top classes) of many images to disk, resumably."""
-    return _extract(args, VGG.from_file(args.weights))
+    if args.scheduler or args.workers:
+        return _extract_on_cluster(args)
+    return _extract(args, VGG.from_file(args.weights, threads=args.threads))
+
+
+def _extract_on_cluster(args: argparse.Namespace) -> int:
+    """``extract --scheduler ADDRESS`` or ``--workers N``: the partitions as Dask tasks."""
+    with distributed.connect(args.scheduler, args.workers) as client:
+        print(distributed.describe(client), file=sys.stderr)
+        result = distributed.extract_on_cluster(
+            args.images, args.output, args.weights, client,
+            options=distributed.engine_options(args.workers, args.threads), layer=args.layer,
+            top=args.top, batch_size=args.batch_size, partition_size=args.partition_size,
+            decode_threads=args.decode_threads, preprocess=args.preprocess, resize=args.resize,
+            verbose="auto" if args.progress is None else args.progress, on_skip=_skip,
+        )  # fmt: skip
+    return _extract_summary(result, args.json)
 
 
 def _extract(args: argparse.Namespace, model: VGG) -> int:
@@ -448,13 +476,18 @@ def _extract(args: argparse.Namespace, model: VGG) -> int:
         top=args.top,
         batch_size=args.batch_size,
         partition_size=args.partition_size,
-        workers=args.workers,
+        workers=args.decode_threads,
         preprocess=args.preprocess,
         resize=args.resize,
         verbose="auto" if args.progress is None else args.progress,
         on_skip=_skip,
     )
-    if args.json:
+    return _extract_summary(result, args.json)
+
+
+def _extract_summary(result, as_json: bool) -> int:
+    """Print the summary of a local or cluster run: one line, or JSON."""
+    if as_json:
         print(json.dumps(result.to_dict()))
     else:
         print(
@@ -1014,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_CLOSED_PIPE
-    except (ValueError, TypeError, OSError, ImportError) as error:
+    except (ValueError, TypeError, OSError, ImportError, distributed.ClusterError) as error:
         if args.debug:
             raise
         print(f"vgg-np: error: {_describe(error)}", file=sys.stderr)
