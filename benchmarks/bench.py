@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py                      # batch 1 and 8, every engine installed
     python benchmarks/bench.py --batch 1 --rounds 5 --json results.json
+    python benchmarks/bench.py --dtype float64 --batch 1   # the oracle against PyTorch float64
 
 Every engine runs in its own process (thread pools of different libraries must not steal
 each other's cores), the engines alternating A B C A B C over several rounds; each
@@ -11,8 +12,9 @@ layout state dict into a torch.nn VGG16; onnxruntime: that model exported with
 median over all timed passes, GFLOP/s (30.94 GFLOP per image), the peak resident memory of
 the whole process (loading included), the ratios of vgg_np to each peer, and vgg_np's
 per-layer breakdown with the algorithm each layer used. Peers that are not installed are
-skipped with a note. Not a test: the machines are shared and noisy, so quote ratios
-measured side by side.
+skipped with a note. With ``--dtype float64`` vgg_np runs its oracle mode and PyTorch its
+float64 model (onnxruntime has no float64 convolution and is skipped). Not a test: the
+machines are shared and noisy, so quote ratios measured side by side.
 """
 
 from __future__ import annotations
@@ -48,12 +50,12 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------------------
 
 
-def load_engine(engine: str, files: dict):
-    """Return a function running one forward pass on an NHWC float32 batch."""
+def load_engine(engine: str, files: dict, dtype: str = "float32"):
+    """Return a function running one forward pass on an NHWC batch of `dtype`."""
     if engine == "vgg_np":
         import vgg_np
 
-        model = vgg_np.VGG16(weights=files["npz"], classifier_activation=None)
+        model = vgg_np.VGG16(weights=files["npz"], classifier_activation=None, dtype=dtype)
         return model, model
     if engine == "pytorch":
         import torch
@@ -63,6 +65,7 @@ def load_engine(engine: str, files: dict):
 
         net = TorchVGG(vgg_np_blocks()).eval()
         net.load_state_dict(torch.load(files["pth"], weights_only=True))
+        net = net.to(getattr(torch, dtype))
 
         def run(x):
             with torch.inference_mode():
@@ -82,9 +85,9 @@ def vgg_np_blocks():
     return CONFIGS["vgg16"].blocks
 
 
-def worker(engine: str, batch: int, repeats: int, files: dict) -> dict:
-    run, model = load_engine(engine, files)
-    x = np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype(np.float32)
+def worker(engine: str, batch: int, repeats: int, files: dict, dtype: str) -> dict:
+    run, model = load_engine(engine, files, dtype)
+    x = np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype(dtype)
     for _ in range(2):  # warm-up: first-call allocations, kernel packing, thread start
         run(x)
     times = []
@@ -193,17 +196,22 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A B C rounds (3)")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per process (5)")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--json", help="write every measurement to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        result = worker(args.worker, args.batch[0], args.repeats, json.loads(args.files))
+        files = json.loads(args.files)
+        result = worker(args.worker, args.batch[0], args.repeats, files, args.dtype)
         print(json.dumps(result))
         return 0
 
     engines = [e for e in args.engines if available(e)]
     notes = [f"{e} is not installed: skipped" for e in args.engines if e not in engines]
+    if args.dtype == "float64" and "onnxruntime" in engines:
+        engines.remove("onnxruntime")
+        notes.append("onnxruntime has no float64 convolution: skipped")
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         files, more = prepare_files(pathlib.Path(tmp), engines)
@@ -216,6 +224,7 @@ def main(argv=None) -> int:
                     command = [
                         *(sys.executable, __file__, "--worker", engine, "--batch", str(batch)),
                         *("--repeats", str(args.repeats), "--files", json.dumps(files)),
+                        *("--dtype", args.dtype),
                     ]
                     out = subprocess.run(
                         command, capture_output=True, text=True, env=env, check=False
@@ -237,7 +246,7 @@ def main(argv=None) -> int:
                     print(
                         f"round {round_ + 1}: {engine} batch {batch}: {ms:.0f} ms", file=sys.stderr
                     )
-    print(f"VGG16 224x224 float32, {os.cpu_count()} CPUs, medians of {args.rounds} x "
+    print(f"VGG16 224x224 {args.dtype}, {os.cpu_count()} CPUs, medians of {args.rounds} x "
           f"{args.repeats} passes, each engine in its own process\n")  # fmt: skip
     print(table(results, args.batch, engines))
     for note in notes:

@@ -15,10 +15,19 @@ from threadpoolctl import threadpool_info
 
 import vgg_np
 from vgg_np import VGG, VGGConfig, ops
+from vgg_np import engine as engine_module
 from vgg_np.engine import Engine, winograd_conv3x3, winograd_kernel, winograd_matrices
 from vgg_np.layers import forward
 
 DATA = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def every_layer_on_the_threads(monkeypatch):
+    """The small test networks' layers are below the size the engine hands to its threads."""
+    monkeypatch.setattr(engine_module, "MIN_PARALLEL_MACS", 0)
+
+
 SMALL = VGGConfig("small", ((8,), (12, 12), (16,), (16,), (24,)), fc=(20,), default_size=64)
 
 
@@ -75,7 +84,9 @@ def test_winograd_conv_equals_direct_conv(n, h, w, c, o, m, seed):
 
 @pytest.mark.parametrize("algorithm", ["auto", "gemm", "winograd", "naive"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_every_algorithm_matches_the_teaching_kernels(algorithm, threads):
+def test_every_algorithm_matches_the_teaching_kernels(
+    algorithm, threads, every_layer_on_the_threads
+):
     model = VGG(
         SMALL,
         classes=7,
@@ -126,6 +137,58 @@ def test_outputs_are_copies_not_reused_buffers():
     pooled = features(a)
     features(b)
     assert not np.shares_memory(pooled, features(b))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"conv_algorithm": "gemm"},
+        {"dtype": "float64"},
+        {"include_top": False, "pooling": "avg", "input_shape": None},
+        {"adaptive_pool": 2, "input_shape": None},
+    ],
+)
+@pytest.mark.parametrize("chunk_bytes", [engine_module.CHUNK_BYTES, 4096])
+def test_an_image_gets_the_same_bits_in_any_batch_and_with_any_threads(
+    options, chunk_bytes, monkeypatch, every_layer_on_the_threads
+):
+    # 4096-byte chunks: several chunks per image and per layer, as on large images.
+    monkeypatch.setattr(engine_module, "CHUNK_BYTES", chunk_bytes)
+    size = (64, 64) if "input_shape" not in options else (45, 67)
+    rng = np.random.default_rng(5)
+    image = rng.standard_normal((1, *size, 3))
+    others = rng.standard_normal((3, *size, 3))
+    alone = None
+    for threads in (1, 2, 3):
+        model = VGG(SMALL, classes=7, seed=3, threads=threads, **options)
+        if alone is None:
+            alone = model.activations(image)
+        for position in range(4):
+            batch = np.insert(others, position, image[0], axis=0)  # (4, H, W, 3)
+            got = model.activations(batch)
+            for name, y in got.items():
+                assert np.array_equal(y[position], alone[name][0]), (threads, position, name)
+            last = list(alone)[-1]
+            np.testing.assert_array_equal(model(batch)[position], alone[last][0])
+
+
+def test_a_batch_in_slices_gives_what_it_gives_whole(monkeypatch):
+    model = VGG(SMALL, classes=7, seed=3)
+    x = np.random.default_rng(6).standard_normal((5, 64, 64, 3)).astype(np.float32)
+    whole, whole_activations = model(x), model.activations(x)
+    monkeypatch.setattr(engine_module, "SLICE_VALUES", 2 * 64 * 64 * 8)  # 2 images a slice
+    assert model.engine.slice_images((64, 64, 3)) == 2
+    np.testing.assert_array_equal(model(x), whole)
+    sliced = model.activations(x)
+    assert list(sliced) == list(whole_activations)
+    for name, y in sliced.items():
+        np.testing.assert_array_equal(y, whole_activations[name], err_msg=name)
+
+
+def test_an_empty_batch_is_refused():
+    with pytest.raises(ValueError, match="non-empty batch"):
+        VGG(SMALL, classes=7, seed=3).engine.predict(np.zeros((0, 64, 64, 3), np.float32))
 
 
 def test_thread_settings_are_restored():

@@ -7,7 +7,6 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import os
@@ -666,10 +665,13 @@ class VGG:
         """Yield (layer name, output) from the engine, or from the reference forward pass.
 
         With ``keep=False`` only the last output is sure to be yielded; with a set of
-        names, those layers' outputs are (`vgg_np.engine.Engine.run`).
+        names, those layers' outputs are, and the pass stops after the deepest of them.
+        Every output is a new array.
         """
-        if self.conv_algorithm != "reference":
-            return self.engine.run(x, keep=keep)
+        if self.conv_algorithm != "reference":  # the engine runs large batches in slices
+            if keep:
+                return self.engine.outputs(x, None if keep is True else keep).items()
+            return [(self.layers[-1].name, self.engine.predict(x))]
         outputs = []
 
         def record(layer: Layer, values: dict) -> None:
@@ -699,8 +701,9 @@ class VGG:
             The output of the last layer: class probabilities (or logits), or the
             features of the convolutional base without the top.
         """
-        last = self.layers[-1].name
-        return self._outputs(self._prepare_input(x), [last])[last]
+        x = self._prepare_input(x)  # (N, H, W, C)
+        *_, (_, last) = self._run(x, keep=False)
+        return self._to_user_layout(last)
 
     def _layer_names(self, names: list[str]) -> list[str]:
         """Return every layer name, in order, after checking that `names` are among them."""
@@ -712,20 +715,13 @@ class VGG:
         return order
 
     def _outputs(self, x: np.ndarray, names: list[str]) -> dict[str, NDArray[np.floating]]:
-        """Return copies of the outputs of `names` for a prepared `x`, stopping after the last."""
+        """Return the outputs of `names` for a prepared `x`, stopping after the deepest."""
         order = self._layer_names(names)
         wanted = set(names)
-        deepest = max(order.index(name) for name in wanted)
-        found = {}
         # The engine fuses each pool into the convolution before it, except for the
-        # convolutions asked for; closing the generator stops it after `deepest`.
-        with contextlib.closing(self._run(x, keep=wanted)) as outputs:
-            for name, y in outputs:
-                if name in wanted:
-                    found[name] = self._to_user_layout(np.array(y))  # a copy: buffers are reused
-                if name == order[deepest]:
-                    break
-        return {name: found[name] for name in order if name in wanted}
+        # convolutions asked for, and stops after the deepest layer named.
+        found = {name: y for name, y in self._run(x, keep=wanted) if name in wanted}
+        return {name: self._to_user_layout(found[name]) for name in order if name in wanted}
 
     def activations(
         self, x: ArrayLike, layers: list[str] | None = None
@@ -767,8 +763,7 @@ class VGG:
         x = self._prepare_input(x)  # (N, H, W, C)
         if layers is not None:
             return self._outputs(x, list(layers))
-        # Copied as they come: the engine reuses its buffers for the next layer.
-        return {name: self._to_user_layout(np.array(y)) for name, y in self._run(x, keep=True)}
+        return {name: self._to_user_layout(y) for name, y in self._run(x, keep=True)}
 
     def features(self, x: ArrayLike, layer: str) -> NDArray[np.floating]:
         """Return the output of one layer, computing nothing after it.
