@@ -545,9 +545,9 @@ def run_partition(
     ...     images = [demo, f"{tmp}/gone.png"]
     ...     store = create_store(f"{tmp}/f.npy", images, model, preprocess="caffe")
     ...     run_partition(store, store.partitions[0], model)
-    ...     [entry["status"] for entry in store.manifest()], store.pending()
+    ...     sorted((e["path"][-8:], e["status"]) for e in store.manifest()), store.pending()
     PartitionResult(index=0, written=2, failed=1, already_done=0)
-    (['error', 'ok'], [])
+    ([('demo.png', 'ok'), ('gone.png', 'error')], [])
     """
     result = PartitionResult(partition.index)
     if store.is_complete(partition):
