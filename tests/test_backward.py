@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from conftest import relative_error
+from hypothesis import assume, given
 from hypothesis import strategies as st
-from test_ops import conv_cases, pool_cases
+from test_ops import bn_cases, conv_cases, images, pool_cases
 
 from vgg_np import backward, ops
 
@@ -32,11 +33,16 @@ def some_coordinates(shape, rng, count=6):
     return [tuple(int(rng.integers(0, s)) for s in shape) for _ in range(count)]
 
 
-def check(analytic: np.ndarray, f, x: np.ndarray, rng) -> None:
+def check(analytic: np.ndarray, f, x: np.ndarray, rng, scale=None) -> None:
+    """Compare `analytic` with central differences at a few coordinates.
+
+    `scale` is the size gradients of this function reach (default: the largest of
+    `analytic`); pass it where the gradient may cancel to nearly 0 while f does not.
+    """
     coordinates = some_coordinates(x.shape, rng)
     numeric = numeric_gradient(f, x, coordinates)
     picked = np.array([analytic[c] for c in coordinates])
-    scale = np.max(np.abs(analytic)) + 1e-12
+    scale = (np.max(np.abs(analytic)) if scale is None else scale) + 1e-12
     np.testing.assert_allclose(picked, numeric, atol=FD_TOL * scale, rtol=FD_TOL)
 
 
@@ -144,6 +150,95 @@ def test_dense_relu_and_softmax_cross_entropy_gradients(n, n_in, n_out, seed):
     check(db, lambda v: loss(b=v), b, rng)
 
 
+@given(bn_cases())
+def test_batch_norm_gradients_match_finite_differences(case):
+    x, gamma, beta, _, _, eps = case  # training mode: the batch's own statistics
+    assume(x.size > x.shape[-1])  # one value per channel has no spread to normalise
+    rng = np.random.default_rng(5)
+    r = rng.standard_normal(x.shape)
+    # The gradients may cancel to nearly 0 (two values per channel always normalise to
+    # -1, +1), so compare with the size they can reach: |r| * M, and |gamma| / std for dx.
+    m = x.size // x.shape[-1]
+    _, var = ops.batch_moments(x)
+    dx_scale = np.max(np.abs(gamma) / np.sqrt(var + eps)) * np.max(np.abs(r))
+
+    def loss(x=x, g=gamma, b=beta):
+        return np.sum(ops.batch_norm(x, g, b, *ops.batch_moments(x), eps=eps) * r)
+
+    dx, dgamma, dbeta = backward.batch_norm_backward(x, gamma, r, eps=eps)
+    assert dx.shape == x.shape and dgamma.shape == dbeta.shape == gamma.shape
+    check(dx, lambda v: loss(x=v), x, rng, scale=dx_scale)
+    check(dgamma, lambda v: loss(g=v), gamma, rng, scale=m * np.max(np.abs(r)))
+    check(dbeta, lambda v: loss(b=v), beta, rng, scale=m * np.max(np.abs(r)))
+    naive = backward.batch_norm_backward_naive(x, gamma, r, eps=eps)
+    scales = (dx_scale, m * np.max(np.abs(r)), m * np.max(np.abs(r)))
+    for fast, slow, scale in zip((dx, dgamma, dbeta), naive, scales, strict=True):
+        np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12 * scale)
+
+
+def test_batch_norm_gradient_golden_and_dtype():
+    # Two values per channel always normalise to -1, +1 (eps 0): x cannot change y, dx = 0.
+    x = np.array([[1.0, -2.0], [3.0, 5.0]], np.float32)
+    dy = np.array([[1.0, 2.0], [0.0, 1.0]], np.float32)
+    dx, dgamma, dbeta = backward.batch_norm_backward(x, np.ones(2, np.float32), dy, eps=0)
+    assert dx.dtype == dgamma.dtype == dbeta.dtype == np.float32
+    np.testing.assert_allclose(dx, 0, atol=1e-7)
+    np.testing.assert_array_equal(dgamma, [-1.0, -1.0])  # sum(dy * xhat), xhat = (-1, 1)
+    np.testing.assert_array_equal(dbeta, [1.0, 3.0])
+
+
+@given(images())
+def test_global_pool_gradients(x):
+    rng = np.random.default_rng(6)
+    r = rng.standard_normal((x.shape[0], x.shape[3]))
+    dx = backward.global_avg_pool2d_backward(r, x.shape)
+    assert np.isclose(np.vdot(ops.global_avg_pool2d(x), r), np.vdot(x, dx), rtol=1e-12)
+    check(dx, lambda v: np.sum(ops.global_avg_pool2d(v) * r), x, rng)
+    dx = backward.global_max_pool2d_backward(x, r)
+    check(dx, lambda v: np.sum(ops.global_max_pool2d(v) * r), x, rng)
+    assert np.isclose(dx.sum(), r.sum())  # each channel's gradient goes to one pixel
+    assert (np.count_nonzero(dx, axis=(1, 2)) <= 1).all()
+
+
+@given(st.lists(st.floats(-30, 30), min_size=1, max_size=12))
+def test_sigmoid_and_tanh_gradients(values):
+    x = np.array(values)
+    rng = np.random.default_rng(7)
+    r = rng.standard_normal(x.shape)
+    for forward, grad in (
+        (ops.sigmoid, backward.sigmoid_backward),
+        (ops.tanh, backward.tanh_backward),
+    ):
+        dx = grad(forward(x), r)  # from the forward output, as the layer table keeps it
+        # Saturated inputs have gradients near 0: compare with the largest one can be, |r|.
+        check(dx, lambda v, f=forward: np.sum(f(v) * r), x, rng, scale=np.max(np.abs(r)))
+
+
+@pytest.mark.torch
+def test_batch_norm_gradients_equal_pytorch_autograd():
+    torch = pytest.importorskip("torch", reason="needs torch (pip install torch==2.13.0)")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 5, 3, 6)) * 2 + rng.normal(0, 3, 6)
+    gamma, beta, dy = rng.uniform(0.5, 1.5, 6), rng.normal(0, 1, 6), rng.standard_normal(x.shape)
+    leaves = [torch.tensor(a, requires_grad=True) for a in (x.transpose(0, 3, 1, 2), gamma, beta)]
+    y = torch.nn.functional.batch_norm(
+        leaves[0], None, None, leaves[1], leaves[2], training=True, eps=1e-5
+    )
+    ours = ops.batch_norm(x, gamma, beta, *ops.batch_moments(x), eps=1e-5)
+    np.testing.assert_allclose(
+        ours, y.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12
+    )
+    y.backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()))
+    dx, dgamma, dbeta = backward.batch_norm_backward(x, gamma, dy, eps=1e-5)
+    theirs = (
+        leaves[0].grad.numpy().transpose(0, 2, 3, 1),
+        leaves[1].grad.numpy(),
+        leaves[2].grad.numpy(),
+    )
+    for name, a, b in zip(("dx", "dgamma", "dbeta"), (dx, dgamma, dbeta), theirs, strict=True):
+        assert relative_error(a, b) < 1e-12, (name, relative_error(a, b))
+
+
 def test_softmax_cross_entropy_is_finite_for_huge_logits():
     loss, grad = backward.softmax_cross_entropy(np.array([[1e4, -1e4, 0.0]]), np.array([2]))
     assert loss == pytest.approx(1e4) and np.isfinite(grad).all()
@@ -179,6 +274,38 @@ def test_softmax_cross_entropy_is_finite_for_huge_logits():
         (
             lambda: backward.softmax_cross_entropy(np.ones((2, 3)), np.array([0.0, 1.0])),
             r"integers",
+        ),
+        (
+            lambda: backward.batch_norm_backward(
+                np.ones((2, 3)), np.ones(3), np.ones((3, 2)), eps=0
+            ),
+            r"`dy` must have the shape of `x` \(2, 3\), got \(3, 2\)",
+        ),
+        (
+            lambda: backward.batch_norm_backward_naive(
+                np.ones((2, 3)), np.ones(2), np.ones((2, 3)), eps=0
+            ),
+            r"`gamma` must have shape \(3,\)",
+        ),
+        (
+            lambda: backward.batch_norm_backward(
+                np.ones((2, 3)), np.ones(3), np.ones((2, 3)), eps=-1
+            ),
+            r"`eps` must be a finite number >= 0",
+        ),
+        (
+            lambda: backward.global_avg_pool2d_backward(np.ones((2, 3)), (2, 4, 4, 2)),
+            r"`dy` must have shape \(N, C\) \(2, 2\)",
+        ),
+        (
+            lambda: backward.global_max_pool2d_backward(
+                np.ones((2, 4, 4, 2)), np.ones((2, 1, 1, 2))
+            ),
+            r"`dy` must have shape \(N, C\) \(2, 2\)",
+        ),
+        (
+            lambda: backward.sigmoid_backward(np.ones(3), np.ones(4)),
+            r"`dy` must have the shape of `y`",
         ),
     ],
 )

@@ -206,7 +206,7 @@ def test_save_weights_records_where_the_weights_came_from(tmp_path):
     assert (read.family, read.input_size, read.source) == (
         Family.KERAS,
         (32, 32),
-        "keras-h5 (model.save layout, model_weights/)",
+        "keras-h5 (model.save layout, whole model from its config)",
     )
     model.set_weights(model.he_normal(0))  # other weights: the file's provenance no longer holds
     assert model.weights_provenance.family is Family.VGG_NP

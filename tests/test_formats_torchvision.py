@@ -118,9 +118,13 @@ def test_state_dict_round_trip_keeps_every_tensor():
     [
         (
             lambda s: s.update({"features.1.running_mean": np.zeros(8)}),
-            r"unexpected keys.*batch-norm",
+            r"features.1 has \['running_mean'\]; vgg_np reads .* batch norms",
         ),
-        (lambda s: s.pop("features.0.bias"), r"features.0 has \['weight'\], needs weight and bias"),
+        (
+            lambda s: s.update({"classifier.9.x": np.zeros(8)}),
+            r"unexpected keys \['classifier.9.x'",
+        ),
+        (lambda s: s.pop("features.0.bias"), r"features.0 has \['weight'\]; vgg_np reads"),
         (lambda s: s.update({"features.0.weight": np.zeros((8, 3, 9))}), r"must be 4-D"),
         (lambda s: s.clear(), r"no features"),
     ],

@@ -29,12 +29,17 @@ SAMPLES = {
     "dense": (Layer("d", "dense", 6, "relu"), (7,)),
     "global_avg": (Layer("g", "global_avg"), (5, 6, 4)),
     "global_max": (Layer("m", "global_max"), (5, 6, 4)),
+    "batch_norm": (Layer("b", "batch_norm", eps=1e-3), (5, 6, 4)),
+    "dropout": (Layer("o", "dropout", rate=0.4), (5, 6, 4)),
 }
 
 
 def parameters(layer: Layer, shape: tuple, rng) -> tuple:
     shapes = KINDS[layer.kind].parameter_shapes
-    return tuple(rng.standard_normal(s) for s in shapes(layer, shape)) if shapes else ()
+    params = tuple(rng.standard_normal(s) for s in shapes(layer, shape)) if shapes else ()
+    if layer.kind == "batch_norm":  # a variance is positive
+        params = (*params[:3], np.abs(params[3]) + 0.1)
+    return params
 
 
 def test_every_kind_has_a_sample():
@@ -68,17 +73,23 @@ def test_backward_call_is_the_gradient_of_the_forward_call(kind):
     x = rng.standard_normal((2, *shape))
     params = parameters(layer, shape, rng)
 
+    def run(x, params):  # the training pass where it differs (batch statistics, dropout)
+        if entry.train_forward is None:
+            return entry.forward(layer, params or None, x)
+        return entry.train_forward(layer, params, x, np.random.default_rng(5))  # one mask
+
     def objective(x, params) -> float:
-        return float(np.sum(dy * entry.forward(layer, params or None, x)))
+        return float(np.sum(dy * run(x, params)))
 
     dy = rng.standard_normal((2, *entry.output_shape(layer, shape)))
-    kept = {"input": x, "input_shape": x.shape}
+    kept = {"input": x, "output": run(x, params), "input_shape": x.shape}
     assert set(entry.keeps) <= set(kept)
     dx, *grads = entry.backward(layer, params or None, kept, dy)
-    assert len(grads) == len(params)
+    trained = len(params) if entry.trained is None else entry.trained
+    assert len(grads) == trained
     for array, grad, position in [
         (x, dx, None),
-        *zip(params, grads, range(len(params)), strict=True),
+        *zip(params[:trained], grads, range(trained), strict=True),
     ]:
         assert grad.shape == array.shape
         for _ in range(4):

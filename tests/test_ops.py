@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from conftest import PROB_ATOL, assert_close_scaled
+from conftest import (
+    BN_FOLD_REL_TOL,
+    ELEMENTWISE_TOL,
+    PROB_ATOL,
+    assert_close_scaled,
+    relative_error,
+)
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -430,6 +438,266 @@ def test_dropout_rate_zero_in_training_keeps_everything():
 
 
 # ---------------------------------------------------------------------------------------
+# global pooling
+# ---------------------------------------------------------------------------------------
+
+
+@st.composite
+def images(draw, max_hw=9, max_c=6):
+    shape = (
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, max_hw)),
+        draw(st.integers(1, max_hw)),
+        draw(st.integers(1, max_c)),
+    )
+    return np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(shape)
+
+
+@pytest.mark.parametrize("pool", [ops.global_avg_pool2d, ops.global_avg_pool2d_naive])
+def test_global_avg_pool2d_golden(pool):
+    x = np.arange(12, dtype=np.float64).reshape(1, 2, 3, 2)  # x[0, h, w, c] = 6h + 2w + c
+    # channel 0: 0, 2, 4, 6, 8, 10 -> 5; channel 1: 1, 3, ..., 11 -> 6
+    np.testing.assert_array_equal(pool(x), [[5.0, 6.0]])
+
+
+@pytest.mark.parametrize("pool", [ops.global_max_pool2d, ops.global_max_pool2d_naive])
+def test_global_max_pool2d_golden(pool):
+    x = np.array([[3.0, -1.0], [7.0, -5.0], [2.0, -2.0]]).reshape(1, 3, 1, 2)
+    np.testing.assert_array_equal(pool(x), [[7.0, -1.0]])
+
+
+@given(images(), st.sampled_from(FLOAT_DTYPES))
+def test_global_pools_match_naive_and_float64_oracle(x, dtype):
+    oracle = ops.global_avg_pool2d_naive(x)
+    cast = x.astype(dtype)
+    fast = ops.global_avg_pool2d(cast)
+    assert fast.dtype == dtype and fast.shape == (x.shape[0], x.shape[3])
+    scale = ops.global_avg_pool2d(np.abs(x))  # mean of |x|: what the sum's rounding scales with
+    assert_close_scaled(fast, oracle, scale, what="global_avg_pool2d vs float64 naive")
+    # The same as PyTorch's AdaptiveAvgPool2d(1), which the project already has.
+    np.testing.assert_allclose(ops.adaptive_avg_pool2d(x, 1)[:, 0, 0, :], oracle, rtol=1e-13)
+    np.testing.assert_array_equal(ops.global_max_pool2d(cast), ops.global_max_pool2d_naive(cast))
+    np.testing.assert_array_equal(
+        ops.global_max_pool2d(x), ops.max_pool2d(x, x.shape[1:3])[:, 0, 0]
+    )
+
+
+@given(images())
+def test_global_max_pool2d_output_is_max_element_of_its_channel(x):
+    y = ops.global_max_pool2d(x)
+    for n, c in np.ndindex(y.shape):
+        assert y[n, c] in x[n, :, :, c]
+        assert (y[n, c] >= x[n, :, :, c]).all()
+
+
+def test_global_pools_of_a_constant_image_and_nan():
+    x = np.full((2, 5, 3, 4), 0.1, np.float32)
+    np.testing.assert_array_equal(ops.global_avg_pool2d(x), np.full((2, 4), 0.1, np.float32))
+    np.testing.assert_array_equal(ops.global_max_pool2d(x), np.full((2, 4), 0.1, np.float32))
+    x[1, 4, 2, 3] = np.nan
+    for pool in (ops.global_avg_pool2d, ops.global_max_pool2d, ops.global_max_pool2d_naive):
+        assert np.isnan(pool(x)).sum() == 1 and np.isnan(pool(x)[1, 3]), pool.__name__
+
+
+# ---------------------------------------------------------------------------------------
+# batch normalisation
+# ---------------------------------------------------------------------------------------
+
+
+@st.composite
+def bn_cases(draw):
+    """(N, F) and NHWC inputs, far from zero mean, with running statistics near the batch's."""
+    shape = draw(
+        st.one_of(
+            st.tuples(st.integers(1, 4), st.integers(1, 9)),
+            st.tuples(*(st.integers(1, 5),) * 3, st.integers(1, 7)),
+        )
+    )
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    c = shape[-1]
+    x = rng.standard_normal(shape) * rng.uniform(0.1, 30) + rng.normal(0, 30)
+    mean = x.reshape(-1, c).mean(axis=0) + rng.normal(0, 1, c)
+    var = rng.uniform(0, 5, c) ** 2
+    gamma, beta = rng.normal(0, 2, c), rng.normal(0, 2, c)
+    eps = draw(st.sampled_from([ops.BATCH_NORM_EPS["torch"], ops.BATCH_NORM_EPS["keras"]]))
+    return x, gamma, beta, mean, var, eps
+
+
+def bn_scale(x, gamma, beta, mean, var, eps):
+    """The size of the terms behind each batch norm output: what its rounding scales with."""
+    return (np.abs(x) + np.abs(mean)) * np.abs(gamma) / np.sqrt(var + eps) + np.abs(beta)
+
+
+@pytest.mark.parametrize("bn", [ops.batch_norm, ops.batch_norm_naive])
+def test_batch_norm_golden(bn):
+    x = np.arange(8.0).reshape(1, 2, 2, 2)  # channel 0: 0, 2, 4, 6; channel 1: 1, 3, 5, 7
+    gamma, beta, mean = np.array([1.0, 2.0]), np.array([0.0, 1.0]), np.array([3.0, 4.0])
+    # (x - 3) / 2 and (x - 4) / 4 * 2 + 1, by hand:
+    expected = [[[[-1.5, -0.5], [-0.5, 0.5]], [[0.5, 1.5], [1.5, 2.5]]]]
+    np.testing.assert_array_equal(bn(x, gamma, beta, mean, np.array([4.0, 16.0]), eps=0), expected)
+    # eps is added to the variance: 3 + 1 and 15 + 1 give the same.
+    np.testing.assert_array_equal(bn(x, gamma, beta, mean, np.array([3.0, 15.0]), eps=1), expected)
+
+
+@given(bn_cases(), st.sampled_from(FLOAT_DTYPES))
+def test_batch_norm_matches_naive_and_float64_oracle(case, dtype):
+    x, eps = case[0], case[5]
+    oracle = ops.batch_norm_naive(*case[:5], eps=eps)
+    cast = [a.astype(dtype) for a in case[:5]]
+    with np.errstate(over="ignore"):  # float16 may overflow on these sizes: skipped below
+        fast, naive = ops.batch_norm(*cast, eps=eps), ops.batch_norm_naive(*cast, eps=eps)
+    assume(np.isfinite(fast).all())
+    assert fast.dtype == naive.dtype == dtype and fast.shape == x.shape
+    scale = bn_scale(*case)
+    for y, name in ((fast, "batch_norm"), (naive, "batch_norm_naive")):
+        assert_close_scaled(y, oracle, scale, f"{name} {dtype.__name__}", ELEMENTWISE_TOL)
+
+
+@given(bn_cases())
+def test_batch_norm_is_a_per_channel_affine_map(case):
+    x, gamma, _, _, var, eps = case
+    y = ops.batch_norm(*case[:5], eps=eps)
+    slope = gamma / np.sqrt(var + eps)
+    x2 = x + np.random.default_rng(0).standard_normal(x.shape)
+    y2 = ops.batch_norm(x2, *case[1:5], eps=eps)
+    np.testing.assert_allclose(y2 - y, slope * (x2 - x), rtol=1e-9, atol=1e-9 * np.abs(y).max())
+    # Changing one channel's inputs changes that channel only.
+    x3 = x.copy()
+    x3[..., 0] += 1.0
+    y3 = ops.batch_norm(x3, *case[1:5], eps=eps)
+    np.testing.assert_array_equal(y3[..., 1:], y[..., 1:])
+    assert (y3[..., 0] != y[..., 0]).any() or slope[0] == 0
+
+
+@given(bn_cases())
+def test_batch_norm_with_batch_moments_normalises_each_channel(case):
+    x, gamma, beta, *_ = case
+    assume(x.size > x.shape[-1] and (x.reshape(-1, x.shape[-1]).std(axis=0) > 1e-3).all())
+    y = ops.batch_norm(x, np.ones_like(gamma), np.zeros_like(beta), *ops.batch_moments(x), eps=0)
+    axes = tuple(range(x.ndim - 1))
+    np.testing.assert_allclose(y.mean(axis=axes), 0, atol=1e-9)
+    np.testing.assert_allclose(y.var(axis=axes), 1, rtol=1e-9)
+    z = ops.batch_norm(x, gamma, beta, *ops.batch_moments(x), eps=0)
+    np.testing.assert_allclose(z, gamma * y + beta, rtol=1e-9, atol=1e-9)  # then scale, shift
+
+
+def test_batch_moments_are_biased_and_do_not_cancel_in_float32():
+    x = np.array([[1.0, 4.0], [3.0, 4.0]])
+    mean, var = ops.batch_moments(x)
+    np.testing.assert_array_equal(mean, [2.0, 4.0])
+    np.testing.assert_array_equal(var, [1.0, 0.0])  # divided by 2, not 1
+    # Many values far from zero: a float32 one-pass sum would lose the variance.
+    rng = np.random.default_rng(0)
+    big = (1e4 + rng.standard_normal((64, 32, 32, 3))).astype(np.float32)
+    mean32, var32 = ops.batch_moments(big)
+    assert mean32.dtype == var32.dtype == np.float32
+    exact = big.astype(np.float64)
+    np.testing.assert_allclose(mean32, exact.mean(axis=(0, 1, 2)), rtol=1e-7)
+    np.testing.assert_allclose(var32, exact.var(axis=(0, 1, 2)), rtol=1e-6)
+
+
+@given(conv_cases(max_hw=7, max_c=5), st.sampled_from(["torch", "keras"]))
+def test_fold_batch_norm_equals_conv_then_batch_norm(case, framework):
+    x, kernel, bias, stride, padding = case
+    o = kernel.shape[3]
+    rng = np.random.default_rng(1)
+    bn = rng.normal(1, 0.3, o), rng.normal(0, 1, o), rng.normal(0, 1, o), rng.uniform(0, 2, o)
+    eps = ops.BATCH_NORM_EPS[framework]
+    unfolded = ops.batch_norm(
+        ops.conv2d(x, kernel, bias, strides=stride, padding=padding), *bn, eps=eps
+    )
+    k2, b2 = ops.fold_batch_norm(kernel, bias, *bn, eps=eps)
+    assert k2.shape == kernel.shape and b2.shape == (o,)
+    folded = ops.conv2d(x, k2, b2, strides=stride, padding=padding)
+    np.testing.assert_allclose(folded, unfolded, rtol=1e-10, atol=1e-10 * np.abs(unfolded).max())
+    # A dense layer folds the same way: its kernel's last axis is the channel too.
+    features = ops.flatten(x)
+    dense_kernel = rng.standard_normal((features.shape[1], o))
+    k3, b3 = ops.fold_batch_norm(dense_kernel, None, *bn, eps=eps)
+    np.testing.assert_allclose(
+        ops.dense(features, k3, b3),
+        ops.batch_norm(features @ dense_kernel, *bn, eps=eps),
+        rtol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("quiet", [0.0, 0.25])
+@pytest.mark.parametrize(("hw", "c", "o"), [(16, 3, 64), (32, 64, 64), (14, 256, 256)])
+def test_fold_batch_norm_is_as_accurate_as_unfolded(hw, c, o, quiet):
+    rng = np.random.default_rng(hw * c + o)
+    x = np.abs(rng.standard_normal((2, hw, hw, c)))  # ReLU outputs
+    kernel = rng.standard_normal((3, 3, c, o)) * np.sqrt(2 / (9 * c))  # He-normal
+    bias = rng.normal(0, 0.5, o)
+    kernel[..., : int(quiet * o)] *= 1e-3  # nearly constant channels: variance below eps
+    y = ops.conv2d(x, kernel, bias)
+    mean, var = ops.batch_moments(y)
+    mean += 0.1 * rng.standard_normal(o) * np.sqrt(var)  # running statistics, not the batch's
+    var *= rng.uniform(0.7, 1.4, o)
+    bn = rng.uniform(0.5, 1.5, o), rng.normal(0, 0.2, o), mean, var
+    eps = ops.BATCH_NORM_EPS["torch"]
+    oracle = ops.batch_norm(y, *bn, eps=eps)
+    f32 = [a.astype(np.float32) for a in (x, kernel, bias, *bn)]
+    unfolded = ops.batch_norm(ops.conv2d(*f32[:3]), *f32[3:], eps=eps)
+    folded = ops.conv2d(f32[0], *ops.fold_batch_norm(*f32[1:], eps=eps))
+    assert folded.dtype == np.float32
+    errors = relative_error(folded, oracle), relative_error(unfolded, oracle)
+    print(
+        f"\nfold {hw}x{hw} {c}->{o} quiet {quiet}: folded {errors[0]:.2e}, unfolded {errors[1]:.2e}"
+    )
+    assert errors[0] < BN_FOLD_REL_TOL
+    assert errors[0] < 1.5 * errors[1]  # folding costs no accuracy
+
+
+# ---------------------------------------------------------------------------------------
+# sigmoid, tanh
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [ops.sigmoid, ops.sigmoid_naive])
+def test_sigmoid_golden(sig):
+    np.testing.assert_allclose(sig(np.array([0.0, np.log(3.0), -np.log(3.0)])), [0.5, 0.75, 0.25])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_sigmoid_is_finite_and_exact_at_both_extremes(dtype):
+    x = np.array([-1e4, -300, -95, -30, 0, 30, 95, 300, 1e4], dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # never overflows
+        s = ops.sigmoid(x)
+    assert s.dtype == dtype
+    exact = 1 / (1 + np.exp(-x.astype(np.longdouble)))  # wider than float64 here
+    tiny = np.finfo(dtype).smallest_subnormal
+    np.testing.assert_allclose(s, exact.astype(np.float64), rtol=4 * np.finfo(dtype).eps, atol=tiny)
+    with np.errstate(over="ignore"):
+        assert (
+            ops.sigmoid_naive(x)[2] == 0 or dtype is np.float64
+        )  # -95: the naive exp(95) overflows
+    assert 0 < s[2] or dtype is np.float16  # the stable form keeps it (float16: below its range)
+
+
+@given(st.lists(st.floats(-80, 80), min_size=1, max_size=30), st.sampled_from(FLOAT_DTYPES))
+def test_sigmoid_and_tanh_properties(values, dtype):
+    x = np.array(values)
+    s = ops.sigmoid(x.astype(dtype))
+    assert s.dtype == dtype and ((s >= 0) & (s <= 1)).all()
+    oracle = ops.sigmoid_naive(x.astype(dtype).astype(np.float64))  # |x| <= 80: no overflow
+    assert_close_scaled(s, oracle, oracle, "sigmoid vs float64 textbook form", ELEMENTWISE_TOL)
+    np.testing.assert_allclose(ops.sigmoid(-x), 1 - ops.sigmoid(x), atol=1e-15)  # symmetry
+    order = np.argsort(x)
+    assert (np.diff(ops.sigmoid(x)[order]) >= -1e-16).all()  # monotone, to a rounding
+    t = ops.tanh(x.astype(dtype))
+    assert t.dtype == dtype and (np.abs(t) <= 1).all()
+    np.testing.assert_array_equal(ops.tanh(-x), -ops.tanh(x))  # odd
+    np.testing.assert_allclose(ops.tanh(x), 2 * ops.sigmoid(2 * x) - 1, atol=1e-15)
+
+
+def test_activations_propagate_nan():
+    x = np.array([np.nan, 1.0])
+    for f in (ops.sigmoid, ops.sigmoid_naive, ops.tanh):
+        y = f(x)
+        assert np.isnan(y[0]) and np.isfinite(y[1]), f.__name__
+
+
+# ---------------------------------------------------------------------------------------
 # dtype preservation across every kernel
 # ---------------------------------------------------------------------------------------
 
@@ -452,7 +720,19 @@ def test_every_kernel_preserves_dtype(dtype):
         "softmax": ops.softmax(x),
         "softmax_naive": ops.softmax_naive(x),
         "dropout": ops.dropout(x, 0.5, training=True, rng=rng),
+        "global_avg_pool2d": ops.global_avg_pool2d(x),
+        "global_avg_pool2d_naive": ops.global_avg_pool2d_naive(x),
+        "global_max_pool2d": ops.global_max_pool2d(x),
+        "global_max_pool2d_naive": ops.global_max_pool2d_naive(x),
+        "sigmoid": ops.sigmoid(x),
+        "sigmoid_naive": ops.sigmoid_naive(x),
+        "tanh": ops.tanh(x),
     }
+    per_channel = [np.ones(2, dtype)] * 4
+    for bn in (ops.batch_norm, ops.batch_norm_naive):
+        outputs[bn.__name__] = bn(x, *per_channel, eps=1e-3)
+    outputs["batch_moments"] = ops.batch_moments(x)[1]
+    outputs["fold_batch_norm"] = ops.fold_batch_norm(k[..., :2], None, *per_channel, eps=1e-5)[1]
     for name, y in outputs.items():
         assert y.dtype == dtype, name
 
@@ -615,3 +895,175 @@ def test_dense_bad_input(fc, x, kernel, bias, error, match):
 def test_elementwise_kernels_bad_input(func, args, kwargs, error, match):
     with pytest.raises(error, match=match):
         func(*args, **kwargs)
+
+
+G, B = np.ones(2), np.zeros(2)
+
+
+@pytest.mark.parametrize("bn", [ops.batch_norm, ops.batch_norm_naive])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((X, G, B, B, G), {"eps": 1e-5}, None, None),
+        ((X[0, 0, 0], G, B, B, G), {"eps": 1e-5}, ValueError, r"`x` must have a batch axis"),
+        (
+            (X, np.ones(3), B, B, G),
+            {"eps": 1e-5},
+            ValueError,
+            r"`gamma` must have shape \(2,\), one value per channel of `x` \(the last axis of "
+            r"shape \(1, 5, 6, 2\)\), got \(3,\)",
+        ),
+        ((X, G, B, B[:, None], G), {"eps": 1e-5}, ValueError, r"`mean` must have shape \(2,\)"),
+        (
+            (X, G, B, B, np.array([1.0, -0.5])),
+            {"eps": 1e-5},
+            ValueError,
+            r"`var` must be >= 0 in every channel, got -0.5 in channel 1",
+        ),
+        ((X, G, B, B, np.array([np.nan, 1.0])), {"eps": 1e-5}, ValueError, r"got nan in channel 0"),
+        ((X, G, B, B, G), {"eps": -1e-5}, ValueError, r"`eps` must be a finite number >= 0"),
+        ((X, G, B, B, G), {"eps": np.nan}, ValueError, r"`eps`"),
+        ((X, G, B, B, G), {"eps": True}, ValueError, r"`eps`"),
+        ((X, G, B, B, G), {"eps": None}, ValueError, r"`eps`"),
+        ((X, G, B, B, G), {}, TypeError, r"eps"),  # no default: every framework has its own
+        ((X, G, B.astype(int), B, G), {"eps": 1e-5}, TypeError, r"`beta` must be a floating"),
+    ],
+)
+def test_batch_norm_bad_input(bn, args, kwargs, error, match):
+    if error is None:  # the valid control case of the table
+        assert bn(*args, **kwargs).shape == X.shape
+        return
+    with pytest.raises(error, match=match):
+        bn(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("func", "args", "match"),
+    [
+        (ops.fold_batch_norm, (np.ones((3, 3, 2)), None, G, B, B, G, 1e-5), r"`kernel` must be"),
+        (
+            ops.fold_batch_norm,
+            (K, None, G, B, B, G, 1e-5),
+            r"`gamma` must have shape \(4,\), one value per output channel of `kernel`",
+        ),
+        (ops.fold_batch_norm, (K[..., :2], np.ones(4), G, B, B, G, 1e-5), r"`bias` must have"),
+        (ops.fold_batch_norm, (K[..., :2], None, G, B, B, -G, 1e-5), r"`var` must be >= 0"),
+        (ops.batch_moments, (np.ones(3),), r"`x` must be \(N, ..., C\)"),
+        (ops.global_avg_pool2d, (X[0],), r"`x` must be 4-D \(N, H, W, C\)"),
+        (ops.global_avg_pool2d_naive, (X[0],), r"`x` must be 4-D"),
+        (ops.global_max_pool2d, (X[0],), r"`x` must be 4-D"),
+        (ops.global_max_pool2d_naive, (X[0],), r"`x` must be 4-D"),
+    ],
+)
+def test_head_kernels_bad_input(func, args, match):
+    with pytest.raises(ValueError, match=match):
+        func(*args)
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        ops.sigmoid,
+        ops.sigmoid_naive,
+        ops.tanh,
+        ops.global_avg_pool2d,
+        ops.batch_moments,
+    ],
+)
+def test_head_kernels_refuse_integers(func):
+    with pytest.raises(TypeError, match=r"`x` must be a floating-point array, got dtype int64"):
+        func(np.ones((1, 2, 2, 1), np.int64))
+
+
+# ---------------------------------------------------------------------------------------
+# The head kernels against PyTorch and Keras (marked: need the optional packages)
+# ---------------------------------------------------------------------------------------
+
+
+def head_case(seed=0, shape=(3, 5, 4, 6)):
+    """Activations far from zero mean, with running statistics near (not at) the batch's."""
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    x = rng.standard_normal(shape) * 3 + rng.normal(0, 5, c)
+    mean = x.reshape(-1, c).mean(axis=0) + rng.normal(0, 0.5, c)
+    var = x.reshape(-1, c).var(axis=0) * rng.uniform(0.5, 2, c)
+    var[0] = 1e-6  # a nearly constant channel: here eps matters
+    return x, rng.uniform(0.5, 1.5, c), rng.normal(0, 1, c), mean, var
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_head_kernels_equal_pytorch(dtype):
+    torch = pytest.importorskip("torch", reason="needs torch (pip install torch==2.13.0)")
+    functional = torch.nn.functional
+    assert torch.nn.BatchNorm2d(3).eps == ops.BATCH_NORM_EPS["torch"]
+    case = [a.astype(dtype) for a in head_case()]
+    x = case[0]
+    oracle = ops.batch_norm_naive(*[a.astype(np.float64) for a in case], eps=1e-5)
+    nchw = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())  # (N, C, H, W)
+    t = [torch.from_numpy(a) for a in case[1:]]
+    theirs = functional.batch_norm(nchw, t[2], t[3], t[0], t[1], training=False, eps=1e-5)
+    theirs = theirs.numpy().transpose(0, 2, 3, 1)  # back to (N, H, W, C)
+    scale = bn_scale(*case, 1e-5)
+    tol = ELEMENTWISE_TOL
+    assert_close_scaled(theirs, oracle, scale, "torch batch_norm vs float64", tol)
+    assert_close_scaled(ops.batch_norm(*case, eps=1e-5), oracle, scale, "vgg_np", tol)
+    # Dense features (N, F): BatchNorm1d, the layer of a classifier head.
+    feats = ops.flatten(x)[:, :6]  # (N, 6)
+    theirs_1d = functional.batch_norm(torch.from_numpy(feats), t[2], t[3], t[0], t[1], eps=1e-5)
+    oracle_1d = ops.batch_norm_naive(feats.astype(np.float64), *case[1:], eps=1e-5)
+    scale_1d = bn_scale(feats, *case[1:], 1e-5)
+    assert_close_scaled(theirs_1d.numpy(), oracle_1d, scale_1d, "torch BatchNorm1d", tol)
+    # Global pools: a mean (rounding scales with the mean of |x|) and an exact maximum.
+    average = functional.adaptive_avg_pool2d(nchw, 1).numpy()[:, :, 0, 0]  # (N, C)
+    oracle = ops.global_avg_pool2d_naive(x.astype(np.float64))
+    scale = ops.global_avg_pool2d(np.abs(x))
+    assert_close_scaled(average, oracle, scale, "torch adaptive_avg_pool2d(1)")
+    assert_close_scaled(ops.global_avg_pool2d(x), oracle, scale, "global_avg_pool2d")
+    maximum = functional.adaptive_max_pool2d(nchw, 1).numpy()[:, :, 0, 0]
+    np.testing.assert_array_equal(ops.global_max_pool2d(x), maximum)
+    # Activations on logits of a few units: a few eps apart, relative to the output.
+    for name, theirs_fn in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
+        ours = getattr(ops, name)(feats)
+        exact = getattr(ops, name)(feats.astype(np.float64))
+        theirs = theirs_fn(torch.from_numpy(feats)).numpy()
+        for y, who in ((ours, "vgg_np"), (theirs, "torch")):
+            assert_close_scaled(y, exact, np.abs(exact), f"{who} {name}", ELEMENTWISE_TOL)
+
+
+@pytest.mark.keras
+def test_head_kernels_equal_keras_layers():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras", reason="needs the `keras` extra: pip install keras")
+    x, gamma, beta, mean, var = (a.astype(np.float32) for a in head_case(1))
+    layer = keras.layers.BatchNormalization()
+    layer.build(x.shape)
+    layer.set_weights([gamma, beta, mean, var])  # Keras's order: gamma, beta, moving stats
+    assert layer.epsilon == ops.BATCH_NORM_EPS["keras"]
+    theirs = keras.ops.convert_to_numpy(layer(x, training=False))
+    eps = ops.BATCH_NORM_EPS["keras"]
+    oracle = ops.batch_norm_naive(
+        *[a.astype(np.float64) for a in (x, gamma, beta, mean, var)], eps=eps
+    )
+    scale = bn_scale(x, gamma, beta, mean, var, eps)
+    assert_close_scaled(theirs, oracle, scale, "Keras BatchNormalization", ELEMENTWISE_TOL)
+    assert_close_scaled(
+        ops.batch_norm(x, gamma, beta, mean, var, eps=eps), oracle, scale, "ours", ELEMENTWISE_TOL
+    )
+    average = keras.ops.convert_to_numpy(keras.layers.GlobalAveragePooling2D()(x))
+    oracle = ops.global_avg_pool2d_naive(x.astype(np.float64))
+    scale = ops.global_avg_pool2d(np.abs(x))
+    assert_close_scaled(average, oracle, scale, "Keras GlobalAveragePooling2D vs float64")
+    assert_close_scaled(ops.global_avg_pool2d(x), oracle, scale, "global_avg_pool2d vs float64")
+    maximum = keras.ops.convert_to_numpy(keras.layers.GlobalMaxPooling2D()(x))
+    np.testing.assert_array_equal(ops.global_max_pool2d(x), maximum)
+    logits = ops.flatten(x)[:, :7]  # (N, 7), values of a few units
+    # The activations Keras offers for a classifier's Dense layers ("linear" is the identity).
+    for name in ("relu", "sigmoid", "softmax", "tanh"):
+        ours = getattr(ops, name)
+        theirs = keras.ops.convert_to_numpy(keras.activations.get(name)(logits))
+        exact = ours(logits.astype(np.float64))
+        # Probabilities carry the rounding of exp's argument: compare them absolutely.
+        scale = np.ones_like(exact) if name == "softmax" else np.abs(exact)
+        for y, who in ((ours(logits), "vgg_np"), (theirs, "Keras")):
+            assert_close_scaled(y, exact, scale, f"{who} {name}", ELEMENTWISE_TOL)

@@ -10,6 +10,7 @@ import numpy as np
 
 from vgg_np.config import CONFIGS, VGGConfig
 from vgg_np.formats.contract import Family, Provenance
+from vgg_np.formats.torchvision import TORCH_BN_EPS
 
 __all__ = ["infer_architecture"]
 
@@ -55,6 +56,18 @@ def _family(provenance: Provenance | Family | str | None) -> Family:
     if isinstance(provenance, Provenance):
         return provenance.family
     return Family(provenance or Family.UNKNOWN)
+
+
+def _batch_norm_eps(info: Mapping, provenance, layout: str, where: str) -> float:
+    """Return the epsilon of the convolutions' batch norms: the file's, or its family's."""
+    if "batch_norm_eps" in info:
+        return float(info["batch_norm_eps"])
+    if {Family.TORCHVISION, Family.TIMM} & {_family(provenance), layout}:
+        return TORCH_BN_EPS  # BatchNorm2d's default, torchvision's and timm's vgg*_bn
+    raise ValueError(
+        f"{where}: its convolutions have batch norms (block1_conv1_bn ...) but nothing says "
+        "their epsilon (PyTorch's 1e-5, Keras's 1e-3): pass batch_norm=EPS"
+    )
 
 
 def _from_info(info: Mapping) -> dict:
@@ -114,14 +127,22 @@ def infer_architecture(
     info = info or {}
     where = where or getattr(provenance, "description", None) or "the weights"
     widths = _conv_widths(tensors, where)
-    fc = _dense_widths(tensors, where)
+    head = info.get("head")
+    fc = () if head else _dense_widths(tensors, where)
     known = {c.blocks: c.name for c in CONFIGS.values()}
     config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc or (4096, 4096))
     inferred: dict = {"config": config, "include_top": "predictions" in tensors}
-    if "predictions" in tensors:
+    if head:
+        inferred["head"] = head  # a classifier of its own: widths and kinds from the file
+    if any(_CONV.fullmatch(name.removesuffix("_bn")) for name in tensors if name.endswith("_bn")):
+        inferred["batch_norm"] = _batch_norm_eps(info, provenance, layout, where)
+    if "predictions" in tensors and not head:
         inferred["classes"] = _shape(tensors, "predictions", 2, where)[1]
     if "input_shape" in info:
         inferred.update(_from_info(info))
+    size = getattr(provenance, "input_size", None)
+    if head and "input_shape" not in inferred and size:  # recorded with the weights
+        inferred["input_shape"] = (*size, 3)
     if inferred["include_top"] and fc:
         # fc1 takes the last feature map flattened: a square of this side.
         rows = _shape(tensors, "fc1", 2, where)[0]
@@ -131,7 +152,7 @@ def infer_architecture(
                 f"{where}: fc1 takes {rows} inputs, fewer than block{len(widths)}'s "
                 f"{widths[-1][-1]} channels"
             )
-        if Family.TORCHVISION in (_family(provenance), layout):
+        if {Family.TORCHVISION, Family.TIMM} & {_family(provenance), layout}:
             inferred["adaptive_pool"] = side  # torchvision pools to it: any input size
         elif "input_shape" not in inferred:
             inferred["input_shape"] = (side * 2 ** len(widths), side * 2 ** len(widths), 3)

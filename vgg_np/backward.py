@@ -14,6 +14,8 @@ from vgg_np import ops
 from vgg_np.ops import IntOrPair, Padding
 
 __all__ = [
+    "batch_norm_backward",
+    "batch_norm_backward_naive",
     "col2im",
     "col2im_naive",
     "conv2d_backward",
@@ -22,10 +24,14 @@ __all__ = [
     "dense_backward_naive",
     "dropout_backward",
     "flatten_backward",
+    "global_avg_pool2d_backward",
+    "global_max_pool2d_backward",
     "max_pool2d_backward",
     "max_pool2d_backward_naive",
     "relu_backward",
+    "sigmoid_backward",
     "softmax_cross_entropy",
+    "tanh_backward",
 ]
 
 
@@ -446,3 +452,169 @@ def softmax_cross_entropy(
     grad = np.exp(log_probs)
     grad[rows, labels] -= 1
     return loss, grad / logits.shape[0]
+
+
+def batch_norm_backward_naive(
+    x: ArrayLike, gamma: ArrayLike, dy: ArrayLike, *, eps: float
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
+    """Return the gradients of training-mode batch normalisation, by the chain rule step by step.
+
+    The definition `batch_norm_backward` is tested against. In training the layer
+    normalises with its batch's own statistics (`vgg_np.ops.batch_moments`): per channel,
+    ``mu = mean(x)``, ``var = mean((x - mu)**2)``, ``xhat = (x - mu) / sqrt(var + eps)``,
+    ``y = gamma * xhat + beta``. Every step is differentiated in turn, channel by channel,
+    and ``mu`` and ``var`` carry gradient too: they depend on every ``x`` of the channel.
+
+    Examples
+    --------
+    >>> x = np.array([[1.0], [3.0]])
+    >>> dx, dgamma, dbeta = batch_norm_backward_naive(x, np.ones(1), np.array([[1.0], [0.0]]),
+    ...                                               eps=0.0)
+    >>> dx, dgamma, dbeta  # two values always normalise to -1, +1 (eps 0): dx is zero
+    (array([[0.],
+           [0.]]), array([-1.]), array([1.]))
+    """
+    x, gamma, dy = _bn_backward_args(x, gamma, dy, eps)
+    m = x.size // x.shape[-1]  # values per channel
+    dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
+    for c in range(x.shape[-1]):
+        xc, dyc = x[..., c], dy[..., c]
+        mu = np.sum(xc) / m
+        var = np.sum((xc - mu) ** 2) / m
+        inv = 1 / np.sqrt(var + eps)
+        xhat = (xc - mu) * inv
+        dbeta[c] = np.sum(dyc)
+        dgamma[c] = np.sum(dyc * xhat)
+        dxhat = dyc * gamma[c]
+        dvar = np.sum(dxhat * (xc - mu)) * -0.5 * inv**3
+        dmu = -np.sum(dxhat) * inv + dvar * np.sum(-2 * (xc - mu)) / m
+        dx[..., c] = dxhat * inv + dvar * 2 * (xc - mu) / m + dmu / m
+    return dx, dgamma, dbeta
+
+
+def batch_norm_backward(
+    x: ArrayLike, gamma: ArrayLike, dy: ArrayLike, *, eps: float
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
+    """Return the gradients of training-mode batch normalisation for x, gamma and beta.
+
+    The steps of `batch_norm_backward_naive` collapse to, with ``M`` values per channel
+    and sums over every axis but the last: ``dbeta = sum(dy)``,
+    ``dgamma = sum(dy * xhat)`` and
+    ``dx = gamma / sqrt(var + eps) / M * (M * dy - dbeta - xhat * dgamma)``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, H, W, C) or (N, C)
+        The forward input; its batch statistics are recomputed here.
+    gamma : array_like, shape (C,)
+    dy : array_like, shape of `x`
+        Gradient of the loss with respect to the normalised output.
+    eps : float
+        As in the forward pass (PyTorch 1e-5, Keras 1e-3).
+
+    Returns
+    -------
+    dx : ndarray, shape of `x`
+    dgamma, dbeta : ndarray, shape (C,)
+
+    Raises
+    ------
+    TypeError
+        If an array is not floating point.
+    ValueError
+        If `gamma` is not one value per channel, `dy` has another shape than `x`, or
+        `eps` is negative or not finite.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5, 2))
+    >>> dy = np.random.default_rng(1).standard_normal(x.shape)
+    >>> dx, _, _ = batch_norm_backward(x, np.ones(2), dy, eps=1e-5)
+    >>> bool(np.allclose(dx.sum(axis=(0, 1, 2)), 0))  # the mean is subtracted: no net shift
+    True
+    """
+    x, gamma, dy = _bn_backward_args(x, gamma, dy, eps)
+    axes = tuple(range(x.ndim - 1))
+    m = x.size // x.shape[-1]
+    mean, var = ops.batch_moments(x)  # (C,), (C,)
+    inv = 1 / np.sqrt(var + np.asarray(eps, x.dtype))  # (C,)
+    xhat = (x - mean) * inv  # (..., C)
+    dbeta = dy.sum(axis=axes)  # (C,)
+    dgamma = (dy * xhat).sum(axis=axes)  # (C,)
+    dx = (gamma * inv / m) * (m * dy - dbeta - xhat * dgamma)  # (..., C)
+    return dx, dgamma, dbeta
+
+
+def _bn_backward_args(x, gamma, dy, eps):
+    x = ops._float_array("x", x)
+    if x.ndim < 2:
+        raise ValueError(f"`x` must be (N, ..., C), got shape {x.shape}")
+    where = f"channel of `x` (the last axis of shape {x.shape})"
+    (gamma,) = ops._channel_params(x.shape[-1], where, gamma=gamma)
+    ops._check_eps(eps)
+    dtype = np.result_type(x, gamma)
+    dy = _check_dy(dy, x.shape, dtype, what="the shape of `x`")
+    return x.astype(dtype, copy=False), gamma.astype(dtype, copy=False), dy
+
+
+def global_avg_pool2d_backward(dy: ArrayLike, x_shape: tuple) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.global_avg_pool2d`: ``dy / (H * W)`` on every pixel.
+
+    Examples
+    --------
+    >>> global_avg_pool2d_backward(np.array([[4.0, 8.0]]), (1, 2, 2, 2))[0, :, :, 1]
+    array([[2., 2.],
+           [2., 2.]])
+    """
+    n, h, w, c = x_shape
+    dy = _check_dy(dy, (n, c), ops._float_array("dy", dy).dtype, what="shape (N, C)")
+    share = dy / np.asarray(h * w, dtype=dy.dtype)  # (N, C)
+    return np.broadcast_to(share[:, None, None, :], x_shape).copy()  # (N, H, W, C)
+
+
+def global_max_pool2d_backward(x: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.global_max_pool2d`: each channel's to its maximum.
+
+    It is `max_pool2d_backward` with one window the size of the image, ties included
+    (the first maximum in row-major order takes all of it).
+
+    Examples
+    --------
+    >>> x = np.array([[1.0, 5.0], [5.0, 0.0]]).reshape(1, 2, 2, 1)
+    >>> global_max_pool2d_backward(x, np.array([[3.0]]))[0, :, :, 0]
+    array([[0., 3.],
+           [0., 0.]])
+    """
+    x = ops._float_array("x", x)
+    ops._check_ndim("x", x, "NHWC")
+    n, h, w, c = x.shape
+    dy = _check_dy(dy, (n, c), x.dtype, what="shape (N, C)")
+    return max_pool2d_backward(x, dy[:, None, None, :], (h, w))  # dy as (N, 1, 1, C)
+
+
+def sigmoid_backward(y: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.sigmoid` from its output ``y``: ``dy * y * (1 - y)``.
+
+    Examples
+    --------
+    >>> y = ops.sigmoid(np.array([0.0, 1000.0]))
+    >>> sigmoid_backward(y, np.ones(2))
+    array([0.25, 0.  ])
+    """
+    y = ops._float_array("y", y)
+    dy = _check_dy(dy, y.shape, y.dtype, what="the shape of `y`")
+    return dy * y * (1 - y)
+
+
+def tanh_backward(y: ArrayLike, dy: ArrayLike) -> NDArray[np.floating]:
+    """Return the gradient of `vgg_np.ops.tanh` from its output ``y``: ``dy * (1 - y**2)``.
+
+    Examples
+    --------
+    >>> y = ops.tanh(np.array([0.0, 1000.0]))
+    >>> tanh_backward(y, np.ones(2))
+    array([1., 0.])
+    """
+    y = ops._float_array("y", y)
+    dy = _check_dy(dy, y.shape, y.dtype, what="the shape of `y`")
+    return dy * (1 - y * y)

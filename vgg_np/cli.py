@@ -1,15 +1,17 @@
 """The ``vgg-np`` command line: the only module that prints for users or exits.
 
-Commands (each has ``--help`` with an example; everything works offline):
+Commands (each has ``--help`` with an example; all but ``fetch-weights`` work offline):
 
 - ``demo``: print VGG16's table, run it on the bundled picture, check it against Keras
 - ``predict``: classify images with a weights file
+- ``extract``: one layer's features of many images to a .npy or .zarr, resumably
 - ``summary``: the per-layer table of any family member
 - ``show``: a layer's feature maps (or the first layer's filters) as a PNG grid
 - ``train``: fine-tune the top of a reduced-width VGG16 on generated pictures
 - ``compare``: another implementation's activations against vgg_np, layer by layer
 - ``convert``: weights from one file format to another
 - ``vectors``: conformance test cases for other implementations, from the float64 oracle
+- ``fetch-weights``: download the published ImageNet weights (the only use of the network)
 
 Conventions shared by every command: exit code 0 on success; 1 on a runtime error (a file
 that cannot be used, a diverging layer, a skipped image), told in one line on stderr that
@@ -27,11 +29,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import glob
 import json
 import math
 import os
 import pathlib
+import re
 import sys
 import textwrap
 import time
@@ -40,23 +42,17 @@ from importlib import resources
 
 import numpy as np
 
-from vgg_np import __version__, formats
+from vgg_np import __version__, distributed, formats, hub
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
 from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
+from vgg_np.extract import DEFAULT_PARTITION_SIZE, SUFFIXES, extract, top_classes
 from vgg_np.formats._common import atomic_write
 from vgg_np.model import VGG, VGG16
-from vgg_np.preprocess import (
-    MODES,
-    RESIZE_MODES,
-    decode_predictions,
-    imagenet_classes,
-    load_image,
-    preprocess_input,
-)
+from vgg_np.preprocess import MODES, RESIZE_MODES, decode_predictions, load_image, preprocess_input
+from vgg_np.progress import Progress
+from vgg_np.streams import ImageStream, image_paths, input_size
 from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid, filter_grid
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 EXIT_RUNTIME_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
@@ -80,7 +76,7 @@ def _best_time(func, *args, repeat: int = 3):
 
 def _describe(error: BaseException) -> str:
     """One line naming the problem; every message starts with the file it is about."""
-    if isinstance(error, FileNotFoundError):
+    if isinstance(error, FileNotFoundError) and error.filename:
         return f"{error.filename}: no such file"
     if isinstance(error, OSError) and error.filename:
         return f"{error.filename}: {error.strerror}"
@@ -97,7 +93,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
@@ -145,12 +141,23 @@ def _base_layer(text: str) -> str:
     return text
 
 
+#: Names in VGG's own scheme (`vgg_np.config.layer_table`).
+_VGG_NAME = re.compile(r"block\d+_(conv\d+(_bn)?|pool)|fc\d+|predictions|flatten|avgpool")
+
+
 def _layer_list(text: str) -> list[str]:
+    # A name in VGG's own scheme must be one of the family's (a typo like fc9 fails here);
+    # a head of one's own names its layers freely (checked against the model later).
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in _family_layers(True)]
+    family = _family_layers(True)
+    unknown = [
+        name
+        for name in names
+        if _VGG_NAME.fullmatch(name) and name.removesuffix("_bn") not in family
+    ]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"must be comma-separated layer names ({', '.join(_family_layers(True))}), "
+            f"must be comma-separated layer names ({', '.join(family)}, or a head's own), "
             f"got {', '.join(unknown) or repr(text)}"
         )
     return names
@@ -163,6 +170,15 @@ def _output_file(text: str) -> str:
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} is a directory, not a file name")
     return text
+
+
+def _extract_output(text: str) -> str:
+    if not text.endswith(SUFFIXES):
+        raise argparse.ArgumentTypeError(f"{text}: must end in .npy or .zarr")
+    directory = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"{text}: the directory {directory} does not exist")
+    return text  # may exist: a rerun resumes it
 
 
 def _picture_file(text: str) -> str:
@@ -249,6 +265,7 @@ def add_predict(commands) -> None:
         examples=[
             "vgg-np predict cat.jpg --weights vgg16_weights_tf_kernels.h5",
             "vgg-np predict photos/ --weights vgg16.pth --top 3 --json",
+            "vgg-np predict photos/ --weights vgg16.h5 -o probabilities.npy --top 5",
         ],
     )
     predict.add_argument(
@@ -267,7 +284,16 @@ def add_predict(commands) -> None:
     predict.add_argument(
         "--batch-size", type=_positive_int, default=8, help="images per forward pass (8)"
     )
+    predict.add_argument(
+        "--labels",
+        help="class names of a classifier of one's own, one per line in output order "
+        "(without it only an ImageNet classifier's classes are named)",
+    )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument(
+        "-o", "--output", type=_extract_output,
+        help="write the probabilities to OUT.npy or OUT.zarr instead, as extract does",
+    )  # fmt: skip
     predict.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -278,14 +304,21 @@ def add_predict(commands) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Classify images with a weights file; a bad image is reported, the others go on."""
-    paths = _image_paths(args.images)
+    paths = image_paths(args.images)
     if not paths:
         raise ValueError(f"no images found in {' '.join(args.images)}")
-    model = VGG.from_file(args.weights, classifier_activation="softmax")
+    # Images are loaded channels last, whatever layout the file's graph takes.
+    model = VGG.from_file(
+        args.weights, classifier_activation="softmax", data_format="channels_last"
+    )
+    names = _class_names(args.labels, model) if args.labels else None
+    if names is None and model.head is not None:  # a head of one's own: never ImageNet's
+        names = [f"class {i}" for i in range(model.classes)]
     if not model.include_top:
+        note = model.weights_info.get("note")  # an ONNX head vgg_np cannot read, named
         raise ValueError(
-            f"{args.weights} has no classifier (fc1 ... predictions): a 'notop' file cannot "
-            "predict classes"
+            f"{args.weights} has no classifier vgg_np can run: "
+            + (note or "a 'notop' file (no fc1 ... predictions) cannot predict classes")
         )
     choice = _choose_preprocessing(model, args)
     print(
@@ -293,10 +326,31 @@ def run_predict(args: argparse.Namespace) -> int:
         f"({choice.reason})",
         file=sys.stderr,
     )
-    failures = _predict_all(model, paths, args, choice.mode, choice.resize)
-    if failures:
-        print(f"vgg-np: {failures} of {len(paths)} images skipped", file=sys.stderr)
-    return EXIT_RUNTIME_ERROR if failures else 0
+    if args.output:
+        args.layer, args.partition_size = "predictions", DEFAULT_PARTITION_SIZE
+        args.decode_threads = 2
+        return _extract(args, model)
+    h, w, _ = model.input_shape  # a head's input may be fixed and not square
+    size = (h, w) if h and w and h != w else input_size(model)
+    stream = ImageStream(
+        paths, choice, size=size, batch_size=args.batch_size, on_skip=_skip, expand=False
+    )
+    show = args.progress if args.progress is not None else len(paths) > 8 and sys.stderr.isatty()
+    with Progress(len(paths), enabled=show) as bar:
+        for batch_paths, batch in stream:
+            for path, row in zip(batch_paths, model(batch), strict=True):
+                # One write per image: an interrupted run never ends mid-record.
+                print(
+                    _prediction(path, row, args.top, args.json, choice.mode, choice.resize, names)
+                )
+            bar.update(len(batch_paths))
+    if stream.skipped:
+        print(f"vgg-np: {len(stream.skipped)} of {len(paths)} images skipped", file=sys.stderr)
+    return EXIT_RUNTIME_ERROR if stream.skipped else 0
+
+
+def _skip(path: str, reason: str) -> None:
+    print(f"vgg-np: skipping {reason}", file=sys.stderr)
 
 
 def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> formats.Preprocessing:
@@ -312,55 +366,23 @@ def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> formats.Prepr
     )
 
 
-def _image_paths(items: list[str]) -> list[str]:
-    """Expand directories (their image files, sorted) and glob patterns, keep the rest."""
-    paths = []
-    for item in items:
-        if os.path.isdir(item):
-            paths += sorted(
-                os.path.join(item, name)
-                for name in os.listdir(item)
-                if name.lower().endswith(IMAGE_SUFFIXES)
-            )
-        elif glob.has_magic(item):
-            paths += sorted(glob.glob(item))
-        else:
-            paths.append(item)
-    return paths
+def _class_names(path: str, model: VGG) -> list[str]:
+    """Read --labels: one class name per line, as many as the model has outputs."""
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f.read().splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if len(names) != model.classes or not all(names):
+        raise ValueError(
+            f"--labels {path}: {len(names)} names (empty lines: {names.count('')}), but the "
+            f"classifier has {model.classes} outputs: give one non-empty name per line"
+        )
+    return names
 
 
-def _predict_all(model: VGG, paths: list[str], args, mode: str, resize: str) -> int:
-    """Print the classes of every image, batch by batch; return how many were skipped."""
-    size = model.input_shape[0] or model.config.default_size
-    show_progress = (
-        args.progress if args.progress is not None else (len(paths) > 8 and sys.stderr.isatty())
-    )
-    failures = 0
-    for start in range(0, len(paths), args.batch_size):
-        batch, pixels = [], []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                pixels.append(load_image(path, size=size, resize=resize))
-                batch.append(path)
-            except (ValueError, OSError) as error:
-                failures += 1
-                print(f"vgg-np: skipping {_describe(error)}", file=sys.stderr)
-        if batch:
-            probabilities = model(preprocess_input(np.stack(pixels), mode=mode))
-            for path, row in zip(batch, probabilities, strict=True):
-                # One write per image: an interrupted run never ends mid-record.
-                print(_prediction(path, row, args.top, args.json, mode, resize))
-        _progress(min(start + args.batch_size, len(paths)), len(paths), show_progress)
-    return failures
-
-
-def _prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode: str, resize: str):
+def _prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode, resize, names):
     """Format the classes of one image as text lines or one JSON object."""
-    if row.shape[0] == len(imagenet_classes()):
-        best = decode_predictions(row[None], top=min(top, row.shape[0]))[0]
-    else:  # not ImageNet: no names to give
-        order = np.argsort(-row, kind="stable")[:top]
-        best = [(str(i), f"class {i}", float(row[i])) for i in order]
+    best = top_classes(row, top, class_names=names)
     if as_json:
         entries = [{"wnid": w, "label": n, "probability": round(p, 6)} for w, n, p in best]
         return json.dumps({"image": path, "preprocess": mode, "resize": resize, "top": entries})
@@ -370,11 +392,112 @@ def _prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode: str, 
     return "\n".join(lines)
 
 
-def _progress(done: int, total: int, enabled: bool) -> None:
-    if enabled:
-        filled = round(30 * done / total)
-        end = "\n" if done == total else ""
-        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end, file=sys.stderr)
+# -- extract -------------------------------------------------------------------------------
+
+
+def add_extract(commands) -> None:
+    """Declare ``vgg-np extract``."""
+    parser = _new_command(
+        commands,
+        "extract",
+        run_extract,
+        summary="one layer's features of many images to a .npy or .zarr, resumably",
+        description=(
+            "Run images (files, directories, globs; sorted, duplicates dropped) through a "
+            "weights file and write LAYER's output, one row per image, to OUT (.npy through a "
+            "memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
+            "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
+            "last one stopped; a bad image gets a NaN row and its reason, not an error. With "
+            "--scheduler or --workers (needs vgg_np[dask]) the partitions run as Dask tasks "
+            "and write the same OUT; the weights and OUT must be at the same paths on every "
+            "worker (docs/distributed.md)."
+        ),
+        examples=[
+            "vgg-np extract photos/ --weights vgg16.h5 --layer fc2 -o fc2.npy",
+            "vgg-np extract 'photos/**/*.jpg' --weights vgg16.pth --layer block5_pool "
+            "-o maps.zarr --json",
+            "vgg-np extract /shared/photos --weights /shared/vgg16.h5 --layer fc2 "
+            "-o /shared/fc2.zarr --scheduler tcp://head:8786",
+        ],
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--weights", required=True, help="weights file of any supported format")
+    parser.add_argument("--layer", help="whose output is stored (default: the last layer)")
+    parser.add_argument(
+        "-o", "--output", required=True, type=_extract_output, help="OUT.npy or OUT.zarr"
+    )
+    parser.add_argument("--top", type=_non_negative_int, default=0, help="classes per entry (0)")
+    parser.add_argument("--preprocess", choices=MODES, help="caffe, torch or tf (from the weights)")
+    parser.add_argument("--resize", choices=RESIZE_MODES, help="keras or torchvision (weights)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="per pass (32)")
+    parser.add_argument(
+        "--partition-size", type=_positive_int, default=DEFAULT_PARTITION_SIZE,
+        help=f"images per partition, the unit of completion ({DEFAULT_PARTITION_SIZE})",
+    )  # fmt: skip
+    parser.add_argument("--decode-threads", type=_non_negative_int, default=2, help="per process")
+    parser.add_argument("--threads", type=_positive_int, help="engine threads (CPUs / --workers)")
+    parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip
+    cluster.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="run them on a local Dask cluster of N processes")  # fmt: skip
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Write one layer's features (and top classes) of many images to disk, resumably."""
+    if args.scheduler or args.workers:
+        return _extract_on_cluster(args)
+    return _extract(args, VGG.from_file(args.weights, threads=args.threads))
+
+
+def _extract_on_cluster(args: argparse.Namespace) -> int:
+    """``extract --scheduler ADDRESS`` or ``--workers N``: the partitions as Dask tasks."""
+    with distributed.connect(args.scheduler, args.workers) as client:
+        print(distributed.describe(client), file=sys.stderr)
+        result = distributed.extract_on_cluster(
+            args.images, args.output, args.weights, client,
+            options=distributed.engine_options(args.workers, args.threads), layer=args.layer,
+            top=args.top, batch_size=args.batch_size, partition_size=args.partition_size,
+            decode_threads=args.decode_threads, preprocess=args.preprocess, resize=args.resize,
+            verbose="auto" if args.progress is None else args.progress, on_skip=_skip,
+        )  # fmt: skip
+    return _extract_summary(result, args.json)
+
+
+def _extract(args: argparse.Namespace, model: VGG) -> int:
+    result = extract(
+        args.images,
+        args.output,
+        model,
+        layer=args.layer,
+        top=args.top,
+        batch_size=args.batch_size,
+        partition_size=args.partition_size,
+        workers=args.decode_threads,
+        preprocess=args.preprocess,
+        resize=args.resize,
+        verbose="auto" if args.progress is None else args.progress,
+        on_skip=_skip,
+    )
+    return _extract_summary(result, args.json)
+
+
+def _extract_summary(result, as_json: bool) -> int:
+    """Print the summary of a local or cluster run: one line, or JSON."""
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(
+            f"{result.out}: {result.shape} {result.layer}; {result.written} images written "
+            f"({result.failed} failed) at {result.images_per_second:.1f} images/s, "
+            f"{result.already_done} done before; {result.failed_total} failed in all "
+            f"(reasons in {result.manifest}); preprocessing {result.preprocessing['mode']!r}, "
+            f"resize {result.preprocessing['resize']!r} ({result.preprocessing['reason']})"
+        )
+    return 0
 
 
 # -- summary -------------------------------------------------------------------------------
@@ -400,11 +523,22 @@ def add_summary(commands) -> None:
     summary.add_argument(
         "--no-top", action="store_true", help="without flatten and the dense layers"
     )
+    summary.add_argument(
+        "--weights",
+        help="the network a weights file describes (batch norm, a head of its own), "
+        "instead of --model",
+    )
 
 
 def run_summary(args: argparse.Namespace) -> int:
     """Print the per-layer table of a family member, computed from its layer table."""
     h, w = args.input_shape
+    if args.weights:
+        model = VGG.from_file(args.weights, data_format="channels_last")
+        shape = model.input_shape if None not in model.input_shape else (h, w, 3)
+        title = f"{args.weights} ({model.weights_format}): input {shape[0]}x{shape[1]}x3"
+        print(Summary.of(model.layers, shape, title))
+        return 0
     layers = layer_table(CONFIGS[args.model], include_top=not args.no_top)
     if not args.no_top and (h, w) != (224, 224):
         print("note: with the top, fc1's size follows the input size", file=sys.stderr)
@@ -441,7 +575,9 @@ def add_show(commands) -> None:
     )
     show.add_argument("--filters", action="store_true", help="the first layer's kernels instead")
     show.add_argument("--weights", help="weights file (default: seeded He-normal)")
-    show.add_argument("--seed", type=_seed, default=0, help="seed without --weights (0)")
+    show.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed without --weights (0)"
+    )
     show.add_argument(
         "-o", "--output", type=_picture_file, required=True, help="picture file to write"
     )
@@ -457,8 +593,16 @@ def run_show(args: argparse.Namespace) -> int:
     """Save a layer's feature maps (or the first layer's filters) as a picture grid."""
     from PIL import Image
 
-    if args.weights:
-        model = VGG.from_file(args.weights, include_top=False, input_shape=None)
+    if args.weights:  # the convolutional base only, in the layout of the loaded images
+        model = VGG.from_file(
+            args.weights,
+            include_top=False,
+            head=None,
+            input_shape=None,
+            data_format="channels_last",
+        )
+        if model.batch_norm:  # a convolution's own output: not in the engine's folded table
+            model.conv_algorithm = "reference"
     else:
         model = VGG16(include_top=False, seed=args.seed)
     if args.filters:
@@ -505,7 +649,7 @@ def add_train(commands) -> None:
     train.add_argument("--test", type=_positive_int, default=200, help="held-out pictures (200)")
     train.add_argument("--batch-size", type=_positive_int, default=32)
     train.add_argument("--lr", type=_positive_float, default=0.01)
-    train.add_argument("--seed", type=_seed, default=0)
+    train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--all-layers", action="store_true", help="train the convolutions too")
     train.add_argument(
         "--dropout", type=_rate, default=0.0, help="rate after fc1 and fc2, in [0, 1) (0: off)"
@@ -759,18 +903,57 @@ def run_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- fetch-weights -------------------------------------------------------------------------
+
+
+def add_fetch_weights(commands) -> None:
+    """Declare ``vgg-np fetch-weights``."""
+    parser = _new_command(
+        commands,
+        "fetch-weights",
+        run_fetch_weights,
+        summary="download the published ImageNet weights (VGG16, VGG19) into the Keras cache",
+        description=(
+            "Print the path of a verified copy of the published ImageNet weights, looking in "
+            "the Keras cache ($KERAS_HOME/models) and torch's ($TORCH_HOME/hub/checkpoints), "
+            "and downloading Keras's file into the Keras cache if there is none: hash "
+            "checked, renamed into place only when complete. The only command that uses "
+            "the network."
+        ),
+        examples=["vgg-np fetch-weights vgg16 --no-top"],
+    )
+    parser.add_argument("model", choices=sorted({name for name, _ in hub.PUBLISHED}))
+    parser.add_argument("--no-top", action="store_true", help="the file without the classifier")
+    parser.add_argument("--base-url", help="download from this directory URL (a mirror)")
+
+
+def run_fetch_weights(args: argparse.Namespace) -> int:
+    """Find or download the published ImageNet weights; print the path."""
+    path = hub.resolve(
+        args.model,
+        not args.no_top,
+        download_missing=True,
+        base_url=args.base_url,
+        progress=sys.stderr.isatty(),
+    )
+    print(path)
+    return 0
+
+
 # -- the program ---------------------------------------------------------------------------
 
 #: The commands, in the order ``vgg-np --help`` lists them.
 COMMANDS: tuple[Callable, ...] = (
     add_demo,
     add_predict,
+    add_extract,
     add_summary,
     add_show,
     add_train,
     add_compare,
     add_convert,
     add_vectors,
+    add_fetch_weights,
 )
 
 
@@ -864,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_CLOSED_PIPE
-    except (ValueError, TypeError, OSError, ImportError) as error:
+    except (ValueError, TypeError, OSError, ImportError, distributed.ClusterError) as error:
         if args.debug:
             raise
         print(f"vgg-np: error: {_describe(error)}", file=sys.stderr)

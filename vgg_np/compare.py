@@ -505,7 +505,6 @@ def compare_onnx(
         path,
         dtype="float64" if oracle else "float32",
         data_format="channels_last",
-        input_shape=None,
     )
     names = dict(model.weights_info["tensor_names"])
     graph_model = onnx.load(os.fspath(path))

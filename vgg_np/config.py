@@ -10,6 +10,7 @@ Keras's (``block1_conv1`` ... ``block5_pool``, ``flatten``, ``fc1``, ``fc2``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vgg_np.layers import Layer
@@ -82,6 +83,8 @@ def layer_table(
     classes: int = 1000,
     classifier_activation: str | None = "softmax",
     adaptive_pool: int | None = None,
+    batch_norm: float | None = None,
+    head: Sequence[Layer] | None = None,
 ) -> list[Layer]:
     """Return the layers of a VGG network, in order, named as Keras names them.
 
@@ -100,6 +103,13 @@ def layer_table(
     adaptive_pool : int, optional
         With the top: torchvision's ``AdaptiveAvgPool2d((n, n))`` before ``flatten``,
         as the layer ``avgpool``.
+    batch_norm : float, optional
+        The VGG-with-batch-norm variant (torchvision's ``vgg16_bn``): each convolution,
+        without its ReLU, is followed by a batch normalisation ``block{b}_conv{i}_bn``
+        with this epsilon (PyTorch's 1e-5) and then the ReLU.
+    head : sequence of Layer, optional
+        A classifier of one's own after ``block5_pool`` (Flatten or global pooling,
+        dense, batch norm, dropout ...), in place of the top and of `pooling`.
 
     Returns
     -------
@@ -111,13 +121,23 @@ def layer_table(
     ['block1_conv1', 'block1_pool', 'block2_conv1', 'block2_pool']
     >>> layer_table(CONFIGS["vgg16"], include_top=False, pooling="avg")[-1].name
     'global_average_pooling2d'
+    >>> layer_table(CONFIGS["vgg11"], batch_norm=1e-5)[:2]
+    [Layer(name='block1_conv1', kind='conv', units=64), \
+Layer(name='block1_conv1_bn', kind='batch_norm', activation='relu', eps=1e-05)]
     """
     layers = []
     for b, widths in enumerate(config.blocks, start=1):
         for i, width in enumerate(widths, start=1):
-            layers.append(Layer(f"block{b}_conv{i}", "conv", width, "relu"))
+            name = f"block{b}_conv{i}"
+            if batch_norm is None:
+                layers.append(Layer(name, "conv", width, "relu"))
+            else:
+                layers.append(Layer(name, "conv", width))
+                layers.append(Layer(f"{name}_bn", "batch_norm", activation="relu", eps=batch_norm))
         layers.append(Layer(f"block{b}_pool", "pool"))
-    if include_top:
+    if head is not None:
+        layers.extend(head)
+    elif include_top:
         if adaptive_pool is not None:
             layers.append(Layer("avgpool", "adaptive_avg", adaptive_pool))
         layers.append(Layer("flatten", "flatten"))

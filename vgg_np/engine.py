@@ -791,8 +791,11 @@ class Engine:
                 result[s : s + len(y)] = y
         return result
 
-    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Return every layer's output for an NHWC batch (new arrays), in layer order.
+    def outputs(self, x: np.ndarray, names: set[str] | None = None) -> dict[str, np.ndarray]:
+        """Return the outputs of `names` (default: every layer) for an NHWC batch.
+
+        The pass stops after the deepest layer named; the outputs are new arrays, in layer
+        order. A convolution named is run unfused from the pool after it.
 
         Examples
         --------
@@ -802,21 +805,30 @@ class Engine:
         >>> list(outputs)[:3], outputs["block1_pool"].shape
         (['block1_conv1', 'block1_pool', 'block2_conv1'], (2, 16, 16, 4))
         """
+        order = [layer.name for layer in self.layers]
+        keep = True if names is None else set(names)
+        last = order[-1] if keep is True else max(keep, key=order.index)
         result = {}
         with self._call(x) as (state, step):
             for s in range(0, len(x), step):
-                for name, y in self._run(state, x[s : s + step], keep=True):
-                    if name not in result:
-                        result[name] = np.empty((len(x), *y.shape[1:]), y.dtype)
-                    result[name][s : s + len(y)] = y
+                with contextlib.closing(self._run(state, x[s : s + step], keep)) as run:
+                    for name, y in run:
+                        if keep is True or name in keep:
+                            if name not in result:
+                                result[name] = np.empty((len(x), *y.shape[1:]), y.dtype)
+                            result[name][s : s + len(y)] = y
+                        if name == last:
+                            break
         return result
 
     def run(self, x: np.ndarray, keep: bool = False, timings: list | None = None):
         """Yield (layer name, output) layer after layer, the whole batch at once.
 
         With ``keep=False`` a 2x2 pool that follows a convolution runs inside it, and the
-        pair is yielded once under the pool's name. Yielded arrays may be views of this
-        call's buffers, which later layers overwrite: copy what you keep (`predict` and
+        pair is yielded once under the pool's name; ``keep=True`` yields every layer, and
+        a set of names yields those layers unfused, the others fused. A caller may stop
+        early (``close()`` the generator). Yielded arrays may be views of this call's
+        buffers, which later layers overwrite: copy what you keep (`predict` and
         `outputs` do, and bound the memory by slicing the batch). `timings`, if given,
         receives ``(layer, algorithm, seconds)`` per step. See the class example.
         """
@@ -834,7 +846,7 @@ class Engine:
             layer, start = self.layers[index], time.perf_counter()
             if layer.kind == "conv":
                 plan = self._plan(index, *x.shape[1:])
-                fused = plan.pool and not keep
+                fused = plan.pool and not (keep is True or (keep and layer.name in keep))
                 x = self._conv(state, index, x, fuse_pool=fused)
                 label = plan.algorithm + (" + pool" if fused else "")
                 index += 2 if fused else 1

@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import backward, ops
 
-__all__ = ["ACTIVATIONS", "KINDS", "Activation", "Kind", "Layer", "forward"]
+__all__ = ["ACTIVATIONS", "KINDS", "Activation", "Kind", "Layer", "fold_batch_norms", "forward"]
 
 
 @dataclass(frozen=True)
@@ -37,23 +37,39 @@ class Layer:
         Keras layer name.
     kind : str
         A key of `KINDS`: ``"conv"``, ``"pool"``, ``"adaptive_avg"``, ``"flatten"``,
-        ``"dense"``, ``"global_avg"``, ``"global_max"``.
+        ``"dense"``, ``"global_avg"``, ``"global_max"``, ``"batch_norm"``, ``"dropout"``.
     units : int
         Output channels of a convolution, outputs of a dense layer, output size of an
         adaptive pool; 0 otherwise.
-    activation : {"relu", "softmax", None}
+    activation : {"relu", "softmax", "sigmoid", "tanh", None}
         A key of `ACTIVATIONS`, applied after the layer.
+    eps : float
+        Batch normalisation only: the epsilon of its framework (PyTorch 1e-5, Keras 1e-3),
+        carried per layer because a file may mix them.
+    rate : float
+        Dropout only: the drop probability in training (identity at inference).
 
     Examples
     --------
     >>> Layer("block1_conv1", "conv", 64, "relu")
     Layer(name='block1_conv1', kind='conv', units=64, activation='relu')
+    >>> Layer("bn", "batch_norm", eps=1e-3)
+    Layer(name='bn', kind='batch_norm', eps=0.001)
     """
 
     name: str
     kind: str
     units: int = 0
     activation: str | None = None
+    eps: float = 0.0
+    rate: float = 0.0
+
+    def __repr__(self) -> str:
+        # The fields that say something about this kind: a conv row reads as it always did.
+        fields = {"name": self.name, "kind": self.kind, "units": self.units}
+        fields |= {"activation": self.activation, "eps": self.eps, "rate": self.rate}
+        shown = [f"{k}={v!r}" for k, v in fields.items() if v or k in ("name", "kind")]
+        return f"Layer({', '.join(shown)})"
 
 
 @dataclass(frozen=True)
@@ -70,12 +86,18 @@ class Kind:
     forward : callable
         ``(layer, params, x) -> y``: the `vgg_np.ops` call, before the layer's
         activation; `params` is the layer's tuple of tensors (None without parameters).
+    train_forward : callable or None
+        ``(layer, params, x, rng) -> y`` in training, where a kind behaves differently
+        (batch statistics, dropout); None: as `forward`.
     backward : callable or None
         ``(layer, params, kept, dy) -> (dx, *parameter gradients)``: the
         `vgg_np.backward` call. `kept` holds what the forward pass kept (`keeps`) and
         ``"input_shape"``. None: the kind cannot be trained through (yet).
     parameters : tuple of str
         Names of the layer's tensors, in the order they are stored (``weights[name]``).
+    trained : int or None
+        How many of the first `parameters` `backward` returns gradients for (batch
+        normalisation: gamma and beta, not its running statistics); None: all of them.
     parameter_shapes : callable or None
         ``(layer, input shape) -> one shape per name in parameters``; None without
         parameters.
@@ -83,7 +105,8 @@ class Kind:
         ``(shapes, rng) -> tensors``: seeded initial values, in float32
         (`vgg_np.model.VGG.he_normal`).
     keeps : tuple of str
-        What a training pass keeps for `backward`: ``"input"`` (the layer's input).
+        What a training pass keeps for `backward`: ``"input"`` (the layer's input),
+        ``"output"`` (its output, after the activation).
     view : bool
         Its output is a view of its input, with no memory of its own.
     dropout_after : bool
@@ -101,8 +124,10 @@ class Kind:
 
     output_shape: Callable[[Layer, tuple], tuple]
     forward: Callable[[Layer, tuple | None, np.ndarray], np.ndarray]
+    train_forward: Callable | None = None
     backward: Callable[[Layer, tuple | None, dict, np.ndarray], tuple] | None = None
     parameters: tuple[str, ...] = ()
+    trained: int | None = None
     parameter_shapes: Callable[[Layer, tuple], tuple[tuple, ...]] | None = None
     initial: Callable[[tuple[tuple, ...], np.random.Generator], tuple] | None = None
     keeps: tuple[str, ...] = ()
@@ -157,7 +182,7 @@ KINDS: dict[str, Kind] = {
     ),
     # Keras's Flatten, H then W then C: (N, H, W, C) -> (N, H*W*C)
     "flatten": Kind(
-        output_shape=lambda layer, shape: (math.prod(shape),),
+        output_shape=lambda layer, shape: (None if None in shape else math.prod(shape),),
         forward=lambda layer, params, x: ops.flatten(x),
         backward=lambda layer, params, kept, dy: (
             backward.flatten_backward(dy, kept["input_shape"]),
@@ -180,12 +205,52 @@ KINDS: dict[str, Kind] = {
     # Keras's GlobalAveragePooling2D: (N, H, W, C) -> (N, C)
     "global_avg": Kind(
         output_shape=lambda layer, shape: (shape[2],),
-        forward=lambda layer, params, x: x.mean(axis=(1, 2)),
+        forward=lambda layer, params, x: ops.global_avg_pool2d(x),
+        backward=lambda layer, params, kept, dy: (
+            backward.global_avg_pool2d_backward(dy, kept["input_shape"]),
+        ),
     ),
     # Keras's GlobalMaxPooling2D: (N, H, W, C) -> (N, C)
     "global_max": Kind(
         output_shape=lambda layer, shape: (shape[2],),
-        forward=lambda layer, params, x: x.max(axis=(1, 2)),
+        forward=lambda layer, params, x: ops.global_max_pool2d(x),
+        backward=lambda layer, params, kept, dy: (
+            backward.global_max_pool2d_backward(kept["input"], dy),
+        ),
+        keeps=("input",),
+    ),
+    # Batch normalisation with running statistics (inference): (N, H, W, C) or (N, C), same
+    # shape; in training, the batch's own statistics. Backward gives d(gamma), d(beta):
+    # the running statistics are data, not trained (and not updated by vgg_np.train).
+    "batch_norm": Kind(
+        output_shape=lambda layer, shape: shape,
+        forward=lambda layer, params, x: ops.batch_norm(x, *params, eps=layer.eps),
+        train_forward=lambda layer, params, x, rng: ops.batch_norm(
+            x, *params[:2], *ops.batch_moments(x), eps=layer.eps
+        ),
+        backward=lambda layer, params, kept, dy: backward.batch_norm_backward(
+            kept["input"], params[0], dy, eps=layer.eps
+        ),  # dx, dgamma, dbeta
+        parameters=("gamma", "beta", "moving_mean", "moving_variance"),
+        trained=2,
+        parameter_shapes=lambda layer, shape: ((shape[-1],),) * 4,
+        initial=lambda shapes, rng: tuple(
+            np.full(s, v, np.float32) for s, v in zip(shapes, (1, 0, 0, 1), strict=True)
+        ),
+        keeps=("input",),
+    ),
+    # Dropout: the identity at inference; in training, inverted dropout at `layer.rate`.
+    "dropout": Kind(
+        output_shape=lambda layer, shape: shape,
+        forward=lambda layer, params, x: x,
+        train_forward=lambda layer, params, x, rng: ops.dropout(
+            x, layer.rate, training=True, rng=rng
+        ),
+        backward=lambda layer, params, kept, dy: (
+            backward.dropout_backward(kept["input"], kept["output"], dy),
+        ),
+        keeps=("input", "output"),
+        view=True,
     ),
 }
 
@@ -222,6 +287,11 @@ ACTIVATIONS: dict[str | None, Activation] = {
     # ReLU's mask from its output: y > 0 exactly where z > 0.
     "relu": Activation(forward=ops.relu, backward=backward.relu_backward, keeps=("output",)),
     "softmax": Activation(forward=ops.softmax),
+    # Their derivatives from the output: s * (1 - s) and 1 - t**2.
+    "sigmoid": Activation(
+        forward=ops.sigmoid, backward=backward.sigmoid_backward, keeps=("output",)
+    ),
+    "tanh": Activation(forward=ops.tanh, backward=backward.tanh_backward, keeps=("output",)),
 }
 
 
@@ -249,6 +319,7 @@ def forward(
     x: ArrayLike,
     *,
     dropout: float = 0.0,
+    training: bool = False,
     rng: np.random.Generator | None = None,
     hook: Callable[[Layer, dict[str, np.ndarray]], None] | None = None,
 ) -> NDArray[np.floating]:
@@ -273,8 +344,12 @@ def forward(
     dropout : float, default 0.0
         Training only: the rate of inverted dropout after each hidden dense layer's
         ReLU (`vgg_np.ops.dropout`). 0 is inference.
+    training : bool, default False
+        Run the kinds that train differently in training mode (their ``train_forward``:
+        batch normalisation with the batch's statistics, ``dropout`` layers dropping).
     rng : numpy.random.Generator, optional
-        The dropout mask's source; required when `dropout` > 0.
+        The dropout masks' source; required when `dropout` > 0 or a ``dropout`` layer
+        trains.
     hook : callable, optional
         Called after each layer as ``hook(layer, values)``, `values` holding the
         layer's ``"input"``, its ``"output"`` (after the activation) and, with
@@ -311,7 +386,11 @@ def forward(
     x = np.asarray(x)  # (N, H, W, C)
     for layer in layers:
         kind = KINDS[layer.kind]
-        y = kind.forward(layer, weights.get(layer.name), x)  # conv2d, max_pool2d, dense, ...
+        params = weights.get(layer.name)
+        if training and kind.train_forward is not None:
+            y = kind.train_forward(layer, params, x, rng)  # batch statistics, dropout
+        else:
+            y = kind.forward(layer, params, x)  # conv2d, max_pool2d, dense, batch_norm, ...
         y = ACTIVATIONS[layer.activation].forward(y)  # relu, softmax or the identity
         values = {"input": x, "output": y}
         if dropout and kind.dropout_after and layer.activation == "relu":
@@ -320,3 +399,60 @@ def forward(
             hook(layer, values)
         x = y  # (N, H, W, C) in the convolutional base, (N, units) in the classifier
     return x
+
+
+def fold_batch_norms(
+    layers: Sequence[Layer], weights: Mapping[str, tuple[ArrayLike, ...]]
+) -> tuple[list[Layer], dict[str, tuple[np.ndarray, ...]]]:
+    """Fold each batch normalisation into the convolution or dense layer before it.
+
+    A ``batch_norm`` row that directly follows a ``conv`` or ``dense`` row without an
+    activation becomes part of it (`vgg_np.ops.fold_batch_norm`): the pair is one row
+    of the first's kind, named as the batch norm and with its activation, whose kernel
+    and bias are ``K * s`` and ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``.
+    ``dropout`` rows, the identity at inference, are dropped. The result computes the
+    same function at inference with fewer passes over memory: what the engine runs.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+    weights : mapping
+        Layer name -> tensors, as for `forward`.
+
+    Returns
+    -------
+    layers : list of Layer
+    weights : dict
+        The folded tensors in the dtype of the weights; the others as given.
+
+    Examples
+    --------
+    >>> table = [Layer("c", "conv", 2), Layer("c_bn", "batch_norm", activation="relu", eps=0.0)]
+    >>> weights = {"c": (np.ones((3, 3, 1, 2)), np.zeros(2)),
+    ...            "c_bn": (np.array([2.0, 1.0]), np.zeros(2), np.zeros(2), np.ones(2))}
+    >>> folded, w = fold_batch_norms(table, weights)
+    >>> folded, w["c_bn"][0][..., 0].sum()
+    ([Layer(name='c_bn', kind='conv', units=2, activation='relu')], np.float64(18.0))
+    """
+    out_layers: list[Layer] = []
+    out_weights = {}
+    for layer in layers:
+        before = out_layers[-1] if out_layers else None
+        if layer.kind == "dropout":
+            continue
+        if (
+            layer.kind == "batch_norm"
+            and before is not None
+            and before.kind in ("conv", "dense")
+            and before.activation is None
+        ):
+            kernel, bias = out_weights.pop(before.name)
+            folded = ops.fold_batch_norm(kernel, bias, *weights[layer.name], eps=layer.eps)
+            dtype = np.result_type(kernel)
+            out_weights[layer.name] = tuple(a.astype(dtype, copy=False) for a in folded)
+            out_layers[-1] = Layer(layer.name, before.kind, before.units, layer.activation)
+            continue
+        out_layers.append(layer)
+        if layer.name in weights:
+            out_weights[layer.name] = weights[layer.name]
+    return out_layers, out_weights

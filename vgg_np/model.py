@@ -7,16 +7,15 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from vgg_np import formats
+from vgg_np import formats, hub
 from vgg_np.architecture import infer_architecture
 from vgg_np.config import (
     CONFIGS,
@@ -27,7 +26,9 @@ from vgg_np.config import (
     layer_table,
 )
 from vgg_np.engine import ALGORITHMS, Engine
-from vgg_np.layers import KINDS, forward
+from vgg_np.formats.torchvision import TIMM_SIDE, TORCH_BN_EPS
+from vgg_np.layers import ACTIVATIONS, KINDS, fold_batch_norms, forward
+from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
 
 __all__ = [
@@ -59,8 +60,10 @@ class VGG:
     config : VGGConfig or {"vgg11", "vgg13", "vgg16", "vgg19"}, default "vgg16"
         The widths of the network.
     weights : str or os.PathLike, optional
-        A weights file of any supported format (detected from its content), or None
-        for a seeded He-normal initialisation.
+        A weights file of any supported format (detected from its content); or
+        ``"imagenet"`` (VGG16 and VGG19): the published ImageNet weights from the Keras
+        or torch cache (`vgg_np.hub.resolve`, hash verified); or None for a seeded
+        He-normal initialisation.
     include_top : bool, default True
         Include the classifier (``flatten``, ``fc1``, ``fc2``, ``predictions``).
     input_shape : tuple of int, optional
@@ -96,6 +99,20 @@ class VGG:
         engine is tested against.
     threads : int, optional
         Threads for the convolutions; default: the CPUs this process may use.
+    batch_norm : bool or float, default False
+        The variant with batch normalisation after every convolution (torchvision's
+        ``vgg16_bn``; layers ``block1_conv1_bn`` ...); a float is its epsilon, True
+        PyTorch's 1e-5. The engine folds each into its convolution
+        (`vgg_np.layers.fold_batch_norms`); ``conv_algorithm="reference"`` runs it as is.
+    head : sequence of Layer, optional
+        A classifier of one's own after ``block5_pool`` in place of the top, as data:
+        ``flatten``, ``global_avg``, ``global_max``, ``dense`` (with any activation of
+        `vgg_np.layers.ACTIVATIONS`), ``batch_norm`` (its ``eps`` per layer),
+        ``dropout``. `include_top`, `pooling`, `classes`, `classifier_activation` and
+        `adaptive_pool` are then read from it, not given.
+    download : bool, default False
+        With ``weights="imagenet"`` and no cached copy: download Keras's file into the
+        Keras cache (a progress bar, hash verified, written atomically).
 
     Raises
     ------
@@ -130,6 +147,9 @@ class VGG:
         adaptive_pool: int | None = None,
         conv_algorithm: str = "auto",
         threads: int | None = None,
+        batch_norm: bool | float = False,
+        head: Sequence[Layer] | None = None,
+        download: bool = False,
     ):
         if isinstance(config, str):
             if config.lower() not in CONFIGS:
@@ -141,13 +161,19 @@ class VGG:
             raise ValueError(
                 f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}"
             )
-        if pooling not in (None, "avg", "max"):
+        if head is not None:
+            head = self._check_head(head)
+            dense = [layer for layer in head if layer.kind == "dense"]
+            include_top, pooling, adaptive_pool = True, None, None
+            classes = dense[-1].units if dense else 0
+            classifier_activation = head[-1].activation
+        elif pooling not in (None, "avg", "max"):
             raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {pooling!r}")
-        if classifier_activation not in ("softmax", None):
+        elif classifier_activation not in ("softmax", None):
             raise ValueError(
                 f"`classifier_activation` must be 'softmax' or None, got {classifier_activation!r}"
             )
-        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        elif not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
             raise ValueError(f"`classes` must be a positive int, got {classes!r}")
         if adaptive_pool is not None and (
             not isinstance(adaptive_pool, int)
@@ -156,6 +182,14 @@ class VGG:
         ):
             raise ValueError(
                 f"`adaptive_pool` must be None or a positive int, got {adaptive_pool!r}"
+            )
+        if batch_norm is True:
+            batch_norm = TORCH_BN_EPS
+        if batch_norm is not False and (
+            isinstance(batch_norm, bool) or not isinstance(batch_norm, float) or batch_norm < 0
+        ):
+            raise ValueError(
+                f"`batch_norm` must be a bool or a non-negative float eps, got {batch_norm!r}"
             )
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float16, np.float32, np.float64):
@@ -167,7 +201,8 @@ class VGG:
         self.classifier_activation = classifier_activation
         self.data_format = data_format
         self.adaptive_pool = adaptive_pool if self.include_top else None
-        self.input_shape = self._check_input_shape(input_shape)  # (H, W, C)
+        self.batch_norm = None if batch_norm is False else batch_norm
+        self.head = head
         self.layers = layer_table(
             config,
             include_top=self.include_top,
@@ -175,7 +210,10 @@ class VGG:
             classes=classes,
             classifier_activation=classifier_activation,
             adaptive_pool=self.adaptive_pool,
+            batch_norm=self.batch_norm,
+            head=head,
         )
+        self.input_shape = self._check_input_shape(input_shape)  # (H, W, C)
         if conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(
                 f"`conv_algorithm` must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}"
@@ -191,6 +229,13 @@ class VGG:
         self.weights_info: dict = {}
         self._loaded: tuple[dict, formats.Provenance] | None = None  # see weights_provenance
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if isinstance(weights, str) and "://" in weights:
+            raise ValueError(
+                f"`weights` must be a local file, 'imagenet' or None, got the URL {weights!r}: "
+                "download it and pass its path"
+            )
+        if isinstance(weights, str) and weights == "imagenet":
+            weights = hub.resolve(config.name, self.include_top, download_missing=download)
         if weights is None:
             self.set_weights(self.he_normal(seed))
         elif weights is not _LOADED_BY_CALLER:
@@ -198,9 +243,33 @@ class VGG:
 
     # -- construction ---------------------------------------------------------------
 
+    @staticmethod
+    def _check_head(head: Sequence[Layer]) -> tuple[Layer, ...]:
+        head = tuple(head)
+        wrong = [layer for layer in head if not isinstance(layer, Layer)]
+        if wrong or not head:
+            raise TypeError(f"`head` must be a non-empty sequence of Layer, got {wrong or head!r}")
+        bad = [
+            f"{layer.name} (kind {layer.kind!r}, activation {layer.activation!r})"
+            for layer in head
+            if layer.kind not in KINDS
+            or layer.kind in ("conv", "pool")
+            or layer.activation not in ACTIVATIONS
+        ]
+        if bad:
+            raise ValueError(
+                f"`head` has layers vgg_np cannot run after the base: {', '.join(bad)}; "
+                f"kinds {sorted(set(KINDS) - {'conv', 'pool'})}, activations "
+                f"{sorted(a for a in ACTIVATIONS if a)} or None"
+            )
+        names = [layer.name for layer in head]
+        if len(set(names)) != len(names) or any(n.startswith("block") for n in names):
+            raise ValueError(f"`head` layer names must be unique and not block*, got {names}")
+        return head
+
     def _check_input_shape(self, input_shape: tuple | None) -> tuple:
         size = self.config.default_size
-        static = self.include_top and self.adaptive_pool is None  # fc1 fixes the input size
+        static = self._needs_fixed_size()  # e.g. fc1 after a flatten fixes the input size
         if input_shape is None:
             return (size, size, 3) if static else (None, None, 3)
         shape = tuple(input_shape)
@@ -225,6 +294,18 @@ class VGG:
                     f"got {input_shape!r}"
                 )
         return shape
+
+    def _needs_fixed_size(self) -> bool:
+        """Whether a parameter's shape depends on the input's H and W (dense after flatten)."""
+        shape: tuple = (None, None, 3)
+        for layer in self.layers:
+            kind = KINDS[layer.kind]
+            if kind.parameter_shapes and any(
+                None in p for p in kind.parameter_shapes(layer, shape)
+            ):
+                return True
+            shape = kind.output_shape(layer, shape)
+        return False
 
     def parameter_shapes(self) -> dict[str, tuple[tuple, ...]]:
         """Return the expected ``(kernel shape, bias shape)`` of every weighted layer.
@@ -362,7 +443,8 @@ class VGG:
         weights : mapping
             Keras layer name -> (kernel, bias), Keras layout. Array-likes with ``shape``
             (h5py datasets, memory maps) are read only after every shape has been
-            checked. Without the top, a classifier in `weights` is ignored.
+            checked. Without the top, a classifier in `weights` (any layer not named
+            ``block*``, a head of its own too) is ignored.
         allow_nonfinite : bool, default False
             Accept NaN and inf.
         source : str
@@ -399,7 +481,7 @@ class VGG:
         extra = [
             name
             for name in weights
-            if name not in expected and not (name in head and not self.include_top)
+            if name not in expected and (self.include_top or name.startswith("block"))
         ]
         if extra:
             problems.append(f"not in this model: {', '.join(extra)}")
@@ -424,9 +506,7 @@ class VGG:
         }
         if not allow_nonfinite:
             bad = [
-                n
-                for n, (k, b) in loaded.items()
-                if not (np.isfinite(k).all() and np.isfinite(b).all())
+                n for n, tensors in loaded.items() if not all(np.isfinite(a).all() for a in tensors)
             ]
             if bad:
                 raise ValueError(
@@ -530,11 +610,12 @@ class VGG:
         h, w, _ = self.input_shape
         if h and w:
             provenance = dataclasses.replace(provenance, input_size=(h, w))
-        formats.write_npz(path, self._weights, provenance=provenance)
+        architecture = {"head": self.head, "batch_norm_eps": self.batch_norm}
+        formats.write_npz(path, self._weights, provenance=provenance, info=architecture)
 
     # -- forward --------------------------------------------------------------------
 
-    def _prepare_input(self, x: ArrayLike) -> np.ndarray:
+    def _prepare_input(self, x: ArrayLike, cast: bool = True) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(
@@ -556,7 +637,14 @@ class VGG:
             )
         if min(x.shape[1:3]) < MIN_SIZE:
             raise ValueError(f"`x` height and width must be at least {MIN_SIZE}, got {x.shape}")
-        return x.astype(self.dtype, copy=False)
+        side = max(x.shape[1:3]) >> len(self.config.blocks)  # the last feature map's
+        if side > TIMM_SIDE and self._loaded and self._loaded[1].family == formats.Family.TIMM:
+            raise ValueError(
+                f"`x` of shape {x.shape} gives a {side}-pixel feature map: timm's VGG then "
+                f"slides its {TIMM_SIDE}x{TIMM_SIDE} pre_logits convolution and averages, "
+                f"which vgg_np does not represent; use inputs below {(TIMM_SIDE + 1) << 5}"
+            )
+        return x.astype(self.dtype, copy=False) if cast else x
 
     @property
     def engine(self) -> Engine:
@@ -568,18 +656,21 @@ class VGG:
         'winograd-4'
         """
         if self._engine is None:
-            self._engine = Engine(self.layers, self._weights, self.conv_algorithm, self.threads)
+            # Batch norms fold into their convolutions here, before the engine packs them.
+            layers, weights = fold_batch_norms(self.layers, self._weights)
+            self._engine = Engine(layers, weights, self.conv_algorithm, self.threads)
         return self._engine
 
-    def _run(self, x: np.ndarray, keep: bool):
+    def _run(self, x: np.ndarray, keep: bool | set):
         """Yield (layer name, output) from the engine, or from the reference forward pass.
 
-        With ``keep=False`` only the last output is sure to be yielded. Every output is a
-        new array.
+        With ``keep=False`` only the last output is sure to be yielded; with a set of
+        names, those layers' outputs are, and the pass stops after the deepest of them.
+        Every output is a new array.
         """
         if self.conv_algorithm != "reference":  # the engine runs large batches in slices
             if keep:
-                return self.engine.outputs(x).items()
+                return self.engine.outputs(x, None if keep is True else keep).items()
             return [(self.layers[-1].name, self.engine.predict(x))]
         outputs = []
 
@@ -588,7 +679,7 @@ class VGG:
                 outputs.append((layer.name, values["output"]))
 
         forward(self.layers, self._weights, x, hook=record)
-        return outputs
+        return (pair for pair in outputs)  # a generator, closed like the engine's
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
@@ -611,16 +702,41 @@ class VGG:
             features of the convolutional base without the top.
         """
         x = self._prepare_input(x)  # (N, H, W, C)
-        ((_, last),) = collections.deque(self._run(x, keep=False), maxlen=1)
+        *_, (_, last) = self._run(x, keep=False)
         return self._to_user_layout(last)
 
-    def activations(self, x: ArrayLike) -> dict[str, NDArray[np.floating]]:
-        """Run the network and return every layer's output.
+    def _layer_names(self, names: list[str]) -> list[str]:
+        """Return every layer name, in order, after checking that `names` are among them."""
+        order = [layer.name for layer in self.layers]
+        if not names or any(name not in order for name in names):
+            raise ValueError(
+                f"`layers` must name layers of this model ({', '.join(order)}), got {names!r}"
+            )
+        return order
+
+    def _outputs(self, x: np.ndarray, names: list[str]) -> dict[str, NDArray[np.floating]]:
+        """Return the outputs of `names` for a prepared `x`, stopping after the deepest."""
+        order = self._layer_names(names)
+        wanted = set(names)
+        # The engine fuses each pool into the convolution before it, except for the
+        # convolutions asked for, and stops after the deepest layer named.
+        found = {name: y for name, y in self._run(x, keep=wanted) if name in wanted}
+        return {name: self._to_user_layout(found[name]) for name in order if name in wanted}
+
+    def activations(
+        self, x: ArrayLike, layers: list[str] | None = None
+    ) -> dict[str, NDArray[np.floating]]:
+        """Run the network and return the outputs of `layers` (default: every layer).
+
+        With `layers` the pass stops after the deepest of them, and only their outputs
+        are copied out (Keras's multi-output sub-model, torchvision's feature extractor).
 
         Parameters
         ----------
         x : array_like
             As for ``__call__``.
+        layers : list of str, optional
+            Keras layer names, in any order.
 
         Returns
         -------
@@ -628,15 +744,118 @@ class VGG:
             Keras layer name -> that layer's output, in layer order (block1_conv1 ...
             predictions). Convolution outputs are after their ReLU, as in Keras.
 
+        Raises
+        ------
+        ValueError
+            If a name is not a layer of this model.
+
         Examples
         --------
         >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
-        >>> outputs = VGG(tiny, classes=3, seed=0).activations(np.ones((2, 32, 32, 3), np.float32))
+        >>> model = VGG(tiny, classes=3, seed=0)
+        >>> outputs = model.activations(np.ones((2, 32, 32, 3), np.float32))
         >>> [outputs[name].shape for name in ("block1_conv1", "block5_pool", "predictions")]
         [(2, 32, 32, 4), (2, 1, 1, 8), (2, 3)]
+        >>> picked = model.activations(np.ones((2, 32, 32, 3), np.float32), ["fc1", "block2_conv1"])
+        >>> {name: y.shape for name, y in picked.items()}
+        {'block2_conv1': (2, 16, 16, 4), 'fc1': (2, 16)}
         """
         x = self._prepare_input(x)  # (N, H, W, C)
+        if layers is not None:
+            return self._outputs(x, list(layers))
         return {name: self._to_user_layout(y) for name, y in self._run(x, keep=True)}
+
+    def features(self, x: ArrayLike, layer: str) -> NDArray[np.floating]:
+        """Return the output of one layer, computing nothing after it.
+
+        ``model.features(x, "fc2")`` is Keras's ``Model(base.input,
+        base.get_layer("fc2").output)(x)``; ``"block5_pool"`` is torchvision's
+        ``model.features(x)`` (in NHWC).
+
+        Parameters
+        ----------
+        x : array_like
+            As for ``__call__``.
+        layer : str
+            A Keras layer name of this model.
+
+        Returns
+        -------
+        ndarray
+            Equal, bit for bit, to ``model.activations(x)[layer]``.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> VGG(tiny, classes=3, seed=0).features(np.ones((2, 32, 32, 3), np.float32), "fc1").shape
+        (2, 16)
+        """
+        return self._outputs(self._prepare_input(x), [layer])[layer]
+
+    def predict(
+        self,
+        x: ArrayLike,
+        batch_size: int = 32,
+        verbose: bool | int | str = "auto",
+        *,
+        layer: str | None = None,
+    ) -> NDArray[np.floating]:
+        """Run the network `batch_size` images at a time, as Keras's ``Model.predict``.
+
+        Memory stays bounded whatever N: beyond the input and the output array, a pass
+        holds only one batch's activations. The result equals ``model(x)`` (or
+        ``model.features(x, layer)``) bit for bit: results do not depend on how the
+        batch is split.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, H, W, C) (or (N, C, H, W) with channels_first)
+            As for ``__call__``; it may be a memory map (slices are read and cast one
+            batch at a time).
+        batch_size : int, default 32
+        verbose : {"auto", 0, 1}, default "auto"
+            A progress bar on stderr; ``"auto"``: when stderr is a terminal and there
+            is more than one batch.
+        layer : str, optional
+            Return this layer's output instead of the last one's, stopping there.
+
+        Returns
+        -------
+        ndarray, shape (N, ...)
+
+        Raises
+        ------
+        ValueError
+            On a bad `x`, `batch_size` or `layer`.
+
+        Examples
+        --------
+        >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+        >>> model = VGG(tiny, classes=3, seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((5, 32, 32, 3)).astype(np.float32)
+        >>> np.array_equal(model.predict(x, batch_size=2, verbose=0), model(x))
+        True
+        >>> model.predict(x, batch_size=2, verbose=0, layer="block3_pool").shape
+        (5, 4, 4, 8)
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+        view = self._prepare_input(x, cast=False)  # (N, H, W, C), not copied
+        name = layer or self.layers[-1].name
+        self._layer_names([name])
+        rows = {row.name: row for row in Summary.of(self.layers, view.shape[1:], "").rows}
+        shape = rows[name].output_shape
+        if self.data_format == "channels_first" and len(shape) == 3:
+            shape = (shape[2], shape[0], shape[1])  # (H, W, C) -> (C, H, W)
+        n = view.shape[0]
+        out = np.empty((n, *shape), self.dtype)
+        enabled = show_progress(verbose, -(-n // batch_size))
+        with Progress(n, enabled=enabled) as bar:
+            for start in range(0, n, batch_size):
+                batch = view[start : start + batch_size].astype(self.dtype, copy=False)
+                out[start : start + len(batch)] = self._outputs(batch, [name])[name]
+                bar.update(len(batch))
+        return out
 
     def summary(self, print_summary: bool = True) -> Summary:
         """Return (and print) the per-layer table: shapes, activations, parameters, work.
@@ -657,9 +876,13 @@ class VGG:
         return summary
 
     def __repr__(self) -> str:
+        extra = f", batch_norm={self.batch_norm}" if self.batch_norm is not None else ""
+        if self.head is not None:
+            extra += f", head=[{', '.join(layer.name for layer in self.head)}]"
         return (
             f"VGG({self.config.name!r}, include_top={self.include_top}, "
-            f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r})"
+            f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r}"
+            f"{extra})"
         )
 
 

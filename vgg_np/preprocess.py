@@ -17,7 +17,7 @@ import json
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 
 import numpy as np
@@ -145,15 +145,20 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
     return tuple((index[str(i)][0], index[str(i)][1]) for i in range(len(index)))
 
 
-def decode_predictions(preds: ArrayLike, top: int = 5) -> list[list[tuple[str, str, float]]]:
-    """Name the `top` most likely ImageNet classes of each row of `preds`.
+def decode_predictions(
+    preds: ArrayLike, top: int = 5, *, class_names: Sequence[str] | None = None
+) -> list[list[tuple[str, str, float]]]:
+    """Name the `top` most likely classes of each row of `preds` (ImageNet's by default).
 
     Parameters
     ----------
-    preds : array_like, shape (N, 1000)
+    preds : array_like, shape (N, classes)
         Class probabilities (or logits: the order is the same).
     top : int, default 5
-        How many classes per image, 1 to 1000.
+        How many classes per image, 1 to the number of classes.
+    class_names : sequence of str, optional
+        The names of a classifier of one's own, in output order; its classes are then
+        ``(str(index), name, score)``. Without it `preds` must be ImageNet's 1000 classes.
 
     Returns
     -------
@@ -163,19 +168,24 @@ def decode_predictions(preds: ArrayLike, top: int = 5) -> list[list[tuple[str, s
     Raises
     ------
     ValueError
-        If `preds` is not (N, 1000) or `top` is out of range.
+        If `preds` is not (N, 1000) (or (N, len(class_names))) or `top` is out of range.
 
     Examples
     --------
     >>> preds = np.zeros((1, 1000)); preds[0, 281] = 0.9; preds[0, 285] = 0.1
     >>> decode_predictions(preds, top=2)
     [[('n02123045', 'tabby', 0.9), ('n02124075', 'Egyptian_cat', 0.1)]]
+    >>> decode_predictions([[0.2, 0.8]], top=1, class_names=["cat", "dog"])
+    [[('1', 'dog', 0.8)]]
     """
     preds = np.asarray(preds)
-    classes = imagenet_classes()
+    if class_names is None:
+        classes, what = imagenet_classes(), "ImageNet scores"
+    else:
+        classes, what = tuple((str(i), n) for i, n in enumerate(class_names)), "class scores"
     if preds.ndim != 2 or preds.shape[1] != len(classes):
         raise ValueError(
-            f"`preds` must have shape (N, {len(classes)}) (one row of ImageNet scores per "
+            f"`preds` must have shape (N, {len(classes)}) (one row of {what} per "
             f"image), got {preds.shape}"
         )
     if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= len(classes):
@@ -203,8 +213,10 @@ def load_image(
     ----------
     path : str or os.PathLike
         A regular file; FIFOs, devices and directories are refused without being read.
-    size : int, default 224
-        Output height and width.
+    size : int or (int, int), default 224
+        Output height and width, or ``(height, width)`` (Keras's ``target_size``; for
+        ``"torchvision"`` the shorter side goes to ``max(height, width) * 256 / 224``
+        before the central ``height`` x ``width`` crop).
     resize : {"keras", "torchvision"}, default "keras"
         ``"keras"``: straight to ``size`` x ``size`` with nearest-neighbour sampling, as
         ``keras.utils.load_img(path, target_size=(size, size))``. ``"torchvision"``: the
@@ -213,7 +225,7 @@ def load_image(
 
     Returns
     -------
-    ndarray of uint8, shape (size, size, 3)
+    ndarray of uint8, shape (height, width, 3)
         Pass it (with a batch axis) to `preprocess_input`.
 
     Raises
@@ -242,16 +254,22 @@ def load_image(
 
     if resize not in RESIZE_MODES:
         raise ValueError(f"`resize` must be one of {RESIZE_MODES}, got {resize!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size * size <= MAX_PIXELS:
-        raise ValueError(f"`size` must be an int from 1 to {int(MAX_PIXELS**0.5)}, got {size!r}")
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in (h, w)) or not (
+        1 <= h * w <= MAX_PIXELS and min(h, w) >= 1
+    ):
+        raise ValueError(
+            f"`size` must be an int from 1 to {int(MAX_PIXELS**0.5)} or (height, width) of "
+            f"at most {MAX_PIXELS:,} pixels, got {size!r}"
+        )
     where = os.fspath(path)
     with _open_regular(where) as file, _pillow_errors(where), Image.open(file) as image:
         _check_dimensions(image.size, where)
         kind = image.format  # lost by exif_transpose's copy
         image = _to_rgb(ImageOps.exif_transpose(image), kind, where)
     if resize == "keras":
-        return np.asarray(image.resize((size, size), Image.Resampling.NEAREST), dtype=np.uint8)
-    return _torchvision_resize(image, size, where)
+        return np.asarray(image.resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
+    return _torchvision_resize(image, h, w, where)
 
 
 class _Refused(ValueError):
@@ -342,21 +360,21 @@ def _to_rgb(image, kind: str | None, where: str):
     return image.convert("RGB")
 
 
-def _torchvision_resize(image, size: int, where: str) -> NDArray[np.uint8]:
-    """Resize and crop as torchvision's ``Resize(size * 256 / 224)``, ``CenterCrop(size)``."""
+def _torchvision_resize(image, h: int, w: int, where: str) -> NDArray[np.uint8]:
+    """Resize and crop as torchvision's ``Resize(max(h, w) * 256 / 224)``, ``CenterCrop``."""
     from PIL import Image
 
     # torchvision's rounding: the long side truncated, the crop offset rounded.
-    short = round(size * 256 / 224)
+    short = round(max(h, w) * 256 / 224)
     if image.width <= image.height:
         width, height = short, int(short * image.height / image.width)
     else:
         width, height = int(short * image.width / image.height), short
     if width * height > MAX_PIXELS:
         raise ValueError(
-            f"{where}: resizing to {width}x{height} for a {size}x{size} crop would exceed "
+            f"{where}: resizing to {width}x{height} for a {h}x{w} crop would exceed "
             f"{MAX_PIXELS:,} pixels"
         )
     image = image.resize((width, height), Image.Resampling.BILINEAR)
-    left, top = round((width - size) / 2), round((height - size) / 2)
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    left, top = round((width - w) / 2), round((height - h) / 2)
+    return np.asarray(image.crop((left, top, left + w, top + h)), dtype=np.uint8)

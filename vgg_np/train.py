@@ -70,9 +70,10 @@ def loss_and_gradients(
         Preprocessed images.
     labels : array_like of int, shape (N,)
     dropout : float, default 0.0
-        Drop probability after each hidden dense layer (training mode when > 0).
+        Drop probability after each hidden dense layer. Batch normalisation uses the
+        batch's statistics and `dropout` layers drop (training mode) either way.
     rng : numpy.random.Generator, optional
-        Required when `dropout` > 0.
+        Required when `dropout` > 0 or the model has `dropout` layers.
     trainable : set of str, optional
         Layers whose gradients to return (all by default); the backward pass stops below
         the lowest of them, so fine-tuning the top is cheap.
@@ -121,7 +122,7 @@ def loss_and_gradients(
             kept = {name: values[name] for name in (*keeps, "kept_scaled") if name in values}
             tape.kept[layer.name] = {**kept, "input_shape": values["input"].shape}
 
-    logits = forward(layers, model.weights, x, dropout=dropout, rng=rng, hook=record)
+    logits = forward(layers, model.weights, x, dropout=dropout, training=True, rng=rng, hook=record)
     loss, grad = backward.softmax_cross_entropy(logits, labels)
     tape.kept["loss"] = {"logits": logits}
     gradients = {}
@@ -166,13 +167,15 @@ class SGD:
         """Update the model's weights in place from `gradients` (see the class example)."""
         weights = model.weights
         for name, grads in gradients.items():
-            velocity = self.velocity.setdefault(name, [np.zeros_like(w) for w in weights[name]])
+            # The first len(grads) tensors train; the rest (running statistics) stay.
+            trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
+            velocity = self.velocity.setdefault(name, [np.zeros_like(w) for w in trained])
             new = []
-            for w, g, v in zip(weights[name], grads, velocity, strict=True):
+            for w, g, v in zip(trained, grads, velocity, strict=True):
                 v *= self.momentum
                 v += g + self.weight_decay * w
                 new.append((w - self.lr * v).astype(w.dtype))
-            weights[name] = tuple(new)
+            weights[name] = (*new, *kept)
         model.set_weights(weights)
 
 

@@ -58,15 +58,20 @@ FORMATS = (
 )
 
 
-def reference_images(n: int, size: int, seed: int) -> np.ndarray:
-    """RGB uint8 test images: smooth gradients plus noise, so every layer sees structure."""
+def reference_images(n: int, size: int | tuple[int, int], seed: int) -> np.ndarray:
+    """RGB uint8 test images: smooth gradients plus noise, so every layer sees structure.
+
+    `size` is the side of a square image or its (height, width).
+    """
+    h, w = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:size, 0:size] / size
+    rows, cols = np.mgrid[0:h, 0:w]
+    rows, cols = rows / h, cols / w
     images = []
     for _ in range(n):
         a, b, c = rng.uniform(0, 255, 3)
         base = np.stack([a * rows, b * cols, c * (1 - rows * cols)], axis=-1)
-        images.append(np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255))
+        images.append(np.clip(base + rng.normal(0, 30, (h, w, 3)), 0, 255))
     return np.asarray(images, dtype=np.uint8)
 
 
@@ -109,12 +114,22 @@ def make_demo() -> None:
     )
 
 
-def build_keras(config: vgg_np.VGGConfig, input_size: int, classes: int, include_top=True):
-    """A Keras functional VGG with Keras Applications' layer names and logits output."""
+def build_keras(
+    config: vgg_np.VGGConfig,
+    input_size: int | tuple[int, int],
+    classes: int,
+    include_top=True,
+    name: str | None = None,
+):
+    """A Keras functional VGG with Keras Applications' layer names and logits output.
+
+    `input_size` is the side of a square input or its (height, width).
+    """
     import keras
     from keras import layers
 
-    inputs = keras.Input((input_size, input_size, 3))
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    inputs = keras.Input((h, w, 3))
     x = inputs
     for b, widths in enumerate(config.blocks, start=1):
         for i, width in enumerate(widths, start=1):
@@ -127,7 +142,7 @@ def build_keras(config: vgg_np.VGGConfig, input_size: int, classes: int, include
         for i, width in enumerate(config.fc, start=1):
             x = layers.Dense(width, activation="relu", name=f"fc{i}")(x)
         x = layers.Dense(classes, activation=None, name="predictions")(x)
-    return keras.Model(inputs, x, name=config.name)
+    return keras.Model(inputs, x, name=name or config.name)
 
 
 def keras_activations(model, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -118,12 +118,17 @@ def _open_hdf5(path: str, where: str, theano_flip: bool) -> Iterator[WeightSourc
             yield keras_files.read_keras_h5(f, where)
 
 
-def _write_npz(path, weights, provenance, layout) -> str:
-    npz.write_npz(path, weights, provenance=provenance)
+def _write_npz(path, weights, provenance, layout, info) -> str:
+    npz.write_npz(path, weights, provenance=provenance, info=info)
     return npz.DESCRIPTION
 
 
-def _write_h5(path, weights, provenance, layout) -> str:
+def _write_h5(path, weights, provenance, layout, info) -> str:
+    if info.get("head") or any(len(tensors) != 2 for tensors in weights.values()):
+        raise ValueError(
+            f"{os.fspath(path)!r}: the Keras Applications layout holds a plain VGG, not a "
+            "head of its own or batch norms; write .npz or Keras-layout .safetensors"
+        )
     keras_files.write_keras_h5(path, weights, provenance=provenance)
     return "keras-h5 (Keras Applications layout)"
 
@@ -143,7 +148,9 @@ class Format:
     suffixes : tuple of str
         File name endings `write_weights` writes this format for.
     write : callable, optional
-        ``write(path, weights, provenance, layout)``; returns what was written.
+        ``write(path, weights, provenance, layout, info)``; returns what was written.
+        `info` holds the architecture (``head``, ``batch_norm_eps``): a writer records
+        it or refuses.
     layouts : tuple of str
         The ``layout`` values `write` accepts (the first is the default).
 
@@ -181,7 +188,9 @@ FORMATS: tuple[Format, ...] = (
         _is_torch,
         lambda path, where, _: torch_file.open_torch(path, where),
         (".pth", ".pt"),
-        lambda path, weights, provenance, layout: torch_file.write_torch(path, weights, provenance),
+        lambda path, weights, provenance, layout, info: torch_file.write_torch(
+            path, weights, provenance, info
+        ),
     ),
     Format(
         "npz",
@@ -332,6 +341,7 @@ def write_weights(
     *,
     layout: str | None = None,
     provenance: Provenance | None = None,
+    info: Mapping | None = None,
 ) -> str:
     """Write canonical weights in the format named by `path`'s extension, with provenance.
 
@@ -352,6 +362,11 @@ def write_weights(
     provenance : Provenance, optional
         Where the weights came from (`WeightSource.provenance`): recorded in the file so
         that a reader knows their preprocessing. None records an unknown family.
+    info : mapping, optional
+        The architecture beyond the tensors' names (``head``: a head of one's own,
+        ``batch_norm_eps``), as readers give it in `WeightSource.info`: recorded, or
+        refused by a format that cannot hold it (Keras Applications ``.h5``; a head in
+        torchvision's layout).
 
     Returns
     -------
@@ -384,7 +399,7 @@ def write_weights(
     if layout not in fmt.layouts and layout is not None:
         raise ValueError(f"`layout` {layout!r} applies to .safetensors only (torchvision or keras)")
     provenance = provenance or Provenance("weights of unknown origin", Family.UNKNOWN)
-    return fmt.write(path, weights, provenance, layout or fmt.layouts[0])
+    return fmt.write(path, weights, provenance, layout or fmt.layouts[0], dict(info or {}))
 
 
 def convert(
@@ -427,6 +442,8 @@ def convert(
     ('npz (vgg_np)', 'safetensors (Keras layout)')
     """
     with open_weights(source, theano_flip=theano_flip) as opened:
-        weights = {name: (np.asarray(k), np.asarray(b)) for name, (k, b) in opened.tensors.items()}
-    written = write_weights(target, weights, layout=layout, provenance=opened.provenance)
+        weights = {name: tuple(map(np.asarray, t)) for name, t in opened.tensors.items()}
+    written = write_weights(
+        target, weights, layout=layout, provenance=opened.provenance, info=opened.info
+    )
     return opened, written

@@ -221,30 +221,45 @@ def split_kernel_bias(layer: str, arrays: list, where: str) -> tuple:
 
 #: How vgg_np names a layer's two tensors in flat files (npz, Keras-layout safetensors).
 SUFFIXES = ("/kernel", "/bias")
+#: A batch norm's four tensors in flat files (Keras's variable names).
+BN_SUFFIXES = ("/gamma", "/beta", "/moving_mean", "/moving_variance")
+_ALL_SUFFIXES = SUFFIXES + BN_SUFFIXES
 
 
 def flatten_pairs(weights: Mapping[str, tuple]) -> dict[str, np.ndarray]:
-    """``{layer: (kernel, bias)}`` -> ``{"layer/kernel": kernel, "layer/bias": bias}``."""
+    """``{layer: (kernel, bias)}`` -> ``{"layer/kernel": kernel, "layer/bias": bias}``.
+
+    A batch norm's four tensors are ``layer/gamma``, ``/beta``, ``/moving_mean``,
+    ``/moving_variance``.
+    """
     return {
         f"{layer}{suffix}": np.asarray(array)
-        for layer, pair in weights.items()
-        for suffix, array in zip(SUFFIXES, pair, strict=True)
+        for layer, tensors in weights.items()
+        for suffix, array in zip(
+            SUFFIXES if len(tensors) == 2 else BN_SUFFIXES, tensors, strict=True
+        )
     }
 
 
 def pair_flat(arrays: Mapping[str, object], where: str) -> dict[str, tuple]:
     """Group flat tensors back by layer (the inverse of `flatten_pairs`), strictly."""
-    bad = sorted(k for k in arrays if not k.endswith(SUFFIXES))
+    bad = sorted(k for k in arrays if not k.endswith(_ALL_SUFFIXES))
     if bad:
         raise FileFormatError(
-            f"{where}: keys must be '<layer>/kernel' or '<layer>/bias', got {bad}"
+            f"{where}: keys must be '<layer>/kernel' or '<layer>/bias' (a batch norm's "
+            f"'<layer>/gamma', '/beta', '/moving_mean', '/moving_variance'), got {bad}"
         )
     pairs = []
     for layer in dict.fromkeys(k.rsplit("/", 1)[0] for k in arrays):
-        missing = [s for s in SUFFIXES if f"{layer}{s}" not in arrays]
-        if missing:
-            raise FileFormatError(f"{where}: layer {layer!r} has no {' or '.join(missing)}")
-        pairs.append((layer, tuple(arrays[f"{layer}{s}"] for s in SUFFIXES)))
+        suffixes = BN_SUFFIXES if f"{layer}/moving_mean" in arrays else SUFFIXES
+        missing = [s for s in suffixes if f"{layer}{s}" not in arrays]
+        stray = [s for s in _ALL_SUFFIXES if s not in suffixes and f"{layer}{s}" in arrays]
+        if missing or stray:
+            raise FileFormatError(
+                f"{where}: layer {layer!r} has no {' or '.join(missing) or '-'}"
+                + (f" but {', '.join(stray)}" if stray else "")
+            )
+        pairs.append((layer, tuple(arrays[f"{layer}{s}"] for s in suffixes)))
     return check_unique(pairs, where)
 
 

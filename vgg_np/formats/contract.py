@@ -225,7 +225,7 @@ class WeightSource:
         ``classifier_activation``, ``tensor_names``, ``note``).
     path : str
         The file read, as the user named it (for messages).
-    layout : {"keras", "torchvision", "theano", "onnx"}
+    layout : {"keras", "torchvision", "timm", "theano", "onnx"}
         How the file named and laid out its tensors (the tensors returned are always in
         Keras layout): Keras's layer names, torchvision's state dict, the Theano-era Keras
         layout, or an ONNX graph.

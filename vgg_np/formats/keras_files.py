@@ -23,6 +23,7 @@ any other Keras file is taken as Keras-trained (caffe preprocessing, Keras's res
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
-from vgg_np.formats import _hdf5
+from vgg_np.formats import _hdf5, keras_config
 from vgg_np.formats._common import (
     CHUNK,
     FileFormatError,
@@ -45,6 +46,9 @@ from vgg_np.formats._common import (
 from vgg_np.formats.contract import RECORD_PREFIX, Family, Provenance, WeightSource
 
 KERAS_ZIP_MEMBER = "model.weights.h5"
+KERAS_CONFIG_MEMBER = "config.json"
+#: Largest model config read (VGG16 with a head: ~30 KB).
+MAX_CONFIG = 16 << 20
 #: Deepest nesting of models inside models read from a ``.weights.h5`` (a hard-link
 #: cycle would otherwise recurse forever).
 MAX_NESTING = 8
@@ -127,8 +131,51 @@ def _layout(f: h5py.File, where: str) -> tuple[str, dict]:
     )
 
 
+def _from_config(text: object, arrays, where: str) -> tuple[dict, dict]:
+    """Tensors and architecture of a whole saved model, from its own config (JSON)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf8", "replace")
+    try:
+        config = json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise FileFormatError(f"{where}: its model config is not JSON: {error}") from None
+    model = keras_config.read_config(config, where)
+    tensors = keras_config.tensors_of(model, arrays(model), where)
+    info = {
+        "input_shape": model.input_shape,
+        "input_layout": "NHWC",
+        "classifier_activation": model.classifier_activation,
+    }
+    return tensors, info | ({"head": model.head} if model.head else {})
+
+
+def _static_size(info: dict) -> tuple[int, int] | None:
+    h, w, _ = info.get("input_shape", (None, None, None))
+    return (h, w) if h and w else None
+
+
 def read_keras_h5(f: h5py.File, where: str) -> WeightSource:
-    """Read an open (and checked, see `_hdf5.open_hdf5`) Keras HDF5 file."""
+    """Read an open (and checked, see `_hdf5.open_hdf5`) Keras HDF5 file.
+
+    A whole model saved by ``model.save("x.h5")`` is read through its own config
+    (`vgg_np.formats.keras_config`): its head comes with it.
+    """
+    if "model_config" in f.attrs and isinstance(f.get("model_weights"), h5py.Group):
+        description = "keras-h5 (model.save layout, whole model from its config)"
+        tensors, info = _from_config(
+            f.attrs["model_config"],
+            lambda _: keras_config.arrays_from_model_weights(f["model_weights"], where),
+            where,
+        )
+        provenance = Provenance.from_record(
+            _hdf5.text_attrs(f.attrs, RECORD_PREFIX), description, where
+        ) or Provenance.implied(
+            description,
+            Family.KERAS,
+            "implied by the Keras HDF5 layout (no provenance recorded)",
+            input_size=_static_size(info),
+        )
+        return WeightSource(tensors, provenance, info, path=where)
     description, tensors = _layout(f, where)
     record = _hdf5.text_attrs(f.attrs, RECORD_PREFIX)
     provenance = Provenance.from_record(record, description, where) or Provenance.implied(
@@ -154,13 +201,38 @@ def open_keras_zip(path: str | os.PathLike, where: str) -> Iterator[WeightSource
                 shutil.copyfileobj(member, out, length=CHUNK)
         except (zipfile.BadZipFile, EOFError, OSError) as error:
             raise FileFormatError(f"{where}: damaged .keras archive: {error}") from None
+        config = _member(zf, KERAS_CONFIG_MEMBER, where)
         with _hdf5.open_hdf5(extracted, where) as f:
-            source = read_keras_h5(f, where)
-            description = f"keras-zip (.keras, {source.format})"
+            if config is None or not isinstance(f.get("layers"), h5py.Group):
+                source = read_keras_h5(f, where)
+                tensors, info = source.tensors, {}
+                description = f"keras-zip (.keras, {source.format})"
+            else:
+                tensors, info = _from_config(
+                    config,
+                    lambda model: keras_config.arrays_from_keras3(f["layers"], model, where),
+                    where,
+                )
+                description = "keras-zip (.keras, whole model from its config)"
             provenance = Provenance.implied(
-                description, Family.KERAS, "written by Keras (a .keras archive)"
+                description,
+                Family.KERAS,
+                "written by Keras (a .keras archive)",
+                input_size=_static_size(info),
             )
-            yield WeightSource(source.tensors, provenance, path=where)
+            yield WeightSource(tensors, provenance, info, path=where)
+
+
+def _member(zf: zipfile.ZipFile, name: str, where: str) -> bytes | None:
+    """Return a small zip member's bytes (None if absent), its size checked first."""
+    if name not in zf.namelist():
+        return None
+    if zf.getinfo(name).file_size > MAX_CONFIG:
+        raise FileFormatError(f"{where}: its {name} is larger than {MAX_CONFIG:,} bytes")
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise FileFormatError(f"{where}: damaged .keras archive: {error}") from None
 
 
 def write_keras_h5(

@@ -37,10 +37,12 @@ from vgg_np.formats._common import (
     pair_flat,
     read_exactly,
 )
+from vgg_np.formats.architecture_record import from_record, to_record
 from vgg_np.formats.contract import Family, Provenance, WeightSource
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 PROVENANCE_KEY = "__provenance__"
+ARCHITECTURE_KEY = "__architecture__"
 #: Largest provenance entry read (it is a few hundred bytes).
 MAX_RECORD = 1 << 16
 DESCRIPTION = "npz (vgg_np)"
@@ -138,15 +140,20 @@ def _member(fp: BinaryIO, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str
     )
 
 
-def _record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> dict:
-    """Read the provenance entry: a 0-d unicode array holding a JSON object."""
+def _text(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> str:
+    """Read a record entry: a 0-d unicode array (JSON), size-capped."""
     if info.file_size > MAX_RECORD:
-        raise FileFormatError(f"{where}: its provenance entry is too large")
+        raise FileFormatError(f"{where}: its {info.filename} entry is too large")
     with zf.open(info) as member:
         text = np.lib.format.read_array(member, allow_pickle=False)
     if text.dtype.kind != "U" or text.ndim != 0:
-        raise FileFormatError(f"{where}: its provenance entry is not a string")
-    record = json.loads(str(text))
+        raise FileFormatError(f"{where}: its {info.filename} entry is not a string")
+    return str(text)
+
+
+def _record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> dict:
+    """Read the provenance entry: a 0-d unicode array holding a JSON object."""
+    record = json.loads(_text(zf, info, where))
     if not isinstance(record, dict):
         raise FileFormatError(f"{where}: its provenance entry is not a JSON object")
     return record
@@ -158,11 +165,13 @@ def open_npz(path: str | os.PathLike, where: str | None = None) -> Iterator[Weig
     where = where or repr(os.fspath(path))
     with open_regular(path) as fp, zipfile.ZipFile(fp) as zf:
         check_zip(zf, where)  # declared sizes against stored sizes, before decompressing
-        arrays, record = {}, {}
+        arrays, record, architecture = {}, {}, {}
         for info in zf.infolist():
             key = info.filename.removesuffix(".npy")
             if key == PROVENANCE_KEY:
                 record = _record(zf, info, where)
+            elif key == ARCHITECTURE_KEY:
+                architecture = from_record(_text(zf, info, where), where)
             else:
                 arrays[key] = _member(fp, zf, info, f"{where} member {info.filename!r}")
         provenance = Provenance.from_record(record, DESCRIPTION, where) or Provenance(
@@ -170,7 +179,7 @@ def open_npz(path: str | os.PathLike, where: str | None = None) -> Iterator[Weig
             Family.UNKNOWN,
             evidence="no provenance recorded, and vgg_np's .npz layout fits weights of any family",
         )
-        yield WeightSource(pair_flat(arrays, where), provenance, path=where)
+        yield WeightSource(pair_flat(arrays, where), provenance, architecture, path=where)
 
 
 def write_npz(
@@ -178,6 +187,7 @@ def write_npz(
     weights: Mapping[str, tuple],
     *,
     provenance: Provenance | None = None,
+    info: Mapping | None = None,
 ) -> None:
     """Write ``{layer: (kernel, bias)}`` as an uncompressed ``.npz``, atomically.
 
@@ -192,6 +202,9 @@ def write_npz(
     provenance : Provenance, optional
         Where the weights came from, recorded in a ``__provenance__`` entry; None records
         an unknown family (see `vgg_np.formats.contract.choose_preprocessing`).
+    info : mapping, optional
+        The architecture a reader found (``head``, ``batch_norm_eps``), recorded in an
+        ``__architecture__`` entry (`vgg_np.formats.architecture_record`).
 
     Raises
     ------
@@ -208,6 +221,8 @@ def write_npz(
     ['__provenance__', 'fc1/bias', 'fc1/kernel']
     """
     provenance = provenance or Provenance("weights of unknown origin", Family.UNKNOWN)
-    record = np.array(json.dumps(provenance.record()))
+    records = {PROVENANCE_KEY: np.array(json.dumps(provenance.record()))}
+    if (architecture := to_record(info or {})) is not None:
+        records[ARCHITECTURE_KEY] = np.array(architecture)
     with atomic_write(path) as f:
-        np.savez(f, **flatten_pairs(weights), **{PROVENANCE_KEY: record})
+        np.savez(f, **flatten_pairs(weights), **records)

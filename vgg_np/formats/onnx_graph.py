@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vgg_np.formats import onnx_heads
 from vgg_np.formats._common import (
     MAX_COMPUTED_BYTES,
     FileFormatError,
@@ -129,7 +130,9 @@ class _Walker:
         self.values = values
         self.consumers: dict[str, list] = {}
         for node in graph.node:
-            if node.op_type in CONSTANT_OPS:
+            # A Shape reads a tensor's shape, not its values (tf2onnx's Flatten computes
+            # its Reshape target from the map): not a branch of the chain.
+            if node.op_type in (*CONSTANT_OPS, "Shape"):
                 continue
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
@@ -394,8 +397,21 @@ def read_onnx(path: str | os.PathLike, where: str | None = None) -> WeightSource
     try:
         info["classifier_activation"] = _read_head(g, node, side)
     except _NotAHead as why:
-        ops = ", ".join(_remaining(g.walk, node))
-        info["note"] = f"convolutional base only; the head is not VGG's ({why}: {ops})"
+        g.names.pop("flatten", None)
+        try:  # a head of its own (transfer learning)
+            layers, tensors, names, activation = onnx_heads.read_head(
+                g.walk, model.graph, node, channels=g.channels, side=side, where=where
+            )
+        except FileFormatError as error:
+            ops = ", ".join(_remaining(g.walk, node))
+            info["note"] = (
+                f"convolutional base only; the head is not VGG's ({why}: {ops}) "
+                f"nor one vgg_np reads ({str(error).removeprefix(where + ': ')})"
+            )
+        else:
+            g.tensors.update(tensors)
+            g.names.update(names)
+            info.update(head=tuple(layers), classifier_activation=activation)
     note = f"; {info['note']}" if info["note"] else ""
     description = f"onnx ({layout} input{note})"
     provenance = _provenance(model, description, layout, (h, w) if h and w else None, where)

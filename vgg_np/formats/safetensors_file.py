@@ -36,8 +36,15 @@ from vgg_np.formats._common import (
     open_regular,
     read_exactly,
 )
+from vgg_np.formats.architecture_record import RECORD_KEY, from_record, to_record
 from vgg_np.formats.contract import Family, Provenance, WeightSource
-from vgg_np.formats.torchvision import LAYOUT_NAMES, conv_names, flat_tensors, to_state_dict
+from vgg_np.formats.torchvision import (
+    LAYOUT_NAMES,
+    check_torchvision,
+    conv_names,
+    flat_tensors,
+    to_state_dict,
+)
 
 #: Largest JSON header accepted (the format's own reference reader uses 100 MB).
 MAX_HEADER = 100_000_000
@@ -81,6 +88,22 @@ def _entry(name: str, entry: object, data_size: int, where: str) -> tuple:
     return kind, shape, begin, end
 
 
+def _is_bn_counter(name: str, entry: object, data_size: int) -> bool:
+    """Tell a BatchNorm's ``num_batches_tracked`` (one int64, a count, skipped: not a weight)."""
+    if not name.endswith(".num_batches_tracked") or not isinstance(entry, dict):
+        return False
+    offsets = entry.get("data_offsets")
+    return (
+        entry.get("dtype") == "I64"
+        and entry.get("shape") == []
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0]
+        and offsets[0] + 8 == offsets[1] <= data_size
+    )
+
+
 def read_header(f: BinaryIO, size: int, where: str) -> tuple[dict, dict, int]:
     """Return the checked tensor entries, the metadata and where the data starts."""
     head = f.read(8)
@@ -101,7 +124,11 @@ def read_header(f: BinaryIO, size: int, where: str) -> tuple[dict, dict, int]:
     if not isinstance(metadata, dict):
         raise FileFormatError(f"{where}: its __metadata__ is not a JSON object")
     data_size = size - 8 - length
-    entries = {name: _entry(name, entry, data_size, where) for name, entry in header.items()}
+    entries = {
+        name: _entry(name, entry, data_size, where)
+        for name, entry in header.items()
+        if not _is_bn_counter(name, entry, data_size)
+    }
     spans = sorted((begin, end) for _, _, begin, end in entries.values() if end > begin)
     if any(a_end > b_begin for (_, a_end), (b_begin, _) in itertools.pairwise(spans)):
         raise FileFormatError(f"{where}: tensors overlap in the data")
@@ -154,15 +181,16 @@ def open_source(path: str | os.PathLike, where: str) -> Iterator[WeightSource]:
         provenance = Provenance.from_record(metadata, description, where) or _implied(
             description, layout
         )
-        yield WeightSource(tensors, provenance, path=where, layout=layout)
+        info = from_record(metadata[RECORD_KEY], where) if RECORD_KEY in metadata else {}
+        yield WeightSource(tensors, provenance, info, path=where, layout=layout)
 
 
 def _implied(description: str, layout: str) -> Provenance:
-    if layout == "torchvision":
+    if layout in ("torchvision", "timm"):
         return Provenance.implied(
             description,
-            Family.TORCHVISION,
-            "implied by torchvision's state-dict names (no provenance recorded)",
+            Family(layout),
+            f"implied by {layout}'s state-dict names (no provenance recorded)",
         )
     return Provenance(
         description,
@@ -204,11 +232,23 @@ def write_safetensors(
 
 
 def write_weights(
-    path: str | os.PathLike, weights: Mapping[str, tuple], provenance: Provenance, layout: str
+    path: str | os.PathLike,
+    weights: Mapping[str, tuple],
+    provenance: Provenance,
+    layout: str,
+    info: Mapping | None = None,
 ) -> str:
-    """Write canonical weights in vgg_np's Keras layout or torchvision's; say which."""
+    """Write canonical weights in vgg_np's Keras layout or torchvision's; say which.
+
+    The Keras layout records the architecture (a head, batch norm's epsilon) in the
+    metadata; torchvision's layout holds batch norms but no head of one's own.
+    """
     if layout == "keras":
-        write_safetensors(path, flatten_pairs(weights), provenance.record())
+        metadata = provenance.record()
+        if (architecture := to_record(info or {})) is not None:
+            metadata[RECORD_KEY] = architecture
+        write_safetensors(path, flatten_pairs(weights), metadata)
         return "safetensors (Keras layout)"
+    check_torchvision(info or {}, path)
     write_safetensors(path, to_state_dict(weights, conv_names(weights)), provenance.record())
     return "safetensors (torchvision layout)"

@@ -28,7 +28,13 @@ from vgg_np.formats._common import (
     verify_zip_crcs,
 )
 from vgg_np.formats.contract import Family, Provenance, WeightSource
-from vgg_np.formats.torchvision import LAYOUT_NAMES, conv_names, flat_tensors, to_state_dict
+from vgg_np.formats.torchvision import (
+    LAYOUT_NAMES,
+    check_torchvision,
+    conv_names,
+    flat_tensors,
+    to_state_dict,
+)
 
 #: The key of vgg_np's provenance record in a state dict's ``_metadata``.
 METADATA_KEY = "vgg_np.provenance"
@@ -84,7 +90,10 @@ def load_state_dict(path: str | os.PathLike, where: str | None = None) -> tuple[
     record = (getattr(state, "_metadata", None) or {}).get(METADATA_KEY, {})
     if not isinstance(record, Mapping):
         raise FileFormatError(f"{where}: damaged vgg_np provenance record")
-    return {k: _to_numpy(torch, k, v, where) for k, v in state.items()}, dict(record)
+    # A BatchNorm's num_batches_tracked is a count, not a weight: skipped.
+    counters = {k for k, v in state.items() if k.endswith(".num_batches_tracked") and v.ndim == 0}
+    tensors = {k: _to_numpy(torch, k, v, where) for k, v in state.items() if k not in counters}
+    return tensors, dict(record)
 
 
 @contextlib.contextmanager
@@ -95,9 +104,9 @@ def open_torch(path: str | os.PathLike, where: str | None = None) -> Iterator[We
     tensors, layout = flat_tensors(state, where)
     description = f"pytorch ({LAYOUT_NAMES[layout]})"
     provenance = Provenance.from_record(record, description, where)
-    if provenance is None and layout == "torchvision":
+    if provenance is None and layout in ("torchvision", "timm"):
         provenance = Provenance.implied(
-            description, Family.TORCHVISION, "implied by a PyTorch file in torchvision's layout"
+            description, Family(layout), f"implied by a PyTorch file in {layout}'s layout"
         )
     yield WeightSource(
         tensors,
@@ -107,8 +116,14 @@ def open_torch(path: str | os.PathLike, where: str | None = None) -> Iterator[We
     )
 
 
-def write_torch(path: str | os.PathLike, weights: Mapping[str, tuple], provenance: Provenance):
+def write_torch(
+    path: str | os.PathLike,
+    weights: Mapping[str, tuple],
+    provenance: Provenance,
+    info: Mapping | None = None,
+):
     """Write canonical weights as a torchvision state dict with ``torch.save``, atomically."""
+    check_torchvision(info or {}, path)
     torch = _torch()
     state = collections.OrderedDict(
         (k, torch.from_numpy(np.ascontiguousarray(v)))

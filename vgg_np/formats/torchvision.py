@@ -9,12 +9,20 @@ themselves are in `vgg_np.formats.layouts`. It reads no file: the ``.pth`` and
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from collections.abc import Mapping
 
 import numpy as np
 
-from vgg_np.formats._common import SUFFIXES, FileFormatError, pair_flat
+from vgg_np.formats._common import (
+    BN_SUFFIXES,
+    SUFFIXES,
+    FileFormatError,
+    LazyArray,
+    pair_flat,
+)
 from vgg_np.formats.layouts import (
     dense_names,
     fc1_keras_to_torch,
@@ -24,8 +32,18 @@ from vgg_np.formats.layouts import (
     lazy_linear_to_dense,
     lazy_oihw_to_hwio,
 )
+from vgg_np.ops import BATCH_NORM_EPS
 
-_KEY = re.compile(r"(features|classifier)\.(\d+)\.(weight|bias)")
+_KEY = re.compile(r"(features|classifier)\.(\d+)\.(weight|bias|running_mean|running_var)")
+#: timm's VGG keeps torchvision's ``features`` but names its classifier differently: its
+#: first two layers are convolutions (``pre_logits.fc1``, 7x7 valid, and ``fc2``, 1x1).
+#: On a 7x7 feature map they are torchvision's ``classifier.0`` and ``classifier.3``
+#: (timm's own ``_filter_fn`` converts that way), and ``head.fc`` is ``classifier.6``.
+TIMM_KEYS = {"pre_logits.fc1": 0, "pre_logits.fc2": 3, "head.fc": 6}
+#: The feature-map side timm's ``pre_logits.fc1`` covers; on larger maps it slides.
+TIMM_SIDE = 7
+#: PyTorch's ``BatchNorm2d`` epsilon (torchvision's ``vgg*_bn``).
+TORCH_BN_EPS = BATCH_NORM_EPS["torch"]
 
 
 def flat_tensors(state: Mapping[str, object], where: str) -> tuple[dict, str]:
@@ -34,16 +52,42 @@ def flat_tensors(state: Mapping[str, object], where: str) -> tuple[dict, str]:
     Returns
     -------
     tensors : dict
-        The canonical ``{Keras name: (kernel, bias)}``.
-    layout : {"keras", "torchvision"}
+        The canonical ``{Keras name: (kernel, bias)}`` (batch norms:
+        ``{"blockB_convI_bn": (gamma, beta, mean, var)}``).
+    layout : {"keras", "torchvision", "timm"}
     """
-    if state and all(k.endswith(SUFFIXES) for k in state):
+    if state and all(k.endswith(SUFFIXES + BN_SUFFIXES) for k in state):
         return pair_flat(state, where), "keras"
-    return from_state_dict(state, where), "torchvision"
+    timm = any(k.removeprefix("module.").startswith("pre_logits.") for k in state)
+    return from_state_dict(state, where), "timm" if timm else "torchvision"
 
 
 #: How a file's description names each layout of flat tensors.
-LAYOUT_NAMES = {"keras": "Keras layout", "torchvision": "torchvision layout"}
+LAYOUT_NAMES = {"keras": "Keras layout", "torchvision": "torchvision layout", "timm": "timm layout"}
+
+
+def _timm_to_torchvision(state: dict, where: str) -> dict:
+    """Rename timm's classifier to torchvision's, its convolution weights as linear ones."""
+    renamed = {}
+    for key, value in state.items():
+        module, _, param = key.rpartition(".")
+        if module not in TIMM_KEYS:
+            renamed[key] = value
+            continue
+        if param == "weight" and len(value.shape) == 4:  # (O, C, KH, KW) -> (O, C*KH*KW)
+            o, c, kh, kw = value.shape
+            if module == "pre_logits.fc1" and (kh, kw) != (TIMM_SIDE, TIMM_SIDE):
+                raise FileFormatError(
+                    f"{where}: {key} has shape {value.shape}, timm's VGG has a "
+                    f"{TIMM_SIDE}x{TIMM_SIDE} kernel there"
+                )
+            value = LazyArray((o, c * kh * kw), value.dtype, _reshaper(value, o), where)
+        renamed[f"classifier.{TIMM_KEYS[module]}.{param}"] = value
+    return renamed
+
+
+def _reshaper(value, rows: int):
+    return lambda: np.asarray(value).reshape(rows, -1)  # C, KH, KW order: torch's flatten
 
 
 def _modules(state: Mapping[str, object], where: str) -> tuple[dict, dict]:
@@ -56,40 +100,67 @@ def _modules(state: Mapping[str, object], where: str) -> tuple[dict, dict]:
         else:
             unknown.append(key)
     if unknown:
-        hint = " (batch-norm VGG is not supported)" if any("running_" in k for k in unknown) else ""
         raise FileFormatError(
-            f"{where}: not a torchvision VGG state dict; unexpected keys {unknown[:6]}{hint}"
+            f"{where}: not a torchvision or timm VGG state dict; unexpected keys {unknown[:6]}"
         )
     if not modules["features"]:
         raise FileFormatError(f"{where}: no features.{{i}}.weight tensors: not a torchvision VGG")
     for prefix, indexed in modules.items():
-        for index, pair in indexed.items():
-            if set(pair) != {"weight", "bias"}:
+        for index, tensors in indexed.items():
+            if set(tensors) not in ({"weight", "bias"}, set(BN_PARAMS)) or (
+                prefix == "classifier" and "running_mean" in tensors
+            ):
                 raise FileFormatError(
-                    f"{where}: {prefix}.{index} has {sorted(pair)}, needs weight and bias"
+                    f"{where}: {prefix}.{index} has {sorted(tensors)}; vgg_np reads "
+                    "convolutions and linear layers (weight, bias) and, in features, batch "
+                    f"norms ({', '.join(BN_PARAMS)})"
                 )
     return modules["features"], modules["classifier"]
 
 
-def from_state_dict(state: Mapping[str, object], where: str) -> dict:
-    """Map a torchvision VGG state dict to the canonical ``{Keras name: (kernel, bias)}``.
+#: A batch norm's tensors in a state dict, in the order of `vgg_np.layers` (gamma, beta,
+#: moving mean, moving variance).
+BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
-    Convolutions become ``blockB_convI`` (a pool sits wherever two convolutions are three
-    modules apart: conv, ReLU, MaxPool), linear layers ``fc1``, ``fc2``, ...,
-    ``predictions``. Arrays stay lazy; ``fc1`` is permuted to NHWC flatten order.
+
+def from_state_dict(state: Mapping[str, object], where: str) -> dict:
+    """Map a torchvision (or timm) VGG state dict to the canonical ``{Keras name: tensors}``.
+
+    Convolutions become ``blockB_convI`` (a pool sits wherever two convolutions are one
+    module further apart than conv, [BatchNorm2d,] ReLU), a batch norm right after a
+    convolution ``blockB_convI_bn`` (gamma, beta, mean, var), linear layers ``fc1``,
+    ``fc2``, ..., ``predictions``, however many a replaced classifier has (between two
+    of them torchvision's ReLU, [Dropout]). Arrays stay lazy; ``fc1`` is permuted to
+    NHWC flatten order.
     """
     state = {k.removeprefix("module."): v for k, v in state.items()}  # nn.DataParallel
-    convs, linears = _modules(state, where)
+    state = _timm_to_torchvision(state, where)
+    features, linears = _modules(state, where)
+    bn = {i for i, tensors in features.items() if "running_mean" in tensors}
+    stray = sorted(i for i in bn if i - 1 not in features or i - 1 in bn)
+    if stray:
+        raise FileFormatError(f"{where}: features.{stray[0]} is a batch norm after no convolution")
+    step = 3 if bn else 2  # conv, [BatchNorm2d,] ReLU
     tensors = {}
     block, conv, previous = 1, 0, None
-    for index in sorted(convs):
-        if previous is not None and index - previous > 2:  # a MaxPool in between
+    for index in sorted(set(features) - bn):
+        if previous is not None and index - previous > step:  # a MaxPool in between
             block, conv = block + 1, 0
         conv, previous = conv + 1, index
-        kernel = lazy_oihw_to_hwio(convs[index]["weight"], f"{where} features.{index}.weight")
-        tensors[f"block{block}_conv{conv}"] = (kernel, convs[index]["bias"])
+        name = f"block{block}_conv{conv}"
+        kernel = lazy_oihw_to_hwio(features[index]["weight"], f"{where} features.{index}.weight")
+        tensors[name] = (kernel, features[index]["bias"])
+        if index + 1 in bn:
+            tensors[f"{name}_bn"] = tuple(features[index + 1][p] for p in BN_PARAMS)
     last_channels = tensors[f"block{block}_conv{conv}"][0].shape[3]
-    for name, index in zip(dense_names(len(linears)), sorted(linears), strict=True):
+    for (before, index), name in zip(
+        itertools.pairwise([None, *sorted(linears)]), dense_names(len(linears)), strict=True
+    ):
+        if before is not None and index - before < 2:
+            raise FileFormatError(
+                f"{where}: classifier.{before} and classifier.{index} are adjacent linear "
+                "layers; vgg_np reads torchvision's classifier, a ReLU between them"
+            )
         weight = linears[index]["weight"]
         kernel = lazy_linear_to_dense(weight, f"{where} classifier.{index}.weight")
         if name == "fc1":
@@ -136,10 +207,29 @@ def conv_names(weights: Mapping[str, tuple]) -> list[str]:
     >>> conv_names({"block2_conv1": 0, "fc1": 0, "block10_conv1": 0, "block1_conv2": 0})
     ['block1_conv2', 'block2_conv1', 'block10_conv1']
     """
-    return sorted(
-        (n for n in weights if n.startswith("block")),
-        key=lambda n: tuple(int(p) for p in n.removeprefix("block").split("_conv")),
-    )
+    found = ((m, n) for n in weights if (m := re.fullmatch(r"block(\d+)_conv(\d+)", n)))
+    return [n for m, n in sorted(found, key=lambda pair: (int(pair[0][1]), int(pair[0][2])))]
+
+
+def check_torchvision(info: Mapping, path) -> None:
+    """Refuse to write what torchvision's layout cannot hold: a head, another epsilon.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, if `info` (a reader's) holds a head.
+    """
+    if info.get("head"):
+        names = ", ".join(layer.name for layer in info["head"])
+        raise ValueError(
+            f"{os.fspath(path)!r}: torchvision's layout cannot hold a head of its own "
+            f"({names}); write .npz or .safetensors with the Keras layout"
+        )
+    if info.get("batch_norm_eps", TORCH_BN_EPS) != TORCH_BN_EPS:
+        raise ValueError(
+            f"{os.fspath(path)!r}: torchvision's BatchNorm2d has epsilon {TORCH_BN_EPS}, "
+            f"these batch norms {info['batch_norm_eps']}; write .npz or Keras-layout .safetensors"
+        )
 
 
 def to_state_dict(weights: Mapping[str, tuple], conv_names: list[str]) -> dict[str, np.ndarray]:
@@ -157,7 +247,11 @@ def to_state_dict(weights: Mapping[str, tuple], conv_names: list[str]) -> dict[s
         kernel, bias = weights[name]
         state[f"features.{index}.weight"] = np.ascontiguousarray(hwio_to_oihw(kernel))
         state[f"features.{index}.bias"] = np.asarray(bias)
-        index += 2  # this conv and its ReLU
+        if f"{name}_bn" in weights:  # BatchNorm2d right after the convolution
+            index += 1
+            for param, array in zip(BN_PARAMS, weights[f"{name}_bn"], strict=True):
+                state[f"features.{index}.{param}"] = np.asarray(array)
+        index += 2  # this conv (or batch norm) and its ReLU
     last_channels = np.shape(weights[conv_names[-1]][0])[-1]
     dense = [n for n in weights if n.startswith("fc")] + ["predictions"]
     for position, name in enumerate(n for n in dense if n in weights):

@@ -1,0 +1,385 @@
+"""A Keras model's own config, read as a VGG base and a head of layer-table rows.
+
+A ``.keras`` archive (``config.json``) and a ``model.save("x.h5")`` file (root attribute
+``model_config``) describe the whole model as JSON: a ``Sequential`` or ``Functional``
+model whose layers may include the nested ``vgg16`` functional model of Keras
+Applications. This module reads that JSON as data -- it never imports or calls Keras
+and never executes anything -- and checks that it is a chain: an input, 3x3 "same"
+ReLU convolutions and 2x2 max-pools (the VGG base), then a head of ``Flatten``,
+``GlobalAveragePooling2D``, ``GlobalMaxPooling2D``, ``Dense``, ``BatchNormalization``,
+``Dropout`` and ``Activation`` layers. Any other layer, or a branch, is refused by name.
+
+The base's layers get vgg_np's names (``block1_conv1`` ... by position, whatever the
+file calls them); the head keeps its own names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from vgg_np.formats import _hdf5
+from vgg_np.formats._common import FileFormatError, LazyArray
+from vgg_np.layers import ACTIVATIONS, Layer
+
+__all__ = [
+    "KerasModel",
+    "arrays_from_keras3",
+    "arrays_from_model_weights",
+    "read_config",
+    "tensors_of",
+]
+
+#: Keras activations vgg_np runs ("linear" is no activation).
+_ACTIVATIONS = {"linear": None, **{a: a for a in ACTIVATIONS if a}}
+#: Deepest nesting of models inside models.
+MAX_NESTING = 8
+
+
+@dataclass(frozen=True)
+class KerasModel:
+    """What a Keras config describes, in vgg_np's terms.
+
+    Attributes
+    ----------
+    names : dict
+        vgg_np layer name -> the Keras layer name holding its weights.
+    variables : dict
+        Keras layer name -> the names of its variables in creation order (``kernel``,
+        ``bias``; ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``).
+    head : tuple of Layer or None
+        The layers after the base; None when they are exactly Keras Applications' top
+        (``flatten``, ``fc1``, ..., ``predictions``), which vgg_np builds itself.
+    input_shape : tuple
+        ``(H, W, C)`` of the input layer (None where the size is free).
+    classifier_activation : str or None
+        The last layer's activation.
+    """
+
+    names: dict
+    variables: dict
+    head: tuple | None
+    input_shape: tuple
+    classifier_activation: str | None
+
+
+def _flat_layers(config: Mapping, where: str, depth: int = 0) -> list[dict]:
+    """List the layers of a model config in order, nested models expanded, chain checked."""
+    if depth > MAX_NESTING:
+        raise FileFormatError(f"{where}: models nested more than {MAX_NESTING} deep")
+    if not isinstance(config, Mapping) or not isinstance(config.get("config"), Mapping):
+        raise FileFormatError(f"{where}: its model config is not a Keras model")
+    kind, body = config.get("class_name"), config["config"]
+    layers = body.get("layers")
+    if kind not in ("Sequential", "Functional", "Model") or not isinstance(layers, list):
+        raise FileFormatError(
+            f"{where}: its model config is a {kind!r}, not a Sequential or Functional model"
+        )
+    flat: list[dict] = []
+    previous = None
+    for layer in layers:
+        if not isinstance(layer, Mapping) or not isinstance(layer.get("config"), Mapping):
+            raise FileFormatError(f"{where}: a layer of {body.get('name')!r} is not an object")
+        name = layer.get("name", layer["config"].get("name"))
+        if kind != "Sequential":
+            sources = _inbound(layer.get("inbound_nodes", []))
+            if sources != ([previous] if previous is not None else []):
+                raise FileFormatError(
+                    f"{where}: layer {name!r} takes {sources or 'no input'}, not the layer "
+                    f"before it ({previous!r}): vgg_np runs a chain of layers, no branches"
+                )
+        previous = name
+        if layer.get("class_name") in ("Sequential", "Functional", "Model"):
+            inner = _flat_layers(layer, where, depth + 1)
+            if flat:  # an input already seen: the inner model's own input is the same
+                inner = [item for item in inner if item["class_name"] != "InputLayer"]
+            flat += inner
+        else:
+            flat.append({"class_name": layer.get("class_name"), "name": name, **layer})
+    return flat
+
+
+def _inbound(nodes) -> list[str]:
+    """Names of the layers a Functional layer's inbound nodes read (Keras 3 and 2)."""
+    found: list[str] = []
+
+    def visit(value) -> None:
+        if isinstance(value, Mapping):
+            history = value.get("keras_history")
+            if isinstance(history, list) and history and isinstance(history[0], str):
+                found.append(history[0])
+                return
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list):
+            if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):
+                found.append(value[0])  # Keras 2: [layer, node, tensor, kwargs]
+                return
+            for item in value:
+                visit(item)
+
+    visit(nodes)
+    return found
+
+
+def _expect(layer: dict, where: str, **wanted) -> None:
+    config = layer["config"]
+    wrong = {k: config.get(k) for k, v in wanted.items() if config.get(k, v) != v}
+    if wrong:
+        raise FileFormatError(
+            f"{where}: layer {layer['name']!r} ({layer['class_name']}) has {wrong}; vgg_np "
+            f"runs it with {wanted}"
+        )
+
+
+def _activation(layer: dict, where: str) -> str | None:
+    name = layer["config"].get("activation", "linear")
+    if name not in _ACTIVATIONS:
+        raise FileFormatError(
+            f"{where}: layer {layer['name']!r} has activation {name!r}; vgg_np runs "
+            f"{sorted(_ACTIVATIONS)}"
+        )
+    return _ACTIVATIONS[name]
+
+
+def _base(layers: list[dict], where: str) -> tuple[dict, dict, int]:
+    """Name the base's convolutions and pools; return (names, variables, where the head starts)."""
+    names, variables, block, conv = {}, {}, 1, 0
+    index = 0
+    for index, layer in enumerate(layers):
+        kind = layer["class_name"]
+        if kind == "Conv2D":
+            _expect(
+                layer,
+                where,
+                kernel_size=[3, 3],
+                strides=[1, 1],
+                padding="same",
+                dilation_rate=[1, 1],
+                groups=1,
+                data_format="channels_last",
+                activation="relu",
+            )
+            conv += 1
+            names[f"block{block}_conv{conv}"] = layer["name"]
+            variables[layer["name"]] = _weights("Conv2D", layer["config"])
+        elif kind == "MaxPooling2D" and conv:
+            _expect(layer, where, pool_size=[2, 2], strides=[2, 2], padding="valid")
+            block, conv = block + 1, 0
+        elif kind == "InputLayer" and index == 0:
+            continue
+        elif block > 1 and conv == 0:
+            return names, variables, index
+        else:
+            raise FileFormatError(
+                f"{where}: layer {layer['name']!r} ({kind}) does not fit a VGG base (3x3 "
+                "ReLU convolutions in blocks, each closed by a 2x2 max-pool)"
+            )
+    if conv:
+        raise FileFormatError(f"{where}: the VGG base does not end with a max-pool")
+    return names, variables, len(layers)
+
+
+def _weights(kind: str, config: Mapping) -> list[str]:
+    if kind == "BatchNormalization":
+        return [
+            *(["gamma"] if config.get("scale", True) else []),
+            *(["beta"] if config.get("center", True) else []),
+            "moving_mean",
+            "moving_variance",
+        ]
+    return ["kernel", "bias"] if config.get("use_bias", True) else ["kernel"]
+
+
+def _head_layer(layer: dict, where: str) -> Layer:
+    kind, config, name = layer["class_name"], layer["config"], layer["name"]
+    if kind in ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+        _expect(layer, where, data_format="channels_last", keepdims=False)
+        return Layer(
+            name,
+            {"Flatten": "flatten", "GlobalAveragePooling2D": "global_avg"}.get(kind, "global_max"),
+        )
+    if kind == "Dense":
+        return Layer(name, "dense", int(config["units"]), _activation(layer, where))
+    if kind == "BatchNormalization":
+        if config.get("axis", -1) not in (-1, [-1]):
+            raise FileFormatError(
+                f"{where}: layer {name!r} normalises axis {config.get('axis')!r}; vgg_np "
+                "normalises the channels (axis -1)"
+            )
+        return Layer(name, "batch_norm", eps=float(config["epsilon"]))
+    if kind == "Dropout":
+        return Layer(name, "dropout", rate=float(config["rate"]))
+    raise FileFormatError(
+        f"{where}: layer {name!r} ({kind}) is not one vgg_np runs in a head (Flatten, "
+        "GlobalAveragePooling2D, GlobalMaxPooling2D, Dense, BatchNormalization, Dropout, "
+        "Activation)"
+    )
+
+
+def _head(layers: list[dict], where: str) -> tuple[list[Layer], dict]:
+    head: list[Layer] = []
+    variables = {}
+    for layer in layers:
+        if layer["class_name"] == "Activation":  # applied to the layer before it
+            activation = _activation(layer, where)
+            if head and head[-1].activation is None:
+                head[-1] = Layer(**{**head[-1].__dict__, "activation": activation})
+            elif activation is not None:
+                raise FileFormatError(
+                    f"{where}: layer {layer['name']!r} (Activation) follows a layer that "
+                    "already has an activation, or none"
+                )
+            continue
+        head.append(_head_layer(layer, where))
+        if head[-1].kind in ("dense", "batch_norm"):
+            variables[layer["name"]] = _weights(layer["class_name"], layer["config"])
+    return head, variables
+
+
+def _standard_top(head: list[Layer]) -> bool:
+    """Whether the head is Keras Applications' own top, which `VGG` builds from widths."""
+    names = [layer.name for layer in head]
+    hidden = [f"fc{i}" for i in range(1, len(names) - 1)]
+    return (
+        names == ["flatten", *hidden, "predictions"]
+        and all(layer.activation == "relu" for layer in head[1:-1])
+        and head[-1].activation in ("softmax", None)
+    )
+
+
+def read_config(config: Mapping, where: str) -> KerasModel:
+    """Read a Keras model config (the parsed ``config.json`` or ``model_config``).
+
+    Raises
+    ------
+    FileFormatError
+        Naming the first layer (and its class) that vgg_np cannot represent.
+
+    Examples
+    --------
+    >>> conv = {"kernel_size": [3, 3], "padding": "same", "activation": "relu", "filters": 8}
+    >>> pool = {"pool_size": [2, 2], "strides": [2, 2]}
+    >>> layers = [
+    ...     {"class_name": "InputLayer", "config": {"name": "in", "batch_shape": [None, 9, 9, 3]}},
+    ...     {"class_name": "Conv2D", "config": {"name": "c", **conv}},
+    ...     {"class_name": "MaxPooling2D", "config": {"name": "p", **pool}},
+    ...     {"class_name": "GlobalAveragePooling2D", "config": {"name": "gap"}},
+    ...     {"class_name": "Dense", "config": {"name": "out", "units": 3, "activation": "tanh"}},
+    ... ]
+    >>> model = read_config({"class_name": "Sequential", "config": {"layers": layers}}, "x")
+    >>> model.names, [layer.kind for layer in model.head], model.input_shape
+    ({'block1_conv1': 'c', 'out': 'out'}, ['global_avg', 'dense'], (9, 9, 3))
+    """
+    layers = _flat_layers(config, where)
+    if not layers or layers[0]["class_name"] != "InputLayer":
+        raise FileFormatError(f"{where}: its model config has no input layer first")
+    batch_shape = layers[0]["config"].get("batch_shape") or layers[0]["config"].get(
+        "batch_input_shape"
+    )
+    if not isinstance(batch_shape, list) or len(batch_shape) != 4:
+        raise FileFormatError(
+            f"{where}: its input layer has shape {batch_shape!r}, not (N, H, W, C)"
+        )
+    names, variables, start = _base(layers, where)
+    head, head_variables = _head(layers[start:], where)
+    activation = head[-1].activation if head else None
+    head_layers = [layer for layer in head if layer.name in head_variables]
+    names |= {layer.name: layer.name for layer in head_layers}
+    variables |= head_variables
+    # Keras Applications' own top is VGG's: `VGG` builds it from the widths.
+    kept_head = tuple(head) if head and not _standard_top(head) else None
+    return KerasModel(names, variables, kept_head, tuple(batch_shape[1:]), activation)
+
+
+def _named(where: str, layer: str, variables: list[str], arrays: list) -> dict:
+    if len(arrays) != len(variables):
+        shapes = [tuple(a.shape) for a in arrays]
+        raise FileFormatError(
+            f"{where}: layer {layer!r} holds {len(arrays)} tensors {shapes}, its config "
+            f"implies {variables}"
+        )
+    return dict(zip(variables, arrays, strict=True))
+
+
+def arrays_from_keras3(layers: h5py.Group, model: KerasModel, where: str) -> dict:
+    """``{layer: {variable: array}}`` from a Keras 3 ``model.weights.h5``'s ``layers`` group.
+
+    Each layer's ``vars`` group names its layer in the ``name`` attribute and numbers its
+    variables in creation order; nested models hold their own ``layers`` group.
+    """
+    found: dict[str, list] = {}
+
+    def visit(name: str, group) -> None:
+        if name.endswith("vars") and isinstance(group, h5py.Group) and len(group):
+            layer = group.attrs.get("name", "")
+            layer = layer.decode("utf8") if isinstance(layer, bytes) else str(layer)
+            if layer in found or not all(k.isdigit() for k in group):
+                raise FileFormatError(f"{where}: layer {layer!r} is stored twice or misnumbered")
+            found[layer] = [_hdf5.dataset(group[k], where) for k in sorted(group, key=int)]
+
+    layers.visititems(visit)
+    return {
+        layer: _named(where, layer, model.variables[layer], arrays)
+        for layer, arrays in found.items()
+        if layer in model.variables
+    }
+
+
+def arrays_from_model_weights(root: h5py.Group, where: str) -> dict:
+    """``{layer: {variable: array}}`` from ``model.save("x.h5")``'s ``model_weights``.
+
+    Every weight name ends ``.../<layer>/<variable>`` (a nested model's layers all sit in
+    its group, a Sequential prefixes its own name).
+    """
+    found: dict[str, dict] = {}
+    for group_name in _hdf5.strings(root.attrs, "layer_names") or []:
+        group = root.get(group_name)
+        if not isinstance(group, h5py.Group):
+            raise FileFormatError(f"{where}: layer {group_name!r} is listed but has no group")
+        for weight in _hdf5.strings(group.attrs, "weight_names") or []:
+            parts = weight.removesuffix(":0").split("/")
+            if len(parts) < 2 or not isinstance(group.get(weight), h5py.Dataset):
+                raise FileFormatError(f"{where}: layer {group_name!r} lists weight {weight!r}")
+            found.setdefault(parts[-2], {})[parts[-1]] = _hdf5.dataset(group[weight], where)
+    return found
+
+
+def tensors_of(model: KerasModel, arrays: Mapping[str, Mapping[str, object]], where: str) -> dict:
+    """Canonical tensors from each Keras layer's variables (``{layer: {variable: array}}``).
+
+    Missing optional variables get their neutral values: a zero bias (``use_bias=False``),
+    gamma 1 and beta 0 (a batch norm without ``scale`` or ``center``).
+    """
+    missing = [keras for keras in model.names.values() if keras not in arrays]
+    if missing:
+        raise FileFormatError(f"{where}: its config names layers with no weights: {missing}")
+    tensors = {}
+    for name, keras in model.names.items():
+        found = arrays[keras]
+        if sorted(found) != sorted(model.variables[keras]):
+            raise FileFormatError(
+                f"{where}: layer {keras!r} holds {sorted(found)}, its config implies "
+                f"{model.variables[keras]}"
+            )
+        if "moving_mean" in found:
+            c = found["moving_mean"].shape
+            ones, zeros = _constant(c, 1.0, found), _constant(c, 0.0, found)
+            tensors[name] = (
+                found.get("gamma", ones),
+                found.get("beta", zeros),
+                found["moving_mean"],
+                found["moving_variance"],
+            )
+        else:
+            kernel = found["kernel"]
+            tensors[name] = (kernel, found.get("bias", _constant(kernel.shape[-1:], 0.0, found)))
+    return tensors
+
+
+def _constant(shape: tuple, value: float, found: Mapping) -> LazyArray:
+    dtype = next(iter(found.values())).dtype
+    return LazyArray(tuple(shape), dtype, lambda: np.full(shape, value, dtype))
