@@ -6,11 +6,11 @@
 vgg_np runs its command line, ``python -m vgg_np predict DIR --weights W.npz --json``
 (Keras-family weights: Pillow decoding, nearest-neighbour resize to 224x224, "caffe"
 preprocessing, batches of 8), whose image stream (`vgg_np.streams.ImageStream`) decodes
-the next batches on threads while the model runs. The peer does the same work with the same Pillow calls and
-feeds onnxruntime 1.32 (the same weights, exported from PyTorch), printing the same top
-5 per image. Each run is one process, startup and weight loading included, the two
-alternating over rounds. Reported: median seconds per run, images per second and the
-ratio vgg_np / onnxruntime.
+the next batches on threads while the model runs. The peer does the same work with the
+same Pillow calls, one batch after the other, and feeds onnxruntime 1.32 (the same
+weights, exported from PyTorch), printing the same top 5 per image. Each run is one
+process, startup and weight loading included, the two alternating over rounds.
+Reported: median seconds per run, images per second and the ratio vgg_np / onnxruntime.
 """
 
 from __future__ import annotations
