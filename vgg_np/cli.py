@@ -43,10 +43,10 @@ from importlib import resources
 import numpy as np
 
 from vgg_np import __version__, distributed, formats, hub
+from vgg_np._files import atomic_write
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
 from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
 from vgg_np.extract import DEFAULT_PARTITION_SIZE, SUFFIXES, extract, top_classes
-from vgg_np.formats._common import atomic_write
 from vgg_np.model import VGG, VGG16
 from vgg_np.preprocess import MODES, RESIZE_MODES, decode_predictions, load_image, preprocess_input
 from vgg_np.progress import Progress

@@ -61,8 +61,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from vgg_np._files import atomic_write
 from vgg_np.formats import Preprocessing, choose_preprocessing
-from vgg_np.formats._common import atomic_write
 from vgg_np.preprocess import decode_predictions, imagenet_classes
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import decode_batches, image_paths, input_size

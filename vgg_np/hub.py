@@ -24,7 +24,7 @@ import pathlib
 import urllib.request
 from dataclasses import dataclass
 
-from vgg_np.formats._common import atomic_write
+from vgg_np._files import atomic_write
 from vgg_np.progress import Progress
 
 __all__ = ["PUBLISHED", "Published", "cache_dir", "download", "find", "resolve"]

@@ -15,13 +15,14 @@ import contextlib
 import functools
 import json
 import os
-import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from importlib import resources
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from vgg_np import _files
 
 __all__ = [
     "CAFFE_BGR_MEAN",
@@ -276,16 +277,6 @@ class _Refused(ValueError):
     """An image vgg_np refuses on its own checks (as opposed to one Pillow cannot read)."""
 
 
-#: What a path is when it is not a regular file, for the error message.
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
 @contextlib.contextmanager
 def _open_regular(where: str) -> Iterator:
     """Open `where` for reading only if it is a regular file; a FIFO is never waited on.
@@ -293,13 +284,11 @@ def _open_regular(where: str) -> Iterator:
     The type is checked on the open descriptor (O_NONBLOCK makes opening a FIFO return at
     once), so the file cannot be swapped between the check and the read.
     """
-    fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
-        raise _Refused(f"{where}: not a regular file ({kind}), not read")
-    with os.fdopen(fd, "rb") as file:
+    try:
+        file = _files.open_regular(where, "image")
+    except _files.NotARegularFile as error:
+        raise _Refused(f"{where}: not a regular file ({error.kind}), not read") from None
+    with file:
         yield file
 
 

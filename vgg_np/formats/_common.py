@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import stat
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import BinaryIO
 
 import numpy as np
+
+from vgg_np import _files
 
 #: A member may decompress to at most this many times its stored size ...
 MAX_EXPANSION = 100
@@ -69,7 +69,7 @@ def reading(where: str) -> Iterator[None]:
 
 
 def check_regular(path: str | os.PathLike) -> os.stat_result:
-    """Return the status of `path`, refusing anything but a regular file.
+    """Return the status of `path`, refusing anything but a regular file (`_files.check_regular`).
 
     Raises
     ------
@@ -78,23 +78,18 @@ def check_regular(path: str | os.PathLike) -> os.stat_result:
     OSError
         If `path` does not exist or cannot be examined.
     """
-    status = os.stat(path)
-    if not stat.S_ISREG(status.st_mode):
-        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "a FIFO, socket or device"
-        raise FileFormatError(f"{os.fspath(path)!r} is {kind}, not a regular weights file")
-    return status
+    try:
+        return _files.check_regular(path, "weights file")
+    except _files.NotARegularFile as error:
+        raise FileFormatError(str(error)) from None
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
-    """Open a regular file for reading without ever blocking on a FIFO put in its place."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    """Open a regular file for reading without ever blocking on a FIFO (`_files.open_regular`)."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FileFormatError(f"{os.fspath(path)!r} is not a regular weights file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+        return _files.open_regular(path, "weights file")
+    except _files.NotARegularFile as error:
+        raise FileFormatError(str(error)) from None
 
 
 def fingerprint(f: BinaryIO) -> tuple[int, int]:
@@ -271,42 +266,3 @@ def check_unique(pairs: list[tuple[str, object]], where: str) -> dict:
             raise FileFormatError(f"{where}: layer {name!r} appears twice")
         result[name] = value
     return result
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a new file's name beside `path`; rename it over `path` once complete and synced.
-
-    An existing file is never left half-written, whatever fails while writing (an
-    exception, SIGINT, a full disk), and a reader of the old file keeps reading the old
-    bytes, so `path` may be the very file the weights were read from. The new file gets
-    the permissions the umask gives any new file.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.part")
-    # Mode 0o666 as for any new file: the kernel applies the umask (mkstemp's 0o600 did not).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        os.close(os.open(tmp, flags, 0o666))
-    except OSError as error:  # name the user's file, not the temporary one
-        raise type(error)(error.errno, error.strerror, path) from None
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Write a binary file beside `path`, renamed over it once complete (see `atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "r+b") as f:
-        yield f

@@ -33,11 +33,11 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
+from vgg_np._files import atomic_path
 from vgg_np.formats import _hdf5, keras_config
 from vgg_np.formats._common import (
     CHUNK,
     FileFormatError,
-    atomic_path,
     check_regular,
     check_unique,
     check_zip,

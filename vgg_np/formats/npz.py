@@ -25,11 +25,11 @@ from typing import BinaryIO
 
 import numpy as np
 
+from vgg_np._files import atomic_write
 from vgg_np.formats._common import (
     CHUNK,
     FileFormatError,
     LazyArray,
-    atomic_write,
     bytes_to_array,
     check_zip,
     flatten_pairs,

@@ -26,10 +26,10 @@ from typing import BinaryIO
 
 import numpy as np
 
+from vgg_np._files import atomic_write
 from vgg_np.formats._common import (
     FileFormatError,
     LazyArray,
-    atomic_write,
     bytes_to_array,
     fingerprint,
     flatten_pairs,

@@ -20,9 +20,9 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from vgg_np._files import atomic_write
 from vgg_np.formats._common import (
     FileFormatError,
-    atomic_write,
     check_regular,
     check_zip,
     verify_zip_crcs,
