@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 from reference.make_keras_reference import TINY, TINY_CLASSES
 
-from vgg_np import VGG, formats
-from vgg_np.formats import _common
+from vgg_np import VGG, _files, formats
 
 TINY_DIR = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
 ROOT = pathlib.Path(__file__).parent.parent
@@ -159,7 +158,7 @@ def test_a_writer_failing_half_way_leaves_the_old_file_whole(
         monkeypatch.setattr(h5py.Group, "create_dataset", failing_create)
     else:
         monkeypatch.setattr(
-            _common, "open", lambda name, mode: _FailingWrites(name, mode, error), raising=False
+            _files, "open", lambda name, mode: _FailingWrites(name, mode, error), raising=False
         )
     with pytest.raises(type(error)):
         formats.write_weights(path, weights)

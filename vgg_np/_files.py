@@ -15,9 +15,9 @@ Examples
 >>> folder = tempfile.mkdtemp()
 >>> path = os.path.join(folder, "labels.txt")
 >>> with atomic_write(path) as f:
-...     _ = f.write(b"cat\\ndog\\n")
+...     _ = f.write(b"cat\ndog\n")
 >>> read_bytes(path, max_bytes=1024, what="labels file")
-b'cat\\ndog\\n'
+b'cat\ndog\n'
 >>> os.mkfifo(os.path.join(folder, "fifo"))
 >>> read_bytes(os.path.join(folder, "fifo"), max_bytes=1024, what="labels file")
 Traceback (most recent call last):
@@ -232,7 +232,7 @@ def read_text(path: str | os.PathLike, max_bytes: int, what: str = "file") -> st
     --------
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile(suffix=".txt") as f:
-    ...     _ = f.write("chat\\nchien\\n".encode()); f.flush()
+    ...     _ = f.write("chat\nchien\n".encode()); f.flush()
     ...     read_text(f.name, max_bytes=1024, what="labels file").split()
     ['chat', 'chien']
     """
