@@ -31,6 +31,7 @@ SAMPLES = {
     "global_max": (Layer("m", "global_max"), (5, 6, 4)),
     "batch_norm": (Layer("b", "batch_norm", eps=1e-3), (5, 6, 4)),
     "dropout": (Layer("o", "dropout", rate=0.4), (5, 6, 4)),
+    "activation": (Layer("s", "activation", activation="tanh"), (5, 6, 4)),
 }
 
 

@@ -7,6 +7,7 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import os
@@ -27,7 +28,8 @@ from vgg_np.config import (
 )
 from vgg_np.engine import ALGORITHMS, Engine
 from vgg_np.formats.torchvision import TIMM_SIDE, TORCH_BN_EPS
-from vgg_np.layers import ACTIVATIONS, KINDS, fold_batch_norms, forward
+from vgg_np.layers import ACTIVATIONS, KINDS, forward
+from vgg_np.lowering import Plan, lower
 from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
 
@@ -103,7 +105,9 @@ class VGG:
         The variant with batch normalisation after every convolution (torchvision's
         ``vgg16_bn``; layers ``block1_conv1_bn`` ...); a float is its epsilon, True
         PyTorch's 1e-5. The engine folds each into its convolution
-        (`vgg_np.layers.fold_batch_norms`); ``conv_algorithm="reference"`` runs it as is.
+        (`vgg_np.lowering.fold_batch_norms`); ``conv_algorithm="reference"`` runs it as
+        is. Every layer name keeps answering: ``features(x, "block1_conv1")`` is the
+        convolution's output before its batch norm, as torchvision's module gives it.
     head : sequence of Layer, optional
         A classifier of one's own after ``block5_pool`` in place of the top, as data:
         ``flatten``, ``global_avg``, ``global_max``, ``dense`` (with any activation of
@@ -222,7 +226,7 @@ class VGG:
             raise ValueError(f"`threads` must be None or a positive int, got {threads!r}")
         self.conv_algorithm = conv_algorithm
         self.threads = threads
-        self._engine: Engine | None = None
+        self._lowered: dict[frozenset, tuple[Plan, Engine]] = {}  # see _lowering
         # What the last file loaded said about itself: its format, and for ONNX models
         # the tensor names of each layer's output (`formats.WeightSource`).
         self.weights_format: str | None = None
@@ -514,7 +518,7 @@ class VGG:
                     "pass allow_nonfinite=True to accept them"
                 )
         self._weights = loaded
-        self._engine = None  # packed for the old weights
+        self._lowered = {}  # engines packed for the old weights
 
     def load_weights(
         self, path: str | os.PathLike, *, allow_nonfinite: bool = False, theano_flip: bool = True
@@ -650,36 +654,70 @@ class VGG:
     def engine(self) -> Engine:
         """The `vgg_np.engine.Engine` that runs this network (kernels packed on first use).
 
+        It runs the lowered network (`vgg_np.lowering.lower`: batch norms folded into
+        their convolutions, dropout gone, activations fused): its steps are
+        ``model.engine.layers``.
+
         Examples
         --------
         >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block3_conv1"]
         'winograd-4'
         """
-        if self._engine is None:
-            # Batch norms fold into their convolutions here, before the engine packs them.
-            layers, weights = fold_batch_norms(self.layers, self._weights)
-            self._engine = Engine(layers, weights, self.conv_algorithm, self.threads)
-        return self._engine
+        return self._lowering(frozenset())[1]
 
-    def _run(self, x: np.ndarray, keep: bool | set):
-        """Yield (layer name, output) from the engine, or from the reference forward pass.
+    def _lowering(self, wanted: frozenset[str]) -> tuple[Plan, Engine]:
+        """Return the plan and engine whose steps give the outputs of the user layers `wanted`.
 
-        With ``keep=False`` only the last output is sure to be yielded; with a set of
-        names, those layers' outputs are, and the pass stops after the deepest of them.
-        Every output is a new array.
+        The default plan (nothing kept) serves every name it answers; a name it merged
+        away (a convolution folded with its batch norm) gets a plan that keeps it. The
+        default and the last other plan are kept.
         """
-        if self.conv_algorithm != "reference":  # the engine runs large batches in slices
-            if keep:
-                return self.engine.outputs(x, None if keep is True else keep).items()
-            return [(self.layers[-1].name, self.engine.predict(x))]
-        outputs = []
+        lowered = dict(self._lowered)  # another thread may replace the dict meanwhile
+        if frozenset() not in lowered:
+            plan = lower(self.layers, self._weights)
+            lowered[frozenset()] = (
+                plan,
+                Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads),
+            )
+        keep = frozenset(wanted - lowered[frozenset()][0].names.keys())
+        if keep not in lowered:
+            plan = lower(self.layers, self._weights, keep)
+            engine = Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads)
+            lowered = {frozenset(): lowered[frozenset()], keep: (plan, engine)}
+        self._lowered = lowered
+        return lowered[keep]
 
-        def record(layer: Layer, values: dict) -> None:
-            if keep or layer is self.layers[-1]:
-                outputs.append((layer.name, values["output"]))
+    def _run(self, x: np.ndarray, keep: bool | set) -> list[tuple[str, np.ndarray]]:
+        """Return [(user layer name, output)] from the engine, or the reference forward pass.
 
-        forward(self.layers, self._weights, x, hook=record)
-        return (pair for pair in outputs)  # a generator, closed like the engine's
+        With ``keep=False`` only the last output is returned; with True, every layer's;
+        with a set of names, those layers' (and the pass stops after the deepest of
+        them). Every output is a new array.
+        """
+        names = [layer.name for layer in self.layers]
+        wanted = set(names) if keep is True else set(keep or ())
+        if self.conv_algorithm == "reference":
+            outputs = []
+
+            def record(layer: Layer, values: dict) -> None:
+                if layer.name in wanted or layer is self.layers[-1]:
+                    outputs.append((layer.name, values["output"]))
+
+            forward(self.layers, self._weights, x, hook=record)
+            return outputs
+        plan, engine = self._lowering(frozenset(wanted))
+        if not wanted:  # the engine runs large batches in slices
+            return [(names[-1], engine.predict(x))]
+        found = engine.outputs(x, {plan.names[name] for name in wanted})
+        # A user layer that is the identity (dropout) shares its step: each gets its own copy.
+        copies = collections.Counter(plan.names[name] for name in wanted)
+        result = []
+        for name in names:
+            if name in wanted:
+                step = plan.names[name]
+                copies[step] -= 1
+                result.append((name, found[step].copy() if copies[step] else found[step]))
+        return result
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
