@@ -4,6 +4,7 @@ comparison is in test_model_reference.py, the live one in test_keras_crosscheck.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 
@@ -223,7 +224,8 @@ def test_a_new_kind_is_one_entry(monkeypatch):
     )
     monkeypatch.setitem(KINDS, "double", double)
     model = keras_tiny_model("float64")
-    model.layers = [model.layers[0], Layer("twice", "double"), *model.layers[1:]]
+    twice = (model.layers[0], Layer("twice", "double"), *model.layers[1:])
+    model.network = dataclasses.replace(model.network, layers=twice)  # not a VGG argument
     x = np.random.default_rng(4).standard_normal((2, 32, 32, 3))
     seen = {}
     logits = forward(
