@@ -881,23 +881,13 @@ class Engine:
         if plan.algorithm == "naive":
             y = ops.conv2d_naive(x, plan.kernel, plan.bias)
             return ACTIVATIONS[self.layers[index].activation].forward(y)
-        m, o, buffers = plan.m, plan.bias.shape[0], state.buffers
-        staged, state.staged = state.staged, None
-        if staged is not None and staged[0] == index:
-            padded = staged[1]
-        else:
-            padded = _padded(n, h, w, c, m, x.dtype, buffers, "in_a", plan.tiles_h)
-            padded.interior()[...] = x
+        m, o = plan.m, plan.bias.shape[0]
+        padded = self._conv_input(state, index, x, plan)
         pool = fuse_pool and plan.pool
         h_out, w_out = (h // 2, w // 2) if pool else (h, w)
         following = index + (2 if pool else 1)
         staging = self._next_input(state, following, padded, h_out, w_out, o, x.dtype)
-        if staging is None:
-            result = buffers.get("out", (n, h_out, w_out, o), x.dtype)
-            destinations = list(result)
-        else:
-            result = staging.interior()
-            destinations = [staging.image(i)[1 : 1 + h_out, 1 : 1 + w_out] for i in range(n)]
+        result, destinations = self._conv_output(state, staging, (n, h_out, w_out, o), x.dtype)
         steps = (_WinogradSteps if m > 1 else _GemmSteps)(padded, c)
         # Chunks of tile rows within one image, channel blocks fixed per layer: the same
         # BLAS calls for an image whatever the batch and the threads.
@@ -949,6 +939,31 @@ class Engine:
         if staging is not None:
             state.staged = (following, staging)
         return result
+
+    @staticmethod
+    def _conv_input(state: _Pass, index: int, x: np.ndarray, plan: _ConvPlan) -> _Padded:
+        """Return layer `index`'s padded input: staged by the layer before, or laid out."""
+        staged, state.staged = state.staged, None
+        if staged is not None and staged[0] == index:
+            return staged[1]
+        n, h, w, c = x.shape
+        padded = _padded(n, h, w, c, plan.m, x.dtype, state.buffers, "in_a", plan.tiles_h)
+        padded.interior()[...] = x
+        return padded
+
+    @staticmethod
+    def _conv_output(state: _Pass, staging: _Padded | None, shape: tuple, dtype):
+        """Return the ``(N, H, W, O)`` output array and its per-image destinations.
+
+        The output goes into the next convolution's padded input (`staging`) if there
+        is one, else into a buffer of the pass.
+        """
+        n, h, w, _ = shape
+        if staging is None:
+            result = state.buffers.get("out", shape, dtype)
+            return result, list(result)
+        destinations = [staging.image(i)[1 : 1 + h, 1 : 1 + w] for i in range(n)]
+        return staging.interior(), destinations
 
     def _next_input(self, state: _Pass, index: int, current: _Padded, h, w, c, dtype):
         """Lay out the padded input of layer `index` if it is a convolution to fill."""
