@@ -356,9 +356,9 @@ def _batch_norm(batch_norm: bool | float) -> float | None:
 def _dtype(dtype) -> np.dtype:
     try:
         found = np.dtype(dtype)
-    except TypeError:
+    except TypeError:  # not a dtype at all
         found = None
-    if found not in DTYPES:
+    if found is None or found not in DTYPES:
         raise ValueError(f"`dtype` must be float16, float32 or float64, got {dtype!r}")
     return found
 
