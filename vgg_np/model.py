@@ -611,7 +611,9 @@ class VGG:
         -------
         dict
             Keras layer name -> that layer's output, in layer order (block1_conv1 ...
-            predictions). Convolution outputs are after their ReLU, as in Keras.
+            predictions). Convolution outputs are after their ReLU, as in Keras; on a
+            batch-norm model before their batch norm (``block1_conv1``), the ReLU
+            being the batch norm's (``block1_conv1_bn``), as in torchvision.
 
         Raises
         ------
@@ -651,7 +653,11 @@ class VGG:
         Returns
         -------
         ndarray
-            Equal, bit for bit, to ``model.activations(x)[layer]``.
+            Equal, bit for bit, to ``model.activations(x, [layer])[layer]``, and to
+            ``model.activations(x)[layer]`` but on batch-norm models: there every
+            convolution's own output is asked for, so all run unfolded (equal to
+            rounding, `vgg_np.lowering`). On a batch-norm model a convolution's
+            output is before its batch norm, as in torchvision's ``features`` modules.
 
         Examples
         --------
