@@ -120,3 +120,23 @@ def test_dropout_layer_names_answer():
     np.testing.assert_array_equal(outputs["drop"], outputs["d1"])  # the identity at inference
     assert outputs["drop"] is not outputs["d1"]  # each its own array
     np.testing.assert_array_equal(model.features(x, "drop"), outputs["d1"])
+
+
+def test_batch_norm_names_answer_in_channels_first_and_non_square():
+    model = VGG(
+        TINY,
+        batch_norm=True,
+        include_top=False,
+        input_shape=(3, 32, 40),
+        data_format="channels_first",
+        dtype="float64",
+        seed=0,
+    )
+    model = with_bn_statistics(model)
+    x = np.random.default_rng(6).standard_normal((2, 3, 32, 40))
+    expected = reference_outputs(model, x.transpose(0, 2, 3, 1))  # (N, C, H, W) -> NHWC
+    y = model.features(x, "block2_conv1")
+    assert y.shape == (2, 4, 16, 20)
+    assert relative_error(y.transpose(0, 2, 3, 1), expected["block2_conv1"]) < 1e-12
+    shallow = model.predict(x, batch_size=1, verbose=0, layer="block2_conv1")
+    np.testing.assert_array_equal(shallow, y)
