@@ -4,6 +4,7 @@ comparison is in test_model_reference.py, the live one in test_keras_crosscheck.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 
@@ -31,6 +32,7 @@ SAMPLES = {
     "global_max": (Layer("m", "global_max"), (5, 6, 4)),
     "batch_norm": (Layer("b", "batch_norm", eps=1e-3), (5, 6, 4)),
     "dropout": (Layer("o", "dropout", rate=0.4), (5, 6, 4)),
+    "activation": (Layer("s", "activation", activation="tanh"), (5, 6, 4)),
 }
 
 
@@ -222,7 +224,8 @@ def test_a_new_kind_is_one_entry(monkeypatch):
     )
     monkeypatch.setitem(KINDS, "double", double)
     model = keras_tiny_model("float64")
-    model.layers = [model.layers[0], Layer("twice", "double"), *model.layers[1:]]
+    twice = (model.layers[0], Layer("twice", "double"), *model.layers[1:])
+    model.network = dataclasses.replace(model.network, layers=twice)  # not a VGG argument
     x = np.random.default_rng(4).standard_normal((2, 32, 32, 3))
     seen = {}
     logits = forward(

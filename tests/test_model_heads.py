@@ -9,7 +9,8 @@ from conftest import BN_FOLD_REL_TOL, relative_error
 
 from vgg_np import VGG
 from vgg_np.config import VGGConfig
-from vgg_np.layers import Layer, fold_batch_norms, forward
+from vgg_np.layers import Layer, forward
+from vgg_np.lowering import lower
 from vgg_np.train import SGD, loss_and_gradients
 
 NARROW = VGGConfig("narrow", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
@@ -75,11 +76,12 @@ def test_engine_runs_the_folded_table_and_matches_the_reference(dtype):
     errors = relative_error(folded, oracle), relative_error(unfolded, oracle)
     print(f"\n{dtype} logits vs float64 unfolded: folded {errors[0]:.1e}, unfolded {errors[1]:.1e}")
     assert errors[0] < (1e-12 if dtype == "float64" else BN_FOLD_REL_TOL)
-    # The engine ran no batch norm: each was folded into its convolution.
-    assert [name for name, _ in model.activations(x).items()][:2] == [
-        "block1_conv1_bn",
-        "block1_pool",
-    ]
+    # The engine ran no batch norm: each was folded into its convolution...
+    steps = [(step.name, step.kind) for step in model.engine.layers]
+    assert steps[:2] == [("block1_conv1_bn", "conv"), ("block1_pool", "pool")]
+    assert "batch_norm" not in {kind for _, kind in steps}
+    # ...while the user's layers all keep answering, under their own names.
+    assert list(model.activations(x))[:3] == ["block1_conv1", "block1_conv1_bn", "block1_pool"]
 
 
 def test_fold_batch_norms_leaves_what_it_cannot_fold():
@@ -93,8 +95,9 @@ def test_fold_batch_norms_leaves_what_it_cannot_fold():
         "c": (rng.standard_normal((3, 3, 1, 2)), np.zeros(2)),
         "c_bn": (np.ones(2), np.zeros(2), np.zeros(2), np.ones(2)),
     }
-    folded, w = fold_batch_norms(table, weights)
-    assert folded == table[:2] and w == weights  # dropout gone, nothing folded
+    plan = lower(table, weights)
+    assert plan.steps == tuple(table[:2]) and plan.weights == weights  # dropout gone, not folded
+    assert plan.names == {"c": "c", "c_bn": "c_bn", "d": "c_bn"}  # the dropout answers as c_bn
 
 
 @pytest.mark.parametrize("head", [FLATTEN_HEAD, GAP_HEAD], ids=["flatten", "gap"])

@@ -11,6 +11,7 @@ import numpy as np
 from vgg_np.config import CONFIGS, VGGConfig
 from vgg_np.formats.contract import Family, Provenance
 from vgg_np.formats.torchvision import TORCH_BN_EPS
+from vgg_np.network import Network, channels_last, describe
 
 __all__ = ["infer_architecture"]
 
@@ -72,14 +73,46 @@ def _batch_norm_eps(info: Mapping, provenance, layout: str, where: str) -> float
 
 def _from_info(info: Mapping) -> dict:
     """Read what a graph (ONNX) says about its input and final activation."""
-    h, w, c = info["input_shape"]
+    h, w, c = info["input_shape"]  # channels last
+    layout = "channels_first" if info.get("input_layout") == "NCHW" else "channels_last"
     inferred = {
-        "data_format": "channels_first" if info.get("input_layout") == "NCHW" else "channels_last",
+        "data_format": layout,
         "classifier_activation": info.get("classifier_activation"),
     }
     if h and w:
-        inferred["input_shape"] = (h, w, c)  # channels last; see VGG.from_file
+        inferred["input_shape"] = channels_last((h, w, c), layout, inverse=True)  # as given
     return inferred
+
+
+def _classifier(tensors: Mapping, head, where: str) -> dict:
+    """Return the top's arguments: a head of its own, or the standard top's classes."""
+    inferred: dict = {"include_top": "predictions" in tensors}
+    if head:
+        inferred["head"] = head  # a classifier of its own: widths and kinds from the file
+    elif "predictions" in tensors:
+        inferred["classes"] = _shape(tensors, "predictions", 2, where)[1]
+    return inferred
+
+
+def _input_size(tensors, widths, provenance, layout, where, known: bool) -> dict:
+    """fc1 takes the last feature map flattened: a square of this side fixes the input.
+
+    torchvision's and timm's layouts pool to that side (any input size); others need
+    the input size that gives it, unless it is `known` already.
+    """
+    rows = _shape(tensors, "fc1", 2, where)[0]
+    side = math.isqrt(rows // widths[-1][-1])
+    if side < 1:
+        raise ValueError(
+            f"{where}: fc1 takes {rows} inputs, fewer than block{len(widths)}'s "
+            f"{widths[-1][-1]} channels"
+        )
+    if {Family.TORCHVISION, Family.TIMM} & {_family(provenance), layout}:
+        return {"adaptive_pool": side}  # torchvision pools to it: any input size
+    if known:
+        return {}
+    size = side * 2 ** len(widths)
+    return {"input_shape": (size, size, 3)}
 
 
 def infer_architecture(
@@ -89,8 +122,8 @@ def infer_architecture(
     *,
     where: str | None = None,
     layout: str = "keras",
-) -> dict:
-    """Guess `VGG`'s arguments from a canonical mapping of weights (see `VGG.from_file`).
+) -> Network:
+    """Describe the network a canonical mapping of weights belongs to (see `VGG.from_file`).
 
     Parameters
     ----------
@@ -108,8 +141,9 @@ def infer_architecture(
 
     Returns
     -------
-    dict
-        Keyword arguments of `vgg_np.model.VGG`.
+    Network
+        Built by `vgg_np.network.describe`; ``network.arguments()`` are the keyword
+        arguments of `vgg_np.model.VGG` that build it.
 
     Raises
     ------
@@ -120,8 +154,8 @@ def infer_architecture(
     --------
     >>> import numpy as np
     >>> tensors = {"block1_conv1": (np.zeros((3, 3, 3, 8)), np.zeros(8))}
-    >>> inferred = infer_architecture(tensors, {}, "keras")
-    >>> inferred["config"].blocks, inferred["include_top"]
+    >>> network = infer_architecture(tensors, {}, "keras")
+    >>> network.config.blocks, network.include_top
     (((8,),), False)
     """
     info = info or {}
@@ -131,29 +165,17 @@ def infer_architecture(
     fc = () if head else _dense_widths(tensors, where)
     known = {c.blocks: c.name for c in CONFIGS.values()}
     config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc or (4096, 4096))
-    inferred: dict = {"config": config, "include_top": "predictions" in tensors}
-    if head:
-        inferred["head"] = head  # a classifier of its own: widths and kinds from the file
+    inferred: dict = {"config": config, **_classifier(tensors, head, where)}
     if any(_CONV.fullmatch(name.removesuffix("_bn")) for name in tensors if name.endswith("_bn")):
         inferred["batch_norm"] = _batch_norm_eps(info, provenance, layout, where)
-    if "predictions" in tensors and not head:
-        inferred["classes"] = _shape(tensors, "predictions", 2, where)[1]
     if "input_shape" in info:
         inferred.update(_from_info(info))
     size = getattr(provenance, "input_size", None)
     if head and "input_shape" not in inferred and size:  # recorded with the weights
         inferred["input_shape"] = (*size, 3)
     if inferred["include_top"] and fc:
-        # fc1 takes the last feature map flattened: a square of this side.
-        rows = _shape(tensors, "fc1", 2, where)[0]
-        side = math.isqrt(rows // widths[-1][-1])
-        if side < 1:
-            raise ValueError(
-                f"{where}: fc1 takes {rows} inputs, fewer than block{len(widths)}'s "
-                f"{widths[-1][-1]} channels"
-            )
-        if {Family.TORCHVISION, Family.TIMM} & {_family(provenance), layout}:
-            inferred["adaptive_pool"] = side  # torchvision pools to it: any input size
-        elif "input_shape" not in inferred:
-            inferred["input_shape"] = (side * 2 ** len(widths), side * 2 ** len(widths), 3)
-    return inferred
+        inferred.update(
+            _input_size(tensors, widths, provenance, layout, where, "input_shape" in inferred)
+        )
+    recorded = provenance if isinstance(provenance, Provenance) else None
+    return describe(**inferred, provenance=recorded)

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from vgg_np.architecture import infer_architecture
-from vgg_np.formats import torchvision
+from vgg_np.formats import Family, Provenance, WeightSource, torchvision
 from vgg_np.model import VGG
 from vgg_np.ops import softmax
 
@@ -423,16 +423,13 @@ def compare_torch(
 
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     tensors = torchvision.from_state_dict(state, "the module's state_dict")
-    inferred = infer_architecture(tensors, {}, "torchvision")
-    x = np.asarray(x)
-    model = VGG(
-        **inferred,
-        input_shape=None,
-        classifier_activation=None,
-        dtype="float64" if oracle else "float32",
-        seed=0,
+    provenance = Provenance("the module's state_dict", Family.TORCHVISION)
+    source = WeightSource(tensors, provenance, path="the module's state_dict")
+    network = infer_architecture(tensors, {}, "torchvision").replace(
+        input_shape=None, classifier_activation=None, dtype="float64" if oracle else "float32"
     )
-    model.set_weights(tensors)
+    x = np.asarray(x)
+    model = VGG(**network.arguments(), weights=source)
     outputs: dict[str, np.ndarray] = {}
 
     def keep(key: str, from_input: bool):

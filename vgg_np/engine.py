@@ -53,7 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vgg_np import ops
-from vgg_np.layers import ACTIVATIONS, KINDS
+from vgg_np.layers import ACTIVATIONS, KINDS, shapes
+from vgg_np.lowering import CONV_EPILOGUE
 
 __all__ = ["ALGORITHMS", "Engine", "winograd_conv3x3", "winograd_matrices"]
 
@@ -462,6 +463,7 @@ class _ConvPlan:
     kernel: np.ndarray  # packed: (a*a, C, O) for Winograd, (9 * C, O) for GEMM
     bias: np.ndarray
     pool: bool  # a 2x2 max-pool follows: apply it before the bias and ReLU
+    relu: bool  # the epilogue rectifies (else the convolution is linear)
     tiles_h: int = 0  # tile rows per image (for a fused pool after a direct conv: even)
     rows_per_chunk: int = 1  # tile rows per chunk
     rows_per_part: int = 1  # tile rows per piece of a chunk's input transform
@@ -538,7 +540,7 @@ class _GemmSteps:
 
 
 class Engine:
-    """Runs a `vgg_np.model.VGG` layer table fast; built by the model, not by users.
+    """Runs the steps of a lowered network fast; built by the model, not by users.
 
     Safe to share: any number of threads may call one engine (hence one model) at once,
     and each gets exactly, bitwise, the result it would get alone. Every call has its own
@@ -550,8 +552,10 @@ class Engine:
     Parameters
     ----------
     layers : list of Layer
+        The steps of a `vgg_np.lowering.Plan` (any layer table whose convolutions end in
+        ReLU or nothing runs as it is).
     weights : dict
-        Keras layer name -> (kernel, bias), already in the model dtype (not copied).
+        Step name -> (kernel, bias), already in the model dtype (not copied).
     conv_algorithm : {"auto", "gemm", "winograd", "naive"}
     threads : int, optional
         Threads that share a call's work: the calling thread and ``threads - 1`` workers;
@@ -578,6 +582,16 @@ class Engine:
         if conv_algorithm not in ALGORITHMS:
             raise ValueError(
                 f"`conv_algorithm` must be one of {ALGORITHMS}, got {conv_algorithm!r}"
+            )
+        unfused = [
+            f"{layer.name} ({layer.activation})"
+            for layer in layers
+            if layer.kind == "conv" and layer.activation not in CONV_EPILOGUE
+        ]
+        if unfused:
+            raise ValueError(
+                f"the engine's convolutions end in ReLU or nothing, got {', '.join(unfused)}: "
+                "lower the table first (vgg_np.lowering.lower)"
             )
         self.layers = layers
         self.weights = weights
@@ -608,7 +622,7 @@ class Engine:
         algorithm = choose_algorithm(self.conv_algorithm, h, c, kernel.dtype)
         following = self.layers[index + 1] if index + 1 < len(self.layers) else None
         pool = following is not None and following.kind == "pool" and algorithm != "naive"
-        plan = _ConvPlan(layer.name, algorithm, kernel, bias, pool)
+        plan = _ConvPlan(layer.name, algorithm, kernel, bias, pool, layer.activation == "relu")
         if algorithm == "naive":
             return plan
         m = plan.m
@@ -647,14 +661,13 @@ class Engine:
         >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block5_conv1"]
         'winograd-2'
         """
-        shape, chosen = tuple(input_shape), {}
-        for layer in self.layers:
-            if layer.kind == "conv":
-                chosen[layer.name] = choose_algorithm(
-                    self.conv_algorithm, shape[0], shape[2], self.weights[layer.name][0].dtype
-                )
-            shape = KINDS[layer.kind].output_shape(layer, shape)
-        return chosen
+        return {
+            layer.name: choose_algorithm(
+                self.conv_algorithm, shape[0], shape[2], self.weights[layer.name][0].dtype
+            )
+            for layer, shape, _ in shapes(self.layers, input_shape)
+            if layer.kind == "conv"
+        }
 
     def slice_images(self, input_shape: tuple) -> int:
         """Images per slice for a per-image input ``(H, W, C)``; large batches run in slices.
@@ -670,12 +683,11 @@ class Engine:
         >>> engine.slice_images((224, 224, 3)), engine.slice_images((32, 32, 3))
         (8, 392)
         """
-        shape, largest = tuple(input_shape), 1
-        for layer in self.layers:
-            shape = KINDS[layer.kind].output_shape(layer, shape)
-            if layer.kind == "conv":
-                largest = max(largest, math.prod(shape))
-        return max(1, SLICE_VALUES // largest)
+        outputs = [math.prod(s.output) for s in shapes(self.layers, input_shape)]
+        convs = [
+            size for size, layer in zip(outputs, self.layers, strict=True) if layer.kind == "conv"
+        ]
+        return max(1, SLICE_VALUES // max(convs, default=1))
 
     # -- threads and buffers ----------------------------------------------------------
 
@@ -768,13 +780,12 @@ class Engine:
 
     def _macs(self, input_shape: tuple) -> int:
         """Multiply-adds of the convolutions and dense layers for one image."""
-        shape, macs = tuple(input_shape), 0
-        for layer in self.layers:
+        macs = 0
+        for layer, shape, _ in shapes(self.layers, input_shape):
             if layer.kind == "conv":
                 macs += math.prod(shape[:2]) * shape[2] * layer.units * 9
             elif layer.kind == "dense":
                 macs += self.weights[layer.name][0].size
-            shape = KINDS[layer.kind].output_shape(layer, shape)
         return macs
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -859,7 +870,7 @@ class Engine:
             yield self.layers[index - 1].name, x
 
     def _conv(self, state: _Pass, index: int, x: np.ndarray, fuse_pool: bool) -> np.ndarray:
-        """Convolution + bias + ReLU of layer `index` (and the next pool if fused).
+        """Convolution + bias (+ ReLU) of layer `index` (and the next pool if fused).
 
         Each chunk's output goes, pooled, biased and rectified while in cache, straight
         into the next layer's padded input when that is a convolution, else into an
@@ -868,24 +879,15 @@ class Engine:
         n, h, w, c = x.shape
         plan = self._plan(index, h, w, c)
         if plan.algorithm == "naive":
-            return ops.relu(ops.conv2d_naive(x, plan.kernel, plan.bias))
-        m, o, buffers = plan.m, plan.bias.shape[0], state.buffers
-        staged, state.staged = state.staged, None
-        if staged is not None and staged[0] == index:
-            padded = staged[1]
-        else:
-            padded = _padded(n, h, w, c, m, x.dtype, buffers, "in_a", plan.tiles_h)
-            padded.interior()[...] = x
+            y = ops.conv2d_naive(x, plan.kernel, plan.bias)
+            return ACTIVATIONS[self.layers[index].activation].forward(y)
+        m, o = plan.m, plan.bias.shape[0]
+        padded = self._conv_input(state, index, x, plan)
         pool = fuse_pool and plan.pool
         h_out, w_out = (h // 2, w // 2) if pool else (h, w)
         following = index + (2 if pool else 1)
         staging = self._next_input(state, following, padded, h_out, w_out, o, x.dtype)
-        if staging is None:
-            result = buffers.get("out", (n, h_out, w_out, o), x.dtype)
-            destinations = list(result)
-        else:
-            result = staging.interior()
-            destinations = [staging.image(i)[1 : 1 + h_out, 1 : 1 + w_out] for i in range(n)]
+        result, destinations = self._conv_output(state, staging, (n, h_out, w_out, o), x.dtype)
         steps = (_WinogradSteps if m > 1 else _GemmSteps)(padded, c)
         # Chunks of tile rows within one image, channel blocks fixed per layer: the same
         # BLAS calls for an image whatever the batch and the threads.
@@ -903,7 +905,8 @@ class Engine:
             if pool:
                 y = _pool_tiles(y, _WORKSPACE)
             y += plan.bias[o0:o1]
-            np.maximum(y, 0, out=y)
+            if plan.relu:
+                np.maximum(y, 0, out=y)
             r0 = q0 * m // 2 if pool else q0 * m  # the chunk's first output row
             _untile(y, destinations[i][..., o0:o1], r0)
 
@@ -936,6 +939,31 @@ class Engine:
         if staging is not None:
             state.staged = (following, staging)
         return result
+
+    @staticmethod
+    def _conv_input(state: _Pass, index: int, x: np.ndarray, plan: _ConvPlan) -> _Padded:
+        """Return layer `index`'s padded input: staged by the layer before, or laid out."""
+        staged, state.staged = state.staged, None
+        if staged is not None and staged[0] == index:
+            return staged[1]
+        n, h, w, c = x.shape
+        padded = _padded(n, h, w, c, plan.m, x.dtype, state.buffers, "in_a", plan.tiles_h)
+        padded.interior()[...] = x
+        return padded
+
+    @staticmethod
+    def _conv_output(state: _Pass, staging: _Padded | None, shape: tuple, dtype):
+        """Return the ``(N, H, W, O)`` output array and its per-image destinations.
+
+        The output goes into the next convolution's padded input (`staging`) if there
+        is one, else into a buffer of the pass.
+        """
+        n, h, w, _ = shape
+        if staging is None:
+            result = state.buffers.get("out", shape, dtype)
+            return result, list(result)
+        destinations = [staging.image(i)[1 : 1 + h, 1 : 1 + w] for i in range(n)]
+        return staging.interior(), destinations
 
     def _next_input(self, state: _Pass, index: int, current: _Padded, h, w, c, dtype):
         """Lay out the padded input of layer `index` if it is a convolution to fill."""

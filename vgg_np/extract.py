@@ -66,7 +66,6 @@ from vgg_np.formats import Preprocessing, choose_preprocessing
 from vgg_np.preprocess import decode_predictions, imagenet_classes
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import decode_batches, image_paths, input_size
-from vgg_np.summary import Summary
 
 __all__ = [
     "ExtractResult",
@@ -160,14 +159,7 @@ def top_classes(
 
 def _output_shape(model, layer: str, size: int) -> tuple[int, ...]:
     """Per-image output shape of `layer` for a size x size input, in the model's layout."""
-    rows = {r.name: r for r in Summary.of(model.layers, (size, size, 3), "").rows}
-    if layer not in rows or layer == "input":
-        names = ", ".join(r for r in rows if r != "input")
-        raise ValueError(f"`layer` must be one of this model's layers ({names}), got {layer!r}")
-    shape = rows[layer].output_shape
-    if model.data_format == "channels_first" and len(shape) == 3:
-        shape = (shape[2], shape[0], shape[1])  # (H, W, C) -> (C, H, W)
-    return tuple(shape)
+    return model.network.output_shape(layer, (size, size, 3))  # the one shape walk
 
 
 def _manifest_dir(out: str) -> str:

@@ -18,13 +18,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import backward, ops
 
-__all__ = ["ACTIVATIONS", "KINDS", "Activation", "Kind", "Layer", "fold_batch_norms", "forward"]
+__all__ = [
+    "ACTIVATIONS",
+    "KINDS",
+    "Activation",
+    "Kind",
+    "Layer",
+    "LayerShape",
+    "forward",
+    "output_kind",
+    "shapes",
+]
 
 
 @dataclass(frozen=True)
@@ -37,7 +48,8 @@ class Layer:
         Keras layer name.
     kind : str
         A key of `KINDS`: ``"conv"``, ``"pool"``, ``"adaptive_avg"``, ``"flatten"``,
-        ``"dense"``, ``"global_avg"``, ``"global_max"``, ``"batch_norm"``, ``"dropout"``.
+        ``"dense"``, ``"global_avg"``, ``"global_max"``, ``"batch_norm"``, ``"dropout"``,
+        ``"activation"``.
     units : int
         Output channels of a convolution, outputs of a dense layer, output size of an
         adaptive pool; 0 otherwise.
@@ -239,6 +251,13 @@ KINDS: dict[str, Kind] = {
         ),
         keeps=("input",),
     ),
+    # An activation as a layer of its own (Keras's ``Activation``): the identity, then
+    # `layer.activation`, which trains through its own backward.
+    "activation": Kind(
+        output_shape=lambda layer, shape: shape,
+        forward=lambda layer, params, x: x,
+        backward=lambda layer, params, kept, dy: (dy,),
+    ),
     # Dropout: the identity at inference; in training, inverted dropout at `layer.rate`.
     "dropout": Kind(
         output_shape=lambda layer, shape: shape,
@@ -401,58 +420,69 @@ def forward(
     return x
 
 
-def fold_batch_norms(
-    layers: Sequence[Layer], weights: Mapping[str, tuple[ArrayLike, ...]]
-) -> tuple[list[Layer], dict[str, tuple[np.ndarray, ...]]]:
-    """Fold each batch normalisation into the convolution or dense layer before it.
-
-    A ``batch_norm`` row that directly follows a ``conv`` or ``dense`` row without an
-    activation becomes part of it (`vgg_np.ops.fold_batch_norm`): the pair is one row
-    of the first's kind, named as the batch norm and with its activation, whose kernel
-    and bias are ``K * s`` and ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``.
-    ``dropout`` rows, the identity at inference, are dropped. The result computes the
-    same function at inference with fewer passes over memory: what the engine runs.
-
-    Parameters
-    ----------
-    layers : sequence of Layer
-    weights : mapping
-        Layer name -> tensors, as for `forward`.
-
-    Returns
-    -------
-    layers : list of Layer
-    weights : dict
-        The folded tensors in the dtype of the weights; the others as given.
+class LayerShape(NamedTuple):
+    """One layer of `shapes`: the layer and its per-image input and output shapes.
 
     Examples
     --------
-    >>> table = [Layer("c", "conv", 2), Layer("c_bn", "batch_norm", activation="relu", eps=0.0)]
-    >>> weights = {"c": (np.ones((3, 3, 1, 2)), np.zeros(2)),
-    ...            "c_bn": (np.array([2.0, 1.0]), np.zeros(2), np.zeros(2), np.ones(2))}
-    >>> folded, w = fold_batch_norms(table, weights)
-    >>> folded, w["c_bn"][0][..., 0].sum()
-    ([Layer(name='c_bn', kind='conv', units=2, activation='relu')], np.float64(18.0))
+    >>> shapes([Layer("p", "pool")], (9, 10, 3))[0].output
+    (4, 5, 3)
     """
-    out_layers: list[Layer] = []
-    out_weights = {}
-    for layer in layers:
-        before = out_layers[-1] if out_layers else None
-        if layer.kind == "dropout":
-            continue
-        if (
-            layer.kind == "batch_norm"
-            and before is not None
-            and before.kind in ("conv", "dense")
-            and before.activation is None
-        ):
-            kernel, bias = out_weights.pop(before.name)
-            folded = ops.fold_batch_norm(kernel, bias, *weights[layer.name], eps=layer.eps)
-            dtype = np.result_type(kernel)
-            out_weights[layer.name] = tuple(a.astype(dtype, copy=False) for a in folded)
-            out_layers[-1] = Layer(layer.name, before.kind, before.units, layer.activation)
-            continue
-        out_layers.append(layer)
-        if layer.name in weights:
-            out_weights[layer.name] = weights[layer.name]
-    return out_layers, out_weights
+
+    layer: Layer
+    input: tuple
+    output: tuple
+
+
+def shapes(layers: Sequence[Layer] | object, input_shape: tuple) -> list[LayerShape]:
+    """Walk a layer table's per-image shapes: the one place that computes them.
+
+    The summary, the weight checks, the engine's planning, `predict`'s output array and
+    the extraction stores' layout all read this walk.
+
+    Parameters
+    ----------
+    layers : sequence of Layer, or anything with a ``layers`` attribute
+        A layer table, or a `vgg_np.network.Network`.
+    input_shape : tuple
+        Per image, ``(H, W, C)``; H and W may be None (not known before the input).
+
+    Returns
+    -------
+    list of LayerShape
+        ``(layer, input shape, output shape)`` per layer, in order; None where a size
+        depends on an unknown one.
+
+    Examples
+    --------
+    >>> table = [Layer("c", "conv", 4, "relu"), Layer("p", "pool"), Layer("f", "flatten")]
+    >>> [s.output for s in shapes(table, (32, 30, 3))]
+    [(32, 30, 4), (16, 15, 4), (960,)]
+    >>> [s.output for s in shapes(table, (None, None, 3))]
+    [(None, None, 4), (None, None, 4), (None,)]
+    """
+    walk, shape = [], tuple(input_shape)
+    for layer in getattr(layers, "layers", layers):
+        out = KINDS[layer.kind].output_shape(layer, shape)
+        walk.append(LayerShape(layer, shape, out))
+        shape = out
+    return walk
+
+
+def output_kind(layers: Sequence[Layer]) -> str:
+    """Say what a network's last layer gives: ``"probabilities"``, ``"logits"``, ...
+
+    ``"probabilities"`` after a softmax, ``"logits"`` from a linear dense layer,
+    ``"scores"`` from a dense layer with another activation, ``"features"`` otherwise.
+
+    Examples
+    --------
+    >>> output_kind([Layer("p", "dense", 3, "softmax")]), output_kind([Layer("p", "dense", 3)])
+    ('probabilities', 'logits')
+    """
+    last = layers[-1]
+    if last.activation == "softmax":
+        return "probabilities"
+    if last.kind == "dense":
+        return "logits" if last.activation is None else "scores"
+    return "features"

@@ -7,6 +7,7 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import os
@@ -17,17 +18,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import formats, hub
 from vgg_np.architecture import infer_architecture
-from vgg_np.config import (
-    CONFIGS,
-    MIN_SIZE,
-    Layer,
-    VGGConfig,
-    _fmt_shape,
-    layer_table,
-)
+from vgg_np.config import CONFIGS, MIN_SIZE, Layer, VGGConfig, _fmt_shape, layer_table
 from vgg_np.engine import ALGORITHMS, Engine
-from vgg_np.formats.torchvision import TIMM_SIDE, TORCH_BN_EPS
-from vgg_np.layers import ACTIVATIONS, KINDS, fold_batch_norms, forward
+from vgg_np.formats.torchvision import TIMM_SIDE
+from vgg_np.layers import KINDS, forward
+from vgg_np.lowering import Plan, lower
+from vgg_np.network import Network, describe
 from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
 
@@ -45,9 +41,6 @@ __all__ = [
 ]
 
 
-# Passed as `weights` by `VGG.from_file`, which loads the file it has already opened.
-_LOADED_BY_CALLER = object()
-
 #: What ``conv_algorithm`` accepts: the reference forward pass or an engine algorithm.
 CONV_ALGORITHMS = ("reference", *ALGORITHMS)
 
@@ -59,10 +52,11 @@ class VGG:
     ----------
     config : VGGConfig or {"vgg11", "vgg13", "vgg16", "vgg19"}, default "vgg16"
         The widths of the network.
-    weights : str or os.PathLike, optional
+    weights : str, os.PathLike or formats.WeightSource, optional
         A weights file of any supported format (detected from its content); or
         ``"imagenet"`` (VGG16 and VGG19): the published ImageNet weights from the Keras
-        or torch cache (`vgg_np.hub.resolve`, hash verified); or None for a seeded
+        or torch cache (`vgg_np.hub.resolve`, hash verified); or an open
+        `formats.WeightSource` (what `from_file` passes); or None for a seeded
         He-normal initialisation.
     include_top : bool, default True
         Include the classifier (``flatten``, ``fc1``, ``fc2``, ``predictions``).
@@ -103,7 +97,9 @@ class VGG:
         The variant with batch normalisation after every convolution (torchvision's
         ``vgg16_bn``; layers ``block1_conv1_bn`` ...); a float is its epsilon, True
         PyTorch's 1e-5. The engine folds each into its convolution
-        (`vgg_np.layers.fold_batch_norms`); ``conv_algorithm="reference"`` runs it as is.
+        (`vgg_np.lowering.fold_batch_norms`); ``conv_algorithm="reference"`` runs it as
+        is. Every layer name keeps answering: ``features(x, "block1_conv1")`` is the
+        convolution's output before its batch norm, as torchvision's module gives it.
     head : sequence of Layer, optional
         A classifier of one's own after ``block5_pool`` in place of the top, as data:
         ``flatten``, ``global_avg``, ``global_max``, ``dense`` (with any activation of
@@ -113,6 +109,13 @@ class VGG:
     download : bool, default False
         With ``weights="imagenet"`` and no cached copy: download Keras's file into the
         Keras cache (a progress bar, hash verified, written atomically).
+
+    Attributes
+    ----------
+    network : vgg_np.network.Network
+        What the model is: the validated description built from these arguments
+        (`vgg_np.network.describe`); ``layers``, ``input_shape`` (channels last),
+        ``dtype``, ``head``, ``output_kind`` ... are read from it.
 
     Raises
     ------
@@ -124,6 +127,8 @@ class VGG:
     --------
     >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     >>> model = VGG(tiny, input_shape=(32, 32, 3), classes=10, seed=0)
+    >>> model.network.output_kind, model.layers[-1].name
+    ('probabilities', 'predictions')
     >>> x = np.zeros((2, 32, 32, 3), np.float32)
     >>> model(x).shape
     (2, 10)
@@ -134,7 +139,7 @@ class VGG:
     def __init__(
         self,
         config: VGGConfig | str = "vgg16",
-        weights: str | os.PathLike | None = None,
+        weights: str | os.PathLike | formats.WeightSource | None = None,
         include_top: bool = True,
         input_shape: tuple | None = None,
         pooling: str | None = None,
@@ -151,161 +156,38 @@ class VGG:
         head: Sequence[Layer] | None = None,
         download: bool = False,
     ):
-        if isinstance(config, str):
-            if config.lower() not in CONFIGS:
-                raise ValueError(f"`config` must be one of {sorted(CONFIGS)}, got {config!r}")
-            config = CONFIGS[config.lower()]
-        if not isinstance(config, VGGConfig):
-            raise TypeError(f"`config` must be a VGGConfig or a name, got {type(config).__name__}")
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}"
-            )
-        if head is not None:
-            head = self._check_head(head)
-            dense = [layer for layer in head if layer.kind == "dense"]
-            include_top, pooling, adaptive_pool = True, None, None
-            classes = dense[-1].units if dense else 0
-            classifier_activation = head[-1].activation
-        elif pooling not in (None, "avg", "max"):
-            raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {pooling!r}")
-        elif classifier_activation not in ("softmax", None):
-            raise ValueError(
-                f"`classifier_activation` must be 'softmax' or None, got {classifier_activation!r}"
-            )
-        elif not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
-            raise ValueError(f"`classes` must be a positive int, got {classes!r}")
-        if adaptive_pool is not None and (
-            not isinstance(adaptive_pool, int)
-            or isinstance(adaptive_pool, bool)
-            or adaptive_pool < 1
-        ):
-            raise ValueError(
-                f"`adaptive_pool` must be None or a positive int, got {adaptive_pool!r}"
-            )
-        if batch_norm is True:
-            batch_norm = TORCH_BN_EPS
-        if batch_norm is not False and (
-            isinstance(batch_norm, bool) or not isinstance(batch_norm, float) or batch_norm < 0
-        ):
-            raise ValueError(
-                f"`batch_norm` must be a bool or a non-negative float eps, got {batch_norm!r}"
-            )
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float16, np.float32, np.float64):
-            raise ValueError(f"`dtype` must be float16, float32 or float64, got {dtype!r}")
-        self.config = config
-        self.include_top = bool(include_top)
-        self.pooling = pooling
-        self.classes = classes
-        self.classifier_activation = classifier_activation
-        self.data_format = data_format
-        self.adaptive_pool = adaptive_pool if self.include_top else None
-        self.batch_norm = None if batch_norm is False else batch_norm
-        self.head = head
-        self.layers = layer_table(
+        self.network: Network = describe(
             config,
-            include_top=self.include_top,
+            include_top=include_top,
+            input_shape=input_shape,
             pooling=pooling,
             classes=classes,
             classifier_activation=classifier_activation,
-            adaptive_pool=self.adaptive_pool,
-            batch_norm=self.batch_norm,
+            dtype=dtype,
+            data_format=data_format,
+            adaptive_pool=adaptive_pool,
+            batch_norm=batch_norm,
             head=head,
+            provenance=getattr(weights, "provenance", None),
         )
-        self.input_shape = self._check_input_shape(input_shape)  # (H, W, C)
-        if conv_algorithm not in CONV_ALGORITHMS:
-            raise ValueError(
-                f"`conv_algorithm` must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}"
-            )
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"`threads` must be None or a positive int, got {threads!r}")
-        self.conv_algorithm = conv_algorithm
-        self.threads = threads
-        self._engine: Engine | None = None
+        self.conv_algorithm = _check_conv_algorithm(conv_algorithm)
+        self.threads = _check_threads(threads)
+        self._lowered: dict[frozenset, tuple[Plan, Engine]] = {}  # see _lowering
         # What the last file loaded said about itself: its format, and for ONNX models
         # the tensor names of each layer's output (`formats.WeightSource`).
         self.weights_format: str | None = None
         self.weights_info: dict = {}
         self._loaded: tuple[dict, formats.Provenance] | None = None  # see weights_provenance
-        self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if isinstance(weights, str) and "://" in weights:
-            raise ValueError(
-                f"`weights` must be a local file, 'imagenet' or None, got the URL {weights!r}: "
-                "download it and pass its path"
-            )
-        if isinstance(weights, str) and weights == "imagenet":
-            weights = hub.resolve(config.name, self.include_top, download_missing=download)
+        self._weights: dict[str, tuple[np.ndarray, ...]] = {}
         if weights is None:
             self.set_weights(self.he_normal(seed))
-        elif weights is not _LOADED_BY_CALLER:
-            self.load_weights(weights, allow_nonfinite=allow_nonfinite)
+        elif isinstance(weights, formats.WeightSource):  # opened by from_file
+            self._load(weights, allow_nonfinite)
+        else:
+            path = _weights_path(weights, self.config.name, self.include_top, download)
+            self.load_weights(path, allow_nonfinite=allow_nonfinite)
 
     # -- construction ---------------------------------------------------------------
-
-    @staticmethod
-    def _check_head(head: Sequence[Layer]) -> tuple[Layer, ...]:
-        head = tuple(head)
-        wrong = [layer for layer in head if not isinstance(layer, Layer)]
-        if wrong or not head:
-            raise TypeError(f"`head` must be a non-empty sequence of Layer, got {wrong or head!r}")
-        bad = [
-            f"{layer.name} (kind {layer.kind!r}, activation {layer.activation!r})"
-            for layer in head
-            if layer.kind not in KINDS
-            or layer.kind in ("conv", "pool")
-            or layer.activation not in ACTIVATIONS
-        ]
-        if bad:
-            raise ValueError(
-                f"`head` has layers vgg_np cannot run after the base: {', '.join(bad)}; "
-                f"kinds {sorted(set(KINDS) - {'conv', 'pool'})}, activations "
-                f"{sorted(a for a in ACTIVATIONS if a)} or None"
-            )
-        names = [layer.name for layer in head]
-        if len(set(names)) != len(names) or any(n.startswith("block") for n in names):
-            raise ValueError(f"`head` layer names must be unique and not block*, got {names}")
-        return head
-
-    def _check_input_shape(self, input_shape: tuple | None) -> tuple:
-        size = self.config.default_size
-        static = self._needs_fixed_size()  # e.g. fc1 after a flatten fixes the input size
-        if input_shape is None:
-            return (size, size, 3) if static else (None, None, 3)
-        shape = tuple(input_shape)
-        if len(shape) != 3:
-            raise ValueError(f"`input_shape` must have 3 entries, got {input_shape!r}")
-        if self.data_format == "channels_first":
-            shape = (shape[1], shape[2], shape[0])
-        h, w, c = shape
-        if not isinstance(c, int) or c < 1:
-            raise ValueError(
-                f"`input_shape` must give a positive channel count, got {input_shape!r}"
-            )
-        if static and (h is None or w is None):
-            raise ValueError(
-                f"with include_top=True `input_shape` must be static, got {input_shape!r}; "
-                "pass include_top=False for inputs of any size"
-            )
-        for s in (h, w):
-            if s is not None and (not isinstance(s, int) or s < MIN_SIZE):
-                raise ValueError(
-                    f"`input_shape` height and width must be at least {MIN_SIZE}, "
-                    f"got {input_shape!r}"
-                )
-        return shape
-
-    def _needs_fixed_size(self) -> bool:
-        """Whether a parameter's shape depends on the input's H and W (dense after flatten)."""
-        shape: tuple = (None, None, 3)
-        for layer in self.layers:
-            kind = KINDS[layer.kind]
-            if kind.parameter_shapes and any(
-                None in p for p in kind.parameter_shapes(layer, shape)
-            ):
-                return True
-            shape = kind.output_shape(layer, shape)
-        return False
 
     def parameter_shapes(self) -> dict[str, tuple[tuple, ...]]:
         """Return the expected ``(kernel shape, bias shape)`` of every weighted layer.
@@ -321,17 +203,7 @@ class VGG:
         >>> VGG16(include_top=False, seed=0).parameter_shapes()["block1_conv1"]
         ((3, 3, 3, 64), (64,))
         """
-        shapes = {}
-        shape = self.input_shape
-        for layer in self.layers:
-            kind = KINDS[layer.kind]
-            if kind.parameter_shapes:
-                params = kind.parameter_shapes(layer, shape)
-                if any(None in p for p in params):
-                    raise ValueError(f"{layer.name}: its input size is not fixed by `input_shape`")
-                shapes[layer.name] = params
-            shape = kind.output_shape(layer, shape)
-        return shapes
+        return self.network.parameter_shapes()
 
     def he_normal(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Draw seeded weights: He-normal kernels and N(0, 0.1**2) biases.
@@ -395,25 +267,19 @@ class VGG:
         ...     VGG.from_file(pathlib.Path(tmp) / "w.npz").config.blocks
         ((64,), (128,), (256, 256), (512, 512), (512, 512))
         """
+        runtime = {name: kwargs.pop(name) for name in _RUNTIME if name in kwargs}
+        for name in ("config", "weights"):
+            if name in kwargs:
+                raise TypeError(f"VGG.from_file reads `{name}` from the file: do not pass it")
         with formats.open_weights(path) as source:
-            inferred = infer_architecture(
+            network = infer_architecture(
                 source.tensors,
                 source.info,
                 source.provenance,
                 where=source.path,
                 layout=source.layout,
-            )
-            inferred.update(kwargs)
-            shape = inferred.get("input_shape")
-            if (
-                "input_shape" not in kwargs
-                and shape
-                and inferred.get("data_format") == "channels_first"
-            ):
-                inferred["input_shape"] = (shape[2], shape[0], shape[1])  # (C, H, W)
-            model = cls(weights=_LOADED_BY_CALLER, **inferred)
-            model._set_from_source(source, path, inferred.get("allow_nonfinite", False))
-        return model
+            ).replace(**kwargs)
+            return cls(**network.arguments(), weights=source, **runtime)
 
     # -- weights --------------------------------------------------------------------
 
@@ -470,51 +336,21 @@ class VGG:
         ValueError: the weights do not fit vgg11 (input ?x?x3, include_top=False, classes=1000):
           missing: block2_conv1
         """
-        expected = self.parameter_shapes()
-        head = {"flatten", "predictions"} | {f"fc{i}" for i in range(1, len(self.config.fc) + 1)}
-        problems = []
-        missing = [name for name in expected if name not in weights]
-        if missing:
-            problems.append(f"missing: {', '.join(missing)}")
-            if self.include_top and set(missing) >= head - {"flatten"}:
-                problems.append("it has no classifier (a 'notop' file?): use include_top=False")
-        extra = [
-            name
-            for name in weights
-            if name not in expected and (self.include_top or name.startswith("block"))
-        ]
-        if extra:
-            problems.append(f"not in this model: {', '.join(extra)}")
-        tensors = {layer.name: KINDS[layer.kind].parameters for layer in self.layers}
-        for name, shapes in expected.items():
-            if name not in weights:
-                continue
-            got = tuple(tuple(np.shape(a)) for a in weights[name])
-            if got != shapes:
-                problems.append(
-                    f"{name}: expected {_describe(tensors[name], shapes)}, "
-                    f"got {_describe(tensors[name], got)}"
-                )
-        if problems:
-            raise ValueError(
-                f"{source} do not fit {self.config.name} "
-                f"(input {_fmt_shape(self.input_shape)}, include_top={self.include_top}, "
-                f"classes={self.classes}):\n  " + "\n  ".join(problems)
-            )
+        self.network.check_weights(weights, source)
         loaded = {
-            name: tuple(np.asarray(a, dtype=self.dtype) for a in weights[name]) for name in expected
+            name: tuple(np.asarray(a, dtype=self.dtype) for a in weights[name])
+            for name in self.network.parameter_shapes()
         }
-        if not allow_nonfinite:
-            bad = [
-                n for n, tensors in loaded.items() if not all(np.isfinite(a).all() for a in tensors)
-            ]
-            if bad:
-                raise ValueError(
-                    f"{source} contain NaN or inf in {', '.join(bad)}; "
-                    "pass allow_nonfinite=True to accept them"
-                )
+        nonfinite = [
+            n for n, arrays in loaded.items() if not all(np.isfinite(a).all() for a in arrays)
+        ]
+        if nonfinite and not allow_nonfinite:
+            raise ValueError(
+                f"{source} contain NaN or inf in {', '.join(nonfinite)}; "
+                "pass allow_nonfinite=True to accept them"
+            )
         self._weights = loaded
-        self._engine = None  # packed for the old weights
+        self._lowered = {}  # engines packed for the old weights
 
     def load_weights(
         self, path: str | os.PathLike, *, allow_nonfinite: bool = False, theano_flip: bool = True
@@ -553,18 +389,17 @@ class VGG:
         'keras-h5 (Keras Applications layout)'
         """
         with formats.open_weights(path, theano_flip=theano_flip) as source:
-            self._set_from_source(source, path, allow_nonfinite)
+            self._load(source, allow_nonfinite)
             return source.format
 
-    def _set_from_source(
-        self, source: formats.WeightSource, path: str | os.PathLike, allow_nonfinite: bool
-    ) -> None:
+    def _load(self, source: formats.WeightSource, allow_nonfinite: bool) -> None:
+        """Set the weights of an open file: the one way a file's weights arrive."""
         # The tensors are lazy: set_weights checks every shape before reading them, and
         # a failure while reading is already a ValueError naming the file.
         self.set_weights(
             source.tensors,
             allow_nonfinite=allow_nonfinite,
-            source=f"the weights in {os.fspath(path)!r} ({source.format})",
+            source=f"the weights in {source.path} ({source.format})",
         )
         self.weights_format, self.weights_info = source.format, dict(source.info)
         self._loaded = (self._weights, source.provenance)
@@ -650,36 +485,70 @@ class VGG:
     def engine(self) -> Engine:
         """The `vgg_np.engine.Engine` that runs this network (kernels packed on first use).
 
+        It runs the lowered network (`vgg_np.lowering.lower`: batch norms folded into
+        their convolutions, dropout gone, activations fused): its steps are
+        ``model.engine.layers``.
+
         Examples
         --------
         >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block3_conv1"]
         'winograd-4'
         """
-        if self._engine is None:
-            # Batch norms fold into their convolutions here, before the engine packs them.
-            layers, weights = fold_batch_norms(self.layers, self._weights)
-            self._engine = Engine(layers, weights, self.conv_algorithm, self.threads)
-        return self._engine
+        return self._lowering(frozenset())[1]
 
-    def _run(self, x: np.ndarray, keep: bool | set):
-        """Yield (layer name, output) from the engine, or from the reference forward pass.
+    def _lowering(self, wanted: frozenset[str]) -> tuple[Plan, Engine]:
+        """Return the plan and engine whose steps give the outputs of the user layers `wanted`.
 
-        With ``keep=False`` only the last output is sure to be yielded; with a set of
-        names, those layers' outputs are, and the pass stops after the deepest of them.
-        Every output is a new array.
+        The default plan (nothing kept) serves every name it answers; a name it merged
+        away (a convolution folded with its batch norm) gets a plan that keeps it. The
+        default and the last other plan are kept.
         """
-        if self.conv_algorithm != "reference":  # the engine runs large batches in slices
-            if keep:
-                return self.engine.outputs(x, None if keep is True else keep).items()
-            return [(self.layers[-1].name, self.engine.predict(x))]
-        outputs = []
+        lowered = dict(self._lowered)  # another thread may replace the dict meanwhile
+        if frozenset() not in lowered:
+            plan = lower(self.layers, self._weights)
+            lowered[frozenset()] = (
+                plan,
+                Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads),
+            )
+        keep = frozenset(wanted - lowered[frozenset()][0].names.keys())
+        if keep not in lowered:
+            plan = lower(self.layers, self._weights, keep)
+            engine = Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads)
+            lowered = {frozenset(): lowered[frozenset()], keep: (plan, engine)}
+        self._lowered = lowered
+        return lowered[keep]
 
-        def record(layer: Layer, values: dict) -> None:
-            if keep or layer is self.layers[-1]:
-                outputs.append((layer.name, values["output"]))
+    def _run(self, x: np.ndarray, keep: bool | set) -> list[tuple[str, np.ndarray]]:
+        """Return [(user layer name, output)] from the engine, or the reference forward pass.
 
-        forward(self.layers, self._weights, x, hook=record)
-        return (pair for pair in outputs)  # a generator, closed like the engine's
+        With ``keep=False`` only the last output is returned; with True, every layer's;
+        with a set of names, those layers' (and the pass stops after the deepest of
+        them). Every output is a new array.
+        """
+        names = [layer.name for layer in self.layers]
+        wanted = set(names) if keep is True else set(keep or ())
+        if self.conv_algorithm == "reference":
+            outputs = []
+
+            def record(layer: Layer, values: dict) -> None:
+                if layer.name in wanted or layer is self.layers[-1]:
+                    outputs.append((layer.name, values["output"]))
+
+            forward(self.layers, self._weights, x, hook=record)
+            return outputs
+        plan, engine = self._lowering(frozenset(wanted))
+        if not wanted:  # the engine runs large batches in slices
+            return [(names[-1], engine.predict(x))]
+        found = engine.outputs(x, {plan.names[name] for name in wanted})
+        # A user layer that is the identity (dropout) shares its step: each gets its own copy.
+        copies = collections.Counter(plan.names[name] for name in wanted)
+        result = []
+        for name in names:
+            if name in wanted:
+                step = plan.names[name]
+                copies[step] -= 1
+                result.append((name, found[step].copy() if copies[step] else found[step]))
+        return result
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
@@ -742,7 +611,9 @@ class VGG:
         -------
         dict
             Keras layer name -> that layer's output, in layer order (block1_conv1 ...
-            predictions). Convolution outputs are after their ReLU, as in Keras.
+            predictions). Convolution outputs are after their ReLU, as in Keras; on a
+            batch-norm model before their batch norm (``block1_conv1``), the ReLU
+            being the batch norm's (``block1_conv1_bn``), as in torchvision.
 
         Raises
         ------
@@ -782,7 +653,11 @@ class VGG:
         Returns
         -------
         ndarray
-            Equal, bit for bit, to ``model.activations(x)[layer]``.
+            Equal, bit for bit, to ``model.activations(x, [layer])[layer]``, and to
+            ``model.activations(x)[layer]`` but on batch-norm models: there every
+            convolution's own output is asked for, so all run unfolded (equal to
+            rounding, `vgg_np.lowering`). On a batch-norm model a convolution's
+            output is before its batch norm, as in torchvision's ``features`` modules.
 
         Examples
         --------
@@ -843,10 +718,7 @@ class VGG:
         view = self._prepare_input(x, cast=False)  # (N, H, W, C), not copied
         name = layer or self.layers[-1].name
         self._layer_names([name])
-        rows = {row.name: row for row in Summary.of(self.layers, view.shape[1:], "").rows}
-        shape = rows[name].output_shape
-        if self.data_format == "channels_first" and len(shape) == 3:
-            shape = (shape[2], shape[0], shape[1])  # (H, W, C) -> (C, H, W)
+        shape = self.network.output_shape(name, view.shape[1:])  # in the user's layout
         n = view.shape[0]
         out = np.empty((n, *shape), self.dtype)
         enabled = show_progress(verbose, -(-n // batch_size))
@@ -886,11 +758,57 @@ class VGG:
         )
 
 
-def _describe(names: tuple[str, ...], shapes: tuple[tuple, ...]) -> str:
-    """Name each tensor's shape: ``kernel (3, 3, 3, 64) and bias (64,)``."""
-    if len(names) != len(shapes):
-        return f"{len(shapes)} tensors of shapes {shapes}"
-    return " and ".join(f"{n} {s}" for n, s in zip(names, shapes, strict=True))
+def _check_conv_algorithm(conv_algorithm: str) -> str:
+    if conv_algorithm not in CONV_ALGORITHMS:
+        raise ValueError(
+            f"`conv_algorithm` must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}"
+        )
+    return conv_algorithm
+
+
+def _check_threads(threads: int | None) -> int | None:
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"`threads` must be None or a positive int, got {threads!r}")
+    return threads
+
+
+def _weights_path(weights, name: str, include_top: bool, download: bool) -> str | os.PathLike:
+    """Return the file `weights` names: a path, or ``"imagenet"``'s file in a cache."""
+    if isinstance(weights, str) and "://" in weights:
+        raise ValueError(
+            f"`weights` must be a local file, 'imagenet' or None, got the URL {weights!r}: "
+            "download it and pass its path"
+        )
+    if isinstance(weights, str) and weights == "imagenet":
+        return hub.resolve(name, include_top, download_missing=download)
+    return weights
+
+
+# The arguments of `VGG` that say how it runs and where its weights come from, not what it is.
+_RUNTIME = ("seed", "allow_nonfinite", "conv_algorithm", "threads", "download")
+
+
+def _from_network(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self.network, name), doc=doc)
+
+
+# What the model is, read from its description (`VGG.network`); see the class example.
+for _name, _doc in {
+    "config": "The `VGGConfig`: widths of the blocks and of the standard top.",
+    "layers": "The layer table (tuple of `Layer`), in the source framework's names.",
+    "input_shape": "The per-image input shape, channels last ``(H, W, C)``.",
+    "dtype": "The compute dtype.",
+    "data_format": "The layout of the input and of 4-D outputs.",
+    "include_top": "Whether there is a classifier (the standard top or a head).",
+    "pooling": "Without the top: the global pooling after ``block5_pool``.",
+    "classes": "Outputs of the classifier.",
+    "classifier_activation": "Activation of the last layer.",
+    "adaptive_pool": "torchvision's adaptive average pool size, or None.",
+    "batch_norm": "The epsilon of the convolutions' batch norms, or None.",
+    "head": "A classifier of one's own (tuple of `Layer`), or None.",
+    "output_kind": "What the last layer gives: probabilities, logits, scores, features.",
+}.items():
+    setattr(VGG, _name, _from_network(_name, f"{_doc} See the class example."))
 
 
 def _family_member(name: str):

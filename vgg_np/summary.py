@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from vgg_np.config import _fmt_shape
-from vgg_np.layers import ACTIVATIONS, KINDS, Layer
+from vgg_np.layers import ACTIVATIONS, KINDS, Layer, shapes
 
 __all__ = ["CLASSIC_VGG16_ACTIVATIONS", "Summary", "SummaryRow"]
 
@@ -72,11 +72,9 @@ class Summary:
             raise ValueError(
                 f"the summary needs a static input shape, got {_fmt_shape(input_shape)}"
             )
-        shape = tuple(input_shape)
-        rows = [SummaryRow("input", shape, math.prod(shape), 0, 0, 0)]
-        for layer in layers:
+        rows = [SummaryRow("input", tuple(input_shape), math.prod(input_shape), 0, 0, 0)]
+        for layer, shape, out in shapes(layers, input_shape):
             kind = KINDS[layer.kind]
-            out = kind.output_shape(layer, shape)
             params = kind.parameter_shapes(layer, shape) if kind.parameter_shapes else ()
             weights = math.prod(params[0]) if params else 0
             # One multiply-accumulate per weight per output position (H*W for a
@@ -98,7 +96,6 @@ class Summary:
                     kept=sum(sizes[k] for k in keeps),
                 )
             )
-            shape = out
         return cls(title, tuple(rows))
 
     @property

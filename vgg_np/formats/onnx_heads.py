@@ -130,6 +130,22 @@ def _flatten_size(graph_nodes: Mapping, node, head: _Head) -> int | None:
     return None if value == -1 else value
 
 
+def _global_pool(head: _Head, node):
+    """Read a global pool of the NCHW map (and the Squeeze after it); return the next node."""
+    attrs = _attrs(node)
+    if node.op_type.startswith("Reduce") and sorted(attrs.get("axes", [])) != [2, 3]:
+        raise head.refuse(node, "a reduction over H and W (axes 2, 3)")
+    head.add(_GLOBAL[node.op_type], node.output[0])
+    after = head.walk.next(node.output[0])
+    keepdims = node.op_type.startswith("Global") or attrs.get("keepdims", 1)
+    if keepdims and after is not None and after.op_type in ("Squeeze", "Flatten", "Reshape"):
+        head.names[head.layers[-1].name] = after.output[0]
+        after = head.walk.next(after.output[0])
+    elif keepdims:
+        raise head.refuse(after or node, "a Squeeze or Flatten after the global pool")
+    return after
+
+
 def _features(head: _Head, node, graph_nodes, channels: int, side) -> tuple[object, bool]:
     """Read the step from the NCHW map to features; return (next node, rows in C,H,W)."""
     expected = channels * side[0] * side[1] if None not in side else None
@@ -143,18 +159,7 @@ def _features(head: _Head, node, graph_nodes, channels: int, side) -> tuple[obje
     if node is None:
         raise FileFormatError(f"{head.where}: the graph ends at the feature map")
     if node.op_type in _GLOBAL and not hwc:
-        attrs = _attrs(node)
-        if node.op_type.startswith("Reduce") and sorted(attrs.get("axes", [])) != [2, 3]:
-            raise head.refuse(node, "a reduction over H and W (axes 2, 3)")
-        head.add(_GLOBAL[node.op_type], node.output[0])
-        after = head.walk.next(node.output[0])
-        keepdims = node.op_type.startswith("Global") or attrs.get("keepdims", 1)
-        if keepdims and after is not None and after.op_type in ("Squeeze", "Flatten", "Reshape"):
-            head.names[head.layers[-1].name] = after.output[0]
-            after = head.walk.next(after.output[0])
-        elif keepdims:
-            raise head.refuse(after or node, "a Squeeze or Flatten after the global pool")
-        return after, False
+        return _global_pool(head, node), False
     if node.op_type == "Flatten" and _attrs(node).get("axis", 1) == 1:
         size = expected
     elif node.op_type == "Reshape":
