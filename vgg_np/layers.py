@@ -24,7 +24,17 @@ from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import backward, ops
 
-__all__ = ["ACTIVATIONS", "KINDS", "Activation", "Kind", "Layer", "fold_batch_norms", "forward"]
+__all__ = [
+    "ACTIVATIONS",
+    "KINDS",
+    "OUTPUT_KINDS",
+    "Activation",
+    "Kind",
+    "Layer",
+    "fold_batch_norms",
+    "forward",
+    "output_kind",
+]
 
 
 @dataclass(frozen=True)
@@ -456,3 +466,37 @@ def fold_batch_norms(
         if layer.name in weights:
             out_weights[layer.name] = weights[layer.name]
     return out_layers, out_weights
+
+
+#: What a network's output is, by how it ends (`output_kind`).
+OUTPUT_KINDS = ("probabilities", "logits", "scores", "features")
+
+
+def output_kind(layers: Sequence[Layer]) -> str:
+    """Say what a layer table outputs: one of `OUTPUT_KINDS`.
+
+    ``"probabilities"`` when the last activation is a softmax; ``"logits"`` when a
+    classifier (a ``dense`` layer) ends with no activation; ``"scores"`` when it ends in
+    another activation (sigmoid, tanh, relu: not a distribution); ``"features"``
+    without a dense layer. Dropout rows are the identity at inference and are looked
+    through, but an activation they carry (a Keras ``Dropout -> Activation``) counts.
+
+    Examples
+    --------
+    >>> dense = Layer("out", "dense", 3)
+    >>> output_kind([Layer("flatten", "flatten"), dense])
+    'logits'
+    >>> output_kind([dense, Layer("drop", "dropout", activation="softmax", rate=0.5)])
+    'probabilities'
+    >>> output_kind([Layer("out", "dense", 1, "sigmoid")]), output_kind([Layer("p", "pool")])
+    ('scores', 'features')
+    """
+    if not any(layer.kind == "dense" for layer in layers):
+        return "features"
+    last = next(
+        (layer for layer in reversed(layers) if layer.kind != "dropout" or layer.activation),
+        layers[-1],
+    )
+    if last.activation == "softmax":
+        return "probabilities"
+    return "logits" if last.activation is None else "scores"

@@ -27,7 +27,7 @@ from vgg_np.config import (
 )
 from vgg_np.engine import ALGORITHMS, Engine
 from vgg_np.formats.torchvision import TIMM_SIDE, TORCH_BN_EPS
-from vgg_np.layers import ACTIVATIONS, KINDS, fold_batch_norms, forward
+from vgg_np.layers import ACTIVATIONS, KINDS, fold_batch_norms, forward, output_kind
 from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
 
@@ -884,6 +884,23 @@ class VGG:
             f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r}"
             f"{extra})"
         )
+
+    @property
+    def output_kind(self) -> str:
+        """What ``model(x)`` returns: "probabilities", "logits", "scores" or "features".
+
+        Read from the layer table (`vgg_np.layers.output_kind`): probabilities when it
+        ends in a softmax, logits for a linear classifier, scores for another activation
+        (sigmoid, tanh, relu), features without a classifier.
+
+        Examples
+        --------
+        >>> VGG11(seed=0).output_kind, VGG11(classifier_activation=None, seed=0).output_kind
+        ('probabilities', 'logits')
+        >>> VGG11(include_top=False, seed=0).output_kind
+        'features'
+        """
+        return output_kind(self.layers)
 
 
 def _describe(names: tuple[str, ...], shapes: tuple[tuple, ...]) -> str:

@@ -122,14 +122,76 @@ def _constants(graph, where: str) -> dict[str, LazyArray]:
     return values
 
 
-class _Walker:
-    """Follow the single chain of nodes from the graph's input."""
+def _node_name(node) -> str:
+    return f"{node.op_type} {node.name!r}"
 
-    def __init__(self, graph, values, where):
+
+def _live_nodes(graph, source: str, where: str) -> list:
+    """Return the nodes the graph's declared output depends on, in the graph's order.
+
+    The output is what the graph declares (as onnxruntime returns it): a node that feeds
+    no declared output (an unused Softmax) is not part of the model. Refused, naming the
+    node or tensor: several outputs (vgg_np returns one), an output no node computes from
+    the input `source`, and a cycle (which ONNX forbids, and a walk would follow forever).
+    """
+    outputs = [o.name for o in graph.output]
+    if len(outputs) != 1:
+        raise FileFormatError(
+            f"{where}: the graph declares {len(outputs)} outputs {outputs}; vgg_np runs "
+            "models with one"
+        )
+    producer = {out: node for node in graph.node for out in node.output if out}
+    live: set[int] = set()
+    pending = list(outputs)
+    while pending:  # each node is entered once: bounded by the graph's size
+        node = producer.get(pending.pop())
+        if node is not None and id(node) not in live:
+            live.add(id(node))
+            pending.extend(node.input)
+    order = [node for node in graph.node if id(node) in live]
+    if outputs[0] not in _reached(order, producer, source, where):
+        node = producer.get(outputs[0])
+        what = f"node {_node_name(node)}" if node is not None else "no node"
+        raise FileFormatError(
+            f"{where}: the declared output {outputs[0]!r} (made by {what}) cannot be reached "
+            f"from the input {source!r}"
+        )
+    return order
+
+
+def _reached(order: list, producer: dict, source: str, where: str) -> set[str]:
+    """Return the tensors computed from `source`, refusing a cycle by a node on it.
+
+    Kahn's algorithm: a node runs once every input another node makes has been made; a
+    node that never can is on (or after) a cycle. Each pass runs a node or ends the loop.
+    """
+    made: set[str] = set()
+    reached = {source}
+    waiting = order
+    while waiting:
+        runnable = [n for n in waiting if all(i in made or i not in producer for i in n.input)]
+        if not runnable:
+            raise FileFormatError(
+                f"{where}: node {_node_name(waiting[0])} is on a cycle (or waits on one); an "
+                "ONNX graph must not have any"
+            )
+        for node in runnable:
+            made.update(node.output)
+            if reached.intersection(node.input):
+                reached.update(node.output)
+        ran = {id(n) for n in runnable}
+        waiting = [n for n in waiting if id(n) not in ran]
+    return reached
+
+
+class _Walker:
+    """Follow the single chain of nodes from the graph's input, through the live nodes."""
+
+    def __init__(self, live: list, values, where):
         self.where = where
         self.values = values
         self.consumers: dict[str, list] = {}
-        for node in graph.node:
+        for node in live:
             # A Shape reads a tensor's shape, not its values (tf2onnx's Flatten computes
             # its Reshape target from the map): not a branch of the chain.
             if node.op_type in (*CONSTANT_OPS, "Shape"):
@@ -384,7 +446,8 @@ def read_onnx(path: str | os.PathLike, where: str | None = None) -> WeightSource
     model = _load(path, where)
     values = _constants(model.graph, where)
     current, dims = _input(model.graph, values, where)
-    g = _Graph(_Walker(model.graph, values, where), where)
+    live = _live_nodes(model.graph, current, where)  # what feeds the declared output
+    g = _Graph(_Walker(live, values, where), where)
     layout, (h, w, c) = "NCHW", (dims[2], dims[3], dims[1])
     if _is_transpose(g.walk.next(current), [0, 3, 1, 2]):
         layout, (h, w, c) = "NHWC", (dims[1], dims[2], dims[3])  # tf2onnx: NHWC input
