@@ -154,6 +154,7 @@ def infer_architecture(
             )
         if {Family.TORCHVISION, Family.TIMM} & {_family(provenance), layout}:
             inferred["adaptive_pool"] = side  # torchvision pools to it: any input size
-        elif "input_shape" not in inferred:
-            inferred["input_shape"] = (side * 2 ** len(widths), side * 2 ** len(widths), 3)
+        elif "input_shape" not in inferred:  # the recorded size (may not be square), else
+            square = (side * 2 ** len(widths),) * 2  # the square fc1's rows imply
+            inferred["input_shape"] = (*(size or square), 3)
     return inferred
