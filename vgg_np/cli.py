@@ -793,7 +793,9 @@ def run_compare(args: argparse.Namespace) -> int:
             )
         x = _input_array(args.input) if args.input else _nonempty(arrays["input"], args.activations)
         dtype = "float64" if args.oracle else "float32"
-        model = VGG.from_file(args.weights, dtype=dtype, classifier_activation=None)
+        model = VGG.from_file(  # channels last whatever the graph takes (layouts per layer)
+            args.weights, dtype=dtype, classifier_activation=None, data_format="channels_last"
+        )
         result = compare_activations(model, x, arrays, **options)
     print(json.dumps(result.to_dict()) if args.json else result)
     return 0 if result.passed else EXIT_RUNTIME_ERROR

@@ -583,7 +583,10 @@ def run_partition(
                 block = np.full((len(decoded.paths), *row_shape), np.nan, dtype)
                 lines = []
                 if decoded.ok:
-                    outputs = model.activations(decoded.batch, layers=wanted)
+                    batch = decoded.batch  # (N, H, W, C) as decoded
+                    if model.data_format == "channels_first":  # e.g. a torch ONNX graph's
+                        batch = batch.transpose(0, 3, 1, 2)  # (N, C, H, W)
+                    outputs = model.activations(batch, layers=wanted)
                     block[decoded.ok] = outputs[store.layer]
                 for i, path in enumerate(decoded.paths):
                     entry = {"row": row + i, "path": path}
