@@ -18,7 +18,7 @@ import pytest
 from conftest import relative_error
 from PIL import Image
 
-from vgg_np import VGG
+from vgg_np import VGG, VGGConfig
 from vgg_np.cli import main
 from vgg_np.extract import weights_digest
 from vgg_np.streams import ImageStream
@@ -113,3 +113,40 @@ def test_the_digest_covers_batch_norm_statistics():
             assert weights_digest(model) != before, (name, index)
             model.set_weights({**model.weights, name: tensors})
     assert weights_digest(model) == before
+
+
+@pytest.mark.onnx
+def test_extract_feeds_a_torch_onnx_graph_its_own_layout(tmp_path, pictures, capsys):
+    pytest.importorskip("onnx", reason="reading ONNX needs the onnx package")
+    weights, out = HEADS / "keras_gap_head_torch.onnx", tmp_path / "o.npy"  # NCHW input
+    argv = ["extract", *pictures, "--weights", str(weights), "-o", str(out)]
+    assert main([*argv, "--layer", "block5_conv3"]) == 0
+    model = VGG.from_file(weights)
+    assert model.data_format == "channels_first"
+    maps = np.load(out)  # in the model's layout: (N, C, H, W)
+    assert maps.shape == (3, 8, 4, 2)
+    nhwc = VGG.from_file(weights, data_format="channels_last")
+    batch = next(iter(ImageStream.for_model(sorted(pictures), nhwc, batch_size=3)))[1]
+    expected = nhwc.features(batch, "block5_conv3").transpose(0, 3, 1, 2)
+    assert relative_error(maps, expected) < SAME_ENGINE_REL_TOL
+
+
+@pytest.mark.onnx
+def test_compare_a_torch_onnx_graph_with_a_dump(tmp_path, capsys):
+    pytest.importorskip("onnx", reason="reading ONNX needs the onnx package")
+    weights = HEADS / "keras_gap_head_torch.onnx"
+    reference = VGG.from_file(weights, data_format="channels_last", conv_algorithm="reference")
+    x = np.random.default_rng(1).standard_normal((1, 64, 40, 3)).astype(np.float32) * 50
+    np.savez(tmp_path / "dump.npz", input=x, **reference.activations(x))
+    assert main(["compare", str(weights), str(tmp_path / "dump.npz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"]
+
+
+def test_a_non_square_plain_model_loads_back_from_its_npz(tmp_path):
+    config = VGGConfig("vgg11", ((4,), (8,), (8, 8), (8, 8), (8, 8)), fc=(16,))
+    model = VGG(config, input_shape=(64, 40, 3), classes=3, seed=0)
+    model.save_weights(tmp_path / "w.npz")
+    loaded = VGG.from_file(tmp_path / "w.npz")
+    assert loaded.input_shape == (64, 40, 3)
+    x = np.random.default_rng(0).standard_normal((1, 64, 40, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded(x), model(x))

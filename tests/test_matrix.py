@@ -556,6 +556,22 @@ def test_cell(matrix, kind, path):
         assert cell.refusal is not None and re.search(pattern, cell.refusal), cell
 
 
+@pytest.mark.onnxruntime
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if "ONNX" in kind])
+def test_onnx_kinds_agree_with_onnxruntime(matrix, kind):
+    """The framework itself: onnxruntime on the file, against the reference forward."""
+    ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    row = matrix.row(kind)
+    session = ort.InferenceSession(str(row.weights), providers=["CPUExecutionProvider"])
+    x = (
+        row.x
+        if row.reference.weights_info["input_layout"] == "NHWC"
+        else row.x.transpose(0, 3, 1, 2)
+    )
+    (expected,) = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x)})
+    assert relative_error(row.reference(row.x), expected) < MATRIX_REL_TOL
+
+
 # -- the table in the docs -----------------------------------------------------------------
 
 

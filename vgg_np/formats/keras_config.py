@@ -8,6 +8,8 @@ and never executes anything -- and checks that it is a chain: an input, 3x3 "sam
 ReLU convolutions and 2x2 max-pools (the VGG base), then a head of ``Flatten``,
 ``GlobalAveragePooling2D``, ``GlobalMaxPooling2D``, ``Dense``, ``BatchNormalization``,
 ``Dropout`` and ``Activation`` layers. Any other layer, or a branch, is refused by name.
+A key a layer's config leaves out takes Keras 3's default (`_KERAS_DEFAULTS`), not VGG's:
+a Conv2D without ``activation`` is linear, which a VGG base refuses.
 
 The base's layers get vgg_np's names (``block1_conv1`` ... by position, whatever the
 file calls them); the head keeps its own names.

@@ -11,6 +11,11 @@ are the outputs of ``ConstantOfShape`` nodes. The reader walks the graph from it
   then ``Gemm`` or ``MatMul`` + ``Add`` layers with ``Relu`` and ``Dropout`` between them,
   and an optional final ``Softmax``.
 
+The model is what feeds the graph's one declared output, as onnxruntime runs it: nodes
+that feed nothing declared (an unused ``Softmax``) are left out before the walk, and a
+graph with several outputs, an output the input does not reach, or a cycle is refused
+with the node named.
+
 If the base is followed by anything else (a custom head), only the base is taken, and
 loading into an ``include_top=True`` model fails naming those nodes. Any other node inside
 the base is an error that names it. Needs the optional `onnx` package.
