@@ -575,6 +575,9 @@ def test_onnx_kinds_agree_with_onnxruntime(matrix, kind):
 # -- the table in the docs -----------------------------------------------------------------
 
 
+NOT_RUN = "not run"  # a cell whose optional package is missing here
+
+
 def _measured(error: float) -> str:
     """The worst error, to one significant digit ("0" for bit for bit)."""
     return "0" if error == 0 else f"{error:.0e}"
@@ -611,7 +614,9 @@ def table(matrix: Matrix) -> str:
         cells = []
         for path in PATHS:
             cell = matrix.cell(kind, path)
-            if expected_failure(kind, path):
+            if cell.skipped:
+                cells.append(NOT_RUN)
+            elif expected_failure(kind, path):
                 cells.append("*h20*")
             elif cell.refusal is not None:
                 if cell.refusal not in notes:
@@ -633,12 +638,12 @@ def _generic(note: str) -> str:
 
 
 def test_docs_matrix_is_true(matrix):
-    for kind in KINDS:
-        for path in PATHS:
-            if matrix.cell(kind, path).skipped:
-                pytest.skip(f"{kind} | {path} not run here: {matrix.cell(kind, path).skipped}")
+    """Every cell that runs here says what docs/matrix.md says (cells of a missing extra
+    -- onnx, zarr, dask -- are left out, and the page is then not rewritten)."""
     text = table(matrix)
+    complete = NOT_RUN not in text
     if os.environ.get("VGG_NP_WRITE_MATRIX"):
+        assert complete, "rewrite docs/matrix.md where every cell runs (onnx, zarr, dask)"
         DOC.write_text(text)
     documented = DOC.read_text()
 
@@ -651,6 +656,11 @@ def test_docs_matrix_is_true(matrix):
     for kind, cells in measured.items():
         for path, now, then in zip(measured["kind"], cells, promised[kind], strict=True):
             # A number stays a number (its bound is the cell test's); the rest is equal.
-            if not (now[:1].isdigit() and then[:1].isdigit()):
+            if now != NOT_RUN and not (now[:1].isdigit() and then[:1].isdigit()):
                 assert now == then, (kind, path, now, then)
-    assert documented.split("Refusals:")[1] == text.split("Refusals:")[1]
+    refusals = documented.split("Refusals:")[1]
+    if complete:
+        assert refusals == text.split("Refusals:")[1]
+    else:  # the numbering may differ: each refusal seen here is listed there
+        for line in text.split("Refusals:")[1].strip().splitlines():
+            assert line.split(". ", 1)[1] in refusals, line
