@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pathlib
 import threading
+import time
 import zipfile
 
 import numpy as np
@@ -199,6 +201,44 @@ def test_several_outputs_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match=r"declares 2 outputs \['probabilities', 'extra'\]"):
         VGG.from_file(edited_onnx(tmp_path, two))
+
+
+@pytest.mark.onnx
+def test_a_node_that_feeds_no_output_is_not_read(tmp_path):
+    helper = needs_onnx().helper
+
+    def dead_branch(graph):
+        # A node vgg_np does not run, reading a tensor of the base: a branch, but a dead one.
+        pool = next(n for n in graph.node if n.op_type == "MaxPool").output[0]
+        graph.node.append(helper.make_node("LpNormalization", [pool], ["unused"], name="extra"))
+
+    model = VGG.from_file(edited_onnx(tmp_path, dead_branch), data_format="channels_last")
+    original = VGG.from_file(HEADS / "keras_flatten_head_torch.onnx", data_format="channels_last")
+    np.testing.assert_array_equal(model(X), original(X))
+
+
+@pytest.mark.onnx
+def test_a_long_graph_in_reverse_order_is_read_in_linear_time(tmp_path):
+    """A hostile file: 20,000 Identity nodes listed last to first (ONNX wants topological
+    order; a reader that rescans the list per node would take minutes)."""
+    helper = needs_onnx().helper
+    count = 20_000
+
+    def long_chain(graph):
+        softmax = graph.node[-1]
+        start, end = softmax.input[0], "chain_end"
+        names = [start, *(f"t{i}" for i in range(count - 1)), end]
+        chain = [helper.make_node("Identity", [a], [b]) for a, b in itertools.pairwise(names)]
+        softmax.input[0] = end
+        last = graph.node.pop()
+        graph.node.extend([*reversed(chain), last])
+
+    path = edited_onnx(tmp_path, long_chain)
+    started = time.perf_counter()
+    model = VGG.from_file(path, data_format="channels_last")
+    assert time.perf_counter() - started < 20
+    original = VGG.from_file(HEADS / "keras_flatten_head_torch.onnx", data_format="channels_last")
+    np.testing.assert_array_equal(model(X), original(X))
 
 
 def read_in_a_thread(path) -> BaseException | None:

@@ -27,6 +27,7 @@ tensors kept in external files are refused.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 from collections.abc import Iterator
@@ -167,25 +168,35 @@ def _live_nodes(graph, source: str, where: str) -> list:
 def _reached(order: list, producer: dict, source: str, where: str) -> set[str]:
     """Return the tensors computed from `source`, refusing a cycle by a node on it.
 
-    Kahn's algorithm: a node runs once every input another node makes has been made; a
-    node that never can is on (or after) a cycle. Each pass runs a node or ends the loop.
+    Kahn's algorithm, linear in the graph's size whatever its node order: a node runs
+    once every input another node makes has been made; one that never can is on (or
+    after) a cycle.
     """
-    made: set[str] = set()
-    reached = {source}
-    waiting = order
-    while waiting:
-        runnable = [n for n in waiting if all(i in made or i not in producer for i in n.input)]
-        if not runnable:
-            raise FileFormatError(
-                f"{where}: node {_node_name(waiting[0])} is on a cycle (or waits on one); an "
-                "ONNX graph must not have any"
-            )
-        for node in runnable:
-            made.update(node.output)
-            if reached.intersection(node.input):
-                reached.update(node.output)
-        ran = {id(n) for n in runnable}
-        waiting = [n for n in waiting if id(n) not in ran]
+    waiting: dict[int, int] = {}  # node -> inputs made by nodes not run yet
+    consumers: dict[str, list] = {}
+    for node in order:
+        inputs = [name for name in node.input if name in producer]
+        waiting[id(node)] = len(inputs)
+        for name in inputs:
+            consumers.setdefault(name, []).append(node)
+    ready = collections.deque(node for node in order if not waiting[id(node)])
+    reached, made = {source}, set()
+    while ready:
+        node = ready.popleft()
+        if reached.intersection(node.input):
+            reached.update(node.output)
+        for name in set(node.output) - made:
+            made.add(name)
+            for consumer in consumers.get(name, []):
+                waiting[id(consumer)] -= 1
+                if not waiting[id(consumer)]:
+                    ready.append(consumer)
+    stuck = next((node for node in order if waiting[id(node)]), None)
+    if stuck is not None:
+        raise FileFormatError(
+            f"{where}: node {_node_name(stuck)} is on a cycle (or waits on one); an ONNX "
+            "graph must not have any"
+        )
     return reached
 
 
