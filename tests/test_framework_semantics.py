@@ -345,3 +345,15 @@ def test_predict_still_says_probability_after_a_softmax(capsys, picture):
     assert main(["predict", picture, "--weights", weights, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert abs(sum(entry["probability"] for entry in record["top"]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize(("activation", "kind"), [("linear", "logits"), ("sigmoid", "scores")])
+def test_a_keras_head_without_softmax_prints_scores(tmp_path, capsys, picture, activation, kind):
+    def last_dense(config):
+        config["config"]["layers"][-1]["config"]["activation"] = activation
+
+    path = rewrite_keras(tmp_path, last_dense)
+    assert VGG.from_file(path).output_kind == kind
+    assert main(["predict", picture, "--weights", str(path), "--json", "--top", "5"]) == 0
+    entries = json.loads(capsys.readouterr().out)["top"]
+    assert [set(entry) for entry in entries] == [{"wnid", "label", "score"}] * 5
