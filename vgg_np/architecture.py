@@ -94,11 +94,12 @@ def _classifier(tensors: Mapping, head, where: str) -> dict:
     return inferred
 
 
-def _input_size(tensors, widths, provenance, layout, where, known: bool) -> dict:
+def _input_size(tensors, widths, provenance, layout, where, known: bool, recorded) -> dict:
     """fc1 takes the last feature map flattened: a square of this side fixes the input.
 
     torchvision's and timm's layouts pool to that side (any input size); others need
-    the input size that gives it, unless it is `known` already.
+    the input size that gives it, unless it is `known` already: the size `recorded`
+    with the weights (which may not be square), else the square fc1's rows imply.
     """
     rows = _shape(tensors, "fc1", 2, where)[0]
     side = math.isqrt(rows // widths[-1][-1])
@@ -112,7 +113,7 @@ def _input_size(tensors, widths, provenance, layout, where, known: bool) -> dict
     if known:
         return {}
     size = side * 2 ** len(widths)
-    return {"input_shape": (size, size, 3)}
+    return {"input_shape": (*(recorded or (size, size)), 3)}
 
 
 def infer_architecture(
@@ -175,7 +176,7 @@ def infer_architecture(
         inferred["input_shape"] = (*size, 3)
     if inferred["include_top"] and fc:
         inferred.update(
-            _input_size(tensors, widths, provenance, layout, where, "input_shape" in inferred)
+            _input_size(tensors, widths, provenance, layout, where, "input_shape" in inferred, size)
         )
     recorded = provenance if isinstance(provenance, Provenance) else None
     return describe(**inferred, provenance=recorded)

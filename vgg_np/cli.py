@@ -292,7 +292,8 @@ def add_predict(commands) -> None:
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument(
         "-o", "--output", type=_extract_output,
-        help="write the probabilities to OUT.npy or OUT.zarr instead, as extract does",
+        help="write the outputs (probabilities, or scores where the head does not end in "
+        "softmax) to OUT.npy or OUT.zarr instead, as extract does",
     )  # fmt: skip
     predict.add_argument(
         "--progress",
@@ -327,22 +328,22 @@ def run_predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.output:
-        args.layer, args.partition_size = "predictions", DEFAULT_PARTITION_SIZE
+        # The classifier's own last layer: "predictions", or a head's (Keras: "dense_1").
+        args.layer, args.partition_size = model.layers[-1].name, DEFAULT_PARTITION_SIZE
         args.decode_threads = 2
         return _extract(args, model)
-    h, w, _ = model.input_shape  # a head's input may be fixed and not square
-    size = (h, w) if h and w and h != w else input_size(model)
     stream = ImageStream(
-        paths, choice, size=size, batch_size=args.batch_size, on_skip=_skip, expand=False
-    )
+        paths, choice, size=input_size(model), batch_size=args.batch_size, on_skip=_skip,
+        expand=False,
+    )  # fmt: skip
+    # Only a softmax makes probabilities: another head's outputs are scores (still ranked).
+    value = "probability" if model.output_kind == "probabilities" else "score"
     show = args.progress if args.progress is not None else len(paths) > 8 and sys.stderr.isatty()
     with Progress(len(paths), enabled=show) as bar:
         for batch_paths, batch in stream:
             for path, row in zip(batch_paths, model(batch), strict=True):
                 # One write per image: an interrupted run never ends mid-record.
-                print(
-                    _prediction(path, row, args.top, args.json, choice.mode, choice.resize, names)
-                )
+                print(_prediction(path, row, args, choice, names, value))
             bar.update(len(batch_paths))
     if stream.skipped:
         print(f"vgg-np: {len(stream.skipped)} of {len(paths)} images skipped", file=sys.stderr)
@@ -380,15 +381,22 @@ def _class_names(path: str, model: VGG) -> list[str]:
     return names
 
 
-def _prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode, resize, names):
-    """Format the classes of one image as text lines or one JSON object."""
-    best = top_classes(row, top, class_names=names)
-    if as_json:
-        entries = [{"wnid": w, "label": n, "probability": round(p, 6)} for w, n, p in best]
-        return json.dumps({"image": path, "preprocess": mode, "resize": resize, "top": entries})
+def _prediction(path: str, row: np.ndarray, args, choice, names, value: str) -> str:
+    """Format the classes of one image as text lines or one JSON object.
+
+    `value` names the numbers: "probability", or "score" (said on every text line too)
+    where the model's output is not a softmax.
+    """
+    best = top_classes(row, args.top, class_names=names)
+    if args.json:
+        entries = [{"wnid": w, "label": n, value: round(p, 6)} for w, n, p in best]
+        return json.dumps(
+            {"image": path, "preprocess": choice.mode, "resize": choice.resize, "top": entries}
+        )
     lines = [path]
-    for rank, (wnid, name, probability) in enumerate(best, start=1):
-        lines.append(f"  {rank}. {name:<30} {wnid}  {probability:.4f}")
+    said = "" if value == "probability" else "score "
+    for rank, (wnid, name, number) in enumerate(best, start=1):
+        lines.append(f"  {rank}. {name:<30} {wnid}  {said}{number:.4f}")
     return "\n".join(lines)
 
 
@@ -785,7 +793,9 @@ def run_compare(args: argparse.Namespace) -> int:
             )
         x = _input_array(args.input) if args.input else _nonempty(arrays["input"], args.activations)
         dtype = "float64" if args.oracle else "float32"
-        model = VGG.from_file(args.weights, dtype=dtype, classifier_activation=None)
+        model = VGG.from_file(  # channels last whatever the graph takes (layouts per layer)
+            args.weights, dtype=dtype, classifier_activation=None, data_format="channels_last"
+        )
         result = compare_activations(model, x, arrays, **options)
     print(json.dumps(result.to_dict()) if args.json else result)
     return 0 if result.passed else EXIT_RUNTIME_ERROR

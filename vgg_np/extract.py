@@ -115,7 +115,10 @@ class Partition:
 
 
 def weights_digest(model) -> str:
-    """Return a sha256 over every weight of `model`: names, dtypes, shapes and bytes.
+    """Return a sha256 over every tensor of `model`: names, dtypes, shapes and bytes.
+
+    Every tensor each layer holds counts: kernels and biases, and a batch norm's gamma,
+    beta and running statistics.
 
     Examples
     --------
@@ -125,8 +128,8 @@ def weights_digest(model) -> str:
     (True, False)
     """
     digest = hashlib.sha256()
-    for name, (kernel, bias) in model.weights.items():
-        for array in (kernel, bias):
+    for name, tensors in model.weights.items():
+        for array in tensors:
             digest.update(f"{name} {array.dtype.str} {array.shape};".encode())
             digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
@@ -157,9 +160,15 @@ def top_classes(
     return [(str(i), f"class {i}", float(scores[i])) for i in order]
 
 
-def _output_shape(model, layer: str, size: int) -> tuple[int, ...]:
-    """Per-image output shape of `layer` for a size x size input, in the model's layout."""
-    return model.network.output_shape(layer, (size, size, 3))  # the one shape walk
+def _output_shape(model, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
+    """Per-image output shape of `layer` for a `size` input, in the model's layout."""
+    h, w = (size, size) if isinstance(size, int) else size  # streams.input_size
+    return model.network.output_shape(layer, (h, w, 3))  # the one shape walk
+
+
+def _classifier(model) -> str | None:
+    """Return the layer whose output ranks classes (``predictions``, a head's last), or None."""
+    return None if model.output_kind == "features" else model.layers[-1].name
 
 
 def _manifest_dir(out: str) -> str:
@@ -287,7 +296,7 @@ class Store:
                 f"{plan['layer']} gives {model.dtype.name} rows of shape {row_shape}, the store "
                 f"holds {plan['dtype']} rows of shape {tuple(plan['row_shape'])}"
             )
-        if plan["top"] and "predictions" not in [layer.name for layer in model.layers]:
+        if plan["top"] and _classifier(model) is None:
             problems.append("top classes need a model with its classifier")
         if not problems and weights_digest(model) != plan["weights_digest"]:
             problems.append("its weights are not the ones the store was started with")
@@ -320,17 +329,18 @@ def _plan(images, model, layer, top, partition_size, preprocess, resize) -> dict
     if not isinstance(top, int) or top < 0:
         raise ValueError(f"`top` must be an int >= 0, got {top!r}")
     layer = layer or model.layers[-1].name
+    size = input_size(model)
     return {
         "version": PLAN_VERSION,
         "layer": layer,
-        "row_shape": list(_output_shape(model, layer, input_size(model))),
+        "row_shape": list(_output_shape(model, layer, size)),
         "dtype": model.dtype.name,
         "top": top,
         "partition_size": partition_size,
         "preprocessing": asdict(
             choose_preprocessing(model.weights_provenance, preprocess=preprocess, resize=resize)
         ),
-        "size": input_size(model),
+        "size": size if isinstance(size, int) else list(size),  # as JSON reads it back
         "model": repr(model),
         "weights_format": model.weights_format,
         "weights_digest": weights_digest(model),
@@ -552,7 +562,8 @@ def run_partition(
     first = next((r for r in range(partition.start, partition.stop) if r not in entries), None)
     result.already_done = (partition.stop if first is None else first) - partition.start
     if first is not None:
-        wanted = [store.layer] + (["predictions"] if store.plan["top"] else [])
+        classifier = _classifier(model)
+        wanted = [store.layer] + ([classifier] if store.plan["top"] else [])
         dtype, row_shape = np.dtype(store.plan["dtype"]), tuple(store.plan["row_shape"])
         paths = list(partition.paths[first - partition.start :])
         row = first
@@ -564,7 +575,10 @@ def run_partition(
                 block = np.full((len(decoded.paths), *row_shape), np.nan, dtype)
                 lines = []
                 if decoded.ok:
-                    outputs = model.activations(decoded.batch, layers=wanted)
+                    batch = decoded.batch  # (N, H, W, C) as decoded
+                    if model.data_format == "channels_first":  # e.g. a torch ONNX graph's
+                        batch = batch.transpose(0, 3, 1, 2)  # (N, C, H, W)
+                    outputs = model.activations(batch, layers=wanted)
                     block[decoded.ok] = outputs[store.layer]
                 for i, path in enumerate(decoded.paths):
                     entry = {"row": row + i, "path": path}
@@ -573,7 +587,7 @@ def run_partition(
                     else:
                         entry["status"] = "ok"
                         if store.plan["top"]:
-                            scores = outputs["predictions"][decoded.ok.index(i)]
+                            scores = outputs[classifier][decoded.ok.index(i)]
                             entry["top"] = top_classes(scores, store.plan["top"])
                     lines.append(json.dumps(entry) + "\n")
                     entries[row + i] = entry

@@ -28,6 +28,7 @@ from vgg_np import backward, ops
 __all__ = [
     "ACTIVATIONS",
     "KINDS",
+    "OUTPUT_KINDS",
     "Activation",
     "Kind",
     "Layer",
@@ -469,20 +470,35 @@ def shapes(layers: Sequence[Layer] | object, input_shape: tuple) -> list[LayerSh
     return walk
 
 
-def output_kind(layers: Sequence[Layer]) -> str:
-    """Say what a network's last layer gives: ``"probabilities"``, ``"logits"``, ...
+#: What a network's output is, by how it ends (`output_kind`).
+OUTPUT_KINDS = ("probabilities", "logits", "scores", "features")
 
-    ``"probabilities"`` after a softmax, ``"logits"`` from a linear dense layer,
-    ``"scores"`` from a dense layer with another activation, ``"features"`` otherwise.
+
+def output_kind(layers: Sequence[Layer]) -> str:
+    """Say what a layer table outputs: one of `OUTPUT_KINDS`.
+
+    ``"probabilities"`` when the last activation is a softmax; ``"logits"`` when a
+    classifier (a ``dense`` layer) ends with no activation; ``"scores"`` when it ends in
+    another activation (sigmoid, tanh, relu: not a distribution); ``"features"``
+    without a dense layer. Dropout rows are the identity at inference and are looked
+    through, but an activation they carry (a Keras ``Dropout -> Activation``) counts.
 
     Examples
     --------
-    >>> output_kind([Layer("p", "dense", 3, "softmax")]), output_kind([Layer("p", "dense", 3)])
-    ('probabilities', 'logits')
+    >>> dense = Layer("out", "dense", 3)
+    >>> output_kind([Layer("flatten", "flatten"), dense])
+    'logits'
+    >>> output_kind([dense, Layer("drop", "dropout", activation="softmax", rate=0.5)])
+    'probabilities'
+    >>> output_kind([Layer("out", "dense", 1, "sigmoid")]), output_kind([Layer("p", "pool")])
+    ('scores', 'features')
     """
-    last = layers[-1]
+    if not any(layer.kind == "dense" for layer in layers):
+        return "features"
+    last = next(
+        (layer for layer in reversed(layers) if layer.kind != "dropout" or layer.activation),
+        layers[-1],
+    )
     if last.activation == "softmax":
         return "probabilities"
-    if last.kind == "dense":
-        return "logits" if last.activation is None else "scores"
-    return "features"
+    return "logits" if last.activation is None else "scores"

@@ -74,16 +74,24 @@ def image_paths(items: Iterable[str | os.PathLike]) -> list[str]:
     return paths
 
 
-def input_size(model) -> int:
-    """Return the side images are resized to for `model`: its input size, else its default.
+def input_size(model) -> int | tuple[int, int]:
+    """Return the size images are resized to for `model`: its input size, else its default.
+
+    The side of a square (or free) input; ``(height, width)`` of a fixed input that is
+    not square (a head of one's own trained at 64x40).
 
     Examples
     --------
     >>> from vgg_np import VGG16
     >>> input_size(VGG16(include_top=False, seed=0)), input_size(VGG16(seed=0))
     (224, 224)
+    >>> input_size(VGG16(include_top=False, input_shape=(64, 40, 3), seed=0))
+    (64, 40)
     """
-    return model.input_shape[0] or model.config.default_size
+    h, w, _ = model.input_shape
+    if h and w and h != w:
+        return (h, w)
+    return h or model.config.default_size
 
 
 def _decode(
@@ -137,7 +145,8 @@ def _assemble(paths: list[str], results, size: int) -> Decoded:
     if ok:
         batch = np.stack([results[i][0] for i in ok])  # (n_ok, size, size, 3)
     else:
-        batch = np.empty((0, size, size, 3), np.float32)
+        h, w = (size, size) if isinstance(size, int) else size  # (height, width) if not square
+        batch = np.empty((0, h, w, 3), np.float32)
     return Decoded(paths, batch, ok, errors)
 
 

@@ -8,6 +8,8 @@ and never executes anything -- and checks that it is a chain: an input, 3x3 "sam
 ReLU convolutions and 2x2 max-pools (the VGG base), then a head of ``Flatten``,
 ``GlobalAveragePooling2D``, ``GlobalMaxPooling2D``, ``Dense``, ``BatchNormalization``,
 ``Dropout`` and ``Activation`` layers. Any other layer, or a branch, is refused by name.
+A key a layer's config leaves out takes Keras 3's default (`_KERAS_DEFAULTS`), not VGG's:
+a Conv2D without ``activation`` is linear, which a VGG base refuses.
 
 The base's layers get vgg_np's names (``block1_conv1`` ... by position, whatever the
 file calls them); the head keeps its own names.
@@ -37,6 +39,31 @@ __all__ = [
 _ACTIVATIONS = {"linear": None, **{a: a for a in ACTIVATIONS if a}}
 #: Deepest nesting of models inside models.
 MAX_NESTING = 8
+_PAIR = ("kernel_size", "strides", "dilation_rate", "pool_size")
+_CHANNELS_LAST = {"data_format": "channels_last"}  # Keras's image_data_format() default
+#: What Keras 3 gives a key its config leaves out: the defaults of each layer's
+#: ``__init__`` (``keras/src/layers/convolutional/conv2d.py``, ``pooling/max_pooling2d.py``,
+#: ``core/dense.py``, ``normalization/batch_normalization.py``, ``reshaping/flatten.py``,
+#: ``pooling/base_global_pooling.py``), read from Keras's source, not VGG's values: a Conv2D
+#: without ``padding`` is "valid" and without ``activation`` linear. A missing pool
+#: ``strides`` is its ``pool_size``.
+_KERAS_DEFAULTS: dict[str, dict] = {
+    "Conv2D": {"strides": [1, 1], "padding": "valid", "dilation_rate": [1, 1], "groups": 1,
+               "activation": "linear", "use_bias": True, **_CHANNELS_LAST},
+    "MaxPooling2D": {"pool_size": [2, 2], "padding": "valid", **_CHANNELS_LAST},
+    "Dense": {"activation": "linear", "use_bias": True},
+    "BatchNormalization": {"axis": -1, "epsilon": 1e-3, "center": True, "scale": True},
+    "Flatten": _CHANNELS_LAST,
+    "GlobalAveragePooling2D": {"keepdims": False, **_CHANNELS_LAST},
+    "GlobalMaxPooling2D": {"keepdims": False, **_CHANNELS_LAST},
+}  # fmt: skip
+#: Keys Keras itself cannot do without (positional arguments of ``__init__``).
+_REQUIRED = {
+    "Conv2D": ("filters", "kernel_size"),
+    "Dense": ("units",),
+    "Dropout": ("rate",),
+    "Activation": ("activation",),
+}
 
 
 @dataclass(frozen=True)
@@ -98,8 +125,29 @@ def _flat_layers(config: Mapping, where: str, depth: int = 0) -> list[dict]:
                 inner = [item for item in inner if item["class_name"] != "InputLayer"]
             flat += inner
         else:
-            flat.append({"class_name": layer.get("class_name"), "name": name, **layer})
+            cls = layer.get("class_name")
+            full = _with_defaults(cls, layer["config"], name, where)
+            flat.append({**layer, "class_name": cls, "name": name, "config": full})
     return flat
+
+
+def _with_defaults(kind, config: Mapping, name, where: str) -> dict:
+    """Return a layer's config with Keras's value for every key it leaves out (or nulls)."""
+    missing = [key for key in _REQUIRED.get(kind, ()) if config.get(key) is None]
+    if missing:
+        raise FileFormatError(
+            f"{where}: layer {name!r} ({kind}) has no {', '.join(missing)}, which Keras requires"
+        )
+    given = {key: value for key, value in config.items() if value is not None}
+    full = {**_KERAS_DEFAULTS.get(kind, {}), **given}
+    if kind == "MaxPooling2D" and "strides" not in given:
+        full["strides"] = full["pool_size"]  # Keras: strides=None means pool_size
+    for key in _PAIR:  # Keras accepts 3 for (3, 3); JSON stores tuples as lists
+        if isinstance(full.get(key), int) and not isinstance(full[key], bool):
+            full[key] = [full[key], full[key]]
+        elif isinstance(full.get(key), list | tuple):
+            full[key] = list(full[key])
+    return full
 
 
 def _inbound(nodes) -> list[str]:
@@ -126,18 +174,18 @@ def _inbound(nodes) -> list[str]:
 
 
 def _expect(layer: dict, where: str, **wanted) -> None:
-    config = layer["config"]
-    wrong = {k: config.get(k) for k, v in wanted.items() if config.get(k, v) != v}
+    config = layer["config"]  # with Keras's defaults (_with_defaults)
+    wrong = {k: config.get(k) for k, v in wanted.items() if config.get(k) != v}
     if wrong:
         raise FileFormatError(
-            f"{where}: layer {layer['name']!r} ({layer['class_name']}) has {wrong}; vgg_np "
-            f"runs it with {wanted}"
+            f"{where}: layer {layer['name']!r} ({layer['class_name']}) has {wrong} (a key "
+            f"the config leaves out takes Keras's default); vgg_np runs it with {wanted}"
         )
 
 
 def _activation(layer: dict, where: str) -> str | None:
-    name = layer["config"].get("activation", "linear")
-    if name not in _ACTIVATIONS:
+    name = layer["config"]["activation"]
+    if not isinstance(name, str) or name not in _ACTIVATIONS:
         raise FileFormatError(
             f"{where}: layer {layer['name']!r} has activation {name!r}; vgg_np runs "
             f"{sorted(_ACTIVATIONS)}"
@@ -165,7 +213,7 @@ def _base(layers: list[dict], where: str) -> tuple[dict, dict, int]:
             )
             conv += 1
             names[f"block{block}_conv{conv}"] = layer["name"]
-            variables[layer["name"]] = _weights("Conv2D", layer["config"])
+            variables[layer["name"]] = _weights(layer["class_name"], layer["config"])
         elif kind == "MaxPooling2D" and conv:
             _expect(layer, where, pool_size=[2, 2], strides=[2, 2], padding="valid")
             block, conv = block + 1, 0
@@ -184,20 +232,21 @@ def _base(layers: list[dict], where: str) -> tuple[dict, dict, int]:
 
 
 def _weights(kind: str, config: Mapping) -> list[str]:
+    """List a layer's variables in creation order, from its config (with Keras's defaults)."""
     if kind == "BatchNormalization":
         return [
-            *(["gamma"] if config.get("scale", True) else []),
-            *(["beta"] if config.get("center", True) else []),
+            *(["gamma"] if config["scale"] else []),
+            *(["beta"] if config["center"] else []),
             "moving_mean",
             "moving_variance",
         ]
-    return ["kernel", "bias"] if config.get("use_bias", True) else ["kernel"]
+    return ["kernel", "bias"] if config["use_bias"] else ["kernel"]
 
 
 def _head_layer(layer: dict, where: str) -> Layer:
     kind, config, name = layer["class_name"], layer["config"], layer["name"]
     if kind in ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D"):
-        _expect(layer, where, data_format="channels_last", keepdims=False)
+        _expect(layer, where, **{"data_format": "channels_last", **_KERAS_DEFAULTS[kind]})
         return Layer(
             name,
             {"Flatten": "flatten", "GlobalAveragePooling2D": "global_avg"}.get(kind, "global_max"),
@@ -205,7 +254,7 @@ def _head_layer(layer: dict, where: str) -> Layer:
     if kind == "Dense":
         return Layer(name, "dense", int(config["units"]), _activation(layer, where))
     if kind == "BatchNormalization":
-        if config.get("axis", -1) not in (-1, [-1]):
+        if config["axis"] not in (-1, [-1]):
             raise FileFormatError(
                 f"{where}: layer {name!r} normalises axis {config.get('axis')!r}; vgg_np "
                 "normalises the channels (axis -1)"

@@ -11,6 +11,11 @@ are the outputs of ``ConstantOfShape`` nodes. The reader walks the graph from it
   then ``Gemm`` or ``MatMul`` + ``Add`` layers with ``Relu`` and ``Dropout`` between them,
   and an optional final ``Softmax``.
 
+The model is what feeds the graph's one declared output, as onnxruntime runs it: nodes
+that feed nothing declared (an unused ``Softmax``) are left out before the walk, and a
+graph with several outputs, an output the input does not reach, or a cycle is refused
+with the node named.
+
 If the base is followed by anything else (a custom head), only the base is taken, and
 loading into an ``include_top=True`` model fails naming those nodes. Any other node inside
 the base is an error that names it. Needs the optional `onnx` package.
@@ -22,6 +27,7 @@ tensors kept in external files are refused.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 from collections.abc import Iterator
@@ -122,14 +128,86 @@ def _constants(graph, where: str) -> dict[str, LazyArray]:
     return values
 
 
-class _Walker:
-    """Follow the single chain of nodes from the graph's input."""
+def _node_name(node) -> str:
+    return f"{node.op_type} {node.name!r}"
 
-    def __init__(self, graph, values, where):
+
+def _live_nodes(graph, source: str, where: str) -> list:
+    """Return the nodes the graph's declared output depends on, in the graph's order.
+
+    The output is what the graph declares (as onnxruntime returns it): a node that feeds
+    no declared output (an unused Softmax) is not part of the model. Refused, naming the
+    node or tensor: several outputs (vgg_np returns one), an output no node computes from
+    the input `source`, and a cycle (which ONNX forbids, and a walk would follow forever).
+    """
+    outputs = [o.name for o in graph.output]
+    if len(outputs) != 1:
+        raise FileFormatError(
+            f"{where}: the graph declares {len(outputs)} outputs {outputs}; vgg_np runs "
+            "models with one"
+        )
+    producer = {out: node for node in graph.node for out in node.output if out}
+    live: set[int] = set()
+    pending = list(outputs)
+    while pending:  # each node is entered once: bounded by the graph's size
+        node = producer.get(pending.pop())
+        if node is not None and id(node) not in live:
+            live.add(id(node))
+            pending.extend(node.input)
+    order = [node for node in graph.node if id(node) in live]
+    if outputs[0] not in _reached(order, producer, source, where):
+        node = producer.get(outputs[0])
+        what = f"node {_node_name(node)}" if node is not None else "no node"
+        raise FileFormatError(
+            f"{where}: the declared output {outputs[0]!r} (made by {what}) cannot be reached "
+            f"from the input {source!r}"
+        )
+    return order
+
+
+def _reached(order: list, producer: dict, source: str, where: str) -> set[str]:
+    """Return the tensors computed from `source`, refusing a cycle by a node on it.
+
+    Kahn's algorithm, linear in the graph's size whatever its node order: a node runs
+    once every input another node makes has been made; one that never can is on (or
+    after) a cycle.
+    """
+    waiting: dict[int, int] = {}  # node -> inputs made by nodes not run yet
+    consumers: dict[str, list] = {}
+    for node in order:
+        inputs = [name for name in node.input if name in producer]
+        waiting[id(node)] = len(inputs)
+        for name in inputs:
+            consumers.setdefault(name, []).append(node)
+    ready = collections.deque(node for node in order if not waiting[id(node)])
+    reached, made = {source}, set()
+    while ready:
+        node = ready.popleft()
+        if reached.intersection(node.input):
+            reached.update(node.output)
+        for name in set(node.output) - made:
+            made.add(name)
+            for consumer in consumers.get(name, []):
+                waiting[id(consumer)] -= 1
+                if not waiting[id(consumer)]:
+                    ready.append(consumer)
+    stuck = next((node for node in order if waiting[id(node)]), None)
+    if stuck is not None:
+        raise FileFormatError(
+            f"{where}: node {_node_name(stuck)} is on a cycle (or waits on one); an ONNX "
+            "graph must not have any"
+        )
+    return reached
+
+
+class _Walker:
+    """Follow the single chain of nodes from the graph's input, through the live nodes."""
+
+    def __init__(self, live: list, values, where):
         self.where = where
         self.values = values
         self.consumers: dict[str, list] = {}
-        for node in graph.node:
+        for node in live:
             # A Shape reads a tensor's shape, not its values (tf2onnx's Flatten computes
             # its Reshape target from the map): not a branch of the chain.
             if node.op_type in (*CONSTANT_OPS, "Shape"):
@@ -384,7 +462,8 @@ def read_onnx(path: str | os.PathLike, where: str | None = None) -> WeightSource
     model = _load(path, where)
     values = _constants(model.graph, where)
     current, dims = _input(model.graph, values, where)
-    g = _Graph(_Walker(model.graph, values, where), where)
+    live = _live_nodes(model.graph, current, where)  # what feeds the declared output
+    g = _Graph(_Walker(live, values, where), where)
     layout, (h, w, c) = "NCHW", (dims[2], dims[3], dims[1])
     if _is_transpose(g.walk.next(current), [0, 3, 1, 2]):
         layout, (h, w, c) = "NHWC", (dims[1], dims[2], dims[3])  # tf2onnx: NHWC input
