@@ -912,18 +912,36 @@ def add_fetch_weights(commands) -> None:
         commands,
         "fetch-weights",
         run_fetch_weights,
-        summary="download the published ImageNet weights (VGG16, VGG19) into the Keras cache",
+        summary="download published ImageNet weights (Keras's, torchvision's) into their cache",
         description=(
-            "Print the path of a verified copy of the published ImageNet weights, looking in "
-            "the Keras cache ($KERAS_HOME/models) and torch's ($TORCH_HOME/hub/checkpoints), "
-            "and downloading Keras's file into the Keras cache if there is none: hash "
-            "checked, renamed into place only when complete. The only command that uses "
-            "the network."
+            "Print the path of a verified copy of the published ImageNet weights of MODEL, "
+            "looking in the Keras cache ($KERAS_HOME/models) and torch's "
+            "($TORCH_HOME/hub/checkpoints), and downloading the published file into its "
+            "cache if there is none (Keras's for vgg16 and vgg19 unless --family "
+            "torchvision; torchvision's for the others): at most the published size, "
+            "within --deadline seconds, hash checked, renamed into place only when complete. "
+            "The only command that uses the network. Other commands take the cached copy "
+            "as --weights imagenet (or imagenet:MODEL, imagenet:MODEL:FAMILY)."
         ),
-        examples=["vgg-np fetch-weights vgg16 --no-top"],
+        examples=[
+            "vgg-np fetch-weights vgg16 --no-top",
+            "vgg-np fetch-weights vgg16_bn",
+            "vgg-np fetch-weights vgg19 --family torchvision --force",
+        ],
     )
-    parser.add_argument("model", choices=sorted({name for name, _ in hub.PUBLISHED}))
+    parser.add_argument("model", choices=hub.NAMES)
     parser.add_argument("--no-top", action="store_true", help="the file without the classifier")
+    parser.add_argument("--family", choices=["keras", "torchvision"], help="whose file")
+    parser.add_argument(
+        "--force", action="store_true", help="download again over a copy that fails its hash"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=_positive_float,
+        default=hub.DEADLINE,
+        metavar="SECONDS",
+        help=f"give up a download after this long ({hub.DEADLINE:g})",
+    )
     parser.add_argument("--base-url", help="download from this directory URL (a mirror)")
 
 
@@ -935,9 +953,33 @@ def run_fetch_weights(args: argparse.Namespace) -> int:
         download_missing=True,
         base_url=args.base_url,
         progress=sys.stderr.isatty(),
+        family=args.family,
+        force=args.force,
+        deadline=args.deadline,
     )
     print(path)
     return 0
+
+
+_IMAGENET = re.compile(r"imagenet(?::(?P<model>\w+))?(?::(?P<family>keras|torchvision))?")
+
+
+def _imagenet_weights(args: argparse.Namespace) -> None:
+    """Replace ``--weights imagenet[:MODEL[:FAMILY]]`` by the verified cached file's path.
+
+    MODEL defaults to the command's ``--model`` (else vgg16); nothing is downloaded here
+    (``fetch-weights`` does that): without a copy the error says where to put one.
+    """
+    match = _IMAGENET.fullmatch(str(getattr(args, "weights", None)))
+    if match is None:
+        return
+    model = match["model"] or getattr(args, "model", None) or "vgg16"
+    if model not in hub.NAMES:
+        args.usage_error(
+            f"--weights {args.weights}: ImageNet weights are published for "
+            f"{', '.join(hub.NAMES)}, not {model}"
+        )
+    args.weights = str(hub.resolve(model, True, family=match["family"]))
 
 
 # -- the program ---------------------------------------------------------------------------
@@ -1036,6 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         args.usage_error(problem)  # exits with code 2
     try:
+        _imagenet_weights(args)
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return code

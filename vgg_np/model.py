@@ -61,9 +61,10 @@ class VGG:
         The widths of the network.
     weights : str or os.PathLike, optional
         A weights file of any supported format (detected from its content); or
-        ``"imagenet"`` (VGG16 and VGG19): the published ImageNet weights from the Keras
-        or torch cache (`vgg_np.hub.resolve`, hash verified); or None for a seeded
-        He-normal initialisation.
+        ``"imagenet"``: the published ImageNet weights from the Keras or torch cache
+        (`vgg_np.hub.resolve`, hash verified): Keras's VGG16 and VGG19, torchvision's
+        vgg11 to vgg19 and, with `batch_norm`, their ``_bn`` variants; or None for a
+        seeded He-normal initialisation.
     include_top : bool, default True
         Include the classifier (``flatten``, ``fc1``, ``fc2``, ``predictions``).
     input_shape : tuple of int, optional
@@ -111,8 +112,9 @@ class VGG:
         ``dropout``. `include_top`, `pooling`, `classes`, `classifier_activation` and
         `adaptive_pool` are then read from it, not given.
     download : bool, default False
-        With ``weights="imagenet"`` and no cached copy: download Keras's file into the
-        Keras cache (a progress bar, hash verified, written atomically).
+        With ``weights="imagenet"`` and no cached copy: download the published file
+        (Keras's where Keras publishes one, else torchvision's) into its cache (a
+        progress bar, hash and size verified, a deadline, written atomically).
 
     Raises
     ------
@@ -235,7 +237,8 @@ class VGG:
                 "download it and pass its path"
             )
         if isinstance(weights, str) and weights == "imagenet":
-            weights = hub.resolve(config.name, self.include_top, download_missing=download)
+            name = config.name + ("_bn" if self.batch_norm is not None else "")
+            weights = hub.resolve(name, self.include_top, download_missing=download)
         if weights is None:
             self.set_weights(self.he_normal(seed))
         elif weights is not _LOADED_BY_CALLER:
