@@ -48,7 +48,14 @@ from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
 from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
 from vgg_np.extract import DEFAULT_PARTITION_SIZE, SUFFIXES, extract, top_classes
 from vgg_np.model import VGG, VGG16
-from vgg_np.preprocess import MODES, RESIZE_MODES, decode_predictions, load_image, preprocess_input
+from vgg_np.preprocess import (
+    MODES,
+    RESIZE_MODES,
+    decode_predictions,
+    load_image,
+    preprocess_input,
+    read_class_names,
+)
 from vgg_np.progress import Progress
 from vgg_np.streams import ImageStream, image_paths, input_size
 from vgg_np.summary import Summary
@@ -368,16 +375,10 @@ def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> formats.Prepr
 
 def _class_names(path: str, model: VGG) -> list[str]:
     """Read --labels: one class name per line, as many as the model has outputs."""
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f.read().splitlines()]
-    while names and not names[-1]:
-        names.pop()
-    if len(names) != model.classes or not all(names):
-        raise ValueError(
-            f"--labels {path}: {len(names)} names (empty lines: {names.count('')}), but the "
-            f"classifier has {model.classes} outputs: give one non-empty name per line"
-        )
-    return names
+    try:
+        return read_class_names(path, model.classes)
+    except ValueError as error:
+        raise ValueError(f"--labels {error}") from None
 
 
 def _prediction(path: str, row: np.ndarray, top: int, as_json: bool, mode, resize, names):
@@ -792,17 +793,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def _numpy_file(path: str) -> dict[str, np.ndarray]:
-    """Every array of an .npz (or a .npy's array as "input"), read in full."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return {"input": loaded}
-        with loaded:
-            return dict(loaded)
-    except OSError:
-        raise
-    except Exception as error:  # NumPy and zipfile name damage in many exception types
-        raise ValueError(f"{path}: not a readable .npy or .npz file ({error})") from None
+    """Every array of an .npz (or a .npy's array as "input"): regular, bounded, real."""
+    return formats.npz.read_arrays(path, "activations dump or input", npy_name="input")
 
 
 def _input_array(path: str) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -296,7 +297,24 @@ class VGG:
                     f"`input_shape` height and width must be at least {MIN_SIZE}, "
                     f"got {input_shape!r}"
                 )
+        self._check_memory(shape)
         return shape
+
+    def _check_memory(self, shape: tuple) -> None:
+        """Refuse an input size whose activations of one image exceed half the memory."""
+        if None in shape:
+            return
+        total, current = math.prod(shape), shape
+        for layer in self.layers:  # every layer's output, as `activations` keeps them
+            current = KINDS[layer.kind].output_shape(layer, current)
+            total += math.prod(current)
+        total *= self.dtype.itemsize
+        if total > (limit := max_activation_bytes()):
+            raise ValueError(
+                f"`input_shape` {shape[0]}x{shape[1]}x{shape[2]} needs {total:,} bytes of "
+                f"activations per image in {self.dtype.name}, more than the {limit:,} this "
+                "machine allows (half its memory): give a smaller input size"
+            )
 
     def _needs_fixed_size(self) -> bool:
         """Whether a parameter's shape depends on the input's H and W (dense after flatten)."""
@@ -516,6 +534,7 @@ class VGG:
                     f"{source} contain NaN or inf in {', '.join(bad)}; "
                     "pass allow_nonfinite=True to accept them"
                 )
+        _check_batch_norms(self.layers, loaded, source)
         self._weights = loaded
         self._engine = None  # packed for the old weights
 
@@ -887,6 +906,42 @@ class VGG:
             f"input_shape={self.input_shape}, classes={self.classes}, dtype={self.dtype.name!r}"
             f"{extra})"
         )
+
+
+def _check_batch_norms(layers, weights: Mapping[str, tuple], source: str) -> None:
+    """Refuse batch norms whose variance is negative, or zero with epsilon 0 (NaN outputs)."""
+    bad = []
+    for layer in layers:
+        if layer.kind != "batch_norm" or layer.name not in weights:
+            continue
+        variance = weights[layer.name][3]
+        if (variance < 0).any():
+            bad.append(f"{layer.name} (moving variance {float(variance.min()):g} < 0)")
+        elif (variance + layer.eps <= 0).any():
+            bad.append(f"{layer.name} (moving variance 0 with epsilon {layer.eps:g})")
+    if bad:
+        raise ValueError(
+            f"{source} hold batch norm statistics no network can use: {', '.join(bad)}; "
+            "every output would be NaN or inf"
+        )
+
+
+def max_activation_bytes() -> int:
+    """Return the most bytes one image's activations may take: half the machine's memory.
+
+    A model whose input size needs more (every layer's output for one image, in its
+    dtype) is refused when it is built, naming the size, rather than failing in the
+    middle of a batch with a `MemoryError`.
+
+    Examples
+    --------
+    >>> max_activation_bytes() > 61_000_000  # VGG16 at 224x224 in float32 needs ~61 MB
+    True
+    """
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 16 GB
+        return 8 << 30
 
 
 def _describe(names: tuple[str, ...], shapes: tuple[tuple, ...]) -> str:
