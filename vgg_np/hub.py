@@ -380,8 +380,10 @@ def _remove_empty(directories: list[pathlib.Path]) -> None:
             directory.rmdir()
 
 
-def _entries(model: str, include_top: bool, family: str | None) -> tuple[Published, ...]:
-    key = (str(model).lower(), bool(include_top))
+def _entries(
+    model: str, include_top: bool, family: str | None, batch_norm: bool
+) -> tuple[Published, ...]:
+    key = (str(model).lower() + ("_bn" if batch_norm else ""), bool(include_top))
     if key not in PUBLISHED:
         raise ValueError(f"ImageNet weights are published for {list(NAMES)}, not {model!r}")
     if family not in (None, "keras", "torchvision"):
@@ -396,6 +398,7 @@ def resolve(
     model: str,
     include_top: bool = True,
     *,
+    batch_norm: bool = False,
     download_missing: bool = False,
     base_url: str | None = None,
     progress: bool = True,
@@ -412,6 +415,8 @@ def resolve(
     include_top : bool, default True
         With the classifier (Keras's full file) or without (Keras's ``_notop`` file;
         torchvision's whole file serves both).
+    batch_norm : bool, default False
+        The variant with batch normalisation (``"vgg16"`` then means ``"vgg16_bn"``).
     download_missing : bool, default False
         Without a cached copy, download the first file that fits (Keras's, where Keras
         publishes one) with `download`.
@@ -453,7 +458,7 @@ def resolve(
     or pass download=True (vgg-np fetch-weights vgg16)
     >>> del os.environ["KERAS_HOME"], os.environ["TORCH_HOME"]
     """
-    entries = _entries(model, include_top, family)
+    entries = _entries(model, include_top, family, batch_norm)
     for entry in entries:
         try:
             path = find(entry)
@@ -466,7 +471,7 @@ def resolve(
     if download_missing:
         return download(entries[0], base_url=base_url, progress=progress, deadline=deadline)
     places = ", or ".join(f"{e.describe()} in {cache_dir(e.family)}" for e in entries)
-    name = str(model).lower()
+    name = str(model).lower() + ("_bn" if batch_norm else "")
     raise FileNotFoundError(
         f"no copy of the ImageNet weights of {name} (include_top={bool(include_top)}): put "
         f"{places}; or pass download=True (vgg-np fetch-weights {name})"

@@ -238,8 +238,12 @@ class VGG:
                 "download it and pass its path"
             )
         if isinstance(weights, str) and weights == "imagenet":
-            name = config.name + ("_bn" if self.batch_norm is not None else "")
-            weights = hub.resolve(name, self.include_top, download_missing=download)
+            weights = hub.resolve(
+                config.name,
+                self.include_top,
+                batch_norm=self.batch_norm is not None,
+                download_missing=download,
+            )
         if weights is None:
             self.set_weights(self.he_normal(seed))
         elif weights is not _LOADED_BY_CALLER:
