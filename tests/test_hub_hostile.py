@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import socket
 import threading
 import time
@@ -244,3 +245,12 @@ def test_cli_weights_imagenet_takes_the_cached_file_of_the_named_variant(
         cli.main(["summary", "--weights", "imagenet:vgg12"])
     assert info.value.code == 2
     assert "published for vgg11, vgg11_bn" in capsys.readouterr().err
+
+
+def test_a_fifo_where_the_cached_copy_belongs_is_refused_at_once(caches):
+    published = entry()
+    folder = hub.cache_dir("torchvision")
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / published.filename)
+    with pytest.raises(ValueError, match=r"w-0\.pth' is a FIFO, not a regular copy of w-0\.pth"):
+        hub.find(published)

@@ -191,8 +191,8 @@ def _check_file(entry: Published, path: pathlib.Path) -> None:
         if size > entry.max_bytes:  # no need to hash 10 GB to know it is not the file
             raise ValueError(
                 f"{path} holds {size:,} bytes, more than the published {entry.filename} "
-                f"({entry.max_bytes:,}): a different file; replace it (force=True, "
-                "vgg-np fetch-weights --force)"
+                f"({entry.max_bytes:,}): a different file; replace it (vgg-np fetch-weights "
+                "--force, or resolve(..., force=True))"
             )
         while block := file.read(BLOCK):
             hasher.update(block)
@@ -200,7 +200,7 @@ def _check_file(entry: Published, path: pathlib.Path) -> None:
         raise ValueError(
             f"{path} has {entry.algorithm} {hasher.hexdigest()}, but the published "
             f"{entry.filename} has {entry.digest}: a partial or different file; delete it "
-            "and download it again (force=True, vgg-np fetch-weights --force)"
+            "and download it again (vgg-np fetch-weights --force, or resolve(..., force=True))"
         )
 
 

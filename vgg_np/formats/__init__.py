@@ -87,7 +87,7 @@ class _Sniff:
         if self.head[:4] not in ZIP_SIGNATURES:
             return None
         try:
-            with zipfile.ZipFile(self.path) as zf:
+            with open_regular(self.path) as f, zipfile.ZipFile(f) as zf:
                 return zf.namelist()
         except zipfile.BadZipFile as error:
             raise FileFormatError(
