@@ -89,6 +89,21 @@ def test_a_server_that_drips_bytes_is_given_up_at_the_deadline(caches):
     assert left_behind(caches) == []
 
 
+def test_a_server_that_never_answers_is_given_up_at_the_deadline(caches):
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        start = time.monotonic()
+        with pytest.raises(OSError) as info:
+            hub.download(entry(), base_url=url, progress=False, deadline=1.0)
+    assert time.monotonic() - start < 5
+    assert str(info.value) == (
+        f"{url}w-0.pth: the server stopped answering (timed out); nothing was saved"
+    )
+    assert left_behind(caches) == []
+
+
 @pytest.mark.parametrize("declared", [True, False])
 def test_more_bytes_than_the_published_size_are_refused(caches, declared):
     def endless(handler):

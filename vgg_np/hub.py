@@ -260,9 +260,12 @@ def _declared_length(response, url: str, limit: int) -> int | None:
     return length
 
 
-def _transfer(response, file, entry: Published, url: str, deadline: float, bar) -> str:
-    """Copy the response into `file` within the size cap and the deadline; return the digest."""
-    hasher, done, end = _hasher(entry), 0, time.monotonic() + deadline
+def _transfer(response, file, entry: Published, url: str, start: float, deadline: float, bar):
+    """Copy the response into `file` within the size cap and the deadline; return the digest.
+
+    `start` is the `time.monotonic` at which the download began, `deadline` in seconds.
+    """
+    hasher, done = _hasher(entry), 0
     # read1 returns what one receive brings: a server that drips bytes cannot hold a
     # read past the deadline check.
     while block := response.read1(BLOCK):
@@ -272,7 +275,7 @@ def _transfer(response, file, entry: Published, url: str, deadline: float, bar) 
                 f"{url}: the server sent more than the published file's {entry.max_bytes:,} "
                 "bytes: refused, nothing was saved"
             )
-        if time.monotonic() > end:
+        if time.monotonic() - start > deadline:
             raise DownloadError(
                 f"{url}: not complete after {deadline:g} s ({done:,} bytes received): the "
                 "deadline passed, nothing was saved"
@@ -336,6 +339,7 @@ def download(
     url = entry.url if base_url is None else f"{base_url.rstrip('/')}/{entry.filename}"
     if not (isinstance(deadline, (int, float)) and deadline > 0):
         raise ValueError(f"`deadline` must be a positive number of seconds, got {deadline!r}")
+    start = time.monotonic()  # the deadline counts connecting and the headers too
     target = cache_dir(entry.family)
     made = [p for p in (target, *target.parents) if not p.exists()]
     target.mkdir(parents=True, exist_ok=True)
@@ -350,7 +354,7 @@ def download(
             total = _declared_length(response, url, entry.max_bytes)
             enabled = progress and bool(total)
             with Progress(total or 0, unit="MB", scale=1e6, enabled=enabled) as bar:
-                digest = _transfer(response, file, entry, url, deadline, bar)
+                digest = _transfer(response, file, entry, url, start, deadline, bar)
             if total is not None and bar.done != total:
                 raise DownloadError(
                     f"{url}: the download stopped after {bar.done} of {total} bytes"
