@@ -64,7 +64,17 @@ _TORCH_URL = "https://download.pytorch.org/models"
 
 
 class DownloadError(OSError):
-    """A download failed; the message names the URL and the reason, in one line."""
+    """A download failed; the message names the URL and the reason, in one line.
+
+    Examples
+    --------
+    >>> entry = Published("keras", "w.h5", "http://x.invalid/w.h5", "md5", "0" * 32)
+    >>> download(entry, progress=False)
+    Traceback (most recent call last):
+    ...
+    vgg_np.hub.DownloadError: http://x.invalid/w.h5: its host name does not resolve (no such
+    host, or no DNS); nothing was saved
+    """
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,13 @@ class Published:
 
     @property
     def max_bytes(self) -> int:
-        """The most bytes a copy of this file may hold (`size`, else `MAX_UNPUBLISHED`)."""
+        """The most bytes a copy of this file may hold (`size`, else `MAX_UNPUBLISHED`).
+
+        Examples
+        --------
+        >>> PUBLISHED["vgg16", False][0].max_bytes
+        58889256
+        """
         return self.size if self.size is not None else MAX_UNPUBLISHED
 
 
