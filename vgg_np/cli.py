@@ -921,7 +921,7 @@ def add_fetch_weights(commands) -> None:
             "vgg-np fetch-weights vgg19 --family torchvision --force",
         ],
     )
-    parser.add_argument("model", choices=hub.NAMES)
+    parser.add_argument("model", metavar="MODEL", choices=hub.NAMES, help=", ".join(hub.NAMES))
     parser.add_argument("--no-top", action="store_true", help="the file without the classifier")
     parser.add_argument("--family", choices=["keras", "torchvision"], help="whose file")
     parser.add_argument(
