@@ -7,6 +7,7 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -317,7 +318,8 @@ class VGG:
             raise ValueError(
                 f"`input_shape` {shape[0]}x{shape[1]}x{shape[2]} needs {total:,} bytes of "
                 f"activations per image in {self.dtype.name}, more than the {limit:,} this "
-                "machine allows (half its memory): give a smaller input size"
+                "machine allows (half the memory this process may use): give a smaller input "
+                "size"
             )
 
     def _needs_fixed_size(self) -> bool:
@@ -931,11 +933,12 @@ def _check_batch_norms(layers, weights: Mapping[str, tuple], source: str) -> Non
 
 
 def max_activation_bytes() -> int:
-    """Return the most bytes one image's activations may take: half the machine's memory.
+    """Return the most bytes one image's activations may take: half the memory it may use.
 
-    A model whose input size needs more (every layer's output for one image, in its
-    dtype) is refused when it is built, naming the size, rather than failing in the
-    middle of a batch with a `MemoryError`.
+    The memory is the machine's physical memory, or less where this process is held to
+    less (its address-space limit, ``ulimit -v``). A model whose input size needs more
+    (every layer's output for one image, in its dtype) is refused when it is built,
+    naming the size, rather than failing in the middle of a batch with a `MemoryError`.
 
     Examples
     --------
@@ -943,9 +946,16 @@ def max_activation_bytes() -> int:
     True
     """
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 16 GB
-        return 8 << 30
+        memory = 16 << 30
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource  # POSIX only
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            memory = min(memory, limit)
+    return memory // 2
 
 
 def _describe(names: tuple[str, ...], shapes: tuple[tuple, ...]) -> str:
