@@ -48,7 +48,14 @@ from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
 from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
 from vgg_np.extract import DEFAULT_PARTITION_SIZE, SUFFIXES, extract, top_classes
 from vgg_np.model import VGG, VGG16
-from vgg_np.preprocess import MODES, RESIZE_MODES, decode_predictions, load_image, preprocess_input
+from vgg_np.preprocess import (
+    MODES,
+    RESIZE_MODES,
+    decode_predictions,
+    load_image,
+    preprocess_input,
+    read_class_names,
+)
 from vgg_np.progress import Progress
 from vgg_np.streams import ImageStream, image_paths, input_size
 from vgg_np.summary import Summary
@@ -369,16 +376,10 @@ def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> formats.Prepr
 
 def _class_names(path: str, model: VGG) -> list[str]:
     """Read --labels: one class name per line, as many as the model has outputs."""
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f.read().splitlines()]
-    while names and not names[-1]:
-        names.pop()
-    if len(names) != model.classes or not all(names):
-        raise ValueError(
-            f"--labels {path}: {len(names)} names (empty lines: {names.count('')}), but the "
-            f"classifier has {model.classes} outputs: give one non-empty name per line"
-        )
-    return names
+    try:
+        return read_class_names(path, model.classes)
+    except ValueError as error:
+        raise ValueError(f"--labels {error}") from None
 
 
 def _prediction(path: str, row: np.ndarray, args, choice, names, value: str) -> str:
@@ -802,17 +803,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def _numpy_file(path: str) -> dict[str, np.ndarray]:
-    """Every array of an .npz (or a .npy's array as "input"), read in full."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return {"input": loaded}
-        with loaded:
-            return dict(loaded)
-    except OSError:
-        raise
-    except Exception as error:  # NumPy and zipfile name damage in many exception types
-        raise ValueError(f"{path}: not a readable .npy or .npz file ({error})") from None
+    """Every array of an .npz (or a .npy's array as "input"): regular, bounded, real."""
+    return formats.npz.read_arrays(path, "activations dump or input", npy_name="input")
 
 
 def _input_array(path: str) -> np.ndarray:
@@ -922,18 +914,36 @@ def add_fetch_weights(commands) -> None:
         commands,
         "fetch-weights",
         run_fetch_weights,
-        summary="download the published ImageNet weights (VGG16, VGG19) into the Keras cache",
+        summary="download published ImageNet weights (Keras's, torchvision's) into their cache",
         description=(
-            "Print the path of a verified copy of the published ImageNet weights, looking in "
-            "the Keras cache ($KERAS_HOME/models) and torch's ($TORCH_HOME/hub/checkpoints), "
-            "and downloading Keras's file into the Keras cache if there is none: hash "
-            "checked, renamed into place only when complete. The only command that uses "
-            "the network."
+            "Print the path of a verified copy of the published ImageNet weights of MODEL, "
+            "looking in the Keras cache ($KERAS_HOME/models) and torch's "
+            "($TORCH_HOME/hub/checkpoints), and downloading the published file into its "
+            "cache if there is none (Keras's for vgg16 and vgg19 unless --family "
+            "torchvision; torchvision's for the others): at most the published size, "
+            "within --deadline seconds, hash checked, renamed into place only when complete. "
+            "The only command that uses the network. Other commands take the cached copy "
+            "as --weights imagenet (or imagenet:MODEL, imagenet:MODEL:FAMILY)."
         ),
-        examples=["vgg-np fetch-weights vgg16 --no-top"],
+        examples=[
+            "vgg-np fetch-weights vgg16 --no-top",
+            "vgg-np fetch-weights vgg16_bn",
+            "vgg-np fetch-weights vgg19 --family torchvision --force",
+        ],
     )
-    parser.add_argument("model", choices=sorted({name for name, _ in hub.PUBLISHED}))
+    parser.add_argument("model", metavar="MODEL", choices=hub.NAMES, help=", ".join(hub.NAMES))
     parser.add_argument("--no-top", action="store_true", help="the file without the classifier")
+    parser.add_argument("--family", choices=["keras", "torchvision"], help="whose file")
+    parser.add_argument(
+        "--force", action="store_true", help="download again over a copy that fails its hash"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=_positive_float,
+        default=hub.DEADLINE,
+        metavar="SECONDS",
+        help=f"give up a download after this long ({hub.DEADLINE:g})",
+    )
     parser.add_argument("--base-url", help="download from this directory URL (a mirror)")
 
 
@@ -945,9 +955,33 @@ def run_fetch_weights(args: argparse.Namespace) -> int:
         download_missing=True,
         base_url=args.base_url,
         progress=sys.stderr.isatty(),
+        family=args.family,
+        force=args.force,
+        deadline=args.deadline,
     )
     print(path)
     return 0
+
+
+_IMAGENET = re.compile(r"imagenet(?::(?P<model>\w+))?(?::(?P<family>keras|torchvision))?")
+
+
+def _imagenet_weights(args: argparse.Namespace) -> None:
+    """Replace ``--weights imagenet[:MODEL[:FAMILY]]`` by the verified cached file's path.
+
+    MODEL defaults to the command's ``--model`` (else vgg16); nothing is downloaded here
+    (``fetch-weights`` does that): without a copy the error says where to put one.
+    """
+    match = _IMAGENET.fullmatch(str(getattr(args, "weights", None)))
+    if match is None:
+        return
+    model = match["model"] or getattr(args, "model", None) or "vgg16"
+    if model not in hub.NAMES:
+        args.usage_error(
+            f"--weights {args.weights}: ImageNet weights are published for "
+            f"{', '.join(hub.NAMES)}, not {model}"
+        )
+    args.weights = str(hub.resolve(model, True, family=match["family"]))
 
 
 # -- the program ---------------------------------------------------------------------------
@@ -1046,6 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         args.usage_error(problem)  # exits with code 2
     try:
+        _imagenet_weights(args)
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return code

@@ -1,15 +1,21 @@
 """``weights="imagenet"``: the published ImageNet files, found where Keras and torch keep them.
 
-Keras caches its Applications weights in ``$KERAS_HOME/models/`` (default
+Keras publishes VGG16 and VGG19 (with and without the classifier); torchvision publishes
+vgg11, vgg13, vgg16, vgg19 and their batch-norm variants ``vgg11_bn`` ... ``vgg19_bn``
+(whole networks). Keras caches its files in ``$KERAS_HOME/models/`` (default
 ``~/.keras/models/``) and torchvision in ``$TORCH_HOME/hub/checkpoints/`` (default
 ``$XDG_CACHE_HOME/torch/hub/checkpoints/``, i.e. ``~/.cache/torch/hub/checkpoints/``),
 under the names below. `resolve` looks in both (Keras first: ``VGG16(weights="imagenet")``
 is Keras's spelling), checks the published hash (Keras's md5 from its applications
 source; torchvision's sha256 prefix from the file name) and returns the path. Without a
 copy it raises one line naming the file, its URL, its hash and the directory to put it
-in; with ``download=True`` it fetches it into the same cache, with a progress bar,
-verifying the hash before an atomic rename, so that no partial file is ever left under
-the final name.
+in; with ``download=True`` it fetches it into the same cache.
+
+A download is bounded: at most the published file's size is accepted (a longer answer is
+cut and refused), the whole transfer has a deadline (`DEADLINE` seconds, whatever the
+server's pace) and each read a timeout; the bytes are hashed as they arrive and renamed to
+their final name only when complete and verified, so a failure of any kind leaves no file
+behind. Every error names the URL and the reason in one line.
 
 The two families are different trained models: Keras's expects ``"caffe"``
 preprocessing, torchvision's ``"torch"`` (`vgg_np.streams.preprocessing_for` reads which
@@ -18,22 +24,57 @@ one was loaded).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import pathlib
+import socket
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from vgg_np._files import atomic_write
+from vgg_np import _files
 from vgg_np.progress import Progress
 
-__all__ = ["PUBLISHED", "Published", "cache_dir", "download", "find", "resolve"]
+__all__ = [
+    "DEADLINE",
+    "NAMES",
+    "PUBLISHED",
+    "DownloadError",
+    "Published",
+    "cache_dir",
+    "download",
+    "find",
+    "resolve",
+]
 
 #: Bytes read per step while hashing or downloading.
 BLOCK = 1 << 20
+#: Seconds a whole download may take (a 550 MB file at 1 MB/s takes ~9 minutes).
+DEADLINE = 1800.0
+#: Seconds one read from the server may wait for its next bytes.
+READ_TIMEOUT = 60.0
+#: The cap of an entry without a published size (larger than any published VGG file).
+MAX_UNPUBLISHED = 1 << 30
 
 _KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications"
 _TORCH_URL = "https://download.pytorch.org/models"
+
+
+class DownloadError(OSError):
+    """A download failed; the message names the URL and the reason, in one line.
+
+    Examples
+    --------
+    >>> entry = Published("keras", "w.h5", "http://x.invalid/w.h5", "md5", "0" * 32)
+    >>> download(entry, progress=False)
+    Traceback (most recent call last):
+    ...
+    vgg_np.hub.DownloadError: http://x.invalid/w.h5: its host name does not resolve (no such
+    host, or no DNS); nothing was saved
+    """
 
 
 @dataclass(frozen=True)
@@ -51,11 +92,17 @@ class Published:
     algorithm : {"md5", "sha256"}
     digest : str
         The published hex digest (torchvision publishes a prefix of the sha256).
+    size : int, optional
+        The most bytes the published file may hold: its exact size for Keras's files,
+        for torchvision's the largest size that rounds to the MiB (3 decimals) its
+        ``_file_size`` publishes. None: `MAX_UNPUBLISHED`.
 
     Examples
     --------
     >>> PUBLISHED["vgg16", False][0].filename
     'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5'
+    >>> PUBLISHED["vgg11_bn", True][0].describe()
+    'vgg11_bn-6002323d.pth (sha256 6002323d) from https://download.pytorch.org/models/vgg11_bn-6002323d.pth'
     """
 
     family: str
@@ -63,33 +110,65 @@ class Published:
     url: str
     algorithm: str
     digest: str
+    size: int | None = None
 
     def describe(self) -> str:
         """Return the file, its URL and hash, in one phrase (see the class example)."""
         return f"{self.filename} ({self.algorithm} {self.digest}) from {self.url}"
 
+    @property
+    def max_bytes(self) -> int:
+        """The most bytes a copy of this file may hold (`size`, else `MAX_UNPUBLISHED`).
 
-def _keras(model: str, suffix: str, md5: str) -> Published:
+        Examples
+        --------
+        >>> PUBLISHED["vgg16", False][0].max_bytes
+        58889256
+        """
+        return self.size if self.size is not None else MAX_UNPUBLISHED
+
+
+def _keras(model: str, suffix: str, md5: str, size: int) -> Published:
     filename = f"{model}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
-    return Published("keras", filename, f"{_KERAS_URL}/{model}/{filename}", "md5", md5)
+    return Published("keras", filename, f"{_KERAS_URL}/{model}/{filename}", "md5", md5, size)
 
 
-def _torchvision(filename: str) -> Published:
+def _torchvision(filename: str, mib: float) -> Published:
     prefix = filename.rsplit("-", 1)[1].split(".")[0]  # the sha256 prefix in the name
-    return Published("torchvision", filename, f"{_TORCH_URL}/{filename}", "sha256", prefix)
+    size = int((mib + 0.0005) * 2**20)  # the largest size that rounds to `mib`
+    return Published("torchvision", filename, f"{_TORCH_URL}/{filename}", "sha256", prefix, size)
 
 
-# Hashes: keras/src/applications/vgg16.py and vgg19.py (Keras 3); torchvision's file names.
-# torchvision publishes only whole networks; without the top their classifier is ignored.
-_VGG16_TORCH, _VGG19_TORCH = _torchvision("vgg16-397923af.pth"), _torchvision("vgg19-dcbb9e9d.pth")
+# Keras: hashes from keras/src/applications/vgg16.py and vgg19.py (Keras 3), sizes as its
+# downloader reports them. torchvision: file names (hash prefixes) and _file_size (MiB)
+# from torchvision/models/vgg.py. torchvision publishes whole networks only: without the
+# top their classifier is ignored.
+_TORCH = {
+    "vgg11": _torchvision("vgg11-8a719046.pth", 506.84),
+    "vgg11_bn": _torchvision("vgg11_bn-6002323d.pth", 506.881),
+    "vgg13": _torchvision("vgg13-19584684.pth", 507.545),
+    "vgg13_bn": _torchvision("vgg13_bn-abd245e5.pth", 507.59),
+    "vgg16": _torchvision("vgg16-397923af.pth", 527.796),
+    "vgg16_bn": _torchvision("vgg16_bn-6c64b313.pth", 527.866),
+    "vgg19": _torchvision("vgg19-dcbb9e9d.pth", 548.051),
+    "vgg19_bn": _torchvision("vgg19_bn-c79401a0.pth", 548.143),
+}
+_KERAS = {
+    ("vgg16", True): _keras("vgg16", "", "64373286793e3c8b2b4e3219cbf3544b", 553467096),
+    ("vgg16", False): _keras("vgg16", "_notop", "6d6bbae143d832006294945121d1f1fc", 58889256),
+    ("vgg19", True): _keras("vgg19", "", "cbe5617147190e668d6c5d5026f83318", 574710816),
+    ("vgg19", False): _keras("vgg19", "_notop", "253f8cb515780f3b799900260a226db6", 80134624),
+}
 
 #: (model, include_top) -> the published files that fit, in the order they are looked for.
 PUBLISHED: dict[tuple[str, bool], tuple[Published, ...]] = {
-    ("vgg16", True): (_keras("vgg16", "", "64373286793e3c8b2b4e3219cbf3544b"), _VGG16_TORCH),
-    ("vgg16", False): (_keras("vgg16", "_notop", "6d6bbae143d832006294945121d1f1fc"), _VGG16_TORCH),
-    ("vgg19", True): (_keras("vgg19", "", "cbe5617147190e668d6c5d5026f83318"), _VGG19_TORCH),
-    ("vgg19", False): (_keras("vgg19", "_notop", "253f8cb515780f3b799900260a226db6"), _VGG19_TORCH),
+    (name, top): tuple(e for e in (_KERAS.get((name, top)), torch) if e is not None)
+    for name, torch in _TORCH.items()
+    for top in (True, False)
 }
+
+#: The models with published ImageNet weights.
+NAMES = tuple(_TORCH)
 
 
 def cache_dir(family: str) -> pathlib.Path:
@@ -122,14 +201,22 @@ def _matches(entry: Published, hexdigest: str) -> bool:
 
 def _check_file(entry: Published, path: pathlib.Path) -> None:
     hasher = _hasher(entry)
-    with open(path, "rb") as file:
+    what = f"copy of {entry.filename}"
+    with _files.open_regular(path, what) as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > entry.max_bytes:  # no need to hash 10 GB to know it is not the file
+            raise ValueError(
+                f"{path} holds {size:,} bytes, more than the published {entry.filename} "
+                f"({entry.max_bytes:,}): a different file; replace it (vgg-np fetch-weights "
+                "--force, or resolve(..., force=True))"
+            )
         while block := file.read(BLOCK):
             hasher.update(block)
     if not _matches(entry, hasher.hexdigest()):
         raise ValueError(
             f"{path} has {entry.algorithm} {hasher.hexdigest()}, but the published "
             f"{entry.filename} has {entry.digest}: a partial or different file; delete it "
-            "and download it again"
+            "and download it again (vgg-np fetch-weights --force, or resolve(..., force=True))"
         )
 
 
@@ -139,7 +226,8 @@ def find(entry: Published) -> pathlib.Path | None:
     Raises
     ------
     ValueError
-        If a file with the right name is there but its hash is not the published one.
+        If a file with the right name is there but it is not a regular file, or its hash
+        or size is not the published one.
 
     Examples
     --------
@@ -149,18 +237,84 @@ def find(entry: Published) -> pathlib.Path | None:
     >>> del os.environ["KERAS_HOME"]
     """
     path = cache_dir(entry.family) / entry.filename
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     _check_file(entry, path)
     return path
 
 
-def download(entry: Published, *, base_url: str | None = None, progress: bool = True):
+def _reason(error: BaseException) -> str:
+    """Say why a request failed, in words a user can act on (not Python's)."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"the server answered HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        error = error.reason if isinstance(error.reason, BaseException) else error
+    if isinstance(error, socket.gaierror):
+        return "its host name does not resolve (no such host, or no DNS)"
+    if isinstance(error, ConnectionRefusedError):
+        return "the connection was refused (nothing listens there)"
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return "the server stopped answering (timed out)"
+    if isinstance(error, http.client.HTTPException):
+        return f"the server's answer is not valid HTTP ({type(error).__name__})"
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _declared_length(response, url: str, limit: int) -> int | None:
+    """Return the Content-Length, checked: a number, and at most `limit` (None if absent)."""
+    text = response.headers.get("Content-Length")
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise DownloadError(f"{url}: the server declares a Content-Length of {text!r}, not a size")
+    length = int(text)
+    if length > limit:
+        raise DownloadError(
+            f"{url}: the server offers {length:,} bytes, more than the published file's "
+            f"{limit:,}: refused"
+        )
+    return length
+
+
+def _transfer(response, file, entry: Published, url: str, start: float, deadline: float, bar):
+    """Copy the response into `file` within the size cap and the deadline; return the digest.
+
+    `start` is the `time.monotonic` at which the download began, `deadline` in seconds.
+    """
+    hasher, done = _hasher(entry), 0
+    # read1 returns what one receive brings: a server that drips bytes cannot hold a
+    # read past the deadline check.
+    while block := response.read1(BLOCK):
+        done += len(block)
+        if done > entry.max_bytes:
+            raise DownloadError(
+                f"{url}: the server sent more than the published file's {entry.max_bytes:,} "
+                "bytes: refused, nothing was saved"
+            )
+        if time.monotonic() - start > deadline:
+            raise DownloadError(
+                f"{url}: not complete after {deadline:g} s ({done:,} bytes received): the "
+                "deadline passed, nothing was saved"
+            )
+        file.write(block)
+        hasher.update(block)
+        bar.update(len(block))
+    return hasher.hexdigest()
+
+
+def download(
+    entry: Published,
+    *,
+    base_url: str | None = None,
+    progress: bool = True,
+    deadline: float = DEADLINE,
+) -> pathlib.Path:
     """Download `entry` into its cache, verify it, and move it into place atomically.
 
     The bytes go to a temporary file in the cache directory, hashed as they arrive; only
-    a file with the published hash is renamed to its final name. On any failure
-    (network, hash, interruption) the temporary file is removed.
+    a file with the published hash is renamed to its final name (replacing any file of
+    that name). On any failure (network, size, deadline, hash, interruption) the
+    temporary file is removed.
 
     Parameters
     ----------
@@ -169,6 +323,8 @@ def download(entry: Published, *, base_url: str | None = None, progress: bool = 
         Replaces the directory of ``entry.url`` (a mirror, or a local server in tests).
     progress : bool, default True
         A progress bar on stderr.
+    deadline : float, default DEADLINE
+        Seconds the whole download may take.
 
     Returns
     -------
@@ -179,8 +335,10 @@ def download(entry: Published, *, base_url: str | None = None, progress: bool = 
     ------
     ValueError
         If the downloaded bytes do not have the published hash.
-    OSError
-        If the download fails (``urllib.error.URLError`` is an OSError).
+    DownloadError
+        An `OSError` naming the URL and the reason: the host does not resolve, the
+        connection is refused, an HTTP error, more bytes than the published size, a
+        Content-Length that is not a number or does not match, the deadline passed.
 
     Examples
     --------
@@ -195,54 +353,102 @@ def download(entry: Published, *, base_url: str | None = None, progress: bool = 
     >>> del os.environ["KERAS_HOME"]
     """
     url = entry.url if base_url is None else f"{base_url.rstrip('/')}/{entry.filename}"
+    if not (isinstance(deadline, (int, float)) and deadline > 0):
+        raise ValueError(f"`deadline` must be a positive number of seconds, got {deadline!r}")
+    start = time.monotonic()  # the deadline counts connecting and the headers too
     target = cache_dir(entry.family)
+    made = [p for p in (target, *target.parents) if not p.exists()]
     target.mkdir(parents=True, exist_ok=True)
-    hasher = _hasher(entry)
     # Written beside its final name and renamed only once complete and verified: a
-    # failure anywhere (network, hash, Ctrl-C) removes the temporary file.
-    with (
-        atomic_write(target / entry.filename) as file,
-        urllib.request.urlopen(url, timeout=60) as response,
-    ):
-        total = int(response.headers.get("Content-Length") or 0)
-        with Progress(total, unit="MB", scale=1e6, enabled=progress and total > 0) as bar:
-            while block := response.read(BLOCK):
-                file.write(block)
-                hasher.update(block)
-                bar.update(len(block))
-        if total and bar.done != total:
-            raise OSError(f"{url}: the download stopped after {bar.done} of {total} bytes")
-        if not _matches(entry, hasher.hexdigest()):
-            raise ValueError(
-                f"{url} gave {entry.algorithm} {hasher.hexdigest()}, not the published "
-                f"{entry.digest}: nothing was saved"
-            )
-        file.flush()
-        os.fsync(file.fileno())
+    # failure anywhere (network, size, deadline, hash, Ctrl-C) removes the temporary file
+    # and the directories made for it.
+    try:
+        with (
+            _files.atomic_write(target / entry.filename) as file,
+            urllib.request.urlopen(url, timeout=min(READ_TIMEOUT, deadline)) as response,
+        ):
+            total = _declared_length(response, url, entry.max_bytes)
+            enabled = progress and bool(total)
+            with Progress(total or 0, unit="MB", scale=1e6, enabled=enabled) as bar:
+                digest = _transfer(response, file, entry, url, start, deadline, bar)
+            if total is not None and bar.done != total:
+                raise DownloadError(
+                    f"{url}: the download stopped after {bar.done} of {total} bytes"
+                )
+            if not _matches(entry, digest):
+                raise ValueError(
+                    f"{url} gave {entry.algorithm} {digest}, not the published "
+                    f"{entry.digest}: nothing was saved"
+                )
+            file.flush()
+            os.fsync(file.fileno())
+    except (OSError, http.client.HTTPException) as error:
+        _remove_empty(made)
+        if isinstance(error, DownloadError):
+            raise
+        raise DownloadError(f"{url}: {_reason(error)}; nothing was saved") from error
+    except BaseException:  # a wrong hash, Ctrl-C
+        _remove_empty(made)
+        raise
     return target / entry.filename
+
+
+def _remove_empty(directories: list[pathlib.Path]) -> None:
+    """Remove the directories a failed download made, deepest first, if still empty."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def _entries(
+    model: str, include_top: bool, family: str | None, batch_norm: bool
+) -> tuple[Published, ...]:
+    key = (str(model).lower() + ("_bn" if batch_norm else ""), bool(include_top))
+    if key not in PUBLISHED:
+        raise ValueError(f"ImageNet weights are published for {list(NAMES)}, not {model!r}")
+    if family not in (None, "keras", "torchvision"):
+        raise ValueError(f"`family` must be None, 'keras' or 'torchvision', got {family!r}")
+    entries = tuple(e for e in PUBLISHED[key] if family in (None, e.family))
+    if not entries:
+        raise ValueError(f"{family} publishes no ImageNet weights of {key[0]}")
+    return entries
 
 
 def resolve(
     model: str,
     include_top: bool = True,
     *,
+    batch_norm: bool = False,
     download_missing: bool = False,
     base_url: str | None = None,
     progress: bool = True,
+    family: str | None = None,
+    force: bool = False,
+    deadline: float = DEADLINE,
 ) -> pathlib.Path:
     """Return a verified copy of the ImageNet weights of `model`, from a cache or downloaded.
 
     Parameters
     ----------
-    model : {"vgg16", "vgg19"}
+    model : str
+        One of `NAMES`: ``"vgg11"``, ``"vgg11_bn"``, ... ``"vgg19_bn"``.
     include_top : bool, default True
         With the classifier (Keras's full file) or without (Keras's ``_notop`` file;
         torchvision's whole file serves both).
+    batch_norm : bool, default False
+        The variant with batch normalisation (``"vgg16"`` then means ``"vgg16_bn"``).
     download_missing : bool, default False
-        Without a cached copy, download Keras's file (`download`).
+        Without a cached copy, download the first file that fits (Keras's, where Keras
+        publishes one) with `download`.
     base_url : str, optional
         Where to download from instead of the published URL.
     progress : bool, default True
+    family : {None, "keras", "torchvision"}
+        Only this family's file (None: Keras's first, then torchvision's).
+    force : bool, default False
+        Download again over a cached copy that fails its hash (otherwise an error).
+    deadline : float, default DEADLINE
+        Seconds a download may take.
 
     Returns
     -------
@@ -255,6 +461,8 @@ def resolve(
         hashes and directories.
     ValueError
         For another model, or a cached file whose hash is not the published one.
+    DownloadError
+        If a download fails (see `download`).
 
     Examples
     --------
@@ -270,19 +478,21 @@ def resolve(
     or pass download=True (vgg-np fetch-weights vgg16)
     >>> del os.environ["KERAS_HOME"], os.environ["TORCH_HOME"]
     """
-    key = (str(model).lower(), bool(include_top))
-    if key not in PUBLISHED:
-        known = sorted({name for name, _ in PUBLISHED})
-        raise ValueError(f"ImageNet weights are published for {known}, not {model!r}")
-    entries = PUBLISHED[key]
+    entries = _entries(model, include_top, family, batch_norm)
     for entry in entries:
-        path = find(entry)
+        try:
+            path = find(entry)
+        except ValueError:
+            if not (force and download_missing):
+                raise
+            return download(entry, base_url=base_url, progress=progress, deadline=deadline)
         if path is not None:
             return path
     if download_missing:
-        return download(entries[0], base_url=base_url, progress=progress)
+        return download(entries[0], base_url=base_url, progress=progress, deadline=deadline)
     places = ", or ".join(f"{e.describe()} in {cache_dir(e.family)}" for e in entries)
+    name = str(model).lower() + ("_bn" if batch_norm else "")
     raise FileNotFoundError(
-        f"no copy of the ImageNet weights of {key[0]} (include_top={key[1]}): put {places}; "
-        f"or pass download=True (vgg-np fetch-weights {key[0]})"
+        f"no copy of the ImageNet weights of {name} (include_top={bool(include_top)}): put "
+        f"{places}; or pass download=True (vgg-np fetch-weights {name})"
     )

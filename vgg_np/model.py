@@ -54,10 +54,11 @@ class VGG:
         The widths of the network.
     weights : str, os.PathLike or formats.WeightSource, optional
         A weights file of any supported format (detected from its content); or
-        ``"imagenet"`` (VGG16 and VGG19): the published ImageNet weights from the Keras
-        or torch cache (`vgg_np.hub.resolve`, hash verified); or an open
-        `formats.WeightSource` (what `from_file` passes); or None for a seeded
-        He-normal initialisation.
+        ``"imagenet"``: the published ImageNet weights from the Keras or torch cache
+        (`vgg_np.hub.resolve`, hash verified): Keras's VGG16 and VGG19, torchvision's
+        vgg11 to vgg19 and, with `batch_norm`, their ``_bn`` variants; or an open
+        `formats.WeightSource` (what `from_file` passes); or None for a seeded He-normal
+        initialisation.
     include_top : bool, default True
         Include the classifier (``flatten``, ``fc1``, ``fc2``, ``predictions``).
     input_shape : tuple of int, optional
@@ -107,8 +108,9 @@ class VGG:
         ``dropout``. `include_top`, `pooling`, `classes`, `classifier_activation` and
         `adaptive_pool` are then read from it, not given.
     download : bool, default False
-        With ``weights="imagenet"`` and no cached copy: download Keras's file into the
-        Keras cache (a progress bar, hash verified, written atomically).
+        With ``weights="imagenet"`` and no cached copy: download the published file
+        (Keras's where Keras publishes one, else torchvision's) into its cache (a
+        progress bar, hash and size verified, a deadline, written atomically).
 
     Attributes
     ----------
@@ -184,7 +186,9 @@ class VGG:
         elif isinstance(weights, formats.WeightSource):  # opened by from_file
             self._load(weights, allow_nonfinite)
         else:
-            path = _weights_path(weights, self.config.name, self.include_top, download)
+            path = _weights_path(
+                weights, self.config.name, self.include_top, self.batch_norm is not None, download
+            )
             self.load_weights(path, allow_nonfinite=allow_nonfinite)
 
     # -- construction ---------------------------------------------------------------
@@ -349,6 +353,7 @@ class VGG:
                 f"{source} contain NaN or inf in {', '.join(nonfinite)}; "
                 "pass allow_nonfinite=True to accept them"
             )
+        _check_batch_norms(self.layers, loaded, source)
         self._weights = loaded
         self._lowered = {}  # engines packed for the old weights
 
@@ -772,7 +777,9 @@ def _check_threads(threads: int | None) -> int | None:
     return threads
 
 
-def _weights_path(weights, name: str, include_top: bool, download: bool) -> str | os.PathLike:
+def _weights_path(
+    weights, name: str, include_top: bool, batch_norm: bool, download: bool
+) -> str | os.PathLike:
     """Return the file `weights` names: a path, or ``"imagenet"``'s file in a cache."""
     if isinstance(weights, str) and "://" in weights:
         raise ValueError(
@@ -780,7 +787,7 @@ def _weights_path(weights, name: str, include_top: bool, download: bool) -> str 
             "download it and pass its path"
         )
     if isinstance(weights, str) and weights == "imagenet":
-        return hub.resolve(name, include_top, download_missing=download)
+        return hub.resolve(name, include_top, batch_norm=batch_norm, download_missing=download)
     return weights
 
 
@@ -809,6 +816,24 @@ for _name, _doc in {
     "output_kind": "What the last layer gives: probabilities, logits, scores, features.",
 }.items():
     setattr(VGG, _name, _from_network(_name, f"{_doc} See the class example."))
+
+
+def _check_batch_norms(layers, weights: Mapping[str, tuple], source: str) -> None:
+    """Refuse batch norms whose variance is negative, or zero with epsilon 0 (NaN outputs)."""
+    bad = []
+    for layer in layers:
+        if layer.kind != "batch_norm" or layer.name not in weights:
+            continue
+        variance = weights[layer.name][3]
+        if (variance < 0).any():
+            bad.append(f"{layer.name} (moving variance {float(variance.min()):g} < 0)")
+        elif (variance + layer.eps <= 0).any():
+            bad.append(f"{layer.name} (moving variance 0 with epsilon {layer.eps:g})")
+    if bad:
+        raise ValueError(
+            f"{source} hold batch norm statistics no network can use: {', '.join(bad)}; "
+            "every output would be NaN or inf"
+        )
 
 
 def _family_member(name: str):

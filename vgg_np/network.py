@@ -10,6 +10,9 @@ argument is checked here, each by one small function that names the argument.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -384,6 +387,47 @@ def _input_shape(input_shape, data_format: str, table: Sequence[Layer], size: in
     return (h, w, c)
 
 
+def max_activation_bytes() -> int:
+    """Return the most bytes one image's activations may take: half the memory it may use.
+
+    The memory is the machine's physical memory, or less where this process is held to
+    less (its address-space limit, ``ulimit -v``). A network whose input size needs more
+    (every layer's output for one image, in its dtype) is refused when it is described,
+    naming the size, rather than failing in the middle of a batch with a `MemoryError`.
+
+    Examples
+    --------
+    >>> max_activation_bytes() > 61_000_000  # VGG16 at 224x224 in float32 needs ~61 MB
+    True
+    """
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume 16 GB
+        memory = 16 << 30
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource  # POSIX only
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            memory = min(memory, limit)
+    return memory // 2
+
+
+def _check_memory(shape: tuple, table: Sequence[Layer], dtype: np.dtype) -> tuple:
+    """Refuse an input size whose activations of one image exceed `max_activation_bytes`."""
+    if None in shape:
+        return shape
+    values = math.prod(shape) + sum(math.prod(s.output) for s in shapes(table, shape))
+    total = values * dtype.itemsize  # every layer's output, as `activations` keeps them
+    if total > (limit := max_activation_bytes()):
+        raise ValueError(
+            f"`input_shape` {shape[0]}x{shape[1]}x{shape[2]} needs {total:,} bytes of "
+            f"activations per image in {dtype.name}, more than the {limit:,} this machine "
+            "allows (half the memory this process may use): give a smaller input size"
+        )
+    return shape
+
+
 def _top(include_top, pooling, classes, classifier_activation, adaptive_pool) -> dict:
     """Check the standard top's arguments (without a head of one's own)."""
     include_top = bool(include_top)
@@ -472,7 +516,9 @@ def describe(
     return Network(
         config=config,
         layers=table,
-        input_shape=_input_shape(input_shape, data_format, table, config.default_size),
+        input_shape=_check_memory(
+            _input_shape(input_shape, data_format, table, config.default_size), table, found_dtype
+        ),
         dtype=found_dtype,
         data_format=data_format,
         batch_norm=eps,

@@ -30,7 +30,11 @@ __all__ = [
     "imagenet_classes",
     "load_image",
     "preprocess_input",
+    "read_class_names",
 ]
+
+#: Largest labels file read (16 MiB): ImageNet-21k's 21,841 names take about 0.5 MB.
+MAX_LABELS_BYTES = 1 << 24
 
 #: How images are brought to the network's size: Keras's ``load_img(target_size=...)``
 #: (straight to the size, nearest neighbour) or torchvision's ``Resize(256)`` +
@@ -144,6 +148,44 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
     text = resources.files("vgg_np").joinpath("data/imagenet_class_index.json").read_text()
     index = json.loads(text)
     return tuple((index[str(i)][0], index[str(i)][1]) for i in range(len(index)))
+
+
+def read_class_names(path: str | os.PathLike, classes: int) -> list[str]:
+    r"""Read a labels file: one non-empty class name per line, `classes` of them.
+
+    The file must be a regular UTF-8 text file of at most `MAX_LABELS_BYTES` (a FIFO or
+    ``/dev/zero`` is refused at once); trailing empty lines are ignored.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a regular file, too large, not UTF-8, or does not hold one
+        non-empty name per class; the message names the file.
+    OSError
+        If it cannot be opened.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+    ...     _ = f.write("cat\ndog\n\n"); f.flush()
+    ...     read_class_names(f.name, 2)
+    ['cat', 'dog']
+    >>> read_class_names("/dev/zero", 2)
+    Traceback (most recent call last):
+    ...
+    vgg_np._files.NotARegularFile: '/dev/zero' is a character device, not a regular labels file
+    """
+    text = _files.read_text(path, MAX_LABELS_BYTES, "labels file")
+    names = [line.strip() for line in text.splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if len(names) != classes or not all(names):
+        raise ValueError(
+            f"{os.fspath(path)}: {len(names)} names (empty lines: {names.count('')}), but the "
+            f"classifier has {classes} outputs: give one non-empty name per line"
+        )
+    return names
 
 
 def decode_predictions(

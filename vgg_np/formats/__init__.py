@@ -37,6 +37,7 @@ from vgg_np.formats._common import (
     FileFormatError,
     LazyArray,
     check_regular,
+    check_total,
     lazy,
     open_regular,
     reading,
@@ -86,7 +87,7 @@ class _Sniff:
         if self.head[:4] not in ZIP_SIGNATURES:
             return None
         try:
-            with zipfile.ZipFile(self.path) as zf:
+            with open_regular(self.path) as f, zipfile.ZipFile(f) as zf:
                 return zf.namelist()
         except zipfile.BadZipFile as error:
             raise FileFormatError(
@@ -332,6 +333,7 @@ def open_weights(path: str | os.PathLike, *, theano_flip: bool = True) -> Iterat
     with contextlib.ExitStack() as stack:
         with reading(where):
             source = _canonical(stack.enter_context(fmt.open(os.fspath(path), where, theano_flip)))
+        check_total(source.tensors, where)  # before any tensor is read or computed
         yield source
 
 

@@ -11,6 +11,7 @@ on disk later cannot change a loaded model; and any failure while reading become
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import zipfile
 import zlib
@@ -28,6 +29,10 @@ SMALL_MEMBER = 1 << 20
 #: Largest tensor a reader computes instead of reading (ONNX ``ConstantOfShape``): VGG's
 #: largest tensor, fc1, is 411 MB in float32 (VGG16 and VGG19).
 MAX_COMPUTED_BYTES = 1 << 30
+#: Largest total a weights file may declare across all its tensors (2 GiB), checked before
+#: any tensor is read or computed: VGG19 with its top holds 575 MB in float32 (1.15 GB in
+#: float64), so only a hostile or foreign file needs more.
+MAX_TOTAL_BYTES = 1 << 31
 #: Bytes read per call when copying a tensor out of a file (1 MiB: the CRC-32 then
 #: runs on bytes still in cache; measured 0.57 s for 553 MB against 0.73 s with 16 MiB).
 CHUNK = 1 << 20
@@ -105,6 +110,38 @@ def check_expansion(declared: int, stored: int, where: str) -> None:
             f"{where}: declares {declared:,} bytes from {stored:,} stored bytes, more than "
             f"{MAX_EXPANSION}x: refused as a possible decompression bomb"
         )
+
+
+def declared_bytes(array) -> int:
+    """Bytes an array-like (lazy tensor, h5py dataset, array) takes once read."""
+    return math.prod(int(s) for s in np.shape(array)) * np.dtype(array.dtype).itemsize
+
+
+def check_total(tensors: Mapping[str, tuple], where: str, limit: int = MAX_TOTAL_BYTES) -> int:
+    """Return the bytes all of a file's tensors would take, refusing more than `limit`.
+
+    Called once per file, before any tensor is read, copied or computed: a file whose
+    tensors each pass their own checks may still declare more than memory holds.
+
+    Examples
+    --------
+    >>> big = LazyArray((1 << 20, 1 << 10), np.float32, lambda: None)
+    >>> check_total({"fc1": (big, big), "fc2": (big,)}, "'w.onnx'")
+    Traceback (most recent call last):
+    ...
+    vgg_np.formats._common.FileFormatError: 'w.onnx': its tensors take 12,884,901,888 bytes in
+    all, more than the 2,147,483,648 any VGG weights file may (fc1 4,294,967,296 each, ...)
+    """
+    sizes = {name: [declared_bytes(a) for a in arrays] for name, arrays in tensors.items()}
+    total = sum(sum(each) for each in sizes.values())
+    if total > limit:
+        largest = sorted(sizes, key=lambda name: -max(sizes[name], default=0))[:3]
+        listed = ", ".join(f"{name} {max(sizes[name]):,} each" for name in largest)
+        raise FileFormatError(
+            f"{where}: its tensors take {total:,} bytes in all, more than the {limit:,} any VGG "
+            f"weights file may ({listed}, ...)"
+        )
+    return total
 
 
 def check_zip(zf: zipfile.ZipFile, where: str) -> None:

@@ -38,9 +38,9 @@ from vgg_np.formats import _hdf5, keras_config
 from vgg_np.formats._common import (
     CHUNK,
     FileFormatError,
-    check_regular,
     check_unique,
     check_zip,
+    open_regular,
     split_kernel_bias,
 )
 from vgg_np.formats.contract import RECORD_PREFIX, Family, Provenance, WeightSource
@@ -191,8 +191,11 @@ def open_keras_zip(path: str | os.PathLike, where: str) -> Iterator[WeightSource
     Every member's declared size is checked against its stored size before the weights
     member is extracted; zipfile checks its CRC-32 as it is extracted.
     """
-    check_regular(path)
-    with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as tmp:
+    with (
+        open_regular(path) as fp,  # checked on the open descriptor: no FIFO swapped in
+        zipfile.ZipFile(fp) as zf,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         check_zip(zf, where)
         # h5py needs random access: extract the member rather than seek in the zip stream.
         extracted = os.path.join(tmp, KERAS_ZIP_MEMBER)

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from vgg_np._files import atomic_write
+from vgg_np import _files
 from vgg_np.formats._common import (
     CHUNK,
     FileFormatError,
@@ -224,5 +224,97 @@ def write_npz(
     records = {PROVENANCE_KEY: np.array(json.dumps(provenance.record()))}
     if (architecture := to_record(info or {})) is not None:
         records[ARCHITECTURE_KEY] = np.array(architecture)
-    with atomic_write(path) as f:
+    with _files.atomic_write(path) as f:
         np.savez(f, **flatten_pairs(weights), **records)
+
+
+def _npy(fp: BinaryIO, where: str) -> np.ndarray:
+    """Read a whole ``.npy`` file after checking its header against the file's size."""
+    shape, fortran, dtype = _parse_npy_header(fp, where)
+    start = fp.tell()
+    nbytes = math.prod(shape) * dtype.itemsize
+    held = os.fstat(fp.fileno()).st_size - start
+    if nbytes != held:
+        raise FileFormatError(
+            f"{where}: header declares shape {shape} of {dtype} ({nbytes:,} bytes) but the "
+            f"file holds {held:,} bytes (truncated or damaged)"
+        )
+    data, _ = read_exactly(fp, start, nbytes)
+    return bytes_to_array(data, dtype, shape, fortran)
+
+
+def read_arrays(
+    path: str | os.PathLike, what: str = "activations dump", npy_name: str = "input"
+) -> dict[str, np.ndarray]:
+    """Read every array of a ``.npz`` (or the one of a ``.npy``), as untrusted input.
+
+    The file must be a regular file; each member's header is checked against its size,
+    and a compressed member may expand at most as much as a weights file's
+    (`vgg_np.formats._common.check_expansion`), before anything is decompressed or
+    allocated. Only real floating-point arrays are accepted: activations and inputs are
+    real numbers, so a complex, integer, bool or string array is refused, naming it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    what : str
+        What the file is, for messages (``"activations dump"``).
+    npy_name : str, default "input"
+        The key of a ``.npy`` file's array.
+
+    Returns
+    -------
+    dict
+        Name -> array, in the file's order.
+
+    Raises
+    ------
+    ValueError
+        For a file that is not a regular file, is damaged, a decompression bomb, or holds
+        an array that is not real floating-point; the message names the file.
+    OSError
+        If the file cannot be opened.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = tempfile.mkdtemp()
+    >>> np.savez_compressed(f"{tmp}/a.npz", fc1=np.ones((1, 4), np.float32))
+    >>> {k: v.shape for k, v in read_arrays(f"{tmp}/a.npz").items()}
+    {'fc1': (1, 4)}
+    >>> np.savez(f"{tmp}/b.npz", fc1=np.ones((1, 4), np.complex64))
+    >>> read_arrays(f"{tmp}/b.npz")
+    Traceback (most recent call last):
+    ...
+    vgg_np.formats._common.FileFormatError: '.../b.npz' array 'fc1' holds complex64 values: an
+    activations dump must hold real floating-point numbers
+    """
+    where = repr(os.fspath(path))
+    try:
+        with _files.open_regular(path, what) as fp:
+            if fp.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+                fp.seek(0)
+                arrays = {npy_name: _npy(fp, where)}
+            else:
+                fp.seek(0)
+                with zipfile.ZipFile(fp) as zf:
+                    check_zip(zf, where)  # declared sizes, before decompressing anything
+                    arrays = {
+                        info.filename.removesuffix(".npy"): np.asarray(
+                            _member(fp, zf, info, f"{where} member {info.filename!r}")
+                        )
+                        for info in zf.infolist()
+                    }
+    except (FileFormatError, _files.NotARegularFile, MemoryError):
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        if isinstance(error, OSError) and error.filename:
+            raise
+        raise FileFormatError(f"{where}: not a readable .npy or .npz file ({error})") from None
+    for name, array in arrays.items():
+        if array.dtype.kind != "f":
+            raise FileFormatError(
+                f"{where} array {name!r} holds {array.dtype} values: an {what} must hold real "
+                "floating-point numbers"
+            )
+    return arrays

@@ -21,8 +21,10 @@ loading into an ``include_top=True`` model fails naming those nodes. Any other n
 the base is an error that names it. Needs the optional `onnx` package.
 
 Nothing is evaluated unless it is a weight: tensors stay lazy, a ``ConstantOfShape`` is
-computed only when its output is a layer's weight (and at most `MAX_COMPUTED_BYTES`), and
-tensors kept in external files are refused.
+computed only when its output is a layer's weight (at most `MAX_COMPUTED_BYTES` each, and
+all the weights a file declares at most `vgg_np.formats._common.MAX_TOTAL_BYTES`, counted
+by `vgg_np.formats.open_weights` before any is read or computed), and tensors kept in
+external files are refused.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ SUPPORTED = (
     "ConstantOfShape",
 )  # fmt: skip
 CONSTANT_OPS = ("Constant", "ConstantOfShape")
+#: Most axes a ``ConstantOfShape`` shape input may list (it is read to build the shape).
+MAX_RANK = 8
 _TYPED_FIELDS = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data")
 
 
@@ -99,14 +103,17 @@ def _constant_of_shape(node, values: dict, where: str) -> LazyArray | None:
     """Return the output of a ``ConstantOfShape`` of constant shape, computed only if read."""
     if node.input[0] not in values:
         return None
+    given = values[node.input[0]]
+    if given.ndim != 1 or given.shape[0] > MAX_RANK:  # read below: only a shape's few values
+        return None  # not a constant vgg_np computes: refused if a weight needs it
+    what = f"{where} ConstantOfShape {node.name!r}"
     attrs = _attrs(node)
     fill = (
         _lazy_tensor(attrs["value"], where)
         if "value" in attrs
         else LazyArray((1,), np.float32, lambda: np.zeros(1, np.float32))
     )
-    shape = tuple(int(s) for s in np.asarray(values[node.input[0]]).reshape(-1))
-    what = f"{where} ConstantOfShape {node.name!r}"
+    shape = tuple(int(s) for s in np.asarray(given).reshape(-1))
     if min(shape, default=0) < 0:
         raise FileFormatError(f"{what}: negative shape {shape}")
     return LazyArray(
