@@ -37,7 +37,7 @@ def test_image_paths_expands_directories_and_globs_and_keeps_the_rest(folder):
     Image.new("RGB", (40, 40)).save(folder / "sub" / "deep.png")
     names = [os.path.relpath(p, folder) for p in image_paths([folder])]
     assert names == ["cut.jpg", "img0.jpg", "img1.png", "img2.jpg", "img3.png", "img4.jpg",
-                     "img5.png", "img6.jpg"]  # fmt: skip
+                     "img5.png", "img6.jpg", "sub/deep.png"]  # fmt: skip  (recursively)
     assert [os.path.relpath(p, folder) for p in image_paths([f"{folder}/**/*.png"])] == [
         "img1.png",
         "img3.png",
@@ -109,11 +109,11 @@ def test_the_next_batch_decodes_while_the_caller_holds_this_one(folder, monkeypa
     threads = set()
     decode = streams._decode
 
-    def watched(path, prep, size):
+    def watched(path, prep, size, **options):
         threads.add(threading.current_thread().name)
         if path == paths[2]:  # the first image of the second batch
             started.set()
-        return decode(path, prep, size)
+        return decode(path, prep, size, **options)
 
     monkeypatch.setattr(streams, "_decode", watched)
     batches = decode_batches(paths, PREP, size=32, batch_size=2, workers=2)

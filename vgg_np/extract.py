@@ -50,10 +50,14 @@ Contract of `run_partition` (what a distributed runner may rely on):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import itertools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -61,11 +65,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from vgg_np._files import atomic_write
+from vgg_np._files import atomic_write, check_regular, open_regular, read_text
 from vgg_np.formats import Preprocessing, choose_preprocessing
 from vgg_np.preprocess import decode_predictions, imagenet_classes
 from vgg_np.progress import Progress, show_progress
-from vgg_np.streams import decode_batches, image_paths, input_size
+from vgg_np.streams import decode_batches, file_identity, image_paths, input_size
 from vgg_np.summary import Summary
 
 __all__ = [
@@ -81,7 +85,20 @@ __all__ = [
     "weights_digest",
 ]
 
-PLAN_VERSION = "vgg_np extract 1"
+PLAN_VERSION = "vgg_np extract 2"
+
+#: Largest plan read back (it lists every path: a million of them fit in ~200 MB).
+MAX_PLAN_BYTES = 1 << 30
+
+#: Largest partition manifest or journal read back (256 rows with their top classes).
+MAX_MANIFEST_BYTES = 256 << 20
+
+#: The keys of a plan, each with the type its value must have.
+PLAN_KEYS = {
+    "version": str, "layer": str, "row_shape": list, "dtype": str, "top": int,
+    "partition_size": int, "preprocessing": dict, "size": int, "weights_digest": str,
+    "paths": list,
+}  # fmt: skip
 
 #: Rows per partition: small enough that a partition is a few minutes of a 2-core
 #: machine's work at full VGG16 (~3 images/s), large enough that a cluster's per-task
@@ -182,17 +199,158 @@ def _write_atomically(path: str, text: str) -> None:
         os.fsync(file.fileno())  # on disk before the rename makes it count
 
 
-def _read_entries(path: str) -> dict[int, dict]:
-    """Row -> entry from a manifest or journal; a line cut short by a kill is ignored."""
+def _row_digest(row: NDArray) -> str:
+    """Return a checksum of one stored row's bytes: 64 bits of BLAKE2b, in hex."""
+    return hashlib.blake2b(np.ascontiguousarray(row).data, digest_size=8).hexdigest()
+
+
+def _damaged(path: str, why: str) -> ValueError:
+    return ValueError(
+        f"{path} is damaged ({why}): delete it to recompute its partition, or delete the "
+        "whole store to start over"
+    )
+
+
+def _read_entries(path: str, partition: Partition, *, journal: bool) -> dict[int, dict]:
+    """Row -> entry of a partition's manifest or journal, each entry checked.
+
+    A journal's last line cut short by a kill is ignored; anything else that is not an
+    entry of this partition (bad JSON, a row outside it, another path, no checksum), or a
+    manifest without every row, is refused in one line naming the file.
+    """
+    try:
+        text = read_text(path, MAX_MANIFEST_BYTES, "extraction manifest")
+    except FileNotFoundError:
+        return {}
+    lines = text.split("\n")
+    last = len(lines) - 1  # "" when the file ends in a newline
     entries = {}
-    with contextlib.suppress(FileNotFoundError), open(path) as file:
-        for line in file:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of a journal whose writer was killed
-            entries[entry["row"]] = entry
+    for number, line in enumerate(lines, 1):
+        if not line and number > last:
+            break
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if journal and number > last:
+                break  # the last line of a journal whose writer was killed
+            raise _damaged(path, f"line {number} is not JSON") from None
+        row = entry.get("row") if isinstance(entry, dict) else None
+        if not (
+            isinstance(row, int)
+            and partition.start <= row < partition.stop
+            and entry.get("path") == partition.paths[row - partition.start]
+            and entry.get("status") in ("ok", "error")
+            and isinstance(entry.get("digest"), str)
+            and (entry.get("image") is None or isinstance(entry["image"], dict))
+        ):
+            raise _damaged(path, f"line {number} is not an entry of {partition.name}")
+        entries[row] = entry
+    if not journal and len(entries) != partition.stop - partition.start:
+        count = partition.stop - partition.start
+        raise _damaged(path, f"{len(entries)} entries for the {count} rows of {partition.name}")
     return entries
+
+
+def _read_plan(out: str) -> dict:
+    """Read the plan of the store at `out`: one line naming the file if it is not one."""
+    path = os.path.join(_manifest_dir(out), "plan.json")
+    text = read_text(path, MAX_PLAN_BYTES, "extraction plan")
+    try:
+        plan = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is damaged ({'empty' if not text.strip() else error}): delete "
+            f"{_manifest_dir(out)} and {out} to start over"
+        ) from None
+    if isinstance(plan, dict) and plan.get("version") not in (None, PLAN_VERSION):
+        raise ValueError(
+            f"{path} was written by another version of vgg_np ({plan['version']!r}, this one "
+            f"reads {PLAN_VERSION!r}): delete {_manifest_dir(out)} and {out} to start over"
+        )
+    wrong = [k for k, kind in PLAN_KEYS.items() if not isinstance(plan.get(k), kind)]
+    if isinstance(plan, dict) and not wrong and not all(isinstance(p, str) for p in plan["paths"]):
+        wrong = ["paths"]
+    if not isinstance(plan, dict) or wrong:
+        what = "not a JSON object" if not isinstance(plan, dict) else f"bad {', '.join(wrong)}"
+        raise ValueError(
+            f"{path} is damaged ({what}): delete {_manifest_dir(out)} and {out} to start over"
+        )
+    return plan
+
+
+def _reserve(path: str, size: int) -> None:
+    """Allocate the blocks of `path`'s `size` bytes now, or raise OSError naming `path`.
+
+    A full disk then fails here, not in a memory-mapped write (SIGBUS). Filesystems that
+    cannot reserve blocks are left sparse.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return  # macOS, Windows: no reservation (documented)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return
+        raise OSError(
+            error.errno, f"cannot reserve the store's {size:,} bytes ({error.strerror})", path
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def _image_changed(entry: dict) -> bool:
+    """Whether the image of a manifest entry is not the file its row was computed from.
+
+    Size and modification time alike: the same file. Otherwise its content hash decides
+    (a file only touched, or copied with its bytes, keeps its row).
+    """
+    recorded = entry.get("image")
+    try:
+        status = os.stat(entry["path"])
+    except OSError:
+        return recorded is not None  # gone since (or still missing: unchanged)
+    if recorded is None:
+        return True  # missing or unreadable then, there now
+    if (status.st_size, status.st_mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")):
+        return False
+    now = file_identity(entry["path"])
+    return now is None or now["sha256"] != recorded.get("sha256")
+
+
+def _npy_layout(out: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """Shape, dtype and data offset of the ``.npy`` header at `out`, None if unreadable."""
+    with open_regular(out, "extraction store") as file:
+        readers = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }
+        try:
+            shape, _, dtype = readers[np.lib.format.read_magic(file)](file)
+        except (ValueError, KeyError, EOFError):
+            return None
+        return shape, dtype, file.tell()
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold a Ctrl-C back until the block is done (rows written and journaled together).
+
+    Only in the main thread, where Python receives signals.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 class Store:
@@ -238,6 +396,7 @@ class Store:
         self.prep = Preprocessing(**plan["preprocessing"])
         self.size = plan["size"]
         self._array = None  # opened on first write, in the process that writes
+        self.recomputed = (0, 0)  # rows found damaged, images found changed (`verify`)
 
     def __reduce__(self):
         return open_store, (self.out,)  # a worker rereads the plan, never a copy of it
@@ -263,6 +422,12 @@ class Store:
         """Return the partitions not complete yet, in order (see the class example)."""
         return [p for p in self.partitions if not self.is_complete(p)]
 
+    def _entries(self, partition: Partition) -> tuple[dict[int, dict], bool]:
+        """Return the partition's entries so far and whether it is complete."""
+        if self.is_complete(partition):
+            return _read_entries(self._path(partition, "jsonl"), partition, journal=False), True
+        return _read_entries(self._path(partition, "journal.jsonl"), partition, journal=True), False
+
     def manifest(self) -> list[dict]:
         """Return every entry so far (complete partitions, journals) in row order.
 
@@ -270,9 +435,78 @@ class Store:
         """
         entries: dict[int, dict] = {}
         for partition in self.partitions:
-            entries.update(_read_entries(self._path(partition, "journal.jsonl")))
-            entries.update(_read_entries(self._path(partition, "jsonl")))
+            entries.update(self._entries(partition)[0])
         return [entries[row] for row in sorted(entries)]
+
+    def _check_file(self) -> None:
+        """Refuse a store file that is not the plan's array; restore a size that changed.
+
+        Rows lost or added by a change of size are found by their checksums (`verify`).
+        """
+        if self.out.endswith(".zarr"):
+            if not os.path.isdir(self.out):
+                raise ValueError(f"{self.out} is not a Zarr store: delete it and its manifest")
+            return
+        layout = _npy_layout(self.out)
+        if layout is None or layout[:2] != (self.shape, np.dtype(self.plan["dtype"])):
+            raise ValueError(
+                f"{self.out} does not hold the {self.plan['dtype']} array of shape {self.shape} "
+                f"its plan describes: delete it and {self.manifest_dir} to start over"
+            )
+        expected = self.plan["store_bytes"]
+        if check_regular(self.out, "extraction store").st_size != expected:
+            os.truncate(self.out, expected)
+            _reserve(self.out, expected)
+
+    def verify(self) -> tuple[int, int]:
+        """Check every written row against its checksum and every image against its identity.
+
+        The rows that do not match (a store truncated, overwritten or regrown; an image
+        changed since) become pending again: their partition's entries that still hold
+        are kept in its journal, and the next run computes the others. Called by
+        `create_store` on every store it reopens.
+
+        Returns
+        -------
+        tuple of int
+            ``(damaged, changed)``: rows whose bytes no longer match their checksum, and
+            rows whose image changed.
+
+        Raises
+        ------
+        ValueError
+            If the store file is not the plan's array, or a manifest or journal is
+            damaged (one line naming the file).
+
+        Examples
+        --------
+        See `create_store`.
+        """
+        self._check_file()
+        array = self.read()
+        row_bytes = math.prod(self.plan["row_shape"]) * np.dtype(self.plan["dtype"]).itemsize
+        step = max(1, ZARR_CHUNK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
+        damaged = changed = 0
+        for partition in self.partitions:
+            entries, complete = self._entries(partition)
+            stale = set()
+            for start in range(partition.start, partition.stop, step):
+                block = np.asarray(array[start : min(start + step, partition.stop)])
+                for row in range(start, start + len(block)):
+                    if row not in entries:
+                        continue
+                    if _row_digest(block[row - start]) != entries[row]["digest"]:
+                        damaged += 1
+                        stale.add(row)
+                    elif _image_changed(entries[row]):
+                        changed += 1
+                        stale.add(row)
+            if stale:
+                kept = [json.dumps(entries[r]) + "\n" for r in sorted(entries) if r not in stale]
+                _write_atomically(self._path(partition, "journal.jsonl"), "".join(kept))
+                if complete:
+                    os.unlink(self._path(partition, "jsonl"))
+        return damaged, changed
 
     def read(self):
         """Return the output array, read-only: a memory map or a Zarr array (class example)."""
@@ -309,12 +543,22 @@ class Store:
 
                 self._array = zarr.open_array(self.out, mode="r+")
             else:
+                # numpy would silently regrow a truncated file with zeros: refuse instead.
+                size = check_regular(self.out, "extraction store").st_size
+                if size != self.plan["store_bytes"]:
+                    raise ValueError(
+                        f"{self.out} holds {size:,} bytes where its plan says "
+                        f"{self.plan['store_bytes']:,} (truncated or replaced): run the "
+                        "extraction again to check and repair it"
+                    )
                 self._array = np.lib.format.open_memmap(self.out, mode="r+")
         return self._array
 
-    def _write_rows(self, start: int, block: NDArray) -> None:
+    def _write_rows(self, rows: list[int], block: NDArray) -> None:
         array = self._open()
-        array[start : start + len(block)] = block
+        for _, run in itertools.groupby(enumerate(rows), lambda pair: pair[1] - pair[0]):
+            run = list(run)  # consecutive rows: [(i, row), ...]
+            array[run[0][1] : run[-1][1] + 1] = block[run[0][0] : run[-1][0] + 1]
         if isinstance(array, np.memmap):
             array.flush()  # msync: the rows are on disk before the journal says so
 
@@ -428,20 +672,21 @@ def create_store(
     plan = _plan(images, model, layer, top, partition_size, preprocess, resize)
     manifest_dir = _manifest_dir(out)
     plan_path = os.path.join(manifest_dir, "plan.json")
-    if os.path.exists(plan_path):
+    if os.path.lexists(plan_path):
         if not os.path.exists(out):
             raise ValueError(
                 f"{plan_path} exists but {out} does not: delete {manifest_dir} to start over"
             )
-        with open(plan_path) as file:
-            old = json.load(file)
+        old = _read_plan(out)
         differences = _differences(old, plan)
         if differences:
             raise ValueError(
                 f"{out} was started with other settings: {'; '.join(differences)}; "
                 f"choose another output, or delete {out} and {manifest_dir} to start over"
             )
-        return Store(out, old)
+        store = Store(out, old)
+        store.recomputed = store.verify()
+        return store
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists and is not an extraction (no {plan_path})")
     shape = (len(plan["paths"]), *plan["row_shape"])
@@ -461,8 +706,15 @@ def create_store(
             out, mode="w-", shape=shape, chunks=(rows, *plan["row_shape"]),
             dtype=plan["dtype"], fill_value=np.nan,
         )  # fmt: skip
+        plan["store_bytes"] = None
     else:
         np.lib.format.open_memmap(out, mode="w+", dtype=plan["dtype"], shape=shape).flush()
+        plan["store_bytes"] = os.path.getsize(out)
+        try:
+            _reserve(out, plan["store_bytes"])
+        except OSError:
+            os.remove(out)  # nothing half made: the same command works once there is room
+            raise
     os.makedirs(manifest_dir, exist_ok=True)
     _write_atomically(plan_path, json.dumps(plan, indent=1) + "\n")
     return Store(out, plan)
@@ -484,9 +736,7 @@ def open_store(out: str | os.PathLike) -> Store:
     ...
     FileNotFoundError: [Errno 2] No such file or directory: 'nowhere.npy.manifest/plan.json'
     """
-    out = os.fspath(out)
-    with open(os.path.join(_manifest_dir(out), "plan.json")) as file:
-        return Store(out, json.load(file))
+    return Store(os.fspath(out), _read_plan(os.fspath(out)))
 
 
 @dataclass
@@ -555,41 +805,25 @@ def run_partition(
         return result
     store.check_model(model)
     journal = store._path(partition, "journal.jsonl")
-    entries = _read_entries(journal)
-    # Batches are journaled in row order: what is done is a prefix of the partition.
-    first = next((r for r in range(partition.start, partition.stop) if r not in entries), None)
-    result.already_done = (partition.stop if first is None else first) - partition.start
-    if first is not None:
-        wanted = [store.layer] + (["predictions"] if store.plan["top"] else [])
-        dtype, row_shape = np.dtype(store.plan["dtype"]), tuple(store.plan["row_shape"])
-        paths = list(partition.paths[first - partition.start :])
-        row = first
+    entries = _read_entries(journal, partition, journal=True)
+    todo = [r for r in range(partition.start, partition.stop) if r not in entries]
+    result.already_done = partition.stop - partition.start - len(todo)
+    if todo:
+        paths = [partition.paths[r - partition.start] for r in todo]
         batches = decode_batches(
-            paths, store.prep, size=store.size, batch_size=batch_size, workers=workers
-        )
+            paths, store.prep, size=store.size, batch_size=batch_size, workers=workers,
+            identify=True,
+        )  # fmt: skip
         with open(journal, "a") as log:
             for decoded in batches:
-                block = np.full((len(decoded.paths), *row_shape), np.nan, dtype)
-                lines = []
-                if decoded.ok:
-                    outputs = model.activations(decoded.batch, layers=wanted)
-                    block[decoded.ok] = outputs[store.layer]
-                for i, path in enumerate(decoded.paths):
-                    entry = {"row": row + i, "path": path}
-                    if i in decoded.errors:
-                        entry.update(status="error", reason=decoded.errors[i])
-                    else:
-                        entry["status"] = "ok"
-                        if store.plan["top"]:
-                            scores = outputs["predictions"][decoded.ok.index(i)]
-                            entry["top"] = top_classes(scores, store.plan["top"])
-                    lines.append(json.dumps(entry) + "\n")
-                    entries[row + i] = entry
-                store._write_rows(row, block)
-                log.write("".join(lines))  # only after the rows are flushed
-                log.flush()
-                os.fsync(log.fileno())
-                row += len(decoded.paths)
+                rows, todo = todo[: len(decoded.paths)], todo[len(decoded.paths) :]
+                block, batch_entries = _compute(store, model, decoded, rows)
+                with _interrupt_after():  # a Ctrl-C here waits for the journal line
+                    store._write_rows(rows, block)
+                    log.write("".join(json.dumps(e) + "\n" for e in batch_entries))
+                    log.flush()  # only after the rows are flushed
+                    os.fsync(log.fileno())
+                entries.update(zip(rows, batch_entries, strict=True))
                 result.written += len(decoded.paths)
                 result.failed += len(decoded.errors)
                 if on_batch is not None:
@@ -602,12 +836,61 @@ def run_partition(
     return result
 
 
+def _compute(store: Store, model, decoded, rows: list[int]) -> tuple[NDArray, list[dict]]:
+    """One decoded batch's rows (NaN for a bad image) and manifest entries."""
+    dtype, row_shape = np.dtype(store.plan["dtype"]), tuple(store.plan["row_shape"])
+    block = np.full((len(decoded.paths), *row_shape), np.nan, dtype)
+    if decoded.ok:
+        wanted = [store.layer] + (["predictions"] if store.plan["top"] else [])
+        outputs = model.activations(decoded.batch, layers=wanted)
+        block[decoded.ok] = outputs[store.layer]
+    entries = []
+    for i, path in enumerate(decoded.paths):
+        entry = {"row": rows[i], "path": path}
+        if i in decoded.errors:
+            entry.update(status="error", reason=decoded.errors[i])
+        else:
+            entry["status"] = "ok"
+            if store.plan["top"]:
+                scores = outputs["predictions"][decoded.ok.index(i)]
+                entry["top"] = top_classes(scores, store.plan["top"])
+        entry.update(image=decoded.identities[i], digest=_row_digest(block[i]))
+        entries.append(entry)
+    return block, entries
+
+
+@contextlib.contextmanager
+def interrupted_resumes(store: Store):
+    """Turn a Ctrl-C into a `KeyboardInterrupt` saying what is kept and that a rerun resumes.
+
+    Examples
+    --------
+    >>> with interrupted_resumes(store):  # doctest: +SKIP
+    ...     raise KeyboardInterrupt
+    Traceback (most recent call last):
+    ...
+    KeyboardInterrupt: the rows of 64 of 300 images are kept in f.npy: run the same command...
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = len(store.manifest())
+        raise KeyboardInterrupt(
+            f"the rows of {kept} of {store.shape[0]} images are kept in {store.out}: run the "
+            "same command again to resume"
+        ) from None
+
+
 @dataclass
 class ExtractResult:
     """The summary of `extract` (what ``vgg-np extract --json`` prints).
 
     Examples
     --------
+    ``damaged`` and ``changed`` count the rows recomputed because their bytes no longer
+    matched their checksum, or their image changed since it was computed (`Store.verify`);
+    they are part of ``written``.
+
     >>> r = ExtractResult("f.npy", "f.npy.manifest", "fc2", (512, 4096), 512, written=500,
     ...                   failed=3, already_done=12, failed_total=4, seconds=250.0)
     >>> r.images_per_second, r.to_dict()["images_per_second"]
@@ -625,6 +908,8 @@ class ExtractResult:
     failed_total: int
     seconds: float
     preprocessing: dict = field(default_factory=dict)  # mode, resize, reason, size
+    damaged: int = 0
+    changed: int = 0
 
     @classmethod
     def collect(cls, store: Store, results: list[PartitionResult], seconds: float):
@@ -642,6 +927,7 @@ class ExtractResult:
             already_done=before + sum(r.already_done for r in results),
             failed_total=failed_total, seconds=seconds,
             preprocessing={**store.plan["preprocessing"], "size": store.size},
+            damaged=store.recomputed[0], changed=store.recomputed[1],
         )  # fmt: skip
 
     @property
@@ -686,6 +972,12 @@ def extract(
     -------
     ExtractResult
 
+    Raises
+    ------
+    KeyboardInterrupt
+        On Ctrl-C, once the rows of every image computed so far are written and journaled;
+        its message says how many are kept and that the same call resumes.
+
     Examples
     --------
     >>> import tempfile
@@ -716,7 +1008,7 @@ def extract(
     remaining = sum(p.stop - p.start for p in pending)
     results = []
     enabled = show_progress(verbose, -(-remaining // batch_size))
-    with Progress(remaining, enabled=enabled) as bar:
+    with interrupted_resumes(store), Progress(remaining, enabled=enabled) as bar:
 
         def on_batch(rows: int, skipped: list[tuple[str, str]]) -> None:
             bar.update(rows)
