@@ -447,16 +447,21 @@ class Store:
             if not os.path.isdir(self.out):
                 raise ValueError(f"{self.out} is not a Zarr store: delete it and its manifest")
             return
+        size, expected = self._npy_sizes()
+        if size != expected:
+            os.truncate(self.out, expected)
+            _reserve(self.out, expected)
+
+    def _npy_sizes(self) -> tuple[int, int]:
+        """Return the ``.npy`` file's size and the size its header says; refuse another array."""
         layout = _npy_layout(self.out)
         if layout is None or layout[:2] != (self.shape, np.dtype(self.plan["dtype"])):
             raise ValueError(
                 f"{self.out} does not hold the {self.plan['dtype']} array of shape {self.shape} "
                 f"its plan describes: delete it and {self.manifest_dir} to start over"
             )
-        expected = self.plan["store_bytes"]
-        if check_regular(self.out, "extraction store").st_size != expected:
-            os.truncate(self.out, expected)
-            _reserve(self.out, expected)
+        expected = layout[2] + math.prod(self.shape) * layout[1].itemsize
+        return check_regular(self.out, "extraction store").st_size, expected
 
     def verify(self) -> tuple[int, int]:
         """Check every written row against its checksum and every image against its identity.
@@ -544,12 +549,11 @@ class Store:
                 self._array = zarr.open_array(self.out, mode="r+")
             else:
                 # numpy would silently regrow a truncated file with zeros: refuse instead.
-                size = check_regular(self.out, "extraction store").st_size
-                if size != self.plan["store_bytes"]:
+                size, expected = self._npy_sizes()
+                if size != expected:
                     raise ValueError(
-                        f"{self.out} holds {size:,} bytes where its plan says "
-                        f"{self.plan['store_bytes']:,} (truncated or replaced): run the "
-                        "extraction again to check and repair it"
+                        f"{self.out} holds {size:,} bytes where its header says {expected:,} "
+                        "(truncated or replaced): run the extraction again to check and repair it"
                     )
                 self._array = np.lib.format.open_memmap(self.out, mode="r+")
         return self._array
@@ -706,12 +710,10 @@ def create_store(
             out, mode="w-", shape=shape, chunks=(rows, *plan["row_shape"]),
             dtype=plan["dtype"], fill_value=np.nan,
         )  # fmt: skip
-        plan["store_bytes"] = None
     else:
         np.lib.format.open_memmap(out, mode="w+", dtype=plan["dtype"], shape=shape).flush()
-        plan["store_bytes"] = os.path.getsize(out)
         try:
-            _reserve(out, plan["store_bytes"])
+            _reserve(out, os.path.getsize(out))
         except OSError:
             os.remove(out)  # nothing half made: the same command works once there is room
             raise
