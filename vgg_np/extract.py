@@ -1,4 +1,4 @@
-"""Features (or class scores) of many image files, written to disk, resumable, mappable.
+r"""Features (or class scores) of many image files, written to disk, resumable, mappable.
 
 An extraction is three steps, kept apart so that a distributed runner (Dask) can map the
 middle one over a cluster and get the store a local run writes, byte for byte:
@@ -23,11 +23,20 @@ The store on disk, for ``-o OUT.npy`` (or ``OUT.zarr`` when `zarr` is installed)
   partition size and a digest of the weights. Reopening with different images, layer,
   preprocessing or weights is refused, never mixed.
 - ``OUT.manifest/part-NNNNN.jsonl``: partition NNNNN's entries, one JSON object per row
-  in row order: ``{"row", "path", "status": "ok"|"error", "reason"?, "top"?}``. Its
-  presence marks the partition complete.
+  in row order: ``{"row", "path", "status": "ok"|"error", "reason"?, "top"?, "image",
+  "digest"}``, where ``image`` is the file's size, modification time and SHA-256 when its
+  row was computed (`vgg_np.streams.file_identity`; null if it could not be read) and
+  ``digest`` a checksum of the row's bytes. Its presence marks the partition complete.
 - ``OUT.manifest/part-NNNNN.journal.jsonl``: while a partition runs, its entries are
   appended batch by batch, each batch after its rows are written and flushed, so a
-  killed run loses at most the batch in flight and a rerun continues after the journal.
+  killed run loses at most the batch in flight (a Ctrl-C waits until a batch being
+  written is journaled) and a rerun computes only the rows the journal does not hold.
+
+Reopening a store (`create_store`, hence every rerun) verifies it (`Store.verify`): a
+``.npy`` whose size changed is restored to its size, and every row whose bytes no longer
+match its checksum, or whose image changed, is made pending again and recomputed. Paths
+are written to JSON with Python's escapes (a name that is not UTF-8 as ``\udcXX``) and read
+back to the same bytes.
 
 Contract of `run_partition` (what a distributed runner may rely on):
 
