@@ -302,3 +302,21 @@ def test_file_names_that_are_not_utf8_survive_predict_the_manifest_and_a_rerun(m
     assert b"caf\\udce9.png" in (tmp_path / "f.npy.manifest" / "part-00000.jsonl").read_bytes()
     again = extract([folder], out, model, **SETTINGS)  # the plan's paths read back the same
     assert (again.already_done, again.written, again.changed) == (2, 0, 0)
+
+
+def test_a_journal_line_cut_by_a_kill_is_dropped_and_the_rerun_appends_cleanly(
+    model, images, tmp_path, reference
+):
+    out = tmp_path / "f.npy"
+    store = create_store(out, [images], model, layer="block5_pool", partition_size=4)
+    run_partition(store, store.partitions[0], model, batch_size=2)
+    manifest = tmp_path / "f.npy.manifest"
+    lines = (manifest / "part-00000.jsonl").read_text().splitlines(keepends=True)
+    (manifest / "part-00000.jsonl").unlink()
+    (manifest / "part-00000.journal.jsonl").write_text("".join(lines[:2]) + lines[2][:30])
+    result = run_partition(open_store(out), store.partitions[0], model, batch_size=2)
+    assert (result.already_done, result.written) == (2, 2)
+    assert (manifest / "part-00000.jsonl").read_text() == "".join(lines)
+    again = extract([images], out, model, **SETTINGS)
+    np.testing.assert_array_equal(np.load(out), reference)
+    assert again.damaged == 0

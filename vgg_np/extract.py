@@ -260,6 +260,18 @@ def _read_entries(path: str, partition: Partition, *, journal: bool) -> dict[int
     return entries
 
 
+def _ends_cut(path: str) -> bool:
+    """Whether the file at `path` ends in a line without its newline (a write cut short)."""
+    try:
+        with open_regular(path, "extraction journal") as file:
+            if file.seek(0, os.SEEK_END) == 0:
+                return False
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 def _read_plan(out: str) -> dict:
     """Read the plan of the store at `out`: one line naming the file if it is not one."""
     path = os.path.join(_manifest_dir(out), "plan.json")
@@ -817,6 +829,8 @@ def run_partition(
     store.check_model(model)
     journal = store._path(partition, "journal.jsonl")
     entries = _read_entries(journal, partition, journal=True)
+    if _ends_cut(journal):  # a line cut by a kill: appending after it would damage it
+        _write_atomically(journal, "".join(json.dumps(entries[r]) + "\n" for r in entries))
     todo = [r for r in range(partition.start, partition.stop) if r not in entries]
     result.already_done = partition.stop - partition.start - len(todo)
     if todo:
