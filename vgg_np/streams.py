@@ -66,9 +66,10 @@ def image_paths(
     below it (class subfolders), followed through symbolic links. A glob matches as
     `glob.glob` with ``recursive=True`` does (``**`` crosses folders, ``*`` skips names
     starting with a dot), except that a final ``**`` matches files only. Either way the result
-    is sorted, names starting with a dot are skipped in directories, and each real file and
-    folder (device and inode) is visited once, whatever links lead to it again: a link
-    ``d/loop -> .`` neither repeats pictures nor loops. Names that match nothing are kept,
+    is sorted, names starting with a dot are skipped in directories, and each item visits
+    each real file and folder (device and inode) once, whatever links lead to it again: a
+    link ``d/loop -> .`` neither repeats pictures nor loops (a file named by two items is
+    kept twice, as asked). Names that match nothing are kept,
     so that the stream reports them as missing rather than silently dropping them.
 
     Parameters
@@ -97,10 +98,10 @@ def image_paths(
     paths = []
     for item in map(os.fspath, items):
         if os.path.isdir(item):
-            walk.item = item
+            walk.start(item)
             paths += sorted(walk.folder_images(item))
         elif glob.has_magic(item):
-            walk.item = item
+            walk.start(item)
             parts = item.split(os.sep)
             static = next(i for i, part in enumerate(parts) if glob.has_magic(part))
             root = os.sep.join(parts[:static]) or (os.sep if item.startswith(os.sep) else "")
@@ -111,10 +112,15 @@ def image_paths(
 
 
 class _Walk:
-    """The walks of one `image_paths` call: a shared budget, each real file and folder once."""
+    """The walks of one `image_paths` call: one budget; each item's real files and folders once."""
 
     def __init__(self, max_entries: int):
-        self.budget, self.max_entries, self.item = max_entries, max_entries, ""
+        self.budget, self.max_entries = max_entries, max_entries
+        self.start("")
+
+    def start(self, item: str) -> None:
+        """Walk `item` next: what it yields is apart from the other items' (asked twice, twice)."""
+        self.item = item
         self.files: set[tuple[int, int]] = set()  # (device, inode) of every file yielded
         self.folders: set[tuple] = set()  # (device, inode, what is left to match)
 
