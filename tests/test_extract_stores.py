@@ -320,3 +320,20 @@ def test_a_journal_line_cut_by_a_kill_is_dropped_and_the_rerun_appends_cleanly(
     again = extract([images], out, model, **SETTINGS)
     np.testing.assert_array_equal(np.load(out), reference)
     assert again.damaged == 0
+
+
+def test_an_image_only_touched_is_hashed_once_and_keeps_its_row(
+    model, images, tmp_path, monkeypatch
+):
+    out = tmp_path / "f.npy"
+    extract([images], out, model, **SETTINGS)
+    os.utime(images / "img02.png", ns=(10**18, 10**18))
+    from vgg_np import extract as module
+
+    hashed = []
+    identity = module.file_identity
+    monkeypatch.setattr(module, "file_identity", lambda p: hashed.append(p) or identity(p))
+    assert extract([images], out, model, **SETTINGS).written == 0
+    assert extract([images], out, model, **SETTINGS).written == 0
+    assert hashed == [str(images / "img02.png")]  # the new time was recorded
+    assert open_store(out).manifest()[2]["image"]["mtime_ns"] == 10**18

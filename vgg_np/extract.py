@@ -321,23 +321,26 @@ def _reserve(path: str, size: int) -> None:
         os.close(fd)
 
 
-def _image_changed(entry: dict) -> bool:
-    """Whether the image of a manifest entry is not the file its row was computed from.
+def _recheck_image(entry: dict) -> tuple[bool, dict | None]:
+    """Tell whether an entry's image changed since its row was computed, and its new identity.
 
-    Size and modification time alike: the same file. Otherwise its content hash decides
+    The new identity (to be recorded) is given when only the size or time changed. Size
+    and modification time alike: the same file. Otherwise its content hash decides
     (a file only touched, or copied with its bytes, keeps its row).
     """
     recorded = entry.get("image")
     try:
         status = os.stat(entry["path"])
     except OSError:
-        return recorded is not None  # gone since (or still missing: unchanged)
+        return recorded is not None, None  # gone since (or still missing: unchanged)
     if recorded is None:
-        return True  # missing or unreadable then, there now
+        return True, None  # missing or unreadable then, there now
     if (status.st_size, status.st_mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")):
-        return False
+        return False, None
     now = file_identity(entry["path"])
-    return now is None or now["sha256"] != recorded.get("sha256")
+    if now is None or now["sha256"] != recorded.get("sha256"):
+        return True, None
+    return False, now
 
 
 def _npy_layout(out: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
@@ -515,24 +518,37 @@ class Store:
         damaged = changed = 0
         for partition in self.partitions:
             entries, complete = self._entries(partition)
-            stale = set()
+            bad, moved = set(), set()  # rows whose bytes do not match; whose image changed
+            refreshed = False  # an image touched or copied, its bytes the same
             for start in range(partition.start, partition.stop, step):
                 block = np.asarray(array[start : min(start + step, partition.stop)])
-                for row in range(start, start + len(block)):
-                    if row not in entries:
-                        continue
+                for row in set(range(start, start + len(block))) & set(entries):
                     if _row_digest(block[row - start]) != entries[row]["digest"]:
-                        damaged += 1
-                        stale.add(row)
-                    elif _image_changed(entries[row]):
-                        changed += 1
-                        stale.add(row)
-            if stale:
-                kept = [json.dumps(entries[r]) + "\n" for r in sorted(entries) if r not in stale]
-                _write_atomically(self._path(partition, "journal.jsonl"), "".join(kept))
-                if complete:
-                    os.unlink(self._path(partition, "jsonl"))
+                        bad.add(row)
+                        continue
+                    is_changed, identity = _recheck_image(entries[row])
+                    if is_changed:
+                        moved.add(row)
+                    elif identity is not None:  # recorded anew: not hashed again next time
+                        entries[row] = {**entries[row], "image": identity}
+                        refreshed = True
+            damaged, changed = damaged + len(bad), changed + len(moved)
+            if bad or moved or refreshed:
+                self._rewrite(partition, entries, bad | moved, complete)
         return damaged, changed
+
+    def _rewrite(self, partition: Partition, entries: dict, stale: set, complete: bool):
+        """Keep a partition's entries but `stale` (the next run computes those rows).
+
+        They go to its journal, or to its manifest if it is complete and nothing is stale.
+        """
+        kept = "".join(json.dumps(entries[r]) + "\n" for r in sorted(entries) if r not in stale)
+        if complete and not stale:
+            _write_atomically(self._path(partition, "jsonl"), kept)
+            return
+        _write_atomically(self._path(partition, "journal.jsonl"), kept)
+        if complete:
+            os.unlink(self._path(partition, "jsonl"))
 
     def read(self):
         """Return the output array, read-only: a memory map or a Zarr array (class example)."""
