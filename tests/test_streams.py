@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import threading
@@ -192,3 +193,14 @@ def test_a_folder_in_imagefolder_layout_gives_its_pictures_by_class(tmp_path):
     found = [os.path.relpath(p, tmp_path) for p in image_paths([tmp_path])]
     assert found == ["cat/1.png", "cat/2.png", "cat/puppies/0.png",
                      "dog/1.png", "dog/2.png", "dog/puppies/0.png"]  # fmt: skip
+
+
+def test_predict_on_a_folder_of_class_folders_finds_their_pictures(tmp_path, capsys):
+    from vgg_np.cli import main
+
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        Image.new("RGB", (40, 40)).save(tmp_path / label / "1.png")
+    assert main(["predict", str(tmp_path), "--weights", str(TINY_WEIGHTS), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [os.path.relpath(r["image"], tmp_path) for r in records] == ["cat/1.png", "dog/1.png"]
