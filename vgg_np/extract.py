@@ -117,6 +117,9 @@ DEFAULT_PARTITION_SIZE = 256
 #: Upper bound on one Zarr chunk: a chunk holds a whole number of rows of one partition.
 ZARR_CHUNK_BYTES = 16 << 20
 
+#: Bytes of rows read at once when a store is checked (`Store.verify`).
+CHECK_BYTES = 4 << 20
+
 SUFFIXES = (".npy", ".zarr")
 
 
@@ -512,16 +515,16 @@ class Store:
         See `create_store`.
         """
         self._check_file()
-        array = self.read()
+        read_rows = self._row_reader()
         row_bytes = math.prod(self.plan["row_shape"]) * np.dtype(self.plan["dtype"]).itemsize
-        step = max(1, ZARR_CHUNK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
+        step = max(1, CHECK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
         damaged = changed = 0
         for partition in self.partitions:
             entries, complete = self._entries(partition)
             bad, moved = set(), set()  # rows whose bytes do not match; whose image changed
             refreshed = False  # an image touched or copied, its bytes the same
             for start in range(partition.start, partition.stop, step):
-                block = np.asarray(array[start : min(start + step, partition.stop)])
+                block = read_rows(start, min(start + step, partition.stop))
                 for row in set(range(start, start + len(block))) & set(entries):
                     if _row_digest(block[row - start]) != entries[row]["digest"]:
                         bad.add(row)
@@ -536,6 +539,27 @@ class Store:
             if bad or moved or refreshed:
                 self._rewrite(partition, entries, bad | moved, complete)
         return damaged, changed
+
+    def _row_reader(self) -> Callable[[int, int], NDArray]:
+        """Return ``read(start, stop)`` giving rows ``[start, stop)`` as an array.
+
+        A ``.npy`` is read with plain reads, not mapped: checking a large store keeps one
+        block in memory, not every page of the file.
+        """
+        if self.out.endswith(".zarr"):
+            array = self.read()
+            return lambda start, stop: np.asarray(array[start:stop])
+        _, dtype, offset = _npy_layout(self.out)
+        row_shape = tuple(self.plan["row_shape"])
+        row_bytes = math.prod(row_shape) * dtype.itemsize
+
+        def read(start: int, stop: int) -> NDArray:
+            with open_regular(self.out, "extraction store") as file:
+                file.seek(offset + start * row_bytes)
+                data = file.read((stop - start) * row_bytes)
+            return np.frombuffer(data, dtype).reshape(-1, *row_shape)  # (rows, *row shape)
+
+        return read
 
     def _rewrite(self, partition: Partition, entries: dict, stale: set, complete: bool):
         """Keep a partition's entries but `stale` (the next run computes those rows).
