@@ -549,7 +549,9 @@ class Store:
         if self.out.endswith(".zarr"):
             array = self.read()
             return lambda start, stop: np.asarray(array[start:stop])
-        _, dtype, offset = _npy_layout(self.out)
+        layout = _npy_layout(self.out)
+        assert layout is not None  # checked by _check_file just before
+        _, dtype, offset = layout
         row_shape = tuple(self.plan["row_shape"])
         row_bytes = math.prod(row_shape) * dtype.itemsize
 
@@ -621,8 +623,8 @@ class Store:
 
     def _write_rows(self, rows: list[int], block: NDArray) -> None:
         array = self._open()
-        for _, run in itertools.groupby(enumerate(rows), lambda pair: pair[1] - pair[0]):
-            run = list(run)  # consecutive rows: [(i, row), ...]
+        for _, group in itertools.groupby(enumerate(rows), lambda pair: pair[1] - pair[0]):
+            run = list(group)  # consecutive rows: [(i, row), ...]
             array[run[0][1] : run[-1][1] + 1] = block[run[0][0] : run[-1][0] + 1]
         if isinstance(array, np.memmap):
             array.flush()  # msync: the rows are on disk before the journal says so
