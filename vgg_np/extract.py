@@ -88,6 +88,7 @@ __all__ = [
     "Store",
     "create_store",
     "extract",
+    "interrupted_resumes",
     "open_store",
     "run_partition",
     "top_classes",
