@@ -8,14 +8,17 @@ installs it and runs them. The last tests need no cluster.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -292,3 +295,55 @@ def test_engine_options_share_the_cpus_between_local_workers():
     assert engine_options(1) == {"threads": cpus}
     assert engine_options(2 * cpus) == {"threads": 1}
     assert engine_options(None) == {} and engine_options(4, threads=2) == {"threads": 2}
+
+
+@pytest.fixture
+def silent_scheduler():
+    """A TCP server on 127.0.0.1 that accepts every connection and never says a word."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in accepted:
+        connection.close()
+
+
+@dask
+def test_a_scheduler_that_never_answers_is_given_up_after_the_timeout(
+    job, silent_scheduler, capsys
+):
+    pytest.importorskip("distributed", reason="needs the dask extra: pip install 'vgg_np[dask]'")
+    start = time.monotonic()
+    code = main(["extract", str(job["images"]), "--weights", str(job["weights"]), "-o",
+                 str(job["root"] / "never.npy"), "--scheduler", silent_scheduler,
+                 "--cluster-timeout", "2"])  # fmt: skip
+    assert code == 1 and time.monotonic() - start < 60
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"vgg-np: error: {silent_scheduler}: cannot reach the Dask scheduler within 2 s: no "
+        "answer (is it a Dask scheduler?) (a longer wait: --cluster-timeout)"
+    )
+    assert not (job["root"] / "never.npy").exists()
+
+
+@dask
+def test_a_cluster_without_workers_is_given_up_after_the_timeout(job):
+    distributed = pytest.importorskip("distributed", reason="needs the dask extra")
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        start = time.monotonic()
+        with pytest.raises(ClusterError, match=r"no worker joined within 1 s; start some \(dask"):
+            with connect(cluster.scheduler_address, timeout=1):
+                pass
+        assert time.monotonic() - start < 30
+
+
+def test_the_timeout_must_be_a_positive_number():
+    with pytest.raises(ValueError, match=r"`timeout` must be a positive number of seconds, got 0"):
+        with connect("tcp://127.0.0.1:1", timeout=0):
+            pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import threading
@@ -36,8 +37,17 @@ def test_image_paths_expands_directories_and_globs_and_keeps_the_rest(folder):
     (folder / "sub").mkdir()
     Image.new("RGB", (40, 40)).save(folder / "sub" / "deep.png")
     names = [os.path.relpath(p, folder) for p in image_paths([folder])]
-    assert names == ["cut.jpg", "img0.jpg", "img1.png", "img2.jpg", "img3.png", "img4.jpg",
-                     "img5.png", "img6.jpg"]  # fmt: skip
+    assert names == [
+        "cut.jpg",
+        "img0.jpg",
+        "img1.png",
+        "img2.jpg",
+        "img3.png",
+        "img4.jpg",
+        "img5.png",
+        "img6.jpg",
+        "sub/deep.png",
+    ]  # fmt: skip  (recursively)
     assert [os.path.relpath(p, folder) for p in image_paths([f"{folder}/**/*.png"])] == [
         "img1.png",
         "img3.png",
@@ -109,11 +119,11 @@ def test_the_next_batch_decodes_while_the_caller_holds_this_one(folder, monkeypa
     threads = set()
     decode = streams._decode
 
-    def watched(path, prep, size):
+    def watched(path, prep, size, **options):
         threads.add(threading.current_thread().name)
         if path == paths[2]:  # the first image of the second batch
             started.set()
-        return decode(path, prep, size)
+        return decode(path, prep, size, **options)
 
     monkeypatch.setattr(streams, "_decode", watched)
     batches = decode_batches(paths, PREP, size=32, batch_size=2, workers=2)
@@ -146,3 +156,51 @@ def test_bad_arguments_are_named():
         decode_batches(["a.jpg"], PREP, batch_size=0)
     with pytest.raises(ValueError, match="`workers` must be an int >= 0, got -1"):
         ImageStream(["a.jpg"], PREP, workers=-1)
+
+
+def test_links_back_up_the_tree_neither_repeat_pictures_nor_loop(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/a.png", "d/b.jpg", "d/sub/c.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    os.symlink(".", tmp_path / "d" / "loop")  # d/loop/loop/... is d again
+    os.symlink("..", tmp_path / "d" / "sub" / "up")  # two loops: globbing ran for minutes
+    os.symlink("a.png", tmp_path / "d" / "again.png")  # the same file under another name
+    os.link(tmp_path / "d" / "b.jpg", tmp_path / "d" / "hard.jpg")
+    names = ["d/a.png", "d/b.jpg", "d/sub/c.png"]
+    for item in (f"{tmp_path}/d/**/*.png", f"{tmp_path}/d/**/*.*", tmp_path / "d"):
+        found = [os.path.relpath(p, tmp_path) for p in image_paths([item])]
+        expected = [n for n in names if n.endswith(".png")] if "png" in str(item) else names
+        assert found == expected, item
+
+
+def test_a_walk_stops_at_its_bound_with_a_message(tmp_path):
+    for i in range(30):
+        (tmp_path / f"{i:02d}.png").touch()
+    assert len(image_paths([tmp_path], max_entries=30)) == 30
+    with pytest.raises(ValueError, match=r"more than 29 directory entries to walk; give a smal"):
+        image_paths([tmp_path], max_entries=29)
+    with pytest.raises(ValueError, match="more than 29 directory entries"):
+        image_paths([f"{tmp_path}/**/*.png"], max_entries=29)
+
+
+def test_a_folder_in_imagefolder_layout_gives_its_pictures_by_class(tmp_path):
+    for label in ("dog", "cat"):
+        (tmp_path / label / "puppies").mkdir(parents=True)
+        for i in (2, 1):
+            Image.new("RGB", (8, 8)).save(tmp_path / label / f"{i}.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / label / "puppies" / "0.png")
+    (tmp_path / "cat" / ".hidden.png").touch()  # names with a dot are skipped, as glob does
+    found = [os.path.relpath(p, tmp_path) for p in image_paths([tmp_path])]
+    assert found == ["cat/1.png", "cat/2.png", "cat/puppies/0.png",
+                     "dog/1.png", "dog/2.png", "dog/puppies/0.png"]  # fmt: skip
+
+
+def test_predict_on_a_folder_of_class_folders_finds_their_pictures(tmp_path, capsys):
+    from vgg_np.cli import main
+
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        Image.new("RGB", (40, 40)).save(tmp_path / label / "1.png")
+    assert main(["predict", str(tmp_path), "--weights", str(TINY_WEIGHTS), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [os.path.relpath(r["image"], tmp_path) for r in records] == ["cat/1.png", "dog/1.png"]

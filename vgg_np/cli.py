@@ -28,6 +28,7 @@ and example through `_new_command`, and ``run_<name>(args)`` does the work. List
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -453,6 +454,11 @@ def add_extract(commands) -> None:
                          help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip
     cluster.add_argument("--workers", type=_positive_int, metavar="N",
                          help="run them on a local Dask cluster of N processes")  # fmt: skip
+    parser.add_argument(
+        "--cluster-timeout", type=_positive_float, default=distributed.DEFAULT_TIMEOUT,
+        metavar="SECONDS", help="wait for the scheduler's answer, then for a worker "
+        f"({distributed.DEFAULT_TIMEOUT:g})",
+    )  # fmt: skip
 
 
 def run_extract(args: argparse.Namespace) -> int:
@@ -464,7 +470,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def _extract_on_cluster(args: argparse.Namespace) -> int:
     """``extract --scheduler ADDRESS`` or ``--workers N``: the partitions as Dask tasks."""
-    with distributed.connect(args.scheduler, args.workers) as client:
+    with distributed.connect(args.scheduler, args.workers, timeout=args.cluster_timeout) as client:
         print(distributed.describe(client), file=sys.stderr)
         result = distributed.extract_on_cluster(
             args.images, args.output, args.weights, client,
@@ -505,6 +511,12 @@ def _extract_summary(result, as_json: bool) -> int:
             f"{result.already_done} done before; {result.failed_total} failed in all "
             f"(reasons in {result.manifest}); preprocessing {result.preprocessing['mode']!r}, "
             f"resize {result.preprocessing['resize']!r} ({result.preprocessing['reason']})"
+            + (
+                f"; recomputed {result.changed} rows whose image changed and {result.damaged} "
+                "whose stored bytes no longer matched their checksum"
+                if result.changed or result.damaged
+                else ""
+            )
         )
     return 0
 
@@ -1076,6 +1088,10 @@ def main(argv: list[str] | None = None) -> int:
     0
     """
     args = build_parser().parse_args(argv)
+    # A file name that is not UTF-8 reaches Python as surrogate escapes: print its own bytes
+    # back (as ls does) rather than stop half way with a codec error.
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="surrogateescape")
     problem = args.check(args) if args.check else None
     if problem:
         args.usage_error(problem)  # exits with code 2
@@ -1084,10 +1100,10 @@ def main(argv: list[str] | None = None) -> int:
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         if args.debug:
             raise
-        print("vgg-np: interrupted", file=sys.stderr)
+        print(f"vgg-np: interrupted{': ' if str(error) else ''}{error}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()

@@ -30,6 +30,7 @@ at the same paths as the client (a shared filesystem).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import sys
@@ -46,6 +47,7 @@ from vgg_np.extract import (
     PartitionResult,
     Store,
     create_store,
+    interrupted_resumes,
     open_store,
     run_partition,
 )
@@ -60,6 +62,9 @@ __all__ = [
     "extract_on_cluster",
     "load_model",
 ]
+
+#: Seconds `connect` waits for a scheduler's answer, and then for its first worker.
+DEFAULT_TIMEOUT = 60.0
 
 #: Environment of local worker processes: BLAS single-threaded (the engine splits the work
 #: between its own threads; idle OpenBLAS threads would spin and steal their cores).
@@ -195,8 +200,41 @@ def _run_task(
     }
 
 
+def _client(address: str, timeout: float):
+    """Return a ``distributed.Client`` of the scheduler at `address`; OSError after `timeout` s.
+
+    ``Client(timeout=...)`` bounds the TCP connection but not the handshake that follows:
+    an address that accepts and never answers would hold it forever, so it is made in a
+    thread the caller waits for at most `timeout` seconds.
+    """
+    from distributed import Client
+
+    made: dict = {}
+
+    def make() -> None:
+        try:
+            made["client"] = Client(address, timeout=timeout)
+        except BaseException as error:  # handed to the caller
+            made["error"] = error
+
+    thread = threading.Thread(target=make, name="vgg_np-connect", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "client" in made:
+        return made["client"]
+    reason = made.get("error") or "no answer (is it a Dask scheduler?)"
+    raise OSError(
+        errno.ETIMEDOUT,
+        f"cannot reach the Dask scheduler within {timeout:g} s: {reason} (a longer wait: "
+        "--cluster-timeout)",
+        address,
+    )
+
+
 @contextlib.contextmanager
-def connect(scheduler: str | None = None, workers: int | None = None) -> Iterator:
+def connect(
+    scheduler: str | None = None, workers: int | None = None, *, timeout: float = DEFAULT_TIMEOUT
+) -> Iterator:
     """Yield a ``distributed.Client``: of a running scheduler, or of a new local cluster.
 
     Parameters
@@ -206,15 +244,20 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
     workers : int, optional
         Instead: start a ``LocalCluster`` of this many worker processes on 127.0.0.1, one
         thread each, BLAS single-threaded (`BLAS_ENV`), no dashboard; stopped on exit.
+    timeout : float, default `DEFAULT_TIMEOUT`
+        Seconds to wait for the scheduler to answer, and then for at least one worker
+        (``vgg-np extract --cluster-timeout``).
 
     Raises
     ------
     ValueError
-        Unless exactly one of `scheduler` and `workers` is given.
+        Unless exactly one of `scheduler` and `workers` is given, or on a bad `timeout`.
     ImportError
         Without ``dask.distributed``.
     OSError
-        If the scheduler cannot be reached.
+        If the scheduler does not answer within `timeout` seconds (the address named).
+    ClusterError
+        If no worker joins the scheduler within `timeout` seconds.
 
     Examples
     --------
@@ -226,6 +269,8 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
         raise ValueError("give either `scheduler` (an address) or `workers` (a count), not both")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"`workers` must be a positive int, got {workers!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"`timeout` must be a positive number of seconds, got {timeout!r}")
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -234,7 +279,14 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
             'pip install "vgg_np[dask]" (dask[distributed], zarr)'
         ) from None
     if scheduler is not None:
-        with Client(scheduler) as client:
+        with _client(scheduler, timeout) as client:
+            try:
+                client.wait_for_workers(1, timeout=timeout)
+            except TimeoutError:
+                raise ClusterError(
+                    f"Dask scheduler {scheduler}: no worker joined within {timeout:g} s; start "
+                    f"some (dask worker {scheduler}) or wait longer (--cluster-timeout)"
+                ) from None
             yield client
         return
     with (
@@ -385,7 +437,7 @@ def extract_on_cluster(
     remaining = sum(p.stop - p.start for p in pending)
     enabled = show_progress(verbose, len(pending))
     results = []
-    with _TaskProgress(remaining, len(pending), enabled=enabled) as bar:
+    with interrupted_resumes(store), _TaskProgress(remaining, len(pending), enabled=enabled) as bar:
         try:
             for future in as_completed(futures):
                 try:

@@ -1,4 +1,4 @@
-"""Features (or class scores) of many image files, written to disk, resumable, mappable.
+r"""Features (or class scores) of many image files, written to disk, resumable, mappable.
 
 An extraction is three steps, kept apart so that a distributed runner (Dask) can map the
 middle one over a cluster and get the store a local run writes, byte for byte:
@@ -23,11 +23,20 @@ The store on disk, for ``-o OUT.npy`` (or ``OUT.zarr`` when `zarr` is installed)
   partition size and a digest of the weights. Reopening with different images, layer,
   preprocessing or weights is refused, never mixed.
 - ``OUT.manifest/part-NNNNN.jsonl``: partition NNNNN's entries, one JSON object per row
-  in row order: ``{"row", "path", "status": "ok"|"error", "reason"?, "top"?}``. Its
-  presence marks the partition complete.
+  in row order: ``{"row", "path", "status": "ok"|"error", "reason"?, "top"?, "image",
+  "digest"}``, where ``image`` is the file's size, modification time and SHA-256 when its
+  row was computed (`vgg_np.streams.file_identity`; null if it could not be read) and
+  ``digest`` a checksum of the row's bytes. Its presence marks the partition complete.
 - ``OUT.manifest/part-NNNNN.journal.jsonl``: while a partition runs, its entries are
   appended batch by batch, each batch after its rows are written and flushed, so a
-  killed run loses at most the batch in flight and a rerun continues after the journal.
+  killed run loses at most the batch in flight (a Ctrl-C waits until a batch being
+  written is journaled) and a rerun computes only the rows the journal does not hold.
+
+Reopening a store (`create_store`, hence every rerun) verifies it (`Store.verify`): a
+``.npy`` whose size changed is restored to its size, and every row whose bytes no longer
+match its checksum, or whose image changed, is made pending again and recomputed. Paths
+are written to JSON with Python's escapes (a name that is not UTF-8 as ``\udcXX``) and read
+back to the same bytes.
 
 Contract of `run_partition` (what a distributed runner may rely on):
 
@@ -50,10 +59,14 @@ Contract of `run_partition` (what a distributed runner may rely on):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import itertools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -61,11 +74,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from vgg_np._files import atomic_write
+from vgg_np._files import atomic_write, check_regular, open_regular, read_text
 from vgg_np.formats import Preprocessing, choose_preprocessing
 from vgg_np.preprocess import decode_predictions, imagenet_classes
 from vgg_np.progress import Progress, show_progress
-from vgg_np.streams import decode_batches, image_paths, input_size
+from vgg_np.streams import decode_batches, file_identity, image_paths, input_size
 
 __all__ = [
     "ExtractResult",
@@ -74,13 +87,27 @@ __all__ = [
     "Store",
     "create_store",
     "extract",
+    "interrupted_resumes",
     "open_store",
     "run_partition",
     "top_classes",
     "weights_digest",
 ]
 
-PLAN_VERSION = "vgg_np extract 1"
+PLAN_VERSION = "vgg_np extract 2"
+
+#: Largest plan read back (it lists every path: a million of them fit in ~200 MB).
+MAX_PLAN_BYTES = 1 << 30
+
+#: Largest partition manifest or journal read back (256 rows with their top classes).
+MAX_MANIFEST_BYTES = 256 << 20
+
+#: The keys of a plan, each with the type its value must have.
+PLAN_KEYS = {
+    "version": str, "layer": str, "row_shape": list, "dtype": str, "top": int,
+    "partition_size": int, "preprocessing": dict, "size": (int, list), "weights_digest": str,
+    "paths": list,
+}  # fmt: skip
 
 #: Rows per partition: small enough that a partition is a few minutes of a 2-core
 #: machine's work at full VGG16 (~3 images/s), large enough that a cluster's per-task
@@ -89,6 +116,9 @@ DEFAULT_PARTITION_SIZE = 256
 
 #: Upper bound on one Zarr chunk: a chunk holds a whole number of rows of one partition.
 ZARR_CHUNK_BYTES = 16 << 20
+
+#: Bytes of rows read at once when a store is checked (`Store.verify`).
+CHECK_BYTES = 4 << 20
 
 SUFFIXES = (".npy", ".zarr")
 
@@ -183,17 +213,173 @@ def _write_atomically(path: str, text: str) -> None:
         os.fsync(file.fileno())  # on disk before the rename makes it count
 
 
-def _read_entries(path: str) -> dict[int, dict]:
-    """Row -> entry from a manifest or journal; a line cut short by a kill is ignored."""
+def _row_digest(row: NDArray) -> str:
+    """Return a checksum of one stored row's bytes: 64 bits of BLAKE2b, in hex."""
+    return hashlib.blake2b(np.ascontiguousarray(row).data, digest_size=8).hexdigest()
+
+
+def _damaged(path: str, why: str) -> ValueError:
+    return ValueError(
+        f"{path} is damaged ({why}): delete it to recompute its partition, or delete the "
+        "whole store to start over"
+    )
+
+
+def _read_entries(path: str, partition: Partition, *, journal: bool) -> dict[int, dict]:
+    """Row -> entry of a partition's manifest or journal, each entry checked.
+
+    A journal's last line cut short by a kill is ignored; anything else that is not an
+    entry of this partition (bad JSON, a row outside it, another path, no checksum), or a
+    manifest without every row, is refused in one line naming the file.
+    """
+    try:
+        text = read_text(path, MAX_MANIFEST_BYTES, "extraction manifest")
+    except FileNotFoundError:
+        return {}
+    lines = text.split("\n")
+    last = len(lines) - 1  # "" when the file ends in a newline
     entries = {}
-    with contextlib.suppress(FileNotFoundError), open(path) as file:
-        for line in file:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of a journal whose writer was killed
-            entries[entry["row"]] = entry
+    for number, line in enumerate(lines, 1):
+        if not line and number > last:
+            break
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if journal and number > last:
+                break  # the last line of a journal whose writer was killed
+            raise _damaged(path, f"line {number} is not JSON") from None
+        row = entry.get("row") if isinstance(entry, dict) else None
+        if not (
+            isinstance(row, int)
+            and partition.start <= row < partition.stop
+            and entry.get("path") == partition.paths[row - partition.start]
+            and entry.get("status") in ("ok", "error")
+            and isinstance(entry.get("digest"), str)
+            and (entry.get("image") is None or isinstance(entry["image"], dict))
+        ):
+            raise _damaged(path, f"line {number} is not an entry of {partition.name}")
+        entries[row] = entry
+    if not journal and len(entries) != partition.stop - partition.start:
+        count = partition.stop - partition.start
+        raise _damaged(path, f"{len(entries)} entries for the {count} rows of {partition.name}")
     return entries
+
+
+def _ends_cut(path: str) -> bool:
+    """Whether the file at `path` ends in a line without its newline (a write cut short)."""
+    try:
+        with open_regular(path, "extraction journal") as file:
+            if file.seek(0, os.SEEK_END) == 0:
+                return False
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+def _read_plan(out: str) -> dict:
+    """Read the plan of the store at `out`: one line naming the file if it is not one."""
+    path = os.path.join(_manifest_dir(out), "plan.json")
+    text = read_text(path, MAX_PLAN_BYTES, "extraction plan")
+    try:
+        plan = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is damaged ({'empty' if not text.strip() else error}): delete "
+            f"{_manifest_dir(out)} and {out} to start over"
+        ) from None
+    if isinstance(plan, dict) and plan.get("version") not in (None, PLAN_VERSION):
+        raise ValueError(
+            f"{path} was written by another version of vgg_np ({plan['version']!r}, this one "
+            f"reads {PLAN_VERSION!r}): delete {_manifest_dir(out)} and {out} to start over"
+        )
+    wrong = [k for k, kind in PLAN_KEYS.items() if not isinstance(plan.get(k), kind)]
+    if isinstance(plan, dict) and not wrong and not all(isinstance(p, str) for p in plan["paths"]):
+        wrong = ["paths"]
+    if not isinstance(plan, dict) or wrong:
+        what = "not a JSON object" if not isinstance(plan, dict) else f"bad {', '.join(wrong)}"
+        raise ValueError(
+            f"{path} is damaged ({what}): delete {_manifest_dir(out)} and {out} to start over"
+        )
+    return plan
+
+
+def _reserve(path: str, size: int) -> None:
+    """Allocate the blocks of `path`'s `size` bytes now, or raise OSError naming `path`.
+
+    A full disk then fails here, not in a memory-mapped write (SIGBUS). Filesystems that
+    cannot reserve blocks are left sparse.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return  # macOS, Windows: no reservation (documented)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return
+        raise OSError(
+            error.errno, f"cannot reserve the store's {size:,} bytes ({error.strerror})", path
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def _recheck_image(entry: dict) -> tuple[bool, dict | None]:
+    """Tell whether an entry's image changed since its row was computed, and its new identity.
+
+    The new identity (to be recorded) is given when only the size or time changed. Size
+    and modification time alike: the same file. Otherwise its content hash decides
+    (a file only touched, or copied with its bytes, keeps its row).
+    """
+    recorded = entry.get("image")
+    try:
+        status = os.stat(entry["path"])
+    except OSError:
+        return recorded is not None, None  # gone since (or still missing: unchanged)
+    if recorded is None:
+        return True, None  # missing or unreadable then, there now
+    if (status.st_size, status.st_mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")):
+        return False, None
+    now = file_identity(entry["path"])
+    if now is None or now["sha256"] != recorded.get("sha256"):
+        return True, None
+    return False, now
+
+
+def _npy_layout(out: str) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """Shape, dtype and data offset of the ``.npy`` header at `out`, None if unreadable."""
+    with open_regular(out, "extraction store") as file:
+        readers = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }
+        try:
+            shape, _, dtype = readers[np.lib.format.read_magic(file)](file)
+        except (ValueError, KeyError, EOFError):
+            return None
+        return shape, dtype, file.tell()
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold a Ctrl-C back until the block is done (rows written and journaled together).
+
+    Only in the main thread, where Python receives signals.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 class Store:
@@ -239,6 +425,7 @@ class Store:
         self.prep = Preprocessing(**plan["preprocessing"])
         self.size = plan["size"]
         self._array = None  # opened on first write, in the process that writes
+        self.recomputed = (0, 0)  # rows found damaged, images found changed (`verify`)
 
     def __reduce__(self):
         return open_store, (self.out,)  # a worker rereads the plan, never a copy of it
@@ -264,6 +451,12 @@ class Store:
         """Return the partitions not complete yet, in order (see the class example)."""
         return [p for p in self.partitions if not self.is_complete(p)]
 
+    def _entries(self, partition: Partition) -> tuple[dict[int, dict], bool]:
+        """Return the partition's entries so far and whether it is complete."""
+        if self.is_complete(partition):
+            return _read_entries(self._path(partition, "jsonl"), partition, journal=False), True
+        return _read_entries(self._path(partition, "journal.jsonl"), partition, journal=True), False
+
     def manifest(self) -> list[dict]:
         """Return every entry so far (complete partitions, journals) in row order.
 
@@ -271,9 +464,119 @@ class Store:
         """
         entries: dict[int, dict] = {}
         for partition in self.partitions:
-            entries.update(_read_entries(self._path(partition, "journal.jsonl")))
-            entries.update(_read_entries(self._path(partition, "jsonl")))
+            entries.update(self._entries(partition)[0])
         return [entries[row] for row in sorted(entries)]
+
+    def _check_file(self) -> None:
+        """Refuse a store file that is not the plan's array; restore a size that changed.
+
+        Rows lost or added by a change of size are found by their checksums (`verify`).
+        """
+        if self.out.endswith(".zarr"):
+            if not os.path.isdir(self.out):
+                raise ValueError(f"{self.out} is not a Zarr store: delete it and its manifest")
+            return
+        size, expected = self._npy_sizes()
+        if size != expected:
+            os.truncate(self.out, expected)
+            _reserve(self.out, expected)
+
+    def _npy_sizes(self) -> tuple[int, int]:
+        """Return the ``.npy`` file's size and the size its header says; refuse another array."""
+        layout = _npy_layout(self.out)
+        if layout is None or layout[:2] != (self.shape, np.dtype(self.plan["dtype"])):
+            raise ValueError(
+                f"{self.out} does not hold the {self.plan['dtype']} array of shape {self.shape} "
+                f"its plan describes: delete it and {self.manifest_dir} to start over"
+            )
+        expected = layout[2] + math.prod(self.shape) * layout[1].itemsize
+        return check_regular(self.out, "extraction store").st_size, expected
+
+    def verify(self) -> tuple[int, int]:
+        """Check every written row against its checksum and every image against its identity.
+
+        The rows that do not match (a store truncated, overwritten or regrown; an image
+        changed since) become pending again: their partition's entries that still hold
+        are kept in its journal, and the next run computes the others. Called by
+        `create_store` on every store it reopens.
+
+        Returns
+        -------
+        tuple of int
+            ``(damaged, changed)``: rows whose bytes no longer match their checksum, and
+            rows whose image changed.
+
+        Raises
+        ------
+        ValueError
+            If the store file is not the plan's array, or a manifest or journal is
+            damaged (one line naming the file).
+
+        Examples
+        --------
+        See `create_store`.
+        """
+        self._check_file()
+        read_rows = self._row_reader()
+        row_bytes = math.prod(self.plan["row_shape"]) * np.dtype(self.plan["dtype"]).itemsize
+        step = max(1, CHECK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
+        damaged = changed = 0
+        for partition in self.partitions:
+            entries, complete = self._entries(partition)
+            bad, moved = set(), set()  # rows whose bytes do not match; whose image changed
+            refreshed = False  # an image touched or copied, its bytes the same
+            for start in range(partition.start, partition.stop, step):
+                block = read_rows(start, min(start + step, partition.stop))
+                for row in set(range(start, start + len(block))) & set(entries):
+                    if _row_digest(block[row - start]) != entries[row]["digest"]:
+                        bad.add(row)
+                        continue
+                    is_changed, identity = _recheck_image(entries[row])
+                    if is_changed:
+                        moved.add(row)
+                    elif identity is not None:  # recorded anew: not hashed again next time
+                        entries[row] = {**entries[row], "image": identity}
+                        refreshed = True
+            damaged, changed = damaged + len(bad), changed + len(moved)
+            if bad or moved or refreshed:
+                self._rewrite(partition, entries, bad | moved, complete)
+        return damaged, changed
+
+    def _row_reader(self) -> Callable[[int, int], NDArray]:
+        """Return ``read(start, stop)`` giving rows ``[start, stop)`` as an array.
+
+        A ``.npy`` is read with plain reads, not mapped: checking a large store keeps one
+        block in memory, not every page of the file.
+        """
+        if self.out.endswith(".zarr"):
+            array = self.read()
+            return lambda start, stop: np.asarray(array[start:stop])
+        layout = _npy_layout(self.out)
+        assert layout is not None  # checked by _check_file just before
+        _, dtype, offset = layout
+        row_shape = tuple(self.plan["row_shape"])
+        row_bytes = math.prod(row_shape) * dtype.itemsize
+
+        def read(start: int, stop: int) -> NDArray:
+            with open_regular(self.out, "extraction store") as file:
+                file.seek(offset + start * row_bytes)
+                data = file.read((stop - start) * row_bytes)
+            return np.frombuffer(data, dtype).reshape(-1, *row_shape)  # (rows, *row shape)
+
+        return read
+
+    def _rewrite(self, partition: Partition, entries: dict, stale: set, complete: bool):
+        """Keep a partition's entries but `stale` (the next run computes those rows).
+
+        They go to its journal, or to its manifest if it is complete and nothing is stale.
+        """
+        kept = "".join(json.dumps(entries[r]) + "\n" for r in sorted(entries) if r not in stale)
+        if complete and not stale:
+            _write_atomically(self._path(partition, "jsonl"), kept)
+            return
+        _write_atomically(self._path(partition, "journal.jsonl"), kept)
+        if complete:
+            os.unlink(self._path(partition, "jsonl"))
 
     def read(self):
         """Return the output array, read-only: a memory map or a Zarr array (class example)."""
@@ -310,12 +613,21 @@ class Store:
 
                 self._array = zarr.open_array(self.out, mode="r+")
             else:
+                # numpy would silently regrow a truncated file with zeros: refuse instead.
+                size, expected = self._npy_sizes()
+                if size != expected:
+                    raise ValueError(
+                        f"{self.out} holds {size:,} bytes where its header says {expected:,} "
+                        "(truncated or replaced): run the extraction again to check and repair it"
+                    )
                 self._array = np.lib.format.open_memmap(self.out, mode="r+")
         return self._array
 
-    def _write_rows(self, start: int, block: NDArray) -> None:
+    def _write_rows(self, rows: list[int], block: NDArray) -> None:
         array = self._open()
-        array[start : start + len(block)] = block
+        for _, group in itertools.groupby(enumerate(rows), lambda pair: pair[1] - pair[0]):
+            run = list(group)  # consecutive rows: [(i, row), ...]
+            array[run[0][1] : run[-1][1] + 1] = block[run[0][0] : run[-1][0] + 1]
         if isinstance(array, np.memmap):
             array.flush()  # msync: the rows are on disk before the journal says so
 
@@ -430,20 +742,21 @@ def create_store(
     plan = _plan(images, model, layer, top, partition_size, preprocess, resize)
     manifest_dir = _manifest_dir(out)
     plan_path = os.path.join(manifest_dir, "plan.json")
-    if os.path.exists(plan_path):
+    if os.path.lexists(plan_path):
         if not os.path.exists(out):
             raise ValueError(
                 f"{plan_path} exists but {out} does not: delete {manifest_dir} to start over"
             )
-        with open(plan_path) as file:
-            old = json.load(file)
+        old = _read_plan(out)
         differences = _differences(old, plan)
         if differences:
             raise ValueError(
                 f"{out} was started with other settings: {'; '.join(differences)}; "
                 f"choose another output, or delete {out} and {manifest_dir} to start over"
             )
-        return Store(out, old)
+        store = Store(out, old)
+        store.recomputed = store.verify()
+        return store
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists and is not an extraction (no {plan_path})")
     shape = (len(plan["paths"]), *plan["row_shape"])
@@ -465,6 +778,11 @@ def create_store(
         )  # fmt: skip
     else:
         np.lib.format.open_memmap(out, mode="w+", dtype=plan["dtype"], shape=shape).flush()
+        try:
+            _reserve(out, os.path.getsize(out))
+        except OSError:
+            os.remove(out)  # nothing half made: the same command works once there is room
+            raise
     os.makedirs(manifest_dir, exist_ok=True)
     _write_atomically(plan_path, json.dumps(plan, indent=1) + "\n")
     return Store(out, plan)
@@ -486,9 +804,7 @@ def open_store(out: str | os.PathLike) -> Store:
     ...
     FileNotFoundError: [Errno 2] No such file or directory: 'nowhere.npy.manifest/plan.json'
     """
-    out = os.fspath(out)
-    with open(os.path.join(_manifest_dir(out), "plan.json")) as file:
-        return Store(out, json.load(file))
+    return Store(os.fspath(out), _read_plan(os.fspath(out)))
 
 
 @dataclass
@@ -557,45 +873,27 @@ def run_partition(
         return result
     store.check_model(model)
     journal = store._path(partition, "journal.jsonl")
-    entries = _read_entries(journal)
-    # Batches are journaled in row order: what is done is a prefix of the partition.
-    first = next((r for r in range(partition.start, partition.stop) if r not in entries), None)
-    result.already_done = (partition.stop if first is None else first) - partition.start
-    if first is not None:
-        classifier = _classifier(model)
-        wanted = [store.layer] + ([classifier] if store.plan["top"] else [])
-        dtype, row_shape = np.dtype(store.plan["dtype"]), tuple(store.plan["row_shape"])
-        paths = list(partition.paths[first - partition.start :])
-        row = first
+    entries = _read_entries(journal, partition, journal=True)
+    if _ends_cut(journal):  # a line cut by a kill: appending after it would damage it
+        _write_atomically(journal, "".join(json.dumps(entries[r]) + "\n" for r in entries))
+    todo = [r for r in range(partition.start, partition.stop) if r not in entries]
+    result.already_done = partition.stop - partition.start - len(todo)
+    if todo:
+        paths = [partition.paths[r - partition.start] for r in todo]
         batches = decode_batches(
-            paths, store.prep, size=store.size, batch_size=batch_size, workers=workers
-        )
+            paths, store.prep, size=store.size, batch_size=batch_size, workers=workers,
+            identify=True,
+        )  # fmt: skip
         with open(journal, "a") as log:
             for decoded in batches:
-                block = np.full((len(decoded.paths), *row_shape), np.nan, dtype)
-                lines = []
-                if decoded.ok:
-                    batch = decoded.batch  # (N, H, W, C) as decoded
-                    if model.data_format == "channels_first":  # e.g. a torch ONNX graph's
-                        batch = batch.transpose(0, 3, 1, 2)  # (N, C, H, W)
-                    outputs = model.activations(batch, layers=wanted)
-                    block[decoded.ok] = outputs[store.layer]
-                for i, path in enumerate(decoded.paths):
-                    entry = {"row": row + i, "path": path}
-                    if i in decoded.errors:
-                        entry.update(status="error", reason=decoded.errors[i])
-                    else:
-                        entry["status"] = "ok"
-                        if store.plan["top"]:
-                            scores = outputs[classifier][decoded.ok.index(i)]
-                            entry["top"] = top_classes(scores, store.plan["top"])
-                    lines.append(json.dumps(entry) + "\n")
-                    entries[row + i] = entry
-                store._write_rows(row, block)
-                log.write("".join(lines))  # only after the rows are flushed
-                log.flush()
-                os.fsync(log.fileno())
-                row += len(decoded.paths)
+                rows, todo = todo[: len(decoded.paths)], todo[len(decoded.paths) :]
+                block, batch_entries = _compute(store, model, decoded, rows)
+                with _interrupt_after():  # a Ctrl-C here waits for the journal line
+                    store._write_rows(rows, block)
+                    log.write("".join(json.dumps(e) + "\n" for e in batch_entries))
+                    log.flush()  # only after the rows are flushed
+                    os.fsync(log.fileno())
+                entries.update(zip(rows, batch_entries, strict=True))
                 result.written += len(decoded.paths)
                 result.failed += len(decoded.errors)
                 if on_batch is not None:
@@ -608,12 +906,65 @@ def run_partition(
     return result
 
 
+def _compute(store: Store, model, decoded, rows: list[int]) -> tuple[NDArray, list[dict]]:
+    """One decoded batch's rows (NaN for a bad image) and manifest entries."""
+    dtype, row_shape = np.dtype(store.plan["dtype"]), tuple(store.plan["row_shape"])
+    block = np.full((len(decoded.paths), *row_shape), np.nan, dtype)
+    classifier = _classifier(model)
+    if decoded.ok:
+        wanted = [store.layer] + ([classifier] if store.plan["top"] else [])
+        batch = decoded.batch  # (N, H, W, C) as decoded
+        if model.data_format == "channels_first":  # e.g. a torch ONNX graph's
+            batch = batch.transpose(0, 3, 1, 2)  # (N, C, H, W)
+        outputs = model.activations(batch, layers=wanted)
+        block[decoded.ok] = outputs[store.layer]
+    entries = []
+    for i, path in enumerate(decoded.paths):
+        entry = {"row": rows[i], "path": path}
+        if i in decoded.errors:
+            entry.update(status="error", reason=decoded.errors[i])
+        else:
+            entry["status"] = "ok"
+            if store.plan["top"]:
+                scores = outputs[classifier][decoded.ok.index(i)]
+                entry["top"] = top_classes(scores, store.plan["top"])
+        entry.update(image=decoded.identities[i], digest=_row_digest(block[i]))
+        entries.append(entry)
+    return block, entries
+
+
+@contextlib.contextmanager
+def interrupted_resumes(store: Store):
+    """Turn a Ctrl-C into a `KeyboardInterrupt` saying what is kept and that a rerun resumes.
+
+    Examples
+    --------
+    >>> with interrupted_resumes(store):  # doctest: +SKIP
+    ...     raise KeyboardInterrupt
+    Traceback (most recent call last):
+    ...
+    KeyboardInterrupt: the rows of 64 of 300 images are kept in f.npy: run the same command...
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = len(store.manifest())
+        raise KeyboardInterrupt(
+            f"the rows of {kept} of {store.shape[0]} images are kept in {store.out}: run the "
+            "same command again to resume"
+        ) from None
+
+
 @dataclass
 class ExtractResult:
     """The summary of `extract` (what ``vgg-np extract --json`` prints).
 
     Examples
     --------
+    ``damaged`` and ``changed`` count the rows recomputed because their bytes no longer
+    matched their checksum, or their image changed since it was computed (`Store.verify`);
+    they are part of ``written``.
+
     >>> r = ExtractResult("f.npy", "f.npy.manifest", "fc2", (512, 4096), 512, written=500,
     ...                   failed=3, already_done=12, failed_total=4, seconds=250.0)
     >>> r.images_per_second, r.to_dict()["images_per_second"]
@@ -631,6 +982,8 @@ class ExtractResult:
     failed_total: int
     seconds: float
     preprocessing: dict = field(default_factory=dict)  # mode, resize, reason, size
+    damaged: int = 0
+    changed: int = 0
 
     @classmethod
     def collect(cls, store: Store, results: list[PartitionResult], seconds: float):
@@ -648,6 +1001,7 @@ class ExtractResult:
             already_done=before + sum(r.already_done for r in results),
             failed_total=failed_total, seconds=seconds,
             preprocessing={**store.plan["preprocessing"], "size": store.size},
+            damaged=store.recomputed[0], changed=store.recomputed[1],
         )  # fmt: skip
 
     @property
@@ -692,6 +1046,12 @@ def extract(
     -------
     ExtractResult
 
+    Raises
+    ------
+    KeyboardInterrupt
+        On Ctrl-C, once the rows of every image computed so far are written and journaled;
+        its message says how many are kept and that the same call resumes.
+
     Examples
     --------
     >>> import tempfile
@@ -722,7 +1082,7 @@ def extract(
     remaining = sum(p.stop - p.start for p in pending)
     results = []
     enabled = show_progress(verbose, -(-remaining // batch_size))
-    with Progress(remaining, enabled=enabled) as bar:
+    with interrupted_resumes(store), Progress(remaining, enabled=enabled) as bar:
 
         def on_batch(rows: int, skipped: list[tuple[str, str]]) -> None:
             bar.update(rows)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import fnmatch
 import functools
 import glob
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,14 +28,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from vgg_np._files import open_regular
 from vgg_np.formats import Preprocessing, choose_preprocessing
 from vgg_np.preprocess import load_image, preprocess_input
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_WALK_ENTRIES",
     "Decoded",
     "ImageStream",
     "decode_batches",
+    "file_identity",
     "image_paths",
     "input_size",
 ]
@@ -45,13 +50,43 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 #: compute, one more to absorb a slow file.
 PREFETCH = 2
 
+#: Directory entries the walks of one `image_paths` call may look at: a photo collection
+#: of a million files fits; a glob running through links or a whole disk stops with a
+#: message instead of running for hours.
+MAX_WALK_ENTRIES = 2_000_000
 
-def image_paths(items: Iterable[str | os.PathLike]) -> list[str]:
-    """Expand directories (their image files, sorted) and globs (sorted); keep the rest.
 
-    A directory is not searched recursively; a glob with ``**`` is. Names that match
-    nothing are kept, so that the stream reports them as missing rather than silently
-    dropping them.
+def image_paths(
+    items: Iterable[str | os.PathLike], *, max_entries: int = MAX_WALK_ENTRIES
+) -> list[str]:
+    """Expand directories (their image files, recursively) and globs; keep the rest.
+
+    A directory is searched as torchvision's ``ImageFolder`` and Keras's
+    ``image_dataset_from_directory`` search one: its image files and those of every folder
+    below it (class subfolders), followed through symbolic links. A glob matches as
+    `glob.glob` with ``recursive=True`` does (``**`` crosses folders, ``*`` skips names
+    starting with a dot), except that a final ``**`` matches files only. Either way the result
+    is sorted, names starting with a dot are skipped in directories, and each item visits
+    each real file and folder (device and inode) once, whatever links lead to it again: a
+    link ``d/loop -> .`` neither repeats pictures nor loops (a file named by two items is
+    kept twice, as asked). Names that match nothing are kept,
+    so that the stream reports them as missing rather than silently dropping them.
+
+    Parameters
+    ----------
+    items : iterable of str or os.PathLike
+        Files, directories and globs.
+    max_entries : int, default `MAX_WALK_ENTRIES`
+        How many directory entries the walks of this call may look at, in all.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ValueError
+        If the walks would look at more than `max_entries` entries (named with the item).
 
     Examples
     --------
@@ -59,19 +94,114 @@ def image_paths(items: Iterable[str | os.PathLike]) -> list[str]:
     >>> [os.path.basename(p) for p in image_paths([resources.files("vgg_np") / "data"])]
     ['demo.png']
     """
+    walk = _Walk(max_entries)
     paths = []
     for item in map(os.fspath, items):
         if os.path.isdir(item):
-            paths += sorted(
-                os.path.join(item, name)
-                for name in os.listdir(item)
-                if name.lower().endswith(IMAGE_SUFFIXES)
-            )
+            walk.start(item)
+            paths += sorted(walk.folder_images(item))
         elif glob.has_magic(item):
-            paths += sorted(glob.glob(item, recursive=True))
+            walk.start(item)
+            parts = item.split(os.sep)
+            static = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            root = os.sep.join(parts[:static]) or (os.sep if item.startswith(os.sep) else "")
+            paths += sorted(walk.matches(root, parts[static:]))
         else:
             paths.append(item)
     return paths
+
+
+class _Walk:
+    """The walks of one `image_paths` call: one budget; each item's real files and folders once."""
+
+    def __init__(self, max_entries: int):
+        self.budget, self.max_entries = max_entries, max_entries
+        self.start("")
+
+    def start(self, item: str) -> None:
+        """Walk `item` next: what it yields is apart from the other items' (asked twice, twice)."""
+        self.item = item
+        self.files: set[tuple[int, int]] = set()  # (device, inode) of every file yielded
+        self.folders: set[tuple] = set()  # (device, inode, what is left to match)
+
+    def _enter(self, folder: str, state) -> tuple[int, list[os.DirEntry]] | None:
+        """Return a folder's device and sorted entries; None if seen in `state` or unreadable."""
+        try:
+            status = os.stat(folder or ".")
+            if (status.st_dev, status.st_ino, state) in self.folders:
+                return None
+            self.folders.add((status.st_dev, status.st_ino, state))
+            with os.scandir(folder or ".") as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            return None  # as glob does: an unreadable folder holds nothing
+        self.budget -= len(entries)
+        if self.budget < 0:
+            raise ValueError(
+                f"{self.item}: more than {self.max_entries:,} directory entries to walk; "
+                "give a smaller folder or a narrower glob"
+            )
+        return status.st_dev, entries
+
+    def _new_file(self, device: int, entry: os.DirEntry) -> bool:
+        """Whether `entry` is a file not yielded yet (a link is known by its target)."""
+        try:
+            if entry.is_symlink():
+                status = entry.stat()
+                key = (status.st_dev, status.st_ino)
+            else:
+                key = (device, entry.inode())
+        except OSError:
+            return True  # a dangling link: kept, to be reported as missing
+        if key in self.files:
+            return False
+        self.files.add(key)
+        return True
+
+    def folder_images(self, folder: str) -> Iterator[str]:
+        """Yield every image file under `folder`, depth first, each real file and folder once."""
+        opened = self._enter(folder, None)
+        if opened is None:
+            return
+        device, entries = opened
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = os.path.join(folder, entry.name)
+            if _is_dir(entry):
+                yield from self.folder_images(path)
+            elif entry.name.lower().endswith(IMAGE_SUFFIXES) and self._new_file(device, entry):
+                yield path
+
+    def matches(self, folder: str, parts: list[str]) -> Iterator[str]:
+        """Yield the files under `folder` whose path below it matches the glob `parts`."""
+        if parts[0] == "**" and len(parts) > 1:
+            yield from self.matches(folder, parts[1:])  # ** matches no folder too
+        opened = self._enter(folder, len(parts))
+        if opened is None:
+            return
+        device, entries = opened
+        for entry in entries:
+            hidden = entry.name.startswith(".") and not parts[0].startswith(".")
+            if hidden or not (parts[0] == "**" or fnmatch.fnmatch(entry.name, parts[0])):
+                continue
+            path = os.path.join(folder, entry.name)
+            if _is_dir(entry):
+                if parts[0] == "**":
+                    yield from self.matches(path, parts)
+                elif len(parts) > 1:
+                    yield from self.matches(path, parts[1:])
+                else:
+                    yield path  # named by the glob: reported as not an image, not dropped
+            elif len(parts) == 1 and self._new_file(device, entry):
+                yield path
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
 
 
 def input_size(model) -> int | tuple[int, int]:
@@ -94,10 +224,47 @@ def input_size(model) -> int | tuple[int, int]:
     return h or model.config.default_size
 
 
+def file_identity(path: str | os.PathLike) -> dict | None:
+    """Size, modification time (ns) and SHA-256 of a regular file; None if it cannot be read.
+
+    What `vgg_np.extract` records of each image, to recompute the rows of images that
+    changed. The file is read in bounded pieces, never blocking on a FIFO.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as f:
+    ...     _ = f.write(b"abc"); f.flush()
+    ...     identity = file_identity(f.name)
+    >>> identity["size"], identity["sha256"][:12]
+    (3, 'ba7816bf8f01')
+    >>> file_identity("missing.png") is None
+    True
+    """
+    digest = hashlib.sha256()
+    try:
+        with open_regular(path, "image") as file:
+            status = os.fstat(file.fileno())
+            while piece := file.read(1 << 20):
+                digest.update(piece)
+    except (OSError, ValueError):
+        return None  # decoding says why, in the image's manifest entry
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
 def _decode(
-    path: str, prep: Preprocessing, size: int
-) -> tuple[NDArray[np.float32] | None, str | None]:
-    """One image as a preprocessed (size, size, 3) array, or None and the reason why not."""
+    path: str, prep: Preprocessing, size: int, identify: bool = False
+) -> tuple[NDArray[np.float32] | None, str | None, dict | None]:
+    """Decode one image: a preprocessed (size, size, 3) array, or None and the reason why.
+
+    With `identify`, also the file's `file_identity`, taken before decoding.
+    """
+    identity = file_identity(path) if identify else None
+    pixels, reason = _load(path, prep, size)
+    return pixels, reason, identity
+
+
+def _load(path: str, prep: Preprocessing, size: int) -> tuple[NDArray | None, str | None]:
     try:
         # load_image refuses, without reading, anything but a regular file (a FIFO would
         # block, a device never end).
@@ -125,6 +292,8 @@ class Decoded:
         For each row of `batch`, its position in `paths`.
     errors : dict of int to str
         Position in `paths` -> why that file was skipped (a line naming the file).
+    identities : list of dict or None
+        For each path, `file_identity` taken before decoding (``identify=True``), else None.
 
     Examples
     --------
@@ -137,17 +306,18 @@ class Decoded:
     batch: NDArray[np.float32]
     ok: list[int]
     errors: dict[int, str] = field(default_factory=dict)
+    identities: list[dict | None] = field(default_factory=list)
 
 
 def _assemble(paths: list[str], results, size: int) -> Decoded:
-    ok = [i for i, (image, _) in enumerate(results) if image is not None]
-    errors = {i: reason for i, (_, reason) in enumerate(results) if reason is not None}
+    ok = [i for i, (image, _, _) in enumerate(results) if image is not None]
+    errors = {i: reason for i, (_, reason, _) in enumerate(results) if reason is not None}
     if ok:
         batch = np.stack([results[i][0] for i in ok])  # (n_ok, size, size, 3)
     else:
         h, w = (size, size) if isinstance(size, int) else size  # (height, width) if not square
         batch = np.empty((0, h, w, 3), np.float32)
-    return Decoded(paths, batch, ok, errors)
+    return Decoded(paths, batch, ok, errors, [identity for _, _, identity in results])
 
 
 def decode_batches(
@@ -158,6 +328,7 @@ def decode_batches(
     batch_size: int = 32,
     workers: int = 2,
     prefetch: int = PREFETCH,
+    identify: bool = False,
 ) -> Iterator[Decoded]:
     """Yield `Decoded` batches of `batch_size` consecutive paths, decoded ahead on threads.
 
@@ -174,6 +345,8 @@ def decode_batches(
         Decoding threads; 0 decodes in the caller's thread, when it asks (no overlap).
     prefetch : int, default `PREFETCH`
         Batches decoded ahead of the one being used.
+    identify : bool, default False
+        Also record each file's `file_identity` (it reads the file once more).
 
     Examples
     --------
@@ -190,7 +363,11 @@ def decode_batches(
         raise ValueError(f"`workers` must be an int >= 0, got {workers!r}")
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     return _decoded(
-        chunks, functools.partial(_decode, prep=prep, size=size), size, workers, prefetch
+        chunks,
+        functools.partial(_decode, prep=prep, size=size, identify=identify),
+        size,
+        workers,
+        prefetch,
     )
 
 
@@ -227,7 +404,7 @@ class ImageStream:
     Parameters
     ----------
     images : iterable of str or os.PathLike
-        Files, directories (their image files, sorted) and globs (``**`` recurses).
+        Files, directories (their image files, recursively) and globs (`image_paths`).
     prep : vgg_np.formats.Preprocessing
         What to do to each image; `ImageStream.for_model` asks the weights
         (`vgg_np.formats.choose_preprocessing`).
