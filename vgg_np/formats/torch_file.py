@@ -210,8 +210,8 @@ def _check_ints(values, what: str, where: str) -> tuple[int, ...]:
 def _layout(tensor: _Tensor, info: zipfile.ZipInfo, where: str) -> np.dtype:
     """Check a tensor's storage, offset, sizes and strides against its member; return the dtype."""
     storage = tensor.storage
-    if type(storage) is not _Storage or type(tensor.offset) is not int or tensor.offset < 0:
-        raise FileFormatError(f"{where}: its storage or offset is malformed")
+    if type(tensor.offset) is not int or tensor.offset < 0:
+        raise FileFormatError(f"{where}: its storage offset is malformed")
     size = _check_ints(tensor.size, "sizes", where)
     stride = _check_ints(tensor.stride, "strides", where)
     if len(size) != len(stride):
@@ -259,8 +259,10 @@ def _lazy_tensors(fp: BinaryIO, zf: zipfile.ZipFile, prefix: str, state: Mapping
     for name, tensor in state.items():
         at = f"{where} tensor {name!r}"
         storage = tensor.storage
+        if type(storage) is not _Storage:
+            raise FileFormatError(f"{at}: its storage is not a storage reference")
         try:
-            info = zf.getinfo(f"{prefix}/data/{getattr(storage, 'key', None)}")
+            info = zf.getinfo(f"{prefix}/data/{storage.key}")
         except KeyError:
             raise FileFormatError(f"{at}: its storage has no member in the zip") from None
         dtype = _layout(tensor, info, at)
