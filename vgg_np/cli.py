@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import json
 import math
 import os
@@ -43,13 +44,13 @@ from importlib import resources
 import numpy as np
 
 from vgg_np import __version__, distributed, formats, hub
-from vgg_np._files import atomic_write
+from vgg_np._files import NotARegularFile, atomic_write, check_regular
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
 from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
 from vgg_np.extract import DEFAULT_PARTITION_SIZE, SUFFIXES, extract, top_classes
 from vgg_np.model import VGG, VGG16
 from vgg_np.preprocess import MODES, RESIZE_MODES, decode_predictions, load_image, preprocess_input
-from vgg_np.progress import Progress
+from vgg_np.progress import Progress, write_line
 from vgg_np.streams import ImageStream, image_paths, input_size
 from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid, filter_grid
@@ -190,6 +191,44 @@ def _picture_file(text: str) -> str:
     return _output_file(text)
 
 
+#: The arguments that name files or folders to read, in any command, and how help names them.
+INPUTS = {
+    "images": "IMAGE_OR_DIR",
+    "image": "IMAGE",
+    "weights": "--weights",
+    "labels": "--labels",
+    "activations": "ACTIVATIONS",
+    "input": "--input",
+    "source": "SOURCE",
+}
+#: A --weights value that names no file: the published weights (`vgg_np.hub`).
+PUBLISHED_WEIGHTS = "imagenet"
+
+
+def _check_inputs(args: argparse.Namespace) -> str | None:
+    """Return the first input path that names nothing, before any work (exit code 2).
+
+    Images and folders must exist; a glob may match nothing here (``no images found``
+    is then reported, still before the weights load). Single input files must be
+    regular files (a FIFO would block the reader forever).
+    """
+    for name, label in INPUTS.items():
+        value = getattr(args, name, None)
+        if value is None or (name == "weights" and value == PUBLISHED_WEIGHTS):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if name == "images" and glob.has_magic(item):
+                continue
+            if not os.path.exists(item):
+                return f"{label} {item}: no such file or directory"
+            if name not in ("images", "image"):  # images: folders too, each file checked later
+                try:
+                    check_regular(item, "file")
+                except NotARegularFile as error:
+                    return f"{label} {error}"
+    return None
+
+
 # -- demo ----------------------------------------------------------------------------------
 
 
@@ -298,7 +337,8 @@ def add_predict(commands) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar on stderr (default: when stderr is a terminal and there are >8 images)",
+        help="progress on stderr (default: for more than 8 images; a bar on a terminal, "
+        "else a line every 10 s)",
     )
 
 
@@ -335,12 +375,12 @@ def run_predict(args: argparse.Namespace) -> int:
     stream = ImageStream(
         paths, choice, size=size, batch_size=args.batch_size, on_skip=_skip, expand=False
     )
-    show = args.progress if args.progress is not None else len(paths) > 8 and sys.stderr.isatty()
+    show = args.progress if args.progress is not None else len(paths) > 8
     with Progress(len(paths), enabled=show) as bar:
         for batch_paths, batch in stream:
             for path, row in zip(batch_paths, model(batch), strict=True):
                 # One write per image: an interrupted run never ends mid-record.
-                print(
+                write_line(
                     _prediction(path, row, args.top, args.json, choice.mode, choice.resize, names)
                 )
             bar.update(len(batch_paths))
@@ -350,7 +390,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _skip(path: str, reason: str) -> None:
-    print(f"vgg-np: skipping {reason}", file=sys.stderr)
+    write_line(f"vgg-np: skipping {reason}", file=sys.stderr)
 
 
 def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> formats.Preprocessing:
@@ -438,7 +478,8 @@ def add_extract(commands) -> None:
     parser.add_argument("--threads", type=_positive_int, help="engine threads (CPUs / --workers)")
     parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+                        help="progress on stderr (default: for more than one batch; a bar on "
+                             "a terminal, else a line every 10 s)")  # fmt: skip
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip
@@ -497,7 +538,8 @@ def _extract_summary(result, as_json: bool) -> int:
             f"(reasons in {result.manifest}); preprocessing {result.preprocessing['mode']!r}, "
             f"resize {result.preprocessing['resize']!r} ({result.preprocessing['reason']})"
         )
-    return 0
+    # The rule of every command: an input picture skipped (its row NaN) is exit code 1.
+    return EXIT_RUNTIME_ERROR if result.failed_total else 0
 
 
 # -- summary -------------------------------------------------------------------------------
@@ -1032,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
     0
     """
     args = build_parser().parse_args(argv)
-    problem = args.check(args) if args.check else None
+    problem = (args.check(args) if args.check else None) or _check_inputs(args)
     if problem:
         args.usage_error(problem)  # exits with code 2
     try:
