@@ -376,6 +376,7 @@ def run_predict(args: argparse.Namespace) -> int:
         paths, choice, size=size, batch_size=args.batch_size, on_skip=_skip, expand=False
     )
     show = args.progress if args.progress is not None else len(paths) > 8
+    predicted = 0
     with Progress(len(paths), enabled=show) as bar:
         for batch_paths, batch in stream:
             for path, row in zip(batch_paths, model(batch), strict=True):
@@ -383,7 +384,9 @@ def run_predict(args: argparse.Namespace) -> int:
                 write_line(
                     _prediction(path, row, args.top, args.json, choice.mode, choice.resize, names)
                 )
-            bar.update(len(batch_paths))
+            predicted += len(batch_paths)
+            bar.update(predicted + len(stream.skipped) - bar.done)  # skipped ones count too
+        bar.update(len(paths) - bar.done)  # pictures skipped after the last batch
     if stream.skipped:
         print(f"vgg-np: {len(stream.skipped)} of {len(paths)} images skipped", file=sys.stderr)
     return EXIT_RUNTIME_ERROR if stream.skipped else 0

@@ -139,7 +139,8 @@ class Progress:
         self.done += n
         now = time.perf_counter() - self.start
         interval = REDRAW_SECONDS if self.in_place else LINE_SECONDS
-        if self.enabled and (now - self._drawn >= interval or self.done >= self.total):
+        due = now - self._drawn >= interval or self.done >= self.total
+        if self.enabled and due and self.done != self._drawn_done:
             self._draw(now)
 
     def line(self, elapsed: float) -> str:
