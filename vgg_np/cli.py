@@ -56,6 +56,15 @@ from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid, filter_grid
 
 EXIT_RUNTIME_ERROR = 1
+#: The published Keras VGG16 file, as the examples name it.
+KERAS_VGG16 = hub.PUBLISHED["vgg16", True][0].filename
+#: The demo's last words: how to go on to real photos.
+DEMO_HINT = (
+    f"To classify real photos, download Keras's ImageNet weights once ({KERAS_VGG16}, "
+    "553 MB, hash checked; `vgg-np fetch-weights vgg16` prints where it is) and run:\n"
+    '  vgg-np predict photo.jpg --weights "$(vgg-np fetch-weights vgg16)"\n'
+    'In Python: vgg_np.VGG16(weights="imagenet") finds the same file.'
+)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as for `yes | head -1`
 
@@ -273,12 +282,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "  top classes (meaningless with random weights): "
         + ", ".join(f"{name} {score:.1f}" for _, name, score in decode_predictions(logits, 3)[0])
     )
-    print(
-        "\nTo classify real photos, get Keras's ImageNet weights once "
-        "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB, from the Keras Applications "
-        "releases) and run:\n  vgg-np predict photo.jpg --weights "
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-    )
+    print("\n" + DEMO_HINT)
     return 0 if agrees else EXIT_RUNTIME_ERROR
 
 
@@ -302,7 +306,7 @@ def add_predict(commands) -> None:
             "classified (exit code 1)."
         ),
         examples=[
-            "vgg-np predict cat.jpg --weights vgg16_weights_tf_kernels.h5",
+            f"vgg-np predict cat.jpg --weights {KERAS_VGG16}",
             "vgg-np predict photos/ --weights vgg16.pth --top 3 --json",
             "vgg-np predict photos/ --weights vgg16.h5 -o probabilities.npy --top 5",
         ],
@@ -451,7 +455,7 @@ def add_extract(commands) -> None:
             "memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
             "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
             "last one stopped; a bad image gets a NaN row and its reason, not an error. With "
-            "--scheduler or --workers (needs vgg_np[dask]) the partitions run as Dask tasks "
+            "--scheduler or --workers (needs the dask extra) the partitions run as Dask tasks "
             "and write the same OUT; the weights and OUT must be at the same paths on every "
             "worker (docs/distributed.md)."
         ),
@@ -872,13 +876,15 @@ def add_convert(commands) -> None:
         commands,
         "convert",
         run_convert,
-        summary="convert weights between formats (Keras h5, .keras, npz, safetensors, pth, onnx)",
+        summary="convert weights between formats (write .h5, .npz, .safetensors, .pth)",
         description=(
-            "Read SOURCE in any supported format and write TARGET in the format its "
+            "Read SOURCE in any supported format (Keras .h5, .weights.h5 and .keras, "
+            "PyTorch .pth, .safetensors, ONNX, .npz) and write TARGET in the format its "
             "extension names: .npz (vgg_np), .h5 (Keras Applications layout), .safetensors "
-            "(torchvision layout unless --layout keras), .pth/.pt (torchvision, needs torch)."
+            "(torchvision layout unless --layout keras), .pth/.pt (torchvision layout). "
+            ".keras and ONNX are read, never written."
         ),
-        examples=["vgg-np convert vgg16_weights_tf_kernels.h5 vgg16.safetensors"],
+        examples=[f"vgg-np convert {KERAS_VGG16} vgg16.safetensors"],
     )
     convert.add_argument("source")
     convert.add_argument("target", type=_output_file)
@@ -915,7 +921,7 @@ def add_vectors(commands) -> None:
         ),
         examples=[
             "vgg-np vectors cases/ --narrow",
-            "vgg-np vectors cases/ --weights vgg16_weights_tf_kernels.h5",
+            f"vgg-np vectors cases/ --weights {KERAS_VGG16}",
         ],
     )
     vectors.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty directory")

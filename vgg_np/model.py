@@ -374,8 +374,12 @@ class VGG:
         The configuration (widths of every block, dense layers, classes), whether there
         is a classifier, and for ONNX models the input size, layout and final softmax
         are read from the file; torchvision-layout files get torchvision's adaptive
-        average pool (to fc1's grid, 7x7 for VGG16). Keyword arguments override what was
-        inferred.
+        average pool (to fc1's grid, 7x7 for VGG16). The output is what the file's own
+        framework gives: logits for torchvision's and timm's weights (torch's VGG ends in a
+        linear layer; their provenance says so, in any file format), what the graph
+        declares for ONNX, else probabilities (Keras's last layer is a softmax); the table
+        is in docs/heads.md. Keyword arguments override what was inferred
+        (``classifier_activation="softmax"`` for probabilities from any file).
 
         Parameters
         ----------
@@ -403,6 +407,10 @@ class VGG:
                 where=source.path,
                 layout=source.layout,
             )
+            torch_family = (formats.Family.TORCHVISION, formats.Family.TIMM)
+            declared = "classifier_activation" in source.info  # an ONNX graph's own
+            if source.provenance.family in torch_family and not declared:
+                inferred["classifier_activation"] = None  # logits, as torch's model returns
             inferred.update(kwargs)
             shape = inferred.get("input_shape")
             if (
@@ -474,17 +482,20 @@ class VGG:
         head = {"flatten", "predictions"} | {f"fc{i}" for i in range(1, len(self.config.fc) + 1)}
         problems = []
         missing = [name for name in expected if name not in weights]
-        if missing:
-            problems.append(f"missing: {', '.join(missing)}")
-            if self.include_top and set(missing) >= head - {"flatten"}:
-                problems.append("it has no classifier (a 'notop' file?): use include_top=False")
         extra = [
             name
             for name in weights
             if name not in expected and (self.include_top or name.startswith("block"))
         ]
-        if extra:
-            problems.append(f"not in this model: {', '.join(extra)}")
+        if missing:
+            problems.append(f"missing: {', '.join(missing)}")
+            if self.include_top and set(missing) >= head - {"flatten"} and not extra:
+                problems.append("it has no classifier (a 'notop' file?): use include_top=False")
+        if extra:  # layers this model cannot hold: a head of one's own, batch norms, ...
+            problems.append(
+                f"not in this model: {', '.join(extra)}; VGG.from_file(path) builds the "
+                "network a file describes (its own head, batch norms, widths) and loads it"
+            )
         tensors = {layer.name: KINDS[layer.kind].parameters for layer in self.layers}
         for name, shapes in expected.items():
             if name not in weights:
