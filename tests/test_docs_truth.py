@@ -87,9 +87,12 @@ WEIGHT_NAME = re.compile(r"vgg1[69]_weights[\w]*\.h5|vgg1[69][-\w]*-[0-9a-f]{8}\
 
 @pytest.mark.parametrize("where", [*PAGES, "cli help", "demo hint"])
 def test_published_weights_are_named_as_published(where):
-    text = {"cli help": "\n".join(help_texts().values()), "demo hint": cli.DEMO_HINT}.get(
-        where
-    ) or PAGES[where]
+    if where == "cli help":
+        text = "\n".join(help_texts().values())
+    elif where == "demo hint":
+        text = cli.DEMO_HINT
+    else:
+        text = PAGES[where]
     names = set(WEIGHT_NAME.findall(text))
     assert names <= PUBLISHED_NAMES, names - PUBLISHED_NAMES
 
