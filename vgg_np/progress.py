@@ -46,7 +46,7 @@ def write_line(text: str, file: TextIO | None = None) -> None:
         bar.stream.flush()
 
 
-def show_progress(verbose: bool | int | str, steps: int, stream: TextIO | None = None) -> bool:
+def show_progress(verbose: bool | int | str, steps: int) -> bool:
     """Decide whether to draw a bar, as Keras reads ``verbose``.
 
     Parameters
@@ -56,8 +56,6 @@ def show_progress(verbose: bool | int | str, steps: int, stream: TextIO | None =
         lines at a bounded rate).
     steps : int
         How many updates the bar would see (e.g. batches).
-    stream : file, optional
-        Where the bar would go; default `sys.stderr` (unused: kept for callers).
 
     Raises
     ------
