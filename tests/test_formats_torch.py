@@ -256,7 +256,7 @@ class Payload:
     ("pickled", "named"),
     [
         ("payload", "posix.system"),
-        (b"\x80\x02cbuiltins\neval\nX\x04\x00\x00\x001+1\x85R.", "builtins.eval"),
+        (b"\x80\x02cbuiltins\neval\nX\x03\x00\x00\x001+1\x85R.", "builtins.eval"),
         (b"cos\nsystem\n(S'touch pwned'\ntR.", "os.system"),  # protocol 0
         (b"(S'touch pwned'\nios\nsystem\n.", "os.system"),  # INST
         (b"\x80\x04\x8c\x08builtins\x8c\x04exec\x93.", "builtins.exec"),  # STACK_GLOBAL
@@ -297,9 +297,16 @@ def test_a_pickle_asking_for_any_other_global_is_refused_naming_it(tmp_path, pic
         (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(X\x01\x00\x00\x00xK\x00)))tR.",
          "expected a dict of tensors"),  # a bare tensor, not a dict
         (b"", "damaged"),
+        (b"\x80\x02N" + b"r\xff\xff\xff\x7f" + b".", "memo entry 2147483647 at byte 3"),
+        (b"\x80\x02Ncx\ny\np99999999999\n.", "memo entry 99999999999"),
+        (b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b".", "damaged"),  # BINBYTES8
+        (b"\x80\x04\x8d" + (1 << 40).to_bytes(8, "little") + b".", "damaged"),  # BINUNICODE8
+        (b"\x80\x02\x8b\xff\xff\xff\x7f.", "damaged"),  # LONG4 of 2 GB
+        (b"\x80\x04\x95" + (1 << 40).to_bytes(8, "little") + b"N.", "damaged"),  # FRAME
     ],
     ids=["storage called", "EXT1", "list", "ints", "build", "marks", "huge bytes", "bare",
-         "empty"],
+         "empty", "memo index", "text memo index", "BINBYTES8", "BINUNICODE8", "LONG4",
+         "FRAME"],
 )  # fmt: skip
 def test_pickles_that_are_not_state_dicts_are_refused(tmp_path, pickled, match):
     refused(pth(tmp_path / "w.pth", pickled, {}), match)

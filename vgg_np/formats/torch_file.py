@@ -29,7 +29,9 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import struct
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from typing import BinaryIO
@@ -166,6 +168,26 @@ class _StateDictUnpickler(pickle.Unpickler):
                 f"{self.where}: storage {pid[2]!r} is declared twice, differently"[:300]
             )
         return storage
+
+
+def _check_opcodes(data: bytes, where: str) -> None:
+    """Walk the pickle's opcodes without running them; refuse what would exhaust memory.
+
+    Python's unpickler sizes its memo by the largest index a ``PUT`` names and allocates
+    a length field's bytes before it reads them: 30 bytes asking for index 2**31 or a
+    2**40-byte string would take all memory. `pickletools.genops` checks every length
+    against the bytes that are there, and no index may exceed the pickle's size (torch
+    numbers them 0, 1, 2 ...).
+    """
+    with warnings.catch_warnings():  # a text STRING's odd escape: refused or harmless
+        warnings.simplefilter("ignore", DeprecationWarning)
+        operations = list(pickletools.genops(data))
+    for opcode, argument, position in operations:
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(argument) > len(data):
+            raise FileFormatError(
+                f"{where}: not a loadable PyTorch state dict: its pickle stores memo entry "
+                f"{argument} at byte {position}, beyond its {len(data):,} bytes"
+            )
 
 
 def _archive(zf: zipfile.ZipFile, where: str) -> str:
@@ -326,6 +348,7 @@ def read_state_dict(path: str | os.PathLike, where: str | None = None) -> Iterat
             if order not in (None, b"little"):
                 raise FileFormatError(f"{where}: byte order {order!r}: only little-endian")
             data = _small_member(zf, f"{prefix}/data.pkl", MAX_PICKLE, where)
+            _check_opcodes(data, where)
             state = _unwrap(_StateDictUnpickler(data, where).load(), where)
             tensors = _lazy_tensors(fp, zf, prefix, state, where)
             record = _record(state, where)
