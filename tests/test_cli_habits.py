@@ -10,6 +10,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -181,3 +182,30 @@ def test_progress_and_json_never_share_stdout(tmp_path, folder):
     )  # fmt: skip
     assert json.loads(result.stdout)["written"] == 11  # the summary alone on stdout
     assert "0/11 images" in result.stderr  # on by default in a log: more than one batch
+
+
+def test_in_a_notebook_with_ipywidgets_progress_is_a_widget(monkeypatch):
+    shown = []
+
+    class Widget:
+        def __init__(self, *children, **values):
+            self.children, self.value, self.max = children, values.get("value", ""), 0
+            self.__dict__.update(values)
+
+    widgets = types.SimpleNamespace(IntProgress=Widget, HTML=Widget, HBox=Widget)
+    monkeypatch.setitem(sys.modules, "ipywidgets", widgets)
+    monkeypatch.setitem(sys.modules, "IPython.display", types.SimpleNamespace(display=shown.append))
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    kernel_stream = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})()
+    with Progress(10, stream=kernel_stream) as bar:
+        (box,) = shown
+        progress_bar, label = box.children[0]
+        assert (progress_bar.value, progress_bar.max) == (0, 10)  # shown before any image
+        bar.update(10)
+    assert progress_bar.value == 10 and label.value.startswith("10/10 images")
+    assert kernel_stream.getvalue() == ""  # no text lines beside the widget
+    monkeypatch.delitem(sys.modules, "ipywidgets")  # without ipywidgets: lines, as in a log
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    with Progress(10, stream=kernel_stream) as bar:
+        bar.update(10)
+    assert kernel_stream.getvalue().count("\n") == 2

@@ -2,8 +2,9 @@
 
 Used by `VGG.predict` (``verbose``), image extraction and weight downloads. It imports
 nothing from vgg_np, so any module may use it. On a terminal it is one line redrawn in
-place; elsewhere (a log file, a CI job, a notebook's output) it is whole lines, at most
-one every `LINE_SECONDS` plus the first and the last, as tqdm and Keras do for logs. It
+place; in a Jupyter notebook with ipywidgets installed, a progress widget; elsewhere (a
+log file, a CI job, a notebook without ipywidgets) whole lines, at most one every
+`LINE_SECONDS` plus the first and the last, as tqdm and Keras do for logs. It
 never writes to stdout: a program printing results while a bar is drawn prints them with
 `write_line`, which lifts the bar off the terminal's line first (as ``tqdm.write`` does).
 """
@@ -118,6 +119,7 @@ class Progress:
         self.done = 0
         self.start = time.perf_counter()
         self.in_place = enabled and _is_terminal(self.stream)
+        self._widget = _notebook_widget(total, self.stream) if enabled else None
         self._drawn, self._drawn_done = 0.0, -1
         if enabled:
             if self.in_place:
@@ -126,6 +128,11 @@ class Progress:
 
     def _draw(self, now: float) -> None:
         self._drawn, self._drawn_done = now, self.done
+        if self._widget is not None:
+            bar, label = self._widget
+            bar.value = min(self.done, bar.max)
+            label.value = self.line(now).split("] ", 1)[1]  # the counts, rate and ETA
+            return
         if self.in_place:
             self.stream.write("\r" + self.line(now))
         else:
@@ -136,7 +143,7 @@ class Progress:
         """Count `n` more units done and redraw if it is time (see the class example)."""
         self.done += n
         now = time.perf_counter() - self.start
-        interval = REDRAW_SECONDS if self.in_place else LINE_SECONDS
+        interval = REDRAW_SECONDS if self.in_place or self._widget else LINE_SECONDS
         due = now - self._drawn >= interval or self.done >= self.total
         if self.enabled and due and self.done != self._drawn_done:
             self._draw(now)
@@ -177,3 +184,20 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def _notebook_widget(total: int, stream: TextIO):
+    """Show a progress widget when `stream` is a Jupyter kernel's and ipywidgets is there.
+
+    Returns the (bar, label) widgets, or None: then lines are written instead.
+    """
+    if "ipykernel" not in sys.modules or not type(stream).__module__.startswith("ipykernel"):
+        return None
+    try:
+        import ipywidgets
+        from IPython.display import display
+    except ImportError:
+        return None
+    bar, label = ipywidgets.IntProgress(min=0, max=max(total, 1)), ipywidgets.HTML()
+    display(ipywidgets.HBox([bar, label]))
+    return bar, label
