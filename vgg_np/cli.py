@@ -14,11 +14,13 @@ Commands (each has ``--help`` with an example; all but ``fetch-weights`` work of
 - ``fetch-weights``: download the published ImageNet weights (the only use of the network)
 
 Conventions shared by every command: exit code 0 on success; 1 on a runtime error (a file
-that cannot be used, a diverging layer, a skipped image), told in one line on stderr that
-names the user's file; 2 on a usage error, and every argument is checked before any work
-starts; 130 on Ctrl-C, with one line and no output file left half-written; 141 when
-stdout is closed early (``vgg-np predict ... --json | head -1``), quietly. ``--debug``,
-before or after the command, shows the traceback instead of the one line.
+that cannot be used, a diverging layer, a skipped picture in ``predict`` and ``extract``
+alike), told in one line on stderr that names the user's file; 2 on a usage error, and
+every argument, every input path included, is checked before any work starts (before the
+weights load); progress goes to stderr, never stdout; 130 on Ctrl-C, with one line and
+no output file left half-written; 141 when stdout is closed early (``vgg-np predict ...
+--json | head -1``), quietly. ``--debug``, before or after the command, shows the
+traceback instead of the one line.
 
 A command is two small functions: ``add_<name>(commands)`` declares its arguments, help
 and example through `_new_command`, and ``run_<name>(args)`` does the work. Listing
@@ -56,6 +58,8 @@ from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid, filter_grid
 
 EXIT_RUNTIME_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as for `yes | head -1`
 #: The published Keras VGG16 file, as the examples name it.
 KERAS_VGG16 = hub.PUBLISHED["vgg16", True][0].filename
 #: The demo's last words: how to go on to real photos.
@@ -65,8 +69,6 @@ DEMO_HINT = (
     '  vgg-np predict photo.jpg --weights "$(vgg-np fetch-weights vgg16)"\n'
     'In Python: vgg_np.VGG16(weights="imagenet") finds the same file.'
 )
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
-EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as for `yes | head -1`
 
 
 def _relative_error(actual: np.ndarray, exact: np.ndarray) -> float:
@@ -1070,7 +1072,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vgg-np`` and ``python -m vgg_np``; returns the exit code.
 
     Exit codes: 0 success, 1 runtime error (a file that cannot be used, a layer that
-    diverges, an image skipped), 2 usage error (bad arguments, found before any work),
+    diverges, a picture skipped), 2 usage error (bad arguments or input paths that name
+    nothing, found before any work),
     130 interrupted (Ctrl-C), 141 stdout closed early.
 
     Examples
