@@ -11,7 +11,9 @@ Unpickling runs code, so this reader never lets the pickle call anything of its 
 answers the pickle's requests for globals from a short table (an ``OrderedDict``, the
 tensor and parameter rebuilders, the storage types) of stand-ins that only *record* what
 the file declares, and refuses every other global, naming it. This is the subset of what
-``torch.load(weights_only=True)`` accepts that a state dict needs. Every tensor's declared
+``torch.load(weights_only=True)`` accepts that a state dict needs. Before that, the
+pickle's opcodes are walked without running them (`pickletools.genops`), so that no
+length or memo index it declares can make the unpickler allocate. Every tensor's declared
 storage size, offset, sizes and strides are then checked against its zip member (Python
 integers: no overflow) before a byte is read; the data are copied out of the file, with
 the zip's CRC-32 checked, only when the model asks for a tensor. Files in PyTorch's
@@ -82,8 +84,8 @@ STORAGES = {
     "ComplexDoubleStorage": ("<c16", "complex128"),
 }
 _FLOATS = ("float16", "float32", "float64", "bfloat16")
-_WRITTEN = {np.dtype("<f2"): "HalfStorage", np.dtype("<f4"): "FloatStorage"}
-_WRITTEN[np.dtype("<f8")] = "DoubleStorage"
+#: The storage type the writer names for each dtype it writes.
+_WRITTEN = {np.dtype(STORAGES[k][0]): k for k in ("HalfStorage", "FloatStorage", "DoubleStorage")}
 
 
 class _StorageType:
