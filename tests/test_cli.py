@@ -95,7 +95,6 @@ def test_convert_round_trips_every_tensor(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["convert", "/no/such/file.h5", "out.npz"], "/no/such/file.h5: no such file"),
         (["convert", str(TINY_DIR / "model.h5"), "out.weights"], "cannot tell the format to write"),
         (
             ["convert", str(TINY_DIR / "model.h5"), "out.npz", "--layout", "keras"],
@@ -117,5 +116,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, args, message):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = run("--debug", "convert", "/no/such/file.h5", str(tmp_path / "out.npz"))
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(b"not weights")  # a runtime error (a missing file is a usage error)
+    result = run("--debug", "convert", str(damaged), str(tmp_path / "out.npz"))
     assert result.returncode != 0 and "Traceback" in result.stderr

@@ -99,11 +99,13 @@ def test_a_closed_pipe_ends_quietly(images):
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_is_accepted_before_or_after_the_command(tmp_path, where):
-    args = ["convert", "/no/such/file.h5", str(tmp_path / "out.npz")]
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(b"\x89HDF\r\n\x1a\n")  # a runtime error (a missing file: exit 2)
+    args = ["convert", str(damaged), str(tmp_path / "out.npz")]
     args = ["--debug", *args] if where == "before" else [*args, "--debug"]
     result = run(*args)
     assert result.returncode == 1
-    assert "Traceback" in result.stderr and "FileNotFoundError" in result.stderr
+    assert "Traceback" in result.stderr and "FileFormatError" in result.stderr
 
 
 MISSING = "/no/such/weights.h5"  # were any work started, the error would be about this file
@@ -149,12 +151,12 @@ def test_errors_name_the_users_path_not_a_temporary_file(tmp_path):
     assert ".part" not in result.stderr and "tmp" not in result.stderr.replace(str(tmp_path), "")
 
 
-def test_a_damaged_keras_file_is_named_not_its_temporary_member(tmp_path):
+def test_a_damaged_keras_file_is_named_not_its_temporary_member(tmp_path, images):
     damaged = tmp_path / "model.keras"
     with zipfile.ZipFile(damaged, "w") as archive:
         archive.writestr("config.json", "{}")
         archive.writestr("model.weights.h5", b"not HDF5 at all")
-    result = run("predict", "x.png", "--weights", str(damaged), cwd=tmp_path)
+    result = run("predict", str(images / "a.png"), "--weights", str(damaged), cwd=tmp_path)
     assert result.returncode == 1 and str(damaged) in result.stderr
 
 

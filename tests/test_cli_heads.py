@@ -34,7 +34,7 @@ HEAD_FILES = [
     "vgg16_bn_custom_classifier.pth",
     "timm_vgg16.pth",
 ]
-NEEDS = {".pth": "torch", ".onnx": "onnx"}
+NEEDS = {".onnx": "onnx"}  # .pth is read without torch
 
 
 @pytest.fixture(scope="module")

@@ -247,7 +247,7 @@ def test_the_extract_command_resumes_and_summarises_in_json(images, tmp_path):
     args = ["extract", str(images), "--weights", WEIGHTS, "--layer", "fc1", "-o",
             str(tmp_path / "f.npy"), "--json", "--batch-size", "4"]  # fmt: skip
     first = run_cli(*args)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 1, first.stderr  # one picture skipped: exit 1, as predict
     summary = json.loads(first.stdout)
     assert (summary["written"], summary["failed"], summary["shape"]) == (12, 1, [12, 48])
     assert "images_per_second" in summary and summary["preprocessing"]["mode"] == "caffe"
@@ -262,7 +262,7 @@ def test_the_extract_command_resumes_and_summarises_in_json(images, tmp_path):
 def test_predict_writes_probabilities_with_top_classes(images, tmp_path):
     out = tmp_path / "p.npy"
     result = run_cli("predict", str(images), "--weights", WEIGHTS, "-o", str(out), "--top", "2")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # one picture skipped
     probabilities = np.load(out)
     ok = ~np.isnan(probabilities[:, 0])
     np.testing.assert_allclose(probabilities[ok].sum(axis=1), 1, rtol=1e-6)

@@ -37,8 +37,6 @@ def weights() -> dict:
 
 
 def write(path: pathlib.Path, weights: dict, provenance: Provenance | None = None) -> str:
-    if path.suffix == ".pth":
-        pytest.importorskip("torch", reason="needs torch (pip install torch==2.13.0)")
     layout = "keras" if path.name.startswith("keras") else None
     return formats.write_weights(path, weights, layout=layout, provenance=provenance)
 

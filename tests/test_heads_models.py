@@ -83,14 +83,11 @@ def torchvision_keys(model: VGG, prefix: str, head: str = "torchvision") -> dict
     return keys | {name: f"{prefix}/{m}" for name, m in zip(dense, modules, strict=True)}
 
 
-@pytest.mark.torch
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(
     "name", ["vgg16_bn.pth", "vgg16_bn.safetensors", "vgg16_bn_custom_classifier.pth"]
 )
 def test_torchvision_batch_norm_state_dicts(outputs, name, dtype):
-    if name.endswith(".pth"):
-        pytest.importorskip("torch", reason="reading .pth needs torch")
     model = VGG.from_file(HEADS / name, dtype=dtype, classifier_activation=None)
     assert model.batch_norm == 1e-5 and model.adaptive_pool == 7
     assert model.weights_provenance.family.value == "torchvision"
@@ -110,10 +107,8 @@ def test_torchvision_batch_norm_state_dicts(outputs, name, dtype):
         assert error < FLOAT64_REL_TOL
 
 
-@pytest.mark.torch
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_timm_vgg_state_dict(outputs, dtype):
-    pytest.importorskip("torch", reason="reading .pth needs torch")
     model = VGG.from_file(HEADS / "timm_vgg16.pth", dtype=dtype, classifier_activation=None)
     assert model.weights_provenance.family.value == "timm"
     x = outputs["x"].astype(dtype)

@@ -9,7 +9,7 @@ needs NumPy alone: the model and the file formats pull in h5py, Pillow and threa
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the changes since 0.1.0: CHANGELOG.md, [Unreleased]
 
 # Public name -> the module that defines it.
 _EXPORTS = {

@@ -14,11 +14,13 @@ Commands (each has ``--help`` with an example; all but ``fetch-weights`` work of
 - ``fetch-weights``: download the published ImageNet weights (the only use of the network)
 
 Conventions shared by every command: exit code 0 on success; 1 on a runtime error (a file
-that cannot be used, a diverging layer, a skipped image), told in one line on stderr that
-names the user's file; 2 on a usage error, and every argument is checked before any work
-starts; 130 on Ctrl-C, with one line and no output file left half-written; 141 when
-stdout is closed early (``vgg-np predict ... --json | head -1``), quietly. ``--debug``,
-before or after the command, shows the traceback instead of the one line.
+that cannot be used, a diverging layer, a skipped picture in ``predict`` and ``extract``
+alike), told in one line on stderr that names the user's file; 2 on a usage error, and
+every argument, every input path included, is checked before any work starts (before the
+weights load); progress goes to stderr, never stdout; 130 on Ctrl-C, with one line and
+no output file left half-written; 141 when stdout is closed early (``vgg-np predict ...
+--json | head -1``), quietly. ``--debug``, before or after the command, shows the
+traceback instead of the one line.
 
 A command is two small functions: ``add_<name>(commands)`` declares its arguments, help
 and example through `_new_command`, and ``run_<name>(args)`` does the work. Listing
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import glob
 import json
 import math
 import os
@@ -44,7 +47,7 @@ from importlib import resources
 import numpy as np
 
 from vgg_np import __version__, distributed, formats, hub
-from vgg_np._files import atomic_write
+from vgg_np._files import NotARegularFile, atomic_write, check_regular
 from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
 from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, layer_table
 from vgg_np.extract import DEFAULT_PARTITION_SIZE, SUFFIXES, extract, top_classes
@@ -57,7 +60,7 @@ from vgg_np.preprocess import (
     preprocess_input,
     read_class_names,
 )
-from vgg_np.progress import Progress
+from vgg_np.progress import Progress, write_line
 from vgg_np.streams import ImageStream, image_paths, input_size
 from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid, filter_grid
@@ -65,6 +68,15 @@ from vgg_np.visualize import feature_map_grid, filter_grid
 EXIT_RUNTIME_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as for `yes | head -1`
+#: The published Keras VGG16 file, as the examples name it.
+KERAS_VGG16 = hub.PUBLISHED["vgg16", True][0].filename
+#: The demo's last words: how to go on to real photos.
+DEMO_HINT = (
+    f"To classify real photos, download Keras's ImageNet weights once ({KERAS_VGG16}, "
+    "553 MB, hash checked; `vgg-np fetch-weights vgg16` prints where it is) and run:\n"
+    '  vgg-np predict photo.jpg --weights "$(vgg-np fetch-weights vgg16)"\n'
+    'In Python: vgg_np.VGG16(weights="imagenet") finds the same file.'
+)
 
 
 def _relative_error(actual: np.ndarray, exact: np.ndarray) -> float:
@@ -198,6 +210,44 @@ def _picture_file(text: str) -> str:
     return _output_file(text)
 
 
+#: The arguments that name files or folders to read, in any command, and how help names them.
+INPUTS = {
+    "images": "IMAGE_OR_DIR",
+    "image": "IMAGE",
+    "weights": "--weights",
+    "labels": "--labels",
+    "activations": "ACTIVATIONS",
+    "input": "--input",
+    "source": "SOURCE",
+}
+#: A --weights value that names no file: the published weights (`vgg_np.hub`).
+PUBLISHED_WEIGHTS = "imagenet"
+
+
+def _check_inputs(args: argparse.Namespace) -> str | None:
+    """Return the first input path that names nothing, before any work (exit code 2).
+
+    Images and folders must exist; a glob may match nothing here (``no images found``
+    is then reported, still before the weights load). Single input files must be
+    regular files (a FIFO would block the reader forever).
+    """
+    for name, label in INPUTS.items():
+        value = getattr(args, name, None)
+        if value is None or (name == "weights" and value == PUBLISHED_WEIGHTS):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if name == "images" and glob.has_magic(item):
+                continue
+            if not os.path.exists(item):
+                return f"{label} {item}: no such file or directory"
+            if name not in ("images", "image"):  # images: folders too, each file checked later
+                try:
+                    check_regular(item, "file")
+                except NotARegularFile as error:
+                    return f"{label} {error}"
+    return None
+
+
 # -- demo ----------------------------------------------------------------------------------
 
 
@@ -242,12 +292,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "  top classes (meaningless with random weights): "
         + ", ".join(f"{name} {score:.1f}" for _, name, score in decode_predictions(logits, 3)[0])
     )
-    print(
-        "\nTo classify real photos, get Keras's ImageNet weights once "
-        "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, 553 MB, from the Keras Applications "
-        "releases) and run:\n  vgg-np predict photo.jpg --weights "
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-    )
+    print("\n" + DEMO_HINT)
     return 0 if agrees else EXIT_RUNTIME_ERROR
 
 
@@ -271,7 +316,7 @@ def add_predict(commands) -> None:
             "classified (exit code 1)."
         ),
         examples=[
-            "vgg-np predict cat.jpg --weights vgg16_weights_tf_kernels.h5",
+            f"vgg-np predict cat.jpg --weights {KERAS_VGG16}",
             "vgg-np predict photos/ --weights vgg16.pth --top 3 --json",
             "vgg-np predict photos/ --weights vgg16.h5 -o probabilities.npy --top 5",
         ],
@@ -307,7 +352,8 @@ def add_predict(commands) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar on stderr (default: when stderr is a terminal and there are >8 images)",
+        help="progress on stderr (default: for more than 8 images; a bar on a terminal, "
+        "else a line every 10 s)",
     )
 
 
@@ -346,20 +392,23 @@ def run_predict(args: argparse.Namespace) -> int:
     )  # fmt: skip
     # Only a softmax makes probabilities: another head's outputs are scores (still ranked).
     value = "probability" if model.output_kind == "probabilities" else "score"
-    show = args.progress if args.progress is not None else len(paths) > 8 and sys.stderr.isatty()
+    show = args.progress if args.progress is not None else len(paths) > 8
+    predicted = 0
     with Progress(len(paths), enabled=show) as bar:
         for batch_paths, batch in stream:
             for path, row in zip(batch_paths, model(batch), strict=True):
                 # One write per image: an interrupted run never ends mid-record.
-                print(_prediction(path, row, args, choice, names, value))
-            bar.update(len(batch_paths))
+                write_line(_prediction(path, row, args, choice, names, value))
+            predicted += len(batch_paths)
+            bar.update(predicted + len(stream.skipped) - bar.done)  # skipped ones count too
+        bar.update(len(paths) - bar.done)  # pictures skipped after the last batch
     if stream.skipped:
         print(f"vgg-np: {len(stream.skipped)} of {len(paths)} images skipped", file=sys.stderr)
     return EXIT_RUNTIME_ERROR if stream.skipped else 0
 
 
 def _skip(path: str, reason: str) -> None:
-    print(f"vgg-np: skipping {reason}", file=sys.stderr)
+    write_line(f"vgg-np: skipping {reason}", file=sys.stderr)
 
 
 def _choose_preprocessing(model: VGG, args: argparse.Namespace) -> formats.Preprocessing:
@@ -418,7 +467,7 @@ def add_extract(commands) -> None:
             "memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
             "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
             "last one stopped; a bad image gets a NaN row and its reason, not an error. With "
-            "--scheduler or --workers (needs vgg_np[dask]) the partitions run as Dask tasks "
+            "--scheduler or --workers (needs the dask extra) the partitions run as Dask tasks "
             "and write the same OUT; the weights and OUT must be at the same paths on every "
             "worker (docs/distributed.md)."
         ),
@@ -448,7 +497,8 @@ def add_extract(commands) -> None:
     parser.add_argument("--threads", type=_positive_int, help="engine threads (CPUs / --workers)")
     parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+                        help="progress on stderr (default: for more than one batch; a bar on "
+                             "a terminal, else a line every 10 s)")  # fmt: skip
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip
@@ -518,7 +568,8 @@ def _extract_summary(result, as_json: bool) -> int:
                 else ""
             )
         )
-    return 0
+    # The rule of every command: an input picture skipped (its row NaN) is exit code 1.
+    return EXIT_RUNTIME_ERROR if result.failed_total else 0
 
 
 # -- summary -------------------------------------------------------------------------------
@@ -841,13 +892,15 @@ def add_convert(commands) -> None:
         commands,
         "convert",
         run_convert,
-        summary="convert weights between formats (Keras h5, .keras, npz, safetensors, pth, onnx)",
+        summary="convert weights between formats (write .h5, .npz, .safetensors, .pth)",
         description=(
-            "Read SOURCE in any supported format and write TARGET in the format its "
+            "Read SOURCE in any supported format (Keras .h5, .weights.h5 and .keras, "
+            "PyTorch .pth, .safetensors, ONNX, .npz) and write TARGET in the format its "
             "extension names: .npz (vgg_np), .h5 (Keras Applications layout), .safetensors "
-            "(torchvision layout unless --layout keras), .pth/.pt (torchvision, needs torch)."
+            "(torchvision layout unless --layout keras), .pth/.pt (torchvision layout). "
+            ".keras and ONNX are read, never written."
         ),
-        examples=["vgg-np convert vgg16_weights_tf_kernels.h5 vgg16.safetensors"],
+        examples=[f"vgg-np convert {KERAS_VGG16} vgg16.safetensors"],
     )
     convert.add_argument("source")
     convert.add_argument("target", type=_output_file)
@@ -884,7 +937,7 @@ def add_vectors(commands) -> None:
         ),
         examples=[
             "vgg-np vectors cases/ --narrow",
-            "vgg-np vectors cases/ --weights vgg16_weights_tf_kernels.h5",
+            f"vgg-np vectors cases/ --weights {KERAS_VGG16}",
         ],
     )
     vectors.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty directory")
@@ -1075,7 +1128,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vgg-np`` and ``python -m vgg_np``; returns the exit code.
 
     Exit codes: 0 success, 1 runtime error (a file that cannot be used, a layer that
-    diverges, an image skipped), 2 usage error (bad arguments, found before any work),
+    diverges, a picture skipped), 2 usage error (bad arguments or input paths that name
+    nothing, found before any work),
     130 interrupted (Ctrl-C), 141 stdout closed early.
 
     Examples
@@ -1092,7 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
     # back (as ls does) rather than stop half way with a codec error.
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="surrogateescape")
-    problem = args.check(args) if args.check else None
+    problem = (args.check(args) if args.check else None) or _check_inputs(args)
     if problem:
         args.usage_error(problem)  # exits with code 2
     try:

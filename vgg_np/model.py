@@ -250,8 +250,12 @@ class VGG:
         The configuration (widths of every block, dense layers, classes), whether there
         is a classifier, and for ONNX models the input size, layout and final softmax
         are read from the file; torchvision-layout files get torchvision's adaptive
-        average pool (to fc1's grid, 7x7 for VGG16). Keyword arguments override what was
-        inferred.
+        average pool (to fc1's grid, 7x7 for VGG16). The output is what the file's own
+        framework gives: logits for torchvision's and timm's weights (torch's VGG ends in a
+        linear layer; their provenance says so, in any file format), what the graph
+        declares for ONNX, else probabilities (Keras's last layer is a softmax); the table
+        is in docs/heads.md. Keyword arguments override what was inferred
+        (``classifier_activation="softmax"`` for probabilities from any file).
 
         Parameters
         ----------
@@ -282,7 +286,11 @@ class VGG:
                 source.provenance,
                 where=source.path,
                 layout=source.layout,
-            ).replace(**kwargs)
+            )
+            declared = "classifier_activation" in source.info  # an ONNX graph's own
+            if source.provenance.family in _TORCH_FAMILIES and not declared:
+                kwargs.setdefault("classifier_activation", None)  # logits, as torch returns
+            network = network.replace(**kwargs)
             return cls(**network.arguments(), weights=source, **runtime)
 
     # -- weights --------------------------------------------------------------------
@@ -790,6 +798,9 @@ def _weights_path(
         return hub.resolve(name, include_top, batch_norm=batch_norm, download_missing=download)
     return weights
 
+
+# Their models return logits: `from_file` follows the file's framework (docs/heads.md).
+_TORCH_FAMILIES = (formats.Family.TORCHVISION, formats.Family.TIMM)
 
 # The arguments of `VGG` that say how it runs and where its weights come from, not what it is.
 _RUNTIME = ("seed", "allow_nonfinite", "conv_algorithm", "threads", "download")

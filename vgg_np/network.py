@@ -236,18 +236,29 @@ def _missing(network: Network, expected: dict, weights: Mapping) -> list[str]:
         return []
     problems = [f"missing: {', '.join(missing)}"]
     top = {"predictions"} | {f"fc{i}" for i in range(1, len(network.config.fc) + 1)}
-    if network.include_top and network.head is None and set(missing) >= top:
+    notop = network.include_top and network.head is None and set(missing) >= top
+    if notop and not _extra_names(network, expected, weights):  # not a head of its own
         problems.append("it has no classifier (a 'notop' file?): use include_top=False")
     return problems
 
 
-def _extra(network: Network, expected: dict, weights: Mapping) -> list[str]:
-    extra = [
+def _extra_names(network: Network, expected: dict, weights: Mapping) -> list[str]:
+    return [
         name
         for name in weights
         if name not in expected and (network.include_top or name.startswith("block"))
     ]
-    return [f"not in this model: {', '.join(extra)}"] if extra else []
+
+
+def _extra(network: Network, expected: dict, weights: Mapping) -> list[str]:
+    extra = _extra_names(network, expected, weights)
+    if not extra:
+        return []
+    # Layers this network cannot hold: a head of one's own, batch norms, other widths.
+    return [
+        f"not in this model: {', '.join(extra)}; VGG.from_file(path) builds the network a "
+        "file describes (its own head, batch norms, widths) and loads it"
+    ]
 
 
 def _describe_tensors(names: tuple[str, ...], shapes: tuple[tuple, ...]) -> str:

@@ -310,7 +310,7 @@ def open_weights(path: str | os.PathLike, *, theano_flip: bool = True) -> Iterat
         If the format is unknown, the file is damaged, hostile or inconsistent, or not a
         regular file (a `FileFormatError`, naming the file).
     ImportError
-        If the format needs an optional package that is missing (torch, onnx).
+        If the format needs an optional package that is missing (onnx).
     OSError
         If the file does not exist or cannot be opened.
 
@@ -355,7 +355,7 @@ def write_weights(
     ----------
     path : str or os.PathLike
         ``.npz`` (vgg_np), ``.h5`` (Keras Applications layout), ``.safetensors`` or
-        ``.pth`` / ``.pt`` (torchvision state dict; ``.pth`` needs torch).
+        ``.pth`` / ``.pt`` (torchvision state dict, written as ``torch.save`` does).
     weights : dict
         Keras layer name -> (kernel, bias), Keras layout.
     layout : {"torchvision", "keras"}, optional
@@ -379,8 +379,6 @@ def write_weights(
     ------
     ValueError
         On an unknown extension or layout.
-    ImportError
-        For ``.pth`` without torch.
 
     Examples
     --------

@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -36,11 +35,11 @@ from vgg_np.formats._common import (
     open_regular,
     pair_flat,
     read_exactly,
+    stored_member_offset,
 )
 from vgg_np.formats.architecture_record import from_record, to_record
 from vgg_np.formats.contract import Family, Provenance, WeightSource
 
-_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 PROVENANCE_KEY = "__provenance__"
 ARCHITECTURE_KEY = "__architecture__"
 #: Largest provenance entry read (it is a few hundred bytes).
@@ -77,11 +76,10 @@ def _parse_npy_header(fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def _stored_header(fp: BinaryIO, info: zipfile.ZipInfo, where: str) -> _Header:
-    fp.seek(info.header_offset)
-    signature, name_len, extra_len = _LOCAL_HEADER.unpack(fp.read(_LOCAL_HEADER.size))
-    if signature != b"PK\x03\x04":
-        raise FileFormatError(f"{where}: damaged zip entry")
-    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    try:
+        start = stored_member_offset(fp, info)
+    except FileFormatError:
+        raise FileFormatError(f"{where}: damaged zip entry") from None
     fp.seek(start)
     shape, fortran, dtype = _parse_npy_header(fp, where)
     header_len = fp.tell() - start
