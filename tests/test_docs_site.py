@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -261,6 +262,7 @@ def _screenshot(driver, element, name: str) -> None:
         "'header').offsetHeight - 16)",
         element,
     )
+    time.sleep(0.5)  # the header's title fades from the site's name to the page's, 0.25 s
     target = _artefacts() / name
     assert driver.save_screenshot(str(target)) and target.stat().st_size > 10_000
 
