@@ -131,6 +131,25 @@ def test_every_naive_kernel_is_shown_with_its_code_beside_its_explanation(site):
 
 
 @pytest.mark.docs
+def test_source_lines_show_the_code_as_the_package_holds_it_or_fail_the_build():
+    pytest.importorskip("latex2mathml", reason="needs the `docs` extra")
+    spec = importlib.util.spec_from_file_location("vgg_np_site_hooks", CONFIG.parent / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    from vgg_np import ops
+
+    page = hooks.on_page_markdown("Before.\n\n<!-- source: vgg_np/ops.py relu -->\n\nAfter.\n")
+    line = inspect.getsourcelines(ops.relu)[1]
+    assert f'```python title="vgg_np/ops.py, line {line}: relu (docstring left out)"' in page
+    assert all(code in page for code in _code_lines(ops.relu)) and '"""' not in page
+    assert page.startswith("Before.") and page.endswith("After.\n")
+    with pytest.raises(
+        ValueError, match=r"vgg_np/ops\.py has no top-level function 'conv2d_loops'"
+    ):
+        hooks.on_page_markdown("<!-- source: vgg_np/ops.py conv2d_loops -->\n")
+
+
+@pytest.mark.docs
 def test_links_read_as_titles_not_file_names(site):
     bad = []
     for page in _pages(site):
