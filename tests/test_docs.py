@@ -107,3 +107,38 @@ def test_notebooks_are_text_without_outputs():
         assert path.suffix == ".py", f"{path.name}: keep notebooks as jupytext percent .py"
         text = path.read_text()
         assert "format_name: percent" in text and text.count("# %%") >= 5, path.name
+
+
+NUMBERS = {"no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7}
+# "`conv2d_naive` computes exactly that, as four loops", "`dense_naive` is two loops, ..."
+LOOP_WORDS = re.compile(
+    r"`[^`]*?\b(\w+_naive)`([^.;`]{0,60}?)\b(" + "|".join(NUMBERS) + r") (?:nested )?loops?\b"
+)
+
+
+def naive_kernels() -> dict[str, object]:
+    from vgg_np import backward, ops
+
+    return {name: getattr(module, name) for module in (ops, backward)
+            for name in module.__all__ if name.endswith("_naive")}  # fmt: skip
+
+
+def test_every_naive_kernel_is_described_with_the_loops_its_code_has():
+    import ast
+    import inspect
+    import textwrap
+
+    kernels = naive_kernels()
+    said: dict[str, list[tuple[str, str]]] = {}
+    for page in PAGES:
+        for name, _, number in LOOP_WORDS.findall(page.read_text()):
+            said.setdefault(name, []).append((page.name, number))
+    wrong = []
+    for name, function in kernels.items():
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        loops = sum(isinstance(node, ast.For) for node in ast.walk(tree))
+        wrong += [f"{page} says {number} loops in {name}, its code has {loops}"
+                  for page, number in said.get(name, []) if NUMBERS[number] != loops]  # fmt: skip
+    missing = sorted(set(kernels) - set(said))
+    assert not missing, f"no page says how many loops these have: {', '.join(missing)}"
+    assert not wrong, "\n".join(wrong)

@@ -5,8 +5,8 @@ forward pass, `vgg_np.layers.forward`); only the arithmetic is reorganised for s
 
 - **Winograd F(m x m, 3 x 3)** (Lavin and Gray, 2016) for 3x3 stride-1 "same"
   convolutions: each a x a input tile (a = m + 2) is transformed once (``B^T d B``), the
-  kernels once at load (``G g G^T``), and an m x m output tile costs a*a multiplies per
-  input-output channel pair instead of 9*m*m: 2.25x fewer for F(2x2), 4x fewer for
+  kernels once at load (``G g G^T``), and an m x m output tile costs ``a*a`` multiplies per
+  input-output channel pair instead of ``9*m*m``: 2.25x fewer for F(2x2), 4x fewer for
   F(4x4), at the price of larger rounding error (measured in the tests and docs).
   The transforms are small BLAS matrix products over a chunk of about 1 MB, so that
   they run in cache: columns first, rows straight from strided windows of the result.

@@ -210,7 +210,7 @@ class VGG:
         return self.network.parameter_shapes()
 
     def he_normal(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Draw seeded weights: He-normal kernels and N(0, 0.1**2) biases.
+        """Draw seeded weights: He-normal kernels and ``N(0, 0.1**2)`` biases.
 
         Kernels are ``N(0, 2 / fan_in)`` with ``fan_in = KH * KW * C`` (``in`` for dense
         layers), so ReLU activations keep their scale through the network. Biases are

@@ -85,7 +85,7 @@ print(np.sum(window * kernel[:, :, :, o]), y_gemm[0, i, j, o])
 # %% [markdown]
 # ## im2col: the whole layer as one matrix product
 #
-# Every window becomes one row of 3 * 3 * 3 = 27 values; the kernel becomes a 27 x 4
+# Every window becomes one row of `3*3*3 = 27` values; the kernel becomes a 27 x 4
 # matrix. The price is memory: each pixel is copied up to 9 times.
 
 # %%
