@@ -726,10 +726,14 @@ def add_compare(commands) -> None:
             "run by onnxruntime. NCHW or NHWC is detected per layer. States how many layers "
             "were compared; exit code 1 when a layer diverges (the first one is named) or "
             "when a layer asked for (by default every layer but flatten) is missing. "
-            "Probabilities compared with logits are recognised and said."
+            "Each layer is also recomputed alone from your own input to it, and at a "
+            "failing layer the usual bugs are tried and the one that reproduces your output "
+            "is named. Probabilities compared with logits are compared after softmax and "
+            "said. With --images, vgg_np preprocesses the raw pictures itself and compares "
+            "your input tensor with it as the first row."
         ),
         examples=[
-            "vgg-np compare vgg16.h5 keras_acts.npz --oracle",
+            "vgg-np compare vgg16.h5 keras_acts.npz --oracle --images a.png b.png",
             "vgg-np compare vgg16.onnx --onnx --input x.npy --json",
             "vgg-np compare vgg16.pth torch_acts.npz --layers block1_conv1,fc1",
         ],
@@ -744,6 +748,19 @@ def add_compare(commands) -> None:
     )
     compare.add_argument(
         "--onnx", action="store_true", help="run WEIGHTS (an .onnx) in onnxruntime"
+    )
+    compare.add_argument(
+        "--images",
+        nargs="+",
+        metavar="IMAGE",
+        help="the raw pictures your input was made from, in batch order: vgg_np "
+        "preprocesses them itself and compares your input as the first row",
+    )
+    compare.add_argument(
+        "--preprocess", choices=MODES, help="with --images: caffe, torch or tf (from the weights)"
+    )
+    compare.add_argument(
+        "--resize", choices=RESIZE_MODES, help="with --images: keras or torchvision (weights)"
     )
     compare.add_argument("--oracle", action="store_true", help="run vgg_np in float64")
     compare.add_argument(
@@ -767,6 +784,10 @@ def _check_compare(args: argparse.Namespace) -> str | None:
         return "--onnx needs --input X.npy, the preprocessed input"
     if not args.onnx and args.activations is None:
         return "give the other implementation's ACTIVATIONS .npz, or --onnx"
+    if args.onnx and args.images:
+        return "--images needs ACTIVATIONS (your input tensor to check); --onnx takes --input"
+    if (args.preprocess or args.resize) and not args.images:
+        return "--preprocess and --resize say how to read --images: give the pictures"
     return None
 
 
@@ -778,14 +799,17 @@ def run_compare(args: argparse.Namespace) -> int:
         result = compare_onnx(args.weights, x, oracle=args.oracle, **options)
     else:
         arrays = _numpy_file(args.activations)
-        if args.input is None and "input" not in arrays:
+        if args.input is None and "input" not in arrays and not args.images:
             raise ValueError(
                 f"{args.activations}: no input: store it as 'input' in the .npz, "
-                "or pass --input X.npy"
+                "or pass --input X.npy or the raw --images"
             )
-        x = _input_array(args.input) if args.input else _nonempty(arrays["input"], args.activations)
+        x = _input_array(args.input) if args.input else arrays.get("input")
+        x = None if x is None else _nonempty(x, args.input or args.activations)
         dtype = "float64" if args.oracle else "float32"
         model = VGG.from_file(args.weights, dtype=dtype, classifier_activation=None)
+        if args.images:
+            options.update(images=args.images, preprocess=args.preprocess, resize=args.resize)
         result = compare_activations(model, x, arrays, **options)
     print(json.dumps(result.to_dict()) if args.json else result)
     return 0 if result.passed else EXIT_RUNTIME_ERROR
