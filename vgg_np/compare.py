@@ -376,7 +376,7 @@ def _refuse_a_subset(model: VGG, reference: Mapping, candidates: dict) -> None:
             f"the weights: vgg_np read only part of the network ({note}); comparing that "
             "part would leave the rest unchecked"
         )
-    known = set().union(*candidates.values())
+    known = {source for layer in model.layers for source in candidates.get(layer.name, [])}
     modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
     vgg_names = {"flatten", "fc1", "fc2", "predictions", *modules.values()}
     extra = sorted(name for name in reference if name in vgg_names and name not in known)
