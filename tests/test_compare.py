@@ -309,7 +309,7 @@ def test_isolated_mode_finds_a_second_bug_the_first_one_hides(x):
 
     dump = other_implementation(x, flip)
     model = small()
-    kernel, bias = model.weights["predictions"]
+    kernel, _ = model.weights["predictions"]
     dump["predictions"] = dump["fc1"] @ kernel  # and predictions without its bias
     result = compare_activations(model, x, dump)
     assert result.first_divergence == "block2_conv1"
@@ -339,9 +339,8 @@ def test_an_onnx_graph_read_only_in_part_is_refused_not_a_silent_subset(tmp_path
     pytest.importorskip("onnx", reason="needs the optional `onnx` package")
     pytest.importorskip("onnxruntime", reason="needs onnxruntime")
     import onnx
-    from test_formats_onnx import build_graph
-
     from reference.make_keras_reference import TINY, TINY_CLASSES
+    from test_formats_onnx import build_graph
 
     from vgg_np.compare import compare_onnx
 

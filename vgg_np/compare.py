@@ -83,7 +83,10 @@ class LayerComparison:
 
     @property
     def passed_alone(self) -> bool:
-        """Whether the layer, fed the other side's own input, agrees (True when not run)."""
+        """Whether the layer, fed the other side's own input, agrees (True when not run).
+
+        See the class example.
+        """
         return self.alone is None or bool(self.alone <= self.tolerance)
 
     @property
@@ -175,7 +178,10 @@ class Comparison:
 
     @property
     def wrong_alone(self) -> tuple[str, ...]:
-        """The layers that disagree even when fed the other side's own input to them."""
+        """The layers that disagree even when fed the other side's own input to them.
+
+        See the example of `compare_activations`.
+        """
         return tuple(r.name for r in self.rows if not r.passed_alone)
 
     @property
@@ -345,7 +351,7 @@ def _optional_layers(model: VGG, ours: Mapping[str, np.ndarray]) -> set[str]:
         )
         if layer.kind in ("flatten", "dropout") or identity_pool:
             optional.add(layer.name)
-        before = layer.name
+        before = layer.name if layer.name in ours else before
     return optional
 
 
@@ -409,7 +415,7 @@ def _read(ours: dict, reference: Mapping, candidates: dict, model: VGG):
     found = {}
     for layer in model.layers:
         source = next((s for s in candidates.get(layer.name, []) if s in reference), None)
-        if source is not None:
+        if source is not None and layer.name in ours:  # the engine keeps no dropout output
             theirs = np.asarray(reference[source])
             found[layer.name] = (source, theirs, _layouts(theirs.shape, ours[layer.name].shape))
     telling = [next(iter(f)) for _, _, f in found.values() if len(f) == 1 and f != {"-"}]
@@ -446,7 +452,7 @@ def _alone(model: VGG, start: np.ndarray, read: dict, ours: dict) -> tuple[dict,
             fits_next = layer.name in outputs or theirs.shape == ours[layer.name].shape
             x = theirs if fits_next else ours[layer.name]
         else:
-            x = outputs.get(layer.name, ours[layer.name])
+            x = outputs.get(layer.name, ours.get(layer.name, x))
     return outputs, inputs
 
 

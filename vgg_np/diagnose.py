@@ -62,6 +62,12 @@ class Situation:
         The layer is the network's output layer.
     mode : str
         The preprocessing mode expected (the input row only).
+
+    Examples
+    --------
+    >>> s = Situation(Layer("p", "pool"), None, np.ones((1, 2, 2, 1)), np.ones((1, 1, 1, 1)))
+    >>> USUAL_BUGS[7].recompute(s).shape  # average pooling
+    (1, 1, 1, 1)
     """
 
     layer: Layer
@@ -93,6 +99,11 @@ class UsualBug:
     slack : float
         Relative error within which the recomputation reproduces the output, when
         larger than the comparison's tolerance (reduced precision).
+
+    Examples
+    --------
+    >>> [bug.key for bug in USUAL_BUGS if "pool" in bug.kinds]
+    ['average_pooling']
     """
 
     key: str
@@ -124,7 +135,7 @@ class Cause:
         return f"{self.layer} matches {self.what} to {self.error:.0e}: {self.meaning}"
 
     def to_dict(self) -> dict:
-        """JSON-ready fields, and the sentence under ``"text"``."""
+        """Return JSON-ready fields, and the sentence under ``"text"``; see the class example."""
         return {"layer": self.layer, "key": self.key, "error": self.error, "text": str(self)}
 
 
