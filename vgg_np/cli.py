@@ -807,7 +807,11 @@ def run_compare(args: argparse.Namespace) -> int:
         x = _input_array(args.input) if args.input else arrays.get("input")
         x = None if x is None else _nonempty(x, args.input or args.activations)
         dtype = "float64" if args.oracle else "float32"
-        model = VGG.from_file(args.weights, dtype=dtype, classifier_activation=None)
+        # The reference forward pass, the network's definition: in float32 the engine's
+        # Winograd convolutions round up to 7.3e-6 from the oracle, most of the tolerance.
+        model = VGG.from_file(
+            args.weights, dtype=dtype, classifier_activation=None, conv_algorithm="reference"
+        )
         if args.images:
             options.update(images=args.images, preprocess=args.preprocess, resize=args.resize)
         result = compare_activations(model, x, arrays, **options)
