@@ -231,3 +231,49 @@ def test_two_bugs_are_both_found_in_isolation(zoo):
     assert result.wrong_alone[:1] == ("block2_conv1",) and "fc2" in result.wrong_alone
     assert [(c.layer, c.key) for c in result.causes][:1] == [("block2_conv1", "flipped_kernel")]
     assert ("fc2", "bias_twice") in [(c.layer, c.key) for c in result.causes]
+
+
+# -- what the diagnosis must not do, and hostile pictures ---------------------------------
+
+
+def test_a_bug_outside_the_table_is_located_but_not_named(zoo):
+    weights = dict(zoo["weights"])
+    kernel, bias = weights["block3_conv2"]
+    weights["block3_conv2"] = (kernel * 1.5, bias)  # no usual bug: a wrong scale
+    result = python_compare(zoo, zoo_forward(weights, zoo["pixels"]))
+    assert result.first_divergence == "block3_conv2"
+    assert result.wrong_alone == ("block3_conv2",) and result.causes == ()
+    assert "likely cause" not in str(result)
+
+
+def test_a_picture_count_that_differs_from_the_batch_is_a_failing_row(zoo):
+    dump = zoo_forward(zoo["weights"], zoo["pixels"])
+    model = VGG.from_file(zoo["file"], dtype="float64", classifier_activation=None)
+    x = dump.pop("input")
+    result = compare_activations(model, x, dump, images=zoo["paths"][:1], preprocess="caffe")
+    assert result.first_divergence == "input" and not result.passed
+    assert result.rows[0].problem == "shape 2x32x32x3 where vgg_np has 1x32x32x3"
+    assert result.compared == 19  # the table completes
+
+
+def test_a_damaged_picture_is_one_line_naming_it(zoo, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(zoo["paths"][0].read_bytes()[:60])  # a truncated PNG
+    dump = zoo_forward(zoo["weights"], zoo["pixels"])
+    np.savez(tmp_path / "dump.npz", **dump)
+    run = subprocess.run(
+        [sys.executable, "-m", "vgg_np", "compare", str(zoo["file"]), str(tmp_path / "dump.npz"),
+         "--images", str(broken), str(zoo["paths"][1]), "--preprocess", "caffe"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1 and "broken.png" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    with pytest.raises(ValueError, match=r"broken\.png"):
+        python_compare(zoo | {"paths": [broken, zoo["paths"][1]]}, dict(dump))
+
+
+def test_pictures_without_a_known_preprocessing_are_refused(zoo):
+    model = VGG.from_file(zoo["file"], classifier_activation=None)  # an .npz: no provenance
+    dump = zoo_forward(zoo["weights"], zoo["pixels"])
+    with pytest.raises(ValueError, match="which preprocessing they expect is unknown"):
+        compare_activations(model, dump.pop("input"), dump, images=zoo["paths"])

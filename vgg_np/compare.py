@@ -456,15 +456,22 @@ def _alone(model: VGG, start: np.ndarray, read: dict, ours: dict) -> tuple[dict,
     return outputs, inputs
 
 
+def _shape_problem(theirs: np.ndarray, mine: np.ndarray) -> str:
+    """Say how the shapes differ (the batch size too, when it does)."""
+    first = 0 if theirs.shape[:1] != mine.shape[:1] else 1
+    return (
+        f"shape {'x'.join(map(str, theirs.shape[first:]))} where vgg_np has "
+        f"{'x'.join(map(str, mine.shape[first:]))}"
+    )
+
+
 def _row(model, name, read, mine, recomputed, tolerance, notes):
     """Compare one layer, chained and alone."""
     source, layout, theirs = read[name]
     theirs_alone = theirs
     problem = ""
     if theirs.shape != mine.shape:
-        problem = f"shape {'x'.join(map(str, theirs.shape[1:]))} where vgg_np has " + "x".join(
-            map(str, mine.shape[1:])
-        )
+        problem = _shape_problem(theirs, mine)
     elif name == model.layers[-1].name:
         theirs, mine, note = _as_declared(model, theirs, mine)
         if note:
@@ -610,8 +617,9 @@ def compare_activations(
         notes.append(f"input: {len(pixels)} pictures preprocessed by vgg_np: {prep.mode} "
                      f"mode, {prep.resize} resize ({prep.reason})")  # fmt: skip
         if x is not None:
+            problem = _shape_problem(x, run_x) if x.shape != run_x.shape else ""
             rows.append(LayerComparison("input", "input", run_x.shape[1:], x_layout,
-                                        *_errors(x, run_x), tolerance))  # fmt: skip
+                                        *_errors(x, run_x), tolerance, None, problem))  # fmt: skip
             cause = None if rows[0].passed else diagnose_input(pixels, x, prep.mode,
                                                                 tolerance=tolerance)  # fmt: skip
             causes += [cause] if cause else []
