@@ -361,4 +361,5 @@ def test_an_onnx_graph_read_only_in_part_is_refused_not_a_silent_subset(tmp_path
     np.save(tmp_path / "x.npy", x)
     result = run_cli("compare", str(path), "--onnx", "--input", str(tmp_path / "x.npy"))
     assert result.returncode == 1 and "read only part of the network" in result.stderr
+    assert result.stderr.startswith(f"vgg-np: error: {path}: ")
     assert "agree" not in result.stdout and "Traceback" not in result.stderr

@@ -794,29 +794,40 @@ def _check_compare(args: argparse.Namespace) -> str | None:
 def run_compare(args: argparse.Namespace) -> int:
     """Compare another implementation's activations (or a live ONNX run) with vgg_np."""
     options = {"tolerance": args.tolerance, "layers": args.layers}
-    if args.onnx:
-        x = _input_array(args.input)
-        result = compare_onnx(args.weights, x, oracle=args.oracle, **options)
-    else:
-        arrays = _numpy_file(args.activations)
-        if args.input is None and "input" not in arrays and not args.images:
-            raise ValueError(
-                f"{args.activations}: no input: store it as 'input' in the .npz, "
-                "or pass --input X.npy or the raw --images"
-            )
-        x = _input_array(args.input) if args.input else arrays.get("input")
-        x = None if x is None else _nonempty(x, args.input or args.activations)
-        dtype = "float64" if args.oracle else "float32"
-        # The reference forward pass, the network's definition: in float32 the engine's
-        # Winograd convolutions round up to 7.3e-6 from the oracle, most of the tolerance.
-        model = VGG.from_file(
-            args.weights, dtype=dtype, classifier_activation=None, conv_algorithm="reference"
-        )
-        if args.images:
-            options.update(images=args.images, preprocess=args.preprocess, resize=args.resize)
-        result = compare_activations(model, x, arrays, **options)
+    try:
+        if args.onnx:
+            x = _input_array(args.input)
+            result = compare_onnx(args.weights, x, oracle=args.oracle, **options)
+        else:
+            result = _compare_dump(args, options)
+    except ValueError as error:  # a refusal that names no file names what was compared
+        paths = (args.weights, args.activations, args.input, *(args.images or ()))
+        if any(path and path in str(error) for path in paths):
+            raise
+        raise ValueError(f"{args.activations or args.weights}: {error}") from None
     print(json.dumps(result.to_dict()) if args.json else result)
     return 0 if result.passed else EXIT_RUNTIME_ERROR
+
+
+def _compare_dump(args: argparse.Namespace, options: dict):
+    """Compare the ACTIVATIONS dump with vgg_np on WEIGHTS (from --images if given)."""
+    arrays = _numpy_file(args.activations)
+    if args.input is None and "input" not in arrays and not args.images:
+        raise ValueError(
+            f"{args.activations}: no input: store it as 'input' in the .npz, "
+            "or pass --input X.npy or the raw --images"
+        )
+    x = _input_array(args.input) if args.input else arrays.get("input")
+    x = None if x is None else _nonempty(x, args.input or args.activations)
+    dtype = "float64" if args.oracle else "float32"
+    # The reference forward pass, the network's definition: in float32 the engine's
+    # Winograd convolutions round up to 7.3e-6 from the oracle, most of the tolerance.
+    model = VGG.from_file(
+        args.weights, dtype=dtype, classifier_activation=None, conv_algorithm="reference"
+    )
+    if args.images:
+        options.update(images=args.images, preprocess=args.preprocess, resize=args.resize)
+    return compare_activations(model, x, arrays, **options)
 
 
 def _numpy_file(path: str) -> dict[str, np.ndarray]:
