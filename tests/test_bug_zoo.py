@@ -161,7 +161,8 @@ def python_compare(zoo, dump):
 def cli_compare(zoo, dump, tmp_path):
     path = tmp_path / "dump.npz"
     np.savez(path, **dump)
-    images = [str(p) for p in zoo["paths"]]
+    # The pictures' folder: sorted by name, the batch order.
+    images = [str(zoo["paths"][0].parent)]
     command = [sys.executable, "-m", "vgg_np", "compare", str(zoo["file"]), str(path), "--oracle"]
     run = subprocess.run(
         [*command, "--images", *images, "--preprocess", "caffe", "--json"],

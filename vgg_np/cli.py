@@ -753,8 +753,9 @@ def add_compare(commands) -> None:
         "--images",
         nargs="+",
         metavar="IMAGE",
-        help="the raw pictures your input was made from, in batch order: vgg_np "
-        "preprocesses them itself and compares your input as the first row",
+        help="the raw pictures your input was made from, in batch order (a folder: its "
+        "pictures sorted by name): vgg_np preprocesses them itself and compares your input "
+        "as the first row",
     )
     compare.add_argument(
         "--preprocess", choices=MODES, help="with --images: caffe, torch or tf (from the weights)"
@@ -826,7 +827,8 @@ def _compare_dump(args: argparse.Namespace, options: dict):
         args.weights, dtype=dtype, classifier_activation=None, conv_algorithm="reference"
     )
     if args.images:
-        options.update(images=args.images, preprocess=args.preprocess, resize=args.resize)
+        images = image_paths(args.images)  # folders (sorted) and globs, as predict takes them
+        options.update(images=images, preprocess=args.preprocess, resize=args.resize)
     return compare_activations(model, x, arrays, **options)
 
 
