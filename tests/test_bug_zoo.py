@@ -278,3 +278,55 @@ def test_pictures_without_a_known_preprocessing_are_refused(zoo):
     dump = zoo_forward(zoo["weights"], zoo["pixels"])
     with pytest.raises(ValueError, match="which preprocessing they expect is unknown"):
         compare_activations(model, dump.pop("input"), dump, images=zoo["paths"])
+
+
+# -- the table itself ------------------------------------------------------------------------
+
+
+def test_every_usual_bug_is_told_apart_from_the_others():
+    """Each entry's own recomputation, taken as the output, is named as that entry."""
+    from vgg_np.diagnose import USUAL_BUGS, Situation, diagnose
+    from vgg_np.layers import KINDS, Layer
+
+    rng = np.random.default_rng(4)
+    layers = {
+        "conv": (Layer("c", "conv", 5, "relu"), (rng.standard_normal((3, 3, 3, 5)),
+                                                 rng.standard_normal(5)), (2, 6, 7, 3)),
+        "pool": (Layer("p", "pool"), None, (2, 6, 8, 3)),
+        "dense": (Layer("d", "dense", 6, None), (rng.standard_normal((12, 6)),
+                                                 rng.standard_normal(6)), (3, 12)),
+        "flatten": (Layer("f", "flatten"), None, (2, 2, 3, 2)),
+    }  # fmt: skip
+    assert {kind for bug in USUAL_BUGS for kind in bug.kinds} <= set(KINDS)
+    assert len({bug.key for bug in USUAL_BUGS}) == len(USUAL_BUGS)
+    checked = []
+    for bug in USUAL_BUGS:
+        for kind in bug.kinds:
+            layer, params, shape = layers[kind]
+            x = rng.standard_normal(shape)
+            options = {"flat_hwc": (2, 3, 2), "last": True}
+            if bug.key == "float16":
+                x = x.astype(np.float16).astype(np.float64)
+            # The layer computed that wrong way is the "other implementation's" output.
+            situation = Situation(layer, params, x, np.zeros(1), **options)
+            theirs = bug.recompute(situation) if bug.key != "dropout_on" else None
+            if theirs is None or (bug.key == "float16" and kind != "conv"):
+                continue
+            cause = diagnose(layer, params, x, theirs, tolerance=1e-9, **options)
+            assert cause is not None and cause.key == bug.key, (bug.key, kind, cause)
+            checked.append(bug.key)
+    assert len(set(checked)) == len(USUAL_BUGS) - 1  # dropout_on: tested on its own below
+
+
+def test_dropout_is_named_and_a_correct_layer_is_not_called_dropout():
+    from vgg_np import ops
+    from vgg_np.diagnose import diagnose
+    from vgg_np.layers import Layer
+
+    rng = np.random.default_rng(6)
+    layer, params = Layer("fc1", "dense", 8, "relu"), (rng.standard_normal((10, 8)), np.ones(8))
+    x = rng.standard_normal((4, 10))
+    right = ops.relu(ops.dense(x, *params))
+    dropped = np.where(rng.random(right.shape) < 0.5, 0.0, right * 2.0)
+    assert diagnose(layer, params, x, dropped, tolerance=1e-9).key == "dropout_on"
+    assert diagnose(layer, params, x, right * 1.3, tolerance=1e-9) is None
