@@ -363,3 +363,10 @@ def test_an_onnx_graph_read_only_in_part_is_refused_not_a_silent_subset(tmp_path
     assert result.returncode == 1 and "read only part of the network" in result.stderr
     assert result.stderr.startswith(f"vgg-np: error: {path}: ")
     assert "agree" not in result.stdout and "Traceback" not in result.stderr
+    # A graph that ends at the feature map (a VGG without its top) is all read: compared.
+    reshape = next(i for i, n in enumerate(graph.graph.node) if n.op_type == "Transpose")
+    del graph.graph.node[reshape:]
+    graph.graph.output[0].name = source
+    onnx.save(graph, path)
+    result = compare_onnx(path, x)
+    assert result.passed and result.compared == 18, str(result)

@@ -155,11 +155,11 @@ def _requested_layers(model: VGG, layers, optional: set[str]) -> tuple[list[str]
 
 def _refuse_a_subset(model: VGG, reference: Mapping, candidates: dict) -> None:
     """Refuse when the other side has layers vgg_np did not read: never a silent subset."""
-    note = model.weights_info.get("note")
-    if note and not model.include_top:
+    unread = model.weights_info.get("unread_ops")  # an ONNX graph's nodes after the base
+    if unread:
         raise ValueError(
-            f"the weights: vgg_np read only part of the network ({note}); comparing that "
-            "part would leave the rest unchecked"
+            f"vgg_np read only part of the network ({model.weights_info.get('note')}); "
+            f"comparing that part would leave the rest ({', '.join(unread)}) unchecked"
         )
     known = {source for layer in model.layers for source in candidates.get(layer.name, [])}
     modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
