@@ -212,27 +212,33 @@ def _read(ours: dict, reference: Mapping, candidates: dict, model: VGG):
     return read, usual
 
 
-def _alone(model: VGG, start: np.ndarray, read: dict, ours: dict) -> tuple[dict, dict]:
-    """Run each layer on the other side's own input to it: (outputs, inputs) by layer.
+def _alone(model: VGG, start: np.ndarray, read: dict, ours: dict, tolerance: float):
+    """Run each layer on the other side's own input to it.
 
-    Where the other side lacks a layer, or its output cannot feed the next layer, the
-    walk goes on from vgg_np's own value, so one bug does not hide or cause the next.
+    Returns the relative error of each layer so run, and the input of each layer that
+    fails (kept for the diagnosis; the others are let go as the walk goes on). Where the
+    other side lacks a layer, or its output cannot feed the next layer, the walk goes on
+    from vgg_np's own value, so one bug does not hide or cause the next.
     """
-    weights = model.weights
-    outputs, inputs, x = {}, {}, np.asarray(start, model.dtype)
+    weights, last = model.weights, model.layers[-1].name
+    errors, failing, x = {}, {}, np.asarray(start, model.dtype)
     for layer in model.layers:
-        inputs[layer.name] = x
         try:
-            outputs[layer.name] = forward([layer], weights, x)
+            y = forward([layer], weights, x)
         except ValueError:  # their input to it does not fit the layer: not run alone
-            pass
-        if layer.name in read:
-            theirs = np.asarray(read[layer.name][2], model.dtype)
-            fits_next = layer.name in outputs or theirs.shape == ours[layer.name].shape
-            x = theirs if fits_next else ours[layer.name]
-        else:
-            x = outputs.get(layer.name, ours.get(layer.name, x))
-    return outputs, inputs
+            y = None
+        if layer.name not in read:
+            x = y if y is not None else ours.get(layer.name, x)
+            continue
+        theirs = np.asarray(read[layer.name][2], model.dtype)
+        if y is not None:
+            pair = _as_declared(model, theirs, y)[:2] if layer.name == last else (theirs, y)
+            errors[layer.name] = _errors(*pair)[1]
+            if not errors[layer.name] <= tolerance:  # NaN fails too
+                failing[layer.name] = x
+        usable = y is not None or theirs.shape == ours[layer.name].shape
+        x = theirs if usable else ours[layer.name]
+    return errors, failing
 
 
 def _shape_problem(theirs: np.ndarray, mine: np.ndarray) -> str:
@@ -244,10 +250,9 @@ def _shape_problem(theirs: np.ndarray, mine: np.ndarray) -> str:
     )
 
 
-def _row(model, name, read, mine, recomputed, tolerance, notes):
-    """Compare one layer, chained and alone."""
+def _row(model, name, read, mine, alone, tolerance, notes):
+    """Compare one layer chained; `alone` is its error fed the other side's own input."""
     source, layout, theirs = read[name]
-    theirs_alone = theirs
     problem = ""
     if theirs.shape != mine.shape:
         problem = _shape_problem(theirs, mine)
@@ -256,14 +261,9 @@ def _row(model, name, read, mine, recomputed, tolerance, notes):
         if note:
             notes.append(note)
             problem = "compared as probabilities"
-            if name in recomputed:
-                theirs_alone, recomputed[name], _ = _as_declared(
-                    model, theirs_alone, recomputed[name]
-                )
     max_abs, max_rel = _errors(theirs, mine)
-    alone = _errors(theirs_alone, recomputed[name])[1] if name in recomputed else None
     return LayerComparison(name, source, mine.shape[1:], layout or "?", max_abs, max_rel,
-                           tolerance, alone, problem)  # fmt: skip
+                           tolerance, alone.get(name), problem)  # fmt: skip
 
 
 def _pictures(model: VGG, images: Sequence, preprocess: str | None, resize: str | None):
@@ -289,24 +289,21 @@ def _user_input(model: VGG, x) -> tuple[np.ndarray | None, str]:
     return x, "NHWC"
 
 
-def _diagnoses(model, rows, read, inputs, ours, tolerance) -> list[Cause]:
+def _diagnoses(model: VGG, failing: dict, read: dict, ours: dict, tolerance: float) -> list[Cause]:
     """Name the usual bug behind each layer that is wrong fed the other side's own input."""
-    weights, first = model.weights, next((r.name for r in rows if not r.passed), None)
-    names = [layer.name for layer in model.layers]
+    weights, names = model.weights, [layer.name for layer in model.layers]
     flat_hwc, fc1 = None, None
     if "flatten" in names:  # the first dense layer's rows follow the flatten order
         flat_hwc = ours[_flatten_input(model)].shape[1:]  # (H, W, C)
         after = model.layers[names.index("flatten") + 1 :]
         fc1 = next((layer.name for layer in after if layer.kind == "dense"), None)
     causes = []
-    for row in rows:
-        if row.name not in names or (row.passed_alone and row.name != first):
-            continue
-        layer = model.layers[names.index(row.name)]
-        theirs = np.asarray(read[row.name][2], np.float64)
+    for name, x in failing.items():
+        layer = model.layers[names.index(name)]
+        theirs = np.asarray(read[name][2], np.float64)
         cause = diagnose(
-            layer, weights.get(row.name), inputs[row.name], theirs, tolerance=tolerance,
-            last=layer is model.layers[-1], flat_hwc=flat_hwc if row.name == fc1 else None,
+            layer, weights.get(name), x, theirs, tolerance=tolerance,
+            last=layer is model.layers[-1], flat_hwc=flat_hwc if name == fc1 else None,
         )  # fmt: skip
         if cause is not None:
             causes.append(cause)
@@ -415,16 +412,17 @@ def compare_activations(
             f"{model.config.name}; use Keras layer names (block1_conv1, ...) or torchvision "
             "module names (features.1, ...)"
         )
-    recomputed, inputs = _alone(model, x if x is not None else run_x, read, ours)
+    alone, failing = _alone(model, x if x is not None else run_x, read, ours, tolerance)
     rows += [
-        _row(model, name, read, ours[name], recomputed, tolerance, notes)
+        _row(model, name, read, ours[name], alone, tolerance, notes)
         for name in wanted
         if name in read
     ]
     missing = [name for name in wanted if name not in read and name not in optional]
     if layout:
         notes.append(f"your 4-D arrays read as {layout} (by the layers whose shape tells)")
-    causes += _diagnoses(model, rows, read, inputs, ours, tolerance)
+    causes += _diagnoses(model, {n: failing[n] for n in wanted if n in failing}, read, ours,
+                         tolerance)  # fmt: skip
     return Comparison(
         tuple(rows), model.dtype.name, tuple(missing), tuple(notes), layout, tuple(causes)
     )
