@@ -185,16 +185,12 @@ def _float16(s: Situation) -> np.ndarray | None:
     That is float16 arithmetic's result within its rounding, whatever the order of the
     other side's sums.
     """
-    if not np.array_equal(s.theirs, s.theirs.astype(np.float16)):
-        return None  # float16 arithmetic gives float16 numbers
-    half = Situation(
-        s.layer,
-        tuple(p.astype(np.float16).astype(np.float64) for p in s.params),
-        s.x.astype(np.float16).astype(np.float64),
-        s.theirs,
-    )
-    y = KINDS[s.layer.kind].forward(half.layer, half.params, half.x)
-    return _activate(s, y).astype(np.float16).astype(s.x.dtype)
+    with np.errstate(over="ignore"):  # beyond float16's range: not float16 numbers
+        if not np.array_equal(s.theirs, s.theirs.astype(np.float16)):
+            return None  # float16 arithmetic gives float16 numbers
+        params = tuple(p.astype(np.float16).astype(np.float64) for p in s.params)
+        y = KINDS[s.layer.kind].forward(s.layer, params, s.x.astype(np.float16).astype(np.float64))
+        return _activate(s, y).astype(np.float16).astype(s.x.dtype)
 
 
 def _average_pool(s: Situation) -> np.ndarray:
