@@ -109,11 +109,18 @@ def test_missing_layers_are_listed_and_nothing_matching_is_an_error(x):
         compare_activations(small(), x, {"conv_0": np.zeros(3)})
 
 
-def test_misshaped_reference_is_an_error(x):
-    with pytest.raises(
-        ValueError, match=r"block1_conv1 \('block1_conv1'\): shape \(2, 5\) fits neither"
-    ):
-        compare_activations(small(), x, {"block1_conv1": np.zeros((2, 5))})
+def test_a_misshaped_layer_is_a_failing_row_and_the_table_completes(x):
+    dump = other_implementation(x)
+    dump["block1_conv1"] = np.zeros((2, 5))
+    result = compare_activations(small(), x, dump)
+    rows = {r.name: r for r in result.rows}
+    assert result.compared == 13 and not result.missing  # every layer still compared
+    assert result.first_divergence == "block1_conv1" and rows["block1_conv1"].max_rel == np.inf
+    assert rows["block1_conv1"].problem == "shape 5 where vgg_np has 64x64x4"
+    # Alone, the next layers are fed vgg_np's own value where the dump's cannot be used.
+    assert all(r.passed for r in result.rows[1:]) and result.wrong_alone == ("block1_conv1",)
+    assert "shape 5 where vgg_np has 64x64x4" in str(result)
+    assert result.to_dict()["layers"][0]["max_rel"] is None
 
 
 def run_cli(*args):
@@ -201,25 +208,28 @@ def test_probabilities_against_logits_are_recognised(x):
     dump = other_implementation(x)  # small() gives logits
     dump["predictions"] = softmax64(dump["predictions"].astype(np.float64))
     result = compare_activations(small(), x, dump)
-    assert not result.passed and result.first_divergence == "predictions"
-    (note,) = result.notes
-    assert note.startswith(
-        "predictions: the other implementation's output holds probabilities (softmax applied) "
-        "where vgg_np gives logits; after softmax they agree"
+    # A model whose declared output is probabilities is not a false alarm.
+    assert result.passed and result.rows[-1].problem == "compared as probabilities"
+    note = result.notes[0]
+    assert note == (
+        "predictions: your output holds probabilities, vgg_np's logits: compared after softmax"
     )
     assert f"note: {note}" in str(result)
+    dump["predictions"] = softmax64(dump["predictions"][:, ::-1].astype(np.float64))
+    assert compare_activations(small(), x, dump).first_divergence == "predictions"
 
 
 def test_logits_against_probabilities_are_recognised(x):
     dump = other_implementation(x)  # logits
     with_softmax = VGG(SMALL, classes=5, classifier_activation="softmax", seed=7)
     result = compare_activations(with_softmax, x, dump)
-    assert not result.passed
-    assert "holds logits where vgg_np gives probabilities" in result.notes[0]
-    assert "after softmax they agree" in result.notes[0]
+    assert result.passed
+    assert "your output holds logits, vgg_np's probabilities" in result.notes[0]
     # A real disagreement is not dressed up as a softmax mix-up.
-    dump["predictions"] = dump["predictions"] + 1.0
-    assert compare_activations(small(), x, dump).notes == ()
+    dump["predictions"] = dump["predictions"] * 1.5
+    result = compare_activations(small(), x, dump)
+    assert result.first_divergence == "predictions"
+    assert not any("softmax" in note for note in result.notes)
 
 
 def test_cli_compare_fails_on_a_partial_dump_and_reports_json(tmp_path, x):
@@ -244,5 +254,119 @@ def test_cli_compare_fails_on_a_partial_dump_and_reports_json(tmp_path, x):
     np.savez(probabilities, input=x, **dump)
     result = run_cli("compare", str(weights), str(probabilities), "--json")
     report = json.loads(result.stdout)
-    assert result.returncode == 1 and report["first_divergence"] == "predictions"
-    assert "probabilities (softmax applied) where vgg_np gives logits" in report["notes"][0]
+    assert result.returncode == 0 and report["passed"], result.stdout
+    assert "your output holds probabilities, vgg_np's logits" in report["notes"][0]
+
+
+# -- the comparison's fields, layouts and layer set ------------------------------------------
+
+
+def test_verdict_is_a_property_like_passed_and_still_callable(x):
+    result = compare_activations(small(), x, other_implementation(x))
+    assert result.verdict == "all 13 layers agree within tolerance"
+    assert result.verdict() == result.verdict  # the former method's call keeps working
+    assert json.loads(json.dumps(result.to_dict()))["verdict"] == result.verdict
+
+
+def test_the_layout_assumed_is_said(x):
+    ours = other_implementation(x)
+    nchw = {k: (v.transpose(0, 3, 1, 2) if v.ndim == 4 else v) for k, v in ours.items()}
+    del nchw["flatten"]  # an NCHW flatten runs C, H, W: left out here
+    result = compare_activations(small(), x, nchw)
+    assert result.passed and result.layout == "NCHW"
+    assert "your 4-D arrays read as NCHW" in str(result)
+    assert compare_activations(small(), x, ours).layout == "NHWC"
+
+
+def test_an_identity_avgpool_is_not_demanded_of_a_keras_layout_implementation():
+    # torchvision-provenance weights give vgg_np an avgpool (the identity at this size);
+    # an implementation in Keras's layout has none and is not wrong for it.
+    torchlike = VGG(SMALL, classes=5, classifier_activation=None, seed=7, adaptive_pool=2)
+    assert "avgpool" in [layer.name for layer in torchlike.layers]
+    x = np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    dump = {k: v for k, v in torchlike.activations(x).items() if k != "avgpool"}
+    result = compare_activations(torchlike, x, dump)
+    assert result.passed and not result.missing, str(result)
+    # Where the pool does something (a larger input), leaving it out is a missing layer.
+    bigger = np.random.default_rng(1).standard_normal((2, 128, 128, 3)).astype(np.float32)
+    dump = {k: v for k, v in torchlike.activations(bigger).items() if k != "avgpool"}
+    assert compare_activations(torchlike, bigger, dump).missing == ("avgpool",)
+
+
+def test_a_dump_with_layers_the_weights_lack_is_refused(x):
+    base = VGG(SMALL, include_top=False, seed=7)
+    logits = module_names(SMALL.conv_names(), 2)["predictions"]  # torchvision's name
+    dump = base.activations(x) | {"fc1": np.zeros((2, 16)), logits: np.zeros((2, 5))}
+    with pytest.raises(ValueError, match=rf"layers the weights' network does not have "
+                                         rf"\({logits}, fc1\)"):  # fmt: skip
+        compare_activations(base, x, dump)
+
+
+def test_isolated_mode_finds_a_second_bug_the_first_one_hides(x):
+    def flip(weights):
+        kernel, bias = weights["block2_conv1"]
+        weights["block2_conv1"] = (kernel[::-1, ::-1].copy(), bias)
+
+    dump = other_implementation(x, flip)
+    model = small()
+    kernel, _ = model.weights["predictions"]
+    dump["predictions"] = dump["fc1"] @ kernel  # and predictions without its bias
+    result = compare_activations(model, x, dump)
+    assert result.first_divergence == "block2_conv1"
+    assert result.wrong_alone == ("block2_conv1", "predictions")
+    causes = {(c.layer, c.key) for c in result.causes}
+    assert causes == {("block2_conv1", "flipped_kernel"), ("predictions", "missing_bias")}
+
+
+def test_cli_compare_images_need_a_dump_and_modes_need_images(tmp_path, x):
+    weights = tmp_path / "w.npz"
+    small().save_weights(weights)
+    result = run_cli("compare", str(weights), "--onnx", "--input", "x.npy", "--images", "a.png")
+    assert result.returncode == 2 and "--images needs ACTIVATIONS" in result.stderr
+    acts = tmp_path / "acts.npz"
+    np.savez(acts, input=x, **other_implementation(x))
+    result = run_cli("compare", str(weights), str(acts), "--preprocess", "caffe")
+    assert result.returncode == 2 and "give the pictures" in result.stderr
+    result = run_cli("compare", str(weights), str(acts), "--images", str(tmp_path / "gone.png"),
+                     "--preprocess", "caffe")  # fmt: skip
+    assert result.returncode == 1 and "gone.png" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.onnx
+@pytest.mark.onnxruntime
+def test_an_onnx_graph_read_only_in_part_is_refused_not_a_silent_subset(tmp_path):
+    pytest.importorskip("onnx", reason="needs the optional `onnx` package")
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    import onnx
+    from reference.make_keras_reference import TINY, TINY_CLASSES
+    from test_formats_onnx import build_graph
+
+    from vgg_np.compare import compare_onnx
+
+    original = VGG(TINY, classes=TINY_CLASSES, classifier_activation=None, seed=3)
+    graph = build_graph(original.weights, style="torch")
+    # A wrong flatten order: H and W swapped before the Reshape.
+    reshape = next(i for i, n in enumerate(graph.graph.node) if n.op_type == "Reshape")
+    source = graph.graph.node[reshape].input[0]
+    graph.graph.node[reshape].input[0] = "swapped"
+    graph.graph.node.insert(
+        reshape, onnx.helper.make_node("Transpose", [source], ["swapped"], perm=[0, 1, 3, 2])
+    )
+    path = tmp_path / "wrong_flatten.onnx"
+    onnx.save(graph, path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(ValueError, match="vgg_np read only part of the network"):
+        compare_onnx(path, x)
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("compare", str(path), "--onnx", "--input", str(tmp_path / "x.npy"))
+    assert result.returncode == 1 and "read only part of the network" in result.stderr
+    assert result.stderr.startswith(f"vgg-np: error: {path}: ")
+    assert "agree" not in result.stdout and "Traceback" not in result.stderr
+    # A graph that ends at the feature map (a VGG without its top) is all read: compared.
+    reshape = next(i for i, n in enumerate(graph.graph.node) if n.op_type == "Transpose")
+    del graph.graph.node[reshape:]
+    graph.graph.output[0].name = source
+    onnx.save(graph, path)
+    result = compare_onnx(path, x)
+    assert result.passed and result.compared == 18, str(result)

@@ -45,7 +45,8 @@ PUBLIC_MODULES = [
     "vgg_np.ops", "vgg_np.backward", "vgg_np.layers", "vgg_np.lowering", "vgg_np.engine",
     "vgg_np.config", "vgg_np.network",
     "vgg_np.summary", "vgg_np.architecture", "vgg_np.model", "vgg_np.formats",
-    "vgg_np.preprocess", "vgg_np.compare", "vgg_np.visualize", "vgg_np.train", "vgg_np.vectors",
+    "vgg_np.preprocess", "vgg_np.diagnose", "vgg_np.compare", "vgg_np.visualize", "vgg_np.train",
+    "vgg_np.vectors",
     "vgg_np.progress", "vgg_np.hub", "vgg_np.streams", "vgg_np.extract",
     "vgg_np.distributed",
 ]  # fmt: skip

@@ -797,11 +797,16 @@ def add_compare(commands) -> None:
             "module names (features.1, ...) or, with --onnx, the ONNX model's own tensors "
             "run by onnxruntime. NCHW or NHWC is detected per layer. States how many layers "
             "were compared; exit code 1 when a layer diverges (the first one is named) or "
-            "when a layer asked for (by default every layer but flatten) is missing. "
-            "Probabilities compared with logits are recognised and said."
+            "when a layer asked for is missing (by default every layer but flatten, dropout and an "
+            "avgpool that is the identity at this size). "
+            "Each layer is also recomputed alone from your own input to it, and at a "
+            "failing layer the usual bugs are tried and the one that reproduces your output "
+            "is named. Probabilities compared with logits are compared after softmax and "
+            "said. With --images, vgg_np preprocesses the raw pictures itself and compares "
+            "your input tensor with it as the first row."
         ),
         examples=[
-            "vgg-np compare vgg16.h5 keras_acts.npz --oracle",
+            "vgg-np compare vgg16.h5 keras_acts.npz --oracle --images a.png b.png",
             "vgg-np compare vgg16.onnx --onnx --input x.npy --json",
             "vgg-np compare vgg16.pth torch_acts.npz --layers block1_conv1,fc1",
         ],
@@ -816,6 +821,20 @@ def add_compare(commands) -> None:
     )
     compare.add_argument(
         "--onnx", action="store_true", help="run WEIGHTS (an .onnx) in onnxruntime"
+    )
+    compare.add_argument(
+        "--images",
+        nargs="+",
+        metavar="IMAGE",
+        help="the raw pictures your input was made from, in batch order (a folder: its "
+        "pictures sorted by name): vgg_np preprocesses them itself and compares your input "
+        "as the first row",
+    )
+    compare.add_argument(
+        "--preprocess", choices=MODES, help="with --images: caffe, torch or tf (from the weights)"
+    )
+    compare.add_argument(
+        "--resize", choices=RESIZE_MODES, help="with --images: keras or torchvision (weights)"
     )
     compare.add_argument("--oracle", action="store_true", help="run vgg_np in float64")
     compare.add_argument(
@@ -839,30 +858,55 @@ def _check_compare(args: argparse.Namespace) -> str | None:
         return "--onnx needs --input X.npy, the preprocessed input"
     if not args.onnx and args.activations is None:
         return "give the other implementation's ACTIVATIONS .npz, or --onnx"
+    if args.onnx and args.images:
+        return "--images needs ACTIVATIONS (your input tensor to check); --onnx takes --input"
+    if (args.preprocess or args.resize) and not args.images:
+        return "--preprocess and --resize say how to read --images: give the pictures"
     return None
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """Compare another implementation's activations (or a live ONNX run) with vgg_np."""
     options = {"tolerance": args.tolerance, "layers": args.layers}
-    if args.onnx:
-        x = _input_array(args.input)
-        result = compare_onnx(args.weights, x, oracle=args.oracle, **options)
-    else:
-        arrays = _numpy_file(args.activations)
-        if args.input is None and "input" not in arrays:
-            raise ValueError(
-                f"{args.activations}: no input: store it as 'input' in the .npz, "
-                "or pass --input X.npy"
-            )
-        x = _input_array(args.input) if args.input else _nonempty(arrays["input"], args.activations)
-        dtype = "float64" if args.oracle else "float32"
-        model = VGG.from_file(  # channels last whatever the graph takes (layouts per layer)
-            args.weights, dtype=dtype, classifier_activation=None, data_format="channels_last"
-        )
-        result = compare_activations(model, x, arrays, **options)
+    try:
+        if args.onnx:
+            x = _input_array(args.input)
+            result = compare_onnx(args.weights, x, oracle=args.oracle, **options)
+        else:
+            result = _compare_dump(args, options)
+    except ValueError as error:  # a refusal that names no file names what was compared
+        paths = (args.weights, args.activations, args.input, *(args.images or ()))
+        if any(path and path in str(error) for path in paths):
+            raise
+        raise ValueError(f"{args.activations or args.weights}: {error}") from None
     print(json.dumps(result.to_dict()) if args.json else result)
     return 0 if result.passed else EXIT_RUNTIME_ERROR
+
+
+def _compare_dump(args: argparse.Namespace, options: dict):
+    """Compare the ACTIVATIONS dump with vgg_np on WEIGHTS (from --images if given)."""
+    arrays = _numpy_file(args.activations)
+    if args.input is None and "input" not in arrays and not args.images:
+        raise ValueError(
+            f"{args.activations}: no input: store it as 'input' in the .npz, "
+            "or pass --input X.npy or the raw --images"
+        )
+    x = _input_array(args.input) if args.input else arrays.get("input")
+    x = None if x is None else _nonempty(x, args.input or args.activations)
+    dtype = "float64" if args.oracle else "float32"
+    # The reference forward pass, the network's definition: in float32 the engine's
+    # Winograd convolutions round up to 7.3e-6 from the oracle, most of the tolerance.
+    model = VGG.from_file(  # channels last whatever the graph takes (layouts per layer)
+        args.weights,
+        dtype=dtype,
+        classifier_activation=None,
+        conv_algorithm="reference",
+        data_format="channels_last",
+    )
+    if args.images:
+        images = image_paths(args.images)  # folders (sorted) and globs, as predict takes them
+        options.update(images=images, preprocess=args.preprocess, resize=args.resize)
+    return compare_activations(model, x, arrays, **options)
 
 
 def _numpy_file(path: str) -> dict[str, np.ndarray]:

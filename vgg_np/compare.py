@@ -5,178 +5,45 @@ torchvision module names or ONNX tensor names, NCHW or NHWC) or a live model (a 
 module, an ONNX file run by onnxruntime). vgg_np runs the same weights on the same input,
 in float32 or, as the oracle, in float64, and reports per layer the shape, the layout it
 detected, the max absolute and relative errors, and whether they are within tolerance.
+
+Each layer is compared twice: *chained* (vgg_np's own forward pass from the input) and
+*alone* (vgg_np recomputes the layer from the other implementation's own input to it), so
+that one bug neither hides nor causes the next. Given the raw pictures, vgg_np preprocesses
+them itself and compares the other side's input tensor as the first row. At a failing
+layer, the usual bugs (`vgg_np.diagnose`) are tried and the one that reproduces the other
+side's output is named.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from vgg_np.architecture import infer_architecture
-from vgg_np.formats import Family, Provenance, WeightSource, torchvision
+from vgg_np.comparison import Comparison, LayerComparison, Verdict
+from vgg_np.diagnose import Cause, diagnose, diagnose_input
+from vgg_np.formats import Family, Provenance, WeightSource, choose_preprocessing, torchvision
+from vgg_np.layers import forward
 from vgg_np.model import VGG
 from vgg_np.ops import softmax
+from vgg_np.preprocess import load_image, preprocess_input
+from vgg_np.streams import input_size
 
-__all__ = ["Comparison", "LayerComparison", "compare_activations", "compare_onnx", "compare_torch"]
+__all__ = [
+    "Comparison",
+    "LayerComparison",
+    "Verdict",
+    "compare_activations",
+    "compare_onnx",
+    "compare_torch",
+]
 
 #: Default tolerance on max |error| / max |vgg_np|. vgg_np float32 and float64 differ
 #: from Keras float32 by at most 4.9e-6 on full-size VGG16 (docs/verification.md).
 DEFAULT_TOLERANCE = 1e-5
-
-
-@dataclass(frozen=True)
-class LayerComparison:
-    """One row of a `Comparison`.
-
-    Examples
-    --------
-    >>> row = LayerComparison("fc1", "classifier.1", (4096,), "-", 0.02, 1e-3, 1e-5)
-    >>> row.passed
-    False
-    """
-
-    name: str
-    source_name: str
-    shape: tuple
-    layout: str
-    max_abs: float
-    max_rel: float
-    tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        """Whether the relative error is within tolerance (NaN fails); see the class example."""
-        return bool(self.max_rel <= self.tolerance)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Per-layer errors of another implementation against vgg_np.
-
-    A comparison passes only when every layer asked for was compared and agrees: a
-    layer missing from the other side's output fails it, so a dump that matches 1 of
-    22 layers cannot pass by accident.
-
-    Attributes
-    ----------
-    rows : tuple of LayerComparison
-        The compared layers, in model order.
-    oracle_dtype : str
-        vgg_np's dtype ("float64" for the oracle).
-    missing : tuple of str
-        Layers asked for but absent from the other implementation's output.
-    notes : tuple of str
-        What vgg_np recognised about a failure (e.g. probabilities against logits).
-
-    Examples
-    --------
-    >>> ok = LayerComparison("block1_conv1", "features.1", (224, 224, 64), "NCHW", 1e-6, 3e-7, 1e-5)
-    >>> bad = LayerComparison("fc1", "classifier.1", (4096,), "-", 0.02, 1e-3, 1e-5)
-    >>> result = Comparison((ok, bad), "float64", ())
-    >>> result.passed, result.first_divergence
-    (False, 'fc1')
-    >>> print(str(result).splitlines()[-1])
-    first diverging layer: fc1
-    >>> partial = Comparison((ok,), "float64", ("block1_conv2",))
-    >>> partial.passed, partial.compared, partial.requested
-    (False, 1, 2)
-    >>> print(str(partial).splitlines()[-1])
-    FAIL: only 1/2 layers compared
-    """
-
-    rows: tuple[LayerComparison, ...]
-    oracle_dtype: str
-    missing: tuple[str, ...]
-    notes: tuple[str, ...] = ()
-
-    @property
-    def compared(self) -> int:
-        """How many layers were compared; see the `Comparison` example."""
-        return len(self.rows)
-
-    @property
-    def requested(self) -> int:
-        """How many layers were asked for (compared + missing); see the class example."""
-        return len(self.rows) + len(self.missing)
-
-    @property
-    def first_divergence(self) -> str | None:
-        """Name of the first layer whose error exceeds the tolerance, or None.
-
-        See the `Comparison` example.
-        """
-        return next((r.name for r in self.rows if not r.passed), None)
-
-    @property
-    def passed(self) -> bool:
-        """True when every layer asked for was compared and agrees; see the class example."""
-        return self.first_divergence is None and not self.missing
-
-    def verdict(self) -> str:
-        """One line: what passed or the first reason it failed; see the class example."""
-        if self.first_divergence is not None:
-            return f"first diverging layer: {self.first_divergence}"
-        if self.missing:
-            return f"FAIL: only {self.compared}/{self.requested} layers compared"
-        return f"all {self.compared} layers agree within tolerance"
-
-    def to_dict(self) -> dict:
-        """Return the comparison as JSON-ready data (non-finite errors become None).
-
-        Examples
-        --------
-        >>> row = LayerComparison("fc1", "fc1", (4,), "-", float("nan"), float("nan"), 1e-5)
-        >>> Comparison((row,), "float32", ("fc2",)).to_dict()["layers"][0]["max_rel"] is None
-        True
-        """
-
-        def number(value: float) -> float | None:
-            return value if np.isfinite(value) else None
-
-        layers = [
-            {"name": r.name, "source_name": r.source_name, "shape": list(r.shape),
-             "layout": r.layout, "max_abs": number(r.max_abs), "max_rel": number(r.max_rel),
-             "tolerance": r.tolerance, "passed": r.passed}
-            for r in self.rows
-        ]  # fmt: skip
-        return {
-            "passed": self.passed,
-            "oracle_dtype": self.oracle_dtype,
-            "compared": self.compared,
-            "requested": self.requested,
-            "missing": list(self.missing),
-            "first_divergence": self.first_divergence,
-            "notes": list(self.notes),
-            "verdict": self.verdict(),
-            "layers": layers,
-        }
-
-    def __str__(self) -> str:
-        first = self.first_divergence
-        lines = [
-            f"compared with vgg_np in {self.oracle_dtype}; error = max |other - vgg_np|, "
-            "relative to max |vgg_np|",
-            f"{'layer':<14}{'as':<26}{'shape':<18}{'layout':<7}{'max abs':>10}"
-            f"{'max rel':>10}{'tol':>8}  result",
-        ]
-        for r in self.rows:
-            status = "ok" if r.passed else "FAIL"
-            if r.name == first:
-                status += "  <-- first divergence"
-            lines.append(
-                f"{r.name:<14}{r.source_name[:25]:<26}{'x'.join(map(str, r.shape)):<18}"
-                f"{r.layout:<7}{r.max_abs:>10.2e}{r.max_rel:>10.2e}{r.tolerance:>8.0e}  {status}"
-            )
-        lines.append(f"{self.compared}/{self.requested} layers compared")
-        if self.missing:
-            lines.append(f"not in the other implementation's output: {', '.join(self.missing)}")
-        lines += [f"note: {note}" for note in self.notes]
-        lines.append(self.verdict())
-        return "\n".join(lines)
 
 
 def source_names(model: VGG, extra: Mapping[str, str] | None = None) -> dict[str, list[str]]:
@@ -213,7 +80,12 @@ def _flatten_input(model: VGG) -> str:
 
 
 def _errors(theirs: np.ndarray, mine: np.ndarray) -> tuple[float, float]:
-    """(max |theirs - mine|, that over max |mine|): vgg_np's usual error figures."""
+    """(max |theirs - mine|, that over max |mine|): vgg_np's usual error figures.
+
+    inf when the shapes differ: a shape mismatch is a failing row, not an error.
+    """
+    if np.shape(theirs) != np.shape(mine):
+        return float("inf"), float("inf")
     error = np.abs(np.asarray(theirs, np.float64) - mine)
     max_abs = float(np.max(error)) if error.size else 0.0
     scale = float(np.max(np.abs(mine))) if mine.size else 0.0
@@ -227,35 +99,50 @@ def _is_distribution(y: np.ndarray) -> bool:
     return y.ndim == 2 and bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
 
 
-def _softmax_mismatch(name: str, theirs: np.ndarray, mine: np.ndarray, tolerance: float):
-    """Say so when one side holds probabilities and the other logits, else None."""
-    theirs_p, mine_p = _is_distribution(theirs), _is_distribution(mine)
-    if theirs_p == mine_p:
-        return None
-    theirs64, mine64 = np.asarray(theirs, np.float64), np.asarray(mine, np.float64)
+def _as_declared(model: VGG, theirs: np.ndarray, mine: np.ndarray):
+    """Bring the output layer's two sides to the same quantity: (theirs, mine, note).
+
+    A dump of probabilities where vgg_np gives logits (or the reverse) is compared after
+    softmax, and the note says so; a softmax over the wrong axis is left for the diagnosis.
+    """
+    name = model.layers[-1].name
+    theirs_p, mine_p = _is_distribution(theirs), model.layers[-1].activation == "softmax"
+    if theirs.shape != mine.shape or theirs_p == mine_p:
+        return theirs, mine, None
     if theirs_p:
-        what = "probabilities (softmax applied) where vgg_np gives logits"
-        _, error = _errors(theirs64, softmax(mine64))
-    else:
-        what = "logits where vgg_np gives probabilities (softmax applied)"
-        _, error = _errors(softmax(theirs64), mine64)
-    agree = "they agree" if error <= tolerance else "they still disagree"
-    return (
-        f"{name}: the other implementation's output holds {what}; after softmax {agree} "
-        f"(max rel {error:.1e}); compare the same quantity on both sides"
-    )
+        note = f"{name}: your output holds probabilities, vgg_np's logits: compared after softmax"
+        return theirs, softmax(np.asarray(mine, np.float64)), note
+    note = f"{name}: your output holds logits, vgg_np's probabilities: compared after softmax"
+    return softmax(np.asarray(theirs, np.float64)), mine, note
 
 
-def _requested_layers(model: VGG, layers) -> tuple[list[str], set[str]]:
+def _optional_layers(model: VGG, ours: Mapping[str, np.ndarray]) -> set[str]:
+    """Layers an implementation of this architecture may lack without being wrong.
+
+    ``flatten`` (a reshape, no torchvision module), dropout (the identity at inference)
+    and an adaptive average pool that is the identity at this input size (torchvision's
+    ``avgpool`` at 224x224, which a Keras-layout implementation does not have).
+    """
+    optional, before = set(), None
+    for layer in model.layers:
+        identity_pool = (
+            layer.kind == "adaptive_avg" and ours[layer.name].shape == ours[before].shape
+        )
+        if layer.kind in ("flatten", "dropout") or identity_pool:
+            optional.add(layer.name)
+        before = layer.name if layer.name in ours else before
+    return optional
+
+
+def _requested_layers(model: VGG, layers, optional: set[str]) -> tuple[list[str], set[str]]:
     """Return the layers to compare and those of them that may be absent.
 
-    By default all of the model's, and ``flatten`` (a reshape without arithmetic, which
-    torchvision has no module for) may be absent: a wrong flatten order shows at fc1.
-    Layers named explicitly in `layers` must all be present.
+    By default all of the model's, the `optional` ones only when present. Layers named
+    explicitly in `layers` must all be present.
     """
     names = [layer.name for layer in model.layers]
     if layers is None:
-        return names, {layer.name for layer in model.layers if layer.kind == "flatten"}
+        return names, optional
     layers = list(layers)
     unknown = [name for name in layers if name not in names]
     if unknown or not layers:
@@ -266,41 +153,184 @@ def _requested_layers(model: VGG, layers) -> tuple[list[str], set[str]]:
     return [name for name in names if name in layers], set()
 
 
-def _match(ours: dict, reference: Mapping, candidates: dict, wanted: list[str]):
-    """Pair each wanted layer with the reference array naming it: (matched, absent)."""
-    matched, absent = [], []
-    for name in wanted:
-        source = next((s for s in candidates.get(name, []) if s in reference), None)
-        if source is None:
-            absent.append(name)
+def _refuse_a_subset(model: VGG, reference: Mapping, candidates: dict) -> None:
+    """Refuse when the other side has layers vgg_np did not read: never a silent subset."""
+    unread = model.weights_info.get("unread_ops")  # an ONNX graph's nodes after the base
+    if unread:
+        raise ValueError(
+            f"vgg_np read only part of the network ({model.weights_info.get('note')}); "
+            f"comparing that part would leave the rest ({', '.join(unread)}) unchecked"
+        )
+    known = {source for layer in model.layers for source in candidates.get(layer.name, [])}
+    modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
+    vgg_names = {"flatten", "fc1", "fc2", "predictions", *modules.values()}
+    extra = sorted(name for name in reference if name in vgg_names and name not in known)
+    if extra:
+        raise ValueError(
+            f"the other implementation's output holds layers the weights' network does not "
+            f"have ({', '.join(extra)}): compare with weights of the whole network"
+        )
+
+
+def _to_nhwc(theirs: np.ndarray, mine: np.ndarray, layout: str) -> np.ndarray:
+    """Return the other side's array in vgg_np's layout: by `layout`, or a guess if none fits.
+
+    A shape that fits neither layout (a bug changed it) is read NCHW when its second
+    axis has vgg_np's channel count and its last does not, so the diagnosis can still
+    look at it.
+    """
+    guess_nchw = theirs.ndim == 4 and theirs.shape[1] == mine.shape[3] != theirs.shape[3]
+    if layout.startswith("NCHW") or (not layout and guess_nchw):
+        return theirs.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+    return theirs
+
+
+def _read(ours: dict, reference: Mapping, candidates: dict, model: VGG):
+    """Each layer the other side holds: name -> (source name, layout, NHWC array).
+
+    The layout is "" when the shape fits neither NHWC nor NCHW; a shape such as
+    (N, 8, 8, 8) reads both ways and follows the layers whose shape is telling.
+    """
+    found = {}
+    for layer in model.layers:
+        source = next((s for s in candidates.get(layer.name, []) if s in reference), None)
+        if source is not None and layer.name in ours:  # the engine keeps no dropout output
+            theirs = np.asarray(reference[source])
+            found[layer.name] = (source, theirs, _layouts(theirs.shape, ours[layer.name].shape))
+    telling = [next(iter(f)) for _, _, f in found.values() if len(f) == 1 and f != {"-"}]
+    usual = max(("NHWC", "NCHW"), key=telling.count) if telling else ""
+    read = {}
+    for name, (source, theirs, fits) in found.items():
+        layout = next(iter(fits)) if len(fits) == 1 else (f"{usual or 'NHWC'}?" if fits else "")
+        theirs = _to_nhwc(theirs, ours[name], layout)
+        if name == "flatten" and usual == "NCHW" and fits:
+            # An NCHW implementation flattens C, H, W: reorder to vgg_np's H, W, C.
+            n, h, w, c = ours[_flatten_input(model)].shape
+            theirs = theirs.reshape(n, c, h, w).transpose(0, 2, 3, 1).reshape(n, -1)
+            layout = "NCHW"
+        read[name] = (source, layout, theirs)
+    return read, usual
+
+
+def _alone(model: VGG, start: np.ndarray, read: dict, ours: dict, tolerance: float):
+    """Run each layer on the other side's own input to it.
+
+    Returns the relative error of each layer so run, and the input of each layer that
+    fails (kept for the diagnosis; the others are let go as the walk goes on). Where the
+    other side lacks a layer, or its output cannot feed the next layer, the walk goes on
+    from vgg_np's own value, so one bug does not hide or cause the next.
+    """
+    weights, last = model.weights, model.layers[-1].name
+    errors, failing, x = {}, {}, np.asarray(start, model.dtype)
+    for layer in model.layers:
+        try:
+            y = forward([layer], weights, x)
+        except ValueError:  # their input to it does not fit the layer: not run alone
+            y = None
+        if layer.name not in read:
+            x = y if y is not None else ours.get(layer.name, x)
             continue
-        mine, theirs = ours[name], np.asarray(reference[source])
-        fits = _layouts(theirs.shape, mine.shape)
-        if not fits:
-            raise ValueError(
-                f"{name} ({source!r}): shape {theirs.shape} fits neither NHWC {mine.shape} nor NCHW"
-            )
-        matched.append((name, source, theirs, mine, fits))
-    return matched, absent
+        theirs = np.asarray(read[layer.name][2], model.dtype)
+        if y is not None:
+            pair = _as_declared(model, theirs, y)[:2] if layer.name == last else (theirs, y)
+            errors[layer.name] = _errors(*pair)[1]
+            if not errors[layer.name] <= tolerance:  # NaN fails too
+                failing[layer.name] = x
+        usable = y is not None or theirs.shape == ours[layer.name].shape
+        x = theirs if usable else ours[layer.name]
+    return errors, failing
+
+
+def _shape_problem(theirs: np.ndarray, mine: np.ndarray) -> str:
+    """Say how the shapes differ (the batch size too, when it does)."""
+    first = 0 if theirs.shape[:1] != mine.shape[:1] else 1
+    return (
+        f"shape {'x'.join(map(str, theirs.shape[first:]))} where vgg_np has "
+        f"{'x'.join(map(str, mine.shape[first:]))}"
+    )
+
+
+def _row(model, name, read, mine, alone, tolerance, notes):
+    """Compare one layer chained; `alone` is its error fed the other side's own input."""
+    source, layout, theirs = read[name]
+    problem = ""
+    if theirs.shape != mine.shape:
+        problem = _shape_problem(theirs, mine)
+    elif name == model.layers[-1].name:
+        theirs, mine, note = _as_declared(model, theirs, mine)
+        if note:
+            notes.append(note)
+            problem = "compared as probabilities"
+    max_abs, max_rel = _errors(theirs, mine)
+    return LayerComparison(name, source, mine.shape[1:], layout or "?", max_abs, max_rel,
+                           tolerance, alone.get(name), problem)  # fmt: skip
+
+
+def _pictures(model: VGG, images: Sequence, preprocess: str | None, resize: str | None):
+    """vgg_np's own decoding of the raw pictures: (RGB pixels, preprocessed input, mode)."""
+    images = [os.fspath(p) for p in images]
+    if not images:
+        raise ValueError("`images` is empty: give the pictures the input was made from")
+    prep = choose_preprocessing(model.weights_provenance, preprocess=preprocess, resize=resize)
+    size = input_size(model)
+    pixels = np.stack([load_image(p, size=size, resize=prep.resize) for p in images])
+    return pixels, preprocess_input(pixels, prep.mode), prep  # (N, H, W, 3)
+
+
+def _user_input(model: VGG, x) -> tuple[np.ndarray | None, str]:
+    """Return the other side's input in NHWC, and the layout it was given in."""
+    if x is None:
+        return None, ""
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[1] == model.input_shape[2] and x.shape[3] != model.input_shape[2]:
+        return x.transpose(0, 2, 3, 1), "NCHW"  # (N, C, H, W) -> (N, H, W, C)
+    if x.ndim >= 1 and x.shape[0] == 0:
+        raise ValueError(f"`x` holds no image: shape {x.shape}, an empty batch")
+    return x, "NHWC"
+
+
+def _diagnoses(model: VGG, failing: dict, read: dict, ours: dict, tolerance: float) -> list[Cause]:
+    """Name the usual bug behind each layer that is wrong fed the other side's own input."""
+    weights, names = model.weights, [layer.name for layer in model.layers]
+    flat_hwc, fc1 = None, None
+    if "flatten" in names:  # the first dense layer's rows follow the flatten order
+        flat_hwc = ours[_flatten_input(model)].shape[1:]  # (H, W, C)
+        after = model.layers[names.index("flatten") + 1 :]
+        fc1 = next((layer.name for layer in after if layer.kind == "dense"), None)
+    causes = []
+    for name, x in failing.items():
+        layer = model.layers[names.index(name)]
+        theirs = np.asarray(read[name][2], np.float64)
+        cause = diagnose(
+            layer, weights.get(name), x, theirs, tolerance=tolerance,
+            last=layer is model.layers[-1], flat_hwc=flat_hwc if name == fc1 else None,
+        )  # fmt: skip
+        if cause is not None:
+            causes.append(cause)
+    return causes
 
 
 def compare_activations(
     model: VGG,
-    x: ArrayLike,
+    x: ArrayLike | None,
     reference: Mapping[str, ArrayLike],
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     aliases: Mapping[str, str] | None = None,
     layers: Iterable[str] | None = None,
+    images: Sequence[str | os.PathLike] | None = None,
+    preprocess: str | None = None,
+    resize: str | None = None,
 ) -> Comparison:
-    """Run `model` on `x` and compare every layer with `reference`.
+    """Run `model` on `x` and compare every layer with `reference`, chained and alone.
 
     Parameters
     ----------
     model : VGG
         vgg_np's network with the same weights (``dtype="float64"`` for the oracle).
-    x : array_like, shape (N, H, W, 3) or (N, 3, H, W)
+    x : array_like, shape (N, H, W, 3) or (N, 3, H, W), or None
         The preprocessed input the other implementation was given; NCHW is detected.
+        May be None when `images` is given (the input row is then not compared).
     reference : mapping
         The other implementation's outputs, keyed by Keras layer name, torchvision module
         name (``features.1``, ``classifier.4``, ...) or a name given in `aliases`.
@@ -310,22 +340,32 @@ def compare_activations(
         Keras layer name -> the other implementation's name (e.g. ONNX tensor names).
     layers : iterable of str, optional
         The layers that must be compared (Keras names). Default: all of the model's;
-        ``flatten``, a reshape without arithmetic (torchvision has no module for it), is
-        compared when `reference` holds it. Any layer asked for and missing from
-        `reference` fails the comparison.
+        ``flatten`` (a reshape), dropout and an ``avgpool`` that is the identity at this
+        size may be absent (an implementation in Keras's layout has no ``avgpool``).
+        Any other layer asked for and missing from `reference` fails the comparison.
+    images : sequence of paths, optional
+        The raw pictures `x` was made from, in batch order. vgg_np decodes and
+        preprocesses them itself (`preprocess`, else by the weights' provenance), runs
+        on that, and compares `x` with it as the first row (``input``), naming the
+        usual preprocessing bug when one reproduces `x`.
+    preprocess : {"caffe", "torch", "tf"}, optional
+        With `images`: the preprocessing mode (default: what the weights say).
+    resize : {"keras", "torchvision"}, optional
+        With `images`: how pictures are brought to the input size (default: the weights').
 
     Returns
     -------
     Comparison
-        With a note when the last layer holds probabilities on one side and logits on
-        the other.
+        Chained and alone errors per layer; the output layer compared as probabilities
+        when the other side holds them and vgg_np logits (or the reverse), with a note;
+        shape mismatches as failing rows; the likely cause of each failing layer.
 
     Raises
     ------
     ValueError
         If `x` holds no image, `layers` names a layer the model does not have, no layer
-        of `reference` can be matched, or a matched array has a shape that fits neither
-        NHWC nor NCHW.
+        of `reference` can be matched, or `reference` holds layers the weights'
+        network lacks (e.g. a classifier where the file had none).
 
     Examples
     --------
@@ -334,49 +374,58 @@ def compare_activations(
     >>> model = VGG(tiny, classes=3, seed=0)
     >>> x = np.ones((1, 32, 32, 3), np.float32)
     >>> other = model.activations(x)
-    >>> other["fc1"] = other["fc1"] * 1.01  # a 1% error from fc1 on
-    >>> compare_activations(model, x, other).first_divergence
-    'fc1'
+    >>> other["fc1"] = other["fc1"] * 1.01  # fc1 1% off, but not the layer after it
+    >>> result = compare_activations(model, x, other)
+    >>> result.first_divergence, result.wrong_alone  # predictions fed that fc1 differs too
+    ('fc1', ('fc1', 'predictions'))
     >>> del other["block1_pool"]
-    >>> compare_activations(model, x, other, layers=["block1_conv1", "block1_pool"]).verdict()
+    >>> compare_activations(model, x, other, layers=["block1_conv1", "block1_pool"]).verdict
     'FAIL: only 1/2 layers compared'
     """
     if model.data_format != "channels_last":
         raise ValueError("compare with a channels_last model: layouts are matched per layer")
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[1] == model.input_shape[2] and x.shape[3] != model.input_shape[2]:
-        x = x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
-    if x.ndim >= 1 and x.shape[0] == 0:
-        raise ValueError(f"`x` holds no image: shape {x.shape}, an empty batch")
-    wanted, optional = _requested_layers(model, layers)
-    ours = model.activations(x)
-    matched, absent = _match(ours, reference, source_names(model, aliases), wanted)
-    missing = [name for name in absent if name not in optional]
-    if not matched:
+    x, x_layout = _user_input(model, x)
+    if x is None and images is None:
+        raise ValueError("`x` is None: give the other side's input, or the `images`")
+    rows, notes, causes = [], [], []
+    if images is not None:
+        pixels, run_x, prep = _pictures(model, images, preprocess, resize)
+        notes.append(f"input: {len(pixels)} pictures preprocessed by vgg_np: {prep.mode} "
+                     f"mode, {prep.resize} resize ({prep.reason})")  # fmt: skip
+        if x is not None:
+            problem = _shape_problem(x, run_x) if x.shape != run_x.shape else ""
+            rows.append(LayerComparison("input", "input", run_x.shape[1:], x_layout,
+                                        *_errors(x, run_x), tolerance, None, problem))  # fmt: skip
+            cause = None if rows[0].passed else diagnose_input(pixels, x, prep.mode,
+                                                                tolerance=tolerance)  # fmt: skip
+            causes += [cause] if cause else []
+    else:
+        run_x = x
+    ours = model.activations(run_x)
+    wanted, optional = _requested_layers(model, layers, _optional_layers(model, ours))
+    candidates = source_names(model, aliases)
+    _refuse_a_subset(model, reference, candidates)
+    read, layout = _read(ours, reference, candidates, model)
+    if not read:
         raise ValueError(
             f"none of the reference's arrays ({', '.join(list(reference)[:6])}) names a layer of "
             f"{model.config.name}; use Keras layer names (block1_conv1, ...) or torchvision "
             "module names (features.1, ...)"
         )
-    # A shape like (N, 8, 8, 8) reads both ways: follow the layers whose shape is telling.
-    telling = [next(iter(f)) for *_, f in matched if len(f) == 1 and f != {"-"}]
-    usual = max(("NHWC", "NCHW"), key=telling.count)
-    rows, notes = [], []
-    for name, source, theirs, mine, fits in matched:
-        layout = next(iter(fits)) if len(fits) == 1 else f"{usual}?"
-        if layout.startswith("NCHW"):
-            theirs = theirs.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
-        elif name == "flatten" and usual == "NCHW":
-            # An NCHW implementation flattens C, H, W: reorder to vgg_np's H, W, C.
-            n, h, w, c = ours[_flatten_input(model)].shape
-            theirs = theirs.reshape(n, c, h, w).transpose(0, 2, 3, 1).reshape(n, -1)
-            layout = "NCHW"
-        max_abs, max_rel = _errors(theirs, mine)
-        row = LayerComparison(name, source, mine.shape[1:], layout, max_abs, max_rel, tolerance)
-        rows.append(row)
-        if not row.passed and name == model.layers[-1].name:
-            notes.append(_softmax_mismatch(name, theirs, mine, tolerance))
-    return Comparison(tuple(rows), model.dtype.name, tuple(missing), tuple(filter(None, notes)))
+    alone, failing = _alone(model, x if x is not None else run_x, read, ours, tolerance)
+    rows += [
+        _row(model, name, read, ours[name], alone, tolerance, notes)
+        for name in wanted
+        if name in read
+    ]
+    missing = [name for name in wanted if name not in read and name not in optional]
+    if layout:
+        notes.append(f"your 4-D arrays read as {layout} (by the layers whose shape tells)")
+    causes += _diagnoses(model, {n: failing[n] for n in wanted if n in failing}, read, ours,
+                         tolerance)  # fmt: skip
+    return Comparison(
+        tuple(rows), model.dtype.name, tuple(missing), tuple(notes), layout, tuple(causes)
+    )
 
 
 def compare_torch(

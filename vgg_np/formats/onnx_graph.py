@@ -489,7 +489,9 @@ def read_onnx(path: str | os.PathLike, where: str | None = None) -> WeightSource
                 g.walk, model.graph, node, channels=g.channels, side=side, where=where
             )
         except FileFormatError as error:
-            ops = ", ".join(_remaining(g.walk, node))
+            # The nodes after the base that nothing read: compare refuses to check a subset.
+            info["unread_ops"] = _remaining(g.walk, node)
+            ops = ", ".join(info["unread_ops"])
             info["note"] = (
                 f"convolutional base only; the head is not VGG's ({why}: {ops}) "
                 f"nor one vgg_np reads ({str(error).removeprefix(where + ': ')})"
