@@ -140,7 +140,8 @@ TRANSFORMS: tuple[Transform, ...] = (
               _fixed(lambda k: k[::-1, ::-1])),
     Transform("flipped vertically (KH reversed)", (4,), _fixed(lambda k: k[::-1])),
     Transform("flipped horizontally (KW reversed)", (4,), _fixed(lambda k: k[:, ::-1])),
-    Transform("with input channels reversed (RGB <-> BGR)", (4,), _fixed(lambda k: k[:, :, ::-1])),
+    Transform("with input channels reversed (RGB <-> BGR on the first convolution)", (4,),
+              _fixed(lambda k: k[:, :, ::-1])),
     Transform("with input and output channels swapped (OIHW read as IOHW)", (4,),
               _fixed(lambda k: k.transpose(0, 1, 3, 2))),  # (KH, KW, C, O) -> (KH, KW, O, C)
     Transform("transposed ((out, in) read as (in, out))", (2,), _fixed(lambda k: k.T)),
@@ -151,8 +152,8 @@ TRANSFORMS: tuple[Transform, ...] = (
     Transform("with output channels permuted", (4, 2, 1), _permuted(-1)),
     Transform("with input channels permuted", (4,), _permuted(2)),
     Transform("with input rows permuted", (2,), _permuted(0)),
-    Transform("scaled", (4, 2, 1), _scaled),
     Transform("zeroed (missing)", (4, 2, 1), _fixed(np.zeros_like)),
+    Transform("scaled", (4, 2, 1), _scaled),
 )  # fmt: skip
 
 
@@ -460,8 +461,11 @@ def _named(taps: dict[str, Tap], names: Mapping[str, str] | None) -> dict[str, T
 def _compare(model, x_nhwc, outputs, taps, layers, tolerance, notes) -> Comparison:
     """compare_activations on the captured outputs, the notes said first."""
     aliases = {layer: tap.key for layer, tap in taps.items()}
-    order = [layer.name for layer in model.layers]
-    wanted = list(layers) if layers is not None else [n for n in order if n in taps]
+    # Every layer of the reference, but the reshapes an implementation may do without a
+    # layer of its own (flatten; torchvision's avgpool, the identity at 224x224).
+    optional = ("flatten", "adaptive_avg")
+    order = [n.name for n in model.layers if n.kind not in optional or n.name in taps]
+    wanted = order if layers is None else list(layers)
     result = compare_activations(
         model, x_nhwc, outputs, tolerance=tolerance, aliases=aliases, layers=wanted
     )
@@ -627,7 +631,8 @@ def compare_torch(
         Run vgg_np in float64.
     tolerance : float, default 1e-5
     layers : iterable of str, optional
-        As for `compare_activations`; default every layer the module has.
+        As for `compare_activations`; default every layer of the reference (flatten and
+        torchvision's avgpool when the module has them): one the module lacks fails.
     names : mapping, optional
         vgg_np layer name -> module name, over the inferred map (`torch_layer_names`).
     layout : {"NCHW", "NHWC"}, optional
@@ -739,7 +744,8 @@ def compare_keras(
     x_nhwc, assumed = _layouts(x, 3, layout)
     notes.append(f"input read as {assumed}; the model's output taken as {activation or 'logits'}")
     keys = {tap.key: tap.name for tap in taps.values()}
-    probe = keras.Model(net.inputs, [net.get_layer(name).output for name in keys.values()])
+    inputs = net.inputs[0] if len(net.inputs) == 1 else net.inputs  # as `x` is given
+    probe = keras.Model(inputs, [net.get_layer(name).output for name in keys.values()])
     arrays = probe(x_nhwc.astype(np.float32), training=False)
     outputs = {key: keras.ops.convert_to_numpy(a) for key, a in zip(keys, arrays, strict=True)}
     return _compare(model, x_nhwc, outputs, taps, layers, tolerance, notes)
@@ -779,8 +785,8 @@ def compare_onnx(
     oracle, tolerance, layout
         As for `compare_torch`.
     layers : iterable of str, optional
-        As for `compare_activations`; default: with `weights`, every layer of the
-        reference (a layer the graph lacks fails); without, those found in the graph.
+        As for `compare_activations`; default every layer of the reference (one the
+        graph lacks fails the comparison).
     names : mapping, optional
         vgg_np layer name -> tensor name in the graph, over those the reader found.
 
@@ -822,8 +828,4 @@ def compare_onnx(
     wanted = list(tensor_names.values())
     run = session.run(wanted, {session.get_inputs()[0].name: feed.astype(np.float32)})
     outputs = dict(zip(wanted, run, strict=True))
-    if layers is None and weights is not None:
-        layers = [
-            layer.name for layer in model.layers if layer.kind != "flatten" or layer.name in taps
-        ]
     return _compare(model, x_nhwc, outputs, taps, layers, tolerance, notes)

@@ -840,7 +840,7 @@ def _check(case: Case, actual: np.ndarray) -> CaseResult:
         ratio = np.where(error == 0, 0.0, error / allowed)
     nan = np.isnan(ratio)
     ratio[nan] = np.inf
-    max_abs = float(np.nanmax(error)) if error.size else 0.0
+    max_abs = float(np.max(error)) if error.size else 0.0  # NaN shows as NaN
     return dataclasses.replace(
         row, max_abs=max_abs, worst=float(ratio.max()) if ratio.size else 0.0
     )
