@@ -323,19 +323,25 @@ def _reference(
         "show; pass weights=<the file you loaded> or weights='imagenet'"
     )
     if weights is None and own is not None:
-        return own, [loud]
-    if weights is None:
+        model, notes = own, [loud]
+    elif weights is None:
         inferred = infer_architecture(yours, {}, family)
         inferred.update(input_shape=None, classifier_activation=activation)
         model = VGG(**inferred, dtype=dtype, seed=0)
         model.set_weights(yours, source="the artifact's own weights")
-        return model, [loud]
-    if isinstance(weights, str) and weights == "imagenet":
-        inferred = infer_architecture(yours, {}, family)
-        weights = hub.resolve(inferred["config"].name, inferred["include_top"])
-    model = VGG.from_file(weights, dtype=dtype, classifier_activation=activation)
-    diff = diff_weights(model.weights, yours)
-    return model, [f"reference weights: {os.fspath(weights)}", *diff.lines()]
+        notes = [loud]
+    else:
+        if isinstance(weights, str) and weights == "imagenet":
+            inferred = infer_architecture(yours, {}, family)
+            weights = hub.resolve(inferred["config"].name, inferred["include_top"])
+        model = VGG.from_file(weights, dtype=dtype, classifier_activation=activation)
+        diff = diff_weights(model.weights, yours)
+        notes = [f"reference weights: {os.fspath(weights)}", *diff.lines()]
+    if model.batch_norm is not None:
+        # The engine folds each batch norm into its convolution, which then has no output
+        # of its own to compare; the reference forward pass keeps every layer's.
+        model.conv_algorithm = "reference"
+    return model, notes
 
 
 def _layouts(x: ArrayLike, channels: int, layout: str | None) -> tuple[np.ndarray, str]:
@@ -459,17 +465,21 @@ def _named(taps: dict[str, Tap], names: Mapping[str, str] | None) -> dict[str, T
 
 
 def _compare(model, x_nhwc, outputs, taps, layers, tolerance, notes) -> Comparison:
-    """compare_activations on the captured outputs, the notes said first."""
-    aliases = {layer: tap.key for layer, tap in taps.items()}
+    """Run compare_activations on the captured outputs; the notes are said first.
+
+    The arrays are handed over under vgg_np's names, so that no other implementation's
+    naming convention (torchvision's module numbers) can pair a layer with the wrong
+    array; each row then shows the artifact's own name.
+    """
+    by_layer = {layer: outputs[tap.key] for layer, tap in taps.items() if tap.key in outputs}
     # Every layer of the reference, but the reshapes an implementation may do without a
     # layer of its own (flatten; torchvision's avgpool, the identity at 224x224).
     optional = ("flatten", "adaptive_avg")
     order = [n.name for n in model.layers if n.kind not in optional or n.name in taps]
     wanted = order if layers is None else list(layers)
-    result = compare_activations(
-        model, x_nhwc, outputs, tolerance=tolerance, aliases=aliases, layers=wanted
-    )
-    return dataclasses.replace(result, notes=(*notes, *result.notes))
+    result = compare_activations(model, x_nhwc, by_layer, tolerance=tolerance, layers=wanted)
+    rows = tuple(dataclasses.replace(row, source_name=taps[row.name].key) for row in result.rows)
+    return dataclasses.replace(result, rows=rows, notes=(*notes, *result.notes))
 
 
 def _fc1_rows(tensors: dict) -> None:
@@ -549,12 +559,18 @@ def _training_notes(module, run) -> list[str]:
     import torch
 
     kinds = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
-    training = [n for n, m in module.named_modules() if m.training and isinstance(m, kinds)]
+    training: dict[str, list[str]] = {}  # class name -> the modules in training mode
+    for name, m in module.named_modules():
+        if m.training and isinstance(m, kinds):
+            training.setdefault(type(m).__name__, []).append(name)
     if not training:
         return []
     first, second = run(), run()
     differ = first.shape != second.shape or not torch.equal(first, second)
-    what = ", ".join(training[:4]) + (", ..." if len(training) > 4 else "")
+    what = "; ".join(
+        f"{len(names)} {cls}: {', '.join(names[:3])}{', ...' * (len(names) > 3)}"
+        for cls, names in training.items()
+    )
     said = "outputs differ between two identical calls" if differ else "batch statistics used"
     return [
         f"dropout/BN in training mode: {said} ({what}); vgg_np compares inference: call "
