@@ -1,5 +1,6 @@
-"""`vgg_np.adapters` without any framework: the weight diff names each transform, name maps
-are inferred from module trees, NHWC and NCHW batches are read, and the old imports work.
+"""`vgg_np.weight_diff` and `vgg_np.adapters` without any framework: the weight diff names
+each transform, name maps are inferred from module trees, NHWC and NCHW batches are read,
+and the old imports work.
 The adapters on live torch, Keras and ONNX models are in test_adapters_crosscheck.py."""
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 
 from vgg_np import adapters, compare
-from vgg_np.adapters import TRANSFORMS, WEIGHT_RTOL, diff_weights, name_map
+from vgg_np.adapters import name_map
 from vgg_np.config import VGGConfig
 from vgg_np.model import VGG
+from vgg_np.weight_diff import TRANSFORMS, WEIGHT_RTOL, diff_weights
 
 TINY = VGGConfig("tiny", ((4,), (6,), (8,), (8,), (8,)), fc=(16,), default_size=64)
 

@@ -8,6 +8,8 @@ always come from a file written beside the model, never from the model under tes
 from __future__ import annotations
 
 import os
+import pathlib
+import re
 from importlib import resources
 
 import numpy as np
@@ -278,3 +280,59 @@ def test_compare_onnx_diffs_the_graphs_initializers_against_the_reference(torch_
     assert "input read as NHWC; given to the graph as NCHW" in result.notes
     itself = compare_onnx(path, x)
     assert itself.passed and itself.notes[0].startswith("REFERENCE FROM THE ARTIFACT UNDER TEST")
+
+
+# ---------------------------------------------------------------------------------------
+# The docs' snippets, run as they are written (their doctests are marked +SKIP)
+# ---------------------------------------------------------------------------------------
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "verify-your-implementation.md"
+
+
+def snippet(name: str) -> str:
+    """The `>>>` lines of the block after ``<!-- snippet:NAME -->``, without directives."""
+    block = re.search(rf"<!-- snippet:{name} -->\n```python\n(.*?)```", DOC.read_text(), re.S)
+    lines = [line[4:].split("  # doctest:")[0] for line in block[1].splitlines()]
+    assert 1 <= len(lines) <= 3, f"the {name} snippet should stay a few lines, has {len(lines)}"
+    return "\n".join(lines)
+
+
+def run_snippet(name, namespace, capsys) -> str:
+    exec(snippet(name), namespace)  # the docs' own code
+    return capsys.readouterr().out
+
+
+@pytest.mark.torch
+def test_the_docs_torch_snippet_runs_as_written(torch_vgg, x, tmp_path, monkeypatch, capsys):
+    module, pth = torch_vgg
+    monkeypatch.chdir(pth.parent)
+    pth.rename("vgg16.pth")
+    out = run_snippet("torch", {"model": module, "x": x}, capsys)
+    assert "note: weights: 16/16 tensors equal to the reference" in out
+    assert out.rstrip().endswith("all 15 layers agree within tolerance")
+
+
+@pytest.mark.keras
+def test_the_docs_keras_snippet_runs_as_written(keras_vgg, x, monkeypatch, capsys):
+    from vgg_np.formats import write_weights
+
+    net, npz = keras_vgg
+    monkeypatch.chdir(npz.parent)
+    write_weights("vgg16.h5", VGG.from_file(npz).weights)  # Keras Applications' layout
+    out = run_snippet("keras", {"model": net, "x": x}, capsys)
+    assert "note: weights: 16/16 tensors equal to the reference" in out
+    assert out.rstrip().endswith("all 14 layers agree within tolerance")
+
+
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+def test_the_docs_onnx_snippet_runs_as_written(torch_vgg, x, monkeypatch, capsys):
+    torch = needs("torch")
+    needs("onnxruntime")
+    module, pth = torch_vgg
+    monkeypatch.chdir(pth.parent)
+    pth.rename("vgg16.pth")
+    torch.onnx.export(module, torch.from_numpy(x), "vgg16.onnx", dynamo=False)
+    out = run_snippet("onnx", {"x": x}, capsys)
+    assert "note: weights: 16/16 tensors equal to the reference" in out
+    assert out.rstrip().endswith("all 14 layers agree within tolerance")

@@ -727,6 +727,13 @@ class CaseResult:
         max |actual - expected| / (atol + rtol * |expected|): at most 1 passes.
     error : str
         Why the case did not run or could not be compared ('' when it was).
+
+    Examples
+    --------
+    >>> CaseResult("relu_random", "relu", (2, 3), 0.0, 0.0).passed
+    True
+    >>> CaseResult("relu_random", "relu", (2, 3), error="raised ValueError()").passed
+    False
     """
 
     name: str
@@ -738,7 +745,7 @@ class CaseResult:
 
     @property
     def passed(self) -> bool:
-        """Within the case's tolerance (NaN, a raised error or a wrong shape fail)."""
+        """Within the case's tolerance (NaN, errors, wrong shapes fail); see the class example."""
         return not self.error and bool(self.worst <= 1.0)
 
 
@@ -748,6 +755,13 @@ class VectorsReport:
 
     A report passes when at least one case ran and none failed; cases without a
     function are listed as not run (and counted), never as passed.
+
+    Examples
+    --------
+    >>> ok = CaseResult("relu_random", "relu", (2, 3), 0.0, 0.0)
+    >>> report = VectorsReport((ok,), skipped=("dense_bias",), layout="NHWC")
+    >>> report.passed, str(report).splitlines()[-2:]
+    (True, ['not run (1, no function): dense_bias', 'PASS'])
     """
 
     rows: tuple[CaseResult, ...]
@@ -756,12 +770,12 @@ class VectorsReport:
 
     @property
     def failed(self) -> tuple[CaseResult, ...]:
-        """The rows that failed."""
+        """The rows that failed; see the class example."""
         return tuple(row for row in self.rows if not row.passed)
 
     @property
     def passed(self) -> bool:
-        """True when some case ran and every case that ran passed."""
+        """True when some case ran and every case that ran passed; see the class example."""
         return bool(self.rows) and not self.failed
 
     def __str__(self) -> str:
