@@ -185,3 +185,9 @@ def test_the_moved_functions_are_still_importable_from_compare():
     assert compare.compare_keras is adapters.compare_keras
     with pytest.raises(AttributeError, match="no attribute 'compare_nothing'"):
         compare.compare_nothing  # noqa: B018
+
+
+def test_nonfinite_weights_differ_and_are_not_explained(reference):
+    yours = mangled(reference, "block1_conv1", 0, lambda k: np.where(k > 0, np.nan, k))
+    (row,) = diff_weights(reference, yours).differing
+    assert row.explanation is None and "max rel nan" in row.describe()

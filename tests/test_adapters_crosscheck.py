@@ -336,3 +336,17 @@ def test_the_docs_onnx_snippet_runs_as_written(torch_vgg, x, monkeypatch, capsys
     out = run_snippet("onnx", {"x": x}, capsys)
     assert "note: weights: 16/16 tensors equal to the reference" in out
     assert out.rstrip().endswith("all 14 layers agree within tolerance")
+
+
+@pytest.mark.keras
+def test_compare_keras_without_a_reference_says_so_loudly(keras_vgg, x):
+    net, _ = keras_vgg
+    result = compare_keras(net, x)
+    assert result.passed and result.notes[0].startswith("REFERENCE FROM THE ARTIFACT UNDER TEST")
+
+
+@pytest.mark.torch
+def test_imagenet_as_reference_asks_the_hub_for_the_modules_network(torch_vgg, x):
+    module, _ = torch_vgg
+    with pytest.raises(ValueError, match="ImageNet weights are published for .*not 'tiny'"):
+        compare_torch(module, x, weights="imagenet")

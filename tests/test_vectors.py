@@ -370,3 +370,40 @@ def test_run_vectors_refuses_a_wrong_layout_or_a_directory_without_cases(tmp_pat
         run_vectors([], NHWC_IMPL, layout="HWC")
     with pytest.raises(ValueError, match=r"holds no index\.json"):
         run_vectors(tmp_path, NHWC_IMPL)
+
+
+def damage_truncated_array(out):
+    path = out / "relu_random" / "test_data_set_0" / "input_0.npy"
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def damage_escaping_name(out):
+    index = json.loads((out / "index.json").read_text())
+    index["cases"][0]["name"] = "../../elsewhere"
+    (out / "index.json").write_text(json.dumps(index))
+
+
+def damage_missing_case(out):
+    for path in sorted((out / "dense_bias").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (out / "dense_bias").rmdir()
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda out: (out / "index.json").write_text('{"cases": [{"na'), "JSONDecodeError"),
+        (lambda out: (out / "index.json").write_text('{"cases": [{}]}'), "KeyError('name')"),
+        (damage_truncated_array, "ValueError"),
+        (damage_escaping_name, "'../../elsewhere' is not a directory of"),
+        (damage_missing_case, "FileNotFoundError"),
+    ],
+    ids=["truncated-index", "entry-without-name", "truncated-array", "escaping-name", "gone"],
+)
+def test_run_vectors_refuses_damaged_cases_in_one_line(tmp_path, damage, said):
+    out = tmp_path / "cases"
+    write_vectors(out, config=NARROW_VGG16, encoding="npy")
+    damage(out)
+    with pytest.raises(ValueError, match="a damaged or incomplete set of cases") as raised:
+        run_vectors(out, NHWC_IMPL)
+    assert said in str(raised.value) and str(out / "index.json") in str(raised.value)

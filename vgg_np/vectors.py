@@ -865,24 +865,22 @@ def _read_cases(source) -> list[Case]:
     if not isinstance(source, (str, os.PathLike)):
         return list(source)
     root = pathlib.Path(source)
-    if not (root / "index.json").is_file():
+    index = root / "index.json"
+    if not index.is_file():
         raise ValueError(f"`source`: {root} holds no index.json (write it with `vgg-np vectors`)")
     cases = []
-    for entry in json.loads((root / "index.json").read_text())["cases"]:
-        spec, inputs, outputs = load_case(root / entry["name"])
-        cases.append(
-            Case(
-                spec["name"],
-                spec["kernel"],
-                spec["op"],
-                spec["attributes"],
-                inputs,
-                outputs,
-                spec["rtol"],
-                spec["atol"],
-                spec["description"],
-            )
-        )
+    try:
+        for entry in json.loads(index.read_text())["cases"]:
+            name = entry["name"]
+            if not isinstance(name, str) or pathlib.Path(name).name != name or name in ("", ".."):
+                raise ValueError(f"the case name {name!r} is not a directory of {root}")
+            spec, inputs, outputs = load_case(root / name)
+            fields = ("name", "kernel", "op", "attributes")
+            tolerance = {key: spec[key] for key in ("rtol", "atol", "description")}
+            cases.append(Case(*(spec[key] for key in fields), inputs, outputs, **tolerance))
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as error:
+        # json, numpy and onnx raise their own kinds for a damaged file: one line for all
+        raise ValueError(f"{index}: a damaged or incomplete set of cases: {error!r}") from None
     return cases
 
 
