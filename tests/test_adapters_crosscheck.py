@@ -348,5 +348,5 @@ def test_compare_keras_without_a_reference_says_so_loudly(keras_vgg, x):
 @pytest.mark.torch
 def test_imagenet_as_reference_asks_the_hub_for_the_modules_network(torch_vgg, x):
     module, _ = torch_vgg
-    with pytest.raises(ValueError, match="ImageNet weights are published for .*not 'tiny'"):
+    with pytest.raises(ValueError, match=r"ImageNet weights are published for .*not 'vgg-custom'"):
         compare_torch(module, x, weights="imagenet")

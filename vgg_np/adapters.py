@@ -39,11 +39,12 @@ __all__ = ["Tap", "compare_keras", "compare_onnx", "compare_torch", "name_map", 
 
 
 def _reference(
-    weights, yours: dict, family: str, *, oracle: bool, activation: str | None, own=None
+    weights, yours: dict, family: str, *, oracle: bool, activation, own=None, input_shape=None
 ):
     """Return (reference model, notes): from `weights`, or, loudly, from the artifact.
 
-    `own` is the artifact read as a vgg_np model already (an ONNX file), if it was.
+    `own` is the artifact read as a vgg_np model already (an ONNX file), if it was;
+    `input_shape` (H, W, C) the artifact's, when its classifier needs one.
     """
     dtype = "float64" if oracle else "float32"
     loud = (
@@ -55,7 +56,7 @@ def _reference(
         model, notes = own, [loud]
     elif weights is None:
         inferred = infer_architecture(yours, {}, family)
-        inferred.update(input_shape=None, classifier_activation=activation)
+        inferred.update(input_shape=input_shape, classifier_activation=activation)
         model = VGG(**inferred, dtype=dtype, seed=0)
         model.set_weights(yours, source="the artifact's own weights")
         notes = [loud]
@@ -490,7 +491,10 @@ def compare_keras(
     last = net.layers[-1]
     activation = getattr(getattr(last, "activation", None), "__name__", None)
     activation = "softmax" if activation == "softmax" or type(last).__name__ == "Softmax" else None
-    model, notes = _reference(weights, yours, "keras", oracle=oracle, activation=activation)
+    shape = tuple(net.input_shape[1:])  # (H, W, C)
+    model, notes = _reference(
+        weights, yours, "keras", oracle=oracle, activation=activation, input_shape=shape
+    )
     x_nhwc, assumed = _layouts(x, 3, layout)
     notes.append(f"input read as {assumed}; the model's output taken as {activation or 'logits'}")
     keys = {tap.key: tap.name for tap in taps.values()}
