@@ -280,6 +280,10 @@ def test_compare_onnx_diffs_the_graphs_initializers_against_the_reference(torch_
     assert "input read as NHWC; given to the graph as NCHW" in result.notes
     itself = compare_onnx(path, x)
     assert itself.passed and itself.notes[0].startswith("REFERENCE FROM THE ARTIFACT UNDER TEST")
+    # Node outputs of one's own choosing: the convolution's, before its ReLU, differs.
+    pre_relu = compare_onnx(path, x, names={"block2_conv1": "/features/features.3/Conv_output_0"})
+    row = next(row for row in pre_relu.rows if row.name == "block2_conv1")
+    assert row.source_name == "/features/features.3/Conv_output_0" and not row.passed
 
 
 # ---------------------------------------------------------------------------------------

@@ -108,6 +108,11 @@ class Transform:
     apply: Callable
 
 
+_FLATTEN_ORDER = (
+    "with fc1's rows in the other flatten order (C, H, W against H, W, C: a kernel moved "
+    "between an NCHW and an NHWC network unreordered)"
+)
+
 #: The candidate transforms, tried in this order; the first that makes the reference
 #: equal to yours names the difference. HWIO kernels are ``(KH, KW, C, O)``.
 TRANSFORMS: tuple[Transform, ...] = (
@@ -122,10 +127,10 @@ TRANSFORMS: tuple[Transform, ...] = (
     Transform("with input and output channels swapped (OIHW read as IOHW)", (4,),
               _fixed(lambda k: k.transpose(0, 1, 3, 2))),  # (KH, KW, C, O) -> (KH, KW, O, C)
     Transform("transposed ((out, in) read as (in, out))", (2,), _fixed(lambda k: k.T)),
-    Transform("with fc1's rows in C, H, W order (flatten order of NCHW, vgg_np's is H, W, C)",
-              (2,), _flatten_order(to_chw=True)),
-    Transform("with fc1's rows in H, W, C order (read from C, H, W twice)", (2,),
-              _flatten_order(to_chw=False)),
+    # Either way round it is one bug: an fc1 kernel moved between an NCHW flatten
+    # (C, H, W: PyTorch, ONNX, Theano) and an NHWC one (H, W, C: Keras) without reordering.
+    Transform(_FLATTEN_ORDER, (2,), _flatten_order(to_chw=True)),
+    Transform(_FLATTEN_ORDER, (2,), _flatten_order(to_chw=False)),
     Transform("with output channels permuted", (4, 2, 1), _permuted(-1)),
     Transform("with input channels permuted", (4,), _permuted(2)),
     Transform("with input rows permuted", (2,), _permuted(0)),
