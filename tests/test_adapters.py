@@ -196,3 +196,12 @@ def test_nonfinite_weights_differ_and_are_not_explained(reference):
     yours = mangled(reference, "block1_conv1", 0, lambda k: np.where(k > 0, np.nan, k))
     (row,) = diff_weights(reference, yours).differing
     assert row.explanation is None and "max rel nan" in row.describe()
+
+
+@pytest.mark.parametrize("first", ["fc1", "predictions"])
+def test_the_first_dense_kernel_of_an_nchw_network_is_read_in_hwc_order(first):
+    rows = np.arange(32.0).reshape(32, 1)  # numbered in C, H, W order, C=8, H=W=2
+    tensors = {"block1_conv1": (np.zeros((3, 3, 3, 8)), np.zeros(8)), first: (rows, np.zeros(1))}
+    adapters._fc1_rows(tensors)
+    hwc = tensors[first][0].ravel()
+    assert hwc[:10].tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 1, 5]  # (h=0, w=0, c=0..7), ...

@@ -254,6 +254,9 @@ def test_compare_keras_reads_a_saved_model_with_its_own_layer_names(keras_vgg, x
         compare_keras(tmp_path / "missing.keras", x, weights=npz)
     with pytest.raises(TypeError, match=r"must be a keras\.Model or a path"):
         compare_keras(object(), x, weights=npz)
+    outer = keras.Sequential([keras.Input((64, 64, 3)), net, keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"models of their own; compare the VGG inside"):
+        compare_keras(outer, x, weights=npz)
 
 
 # ---------------------------------------------------------------------------------------

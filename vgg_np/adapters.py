@@ -218,14 +218,16 @@ def _compare(model, x_nhwc, outputs, taps, layers, tolerance, notes) -> Comparis
 
 
 def _fc1_rows(tensors: dict) -> None:
-    """Reorder fc1's rows from an NCHW flatten's C, H, W to vgg_np's H, W, C, in place."""
+    """Reorder the first dense kernel's rows from an NCHW flatten's C, H, W to H, W, C."""
     convs = [name for name in tensors if re.fullmatch(r"block\d+_conv\d+", name)]
-    if "fc1" in tensors and convs:
-        kernel, *rest = tensors["fc1"]
-        channels = kernel.shape[0] and tensors[convs[-1]][0].shape[-1]
-        side = round(np.sqrt(kernel.shape[0] / channels))
-        if side * side * channels == kernel.shape[0]:
-            tensors["fc1"] = (chw_rows_to_hwc(kernel, (channels, side, side)), *rest)
+    first = next((name for name in ("fc1", "predictions") if name in tensors), None)
+    channels = tensors[convs[-1]][0].shape[-1] if convs else 0
+    if first is None or channels == 0:
+        return
+    kernel, *rest = tensors[first]
+    side = round(np.sqrt(kernel.shape[0] / channels))
+    if side * side * channels == kernel.shape[0]:  # else no square grid: left for the diff
+        tensors[first] = (chw_rows_to_hwc(kernel, (channels, side, side)), *rest)
 
 
 # ---------------------------------------------------------------------------------------
@@ -470,8 +472,8 @@ def compare_keras(
     Raises
     ------
     ValueError, TypeError
-        For a path that is no file, an object that is no Keras model, or `x` as for
-        `compare_torch`.
+        For a path that is no file, an object that is no Keras model, a model nesting
+        models (a base under a head of one's own), or `x` as for `compare_torch`.
 
     Examples
     --------
@@ -482,6 +484,12 @@ def compare_keras(
     import keras
 
     net = _keras_model(model_or_path)
+    nested = [layer.name for layer in net.layers if isinstance(layer, keras.Model)]
+    if nested:  # their layers are not the outer model's: the order would pair them wrongly
+        raise ValueError(
+            f"`model_or_path`: the layers {nested} are models of their own; compare the VGG "
+            f"inside (model.get_layer({nested[0]!r}))"
+        )
     taps = _named(name_map((layer.name, type(layer).__name__) for layer in net.layers), names)
     yours = {
         layer: tuple(np.asarray(w) for w in net.get_layer(tap.owner).get_weights())
