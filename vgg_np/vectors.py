@@ -35,7 +35,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -860,28 +860,32 @@ def _check(case: Case, actual: np.ndarray) -> CaseResult:
     )
 
 
-def _read_cases(source) -> list[Case]:
-    """Cases from a `write_vectors` directory (in its index's order) or given as such."""
+def _read_cases(source) -> Iterator[Case]:
+    """Yield the cases given, or a `write_vectors` directory's in its index's order.
+
+    One at a time: full-size VGG16's weigh 650 MB.
+    """
     if not isinstance(source, (str, os.PathLike)):
-        return list(source)
+        yield from source
+        return
     root = pathlib.Path(source)
     index = root / "index.json"
     if not index.is_file():
         raise ValueError(f"`source`: {root} holds no index.json (write it with `vgg-np vectors`)")
-    cases = []
     try:
-        for entry in json.loads(index.read_text())["cases"]:
+        entries = json.loads(index.read_text())["cases"]
+        for entry in entries:
             name = entry["name"]
             if not isinstance(name, str) or pathlib.Path(name).name != name or name in ("", ".."):
                 raise ValueError(f"the case name {name!r} is not a directory of {root}")
             spec, inputs, outputs = load_case(root / name)
             fields = ("name", "kernel", "op", "attributes")
             tolerance = {key: spec[key] for key in ("rtol", "atol", "description")}
-            cases.append(Case(*(spec[key] for key in fields), inputs, outputs, **tolerance))
+            case = Case(*(spec[key] for key in fields), inputs, outputs, **tolerance)
+            yield case
     except (OSError, ValueError, KeyError, TypeError, ImportError) as error:
         # json, numpy and onnx raise their own kinds for a damaged file: one line for all
         raise ValueError(f"{index}: a damaged or incomplete set of cases: {error!r}") from None
-    return cases
 
 
 def run_vectors(
