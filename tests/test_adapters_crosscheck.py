@@ -98,7 +98,7 @@ def test_a_correct_module_passes_against_its_file_and_every_layer_is_compared(to
 
 @pytest.mark.torch
 def test_train_mode_is_reported_and_the_module_left_as_it_was(tmp_path, x):
-    import torch
+    torch = needs("torch")
     from reference.torch_vgg import TorchVGG
 
     torch.manual_seed(0)
@@ -268,6 +268,7 @@ def test_compare_keras_reads_a_saved_model_with_its_own_layer_names(keras_vgg, x
 @pytest.mark.onnxruntime
 def test_compare_onnx_diffs_the_graphs_initializers_against_the_reference(torch_vgg, x, tmp_path):
     torch = needs("torch")
+    needs("onnx")
     needs("onnxruntime")
     module, pth = torch_vgg
     with torch.no_grad():  # a true convolution: the kernel flipped
@@ -335,6 +336,9 @@ def test_the_docs_keras_snippet_runs_as_written(keras_vgg, x, monkeypatch, capsy
 @pytest.mark.onnxruntime
 def test_the_docs_onnx_snippet_runs_as_written(torch_vgg, x, monkeypatch, capsys):
     torch = needs("torch")
+    needs("onnx")
+    needs("onnxruntime")
+    needs("onnx")
     needs("onnxruntime")
     module, pth = torch_vgg
     monkeypatch.chdir(pth.parent)
