@@ -97,6 +97,17 @@ def test_a_correct_module_passes_against_its_file_and_every_layer_is_compared(to
 
 
 @pytest.mark.torch
+def test_a_float64_module_is_fed_float64_and_left_float64(torch_vgg, x):
+    torch = needs("torch")
+    module, pth = torch_vgg
+    module.double()
+    result = compare_torch(module, x, weights=pth, oracle=True)
+    # float64 on both sides: agreement far below float32's rounding (~1e-7)
+    assert result.passed and max(row.max_rel for row in result.rows) < 1e-12
+    assert all(p.dtype == torch.float64 for p in module.parameters())
+
+
+@pytest.mark.torch
 def test_train_mode_is_reported_and_the_module_left_as_it_was(tmp_path, x):
     torch = needs("torch")
     from reference.torch_vgg import TorchVGG

@@ -332,7 +332,8 @@ def _run_torch(module, x_nchw: np.ndarray, taps: dict[str, Tap]) -> tuple[dict, 
 
         return hook
 
-    batch = torch.from_numpy(np.ascontiguousarray(x_nchw, dtype=np.float32))
+    dtype = next(module.parameters(), torch.empty(0)).dtype  # a float64 module takes float64
+    batch = torch.from_numpy(np.ascontiguousarray(x_nchw, dtype=np.float32)).to(dtype)
     buffers = {name: b.clone() for name, b in module.named_buffers()}  # BN running stats
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
