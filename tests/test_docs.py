@@ -48,7 +48,7 @@ PUBLIC_MODULES = [
     "vgg_np.preprocess", "vgg_np.diagnose", "vgg_np.compare", "vgg_np.visualize", "vgg_np.train",
     "vgg_np.vectors",
     "vgg_np.progress", "vgg_np.hub", "vgg_np.streams", "vgg_np.extract",
-    "vgg_np.distributed",
+    "vgg_np.distributed", "vgg_np.adapters", "vgg_np.weight_diff",
 ]  # fmt: skip
 
 

@@ -15,7 +15,15 @@ import pytest
 from vgg_np import ops
 from vgg_np.cli import main
 from vgg_np.model import VGG
-from vgg_np.vectors import NARROW_VGG16, evaluate, kernel_cases, load_case, write_vectors
+from vgg_np.vectors import (
+    NARROW_VGG16,
+    evaluate,
+    kernel_cases,
+    layer_cases,
+    load_case,
+    run_vectors,
+    write_vectors,
+)
 
 HAS_ONNX = importlib.util.find_spec("onnx") is not None
 NARROW_LAYERS = 22  # 13 convolutions, 5 pools, flatten, fc1, fc2, predictions
@@ -221,3 +229,181 @@ def test_onnx_cases_pass_onnxruntime(onnx_vectors):
     print(f"{len(ratios)} cases; worst {name}: error {ratios[name]:.3f} of its tolerance")
     failing = {k: v for k, v in ratios.items() if not v <= 1}
     assert not failing, failing
+
+
+# ---------------------------------------------------------------------------------------
+# run_vectors: one Python function per kernel, for implementations in any framework
+# ---------------------------------------------------------------------------------------
+
+
+def keep(x, mask, rate):
+    """Inverted dropout with the case's mask."""
+    return np.where(mask, x / (1 - rate), 0).astype(x.dtype)
+
+
+#: A clean NHWC implementation: vgg_np's own kernels, as a user would wrap theirs.
+NHWC_IMPL = {
+    "conv2d": ops.conv2d, "max_pool2d": ops.max_pool2d, "dense": ops.dense, "relu": ops.relu,
+    "softmax": ops.softmax, "flatten": ops.flatten, "dropout": keep,
+}  # fmt: skip
+
+
+def nchw(function):
+    """`function` of NHWC arrays (and HWIO kernels) as an NCHW implementation with OIHW."""
+
+    def wrapped(x, *args, **kwargs):
+        if args and np.ndim(args[0]) == 4:
+            args = (args[0].transpose(2, 3, 1, 0), *args[1:])  # (O, C, KH, KW) -> (KH, KW, C, O)
+        y = function(x.transpose(0, 2, 3, 1), *args, **kwargs)  # (N, C, H, W) -> (N, H, W, C)
+        return y.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+
+    return wrapped
+
+
+def nchw_flatten(x):
+    return x.reshape(len(x), -1)  # (N, C, H, W) -> (N, C*H*W)
+
+
+NCHW_IMPL = {
+    **NHWC_IMPL,
+    "conv2d": nchw(ops.conv2d),
+    "max_pool2d": nchw(ops.max_pool2d),
+    "flatten": nchw_flatten,
+}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    # 64x64 pictures: fc1 takes a 2x2 grid, so the flatten order (and fc1's rows) matter.
+    model = VGG(NARROW_VGG16, classes=10, seed=0, input_shape=(64, 64, 3))
+    return kernel_cases() + layer_cases(model)
+
+
+@pytest.mark.parametrize(("impl", "layout"), [(NHWC_IMPL, "NHWC"), (NCHW_IMPL, "NCHW")])
+def test_a_clean_implementation_passes_every_case_in_its_layout(cases, impl, layout):
+    report = run_vectors(cases, impl, layout=layout)
+    print(report)
+    assert report.passed and len(report.rows) == len(cases) and not report.skipped
+    assert str(report).endswith(f"{len(cases)}/{len(cases)} cases passed\nPASS")
+    assert max(row.worst for row in report.rows) < 0.1  # a clean margin, not a near miss
+
+
+def flipped_conv(x, w, b, **kwargs):
+    return ops.conv2d(x, w[::-1, ::-1], b, **kwargs)  # a true convolution
+
+
+def chw_flatten(x):
+    return x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # an NCHW habit in an NHWC code
+
+
+def average_pool(x, window, strides, padding):
+    return ops.adaptive_avg_pool2d(x, (x.shape[1] // 2, x.shape[2] // 2))
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "failing"),
+    [
+        # a 1x1 kernel and the all-ones one are their own flips: those cases cannot tell
+        ("conv2d", flipped_conv, {"conv2d_same_3x3", "layer_block1_conv1", "layer_block5_conv3"}),
+        ("flatten", chw_flatten, {"flatten_nchw", "layer_flatten"}),
+        ("max_pool2d", average_pool, {"max_pool2d_arange_2x2", "layer_block1_pool"}),
+    ],
+)
+def test_a_broken_numpy_implementation_fails_its_cases_and_only_them(
+    cases, name, function, failing
+):
+    report = run_vectors(cases, {**NHWC_IMPL, name: function})
+    print(report)
+    failed = {row.name for row in report.failed}
+    assert not report.passed and failing <= failed
+    assert {row.kernel for row in report.failed} == {name}
+    assert str(report).splitlines()[-1].startswith("FAIL: first failing case")
+
+
+def test_a_raising_or_misshaped_function_is_a_failing_row_and_the_table_completes(cases):
+    def raises(*_args, **_kwargs):
+        raise RuntimeError("kernel not implemented")
+
+    def drops_a_row(x, w, b):
+        return ops.dense(x, w, b)[1:]
+
+    report = run_vectors(cases, {**NHWC_IMPL, "conv2d": raises, "dense": drops_a_row})
+    rows = {row.name: row for row in report.rows}
+    assert len(rows) == len(cases)  # every case ran
+    assert "raised RuntimeError('kernel not implemented')" in rows["conv2d_same_3x3"].error
+    assert rows["dense_bias"].error == "shape (2, 5), expected (3, 5)"
+    assert rows["max_pool2d_odd_size"].passed and rows["layer_block1_pool"].passed
+
+
+def test_nan_fails_and_a_layer_function_runs_its_case_alone(cases):
+    def nan_relu(x):
+        return np.full_like(x, np.nan)
+
+    def block1_conv1(x, w, b, **kwargs):  # the whole layer, its ReLU included
+        return ops.relu(ops.conv2d(x, w, b, **kwargs))
+
+    report = run_vectors(cases, {**NHWC_IMPL, "relu": nan_relu, "block1_conv1": block1_conv1})
+    rows = {row.name: row for row in report.rows}
+    assert not rows["relu_random"].passed and np.isinf(rows["relu_random"].worst)
+    assert rows["layer_block1_conv1"].passed and rows["layer_block1_conv1"].kernel == "block1_conv1"
+    assert not rows["layer_block1_conv2"].passed  # its ReLU is the NaN one
+
+
+def test_cases_without_a_function_are_listed_never_passed(cases):
+    report = run_vectors(cases, {"dense": ops.dense})
+    text = str(report)
+    assert report.passed and {row.kernel for row in report.rows} == {"dense"}
+    assert "layer_fc1" in report.skipped  # its ReLU has no function: not run
+    assert f"not run ({len(report.skipped)}, no function): conv2d_arange_valid" in text
+    nothing = run_vectors(cases, {})
+    assert not nothing.passed and str(nothing).endswith("FAIL: no case ran")
+
+
+def test_a_written_directory_runs_as_the_cases_did(npy_vectors):
+    out, written = npy_vectors
+    report = run_vectors(out, NHWC_IMPL)
+    assert report.passed and [row.name for row in report.rows] == [c.name for c in written]
+
+
+def test_run_vectors_refuses_a_wrong_layout_or_a_directory_without_cases(tmp_path):
+    with pytest.raises(ValueError, match="`layout` must be 'NHWC' or 'NCHW'"):
+        run_vectors([], NHWC_IMPL, layout="HWC")
+    with pytest.raises(ValueError, match=r"holds no index\.json"):
+        run_vectors(tmp_path, NHWC_IMPL)
+
+
+def damage_truncated_array(out):
+    path = out / "relu_random" / "test_data_set_0" / "input_0.npy"
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def damage_escaping_name(out):
+    index = json.loads((out / "index.json").read_text())
+    index["cases"][0]["name"] = "../../elsewhere"
+    (out / "index.json").write_text(json.dumps(index))
+
+
+def damage_missing_case(out):
+    for path in sorted((out / "dense_bias").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (out / "dense_bias").rmdir()
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda out: (out / "index.json").write_text('{"cases": [{"na'), "JSONDecodeError"),
+        (lambda out: (out / "index.json").write_text('{"cases": [{}]}'), "KeyError('name')"),
+        (damage_truncated_array, "ValueError"),
+        (damage_escaping_name, "'../../elsewhere' is not a directory of"),
+        (damage_missing_case, "FileNotFoundError"),
+    ],
+    ids=["truncated-index", "entry-without-name", "truncated-array", "escaping-name", "gone"],
+)
+def test_run_vectors_refuses_damaged_cases_in_one_line(tmp_path, damage, said):
+    out = tmp_path / "cases"
+    write_vectors(out, config=NARROW_VGG16, encoding="npy")
+    damage(out)
+    with pytest.raises(ValueError, match="a damaged or incomplete set of cases") as raised:
+        run_vectors(out, NHWC_IMPL)
+    assert said in str(raised.value) and str(out / "index.json") in str(raised.value)

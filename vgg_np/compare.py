@@ -1,10 +1,11 @@
 """Compare another VGG implementation with vgg_np, layer by layer, and name where it diverges.
 
 Give it the other implementation's activations (an ``.npz`` keyed by Keras layer names,
-torchvision module names or ONNX tensor names, NCHW or NHWC) or a live model (a torch
-module, an ONNX file run by onnxruntime). vgg_np runs the same weights on the same input,
-in float32 or, as the oracle, in float64, and reports per layer the shape, the layout it
-detected, the max absolute and relative errors, and whether they are within tolerance.
+torchvision module names or ONNX tensor names, NCHW or NHWC); `vgg_np.adapters` runs live
+models (a torch module, a Keras model, an ONNX file run by onnxruntime) for it. vgg_np runs
+the same weights on the same input, in float32 or, as the oracle, in float64, and reports
+per layer the shape, the layout it detected, the max absolute and relative errors, and
+whether they are within tolerance.
 
 Each layer is compared twice: *chained* (vgg_np's own forward pass from the input) and
 *alone* (vgg_np recomputes the layer from the other implementation's own input to it), so
@@ -16,16 +17,16 @@ side's output is named.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from vgg_np.architecture import infer_architecture
 from vgg_np.comparison import Comparison, LayerComparison, Verdict
 from vgg_np.diagnose import Cause, diagnose, diagnose_input
-from vgg_np.formats import Family, Provenance, WeightSource, choose_preprocessing, torchvision
+from vgg_np.formats import choose_preprocessing, torchvision
 from vgg_np.layers import forward
 from vgg_np.model import VGG
 from vgg_np.ops import softmax
@@ -37,8 +38,9 @@ __all__ = [
     "LayerComparison",
     "Verdict",
     "compare_activations",
-    "compare_onnx",
-    "compare_torch",
+    "compare_keras",  # noqa: F822 (in vgg_np.adapters, see __getattr__)
+    "compare_onnx",  # noqa: F822 (in vgg_np.adapters, see __getattr__)
+    "compare_torch",  # noqa: F822 (in vgg_np.adapters, see __getattr__)
 ]
 
 #: Default tolerance on max |error| / max |vgg_np|. vgg_np float32 and float64 differ
@@ -428,142 +430,12 @@ def compare_activations(
     )
 
 
-def compare_torch(
-    module,
-    x: ArrayLike,
-    *,
-    oracle: bool = False,
-    tolerance: float = DEFAULT_TOLERANCE,
-    layers: Iterable[str] | None = None,
-) -> Comparison:
-    """Compare a live torchvision-layout VGG module with vgg_np on the same input.
-
-    vgg_np is built from the module's own ``state_dict()``; the module runs under
-    ``torch.inference_mode`` with forward hooks on its ReLU and pooling modules, and on
-    the first classifier Linear, whose input is the flattened features (``flatten``).
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        A VGG with torchvision's module tree (``features``, ``avgpool``, ``classifier``).
-    x : array_like, shape (N, 3, H, W)
-        The preprocessed input, NCHW as PyTorch wants it.
-    oracle : bool, default False
-        Run vgg_np in float64.
-    tolerance : float, default 1e-5
-    layers : iterable of str, optional
-        As for `compare_activations`: default every layer of the model.
-
-    Returns
-    -------
-    Comparison
-
-    Examples
-    --------
-    Needs torch; ``tests/test_compare_crosscheck.py`` runs it on a full VGG16:
-
-    >>> from reference.torch_vgg import TorchVGG  # doctest: +SKIP
-    >>> x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), np.float32)  # doctest: +SKIP
-    >>> vgg16 = TorchVGG(vgg_np.CONFIGS["vgg16"].blocks)  # doctest: +SKIP
-    >>> compare_torch(vgg16, x).passed  # doctest: +SKIP
-    True
-    """
-    import torch
-
-    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-    tensors = torchvision.from_state_dict(state, "the module's state_dict")
-    provenance = Provenance("the module's state_dict", Family.TORCHVISION)
-    source = WeightSource(tensors, provenance, path="the module's state_dict")
-    network = infer_architecture(tensors, {}, "torchvision").replace(
-        input_shape=None, classifier_activation=None, dtype="float64" if oracle else "float32"
-    )
-    x = np.asarray(x)
-    model = VGG(**network.arguments(), weights=source)
-    outputs: dict[str, np.ndarray] = {}
-
-    def keep(key: str, from_input: bool):
-        def hook(_module, inputs, output):
-            outputs[key] = (inputs[0] if from_input else output).detach().cpu().numpy().copy()
-
-        return hook
-
-    # Each module output under its own name; flatten is no module, but it is the input
-    # of the first classifier Linear.
-    modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
-    taps = {name: (name, False) for name in modules.values()}
-    taps["flatten"] = ("classifier.0", True)
-    named = dict(module.named_modules())
-    hooks = [
-        named[name].register_forward_hook(keep(key, from_input))
-        for key, (name, from_input) in taps.items()
-        if name in named
-    ]
-    try:
-        with torch.inference_mode():
-            module.eval()(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return compare_activations(model, x, outputs, tolerance=tolerance, layers=layers)
+# compare_torch and compare_onnx live in vgg_np.adapters (below this module in the map, as
+# it builds on compare_activations); they are still importable from here, on first use.
+_MOVED = {"compare_onnx", "compare_torch", "compare_keras"}
 
 
-def compare_onnx(
-    path: str | os.PathLike,
-    x: ArrayLike,
-    *,
-    oracle: bool = False,
-    tolerance: float = DEFAULT_TOLERANCE,
-    layers: Iterable[str] | None = None,
-) -> Comparison:
-    """Run an ONNX VGG with onnxruntime and compare each layer with vgg_np on its weights.
-
-    Every layer output that vgg_np recognises in the graph is added as a graph output, so
-    onnxruntime returns it.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The ``.onnx`` file; vgg_np reads its weights and structure from it too.
-    x : array_like
-        The preprocessed input in the model's own layout (NCHW or NHWC).
-    oracle : bool, default False
-        Run vgg_np in float64.
-    tolerance : float, default 1e-5
-    layers : iterable of str, optional
-        As for `compare_activations`; default every layer vgg_np recognised in the
-        graph (all of them when the graph is a plain VGG).
-
-    Returns
-    -------
-    Comparison
-
-    Examples
-    --------
-    Needs onnx and onnxruntime; ``tests/test_compare_crosscheck.py`` runs it:
-
-    >>> x = np.zeros((1, 3, 224, 224), np.float32)  # doctest: +SKIP
-    >>> print(compare_onnx("vgg16.onnx", x, oracle=True))  # doctest: +SKIP
-    """
-    import onnx
-    import onnxruntime
-
-    model = VGG.from_file(
-        path,
-        dtype="float64" if oracle else "float32",
-        data_format="channels_last",
-    )
-    names = dict(model.weights_info["tensor_names"])
-    graph_model = onnx.load(os.fspath(path))
-    present = {o.name for o in graph_model.graph.output}
-    for tensor in names.values():
-        if tensor not in present:
-            graph_model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    session = onnxruntime.InferenceSession(
-        graph_model.SerializeToString(), providers=["CPUExecutionProvider"]
-    )
-    feed = {session.get_inputs()[0].name: np.asarray(x, dtype=np.float32)}
-    wanted = list(names.values())
-    outputs = dict(zip(wanted, session.run(wanted, feed), strict=True))
-    if layers is None:
-        layers = list(names)
-    return compare_activations(model, x, outputs, tolerance=tolerance, aliases=names, layers=layers)
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module 'vgg_np.compare' has no attribute {name!r}")
+    return getattr(importlib.import_module("vgg_np.adapters"), name)
