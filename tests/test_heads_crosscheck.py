@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import HEADS_FIXTURE_REL_TOL, relative_error
+from conftest import BN_FAMILY_FLOAT32_REL_TOL, relative_error
 from test_heads_models import FLOAT64_REL_TOL, compare, torchvision_keys
 
 from vgg_np import CONFIGS, VGG
@@ -56,7 +56,7 @@ def test_torchvision_batch_norm_family_live(tmp_path, name):
         assert model.config.blocks == CONFIGS[name].blocks and model.batch_norm == 1e-5
         keys = torchvision_keys(model, name)
         errors = compare(model, x.astype(dtype), outputs, keys, f"{name}_bn{suffix} {dtype}")
-        assert max(errors.values()) < HEADS_FIXTURE_REL_TOL, errors
+        assert max(errors.values()) < BN_FAMILY_FLOAT32_REL_TOL, errors
         if dtype == "float64":
             error = relative_error(model(x.astype(dtype)), exact)
             print(f"  float64 vs torch float64: {error:.1e}")

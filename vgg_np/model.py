@@ -174,7 +174,7 @@ class VGG:
         )
         self.conv_algorithm = _check_conv_algorithm(conv_algorithm)
         self.threads = _check_threads(threads)
-        self._lowered: dict[frozenset, tuple[Plan, Engine]] = {}  # see _lowering
+        self._plan: tuple[Plan, Engine] | None = None  # see _lowered
         # What the last file loaded said about itself: its format, and for ONNX models
         # the tensor names of each layer's output (`formats.WeightSource`).
         self.weights_format: str | None = None
@@ -363,7 +363,7 @@ class VGG:
             )
         _check_batch_norms(self.layers, loaded, source)
         self._weights = loaded
-        self._lowered = {}  # engines packed for the old weights
+        self._plan = None  # the engine packed for the old weights
 
     def load_weights(
         self, path: str | os.PathLike, *, allow_nonfinite: bool = False, theano_flip: bool = True
@@ -507,29 +507,16 @@ class VGG:
         >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block3_conv1"]
         'winograd-4'
         """
-        return self._lowering(frozenset())[1]
+        return self._lowered()[1]
 
-    def _lowering(self, wanted: frozenset[str]) -> tuple[Plan, Engine]:
-        """Return the plan and engine whose steps give the outputs of the user layers `wanted`.
-
-        The default plan (nothing kept) serves every name it answers; a name it merged
-        away (a convolution folded with its batch norm) gets a plan that keeps it. The
-        default and the last other plan are kept.
-        """
-        lowered = dict(self._lowered)  # another thread may replace the dict meanwhile
-        if frozenset() not in lowered:
+    def _lowered(self) -> tuple[Plan, Engine]:
+        """Return the lowered plan (`vgg_np.lowering.lower`) and its engine, packed once."""
+        lowered = self._plan  # another thread may set it meanwhile: both are equal
+        if lowered is None:
             plan = lower(self.layers, self._weights)
-            lowered[frozenset()] = (
-                plan,
-                Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads),
-            )
-        keep = frozenset(wanted - lowered[frozenset()][0].names.keys())
-        if keep not in lowered:
-            plan = lower(self.layers, self._weights, keep)
-            engine = Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads)
-            lowered = {frozenset(): lowered[frozenset()], keep: (plan, engine)}
-        self._lowered = lowered
-        return lowered[keep]
+            lowered = plan, Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads)
+            self._plan = lowered
+        return lowered
 
     def _run(self, x: np.ndarray, keep: bool | set) -> list[tuple[str, np.ndarray]]:
         """Return [(user layer name, output)] from the engine, or the reference forward pass.
@@ -549,18 +536,30 @@ class VGG:
 
             forward(self.layers, self._weights, x, hook=record)
             return outputs
-        plan, engine = self._lowering(frozenset(wanted))
+        plan, engine = self._lowered()
         if not wanted:  # the engine runs large batches in slices
             return [(names[-1], engine.predict(x))]
-        found = engine.outputs(x, {plan.names[name] for name in wanted})
+        # A layer the plan merged away (a convolution folded with its batch norm) is
+        # computed alone, by the reference forward, from the plan's output of the layer
+        # before it: the layers the plan keeps stay as accurate as the folded network
+        # (a float32 batch norm run after its float32 convolution magnifies the
+        # convolution's rounding where a channel is nearly constant).
+        merged = [i for i, name in enumerate(names) if name in wanted and name not in plan.names]
+        before = {names[i - 1] for i in merged if i > 0 and names[i - 1] in plan.names}
+        steps = {plan.names[name] for name in (wanted | before) if name in plan.names}
+        found = engine.outputs(x, steps) if steps else {}
+        own = {name: found[plan.names[name]] for name in wanted | before if name in plan.names}
+        for i in merged:
+            layer = self.layers[i]
+            given = x if i == 0 else own[names[i - 1]]
+            own[layer.name] = forward([layer], {layer.name: self._weights[layer.name]}, given)
         # A user layer that is the identity (dropout) shares its step: each gets its own copy.
-        copies = collections.Counter(plan.names[name] for name in wanted)
+        copies = collections.Counter(id(own[name]) for name in names if name in wanted)
         result = []
         for name in names:
             if name in wanted:
-                step = plan.names[name]
-                copies[step] -= 1
-                result.append((name, found[step].copy() if copies[step] else found[step]))
+                copies[id(own[name])] -= 1
+                result.append((name, own[name].copy() if copies[id(own[name])] else own[name]))
         return result
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
@@ -666,11 +665,12 @@ class VGG:
         Returns
         -------
         ndarray
-            Equal, bit for bit, to ``model.activations(x, [layer])[layer]``, and to
-            ``model.activations(x)[layer]`` but on batch-norm models: there every
-            convolution's own output is asked for, so all run unfolded (equal to
-            rounding, `vgg_np.lowering`). On a batch-norm model a convolution's
-            output is before its batch norm, as in torchvision's ``features`` modules.
+            Equal, bit for bit, to ``model.activations(x, [layer])[layer]`` and to
+            ``model.activations(x)[layer]``. On a batch-norm model a convolution's
+            output is before its batch norm, as in torchvision's ``features`` modules:
+            the engine runs each batch norm folded into its convolution, so that output
+            is computed alone, by the reference forward pass, from the engine's output of
+            the layer before it.
 
         Examples
         --------
