@@ -301,6 +301,32 @@ def test_compare_onnx_diffs_the_graphs_initializers_against_the_reference(torch_
     assert row.source_name == "/features/features.3/Conv_output_0" and not row.passed
 
 
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+def test_cli_compare_onnx_takes_an_independent_reference(torch_vgg, x, tmp_path, capsys):
+    from vgg_np import cli
+
+    torch = needs("torch")
+    needs("onnx")
+    needs("onnxruntime")
+    module, pth = torch_vgg
+    with torch.no_grad():  # transposed while loading: the graph is its own wrong reference
+        module.features[0].weight.copy_(module.features[0].weight.transpose(2, 3).clone())
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(module, torch.from_numpy(x), path, dynamo=False)
+    np.save(tmp_path / "x.npy", x)
+    itself = cli.main(["compare", str(path), "--onnx", "--input", str(tmp_path / "x.npy")])
+    out = capsys.readouterr().out
+    assert itself == 0 and "REFERENCE FROM THE ARTIFACT UNDER TEST" in out
+    args = ["compare", str(path), "--onnx", "--input", str(tmp_path / "x.npy")]
+    code = cli.main([*args, "--reference", str(pth)])
+    out = capsys.readouterr().out
+    assert code == 1 and "block1_conv1 kernel: yours = the reference transposed" in out, out
+    with pytest.raises(SystemExit) as usage:  # a dump's WEIGHTS is the reference already
+        cli.main(["compare", str(pth), str(tmp_path / "x.npy"), "--reference", str(pth)])
+    assert usage.value.code == 2 and "--reference is for --onnx" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------
 # The docs' snippets, run as they are written (their doctests are marked +SKIP)
 # ---------------------------------------------------------------------------------------
@@ -347,8 +373,6 @@ def test_the_docs_keras_snippet_runs_as_written(keras_vgg, x, monkeypatch, capsy
 @pytest.mark.onnxruntime
 def test_the_docs_onnx_snippet_runs_as_written(torch_vgg, x, monkeypatch, capsys):
     torch = needs("torch")
-    needs("onnx")
-    needs("onnxruntime")
     needs("onnx")
     needs("onnxruntime")
     module, pth = torch_vgg

@@ -329,7 +329,7 @@ def test_cli_compare_images_need_a_dump_and_modes_need_images(tmp_path, x):
     assert result.returncode == 2 and "give the pictures" in result.stderr
     result = run_cli("compare", str(weights), str(acts), "--images", str(tmp_path / "gone.png"),
                      "--preprocess", "caffe")  # fmt: skip
-    assert result.returncode == 1 and "gone.png" in result.stderr
+    assert result.returncode == 2 and "gone.png" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -370,3 +370,18 @@ def test_an_onnx_graph_read_only_in_part_is_refused_not_a_silent_subset(tmp_path
     onnx.save(graph, path)
     result = compare_onnx(path, x)
     assert result.passed and result.compared == 18, str(result)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.int32, np.bool_])
+def test_compare_activations_refuses_arrays_that_are_not_real_floats(dtype):
+    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+    model = VGG(tiny, classes=3, classifier_activation=None, seed=0)
+    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    dump = model.activations(x)
+    dump["block1_conv1"] = (dump["block1_conv1"] + (1j if dtype == np.complex64 else 0)).astype(
+        dtype
+    )
+    with pytest.raises(
+        ValueError, match=r"'block1_conv1' holds .* values: activations must be real"
+    ):
+        compare_activations(model, x, dump)

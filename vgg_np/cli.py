@@ -219,9 +219,11 @@ INPUTS = {
     "activations": "ACTIVATIONS",
     "input": "--input",
     "source": "SOURCE",
+    "reference": "--reference",
 }
-#: A --weights value that names no file: the published weights (`vgg_np.hub`).
-PUBLISHED_WEIGHTS = "imagenet"
+#: A --weights value that names no file: the published weights (`vgg_np.hub`),
+#: ``imagenet[:MODEL[:FAMILY]]``.
+_IMAGENET = re.compile(r"imagenet(?::(?P<model>\w+))?(?::(?P<family>keras|torchvision))?")
 
 
 def _check_inputs(args: argparse.Namespace) -> str | None:
@@ -233,7 +235,8 @@ def _check_inputs(args: argparse.Namespace) -> str | None:
     """
     for name, label in INPUTS.items():
         value = getattr(args, name, None)
-        if value is None or (name == "weights" and value == PUBLISHED_WEIGHTS):
+        published = name in ("weights", "reference") and _IMAGENET.fullmatch(str(value))
+        if value is None or published:
             continue
         for item in value if isinstance(value, list) else [value]:
             if name == "images" and glob.has_magic(item):
@@ -807,7 +810,7 @@ def add_compare(commands) -> None:
         ),
         examples=[
             "vgg-np compare vgg16.h5 keras_acts.npz --oracle --images a.png b.png",
-            "vgg-np compare vgg16.onnx --onnx --input x.npy --json",
+            "vgg-np compare vgg16.onnx --onnx --input x.npy --reference vgg16.h5 --json",
             "vgg-np compare vgg16.pth torch_acts.npz --layers block1_conv1,fc1",
         ],
         check=_check_compare,
@@ -836,6 +839,13 @@ def add_compare(commands) -> None:
     compare.add_argument(
         "--resize", choices=RESIZE_MODES, help="with --images: keras or torchvision (weights)"
     )
+    compare.add_argument(
+        "--reference",
+        metavar="FILE",
+        help="with --onnx: the weights file the graph was made from (or 'imagenet'), run as "
+        "vgg_np's reference, the graph's own weights diffed against it; without it the "
+        "graph's own weights are the reference, and the output says so",
+    )
     compare.add_argument("--oracle", action="store_true", help="run vgg_np in float64")
     compare.add_argument(
         "--tolerance",
@@ -862,6 +872,8 @@ def _check_compare(args: argparse.Namespace) -> str | None:
         return "--images needs ACTIVATIONS (your input tensor to check); --onnx takes --input"
     if (args.preprocess or args.resize) and not args.images:
         return "--preprocess and --resize say how to read --images: give the pictures"
+    if args.reference and not args.onnx:
+        return "--reference is for --onnx: with ACTIVATIONS, WEIGHTS is the reference"
     return None
 
 
@@ -871,11 +883,13 @@ def run_compare(args: argparse.Namespace) -> int:
     try:
         if args.onnx:
             x = _input_array(args.input)
-            result = compare_onnx(args.weights, x, oracle=args.oracle, **options)
+            result = compare_onnx(
+                args.weights, x, weights=args.reference, oracle=args.oracle, **options
+            )
         else:
             result = _compare_dump(args, options)
     except ValueError as error:  # a refusal that names no file names what was compared
-        paths = (args.weights, args.activations, args.input, *(args.images or ()))
+        paths = (args.weights, args.activations, args.input, args.reference, *(args.images or ()))
         if any(path and path in str(error) for path in paths):
             raise
         raise ValueError(f"{args.activations or args.weights}: {error}") from None
@@ -1070,9 +1084,6 @@ def run_fetch_weights(args: argparse.Namespace) -> int:
     )
     print(path)
     return 0
-
-
-_IMAGENET = re.compile(r"imagenet(?::(?P<model>\w+))?(?::(?P<family>keras|torchvision))?")
 
 
 def _imagenet_weights(args: argparse.Namespace) -> None:

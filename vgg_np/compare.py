@@ -187,6 +187,21 @@ def _to_nhwc(theirs: np.ndarray, mine: np.ndarray, layout: str) -> np.ndarray:
     return theirs
 
 
+def _real(values, source: str) -> np.ndarray:
+    """`values` as an array of real floating-point numbers, else a ValueError naming `source`.
+
+    A complex dump would be compared by its magnitude and pass with any imaginary part;
+    integers and booleans are not activations (weights files are held to the same rule).
+    """
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        raise ValueError(
+            f"`reference` {source!r} holds {values.dtype} values: activations must be real "
+            "floating-point numbers (float16, float32 or float64)"
+        )
+    return values
+
+
 def _read(ours: dict, reference: Mapping, candidates: dict, model: VGG):
     """Each layer the other side holds: name -> (source name, layout, NHWC array).
 
@@ -197,7 +212,7 @@ def _read(ours: dict, reference: Mapping, candidates: dict, model: VGG):
     for layer in model.layers:
         source = next((s for s in candidates.get(layer.name, []) if s in reference), None)
         if source is not None and layer.name in ours:  # the engine keeps no dropout output
-            theirs = np.asarray(reference[source])
+            theirs = _real(reference[source], source)
             found[layer.name] = (source, theirs, _layouts(theirs.shape, ours[layer.name].shape))
     telling = [next(iter(f)) for _, _, f in found.values() if len(f) == 1 and f != {"-"}]
     usual = max(("NHWC", "NCHW"), key=telling.count) if telling else ""

@@ -536,23 +536,9 @@ class VGG:
 
             forward(self.layers, self._weights, x, hook=record)
             return outputs
-        plan, engine = self._lowered()
         if not wanted:  # the engine runs large batches in slices
-            return [(names[-1], engine.predict(x))]
-        # A layer the plan merged away (a convolution folded with its batch norm) is
-        # computed alone, by the reference forward, from the plan's output of the layer
-        # before it: the layers the plan keeps stay as accurate as the folded network
-        # (a float32 batch norm run after its float32 convolution magnifies the
-        # convolution's rounding where a channel is nearly constant).
-        merged = [i for i, name in enumerate(names) if name in wanted and name not in plan.names]
-        before = {names[i - 1] for i in merged if i > 0 and names[i - 1] in plan.names}
-        steps = {plan.names[name] for name in (wanted | before) if name in plan.names}
-        found = engine.outputs(x, steps) if steps else {}
-        own = {name: found[plan.names[name]] for name in wanted | before if name in plan.names}
-        for i in merged:
-            layer = self.layers[i]
-            given = x if i == 0 else own[names[i - 1]]
-            own[layer.name] = forward([layer], {layer.name: self._weights[layer.name]}, given)
+            return [(names[-1], self._lowered()[1].predict(x))]
+        own = self._engine_outputs(x, wanted)
         # A user layer that is the identity (dropout) shares its step: each gets its own copy.
         copies = collections.Counter(id(own[name]) for name in names if name in wanted)
         result = []
@@ -561,6 +547,28 @@ class VGG:
                 copies[id(own[name])] -= 1
                 result.append((name, own[name].copy() if copies[id(own[name])] else own[name]))
         return result
+
+    def _engine_outputs(self, x: np.ndarray, wanted: set[str]) -> dict[str, np.ndarray]:
+        """Return the outputs of the user layers `wanted` (and perhaps others) by the engine.
+
+        A layer the plan merged away (a convolution folded with its batch norm) is
+        computed alone, by the reference forward, from the plan's output of the layer
+        before it: the layers the plan keeps stay as accurate as the folded network (a
+        float32 batch norm run after its float32 convolution magnifies the convolution's
+        rounding where a channel is nearly constant).
+        """
+        plan, engine = self._lowered()
+        names = [layer.name for layer in self.layers]
+        merged = [i for i, name in enumerate(names) if name in wanted and name not in plan.names]
+        before = {names[i - 1] for i in merged if i > 0 and names[i - 1] in plan.names}
+        answered = {name for name in wanted | before if name in plan.names}
+        found = engine.outputs(x, {plan.names[name] for name in answered}) if answered else {}
+        own = {name: found[plan.names[name]] for name in answered}
+        for i in merged:
+            layer = self.layers[i]
+            given = x if i == 0 else own[names[i - 1]]
+            own[layer.name] = forward([layer], {layer.name: self._weights[layer.name]}, given)
+        return own
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
