@@ -59,12 +59,23 @@ def memory_limit(extra: int):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def one_line_error(capsys, *argv) -> str:
-    """Run the CLI in this process; it must fail with one line on stderr, no traceback."""
+def one_line_error(capsys, *argv, code: int = 1) -> str:
+    """Run the CLI in this process; it must fail with one line on stderr, no traceback.
+
+    `code` 2: a path that is not a regular file is refused with the arguments, before any
+    work (exit 2, as any bad argument); 1: a file refused when it is read.
+    """
     with within(20):
-        code = cli.main([str(a) for a in argv])
+        try:
+            got = cli.main([str(a) for a in argv])
+        except SystemExit as usage:  # argparse's usage error
+            got = usage.code
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert got == code and "Traceback" not in err, err
+    if code == 2:  # argparse's usage lines, then the one line that says what is wrong
+        err = err.strip().splitlines()[-1]
+        assert ": error: " in err, err
+    assert err.strip().count("\n") == 0, err
     return err
 
 
@@ -89,9 +100,9 @@ def test_a_fifo_labels_file_is_refused_at_once(tmp_path, tiny, capsys):
     os.mkfifo(tmp_path / "labels")
     err = one_line_error(
         capsys, "predict", picture, "--weights", weights, "--preprocess", "caffe",
-        "--labels", tmp_path / "labels",
+        "--labels", tmp_path / "labels", code=2,
     )  # fmt: skip
-    assert "labels" in err and "is a FIFO, not a regular labels file" in err
+    assert f"--labels '{tmp_path / 'labels'}' is a FIFO, not a regular file" in err
 
 
 @pytest.mark.parametrize("endless", ["/dev/zero", "sparse"])
@@ -104,7 +115,7 @@ def test_an_endless_or_huge_labels_file_is_refused_unread(tmp_path, tiny, capsys
     with memory_limit(512 << 20):  # reading /dev/zero to its end would pass this
         err = one_line_error(
             capsys, "predict", picture, "--weights", weights, "--preprocess", "caffe",
-            "--labels", endless,
+            "--labels", endless, code=2 if endless == "/dev/zero" else 1,
         )  # fmt: skip
     assert str(endless) in err
     assert "character device" in err or "67,108,864 bytes, more than the 16,777,216" in err
@@ -116,12 +127,14 @@ def test_a_fifo_as_compare_dump_or_input_is_refused_at_once(tmp_path, tiny, caps
     fifo = tmp_path / "fifo.npz"
     os.mkfifo(fifo)
     if which == "dump":
-        err = one_line_error(capsys, "compare", weights, fifo)
+        err = one_line_error(capsys, "compare", weights, fifo, code=2)
     else:
         del dump["input"]
         np.savez(tmp_path / "dump.npz", **dump)
-        err = one_line_error(capsys, "compare", weights, tmp_path / "dump.npz", "--input", fifo)
-    assert f"'{fifo}' is a FIFO, not a regular activations dump or input" in err
+        err = one_line_error(
+            capsys, "compare", weights, tmp_path / "dump.npz", "--input", fifo, code=2
+        )
+    assert f"'{fifo}' is a FIFO, not a regular file" in err
 
 
 # -- what a dump may hold ------------------------------------------------------------------

@@ -306,10 +306,11 @@ def test_output_kind_by_the_last_activation(last, kind):
 
 def test_output_kind_of_files():
     assert VGG.from_file(HEADS / "keras_gap_head.keras").output_kind == "probabilities"
-    assert VGG.from_file(HEADS / "vgg16_bn.safetensors").output_kind == "probabilities"
+    # A torchvision file follows torch: its model returns logits (docs/heads.md).
+    assert VGG.from_file(HEADS / "vgg16_bn.safetensors").output_kind == "logits"
     assert (
-        VGG.from_file(HEADS / "vgg16_bn.safetensors", classifier_activation=None).output_kind
-        == "logits"
+        VGG.from_file(HEADS / "vgg16_bn.safetensors", classifier_activation="softmax").output_kind
+        == "probabilities"
     )
     assert (
         VGG.from_file(HEADS / "vgg16_bn.safetensors", include_top=False).output_kind == "features"

@@ -55,22 +55,23 @@ def _reference(
     if weights is None and own is not None:
         model, notes = own, [loud]
     elif weights is None:
-        inferred = infer_architecture(yours, {}, family)
-        inferred.update(input_shape=input_shape, classifier_activation=activation)
-        model = VGG(**inferred, dtype=dtype, seed=0)
+        network = infer_architecture(yours, {}, family).replace(
+            input_shape=input_shape, classifier_activation=activation, dtype=dtype
+        )
+        model = VGG(**network.arguments(), seed=0)
         model.set_weights(yours, source="the artifact's own weights")
         notes = [loud]
     else:
         if isinstance(weights, str) and weights == "imagenet":
-            inferred = infer_architecture(yours, {}, family)
-            weights = hub.resolve(inferred["config"].name, inferred["include_top"])
+            network = infer_architecture(yours, {}, family)
+            weights = hub.resolve(
+                network.config.name,
+                network.include_top,
+                batch_norm=network.batch_norm is not None,
+            )
         model = VGG.from_file(weights, dtype=dtype, classifier_activation=activation)
         diff = diff_weights(model.weights, yours)
         notes = [f"reference weights: {os.fspath(weights)}", *diff.lines()]
-    if model.batch_norm is not None:
-        # The engine folds each batch norm into its convolution, which then has no output
-        # of its own to compare; the reference forward pass keeps every layer's.
-        model.conv_algorithm = "reference"
     return model, notes
 
 

@@ -348,8 +348,8 @@ class _TaskProgress(Progress):
     """The extraction's bar followed by the tasks done: ``... ETA 00:00:47, 3/12 tasks``."""
 
     def __init__(self, total: int, tasks: int, **kwargs):
+        self.tasks, self.tasks_done = tasks, 0  # before the bar draws itself, at once
         super().__init__(total, **kwargs)
-        self.tasks, self.tasks_done = tasks, 0
 
     def line(self, elapsed: float) -> str:
         """Return the bar's text with the task count (see `Progress.line`)."""
