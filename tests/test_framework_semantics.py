@@ -149,6 +149,7 @@ def declare_logits(graph) -> None:
 
 @pytest.mark.onnx
 def test_an_unused_softmax_is_not_run(tmp_path):
+    needs_onnx()
     original = VGG.from_file(HEADS / "keras_flatten_head_torch.onnx", data_format="channels_last")
     model = VGG.from_file(edited_onnx(tmp_path, declare_logits), data_format="channels_last")
     assert original.output_kind == "probabilities" and model.output_kind == "logits"
@@ -342,6 +343,7 @@ def test_predict_calls_the_numbers_of_a_head_without_softmax_scores(tmp_path, ca
 
 @pytest.mark.onnx
 def test_predict_still_says_probability_after_a_softmax(capsys, picture):
+    needs_onnx()
     weights = str(HEADS / "keras_flatten_head_torch.onnx")
     assert main(["predict", picture, "--weights", weights, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
