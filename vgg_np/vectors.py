@@ -724,7 +724,7 @@ class CaseResult:
     max_abs : float
         max |actual - expected|.
     worst : float
-        max |actual - expected| / (atol + rtol * |expected|): at most 1 passes.
+        ``max |actual - expected| / (atol + rtol * |expected|)``: at most 1 passes.
     error : str
         Why the case did not run or could not be compared ('' when it was).
 
