@@ -544,7 +544,15 @@ class VGG:
         # before it: the layers the plan keeps stay as accurate as the folded network
         # (a float32 batch norm run after its float32 convolution magnifies the
         # convolution's rounding where a channel is nearly constant).
-        merged = [i for i, name in enumerate(names) if name in wanted and name not in plan.names]
+        # A run of merged layers (a dense, a dropout, then the activation fused into the
+        # dense) is computed from the nearest layer before it that the plan keeps.
+        merged = set()
+        for i, name in enumerate(names):
+            if name in wanted and name not in plan.names:
+                while i >= 0 and names[i] not in plan.names and i not in merged:
+                    merged.add(i)
+                    i -= 1
+        merged = sorted(merged)
         before = {names[i - 1] for i in merged if i > 0 and names[i - 1] in plan.names}
         steps = {plan.names[name] for name in (wanted | before) if name in plan.names}
         found = engine.outputs(x, steps) if steps else {}
@@ -552,7 +560,7 @@ class VGG:
         for i in merged:
             layer = self.layers[i]
             given = x if i == 0 else own[names[i - 1]]
-            own[layer.name] = forward([layer], {layer.name: self._weights[layer.name]}, given)
+            own[layer.name] = forward([layer], self._weights, given)
         # A user layer that is the identity (dropout) shares its step: each gets its own copy.
         copies = collections.Counter(id(own[name]) for name in names if name in wanted)
         result = []
