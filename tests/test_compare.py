@@ -385,3 +385,13 @@ def test_compare_activations_refuses_arrays_that_are_not_real_floats(dtype):
         ValueError, match=r"'block1_conv1' holds .* values: activations must be real"
     ):
         compare_activations(model, x, dump)
+
+
+def test_table_columns_stay_apart_for_long_layer_names():
+    """A batch-norm model's names (block1_conv1_bn) are longer than the layer column."""
+    bn = VGG(VGGConfig("t", ((4,), (4,), (4,), (4,), (4,)), fc=(8,)), batch_norm=True,
+             input_shape=(32, 32, 3), classes=3, seed=0)  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    result = compare_activations(bn, x, bn.activations(x))
+    rows = [line.split() for line in str(result).splitlines()[2:] if "_bn" in line]
+    assert rows and all(row[0] == row[1] for row in rows)  # name, then the name read as

@@ -198,7 +198,7 @@ def test_reopening_with_other_settings_is_refused(model, images, tmp_path):
         create_store(out, [images], model, layer="fc1")
     other = VGG.from_file(WEIGHTS)
     other.set_weights({k: (w * 2, b) for k, (w, b) in other.weights.items()})
-    with pytest.raises(ValueError, match="other weights; choose another output, or delete"):
+    with pytest.raises(ValueError, match="other weights or layers; choose another output"):
         create_store(out, [images / "img0*.png"], other, layer="fc1", preprocess="caffe")
     store = open_store(out)
     (tmp_path / "f.npy.manifest" / "part-00000.jsonl").unlink()  # to be run again

@@ -337,3 +337,27 @@ def test_an_image_only_touched_is_hashed_once_and_keeps_its_row(
     assert extract([images], out, model, **SETTINGS).written == 0
     assert hashed == [str(images / "img02.png")]  # the new time was recorded
     assert open_store(out).manifest()[2]["image"]["mtime_ns"] == 10**18
+
+
+def test_a_rerun_with_the_same_tensors_but_another_network_is_refused(tmp_path):
+    """A Keras head edited between runs (softmax -> sigmoid, the same tensors) would resume
+    into the same store and mix its rows with the old ones: refused, as other layers."""
+    import zipfile
+
+    source = zipfile.ZipFile(ROOT / "tests" / "data" / "heads" / "keras_flatten_head.keras")
+    config = json.loads(source.read("config.json"))
+    config["config"]["layers"][-1]["config"]["activation"] = "sigmoid"
+    edited = tmp_path / "sigmoid.keras"
+    with zipfile.ZipFile(edited, "w") as target:
+        for name in source.namelist():
+            target.writestr(
+                name, json.dumps(config) if name == "config.json" else source.read(name)
+            )
+    for seed in range(3):
+        picture(tmp_path / f"img{seed}.png", seed)
+    out = str(tmp_path / "f.npy")
+    command = ["extract", str(tmp_path / "img*.png"), "-o", out, "--partition-size", "2"]
+    assert main([*command, "--weights", source.filename]) == 0
+    (tmp_path / "f.npy.manifest" / "part-00001.jsonl").unlink()  # to be run again
+    assert main([*command, "--weights", str(edited)]) != 0
+    assert np.allclose(np.load(out)[:2].sum(axis=1), 1.0)  # the softmax rows, untouched

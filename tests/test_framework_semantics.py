@@ -360,3 +360,22 @@ def test_a_keras_head_without_softmax_prints_scores(tmp_path, capsys, picture, a
     assert main(["predict", picture, "--weights", str(path), "--json", "--top", "5"]) == 0
     entries = json.loads(capsys.readouterr().out)["top"]
     assert [set(entry) for entry in entries] == [{"wnid", "label", "score"}] * 5
+
+
+@pytest.mark.parametrize("conv_algorithm", ["auto", "reference"])
+def test_keras_activation_layer_keeps_its_name_and_the_dropout_its_output(tmp_path, conv_algorithm):
+    """Keras's ``Dense -> Dropout -> Activation("softmax")``: the dropout's output is the
+    dense layer's (the identity at inference), the probabilities are the Activation's."""
+    from matrix_kinds import _dropout_activation
+
+    model = VGG.from_file(_dropout_activation(tmp_path), conv_algorithm=conv_algorithm)
+    x = np.random.default_rng(0).standard_normal((2, *model.input_shape)).astype(np.float32)
+    logits = model.features(x * 50, "dense_1")
+    assert np.array_equal(model.features(x * 50, "dropout_2"), logits)
+    probabilities = model.features(x * 50, "act")
+    assert relative_error(probabilities, ops.softmax(logits)) < 1e-6
+    outputs = model.activations(x * 50)
+    assert list(outputs)[-3:] == ["dense_1", "dropout_2", "act"]
+    assert np.array_equal(outputs["dropout_2"], logits)
+    assert np.array_equal(model(x * 50), probabilities)
+    assert model.output_kind == "probabilities"

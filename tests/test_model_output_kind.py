@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vgg_np import VGG, VGG16, formats, ops
+from vgg_np.layers import Layer, output_kind
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEADS = ROOT / "tests" / "data" / "heads"
@@ -68,3 +69,10 @@ def test_one_table_says_what_each_loader_returns():
     for loader in ("torchvision", "timm", "Keras", "ONNX", "VGG16(weights=", "vgg-np predict"):
         assert loader in table, loader
     assert "logits" in table and "probabilities" in table
+
+
+def test_a_linear_activation_layer_is_looked_through():
+    """Keras's ``Dense(softmax) -> Activation("linear")`` still outputs probabilities."""
+    dense = Layer("out", "dense", 3, "softmax")
+    assert output_kind([dense, Layer("lin", "activation")]) == "probabilities"
+    assert output_kind([Layer("d", "dense", 3), Layer("lin", "activation")]) == "logits"

@@ -207,3 +207,13 @@ def test_parameter_shapes_follow_the_walk_and_need_a_fixed_size():
     assert not describe(TINY, include_top=False).needs_fixed_size()
     assert not describe(TINY, adaptive_pool=2).needs_fixed_size()
     assert describe(TINY, adaptive_pool=2).input_shape == (None, None, 3)
+
+
+def test_a_channels_last_shape_given_to_a_channels_first_model_says_the_order():
+    """(32, 32, 3) with channels_first is C=32, H=32, W=3: the message says how it was read."""
+    with pytest.raises(ValueError, match=r"got \(32, 32, 3\) as \(C, H, W\) with channels_first"):
+        VGG(
+            VGGConfig("t", ((4,),) * 5, fc=(8,)),
+            input_shape=(32, 32, 3),
+            data_format="channels_first",
+        )

@@ -194,3 +194,11 @@ def test_load_image_bad_resize_and_missing_file(tmp_path):
         load_image(tmp_path / "x.png", resize="bicubic")
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.png")
+
+
+def test_labels_with_an_empty_line_count_names_and_empty_lines_apart(tmp_path):
+    from vgg_np.preprocess import read_class_names
+
+    (tmp_path / "labels.txt").write_text("a\n\nc\nd\ne\n")
+    with pytest.raises(ValueError, match="4 names and 1 empty lines, but the classifier has 5"):
+        read_class_names(tmp_path / "labels.txt", 5)

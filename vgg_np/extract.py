@@ -59,6 +59,7 @@ Contract of `run_partition` (what a distributed runner may rely on):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import itertools
@@ -144,11 +145,13 @@ class Partition:
         return f"part-{self.index:05d}"
 
 
-def weights_digest(model) -> str:
-    """Return a sha256 over every tensor of `model`: names, dtypes, shapes and bytes.
+def weights_digest(model, layer: str | None = None) -> str:
+    """Return a sha256 over `model`'s tensors (names, dtypes, shapes, bytes) and its layers.
 
     Every tensor each layer holds counts: kernels and biases, and a batch norm's gamma,
-    beta and running statistics.
+    beta and running statistics. So does the layer table (kinds, units, activations,
+    epsilons) and the data format, with which the same tensors give other numbers: up to
+    `layer` (a store's rows do not depend on what comes after it), else all of it.
 
     Examples
     --------
@@ -158,6 +161,10 @@ def weights_digest(model) -> str:
     (True, False)
     """
     digest = hashlib.sha256()
+    names = [each.name for each in model.layers]
+    stop = names.index(layer) + 1 if layer in names else len(names)
+    table = [dataclasses.astuple(each) for each in model.layers[:stop]]
+    digest.update(repr((model.data_format, table)).encode())
     for name, tensors in model.weights.items():
         for array in tensors:
             digest.update(f"{name} {array.dtype.str} {array.shape};".encode())
@@ -601,8 +608,11 @@ class Store:
             )
         if plan["top"] and _classifier(model) is None:
             problems.append("top classes need a model with its classifier")
-        if not problems and weights_digest(model) != plan["weights_digest"]:
-            problems.append("its weights are not the ones the store was started with")
+        last = None if plan["top"] else plan["layer"]  # --top reads the classifier's output
+        if not problems and weights_digest(model, last) != plan["weights_digest"]:
+            problems.append(
+                "its weights (or its layers) are not the ones the store was started with"
+            )
         if problems:
             raise ValueError(f"this model does not fit {self.out}: " + "; ".join(problems))
 
@@ -655,7 +665,7 @@ def _plan(images, model, layer, top, partition_size, preprocess, resize) -> dict
         "size": size if isinstance(size, int) else list(size),  # as JSON reads it back
         "model": repr(model),
         "weights_format": model.weights_format,
-        "weights_digest": weights_digest(model),
+        "weights_digest": weights_digest(model, None if top else layer),
         "paths": paths,
     }
 
@@ -670,7 +680,7 @@ def _differences(old: dict, new: dict) -> list[str]:
             was, now = old["preprocessing"][key], new["preprocessing"][key]
             differences.append(f"preprocessing {key} {was!r} (now {now!r})")
     if old["weights_digest"] != new["weights_digest"]:
-        differences.append("other weights")
+        differences.append("other weights or layers")
     added = len(set(new["paths"]) - set(old["paths"]))
     removed = len(set(old["paths"]) - set(new["paths"]))
     if added or removed:

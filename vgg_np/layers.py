@@ -481,7 +481,8 @@ def output_kind(layers: Sequence[Layer]) -> str:
     classifier (a ``dense`` layer) ends with no activation; ``"scores"`` when it ends in
     another activation (sigmoid, tanh, relu: not a distribution); ``"features"``
     without a dense layer. Dropout rows are the identity at inference and are looked
-    through, but an activation they carry (a Keras ``Dropout -> Activation``) counts.
+    through, as is a linear ``activation`` row (Keras's ``Activation("linear")``), but an
+    activation they carry counts.
 
     Examples
     --------
@@ -496,7 +497,11 @@ def output_kind(layers: Sequence[Layer]) -> str:
     if not any(layer.kind == "dense" for layer in layers):
         return "features"
     last = next(
-        (layer for layer in reversed(layers) if layer.kind != "dropout" or layer.activation),
+        (
+            layer
+            for layer in reversed(layers)
+            if layer.kind not in ("dropout", "activation") or layer.activation
+        ),
         layers[-1],
     )
     if last.activation == "softmax":

@@ -559,15 +559,22 @@ class VGG:
         """
         plan, engine = self._lowered()
         names = [layer.name for layer in self.layers]
-        merged = [i for i, name in enumerate(names) if name in wanted and name not in plan.names]
+        # A run of merged layers (a dense, a dropout, then the activation fused into the
+        # dense) is computed from the nearest layer before it that the plan keeps.
+        merged = set()
+        for i, name in enumerate(names):
+            if name in wanted and name not in plan.names:
+                while i >= 0 and names[i] not in plan.names and i not in merged:
+                    merged.add(i)
+                    i -= 1
         before = {names[i - 1] for i in merged if i > 0 and names[i - 1] in plan.names}
         answered = {name for name in wanted | before if name in plan.names}
         found = engine.outputs(x, {plan.names[name] for name in answered}) if answered else {}
         own = {name: found[plan.names[name]] for name in answered}
-        for i in merged:
+        for i in sorted(merged):
             layer = self.layers[i]
             given = x if i == 0 else own[names[i - 1]]
-            own[layer.name] = forward([layer], {layer.name: self._weights[layer.name]}, given)
+            own[layer.name] = forward([layer], self._weights, given)
         return own
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:

@@ -392,8 +392,10 @@ def _input_shape(input_shape, data_format: str, table: Sequence[Layer], size: in
             "pass include_top=False for inputs of any size"
         )
     if any(s is not None and (not isinstance(s, int) or s < MIN_SIZE) for s in (h, w)):
+        order = "(C, H, W) with channels_first" if data_format == "channels_first" else "(H, W, C)"
         raise ValueError(
-            f"`input_shape` height and width must be at least {MIN_SIZE}, got {input_shape!r}"
+            f"`input_shape` height and width must be at least {MIN_SIZE}, got {input_shape!r} "
+            f"as {order}"
         )
     return (h, w, c)
 

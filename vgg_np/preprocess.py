@@ -181,9 +181,11 @@ def read_class_names(path: str | os.PathLike, classes: int) -> list[str]:
     while names and not names[-1]:
         names.pop()
     if len(names) != classes or not all(names):
+        empty = names.count("")
+        found = f"{len(names) - empty} names" + (f" and {empty} empty lines" if empty else "")
         raise ValueError(
-            f"{os.fspath(path)}: {len(names)} names (empty lines: {names.count('')}), but the "
-            f"classifier has {classes} outputs: give one non-empty name per line"
+            f"{os.fspath(path)}: {found}, but the classifier has {classes} outputs: give one "
+            "non-empty name per line"
         )
     return names
 

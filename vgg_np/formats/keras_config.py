@@ -273,15 +273,9 @@ def _head(layers: list[dict], where: str) -> tuple[list[Layer], dict]:
     head: list[Layer] = []
     variables = {}
     for layer in layers:
-        if layer["class_name"] == "Activation":  # applied to the layer before it
-            activation = _activation(layer, where)
-            if head and head[-1].activation is None:
-                head[-1] = Layer(**{**head[-1].__dict__, "activation": activation})
-            elif activation is not None:
-                raise FileFormatError(
-                    f"{where}: layer {layer['name']!r} (Activation) follows a layer that "
-                    "already has an activation, or none"
-                )
+        if layer["class_name"] == "Activation":  # a layer of its own, with its own name
+            # Keras's Dropout (or Dense) before it keeps its own output; lowering fuses.
+            head.append(Layer(layer["name"], "activation", activation=_activation(layer, where)))
             continue
         head.append(_head_layer(layer, where))
         if head[-1].kind in ("dense", "batch_norm"):
