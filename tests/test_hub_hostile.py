@@ -269,3 +269,29 @@ def test_a_fifo_where_the_cached_copy_belongs_is_refused_at_once(caches):
     os.mkfifo(folder / published.filename)
     with pytest.raises(ValueError, match=r"w-0\.pth' is a FIFO, not a regular copy of w-0\.pth"):
         hub.find(published)
+
+
+@pytest.mark.parametrize(
+    ("command", "spec", "name"),
+    [
+        ("predict", "imagenet:vgg16_bn", "vgg16_bn-6c64b313.pth"),
+        ("predict", "imagenet:vgg16:torchvision", "vgg16-397923af.pth"),
+        ("extract", "imagenet:vgg11", "vgg11-8a719046.pth"),
+    ],
+)
+def test_cli_imagenet_model_and_family_are_not_taken_for_file_names(
+    caches, tmp_path, capsys, command, spec, name
+):
+    """README's `--weights imagenet:vgg16_bn` (`imagenet:vgg16:torchvision`) reaches the hub:
+    without a copy, the error names the file to put in place (exit 1), never 'no such file'."""
+    from PIL import Image
+
+    picture = tmp_path / "a.png"
+    Image.new("RGB", (40, 30)).save(picture)
+    argv = [command, str(picture), "--weights", spec]
+    if command == "extract":
+        argv += ["--layer", "fc2", "-o", str(tmp_path / "fc2.npy")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no such file" not in err
+    assert name in err and "download.pytorch.org" in err
