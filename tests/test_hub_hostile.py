@@ -295,3 +295,21 @@ def test_cli_imagenet_model_and_family_are_not_taken_for_file_names(
     err = capsys.readouterr().err
     assert "no such file" not in err
     assert name in err and "download.pytorch.org" in err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "command"),
+    [
+        ({}, "vgg-np fetch-weights vgg16)"),
+        ({"include_top": False}, "vgg-np fetch-weights vgg16 --no-top)"),
+        ({"family": "torchvision"}, "vgg-np fetch-weights vgg16 --family torchvision)"),
+    ],
+)
+def test_the_missing_copy_error_names_the_command_that_fetches_that_very_file(
+    caches, kwargs, command
+):
+    """The hint fetches the file the call asked for: the notop file, torchvision's file."""
+    kwargs.setdefault("include_top", True)
+    with pytest.raises(FileNotFoundError) as info:
+        hub.resolve("vgg16", **kwargs)
+    assert str(info.value).endswith(command)

@@ -475,7 +475,7 @@ def resolve(
     from https://storage.googleapis.com/.../vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
     in /nonexistent/models, or vgg16-397923af.pth (sha256 397923af) from
     https://download.pytorch.org/models/vgg16-397923af.pth in /nonexistent/hub/checkpoints;
-    or pass download=True (vgg-np fetch-weights vgg16)
+    or pass download=True (vgg-np fetch-weights vgg16 --no-top)
     >>> del os.environ["KERAS_HOME"], os.environ["TORCH_HOME"]
     """
     entries = _entries(model, include_top, family, batch_norm)
@@ -492,7 +492,9 @@ def resolve(
         return download(entries[0], base_url=base_url, progress=progress, deadline=deadline)
     places = ", or ".join(f"{e.describe()} in {cache_dir(e.family)}" for e in entries)
     name = str(model).lower() + ("_bn" if batch_norm else "")
+    command = f"vgg-np fetch-weights {name}" + ("" if include_top else " --no-top")
+    command += f" --family {family}" if family else ""
     raise FileNotFoundError(
         f"no copy of the ImageNet weights of {name} (include_top={bool(include_top)}): put "
-        f"{places}; or pass download=True (vgg-np fetch-weights {name})"
+        f"{places}; or pass download=True ({command})"
     )
