@@ -348,8 +348,9 @@ def add_predict(commands) -> None:
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument(
         "-o", "--output", type=_extract_output,
-        help="write the outputs (probabilities, or scores where the head does not end in "
-        "softmax) to OUT.npy or OUT.zarr instead, as extract does",
+        help="write what it ranks to OUT.npy or OUT.zarr instead, in extract's store: "
+        "probabilities (a softmax after a linear classifier, where extract keeps its logits), "
+        "or the scores of a head ending in another activation",
     )  # fmt: skip
     predict.add_argument(
         "--progress",
@@ -469,7 +470,8 @@ def add_extract(commands) -> None:
             "weights file and write LAYER's output, one row per image, to OUT (.npy through a "
             "memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
             "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
-            "last one stopped; a bad image gets a NaN row and its reason, not an error. With "
+            "last one stopped; a bad image gets a NaN row and its reason and the run goes "
+            "on (exit code 1 at the end). With "
             "--scheduler or --workers (needs the dask extra) the partitions run as Dask tasks "
             "and write the same OUT; the weights and OUT must be at the same paths on every "
             "worker (docs/distributed.md)."
