@@ -273,8 +273,8 @@ def test_without_dask_the_cluster_options_fail_in_one_line(job, monkeypatch, cap
     assert code == 1
     assert err.strip().splitlines()[-1] == (
         "vgg-np: error: running on a Dask cluster needs the optional dask extra: "
-        'pip install "vgg_np[dask]" (dask[distributed], zarr)'
-    )
+        'pip install ".[dask]" from a checkout of vgg_np (or dask[distributed] and zarr)'
+    )  # vgg_np is not on PyPI: "vgg_np[dask]" installs nothing
     assert not (job["root"] / "never.npy").exists()
 
 
