@@ -97,9 +97,11 @@ def test_a_server_that_never_answers_is_given_up_at_the_deadline(caches):
         start = time.monotonic()
         with pytest.raises(OSError) as info:
             hub.download(entry(), base_url=url, progress=False, deadline=1.0)
+    folder = hub.cache_dir("torchvision")
     assert time.monotonic() - start < 5
     assert str(info.value) == (
-        f"{url}w-0.pth: the server stopped answering (timed out); nothing was saved"
+        f"{url}w-0.pth: the server stopped answering (timed out); nothing was saved (to do "
+        f"it by hand: download that URL elsewhere and put w-0.pth in {folder})"
     )
     assert left_behind(caches) == []
 
@@ -150,7 +152,9 @@ def test_a_refused_connection_and_an_unknown_host_name_the_url_and_reason(caches
     with pytest.raises(OSError) as info:
         hub.download(entry(), base_url=url, progress=False)
     refused = "the connection was refused (nothing listens there); nothing was saved"
-    assert str(info.value) == f"{url}w-0.pth: {refused}"
+    assert str(info.value).startswith(f"{url}w-0.pth: {refused} (to do it by hand: ")
+    # what to do offline: the file's name and the folder it belongs in
+    assert str(info.value).endswith(f"put w-0.pth in {hub.cache_dir('torchvision')})")
     with pytest.raises(OSError) as info:
         hub.download(entry(), base_url="http://x.invalid/", progress=False)
     message = str(info.value)

@@ -73,7 +73,8 @@ class DownloadError(OSError):
     Traceback (most recent call last):
     ...
     vgg_np.hub.DownloadError: http://x.invalid/w.h5: its host name does not resolve (no such
-    host, or no DNS); nothing was saved
+    host, or no DNS); nothing was saved (to do it by hand: download that URL elsewhere and
+    put w.h5 in .../models)
     """
 
 
@@ -386,7 +387,10 @@ def download(
         _remove_empty(made)
         if isinstance(error, DownloadError):
             raise
-        raise DownloadError(f"{url}: {_reason(error)}; nothing was saved") from error
+        raise DownloadError(
+            f"{url}: {_reason(error)}; nothing was saved (to do it by hand: download that "
+            f"URL elsewhere and put {entry.filename} in {target})"
+        ) from error
     except BaseException:  # a wrong hash, Ctrl-C
         _remove_empty(made)
         raise
