@@ -259,7 +259,9 @@ def test_cli_weights_imagenet_takes_the_cached_file_of_the_named_variant(
     assert f"{path} (npz" in capsys.readouterr().out
     assert cli.main(["summary", "--weights", "imagenet", "--model", "vgg11"]) == 0
     assert cli.main(["summary", "--weights", "imagenet:vgg11:keras"]) == 1
-    assert "keras publishes no ImageNet weights of vgg11" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "keras publishes no ImageNet weights of vgg11; torchvision does" in err
+    assert "(--family torchvision)" in err  # what to do
     with pytest.raises(SystemExit) as info:
         cli.main(["summary", "--weights", "imagenet:vgg12"])
     assert info.value.code == 2

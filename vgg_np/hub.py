@@ -414,7 +414,11 @@ def _entries(
         raise ValueError(f"`family` must be None, 'keras' or 'torchvision', got {family!r}")
     entries = tuple(e for e in PUBLISHED[key] if family in (None, e.family))
     if not entries:
-        raise ValueError(f"{family} publishes no ImageNet weights of {key[0]}")
+        others = sorted({e.family for e in PUBLISHED[key]})
+        raise ValueError(
+            f"{family} publishes no ImageNet weights of {key[0]}; {' and '.join(others)} "
+            f"does: family={others[0]!r} (--family {others[0]}), or no family at all"
+        )
     return entries
 
 
