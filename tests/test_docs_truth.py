@@ -140,3 +140,10 @@ def test_the_changelog_names_every_command_the_parser_has():
     assert not missing, f"CHANGELOG never names {missing}"
     for promise in ('weights="imagenet"', "compare_keras", "recursively"):
         assert promise in CHANGELOG, promise
+
+
+def test_the_weights_help_of_predict_and_extract_names_imagenet():
+    """README: commands 'then take --weights imagenet'; their --help says so too."""
+    texts = help_texts()
+    for name in ("predict", "extract"):
+        assert "imagenet[:MODEL[:FAMILY]]" in " ".join(texts[name].split()), name

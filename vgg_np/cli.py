@@ -328,7 +328,10 @@ def add_predict(commands) -> None:
         "images", nargs="+", metavar="IMAGE_OR_DIR", help="images, directories or globs"
     )
     predict.add_argument(
-        "--weights", required=True, help="weights file (Keras, PyTorch, ONNX, npz, ...)"
+        "--weights",
+        required=True,
+        help="weights file (Keras, PyTorch, ONNX, npz, ...), or imagenet[:MODEL[:FAMILY]] "
+        "for the published weights fetch-weights downloaded",
     )
     predict.add_argument("--top", type=_positive_int, default=5, help="classes per image (5)")
     predict.add_argument(
@@ -485,7 +488,8 @@ def add_extract(commands) -> None:
         ],
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    parser.add_argument("--weights", required=True, help="weights file of any supported format")
+    parser.add_argument("--weights", required=True, help="weights file of any supported format, "
+                        "or imagenet[:MODEL[:FAMILY]] (see fetch-weights)")  # fmt: skip
     parser.add_argument("--layer", help="whose output is stored (default: the last layer)")
     parser.add_argument(
         "-o", "--output", required=True, type=_extract_output, help="OUT.npy or OUT.zarr"
