@@ -319,3 +319,18 @@ def test_the_missing_copy_error_names_the_command_that_fetches_that_very_file(
     with pytest.raises(FileNotFoundError) as info:
         hub.resolve("vgg16", **kwargs)
     assert str(info.value).endswith(command)
+
+
+def test_a_bad_cached_copy_names_a_command_that_runs_as_typed(caches):
+    """'vgg-np fetch-weights --force' lacks MODEL (exit 2): the hint names it, and the file."""
+    import shlex
+
+    folder = hub.cache_dir("keras")
+    folder.mkdir(parents=True)
+    (folder / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"junk")
+    with pytest.raises(ValueError) as info:
+        hub.resolve("vgg16", include_top=False)
+    command = "vgg-np fetch-weights vgg16 --no-top --family keras --force"
+    assert f"({command}, or resolve" in str(info.value)
+    args = cli.build_parser().parse_args(shlex.split(command)[1:])  # exits 2 if stale
+    assert (args.model, args.no_top, args.family, args.force) == ("vgg16", True, "keras", True)

@@ -200,6 +200,15 @@ def _matches(entry: Published, hexdigest: str) -> bool:
     return hexdigest.startswith(entry.digest)  # torchvision: a prefix; Keras: all of it
 
 
+def _force_command(entry: Published) -> str:
+    """Return the command that downloads `entry` again over a bad copy, as typed."""
+    for (model, top), entries in PUBLISHED.items():
+        if entry in entries:
+            no_top = "" if top else " --no-top"
+            return f"vgg-np fetch-weights {model}{no_top} --family {entry.family} --force"
+    return "vgg-np fetch-weights MODEL --force"  # an entry of one's own (tests)
+
+
 def _check_file(entry: Published, path: pathlib.Path) -> None:
     hasher = _hasher(entry)
     what = f"copy of {entry.filename}"
@@ -208,8 +217,8 @@ def _check_file(entry: Published, path: pathlib.Path) -> None:
         if size > entry.max_bytes:  # no need to hash 10 GB to know it is not the file
             raise ValueError(
                 f"{path} holds {size:,} bytes, more than the published {entry.filename} "
-                f"({entry.max_bytes:,}): a different file; replace it (vgg-np fetch-weights "
-                "--force, or resolve(..., force=True))"
+                f"({entry.max_bytes:,}): a different file; replace it ({_force_command(entry)}, "
+                "or resolve(..., force=True))"
             )
         while block := file.read(BLOCK):
             hasher.update(block)
@@ -217,7 +226,7 @@ def _check_file(entry: Published, path: pathlib.Path) -> None:
         raise ValueError(
             f"{path} has {entry.algorithm} {hasher.hexdigest()}, but the published "
             f"{entry.filename} has {entry.digest}: a partial or different file; delete it "
-            "and download it again (vgg-np fetch-weights --force, or resolve(..., force=True))"
+            f"and download it again ({_force_command(entry)}, or resolve(..., force=True))"
         )
 
 
