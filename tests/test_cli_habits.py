@@ -242,3 +242,13 @@ def test_no_page_calls_a_skipped_picture_not_an_error():
     for text in ((ROOT / "README.md").read_text(), extract_help.format_help()):
         text = " ".join(text.split())
         assert "reason, never an error" not in text and "reason, not an error" not in text
+
+
+def test_compare_names_its_missing_images_by_the_option_given(tmp_path, capsys):
+    """compare's pictures come by --images: a missing one is named so, not IMAGE_OR_DIR."""
+    from vgg_np import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", WEIGHTS, WEIGHTS, "--images", str(tmp_path / "nope.png")])
+    assert info.value.code == 2
+    assert f"--images {tmp_path / 'nope.png'}: no such file" in capsys.readouterr().err

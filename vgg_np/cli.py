@@ -242,7 +242,8 @@ def _check_inputs(args: argparse.Namespace) -> str | None:
             if name == "images" and glob.has_magic(item):
                 continue
             if not os.path.exists(item):
-                return f"{label} {item}: no such file or directory"
+                said = getattr(args, "images_label", label) if name == "images" else label
+                return f"{said} {item}: no such file or directory"
             if name not in ("images", "image"):  # images: folders too, each file checked later
                 try:
                     check_regular(item, "file")
@@ -831,6 +832,7 @@ def add_compare(commands) -> None:
     compare.add_argument(
         "--onnx", action="store_true", help="run WEIGHTS (an .onnx) in onnxruntime"
     )
+    compare.set_defaults(images_label="--images")  # an option here, not IMAGE_OR_DIR
     compare.add_argument(
         "--images",
         nargs="+",
