@@ -209,3 +209,46 @@ def test_in_a_notebook_with_ipywidgets_progress_is_a_widget(monkeypatch):
     with Progress(10, stream=kernel_stream) as bar:
         bar.update(10)
     assert kernel_stream.getvalue().count("\n") == 2
+
+
+def test_predict_output_is_what_it_ranks_and_the_docs_say_so(tmp_path):
+    """A torchvision classifier ends in logits: `predict -o` stores the probabilities it
+    ranks, `extract` the logits; README and --help must not say they store the same."""
+    from vgg_np import cli
+
+    bn = str(ROOT / "tests" / "data" / "heads" / "vgg16_bn.pth")
+    picture = tmp_path / "a.png"
+    Image.new("RGB", (40, 30), (200, 40, 10)).save(picture)
+    assert cli.main(["predict", str(picture), "--weights", bn, "-o", str(tmp_path / "p.npy")]) == 0
+    assert cli.main(["extract", str(picture), "--weights", bn, "-o", str(tmp_path / "e.npy")]) == 0
+    probabilities, logits = np.load(tmp_path / "p.npy"), np.load(tmp_path / "e.npy")
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probabilities, shifted / shifted.sum(1, keepdims=True), atol=1e-6)
+    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["predict"]
+                         .format_help().split())  # fmt: skip
+    readme = (ROOT / "README.md").read_text()
+    for text in (help_text, readme):
+        assert "as extract does" not in text and "as `extract` does" not in text
+        assert "extract keeps its logits" in text or "`extract` stores its logits" in text
+
+
+def test_no_page_calls_a_skipped_picture_not_an_error():
+    """Skipped pictures make exit code 1 in predict and extract alike: no text may say
+    a bad image is 'not an error' (README's exit-code rule)."""
+    from vgg_np import cli
+
+    extract_help = cli.build_parser()._subparsers._group_actions[0].choices["extract"]
+    for text in ((ROOT / "README.md").read_text(), extract_help.format_help()):
+        text = " ".join(text.split())
+        assert "reason, never an error" not in text and "reason, not an error" not in text
+
+
+def test_compare_names_its_missing_images_by_the_option_given(tmp_path, capsys):
+    """compare's pictures come by --images: a missing one is named so, not IMAGE_OR_DIR."""
+    from vgg_np import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", WEIGHTS, WEIGHTS, "--images", str(tmp_path / "nope.png")])
+    assert info.value.code == 2
+    assert f"--images {tmp_path / 'nope.png'}: no such file" in capsys.readouterr().err

@@ -97,8 +97,8 @@ def assert_same_store(local, out) -> None:
 
 @pytest.fixture(scope="module")
 def client():
-    pytest.importorskip("distributed", reason="needs the dask extra: pip install 'vgg_np[dask]'")
-    pytest.importorskip("zarr", reason="needs the dask extra: pip install 'vgg_np[dask]'")
+    pytest.importorskip("distributed", reason="needs the dask extra: pip install '.[dask]'")
+    pytest.importorskip("zarr", reason="needs the dask extra: pip install '.[dask]'")
     with connect(workers=2) as client:
         yield client
 
@@ -189,7 +189,7 @@ def test_a_worker_killed_mid_partition_has_it_rerun_elsewhere(client, job, local
 
 @dask
 def test_a_partition_that_ends_every_worker_stops_the_run_in_one_error(job):
-    pytest.importorskip("distributed", reason="needs the dask extra: pip install 'vgg_np[dask]'")
+    pytest.importorskip("distributed", reason="needs the dask extra: pip install '.[dask]'")
     import dask
 
     out = job["root"] / "fatal.npy"
@@ -273,8 +273,8 @@ def test_without_dask_the_cluster_options_fail_in_one_line(job, monkeypatch, cap
     assert code == 1
     assert err.strip().splitlines()[-1] == (
         "vgg-np: error: running on a Dask cluster needs the optional dask extra: "
-        'pip install "vgg_np[dask]" (dask[distributed], zarr)'
-    )
+        'pip install ".[dask]" from a checkout of vgg_np (or dask[distributed] and zarr)'
+    )  # vgg_np is not on PyPI: "vgg_np[dask]" installs nothing
     assert not (job["root"] / "never.npy").exists()
 
 
@@ -319,7 +319,7 @@ def silent_scheduler():
 def test_a_scheduler_that_never_answers_is_given_up_after_the_timeout(
     job, silent_scheduler, capsys
 ):
-    pytest.importorskip("distributed", reason="needs the dask extra: pip install 'vgg_np[dask]'")
+    pytest.importorskip("distributed", reason="needs the dask extra: pip install '.[dask]'")
     start = time.monotonic()
     code = main(["extract", str(job["images"]), "--weights", str(job["weights"]), "-o",
                  str(job["root"] / "never.npy"), "--scheduler", silent_scheduler,

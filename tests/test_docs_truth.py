@@ -131,3 +131,19 @@ def test_the_demo_hint_is_current_and_in_readme():
     args = shlex.split(command.replace('"$(vgg-np fetch-weights vgg16)"', "w.h5"))
     cli.build_parser().parse_args(args[1:])  # exits 2 on a stale option
     assert cli.DEMO_HINT in README
+
+
+def test_the_changelog_names_every_command_the_parser_has():
+    """A command a user can run is in the CHANGELOG (fetch-weights was not)."""
+    missing = [name for name in subcommands() if f"vgg-np {name}" not in CHANGELOG
+               and f"`{name}`" not in CHANGELOG]  # fmt: skip
+    assert not missing, f"CHANGELOG never names {missing}"
+    for promise in ('weights="imagenet"', "compare_keras", "recursively"):
+        assert promise in CHANGELOG, promise
+
+
+def test_the_weights_help_of_predict_and_extract_names_imagenet():
+    """README: commands 'then take --weights imagenet'; their --help says so too."""
+    texts = help_texts()
+    for name in ("predict", "extract"):
+        assert "imagenet[:MODEL[:FAMILY]]" in " ".join(texts[name].split()), name

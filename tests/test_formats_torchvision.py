@@ -244,3 +244,18 @@ def test_converted_model_matches_keras(tmp_path):
     formats.write_weights(path, tiny(weights=TINY_DIR / "model.keras").weights)
     model = tiny(weights=path)
     assert relative_error(model(x), logits) < 1e-5
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_notop_file_written_in_torchvision_layout_reads_back(tmp_path, suffix):
+    """A convolutional base alone (no classifier.*) in torchvision's layout: what
+    `vgg-np convert x_notop.h5 x.pth` writes. It read as 'damaged' (zip() strict)."""
+    from vgg_np import cli
+
+    notop = VGG.from_file(TINY_DIR / "applications_notop.h5")
+    path = tmp_path / f"notop{suffix}"
+    assert cli.main(["convert", str(TINY_DIR / "applications_notop.h5"), str(path)]) == 0
+    back = VGG.from_file(path)
+    assert not back.include_top and back.output_kind == "features"
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(back(x), notop(x))

@@ -97,9 +97,11 @@ def test_a_server_that_never_answers_is_given_up_at_the_deadline(caches):
         start = time.monotonic()
         with pytest.raises(OSError) as info:
             hub.download(entry(), base_url=url, progress=False, deadline=1.0)
+    folder = hub.cache_dir("torchvision")
     assert time.monotonic() - start < 5
     assert str(info.value) == (
-        f"{url}w-0.pth: the server stopped answering (timed out); nothing was saved"
+        f"{url}w-0.pth: the server stopped answering (timed out); nothing was saved (to do "
+        f"it by hand: download that URL elsewhere and put w-0.pth in {folder})"
     )
     assert left_behind(caches) == []
 
@@ -150,7 +152,9 @@ def test_a_refused_connection_and_an_unknown_host_name_the_url_and_reason(caches
     with pytest.raises(OSError) as info:
         hub.download(entry(), base_url=url, progress=False)
     refused = "the connection was refused (nothing listens there); nothing was saved"
-    assert str(info.value) == f"{url}w-0.pth: {refused}"
+    assert str(info.value).startswith(f"{url}w-0.pth: {refused} (to do it by hand: ")
+    # what to do offline: the file's name and the folder it belongs in
+    assert str(info.value).endswith(f"put w-0.pth in {hub.cache_dir('torchvision')})")
     with pytest.raises(OSError) as info:
         hub.download(entry(), base_url="http://x.invalid/", progress=False)
     message = str(info.value)
@@ -255,7 +259,9 @@ def test_cli_weights_imagenet_takes_the_cached_file_of_the_named_variant(
     assert f"{path} (npz" in capsys.readouterr().out
     assert cli.main(["summary", "--weights", "imagenet", "--model", "vgg11"]) == 0
     assert cli.main(["summary", "--weights", "imagenet:vgg11:keras"]) == 1
-    assert "keras publishes no ImageNet weights of vgg11" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "keras publishes no ImageNet weights of vgg11; torchvision does" in err
+    assert "(--family torchvision)" in err  # what to do
     with pytest.raises(SystemExit) as info:
         cli.main(["summary", "--weights", "imagenet:vgg12"])
     assert info.value.code == 2
@@ -269,3 +275,62 @@ def test_a_fifo_where_the_cached_copy_belongs_is_refused_at_once(caches):
     os.mkfifo(folder / published.filename)
     with pytest.raises(ValueError, match=r"w-0\.pth' is a FIFO, not a regular copy of w-0\.pth"):
         hub.find(published)
+
+
+@pytest.mark.parametrize(
+    ("command", "spec", "name"),
+    [
+        ("predict", "imagenet:vgg16_bn", "vgg16_bn-6c64b313.pth"),
+        ("predict", "imagenet:vgg16:torchvision", "vgg16-397923af.pth"),
+        ("extract", "imagenet:vgg11", "vgg11-8a719046.pth"),
+    ],
+)
+def test_cli_imagenet_model_and_family_are_not_taken_for_file_names(
+    caches, tmp_path, capsys, command, spec, name
+):
+    """README's `--weights imagenet:vgg16_bn` (`imagenet:vgg16:torchvision`) reaches the hub:
+    without a copy, the error names the file to put in place (exit 1), never 'no such file'."""
+    from PIL import Image
+
+    picture = tmp_path / "a.png"
+    Image.new("RGB", (40, 30)).save(picture)
+    argv = [command, str(picture), "--weights", spec]
+    if command == "extract":
+        argv += ["--layer", "fc2", "-o", str(tmp_path / "fc2.npy")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no such file" not in err
+    assert name in err and "download.pytorch.org" in err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "command"),
+    [
+        ({}, "vgg-np fetch-weights vgg16)"),
+        ({"include_top": False}, "vgg-np fetch-weights vgg16 --no-top)"),
+        ({"family": "torchvision"}, "vgg-np fetch-weights vgg16 --family torchvision)"),
+    ],
+)
+def test_the_missing_copy_error_names_the_command_that_fetches_that_very_file(
+    caches, kwargs, command
+):
+    """The hint fetches the file the call asked for: the notop file, torchvision's file."""
+    kwargs.setdefault("include_top", True)
+    with pytest.raises(FileNotFoundError) as info:
+        hub.resolve("vgg16", **kwargs)
+    assert str(info.value).endswith(command)
+
+
+def test_a_bad_cached_copy_names_a_command_that_runs_as_typed(caches):
+    """'vgg-np fetch-weights --force' lacks MODEL (exit 2): the hint names it, and the file."""
+    import shlex
+
+    folder = hub.cache_dir("keras")
+    folder.mkdir(parents=True)
+    (folder / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"junk")
+    with pytest.raises(ValueError) as info:
+        hub.resolve("vgg16", include_top=False)
+    command = "vgg-np fetch-weights vgg16 --no-top --family keras --force"
+    assert f"({command}, or resolve" in str(info.value)
+    args = cli.build_parser().parse_args(shlex.split(command)[1:])  # exits 2 if stale
+    assert (args.model, args.no_top, args.family, args.force) == ("vgg16", True, "keras", True)

@@ -217,3 +217,16 @@ def test_a_channels_last_shape_given_to_a_channels_first_model_says_the_order():
             input_shape=(32, 32, 3),
             data_format="channels_first",
         )
+
+
+@pytest.mark.parametrize("name", ["applications.h5", "model.keras", "applications_notop.h5"])
+def test_a_file_of_other_widths_is_refused_with_the_call_that_loads_it(name):
+    """README: a file holding another network (a head, batch norms, other widths) is
+    refused with every misfit listed and the call that loads it, VGG.from_file."""
+    import pathlib
+
+    from vgg_np import VGG16
+
+    path = pathlib.Path(__file__).parent / "data" / "tiny_vgg16" / name
+    with pytest.raises(ValueError, match=r"VGG\.from_file\(path\) builds the network"):
+        VGG16(weights=path, include_top=name != "applications_notop.h5")

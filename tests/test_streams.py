@@ -204,3 +204,12 @@ def test_predict_on_a_folder_of_class_folders_finds_their_pictures(tmp_path, cap
     assert main(["predict", str(tmp_path), "--weights", str(TINY_WEIGHTS), "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [os.path.relpath(r["image"], tmp_path) for r in records] == ["cat/1.png", "dog/1.png"]
+
+
+def test_unknown_preprocessing_names_the_python_keyword_too():
+    """From Python (ImageStream.for_model) the fix is `preprocess=`, not only --preprocess."""
+    from vgg_np import VGG16
+
+    model = VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match=r"preprocess= in Python, --preprocess in the command"):
+        ImageStream.for_model([], model)

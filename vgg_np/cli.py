@@ -242,7 +242,8 @@ def _check_inputs(args: argparse.Namespace) -> str | None:
             if name == "images" and glob.has_magic(item):
                 continue
             if not os.path.exists(item):
-                return f"{label} {item}: no such file or directory"
+                said = getattr(args, "images_label", label) if name == "images" else label
+                return f"{said} {item}: no such file or directory"
             if name not in ("images", "image"):  # images: folders too, each file checked later
                 try:
                     check_regular(item, "file")
@@ -328,7 +329,10 @@ def add_predict(commands) -> None:
         "images", nargs="+", metavar="IMAGE_OR_DIR", help="images, directories or globs"
     )
     predict.add_argument(
-        "--weights", required=True, help="weights file (Keras, PyTorch, ONNX, npz, ...)"
+        "--weights",
+        required=True,
+        help="weights file (Keras, PyTorch, ONNX, npz, ...), or imagenet[:MODEL[:FAMILY]] "
+        "for the published weights fetch-weights downloaded",
     )
     predict.add_argument("--top", type=_positive_int, default=5, help="classes per image (5)")
     predict.add_argument(
@@ -348,8 +352,9 @@ def add_predict(commands) -> None:
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument(
         "-o", "--output", type=_extract_output,
-        help="write the outputs (probabilities, or scores where the head does not end in "
-        "softmax) to OUT.npy or OUT.zarr instead, as extract does",
+        help="write what it ranks to OUT.npy or OUT.zarr instead, in extract's store: "
+        "probabilities (a softmax after a linear classifier, where extract keeps its logits), "
+        "or the scores of a head ending in another activation",
     )  # fmt: skip
     predict.add_argument(
         "--progress",
@@ -469,7 +474,8 @@ def add_extract(commands) -> None:
             "weights file and write LAYER's output, one row per image, to OUT (.npy through a "
             "memory map, or .zarr with the zarr package), with a manifest in OUT.manifest/ "
             "(JSON Lines: row, path, status, reason, top classes). A rerun resumes where the "
-            "last one stopped; a bad image gets a NaN row and its reason, not an error. With "
+            "last one stopped; a bad image gets a NaN row and its reason and the run goes "
+            "on (exit code 1 at the end). With "
             "--scheduler or --workers (needs the dask extra) the partitions run as Dask tasks "
             "and write the same OUT; the weights and OUT must be at the same paths on every "
             "worker (docs/distributed.md)."
@@ -483,7 +489,8 @@ def add_extract(commands) -> None:
         ],
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    parser.add_argument("--weights", required=True, help="weights file of any supported format")
+    parser.add_argument("--weights", required=True, help="weights file of any supported format, "
+                        "or imagenet[:MODEL[:FAMILY]] (see fetch-weights)")  # fmt: skip
     parser.add_argument("--layer", help="whose output is stored (default: the last layer)")
     parser.add_argument(
         "-o", "--output", required=True, type=_extract_output, help="OUT.npy or OUT.zarr"
@@ -825,6 +832,7 @@ def add_compare(commands) -> None:
     compare.add_argument(
         "--onnx", action="store_true", help="run WEIGHTS (an .onnx) in onnxruntime"
     )
+    compare.set_defaults(images_label="--images")  # an option here, not IMAGE_OR_DIR
     compare.add_argument(
         "--images",
         nargs="+",

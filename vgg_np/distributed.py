@@ -22,9 +22,9 @@ engines compute what the local one does: the same CPU kind (BLAS kernels differ 
 CPU generations) and, while the engine's dense layers depend on it, the same number of
 engine threads (`threads`).
 
-Needs the optional ``dask`` extra (``pip install "vgg_np[dask]"``): ``dask[distributed]``,
-and ``zarr`` for ``.zarr`` stores. Every worker must see the weights file and the store
-at the same paths as the client (a shared filesystem).
+Needs the optional ``dask`` extra (``pip install ".[dask]"`` from a checkout):
+``dask[distributed]``, and ``zarr`` for ``.zarr`` stores. Every worker must see the
+weights file and the store at the same paths as the client (a shared filesystem).
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def connect(
     except ImportError:
         raise ImportError(
             "running on a Dask cluster needs the optional dask extra: "
-            'pip install "vgg_np[dask]" (dask[distributed], zarr)'
+            'pip install ".[dask]" from a checkout of vgg_np (or dask[distributed] and zarr)'
         ) from None
     if scheduler is not None:
         with _client(scheduler, timeout) as client:

@@ -73,7 +73,8 @@ class DownloadError(OSError):
     Traceback (most recent call last):
     ...
     vgg_np.hub.DownloadError: http://x.invalid/w.h5: its host name does not resolve (no such
-    host, or no DNS); nothing was saved
+    host, or no DNS); nothing was saved (to do it by hand: download that URL elsewhere and
+    put w.h5 in .../models)
     """
 
 
@@ -199,6 +200,15 @@ def _matches(entry: Published, hexdigest: str) -> bool:
     return hexdigest.startswith(entry.digest)  # torchvision: a prefix; Keras: all of it
 
 
+def _force_command(entry: Published) -> str:
+    """Return the command that downloads `entry` again over a bad copy, as typed."""
+    for (model, top), entries in PUBLISHED.items():
+        if entry in entries:
+            no_top = "" if top else " --no-top"
+            return f"vgg-np fetch-weights {model}{no_top} --family {entry.family} --force"
+    return "vgg-np fetch-weights MODEL --force"  # an entry of one's own (tests)
+
+
 def _check_file(entry: Published, path: pathlib.Path) -> None:
     hasher = _hasher(entry)
     what = f"copy of {entry.filename}"
@@ -207,8 +217,8 @@ def _check_file(entry: Published, path: pathlib.Path) -> None:
         if size > entry.max_bytes:  # no need to hash 10 GB to know it is not the file
             raise ValueError(
                 f"{path} holds {size:,} bytes, more than the published {entry.filename} "
-                f"({entry.max_bytes:,}): a different file; replace it (vgg-np fetch-weights "
-                "--force, or resolve(..., force=True))"
+                f"({entry.max_bytes:,}): a different file; replace it ({_force_command(entry)}, "
+                "or resolve(..., force=True))"
             )
         while block := file.read(BLOCK):
             hasher.update(block)
@@ -216,7 +226,7 @@ def _check_file(entry: Published, path: pathlib.Path) -> None:
         raise ValueError(
             f"{path} has {entry.algorithm} {hasher.hexdigest()}, but the published "
             f"{entry.filename} has {entry.digest}: a partial or different file; delete it "
-            "and download it again (vgg-np fetch-weights --force, or resolve(..., force=True))"
+            f"and download it again ({_force_command(entry)}, or resolve(..., force=True))"
         )
 
 
@@ -386,7 +396,10 @@ def download(
         _remove_empty(made)
         if isinstance(error, DownloadError):
             raise
-        raise DownloadError(f"{url}: {_reason(error)}; nothing was saved") from error
+        raise DownloadError(
+            f"{url}: {_reason(error)}; nothing was saved (to do it by hand: download that "
+            f"URL elsewhere and put {entry.filename} in {target})"
+        ) from error
     except BaseException:  # a wrong hash, Ctrl-C
         _remove_empty(made)
         raise
@@ -410,7 +423,11 @@ def _entries(
         raise ValueError(f"`family` must be None, 'keras' or 'torchvision', got {family!r}")
     entries = tuple(e for e in PUBLISHED[key] if family in (None, e.family))
     if not entries:
-        raise ValueError(f"{family} publishes no ImageNet weights of {key[0]}")
+        others = sorted({e.family for e in PUBLISHED[key]})
+        raise ValueError(
+            f"{family} publishes no ImageNet weights of {key[0]}; {' and '.join(others)} "
+            f"does: family={others[0]!r} (--family {others[0]}), or no family at all"
+        )
     return entries
 
 
@@ -475,7 +492,7 @@ def resolve(
     from https://storage.googleapis.com/.../vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
     in /nonexistent/models, or vgg16-397923af.pth (sha256 397923af) from
     https://download.pytorch.org/models/vgg16-397923af.pth in /nonexistent/hub/checkpoints;
-    or pass download=True (vgg-np fetch-weights vgg16)
+    or pass download=True (vgg-np fetch-weights vgg16 --no-top)
     >>> del os.environ["KERAS_HOME"], os.environ["TORCH_HOME"]
     """
     entries = _entries(model, include_top, family, batch_norm)
@@ -492,7 +509,9 @@ def resolve(
         return download(entries[0], base_url=base_url, progress=progress, deadline=deadline)
     places = ", or ".join(f"{e.describe()} in {cache_dir(e.family)}" for e in entries)
     name = str(model).lower() + ("_bn" if batch_norm else "")
+    command = f"vgg-np fetch-weights {name}" + ("" if include_top else " --no-top")
+    command += f" --family {family}" if family else ""
     raise FileNotFoundError(
         f"no copy of the ImageNet weights of {name} (include_top={bool(include_top)}): put "
-        f"{places}; or pass download=True (vgg-np fetch-weights {name})"
+        f"{places}; or pass download=True ({command})"
     )

@@ -209,7 +209,14 @@ block4_conv2, block5_conv1, block5_conv2
         """
         expected = self.parameter_shapes()
         problems = _missing(self, expected, weights) + _extra(self, expected, weights)
-        problems += _misshaped(self, expected, weights)
+        misshaped = _misshaped(self, expected, weights)
+        problems += misshaped
+        widths = any(problem.startswith("block") for problem in misshaped)
+        if widths and not any("VGG.from_file" in problem for problem in problems):
+            problems.append(  # another network's convolutions: no keyword of this one fits
+                "its convolutions have other widths: VGG.from_file(path) builds the network "
+                "a file describes (its own head, batch norms, widths) and loads it"
+            )
         if problems:
             raise ValueError(
                 f"{source} do not fit {self.config.name} "

@@ -324,7 +324,7 @@ def choose_preprocessing(
         raise ValueError(
             f"{where}: which preprocessing they expect is unknown ({provenance.evidence}); "
             "choose one: 'caffe' for Keras-trained weights, 'torch' for torchvision-trained "
-            "weights (--preprocess in the command line)"
+            "weights (preprocess= in Python, --preprocess in the command line)"
         )
     return Preprocessing(
         provenance.preprocess,

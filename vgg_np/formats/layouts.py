@@ -129,6 +129,8 @@ def lazy_hwc_rows(kernel, channels: int, where: str) -> LazyArray:
 
 def dense_names(count: int) -> list[str]:
     """Keras names of a classifier's `count` dense layers: fc1, fc2, ..., predictions."""
+    if count == 0:  # a convolutional base alone (a notop file): no classifier
+        return []
     return [f"fc{i}" for i in range(1, count)] + ["predictions"]
 
 
