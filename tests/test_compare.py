@@ -370,3 +370,19 @@ def test_an_onnx_graph_read_only_in_part_is_refused_not_a_silent_subset(tmp_path
     onnx.save(graph, path)
     result = compare_onnx(path, x)
     assert result.passed and result.compared == 18, str(result)
+
+
+def test_probabilities_show_an_unlikely_class_off_by_one_logit():
+    """|p - q| hides a logit off by 1 on a class of probability 1e-9: log p does not."""
+    x = np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    model = small()
+    kernel, bias = model.weights["predictions"]
+    spread = np.ptp(model.activations(x)["predictions"].astype(np.float64), axis=1).max()
+    scale = 25 / spread  # confident: the top class holds all but about 1e-9
+    model.set_weights({**model.weights, "predictions": (kernel * scale, bias * scale)})
+    dump = model.activations(x)
+    logits = dump["predictions"].astype(np.float64)
+    assert compare_activations(model, x, {**dump, "predictions": softmax64(logits)}).passed
+    logits[:, np.argmin(logits[0])] += 1.0  # an unlikely class's bias off by 1
+    result = compare_activations(model, x, {**dump, "predictions": softmax64(logits)})
+    assert result.first_divergence == "predictions", str(result)

@@ -101,6 +101,10 @@ def _is_distribution(y: np.ndarray) -> bool:
     return y.ndim == 2 and bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
 
 
+#: Probabilities below this are taken as vanished (float32 keeps full precision above it).
+_VANISHED = 1e-30
+
+
 def _as_declared(model: VGG, theirs: np.ndarray, mine: np.ndarray):
     """Bring the output layer's two sides to the same quantity: (theirs, mine, note).
 
@@ -113,7 +117,19 @@ def _as_declared(model: VGG, theirs: np.ndarray, mine: np.ndarray):
         return theirs, mine, None
     if theirs_p:
         note = f"{name}: your output holds probabilities, vgg_np's logits: compared after softmax"
-        return theirs, softmax(np.asarray(mine, np.float64)), note
+        mine = np.asarray(mine, np.float64)
+        # Compared as log-probabilities, relative to the logits' scale: a probability of
+        # 1e-9 off by a factor of 2 is a logit off by 0.7, which |p - q| <= 1e-5 would hide.
+        # Below _VANISHED both sides hold no information (float32 underflows): equal.
+        log_theirs = np.log(np.maximum(np.asarray(theirs, np.float64), _VANISHED))
+        log_mine = np.log(np.maximum(softmax(mine), _VANISHED))
+        saturated = int(np.sum(np.sum(theirs > _VANISHED, axis=1) < min(2, theirs.shape[1])))
+        if saturated:
+            note += (
+                f"; in {saturated} of {len(theirs)} images one class holds all the probability, "
+                "so the other classes' logits cannot be checked there: dump logits"
+            )
+        return mine + (log_theirs - log_mine), mine, note
     note = f"{name}: your output holds logits, vgg_np's probabilities: compared after softmax"
     return softmax(np.asarray(theirs, np.float64)), mine, note
 
