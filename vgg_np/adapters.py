@@ -55,15 +55,16 @@ def _reference(
     if weights is None and own is not None:
         model, notes = own, [loud]
     elif weights is None:
-        inferred = infer_architecture(yours, {}, family)
-        inferred.update(input_shape=input_shape, classifier_activation=activation)
-        model = VGG(**inferred, dtype=dtype, seed=0)
+        changes = {"classifier_activation": activation, "dtype": dtype}
+        changes |= {"input_shape": input_shape} if input_shape is not None else {}
+        network = infer_architecture(yours, {}, family).replace(**changes)
+        model = VGG(**network.arguments(), seed=0)
         model.set_weights(yours, source="the artifact's own weights")
         notes = [loud]
     else:
         if isinstance(weights, str) and weights == "imagenet":
             inferred = infer_architecture(yours, {}, family)
-            weights = hub.resolve(inferred["config"].name, inferred["include_top"])
+            weights = hub.resolve(inferred.config.name, inferred.include_top)
         model = VGG.from_file(weights, dtype=dtype, classifier_activation=activation)
         diff = diff_weights(model.weights, yours)
         notes = [f"reference weights: {os.fspath(weights)}", *diff.lines()]
