@@ -386,3 +386,18 @@ def test_probabilities_show_an_unlikely_class_off_by_one_logit():
     logits[:, np.argmin(logits[0])] += 1.0  # an unlikely class's bias off by 1
     result = compare_activations(model, x, {**dump, "predictions": softmax64(logits)})
     assert result.first_divergence == "predictions", str(result)
+
+
+def test_a_batch_norm_dump_by_torchvision_module_names_passes(x):
+    """vgg16_bn's tree is Conv2d, BatchNorm2d, ReLU: its module names pair with the right layers."""
+    model = VGG(SMALL, classes=5, classifier_activation=None, seed=7, batch_norm=1e-5)
+    ours = model.activations(x)
+    names = module_names(SMALL.conv_names(), 2, batch_norm=True)
+    assert names["block1_conv1_bn"] == "features.2" and names["block1_pool"] == "features.3"
+    dump = {
+        names.get(layer, layer): a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+        for layer, a in ours.items()
+        if layer != "flatten"  # torchvision has no module of its own for it
+    }  # as a torch hook dump: NCHW, by module name
+    result = compare_activations(model, x, dump)
+    assert result.passed and result.compared == len(ours) - 1, str(result)

@@ -54,7 +54,9 @@ def source_names(model: VGG, extra: Mapping[str, str] | None = None) -> dict[str
     Torchvision names are those of the ReLU after each convolution or hidden linear layer
     (torchvision's convolution modules output values before their ReLU).
     """
-    modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
+    modules = torchvision.module_names(
+        model.config.conv_names(), len(model.config.fc) + 1, model.batch_norm is not None
+    )
     names = {layer.name: [layer.name] for layer in model.layers}
     for keras_name, torch_name in modules.items():
         names.setdefault(keras_name, []).append(torch_name)
@@ -180,7 +182,9 @@ def _refuse_a_subset(model: VGG, reference: Mapping, candidates: dict) -> None:
             f"comparing that part would leave the rest ({', '.join(unread)}) unchecked"
         )
     known = {source for layer in model.layers for source in candidates.get(layer.name, [])}
-    modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
+    modules = torchvision.module_names(
+        model.config.conv_names(), len(model.config.fc) + 1, model.batch_norm is not None
+    )
     vgg_names = {"flatten", "fc1", "fc2", "predictions", *modules.values()}
     extra = sorted(name for name in reference if name in vgg_names and name not in known)
     if extra:
