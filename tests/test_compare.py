@@ -401,3 +401,11 @@ def test_a_batch_norm_dump_by_torchvision_module_names_passes(x):
     }  # as a torch hook dump: NCHW, by module name
     result = compare_activations(model, x, dump)
     assert result.passed and result.compared == len(ours) - 1, str(result)
+
+
+def test_a_long_layer_name_keeps_its_own_column():
+    from vgg_np.comparison import Comparison, LayerComparison
+
+    row = LayerComparison("block1_conv1_bn", "features.2", (4, 4, 8), "NCHW", 0.0, 0.0, 1e-5)
+    line = str(Comparison((row,), "float64", ())).splitlines()[2]
+    assert line.startswith("block1_conv1_bn  features.2 "), line

@@ -208,10 +208,12 @@ class Comparison:
 
     def __str__(self) -> str:
         first = self.first_divergence
+        # 14 columns hold VGG16's names; longer ones (block1_conv1_bn) widen the column
+        wide = max([14, *(len(r.name) + 2 for r in self.rows)])
         lines = [
             f"compared with vgg_np in {self.oracle_dtype}; error = max |other - vgg_np|, "
             "relative to max |vgg_np|; alone = the layer fed your own input to it",
-            f"{'layer':<14}{'as':<26}{'shape':<18}{'layout':<7}{'max abs':>10}"
+            f"{'layer':<{wide}}{'as':<26}{'shape':<18}{'layout':<7}{'max abs':>10}"
             f"{'max rel':>10}{'alone':>10}{'tol':>8}  result",
         ]
         for r in self.rows:
@@ -222,7 +224,7 @@ class Comparison:
                 status += f"  ({r.problem})"
             alone = "-" if r.alone is None else f"{r.alone:.2e}"
             lines.append(
-                f"{r.name:<14}{r.source_name[:25]:<26}{'x'.join(map(str, r.shape)):<18}"
+                f"{r.name:<{wide}}{r.source_name[:25]:<26}{'x'.join(map(str, r.shape)):<18}"
                 f"{r.layout:<7}{r.max_abs:>10.2e}{r.max_rel:>10.2e}{alone:>10}"
                 f"{r.tolerance:>8.0e}  {status}"
             )
