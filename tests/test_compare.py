@@ -409,3 +409,20 @@ def test_a_long_layer_name_keeps_its_own_column():
     row = LayerComparison("block1_conv1_bn", "features.2", (4, 4, 8), "NCHW", 0.0, 0.0, 1e-5)
     line = str(Comparison((row,), "float64", ())).splitlines()[2]
     assert line.startswith("block1_conv1_bn  features.2 "), line
+
+
+def test_pictures_for_a_model_of_any_size_take_the_size_of_your_input(tmp_path):
+    """torchvision's VGG takes any size: its pictures are not blown up to 224 against yours."""
+    from PIL import Image
+
+    from vgg_np.preprocess import load_image, preprocess_input
+
+    model = VGG(SMALL, include_top=False, input_shape=(None, None, 3), seed=7)
+    pixels = np.random.default_rng(3).integers(0, 256, (48, 48, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    x = preprocess_input(load_image(tmp_path / "a.png", size=48)[None], "caffe")
+    result = compare_activations(
+        model, x, model.activations(x), images=[tmp_path / "a.png"], preprocess="caffe"
+    )
+    assert result.rows[0].name == "input" and result.rows[0].shape == (48, 48, 3)
+    assert result.passed, str(result)

@@ -288,13 +288,20 @@ def _row(model, name, read, mine, alone, tolerance, notes):
                            tolerance, alone.get(name), problem)  # fmt: skip
 
 
-def _pictures(model: VGG, images: Sequence, preprocess: str | None, resize: str | None):
-    """vgg_np's own decoding of the raw pictures: (RGB pixels, preprocessed input, mode)."""
+def _pictures(model: VGG, images: Sequence, preprocess: str | None, resize: str | None, x=None):
+    """vgg_np's own decoding of the raw pictures: (RGB pixels, preprocessed input, mode).
+
+    The pictures are brought to the model's input size; a model that takes any size
+    (torchvision's, with its adaptive pool) takes the size of the other side's input `x`.
+    """
     images = [os.fspath(p) for p in images]
     if not images:
         raise ValueError("`images` is empty: give the pictures the input was made from")
     prep = choose_preprocessing(model.weights_provenance, preprocess=preprocess, resize=resize)
     size = input_size(model)
+    if None in model.input_shape[:2] and x is not None and np.ndim(x) == 4:
+        h, w = np.shape(x)[1:3]
+        size = h if h == w else (h, w)
     pixels = np.stack([load_image(p, size=size, resize=prep.resize) for p in images])
     return pixels, preprocess_input(pixels, prep.mode), prep  # (N, H, W, 3)
 
@@ -411,7 +418,7 @@ def compare_activations(
         raise ValueError("`x` is None: give the other side's input, or the `images`")
     rows, notes, causes = [], [], []
     if images is not None:
-        pixels, run_x, prep = _pictures(model, images, preprocess, resize)
+        pixels, run_x, prep = _pictures(model, images, preprocess, resize, x)
         notes.append(f"input: {len(pixels)} pictures preprocessed by vgg_np: {prep.mode} "
                      f"mode, {prep.resize} resize ({prep.reason})")  # fmt: skip
         if x is not None:
