@@ -329,7 +329,8 @@ def test_cli_compare_images_need_a_dump_and_modes_need_images(tmp_path, x):
     assert result.returncode == 2 and "give the pictures" in result.stderr
     result = run_cli("compare", str(weights), str(acts), "--images", str(tmp_path / "gone.png"),
                      "--preprocess", "caffe")  # fmt: skip
-    assert result.returncode == 1 and "gone.png" in result.stderr
+    # a missing input path is a bad argument (exit 2), checked before the weights load
+    assert result.returncode == 2 and "gone.png: no such file" in result.stderr
     assert "Traceback" not in result.stderr
 
 
