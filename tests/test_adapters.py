@@ -205,3 +205,21 @@ def test_the_first_dense_kernel_of_an_nchw_network_is_read_in_hwc_order(first):
     adapters._fc1_rows(tensors)
     hwc = tensors[first][0].ravel()
     assert hwc[:10].tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 1, 5]  # (h=0, w=0, c=0..7), ...
+
+
+def test_the_reference_from_the_artifact_and_imagenet_build_from_the_inferred_network(
+    monkeypatch,
+):
+    """Without weights= (or with "imagenet") the reference is built from the artifact's shapes."""
+    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+    own = VGG(tiny, classes=3, classifier_activation=None, seed=1).weights
+    model, notes = adapters._reference(None, own, "keras", oracle=True, activation=None,
+                                       input_shape=(32, 32, 3))  # fmt: skip
+    assert notes[0].startswith("REFERENCE FROM THE ARTIFACT UNDER TEST")
+    assert model.dtype == np.float64 and model.layers[-1].activation is None
+    assert all(np.array_equal(model.weights[k][0], own[k][0]) for k in own)
+    asked = []
+    monkeypatch.setattr(adapters.hub, "resolve", lambda *a: asked.append(a) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        adapters._reference("imagenet", own, "keras", oracle=False, activation=None)
+    assert asked == [("vgg-custom", True)]

@@ -396,3 +396,43 @@ def test_imagenet_as_reference_asks_the_hub_for_the_modules_network(torch_vgg, x
     module, _ = torch_vgg
     with pytest.raises(ValueError, match=r"ImageNet weights are published for .*not 'vgg-custom'"):
         compare_torch(module, x, weights="imagenet")
+
+
+class _FunctionalVGG:
+    """A correct VGG whose ReLUs (and, without `pools`, pools) are functions, not modules."""
+
+    def __new__(cls, module, pools: bool):
+        torch = needs("torch")
+        import torch.nn.functional as F
+
+        class Functional(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                kept = (torch.nn.Conv2d, torch.nn.MaxPool2d) if pools else torch.nn.Conv2d
+                self.layers = torch.nn.ModuleList(
+                    [m for m in module.features if isinstance(m, kept)]
+                )
+                self.fcs = torch.nn.ModuleList(
+                    [m for m in module.classifier if isinstance(m, torch.nn.Linear)]
+                )
+
+            def forward(self, x):
+                layers = iter(self.layers)
+                for widths in TINY.blocks:
+                    for _ in widths:
+                        x = F.relu(next(layers)(x))
+                    x = next(layers)(x) if pools else F.max_pool2d(x, 2)
+                x = F.relu(self.fcs[0](torch.flatten(x, 1)))
+                return self.fcs[1](x)
+
+        return Functional().eval()
+
+
+@pytest.mark.torch
+def test_functional_pools_are_refused_and_functional_relus_said(torch_vgg, x):
+    """A correct module whose ReLUs are functions is not blamed without a word."""
+    module, pth = torch_vgg
+    with pytest.raises(ValueError, match=r"block1_conv2 \(layers.1\).*called as functions"):
+        compare_torch(_FunctionalVGG(module, pools=False), x, weights=pth)
+    result = compare_torch(_FunctionalVGG(module, pools=True), x, weights=pth)
+    assert any(note.startswith("no ReLU module after layers.0, layers.2") for note in result.notes)

@@ -329,7 +329,8 @@ def test_cli_compare_images_need_a_dump_and_modes_need_images(tmp_path, x):
     assert result.returncode == 2 and "give the pictures" in result.stderr
     result = run_cli("compare", str(weights), str(acts), "--images", str(tmp_path / "gone.png"),
                      "--preprocess", "caffe")  # fmt: skip
-    assert result.returncode == 2 and "gone.png" in result.stderr
+    # a missing input path is a bad argument (exit 2), checked before the weights load
+    assert result.returncode == 2 and "gone.png: no such file" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -387,11 +388,57 @@ def test_compare_activations_refuses_arrays_that_are_not_real_floats(dtype):
         compare_activations(model, x, dump)
 
 
-def test_table_columns_stay_apart_for_long_layer_names():
-    """A batch-norm model's names (block1_conv1_bn) are longer than the layer column."""
-    bn = VGG(VGGConfig("t", ((4,), (4,), (4,), (4,), (4,)), fc=(8,)), batch_norm=True,
-             input_shape=(32, 32, 3), classes=3, seed=0)  # fmt: skip
-    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
-    result = compare_activations(bn, x, bn.activations(x))
-    rows = [line.split() for line in str(result).splitlines()[2:] if "_bn" in line]
-    assert rows and all(row[0] == row[1] for row in rows)  # name, then the name read as
+def test_probabilities_show_an_unlikely_class_off_by_one_logit():
+    """|p - q| hides a logit off by 1 on a class of probability 1e-9: log p does not."""
+    x = np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    model = small()
+    kernel, bias = model.weights["predictions"]
+    spread = np.ptp(model.activations(x)["predictions"].astype(np.float64), axis=1).max()
+    scale = 25 / spread  # confident: the top class holds all but about 1e-9
+    model.set_weights({**model.weights, "predictions": (kernel * scale, bias * scale)})
+    dump = model.activations(x)
+    logits = dump["predictions"].astype(np.float64)
+    assert compare_activations(model, x, {**dump, "predictions": softmax64(logits)}).passed
+    logits[:, np.argmin(logits[0])] += 1.0  # an unlikely class's bias off by 1
+    result = compare_activations(model, x, {**dump, "predictions": softmax64(logits)})
+    assert result.first_divergence == "predictions", str(result)
+
+
+def test_a_batch_norm_dump_by_torchvision_module_names_passes(x):
+    """vgg16_bn's tree is Conv2d, BatchNorm2d, ReLU: its module names pair with the right layers."""
+    model = VGG(SMALL, classes=5, classifier_activation=None, seed=7, batch_norm=1e-5)
+    ours = model.activations(x)
+    names = module_names(SMALL.conv_names(), 2, batch_norm=True)
+    assert names["block1_conv1_bn"] == "features.2" and names["block1_pool"] == "features.3"
+    dump = {
+        names.get(layer, layer): a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+        for layer, a in ours.items()
+        if layer != "flatten"  # torchvision has no module of its own for it
+    }  # as a torch hook dump: NCHW, by module name
+    result = compare_activations(model, x, dump)
+    assert result.passed and result.compared == len(ours) - 1, str(result)
+
+
+def test_a_long_layer_name_keeps_its_own_column():
+    from vgg_np.comparison import Comparison, LayerComparison
+
+    row = LayerComparison("block1_conv1_bn", "features.2", (4, 4, 8), "NCHW", 0.0, 0.0, 1e-5)
+    line = str(Comparison((row,), "float64", ())).splitlines()[2]
+    assert line.startswith("block1_conv1_bn  features.2 "), line
+
+
+def test_pictures_for_a_model_of_any_size_take_the_size_of_your_input(tmp_path):
+    """torchvision's VGG takes any size: its pictures are not blown up to 224 against yours."""
+    from PIL import Image
+
+    from vgg_np.preprocess import load_image, preprocess_input
+
+    model = VGG(SMALL, include_top=False, input_shape=(None, None, 3), seed=7)
+    pixels = np.random.default_rng(3).integers(0, 256, (48, 48, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    x = preprocess_input(load_image(tmp_path / "a.png", size=48)[None], "caffe")
+    result = compare_activations(
+        model, x, model.activations(x), images=[tmp_path / "a.png"], preprocess="caffe"
+    )
+    assert result.rows[0].name == "input" and result.rows[0].shape == (48, 48, 3)
+    assert result.passed, str(result)

@@ -407,3 +407,15 @@ def test_run_vectors_refuses_damaged_cases_in_one_line(tmp_path, damage, said):
     with pytest.raises(ValueError, match="a damaged or incomplete set of cases") as raised:
         run_vectors(out, NHWC_IMPL)
     assert said in str(raised.value) and str(out / "index.json") in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "flatten",
+    [lambda x: x.reshape(-1), lambda x: x.reshape(-1, 1), lambda x: x.reshape(1, -1)],
+    ids=["no_batch_axis", "a_column", "the_batch_merged"],
+)
+def test_a_flatten_of_the_wrong_shape_fails_even_with_the_right_values(cases, flatten):
+    """A flatten that loses the batch axis holds the right numbers: its shape still fails."""
+    report = run_vectors(cases, {**NHWC_IMPL, "flatten": flatten})
+    failed = {row.name: row.error for row in report.failed}
+    assert "flatten_nchw" in failed and failed["flatten_nchw"].startswith("shape"), str(report)

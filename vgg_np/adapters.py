@@ -55,9 +55,9 @@ def _reference(
     if weights is None and own is not None:
         model, notes = own, [loud]
     elif weights is None:
-        network = infer_architecture(yours, {}, family).replace(
-            input_shape=input_shape, classifier_activation=activation, dtype=dtype
-        )
+        changes = {"classifier_activation": activation, "dtype": dtype}
+        changes |= {"input_shape": input_shape} if input_shape is not None else {}
+        network = infer_architecture(yours, {}, family).replace(**changes)
         model = VGG(**network.arguments(), seed=0)
         model.set_weights(yours, source="the artifact's own weights")
         notes = [loud]
@@ -207,6 +207,18 @@ def _compare(model, x_nhwc, outputs, taps, layers, tolerance, notes) -> Comparis
     naming convention (torchvision's module numbers) can pair a layer with the wrong
     array; each row then shows the artifact's own name.
     """
+    known = {layer.name: layer for layer in model.layers}
+    strangers = [
+        f"{layer} ({tap.key})"
+        for layer, tap in taps.items()
+        if layer not in known and re.fullmatch(r"block\d+_(conv\d+|pool)|fc\d+|predictions", layer)
+    ]
+    if strangers:  # its layers counted from its modules do not fit the reference's
+        raise ValueError(
+            f"the artifact's layers, counted from its modules, include {', '.join(strangers[:4])}, "
+            f"which {model.config.name} does not have: pooling or activations called as "
+            "functions leave no module to count; name the modules with `names=`"
+        )
     by_layer = {layer: outputs[tap.key] for layer, tap in taps.items() if tap.key in outputs}
     # Every layer of the reference, but the reshapes an implementation may do without a
     # layer of its own (flatten; torchvision's avgpool, the identity at 224x224).
@@ -216,6 +228,24 @@ def _compare(model, x_nhwc, outputs, taps, layers, tolerance, notes) -> Comparis
     result = compare_activations(model, x_nhwc, by_layer, tolerance=tolerance, layers=wanted)
     rows = tuple(dataclasses.replace(row, source_name=taps[row.name].key) for row in result.rows)
     return dataclasses.replace(result, rows=rows, notes=(*notes, *result.notes))
+
+
+def _unhooked_relus(model: VGG, taps: dict[str, Tap]) -> list[str]:
+    """Say which torch layers are read before their ReLU: no ReLU module follows them."""
+    known = {layer.name: layer for layer in model.layers}
+    unactivated = [
+        tap.key
+        for layer, tap in taps.items()
+        if tap.name == tap.owner and layer in known and known[layer].activation == "relu"
+        and known[layer].kind in ("conv", "dense") and model.batch_norm is None
+    ]  # fmt: skip
+    if not unactivated:
+        return []
+    return [
+        f"no ReLU module after {', '.join(unactivated[:4])}{', ...' * (len(unactivated) > 4)}: "
+        "read before any ReLU (a ReLU called as a function cannot be hooked), so a "
+        "'missing ReLU' there may be only that; name the ReLU modules with `names=`"
+    ]
 
 
 def _fc1_rows(tensors: dict) -> None:
@@ -417,6 +447,7 @@ def compare_torch(
         f"input read as {assumed}" + ("; given to the module as NCHW" * (assumed == "NHWC"))
     )
     outputs, training = _run_torch(module, x_nhwc.transpose(0, 3, 1, 2), taps)  # -> (N, C, H, W)
+    notes += _unhooked_relus(model, taps)
     return _compare(model, x_nhwc, outputs, taps, layers, tolerance, [*training, *notes])
 
 

@@ -54,7 +54,9 @@ def source_names(model: VGG, extra: Mapping[str, str] | None = None) -> dict[str
     Torchvision names are those of the ReLU after each convolution or hidden linear layer
     (torchvision's convolution modules output values before their ReLU).
     """
-    modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
+    modules = torchvision.module_names(
+        model.config.conv_names(), len(model.config.fc) + 1, model.batch_norm is not None
+    )
     names = {layer.name: [layer.name] for layer in model.layers}
     for keras_name, torch_name in modules.items():
         names.setdefault(keras_name, []).append(torch_name)
@@ -101,6 +103,10 @@ def _is_distribution(y: np.ndarray) -> bool:
     return y.ndim == 2 and bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
 
 
+#: Probabilities below this are taken as vanished (float32 keeps full precision above it).
+_VANISHED = 1e-30
+
+
 def _as_declared(model: VGG, theirs: np.ndarray, mine: np.ndarray):
     """Bring the output layer's two sides to the same quantity: (theirs, mine, note).
 
@@ -113,7 +119,19 @@ def _as_declared(model: VGG, theirs: np.ndarray, mine: np.ndarray):
         return theirs, mine, None
     if theirs_p:
         note = f"{name}: your output holds probabilities, vgg_np's logits: compared after softmax"
-        return theirs, softmax(np.asarray(mine, np.float64)), note
+        mine = np.asarray(mine, np.float64)
+        # Compared as log-probabilities, relative to the logits' scale: a probability of
+        # 1e-9 off by a factor of 2 is a logit off by 0.7, which |p - q| <= 1e-5 would hide.
+        # Below _VANISHED both sides hold no information (float32 underflows): equal.
+        log_theirs = np.log(np.maximum(np.asarray(theirs, np.float64), _VANISHED))
+        log_mine = np.log(np.maximum(softmax(mine), _VANISHED))
+        saturated = int(np.sum(np.sum(theirs > _VANISHED, axis=1) < min(2, theirs.shape[1])))
+        if saturated:
+            note += (
+                f"; in {saturated} of {len(theirs)} images one class holds all the probability, "
+                "so the other classes' logits cannot be checked there: dump logits"
+            )
+        return mine + (log_theirs - log_mine), mine, note
     note = f"{name}: your output holds logits, vgg_np's probabilities: compared after softmax"
     return softmax(np.asarray(theirs, np.float64)), mine, note
 
@@ -164,7 +182,9 @@ def _refuse_a_subset(model: VGG, reference: Mapping, candidates: dict) -> None:
             f"comparing that part would leave the rest ({', '.join(unread)}) unchecked"
         )
     known = {source for layer in model.layers for source in candidates.get(layer.name, [])}
-    modules = torchvision.module_names(model.config.conv_names(), len(model.config.fc) + 1)
+    modules = torchvision.module_names(
+        model.config.conv_names(), len(model.config.fc) + 1, model.batch_norm is not None
+    )
     vgg_names = {"flatten", "fc1", "fc2", "predictions", *modules.values()}
     extra = sorted(name for name in reference if name in vgg_names and name not in known)
     if extra:
@@ -283,13 +303,20 @@ def _row(model, name, read, mine, alone, tolerance, notes):
                            tolerance, alone.get(name), problem)  # fmt: skip
 
 
-def _pictures(model: VGG, images: Sequence, preprocess: str | None, resize: str | None):
-    """vgg_np's own decoding of the raw pictures: (RGB pixels, preprocessed input, mode)."""
+def _pictures(model: VGG, images: Sequence, preprocess: str | None, resize: str | None, x=None):
+    """vgg_np's own decoding of the raw pictures: (RGB pixels, preprocessed input, mode).
+
+    The pictures are brought to the model's input size; a model that takes any size
+    (torchvision's, with its adaptive pool) takes the size of the other side's input `x`.
+    """
     images = [os.fspath(p) for p in images]
     if not images:
         raise ValueError("`images` is empty: give the pictures the input was made from")
     prep = choose_preprocessing(model.weights_provenance, preprocess=preprocess, resize=resize)
     size = input_size(model)
+    if None in model.input_shape[:2] and x is not None and np.ndim(x) == 4:
+        h, w = np.shape(x)[1:3]
+        size = h if h == w else (h, w)
     pixels = np.stack([load_image(p, size=size, resize=prep.resize) for p in images])
     return pixels, preprocess_input(pixels, prep.mode), prep  # (N, H, W, 3)
 
@@ -406,7 +433,7 @@ def compare_activations(
         raise ValueError("`x` is None: give the other side's input, or the `images`")
     rows, notes, causes = [], [], []
     if images is not None:
-        pixels, run_x, prep = _pictures(model, images, preprocess, resize)
+        pixels, run_x, prep = _pictures(model, images, preprocess, resize, x)
         notes.append(f"input: {len(pixels)} pictures preprocessed by vgg_np: {prep.mode} "
                      f"mode, {prep.resize} resize ({prep.reason})")  # fmt: skip
         if x is not None:

@@ -208,7 +208,8 @@ class Comparison:
 
     def __str__(self) -> str:
         first = self.first_divergence
-        wide = max([13, *(len(r.name) for r in self.rows)]) + 1  # block1_conv1_bn: 15
+        # 14 columns hold VGG16's names; longer ones (block1_conv1_bn) widen the column
+        wide = max([14, *(len(r.name) + 2 for r in self.rows)])
         lines = [
             f"compared with vgg_np in {self.oracle_dtype}; error = max |other - vgg_np|, "
             "relative to max |vgg_np|; alone = the layer fed your own input to it",

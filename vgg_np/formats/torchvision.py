@@ -169,18 +169,23 @@ def from_state_dict(state: Mapping[str, object], where: str) -> dict:
     return tensors
 
 
-def module_names(conv_names: list[str], n_dense: int) -> dict[str, str]:
+def module_names(conv_names: list[str], n_dense: int, batch_norm: bool = False) -> dict[str, str]:
     """Map Keras layer names to the torchvision modules whose outputs equal them.
 
     A convolution's Keras output is after its ReLU, so it maps to the ReLU module
     (``block1_conv1`` -> ``features.1``); pools to their MaxPool, ``fc1`` to
-    ``classifier.1`` (its ReLU), the last layer to its Linear (logits).
+    ``classifier.1`` (its ReLU), the last layer to its Linear (logits). With
+    `batch_norm` (``vgg16_bn``: Conv2d, BatchNorm2d, ReLU), a convolution maps to its
+    Conv2d and its ``_bn`` layer (the batch norm and its ReLU) to the ReLU.
 
     Examples
     --------
     >>> names = module_names(["block1_conv1", "block2_conv1"], 2)
     >>> names["block1_conv1"], names["block1_pool"], names["fc1"], names["predictions"]
     ('features.1', 'features.2', 'classifier.1', 'classifier.3')
+    >>> names = module_names(["block1_conv1", "block2_conv1"], 2, batch_norm=True)
+    >>> names["block1_conv1"], names["block1_conv1_bn"], names["block1_pool"]
+    ('features.0', 'features.2', 'features.3')
     """
     names, index, block = {}, 0, None
     for name in conv_names:
@@ -189,8 +194,11 @@ def module_names(conv_names: list[str], n_dense: int) -> dict[str, str]:
             names[f"{block}_pool"] = f"features.{index}"
             index += 1
         block = this_block
-        names[name] = f"features.{index + 1}"
-        index += 2
+        if batch_norm:
+            names[name], names[f"{name}_bn"] = f"features.{index}", f"features.{index + 2}"
+        else:
+            names[name] = f"features.{index + 1}"
+        index += 3 if batch_norm else 2
     names[f"{block}_pool"] = f"features.{index}"
     names["avgpool"] = "avgpool"
     for position, name in enumerate(dense_names(n_dense)):
