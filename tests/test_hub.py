@@ -233,3 +233,23 @@ def test_fetch_weights_refuses_a_wrong_file_in_one_line(caches, server):
     assert result.stderr.count("\n") == 1
     assert "not the published 253f8cb515780f3b799900260a226db6: nothing was saved" in result.stderr
     assert not hub.cache_dir("keras").exists()  # nothing left, not even the folder
+
+
+def test_imagenet_warns_when_only_torchvisions_file_of_a_keras_model_is_cached(
+    caches, monkeypatch
+):
+    from vgg_np import VGG, VGGConfig
+
+    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+    folder = hub.cache_dir("torchvision")
+    folder.mkdir(parents=True)
+    VGG(tiny, include_top=False, seed=0).save_weights(folder / "t-0.npz")
+    (folder / "t-0.npz").rename(folder / "t-0.pth")  # any format: readers go by content
+    torch = fake("torchvision", "t-0.pth", (folder / "t-0.pth").read_bytes())
+    monkeypatch.setitem(hub.PUBLISHED, ("tiny", False), (fake("keras", "k.h5"), torch))
+    # Keras's interface with torchvision's weights: caffe input would run without an error.
+    with pytest.warns(UserWarning, match=r"torchvision's t-0.pth is used; it expects torch"):
+        VGG(tiny, weights="imagenet", include_top=False)
+    (hub.cache_dir("keras")).mkdir(parents=True)
+    (hub.cache_dir("keras") / "k.h5").write_bytes(CONTENT)
+    assert hub.resolve("tiny", include_top=False).name == "k.h5"  # Keras's, when cached

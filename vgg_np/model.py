@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import inspect
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -810,8 +811,31 @@ def _weights_path(
             "download it and pass its path"
         )
     if isinstance(weights, str) and weights == "imagenet":
-        return hub.resolve(name, include_top, batch_norm=batch_norm, download_missing=download)
+        path = hub.resolve(name, include_top, batch_norm=batch_norm, download_missing=download)
+        _warn_if_torchvision(path, name, include_top, batch_norm)
+        return path
     return weights
+
+
+def _warn_if_torchvision(path, name: str, include_top: bool, batch_norm: bool) -> None:
+    """Warn when Keras publishes this model but torchvision's file was the one found.
+
+    The two are different trained models with different preprocessing: input prepared
+    the Keras way (caffe) would run through torchvision's weights without an error.
+    """
+    published = hub.PUBLISHED.get((name + ("_bn" if batch_norm else ""), bool(include_top)), ())
+    found = [e for e in published if e.filename == os.path.basename(path)]
+    keras = any(e.family == "keras" for e in published)
+    if keras and found and found[0].family == "torchvision":
+        warnings.warn(
+            f"weights='imagenet': no Keras file of {name} is cached, so torchvision's "
+            f"{found[0].filename} is used; it expects torch preprocessing "
+            "(preprocess_input(x, mode='torch'), see model.weights_provenance), not Keras's "
+            f"caffe (vgg-np fetch-weights {name}{'' if include_top else ' --no-top'} gets "
+            "Keras's)",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 # Their models return logits: `from_file` follows the file's framework (docs/heads.md).
