@@ -102,6 +102,8 @@ def test_batch_norm_model_answers_every_user_name(dtype):
     assert list(picked) == ["block3_conv1", "fc1"]
     shallow = model.predict(x, batch_size=1, verbose=0, layer="block2_conv1")
     assert relative_error(shallow, expected["block2_conv1"]) < tol
+    # A layer computed alone does not depend on the batch, as the engine's do not.
+    assert np.array_equal(shallow, model.features(x, "block2_conv1"))
     # The default path still runs the folded network, and gives the same logits.
     assert relative_error(model(x), expected["predictions"]) < tol
 

@@ -575,7 +575,10 @@ class VGG:
         for i in sorted(merged):
             layer = self.layers[i]
             given = x if i == 0 else own[names[i - 1]]
-            own[layer.name] = forward([layer], self._weights, given)
+            # One image at a time: the result does not depend on the batch (as the engine's).
+            own[layer.name] = np.concatenate(
+                [forward([layer], self._weights, given[i : i + 1]) for i in range(len(given))]
+            )  # (N, ...)
         return own
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
