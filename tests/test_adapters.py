@@ -219,7 +219,7 @@ def test_the_reference_from_the_artifact_and_imagenet_build_from_the_inferred_ne
     assert model.dtype == np.float64 and model.layers[-1].activation is None
     assert all(np.array_equal(model.weights[k][0], own[k][0]) for k in own)
     asked = []
-    monkeypatch.setattr(adapters.hub, "resolve", lambda *a: asked.append(a) or 1 / 0)
+    monkeypatch.setattr(adapters.hub, "resolve", lambda *a, **k: asked.append((a, k)) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         adapters._reference("imagenet", own, "keras", oracle=False, activation=None)
-    assert asked == [("vgg-custom", True)]
+    assert asked == [(("vgg-custom", True), {"batch_norm": False})]

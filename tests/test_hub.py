@@ -235,9 +235,7 @@ def test_fetch_weights_refuses_a_wrong_file_in_one_line(caches, server):
     assert not hub.cache_dir("keras").exists()  # nothing left, not even the folder
 
 
-def test_imagenet_warns_when_only_torchvisions_file_of_a_keras_model_is_cached(
-    caches, monkeypatch
-):
+def test_imagenet_warns_when_only_torchvisions_file_of_a_keras_model_is_cached(caches, monkeypatch):
     from vgg_np import VGG, VGGConfig
 
     tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
