@@ -48,14 +48,6 @@ DOC = ROOT / "docs" / "matrix.md"
 # most 9e-6 (the tiny Keras VGG16's layers, inputs of std 60) on these kinds, 3e-6 on the
 # batch-norm heads; --top's values are also rounded to 6 decimals by the JSON. 2x margin.
 MATRIX_REL_TOL = 2e-5
-# A batch norm divides by its channel's standard deviation: where a channel is nearly
-# constant, the float32 rounding of the convolution before it is magnified on the layer's
-# own scale. `model(x)`, `features` and `extract` run each batch norm folded into its
-# convolution (measured <= 4e-6 here); `activations()` of every layer must also give the
-# convolutions' own outputs, so it runs them unfolded, as torch does in float32
-# (docs/heads.md: torch's own vgg16_bn is 4.3e-5 from float64): measured 8.4e-5 on the
-# vgg16_bn row's block5_pool (Winograd F(4x4) before the batch norms). About 2x margin.
-BN_REL_TOL = 2e-4
 # A PNG of feature maps (`vgg-np show`) against the same grid from the reference: each
 # channel is stretched to 0..255 and rounded, so a value on a rounding edge may move by 1.
 SHOW_PIXEL_TOL = 1
@@ -103,15 +95,9 @@ class Row:
 
     def same(self, actual, expected) -> float:
         error = relative_error(actual, expected)
-        if not error <= self.tolerance:
-            raise AssertionError(f"{self.name}: error {error:.2e} > {self.tolerance:g}")
+        if not error <= MATRIX_REL_TOL:
+            raise AssertionError(f"{self.name}: error {error:.2e} > {MATRIX_REL_TOL:g}")
         return error
-
-    @functools.cached_property
-    def tolerance(self) -> float:
-        """`BN_REL_TOL` for a network with batch norms, else `MATRIX_REL_TOL`."""
-        has_bn = any(layer.kind == "batch_norm" for layer in self.reference.layers)
-        return BN_REL_TOL if has_bn else MATRIX_REL_TOL
 
     @functools.cached_property
     def pictures_out(self) -> np.ndarray:
@@ -434,7 +420,7 @@ def test_cell(matrix, kind, path):
     pattern = REFUSALS.get((kind, path))
     if pattern is None:
         assert cell.refusal is None, f"undocumented refusal: {cell.refusal}"
-        assert cell.error is not None and cell.error <= TOLERANCE.get(path, BN_REL_TOL)
+        assert cell.error is not None and cell.error <= TOLERANCE.get(path, MATRIX_REL_TOL)
     else:
         assert cell.refusal is not None and re.search(pattern, cell.refusal), cell
 
@@ -481,8 +467,8 @@ def table(matrix: Matrix) -> str:
         'loaded with `conv_algorithm="reference"` in float64, the teaching kernels layer by '
         "layer. A number is the worst relative error (max |error| / max |reference|) "
         "measured when the page was written; the test holds every one under "
-        f"{MATRIX_REL_TOL:g} ({BN_REL_TOL:g} with batch norms; `show`: {SHOW_PIXEL_TOL} grey "
-        'level of 255). "0" is bit '
+        f"{MATRIX_REL_TOL:g} (`show`: {SHOW_PIXEL_TOL} grey level of 255). "
+        '"0" is bit '
         "for bit: the round trip of `convert` (tensors and outputs), the shapes of "
         "`summary`, a digest that every tensor changes. `compare` runs float64 against "
         "float64. A refused cell refuses in the one line given below it.",
