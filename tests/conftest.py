@@ -66,15 +66,15 @@ BN_FOLD_REL_TOL = 2e-5
 # 30-300) magnify the framework's own float32 rounding. vgg_np in float64 against torch
 # in float64 agrees to 1.4e-12. Twice the largest.
 HEADS_FIXTURE_REL_TOL = 1e-4
-# The same against torch's float32 on the randomly initialised batch-norm family made live
-# by tests/test_heads_crosscheck.py (vgg11_bn ... vgg19_bn, running statistics from a
-# calibration pass): both sides' float32 rounding is magnified by nearly constant
-# channels, more than on the committed fixture: torch's float32 outputs alone are 1.4e-4
-# from vgg_np's float64 there. Measured 7.3e-5 to 1.6e-4 (vgg19_bn's predictions, vgg_np
-# in float32) on an AMD EPYC on 2026-12-02, with the code of round 2 as with this one.
-# A reader's bug gives 1e-1 to 1; float64 against torch's float64 checks exactness
-# (FLOAT64_REL_TOL). Twice the largest, rounded up.
-BN_FAMILY_FLOAT32_REL_TOL = 4e-4
+# The same against torch's float32 outputs computed live, on randomly initialised
+# batch-norm VGGs (tests/test_heads_crosscheck.py: vgg11_bn ... vgg19_bn, and the head
+# fixtures rebuilt by tests/reference/make_heads_reference.py): both sides' float32
+# rounding is magnified by nearly constant channels, more than on the committed fixtures,
+# and torch's alone is 1.4e-4 from vgg_np's float64 there. Measured on an AMD EPYC on
+# 2026-12-02, with the code of round 2 as with this one: 7.3e-5 to 1.6e-4 on the family,
+# 3.8e-4 on the rebuilt vgg16_bn. A reader's bug gives 1e-1 to 1; float64 against torch's
+# float64 checks exactness (FLOAT64_REL_TOL). Twice the largest, rounded up.
+BN_FAMILY_FLOAT32_REL_TOL = 1e-3
 
 
 def assert_close_scaled(actual, expected, scale, what: str = "", tol_table=None) -> None:
