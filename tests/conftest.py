@@ -6,6 +6,9 @@ Tolerances are measured, not guessed; each says where its number comes from.
 from __future__ import annotations
 
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -131,3 +134,15 @@ LOGITS_REL_TOL = 5e-6
 # sum of |taps| (the transforms spread rounding over a tile and all taps): measured on
 # 2000 random layers, 9.2e-8 for F(2x2) and 2.0e-6 for F(4x4); about 5x margins.
 WINOGRAD_SCALED_TOL = {2: 5e-7, 4: 1e-5}
+
+
+def run_vgg_np(*args, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``python -m vgg_np ARGS`` in a subprocess, this checkout's package first on its path."""
+    return subprocess.run(
+        [sys.executable, "-m", "vgg_np", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])},
+    )

@@ -12,22 +12,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import run_vgg_np as run
 from PIL import Image
 
 from vgg_np import cli
 
 TINY = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
 WEIGHTS = str(TINY / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
-
-
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vgg_np", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import io
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import types
 
 import numpy as np
 import pytest
+from conftest import run_vgg_np as run
 from PIL import Image
 
 from vgg_np import progress
@@ -22,17 +22,6 @@ from vgg_np.progress import Progress
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = ROOT / "tests" / "data" / "tiny_vgg16"
 WEIGHTS = str(TINY / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
-
-
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vgg_np", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 @pytest.fixture(scope="module")

@@ -6,27 +6,16 @@ import json
 import pathlib
 import re
 import struct
-import subprocess
-import sys
 import zlib
 
 import numpy as np
 import pytest
+from conftest import run_vgg_np as run
 from PIL import Image
 
 TINY = pathlib.Path(__file__).parent / "data" / "tiny_vgg16"
 WEIGHTS = str(TINY / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
 DEMO = str(pathlib.Path(__file__).parent.parent / "vgg_np" / "data" / "demo.png")
-
-
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vgg_np", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
 
 
 def one_line_error(result, code=1) -> str:
