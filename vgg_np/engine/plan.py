@@ -180,7 +180,7 @@ def tiles_high(algorithm: str, h: int, pool: bool) -> int:
     return tiles + tiles % 2 if m == 1 and pool else tiles
 
 
-def allowed_algorithms(requested: str, channels: int, dtype) -> tuple[str, ...]:
+def allowed_algorithms(requested: str, dtype) -> tuple[str, ...]:
     """List the algorithms a layer may run with `conv_algorithm` = `requested`, fastest first.
 
     float64 is the oracle and stays direct (the most exact); float16 stays direct too (its

@@ -174,7 +174,7 @@ class Engine:
         images, into buffers of their own; kernels packed for the losers are dropped.
         """
         kernel = self.weights[self.layers[index].name][0]
-        allowed = allowed_algorithms(self.conv_algorithm, shape[2], kernel.dtype)
+        allowed = allowed_algorithms(self.conv_algorithm, kernel.dtype)
         key = layer_key(self.conv_algorithm, kernel.dtype, shape, pool)
 
         def valid(choice: Choice) -> bool:
