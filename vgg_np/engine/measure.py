@@ -26,10 +26,12 @@ from collections.abc import Callable
 from vgg_np.engine import cache
 from vgg_np.engine.plan import Choice
 
-#: Timing turns per stage (the best of them counts).
-REPEATS = 3
-#: After each turn, candidates slower than this many times the best are dropped.
-PRUNE = 1.25
+#: Timing turns per stage; the best of them counts (the first run of a candidate is
+#: also its warm-up: its scratch arrays are allocated then).
+REPEATS = 2
+#: After each turn, candidates slower than this many times the best are dropped (first
+#: runs included, so it is lenient).
+PRUNE = 1.5
 #: A challenger replaces the incumbent only if faster by more than this fraction
 #: (noise must not flip a choice back and forth).
 MARGIN = 0.05
@@ -202,7 +204,7 @@ class Planner:
         """Time the candidates; record and return the fastest.
 
         `prepare(choice, images)` readies a candidate to run on that many images (its
-        kernels packed, a first run that is not timed) and returns the function to time
+        kernels packed) and returns the function to time
         (`IMAGES` of each stage), which returns the CPU seconds of its busiest thread.
         None when the budget is spent (the caller runs the built-in choice).
         """

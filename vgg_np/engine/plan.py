@@ -151,17 +151,30 @@ class ConvPlan:
         return self.choice.order
 
 
-def pack(kernel: np.ndarray, algorithm: str, channel_block: int) -> list[np.ndarray]:
+def transformed(kernel: np.ndarray, algorithm: str) -> np.ndarray:
+    """Return the ``(3, 3, C, O)`` kernel as `algorithm` multiplies it.
+
+    ``(a*a, C, O)`` for Winograd (`winograd_kernel`), ``(9 * C, O)`` (a view) for direct
+    convolution.
+    """
+    m = tile_size(algorithm)
+    return winograd_kernel(kernel, m) if m > 1 else kernel.reshape(-1, kernel.shape[3])
+
+
+def pack(
+    kernel: np.ndarray, algorithm: str, channel_block: int, full: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Pack a ``(3, 3, C, O)`` kernel for `algorithm`, one contiguous array per channel block.
+
+    `full`, if given, is ``transformed(kernel, algorithm)`` already computed.
 
     Examples
     --------
     >>> [b.shape for b in pack(np.ones((3, 3, 2, 5), np.float32), "winograd-4", 3)]
     [(36, 2, 3), (36, 2, 2)]
     """
-    m, o = tile_size(algorithm), kernel.shape[3]
-    # (a*a, C, O) for Winograd, (9 * C, O) for direct convolution:
-    packed = winograd_kernel(kernel, m) if m > 1 else kernel.reshape(-1, o)
+    o = kernel.shape[3]
+    packed = transformed(kernel, algorithm) if full is None else full
     return [
         np.ascontiguousarray(packed[..., o0 : o0 + channel_block])
         for o0 in range(0, o, channel_block)

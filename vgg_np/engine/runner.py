@@ -39,6 +39,7 @@ from vgg_np.engine.plan import (
     default_choice,
     pack,
     tiles_high,
+    transformed,
     variations,
 )
 from vgg_np.engine.threads import BLAS_SINGLE, MAX_THREADS, Workers, cpu_count
@@ -135,7 +136,8 @@ class Engine:
         self.threads = threads or min(cpu_count(), MAX_THREADS)
         self.planner = Planner(plan, self.threads)
         self._plans: dict[tuple, ConvPlan] = {}
-        self._packed: dict[tuple, np.ndarray] = {}
+        self._packed: dict[tuple, list[np.ndarray]] = {}
+        self._transformed: dict[tuple, np.ndarray] | None = None  # see _measured_choice
         self._lock = threading.Lock()  # guards the plans and the spare buffers
         self._workers = Workers(self.threads)
         self._spare: Buffers | None = None  # one call's buffers, kept up to KEEP_BYTES
@@ -189,8 +191,14 @@ class Engine:
             return choice
         first = [default_choice(a, shape, kernel.itemsize, pool) for a in allowed]
         prepare = self._trial(index, shape, pool, kernel.dtype)
-        with BLAS_SINGLE:
-            choice = self.planner.measure(key, first, lambda c: variations(c, shape, pool), prepare)
+        self._transformed = {}  # each algorithm's transformed kernel, once, while measuring
+        try:
+            with BLAS_SINGLE:
+                choice = self.planner.measure(
+                    key, first, lambda c: variations(c, shape, pool), prepare
+                )
+        finally:
+            self._transformed = None
         # Keep only the packed kernels a plan uses (measuring packed every candidate's).
         used = {(p.name, p.algorithm, p.channel_block) for p in self._plans.values()}
         if choice is not None:
@@ -204,17 +212,22 @@ class Engine:
         """Return ``prepare(choice, images)`` for the planner: layer `index` run alone.
 
         Each candidate runs on the same random images, laid out in its algorithm's padded
-        input, into a buffer of its own; `prepare` packs the kernel and runs once (not
-        timed: scratch arrays are allocated then). A run returns the CPU seconds of its
-        busiest thread (`Workers.map`'s meter).
+        input, into a buffer of its own; `prepare` packs the kernel. A run returns the CPU
+        seconds of its busiest thread (`Workers.map`'s meter). Everything is made on the
+        first call, inside the planner's measured time.
         """
         h, w, c, o = shape
-        x = np.random.default_rng(0).standard_normal((MEASURE_IMAGES, h, w, c), np.float32)
-        out = np.empty((MEASURE_IMAGES, *((h // 2, w // 2) if pool else (h, w)), o), dtype)
-        state = Pass(Buffers())
+        state, made = Pass(Buffers()), {}
         state.meter = []
 
         def prepare(choice: Choice, images: int):
+            if not made:
+                rng = np.random.default_rng(0)
+                made["x"] = rng.standard_normal((MEASURE_IMAGES, h, w, c), np.float32)
+                made["out"] = state.buffers.get(
+                    "out", (MEASURE_IMAGES, *((h // 2, w // 2) if pool else (h, w)), o), dtype
+                )
+            x, out = made["x"], made["out"]
             plan = self._conv_plan(index, choice, shape, pool)
             name = f"in{plan.m}-{images}"
             source = padded(images, h, w, c, plan.m, dtype, state.buffers, name, plan.tiles_h)
@@ -226,7 +239,6 @@ class Engine:
                 task.run(self._workers, state)
                 return sum(state.meter)
 
-            run()
             return run
 
         return prepare
@@ -237,7 +249,12 @@ class Engine:
         kernel, bias = self.weights[layer.name]
         key = (layer.name, choice.algorithm, choice.channel_block)
         if key not in self._packed:
-            self._packed[key] = pack(kernel, choice.algorithm, choice.channel_block)
+            full = None
+            if self._transformed is not None:  # measuring: each algorithm transforms once
+                if key[:2] not in self._transformed:
+                    self._transformed[key[:2]] = transformed(kernel, choice.algorithm)
+                full = self._transformed[key[:2]]
+            self._packed[key] = pack(kernel, choice.algorithm, choice.channel_block, full)
         tiles_h = tiles_high(choice.algorithm, shape[0], pool)
         relu = layer.activation == "relu"
         return ConvPlan(layer.name, choice, kernel, bias, pool, relu, self._packed[key], tiles_h)
@@ -360,15 +377,18 @@ class Engine:
                 macs += self.weights[layer.name][0].size
         return macs
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, timings: list | None = None) -> np.ndarray:
         """Return the last layer's output for an NHWC batch (a new array).
 
-        The batch runs in slices of `slice_images` images. See the class example.
+        The batch runs in slices of `slice_images` images. `timings`, if given, receives
+        ``(layer, algorithm, seconds)`` per step and slice (as `run`'s, but with the
+        buffers a call keeps for the next). See the class example.
         """
         result = None
         with self._call(x) as (state, step):
             for s in range(0, len(x), step):
-                ((_, y),) = collections.deque(self._run(state, x[s : s + step]), maxlen=1)
+                passes = self._run(state, x[s : s + step], timings=timings)
+                ((_, y),) = collections.deque(passes, maxlen=1)
                 if result is None:
                     result = np.empty((len(x), *y.shape[1:]), y.dtype)
                 result[s : s + len(y)] = y
