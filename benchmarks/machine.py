@@ -12,36 +12,61 @@ best (one large float32 product, one large copy), the yardsticks of `roofline.py
 from __future__ import annotations
 
 import os
-import sys
+import platform
 import time
 
 import numpy as np
 
 
+def cpu_model() -> str:
+    """The first CPU's model name, vendor, family and model numbers, from /proc/cpuinfo."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first CPU only
+                name, _, value = (part.strip() for part in line.partition(":"))
+                fields[name] = value
+    except OSError:
+        return platform.processor() or platform.machine()
+    return (
+        f"{fields.get('model name', '?')} ({fields.get('vendor_id', '?')} family "
+        f"{fields.get('cpu family', '?')} model {fields.get('model', '?')})"
+    )
+
+
+def blas() -> str:
+    """The BLAS libraries NumPy loaded, their versions and the kernels they chose."""
+    from threadpoolctl import threadpool_info
+
+    return ", ".join(
+        f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')} kernels)"
+        for lib in threadpool_info()
+        if lib.get("user_api") == "blas"
+    )
+
+
+def cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def describe() -> str:
     """One line: CPU, BLAS library and kernels, NumPy, CPUs, load average."""
-    from vgg_np.engine import cache, threads
-
-    cpu = cache.cpu()
-    blas = ", ".join(
-        f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')} kernels)"
-        for lib in threads.blas_libraries()
-    )
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
-        f"CPU: {cpu['model']} ({cpu['vendor']} family {cpu['family']} model {cpu['number']}), "
-        f"{threads.cpu_count()} CPUs; BLAS: {blas or 'none found'}; NumPy {np.__version__}; "
-        f"load average {load}"
+        f"CPU: {cpu_model()}, {cpus()} CPUs; BLAS: {blas() or 'none found'}; "
+        f"NumPy {np.__version__}; load average {load}"
     )
 
 
-def _best(fn, repeats: int) -> float:
+def _best(fn, repeats: int, clock=time.perf_counter) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
@@ -52,8 +77,10 @@ def sgemm_peak(threads: int = 1, n: int = 2048, repeats: int = 5, dtype=np.float
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32).astype(dtype)
     b, c = a.copy(), np.empty_like(a)
+    # One thread: its CPU time, which other processes' load does not inflate.
+    clock = time.thread_time if threads == 1 else time.perf_counter
     with threadpool_limits(threads, "blas"):
-        seconds = _best(lambda: np.matmul(a, b, out=c), repeats)
+        seconds = _best(lambda: np.matmul(a, b, out=c), repeats, clock)
     return 2 * n**3 / seconds / 1e9
 
 
@@ -67,18 +94,15 @@ def bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
 
 def peaks() -> str:
     """The machine's yardsticks as one line (takes a few seconds)."""
-    from vgg_np.engine.threads import cpu_count
-
     one = sgemm_peak(1)
-    every = sgemm_peak(cpu_count())
+    every = sgemm_peak(cpus())
     d_one = sgemm_peak(1, n=1536, dtype=np.float64)
     return (
-        f"sgemm peak {one:.0f} GFLOP/s on 1 thread, {every:.0f} on {cpu_count()}; dgemm "
+        f"sgemm peak {one:.0f} GFLOP/s on 1 thread, {every:.0f} on {cpus()}; dgemm "
         f"{d_one:.0f} on 1 thread; copy bandwidth {bandwidth():.1f} GB/s (read + write, 1 thread)"
     )
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     print(describe())
     print(peaks())
