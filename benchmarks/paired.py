@@ -49,6 +49,14 @@ def serve(engine: str, batch: int, files: dict, dtype: str) -> None:
     print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
+def machine_header() -> str:
+    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    return describe()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -67,6 +75,7 @@ def main(argv=None) -> int:
     if args.dtype == "float64" and "onnxruntime" in engines:
         engines.remove("onnxruntime")  # no float64 convolution
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    print(machine_header())
     print(f"VGG16 224x224 {args.dtype}, {os.cpu_count()} CPUs, {args.turns} paired turns "
           "per batch, each engine in its own process\n")  # fmt: skip
     peers = [e for e in engines if e != "vgg_np"]
