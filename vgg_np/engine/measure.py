@@ -101,6 +101,8 @@ def fastest(
     """
     best: dict[Choice, float] = {}
     alive = list(options)
+    if len(alive) == 1:  # nothing to compare (float64: direct convolution only)
+        return alive[0], best
     for _ in range(repeats):
         for choice in alive:
             seconds = time_fn(choice)
@@ -199,30 +201,31 @@ class Planner:
         key: str,
         first: list[Choice],
         vary: Callable[[Choice], dict[str, list[Choice]]],
-        prepare: Callable[[Choice, int], Callable[[], float]],
+        prepare: Callable[[Choice, int], tuple[Callable[[], float], float]],
     ) -> Choice | None:
         """Time the candidates; record and return the fastest.
 
         `prepare(choice, images)` readies a candidate to run on that many images (its
-        kernels packed) and returns the function to time
-        (`IMAGES` of each stage), which returns the CPU seconds of its busiest thread.
-        None when the budget is spent (the caller runs the built-in choice).
+        kernels packed; `IMAGES` of each stage) and returns the function to time, which
+        returns the CPU seconds of its busiest thread, and the factor that scales that
+        time to whole images (it may run a band of their rows). None when the budget is
+        spent (the caller runs the built-in choice).
         """
         if self.seconds >= BUDGET_SECONDS:
             return None
         start = time.perf_counter()  # the budget is in real seconds, whatever the clock
-        runs: dict[tuple, Callable[[], float]] = {}
+        runs: dict[tuple, tuple[Callable[[], float], float]] = {}
 
         def time_fn(choice: Choice, stage: str) -> float:
             images = IMAGES.get(stage, 1)
             if (choice, images) not in runs:
                 runs[choice, images] = prepare(choice, images)
-            run = runs[choice, images]
+            run, scale = runs[choice, images]
             if self.clock is None:
-                return run()
+                return run() * scale
             begin = self.clock()
             run()
-            return self.clock() - begin
+            return (self.clock() - begin) * scale
 
         try:
             choice = search(first, vary, time_fn)

@@ -60,6 +60,9 @@ SERIAL_MACS = 100_000_000
 
 #: Most images a measured candidate runs on (`vgg_np.engine.measure.IMAGES`).
 MEASURE_IMAGES = 2
+#: A candidate is timed on a band of an image's rows of about this many multiply-adds
+#: (a quarter of VGG16's 224x224 block1_conv2), its time scaled to the whole image.
+MEASURE_MACS = 500_000_000
 
 #: Dense layers multiply one image at a time, in blocks of this many input rows whose
 #: partial sums are added in order: the same BLAS calls whatever the batch or threads.
@@ -204,9 +207,12 @@ class Engine:
         """Return ``prepare(choice, images)`` for the planner: layer `index` run alone.
 
         Each candidate runs on the same random images, laid out in its algorithm's padded
-        input, into a buffer of its own; `prepare` packs the kernel. A run returns the CPU
-        seconds of its busiest thread (`Workers.map`'s meter). Everything is made on the
-        first call, inside the planner's measured time.
+        input, into a buffer of its own; `prepare` packs the kernel and returns the run and
+        the factor that scales its time to whole images. A run returns the CPU seconds of
+        its busiest thread (`Workers.map`'s meter). A layer of more than `MEASURE_MACS`
+        multiply-adds per image is timed on a band of its first rows (whole chunks) of
+        about that size. Everything is made on the first call, inside the planner's
+        measured time.
         """
         h, w, c, o = shape
         state, made = Pass(Buffers()), {}
@@ -224,14 +230,16 @@ class Engine:
             name = f"in{plan.m}-{images}"
             source = padded(images, h, w, c, plan.m, dtype, state.buffers, name, plan.tiles_h)
             source.interior()[...] = x[:images]  # in the model's dtype
-            task = ConvRun(plan, source, list(out[:images]), pool)
+            wanted = -(-plan.tiles_h * MEASURE_MACS // (h * w * c * o * 9))  # tile rows
+            rows = min(plan.tiles_h, -(-wanted // choice.rows_per_chunk) * choice.rows_per_chunk)
+            task = ConvRun(plan, source, list(out[:images]), pool, rows)
 
             def run() -> float:
                 state.meter.clear()
                 task.run(self._workers, state)
                 return sum(state.meter)
 
-            return run
+            return run, plan.tiles_h / rows
 
         return prepare
 
