@@ -504,3 +504,27 @@ def test_full_vgg16_with_the_least_accurate_plan_keeps_the_logits_promise(tmp_pa
     print("\nF(4x4) everywhere: " + " ".join(f"{k}:{v:.1e}" for k, v in errors.items()))
     assert max(errors.values()) < ENGINE_REL_TOL["winograd"]
     assert errors["predictions"] < LOGITS_REL_TOL
+
+
+@pytest.mark.parametrize("algorithm", ["winograd-4", "winograd-2", "gemm"])
+def test_a_band_of_tile_rows_computes_exactly_those_output_rows(algorithm):
+    """The planner times large layers on a band of rows: it must be that layer's work."""
+    from vgg_np.engine.conv import ConvRun, Pass
+    from vgg_np.engine.layout import Buffers, padded
+    from vgg_np.engine.threads import Workers
+
+    model = VGG(SMALL, classes=7, seed=3)
+    engine = model.engine
+    index, _, shape, pool = next(conv_layers(model))
+    plan = engine._conv_plan(index, Choice(algorithm, 2 if pool else 1, 8), shape, pool)
+    x = np.random.default_rng(4).standard_normal((2, *shape[:3])).astype(np.float32)
+    source = padded(*x.shape, plan.m, x.dtype, tiles_h=plan.tiles_h)
+    source.interior()[...] = x
+    h_out = shape[0] // 2 if pool else shape[0]
+    full, band = (np.zeros((2, h_out, h_out, shape[3]), np.float32) for _ in range(2))
+    workers, rows = Workers(1), 4 if pool or algorithm == "gemm" else 2
+    ConvRun(plan, source, list(full), pool).run(workers, Pass(Buffers()))
+    ConvRun(plan, source, list(band), pool, rows).run(workers, Pass(Buffers()))
+    done = rows * plan.m // (2 if pool else 1)  # output rows of the band
+    np.testing.assert_array_equal(band[:, :done], full[:, :done])
+    assert not band[:, done:].any() and full[:, done:].any()
