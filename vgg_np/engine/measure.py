@@ -26,6 +26,8 @@ from collections.abc import Callable
 from vgg_np.engine import cache
 from vgg_np.engine.plan import Choice
 
+__all__ = ["MODES", "Planner", "fastest", "layer_key", "resolve", "search"]
+
 #: Timing turns per stage; the best of them counts (the first run of a candidate is
 #: also its warm-up: its scratch arrays are allocated then).
 REPEATS = 2
@@ -162,6 +164,17 @@ class Planner:
         the CPU time of the run's busiest thread, which is what the wall time would be
         on an idle machine and is much less disturbed when other processes share the
         CPUs (wall times on a loaded 2-core machine varied 2x between runs).
+
+    Examples
+    --------
+    >>> planner = Planner("measure", threads=2, clock=iter(range(100)).__next__)
+    >>> a, b = Choice("gemm", 2, 64), Choice("gemm", 4, 64)
+    >>> planner.measures, planner.lookup("layer", lambda c: True)  # nothing cached yet
+    (True, None)
+    >>> def prepare(choice, images):  # a candidate's run and its scale to whole images
+    ...     return (lambda: None), (3.0 if choice == a else 1.0)
+    >>> planner.measure("layer", [a, b], lambda c: {}, prepare)  # each run: 1 tick x scale
+    Choice(algorithm='gemm', rows_per_chunk=4, channel_block=64, order='chunk')
     """
 
     def __init__(self, plan, threads: int, clock: Callable[[], float] | None = None):
@@ -175,7 +188,7 @@ class Planner:
 
     @property
     def measures(self) -> bool:
-        """Whether choices are measured (and cached) rather than built in."""
+        """Whether choices are measured (and cached) rather than built in (see the example)."""
         return self.mode != "default"
 
     def _path(self) -> pathlib.Path:
@@ -184,7 +197,10 @@ class Planner:
         )
 
     def lookup(self, key: str, valid: Callable[[Choice], bool]) -> Choice | None:
-        """Return the cached choice for `key` if there is one and `valid` accepts it."""
+        """Return the cached choice for `key` if there is one and `valid` accepts it.
+
+        The plan file is read at the first look-up (see the class example).
+        """
         if self._entries is None:
             self._machine = cache.machine(self.threads)
             pinned = isinstance(self.mode, pathlib.Path)
@@ -203,7 +219,7 @@ class Planner:
         vary: Callable[[Choice], dict[str, list[Choice]]],
         prepare: Callable[[Choice, int], tuple[Callable[[], float], float]],
     ) -> Choice | None:
-        """Time the candidates; record and return the fastest.
+        """Time the candidates; record and return the fastest (see the class example).
 
         `prepare(choice, images)` readies a candidate to run on that many images (its
         kernels packed; `IMAGES` of each stage) and returns the function to time, which
@@ -235,7 +251,7 @@ class Planner:
         return choice
 
     def save(self) -> None:
-        """Write the choices measured since the last save to the plan file."""
+        """Write the choices measured since the last save to the plan file (class example)."""
         if self._new:
             new, self._new = self._new, {}
             cache.store(self._path(), self._machine, new, isinstance(self.mode, pathlib.Path))
