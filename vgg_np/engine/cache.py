@@ -217,7 +217,7 @@ def store(path: pathlib.Path, description: dict, choices: dict[str, Choice], pin
     What the file holds now is kept (another process may have added entries since it was
     read) if it can be trusted. `pinned` (a file the user named) keeps the machine the
     file says its entries were measured on. A path that is not a regular file (a FIFO,
-    a folder) is never replaced. See `load` for an example.
+    a folder) is never replaced.
 
     Examples
     --------
