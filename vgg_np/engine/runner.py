@@ -195,7 +195,7 @@ class Engine:
         with BLAS_SINGLE:
             choice = self.planner.measure(key, first, lambda c: variations(c, shape, pool), prepare)
         # Keep only the packed kernels a plan uses (measuring packed every candidate's).
-        used = {(p.name, p.algorithm, p.channel_block) for p in self._plans.values()}
+        used = {(p.name, p.algorithm, p.channel_block) for p in self._plans.values() if p.choice}
         if choice is not None:
             used.add((self.layers[index].name, choice.algorithm, choice.channel_block))
         for packing in [k for k in self._packed if k[0] == self.layers[index].name]:
