@@ -191,6 +191,14 @@ class Planner:
         """Whether choices are measured (and cached) rather than built in (see the example)."""
         return self.mode != "default"
 
+    def _loaded(self) -> dict[str, Choice]:
+        """Return the plan file's entries (read once) and those measured since."""
+        if self._entries is None:
+            self._machine = cache.machine(self.threads)
+            pinned = isinstance(self.mode, pathlib.Path)
+            self._entries = cache.load(self._path(), None if pinned else self._machine)
+        return self._entries
+
     def _path(self) -> pathlib.Path:
         return (
             self.mode if isinstance(self.mode, pathlib.Path) else cache.default_path(self._machine)
@@ -201,11 +209,7 @@ class Planner:
 
         The plan file is read at the first look-up (see the class example).
         """
-        if self._entries is None:
-            self._machine = cache.machine(self.threads)
-            pinned = isinstance(self.mode, pathlib.Path)
-            self._entries = cache.load(self._path(), None if pinned else self._machine)
-        choice = self._entries.get(key)
+        choice = self._loaded().get(key)
         if choice is not None and not valid(choice):
             cache._warn(f"{os.fspath(self._path())!r}: {key!r}: {choice} does not fit the "
                         "layer; measuring it again")  # fmt: skip
@@ -227,6 +231,7 @@ class Planner:
         time to whole images (it may run a band of their rows). None when the budget is
         spent (the caller runs the built-in choice).
         """
+        entries = self._loaded()
         if self.seconds >= BUDGET_SECONDS:
             return None
         start = time.perf_counter()  # the budget is in real seconds, whatever the clock
@@ -247,7 +252,7 @@ class Planner:
             choice = search(first, vary, time_fn)
         finally:
             self.seconds += time.perf_counter() - start
-        self._entries[key] = self._new[key] = choice
+        entries[key] = self._new[key] = choice
         return choice
 
     def save(self) -> None:
