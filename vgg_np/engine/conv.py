@@ -95,10 +95,8 @@ class ConvRun:
         if self.pool:
             y = pool_tiles(y, WORKSPACE)
         y += plan.bias[o0:o1]
-        if plan.relu:
-            np.maximum(y, 0, out=y)
         r0 = q0 * plan.m // 2 if self.pool else q0 * plan.m  # the chunk's first output row
-        untile(y, self.destinations[i][..., o0:o1], r0)
+        untile(y, self.destinations[i][..., o0:o1], r0, plan.relu)  # rectified as it is copied
 
     def product(self, v: np.ndarray, i: int, q0: int, b: int) -> None:
         """Output tiles of one chunk for channel block `b`: multiplied, then finished."""
