@@ -190,7 +190,10 @@ class Engine:
         choice = self.planner.lookup(key, valid)
         if choice is not None:
             return choice
-        first = [default_choice(a, shape, kernel.itemsize, pool) for a in allowed]
+        # The built-in table's algorithm first: a challenger must beat it by the margin.
+        builtin = choose_algorithm(self.conv_algorithm, shape[0], shape[2], kernel.dtype)
+        order = sorted(allowed, key=lambda a: a != builtin)
+        first = [default_choice(a, shape, kernel.itemsize, pool) for a in order]
         prepare = self._trial(index, shape, pool, kernel.dtype)
         with BLAS_SINGLE:
             choice = self.planner.measure(key, first, lambda c: variations(c, shape, pool), prepare)
