@@ -181,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         args.usage_error(problem)  # exits with code 2
     try:
-        _imagenet_weights(args)
-        code = args.run(args)
+        code = args.run(_imagenet_weights(args))
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return code
     except KeyboardInterrupt as error:

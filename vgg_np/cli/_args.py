@@ -210,19 +210,21 @@ def _check_inputs(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _imagenet_weights(args: argparse.Namespace) -> None:
-    """Replace ``--weights imagenet[:MODEL[:FAMILY]]`` by the verified cached file's path.
+def _imagenet_weights(args: argparse.Namespace) -> argparse.Namespace:
+    """Return `args` with ``--weights imagenet[:MODEL[:FAMILY]]`` as the cached file's path.
 
     MODEL defaults to the command's ``--model`` (else vgg16); nothing is downloaded here
-    (``fetch-weights`` does that): without a copy the error says where to put one.
+    (``fetch-weights`` does that): without a copy the error says where to put one. Other
+    arguments come back as they are; `args` itself is never changed (a new namespace).
     """
     match = _IMAGENET.fullmatch(str(getattr(args, "weights", None)))
     if match is None:
-        return
+        return args
     model = match["model"] or getattr(args, "model", None) or "vgg16"
     if model not in hub.NAMES:
         args.usage_error(
             f"--weights {args.weights}: ImageNet weights are published for "
             f"{', '.join(hub.NAMES)}, not {model}"
         )
-    args.weights = str(hub.resolve(model, True, family=match["family"]))
+    path = hub.resolve(model, True, family=match["family"])
+    return argparse.Namespace(**{**vars(args), "weights": str(path)})

@@ -29,6 +29,9 @@ from vgg_np.preprocess import MODES, RESIZE_MODES, read_class_names
 from vgg_np.progress import Progress, write_line
 from vgg_np.streams import ImageStream, image_paths, input_size
 
+#: Threads decoding pictures beside the forward pass, in ``extract`` and ``predict -o``.
+DECODE_THREADS = 2
+
 # -- predict -------------------------------------------------------------------------------
 
 
@@ -119,10 +122,15 @@ def run_predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.output:
-        # The classifier's own last layer: "predictions", or a head's (Keras: "dense_1").
-        args.layer, args.partition_size = model.layers[-1].name, DEFAULT_PARTITION_SIZE
-        args.decode_threads = 2
-        return _extract(args, model)
+        # What it ranks, in extract's store: the classifier's own last layer ("predictions",
+        # or a head's, Keras: "dense_1"), with extract's default partitions and threads.
+        return _extract(
+            args,
+            model,
+            layer=model.layers[-1].name,
+            partition_size=DEFAULT_PARTITION_SIZE,
+            decode_threads=DECODE_THREADS,
+        )
     stream = ImageStream(
         paths, choice, size=input_size(model), batch_size=args.batch_size, on_skip=_skip,
         expand=False,
@@ -232,7 +240,12 @@ def add_extract(commands) -> None:
         "--partition-size", type=_positive_int, default=DEFAULT_PARTITION_SIZE,
         help=f"images per partition, the unit of completion ({DEFAULT_PARTITION_SIZE})",
     )  # fmt: skip
-    parser.add_argument("--decode-threads", type=_non_negative_int, default=2, help="per process")
+    parser.add_argument(
+        "--decode-threads",
+        type=_non_negative_int,
+        default=DECODE_THREADS,
+        help=f"threads decoding pictures, per process ({DECODE_THREADS})",
+    )
     parser.add_argument("--threads", type=_positive_int, help="engine threads (CPUs / --workers)")
     parser.add_argument("--json", action="store_true", help="a JSON summary at the end")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -254,7 +267,14 @@ def run_extract(args: argparse.Namespace) -> int:
     """Write one layer's features (and top classes) of many images to disk, resumably."""
     if args.scheduler or args.workers:
         return _extract_on_cluster(args)
-    return _extract(args, VGG.from_file(args.weights, threads=args.threads))
+    model = VGG.from_file(args.weights, threads=args.threads)
+    return _extract(
+        args,
+        model,
+        layer=args.layer,
+        partition_size=args.partition_size,
+        decode_threads=args.decode_threads,
+    )
 
 
 def _extract_on_cluster(args: argparse.Namespace) -> int:
@@ -271,16 +291,28 @@ def _extract_on_cluster(args: argparse.Namespace) -> int:
     return _extract_summary(result, args.json)
 
 
-def _extract(args: argparse.Namespace, model: VGG) -> int:
+def _extract(
+    args: argparse.Namespace,
+    model: VGG,
+    *,
+    layer: str | None,
+    partition_size: int,
+    decode_threads: int,
+) -> int:
+    """Run `vgg_np.extract.extract` on this process; print its summary, return the exit code.
+
+    The options ``predict`` lacks come as arguments (``extract`` passes its own); the
+    parsed `args` are read, never changed.
+    """
     result = extract(
         args.images,
         args.output,
         model,
-        layer=args.layer,
+        layer=layer,
         top=args.top,
         batch_size=args.batch_size,
-        partition_size=args.partition_size,
-        workers=args.decode_threads,
+        partition_size=partition_size,
+        workers=decode_threads,
         preprocess=args.preprocess,
         resize=args.resize,
         verbose="auto" if args.progress is None else args.progress,
