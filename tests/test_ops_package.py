@@ -111,6 +111,19 @@ def test_batch_norm_eps_is_defined_once_as_a_framework_fact():
     assert "BATCH_NORM_EPS" not in vars(norm)  # norm's docstrings name it; its code never reads it
 
 
+def test_the_readers_of_files_take_each_frameworks_epsilon_from_the_one_table():
+    # A reader that wrote Keras's 1e-3 or ONNX's 1e-5 again could drift from the table.
+    epsilons = set(ops.BATCH_NORM_EPS.values())
+    readers = sorted((PACKAGE / "formats").rglob("*.py"))
+    literal = [f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}" for path in readers
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Constant) and node.value in epsilons
+               and type(node.value) is float]  # fmt: skip
+    assert not literal, literal
+    users = [path.name for path in readers if "BATCH_NORM_EPS[" in path.read_text()]
+    assert users == ["keras_config.py", "onnx_heads.py", "torchvision.py"], users
+
+
 def private_reaches(path: pathlib.Path) -> list[str]:
     """Where `path` uses a private name of `vgg_np.ops` (``ops._x``, ``from vgg_np.ops import _x``)
     or a private module of it other than the documented `vgg_np.ops._checks`."""
