@@ -194,6 +194,9 @@ def run_show(args: argparse.Namespace) -> int:
     from PIL import Image
 
     if args.weights:  # the convolutional base only, in the layout of the loaded images
+        # The engine answers every layer name, a batch-norm model's convolution before its
+        # batch norm included (computed from the folded network's output before it), and
+        # closer to float64 than the unfolded reference: no algorithm is chosen here.
         model = VGG.from_file(
             args.weights,
             include_top=False,
@@ -201,8 +204,6 @@ def run_show(args: argparse.Namespace) -> int:
             input_shape=None,
             data_format="channels_last",
         )
-        if model.batch_norm:  # a convolution's own output: not in the engine's folded table
-            model.conv_algorithm = "reference"
     else:
         model = VGG16(include_top=False, seed=args.seed)
     if args.filters:
@@ -221,6 +222,6 @@ def _feature_maps(model: VGG, image: str, layer: str) -> np.ndarray:
     if layer not in names:
         raise ValueError(f"--layer {layer} is not in this model: {', '.join(names)}")
     pixels = load_image(image)[None]  # (1, 224, 224, 3)
-    activation = model.activations(preprocess_input(pixels))[layer][0]
+    activation = model.activations(preprocess_input(pixels), [layer])[layer][0]  # (H, W, C)
     scale = max(1, 56 // activation.shape[0])  # small deep maps get bigger pixels
     return feature_map_grid(activation, scale=scale)
