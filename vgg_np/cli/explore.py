@@ -23,6 +23,7 @@ from vgg_np.cli._args import (
 )
 from vgg_np.compare import DEFAULT_TOLERANCE
 from vgg_np.config import CONFIGS, layer_table
+from vgg_np.diagnose import relative_error
 from vgg_np.model import VGG, VGG16
 from vgg_np.preprocess import decode_predictions, load_image, preprocess_input
 from vgg_np.summary import Summary
@@ -35,11 +36,6 @@ DEMO_HINT = (
     '  vgg-np predict photo.jpg --weights "$(vgg-np fetch-weights vgg16)"\n'
     'In Python: vgg_np.VGG16(weights="imagenet") finds the same file.'
 )
-
-
-def _relative_error(actual: np.ndarray, exact: np.ndarray) -> float:
-    """Max absolute error over max absolute value: the figure quoted across vgg_np."""
-    return float(np.max(np.abs(actual - exact)) / np.max(np.abs(exact)))
 
 
 def _best_time(func, *args, repeat: int = 3):
@@ -83,7 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
     summary = model.summary()
     pixels = load_image(data / "demo.png")[None]  # (1, 224, 224, 3)
     logits, seconds = _best_time(model, preprocess_input(pixels))
-    error = _relative_error(logits, reference["logits"])
+    error = relative_error(logits, reference["logits"])
     agrees = error < DEFAULT_TOLERANCE
     print(
         f"\nForward pass on the bundled picture (vgg_np/data/demo.png, 224x224), weights drawn "
