@@ -1,6 +1,8 @@
 """The ``vgg_np.cli`` package's own rules: a command reads its parsed arguments and never
 changes them (``predict -o`` passes extract's options explicitly), checked in the source
-(every module) and at run time (every command, on a namespace that refuses changes)."""
+(every module) and at run time (every command, on a namespace that refuses changes); and it
+configures a model through its constructor or `VGG.from_file`, never by setting an
+attribute behind its back."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from PIL import Image
 
 from vgg_np import VGG, cli, hub
 from vgg_np.config import VGGConfig
+from vgg_np.preprocess import load_image, preprocess_input
+from vgg_np.visualize import feature_map_grid
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLI = ROOT / "vgg_np" / "cli"
@@ -147,6 +151,38 @@ def fine(args, model):
     assert namespaces == 3
 
 
+def attribute_assignments(source: str, where: str = "<source>") -> list[str]:
+    """Every assignment to an attribute of any object in `source` (``x.a = ...``, setattr)."""
+    found = []
+    for node in ast.walk(ast.parse(source, where)):
+        targets = [t for t in _targets(node) if isinstance(t, ast.Attribute)]
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("setattr", "delattr"):
+            targets.append(node)
+        found += [f"{where}:{node.lineno}: {ast.unparse(t)}" for t in targets]
+    return found
+
+
+def test_the_cli_sets_no_attribute_of_any_object():
+    """A model is configured by its arguments (``VGG.from_file(..., conv_algorithm=...)``)."""
+    found = []
+    for path in sorted(CLI.glob("*.py")):
+        found += attribute_assignments(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, "attributes set by the CLI:\n" + "\n".join(found)
+
+
+def test_the_attribute_checker_sees_a_model_changed_behind_its_back():
+    source = """
+def run_show(args):
+    model = VGG.from_file(args.weights)
+    if model.batch_norm:
+        model.conv_algorithm = "reference"
+    setattr(model, "threads", 1)
+    model.weights["x"] = 1  # the model's own mapping: a subscript, not an attribute
+"""
+    found = [line.split(": ", 1)[1] for line in attribute_assignments(source)]
+    assert sorted(found) == ["model.conv_algorithm", "setattr(model, 'threads', 1)"], found
+
+
 # -- at run time: every command on a namespace that refuses changes ----------------------
 
 
@@ -258,3 +294,29 @@ def test_weights_imagenet_and_fetch_weights_on_a_frozen_namespace(
     assert frozen[-1].weights == "imagenet:vgg11"  # the parsed value, as given
     assert cli.main(["fetch-weights", "vgg11", "--family", "torchvision"]) == 0
     assert capsys.readouterr().out.strip() == str(path)
+
+
+def test_show_on_a_batch_norm_model_leaves_the_model_as_loaded(monkeypatch, tmp_path, picture):
+    """A batch-norm convolution's own output comes from the engine as it was built (it
+    answers every layer name), not from an algorithm the CLI set after loading."""
+    changed, setattr_ = [], VGG.__setattr__
+
+    def watch(model, name, value):
+        if name in ("conv_algorithm", "threads") and name in vars(model):
+            changed.append((name, value))
+        setattr_(model, name, value)
+
+    monkeypatch.setattr(VGG, "__setattr__", watch)
+    out = tmp_path / "s.png"
+    bn = DATA / "heads" / "vgg16_bn.pth"
+    args = ["show", picture, "--weights", str(bn), "--layer", "block2_conv1", "-o", str(out)]
+    assert cli.main(args) == 0
+    assert changed == []
+    base = {"include_top": False, "head": None, "input_shape": None}
+    model = VGG.from_file(bn, **base)  # what show loads, run as built
+    maps = model.activations(preprocess_input(load_image(picture)[None]), ["block2_conv1"])
+    block2_conv1 = maps["block2_conv1"][0]  # (112, 112, C) from a 224x224 picture
+    expected = feature_map_grid(block2_conv1, scale=max(1, 56 // block2_conv1.shape[0]))
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
+    model.conv_algorithm = "gemm"  # the watch sees a change after construction
+    assert changed == [("conv_algorithm", "gemm")]
