@@ -32,21 +32,6 @@ def test_prepare_input_without_cast_is_a_view_predict_can_slice():
     assert cast.dtype == np.float32 and not np.shares_memory(cast, x)
 
 
-@pytest.mark.parametrize(
-    ("x", "error", "match"),
-    [
-        (np.zeros((1, 32, 32, 3), np.uint8), TypeError, r"`x` must be floating point, got dtype"),
-        (np.zeros((32, 32, 3), np.float32), ValueError, r"`x` must be 4-D \(N, H, W, C\)"),
-        (np.zeros((1, 32, 32, 4), np.float32), ValueError, r"does not fit input shape"),
-        (np.zeros((1, 31, 40, 3), np.float32), ValueError, r"must be at least 32"),
-    ],
-)
-def test_prepare_input_refuses_what_no_layer_can_take(x, error, match):
-    model = VGG(TINY, include_top=False, seed=0)
-    with pytest.raises(error, match=match):
-        _running.prepare_input(x, model.network, None)
-
-
 def test_only_timm_weights_refuse_a_feature_map_larger_than_their_pre_logits():
     model = VGG(TINY, include_top=False, seed=0)
     x = np.zeros((1, 256, 256, 3), np.float32)  # an 8-pixel last feature map
