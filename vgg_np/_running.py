@@ -2,7 +2,7 @@
 
 The model (`vgg_np.model`) is what a network is and its weights; this module is the
 bookkeeping between the user's layer names and what actually runs. The engine runs the
-lowered plan (`vgg_np.lowering.lower`: batch norms folded, dropout gone), so a user layer
+lowered plan (`vgg_np.engine.lowering.lower`: batch norms folded, dropout gone), so a user layer
 the plan merged away is computed here, alone, by the reference forward; a layer that is the
 identity shares its step with the layer before it, and each gets its own copy.
 """
@@ -18,9 +18,9 @@ from numpy.typing import ArrayLike
 from vgg_np import formats
 from vgg_np.config import MIN_SIZE, _fmt_shape
 from vgg_np.engine import Engine
+from vgg_np.engine.lowering import Plan
 from vgg_np.formats.torchvision import TIMM_SIDE
 from vgg_np.layers import Layer, forward
-from vgg_np.lowering import Plan
 from vgg_np.network import Network
 
 
