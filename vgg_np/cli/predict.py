@@ -23,9 +23,9 @@ from vgg_np.cli._args import (
     _positive_float,
     _positive_int,
 )
-from vgg_np.extract import DEFAULT_PARTITION_SIZE, extract, top_classes
+from vgg_np.extract import DEFAULT_PARTITION_SIZE, extract
 from vgg_np.model import VGG
-from vgg_np.preprocess import MODES, RESIZE_MODES, read_class_names
+from vgg_np.preprocess import MODES, RESIZE_MODES, read_class_names, top_classes
 from vgg_np.progress import Progress, write_line
 from vgg_np.streams import ImageStream, image_paths, input_size
 
