@@ -178,6 +178,7 @@ def test_a_real_dump_still_compares(tmp_path, tiny, capsys):
 # -- totals, not only per-item caps -------------------------------------------------------
 
 
+@pytest.mark.onnx
 def test_onnx_weights_computed_to_more_than_2_gib_in_all_are_refused_unallocated(tmp_path):
     onnx = pytest.importorskip("onnx", reason="needs the optional `onnx` package")
     from onnx import helper, numpy_helper
