@@ -20,7 +20,7 @@ from vgg_np.config import VGGConfig
 from vgg_np.preprocess import load_image, preprocess_input
 from vgg_np.visualize import feature_map_grid
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLI = ROOT / "vgg_np" / "cli"
 DATA = ROOT / "tests" / "data"
 WEIGHTS = str(DATA / "tiny_vgg16" / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
