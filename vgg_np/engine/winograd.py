@@ -76,7 +76,8 @@ def winograd_kernel(kernel: np.ndarray, m: int) -> np.ndarray:
     """
     _, g, _ = winograd_matrices(m)
     a = m + 2
-    u = np.einsum("ir,rsco,js->jico", g, kernel.astype(np.float64), g)  # (a_j, a_i, C, O)
+    rows = np.tensordot(g, kernel.astype(np.float64), axes=(1, 0))  # (a_i, 3_s, C, O)
+    u = np.tensordot(g, rows, axes=(1, 1))  # (a_j, a_i, C, O): two BLAS products
     return np.ascontiguousarray(u.reshape(a * a, *kernel.shape[2:]), dtype=kernel.dtype)
 
 
@@ -110,20 +111,25 @@ def transform_input(source: Padded, i: int, q0: int, q1: int, ws: Buffers, out) 
     np.matmul(bt, windows.transpose(0, 1, 3, 2), out=v_rows)
 
 
+def untransform(product: np.ndarray, m: int, tw: int, ws: Buffers) -> np.ndarray:
+    """Output tiles ``A^T M A`` of the products ``(a*a, tiles, O)``: ``(m_j, m_i, rows, tW, O)``."""
+    a, tiles, o = m + 2, product.shape[1], product.shape[2]
+    _, _, at = matrices(m, product.dtype)
+    p = ws.get("p", (m, a, tiles * o), product.dtype)
+    np.matmul(at, product.reshape(a, -1), out=p.reshape(m, -1))  # over j: (m_j, a_i, ...)
+    y = ws.get("y", (m, m, tiles // tw, tw, o), product.dtype)
+    np.matmul(at, p, out=y.reshape(m, m, -1))  # over i, batched on j: (m_j, m_i, ...)
+    return y
+
+
 def transform_output(v: np.ndarray, u: np.ndarray, m: int, tw: int, ws: Buffers) -> np.ndarray:
     """Multiply transformed tiles by packed kernels; return the output tiles ``A^T M A``.
 
-    `u` may be a slice of the output channels. Returns ``(m_j, m_i, rows, tW, O)``.
+    `u` may be a block of the output channels. Returns ``(m_j, m_i, rows, tW, O)``.
     """
-    a, tiles, o, dtype = m + 2, v.shape[1], u.shape[2], u.dtype
-    _, _, at = matrices(m, dtype)
-    product = ws.get("product", (a * a, tiles, o), dtype)
+    product = ws.get("product", (v.shape[0], v.shape[1], u.shape[2]), u.dtype)
     np.matmul(v, u, out=product)  # one GEMM per transformed position: (tiles, C) @ (C, O)
-    p = ws.get("p", (m, a, tiles * o), dtype)
-    np.matmul(at, product.reshape(a, -1), out=p.reshape(m, -1))  # over j: (m_j, a_i, ...)
-    y = ws.get("y", (m, m, tiles // tw, tw, o), dtype)
-    np.matmul(at, p, out=y.reshape(m, m, -1))  # over i, batched on j: (m_j, m_i, ...)
-    return y
+    return untransform(product, m, tw, ws)
 
 
 class WinogradSteps:
@@ -139,6 +145,14 @@ class WinogradSteps:
     def transform(self, v: np.ndarray, i: int, q0: int, p0: int, p1: int) -> None:
         """Transform tile rows [p0, p1) of the chunk of image `i` that starts at `q0`."""
         transform_input(self.source, i, p0, p1, WORKSPACE, v[:, :, p0 - q0 : p1 - q0])
+
+    def operands(self, v: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the products' operands: ``(a*a, tiles, C)`` and ``(a*a, C, O block)``."""
+        return v.reshape(self.a * self.a, -1, self.c), kernel
+
+    def finish(self, product: np.ndarray) -> np.ndarray:
+        """Output tiles ``(m_j, m_i, rows, tW, O)`` from the products ``(a*a, tiles, O)``."""
+        return untransform(product, self.source.m, self.source.tiles_w, WORKSPACE)
 
     def output(self, v: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         """Output tiles ``(m_j, m_i, rows, tW, O)`` of a chunk for a kernel block."""
