@@ -139,15 +139,18 @@ def test_source_lines_show_the_code_as_the_package_holds_it_or_fail_the_build():
     spec.loader.exec_module(hooks)
     from vgg_np import ops
 
-    page = hooks.on_page_markdown("Before.\n\n<!-- source: vgg_np/ops.py relu -->\n\nAfter.\n")
+    page = hooks.on_page_markdown(
+        "Before.\n\n<!-- source: vgg_np/ops/activations.py relu -->\n\nAfter.\n"
+    )
     line = inspect.getsourcelines(ops.relu)[1]
-    assert f'```python title="vgg_np/ops.py, line {line}: relu (docstring left out)"' in page
+    title = f"vgg_np/ops/activations.py, line {line}: relu (docstring left out)"
+    assert f'```python title="{title}"' in page
     assert all(code in page for code in _code_lines(ops.relu)) and '"""' not in page
     assert page.startswith("Before.") and page.endswith("After.\n")
     with pytest.raises(
-        ValueError, match=r"vgg_np/ops\.py has no top-level function 'conv2d_loops'"
+        ValueError, match=r"vgg_np/ops/conv\.py has no top-level function 'conv2d_loops'"
     ):
-        hooks.on_page_markdown("<!-- source: vgg_np/ops.py conv2d_loops -->\n")
+        hooks.on_page_markdown("<!-- source: vgg_np/ops/conv.py conv2d_loops -->\n")
 
 
 @pytest.mark.docs

@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import BN_FOLD_REL_TOL, TINY_CONFIG, relative_error
 from vgg_np import VGG
+from vgg_np.engine.lowering import lower
 from vgg_np.layers import Layer, forward
-from vgg_np.lowering import lower
 from vgg_np.train import SGD, loss_and_gradients
 
 # The Keras transfer-learning head (Flatten-Dense-BN-Dropout-Dense), and a GAP variant.
