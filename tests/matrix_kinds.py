@@ -18,14 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from tests.conftest import HEADS_DIR as HEADS
+from tests.conftest import TINY_DIR as TINY
 from vgg_np import VGG, VGGConfig, formats
 from vgg_np.formats.contract import Family, Provenance
 from vgg_np.formats.safetensors_file import open_safetensors, write_safetensors
 from vgg_np.formats.torchvision import to_state_dict
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-HEADS = ROOT / "tests" / "data" / "heads"
-TINY = ROOT / "tests" / "data" / "tiny_vgg16"
 WIDTHS = ((4, 4), (8, 8), (8, 8, 8), (8, 8, 8), (8, 8, 8))  # VGG16's topology, tiny
 
 

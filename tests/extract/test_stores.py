@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import HEADS_DIR, ROOT, TINY_DIR
 from vgg_np import VGG
 from vgg_np.cli import main
 from vgg_np.extract import Store, create_store, extract, open_store, run_partition
 
-ROOT = pathlib.Path(__file__).parents[2]
-WEIGHTS = str(ROOT / "tests" / "data" / "tiny_vgg16" / "model.h5")  # 10 classes, 32x32
+WEIGHTS = str(TINY_DIR / "model.h5")  # 10 classes, 32x32
 SETTINGS = {"layer": "block5_pool", "batch_size": 2, "partition_size": 4, "verbose": 0}
 
 
@@ -344,7 +344,7 @@ def test_a_rerun_with_the_same_tensors_but_another_network_is_refused(tmp_path):
     into the same store and mix its rows with the old ones: refused, as other layers."""
     import zipfile
 
-    source = zipfile.ZipFile(ROOT / "tests" / "data" / "heads" / "keras_flatten_head.keras")
+    source = zipfile.ZipFile(HEADS_DIR / "keras_flatten_head.keras")
     config = json.loads(source.read("config.json"))
     config["config"]["layers"][-1]["config"]["activation"] = "sigmoid"
     edited = tmp_path / "sigmoid.keras"

@@ -26,17 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reference.make_keras_reference import TINY, TINY_CLASSES
+from tests.conftest import ROOT, TINY_DIR
+from tests.conftest import tiny_vgg16 as tiny
 from vgg_np import VGG, formats
 from vgg_np.formats._common import flatten_pairs
 
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
-ROOT = pathlib.Path(__file__).parents[2]
 GiB = 1 << 30
-
-
-def tiny(**kwargs) -> VGG:
-    return VGG(TINY, input_shape=(32, 32, 3), classes=TINY_CLASSES, **kwargs)
 
 
 @pytest.fixture(scope="module")
