@@ -17,10 +17,10 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import ENGINE_REL_TOL, LOGITS_REL_TOL, relative_error
-from reference.make_keras_reference import full_weights
 
 import vgg_np
+from tests.conftest import DATA, ENGINE_REL_TOL, LOGITS_REL_TOL, relative_error
+from tests.reference.make_keras_reference import full_weights
 from vgg_np import VGG, VGGConfig
 from vgg_np.engine import cache, measure, threads
 from vgg_np.engine.conv import ConvRun
@@ -474,9 +474,7 @@ def test_the_position_order_gives_the_same_bits_as_the_chunk_order(
 
 
 def test_full_vgg16_with_the_least_accurate_plan_keeps_the_logits_promise(tmp_path):
-    with np.load(
-        os.path.join(os.path.dirname(__file__), "data", "keras_vgg16_reference.npz")
-    ) as ref:
+    with np.load(DATA / "keras_vgg16_reference.npz") as ref:
         x = ref["x"]
     weights = full_weights()
     oracle = vgg_np.VGG16(
