@@ -22,7 +22,7 @@ import vgg_np
 from tests.conftest import DATA, ENGINE_REL_TOL, LOGITS_REL_TOL, relative_error
 from tests.reference.make_keras_reference import full_weights
 from vgg_np import VGG, VGGConfig
-from vgg_np.engine import cache, measure, threads
+from vgg_np.engine import cache, conv, measure, threads
 from vgg_np.engine.conv import ConvRun
 from vgg_np.engine.plan import Choice, allowed_algorithms, default_choice, variations
 from vgg_np.layers import forward, shapes
@@ -454,9 +454,11 @@ def test_every_choice_the_planner_can_make_is_within_tolerance_and_invariant(
     assert checked == 2 * max(len(o) for o in options.values()) >= 8
 
 
+@pytest.mark.parametrize("group_bytes", [conv.POSITION_BYTES, 1])  # 1: a chunk per group
 def test_the_position_order_gives_the_same_bits_as_the_chunk_order(
-    tmp_path, every_layer_on_the_threads
+    tmp_path, every_layer_on_the_threads, monkeypatch, group_bytes
 ):
+    monkeypatch.setattr(conv, "POSITION_BYTES", group_bytes)
     model = VGG(SMALL, classes=7, seed=3, classifier_activation=None)
     x = np.random.default_rng(3).standard_normal((3, *INPUT)).astype(np.float32)
     results = {}

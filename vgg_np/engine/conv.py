@@ -8,6 +8,8 @@ per layer: an image meets the same BLAS calls whatever the batch and the threads
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from vgg_np.engine.direct import GemmSteps
@@ -15,6 +17,10 @@ from vgg_np.engine.layout import WORKSPACE, Buffers, Padded, padded, pool_tiles,
 from vgg_np.engine.plan import ConvPlan
 from vgg_np.engine.threads import Workers
 from vgg_np.engine.winograd import WinogradSteps
+
+#: Transformed input a group of chunks holds at once in the ``position`` order (the
+#: weights of a position then serve the whole group): 4 images of VGG16's block 4.
+POSITION_BYTES = 16 << 20
 
 
 class Pass:
@@ -64,6 +70,7 @@ class ConvRun:
         c, o = source.flat.shape[2], plan.bias.shape[0]
         self.steps = (WinogradSteps if plan.m > 1 else GemmSteps)(source, c)
         self.macs = source.n * source.h * source.w * c * o * 9
+        self.itemsize = plan.bias.itemsize
         step = plan.rows_per_chunk
         self.chunks = [
             (i, q, min(q + step, plan.tiles_h))
@@ -126,41 +133,47 @@ class ConvRun:
             ]
             workers.map(self.product, products, self.macs, state.meter)
 
-    def transform_all(self, workers: Workers, state: Pass) -> list[np.ndarray]:
-        """Transform every chunk's input into the call's chunk buffers; return them."""
-        while len(state.chunk_buffers) < len(self.chunks):
+    def transform_all(self, workers: Workers, state: Pass, ks=None) -> list[np.ndarray]:
+        """Transform chunks `ks` (default: all) into the call's chunk buffers; return them."""
+        ks = range(len(self.chunks)) if ks is None else ks
+        while len(state.chunk_buffers) < len(ks):
             state.chunk_buffers.append(Buffers())
         vs = [
-            state.chunk_buffers[k].get("v", self.steps.input_shape(q1 - q0), self.plan.bias.dtype)
-            for k, (_, q0, q1) in enumerate(self.chunks)
+            state.chunk_buffers[j].get("v", self.steps.input_shape(q1 - q0), self.plan.bias.dtype)
+            for j, (_, q0, q1) in enumerate(self.chunks[k] for k in ks)
         ]
-        transforms = [args for k, v in enumerate(vs) for args in self.pieces(k, v)]
+        transforms = [args for k, v in zip(ks, vs, strict=True) for args in self.pieces(k, v)]
         workers.map(self.steps.transform, transforms, self.macs, state.meter)
         return vs
 
     def by_position(self, workers: Workers, state: Pass) -> None:
-        """Transform every input, then run each channel block for groups of chunks.
+        """Run the chunks in groups: transform a group's inputs, then its channel blocks.
 
-        Each task runs its group position by position, so that a position's weights (a
-        contiguous block of ``C x O block``) serve every chunk of the group while they
-        are in cache.
+        A task runs one channel block for part of the group, position by position, so
+        that a position's weights (a contiguous ``C x O block``) serve every chunk of the
+        part while they are in cache. A group holds at most `POSITION_BYTES` of
+        transformed input (at least one chunk).
         """
-        vs = self.transform_all(workers, state)
-        groups = min(len(self.chunks), -(-2 * workers.threads // len(self.blocks)))
-        size = -(-len(self.chunks) // groups)
-        tasks = [
-            (vs, range(k0, min(k0 + size, len(self.chunks))), b)
-            for k0 in range(0, len(self.chunks), size)
-            for b in range(len(self.blocks))
-        ]
-        workers.map(self.group_products, tasks, self.macs, state.meter)
+        per_chunk = math.prod(self.steps.input_shape(self.plan.rows_per_chunk)) * self.itemsize
+        size = max(1, min(len(self.chunks), POSITION_BYTES // per_chunk))
+        for k0 in range(0, len(self.chunks), size):
+            ks = range(k0, min(k0 + size, len(self.chunks)))
+            vs = self.transform_all(workers, state, ks)
+            parts = min(len(ks), -(-2 * workers.threads // len(self.blocks)))
+            step = -(-len(ks) // parts)
+            tasks = [
+                (vs[j0 : j0 + step], ks[j0 : j0 + step], b)
+                for j0 in range(0, len(ks), step)
+                for b in range(len(self.blocks))
+            ]
+            workers.map(self.group_products, tasks, self.macs, state.meter)
 
     def group_products(self, vs: list, group: range, b: int) -> None:
-        """Run channel block `b` of the chunks in `group`, GEMMs position by position.
+        """Run channel block `b` of the chunks in `group` (inputs `vs`), position by position.
 
         Then each chunk's output transform and epilogue.
         """
-        operands = [self.steps.operands(vs[k], self.plan.blocks[b]) for k in group]
+        operands = [self.steps.operands(v, self.plan.blocks[b]) for v in vs]
         products = [
             WORKSPACE.get(f"product{j}", (*lhs.shape[:2], rhs.shape[2]), lhs.dtype)
             for j, (lhs, rhs) in enumerate(operands)

@@ -161,12 +161,11 @@ def transformed(kernel: np.ndarray, algorithm: str) -> np.ndarray:
     return winograd_kernel(kernel, m) if m > 1 else kernel.reshape(-1, kernel.shape[3])
 
 
-def pack(
-    kernel: np.ndarray, algorithm: str, channel_block: int, full: np.ndarray | None = None
-) -> list[np.ndarray]:
+def pack(kernel: np.ndarray, algorithm: str, channel_block: int) -> list[np.ndarray]:
     """Pack a ``(3, 3, C, O)`` kernel for `algorithm`, one contiguous array per channel block.
 
-    `full`, if given, is ``transformed(kernel, algorithm)`` already computed.
+    Each block is transformed alone (the whole transformed kernel never exists twice), to
+    the same values as in the whole (`winograd_kernel`).
 
     Examples
     --------
@@ -174,9 +173,8 @@ def pack(
     [(36, 2, 3), (36, 2, 2)]
     """
     o = kernel.shape[3]
-    packed = transformed(kernel, algorithm) if full is None else full
     return [
-        np.ascontiguousarray(packed[..., o0 : o0 + channel_block])
+        np.ascontiguousarray(transformed(kernel[..., o0 : o0 + channel_block], algorithm))
         for o0 in range(0, o, channel_block)
     ]
 

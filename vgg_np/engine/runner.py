@@ -39,7 +39,6 @@ from vgg_np.engine.plan import (
     default_choice,
     pack,
     tiles_high,
-    transformed,
     variations,
 )
 from vgg_np.engine.threads import BLAS_SINGLE, MAX_THREADS, Workers, cpu_count
@@ -137,7 +136,6 @@ class Engine:
         self.planner = Planner(plan, self.threads)
         self._plans: dict[tuple, ConvPlan] = {}
         self._packed: dict[tuple, list[np.ndarray]] = {}
-        self._transformed: dict[tuple, np.ndarray] | None = None  # see _measured_choice
         self._lock = threading.Lock()  # guards the plans and the spare buffers
         self._workers = Workers(self.threads)
         self._spare: Buffers | None = None  # one call's buffers, kept up to KEEP_BYTES
@@ -191,14 +189,8 @@ class Engine:
             return choice
         first = [default_choice(a, shape, kernel.itemsize, pool) for a in allowed]
         prepare = self._trial(index, shape, pool, kernel.dtype)
-        self._transformed = {}  # each algorithm's transformed kernel, once, while measuring
-        try:
-            with BLAS_SINGLE:
-                choice = self.planner.measure(
-                    key, first, lambda c: variations(c, shape, pool), prepare
-                )
-        finally:
-            self._transformed = None
+        with BLAS_SINGLE:
+            choice = self.planner.measure(key, first, lambda c: variations(c, shape, pool), prepare)
         # Keep only the packed kernels a plan uses (measuring packed every candidate's).
         used = {(p.name, p.algorithm, p.channel_block) for p in self._plans.values()}
         if choice is not None:
@@ -249,12 +241,7 @@ class Engine:
         kernel, bias = self.weights[layer.name]
         key = (layer.name, choice.algorithm, choice.channel_block)
         if key not in self._packed:
-            full = None
-            if self._transformed is not None:  # measuring: each algorithm transforms once
-                if key[:2] not in self._transformed:
-                    self._transformed[key[:2]] = transformed(kernel, choice.algorithm)
-                full = self._transformed[key[:2]]
-            self._packed[key] = pack(kernel, choice.algorithm, choice.channel_block, full)
+            self._packed[key] = pack(kernel, choice.algorithm, choice.channel_block)
         tiles_h = tiles_high(choice.algorithm, shape[0], pool)
         relu = layer.activation == "relu"
         return ConvPlan(layer.name, choice, kernel, bias, pool, relu, self._packed[key], tiles_h)

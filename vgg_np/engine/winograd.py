@@ -67,7 +67,9 @@ def winograd_matrices(m: int, dtype=np.float64) -> tuple[np.ndarray, np.ndarray,
 def winograd_kernel(kernel: np.ndarray, m: int) -> np.ndarray:
     """Transform a ``(3, 3, C, O)`` kernel once: ``U[j*a + i] = (G g G^T)[i, j]``, ``(a*a, C, O)``.
 
-    Computed in float64, stored in the kernel's dtype.
+    Computed in float64, stored in the kernel's dtype, by elementwise products and sums in
+    a fixed order: a block of output channels transforms to exactly the values it has in
+    the whole kernel (a BLAS product's rounding could depend on the shapes and threads).
 
     Examples
     --------
@@ -75,10 +77,20 @@ def winograd_kernel(kernel: np.ndarray, m: int) -> np.ndarray:
     (36, 2, 5)
     """
     _, g, _ = winograd_matrices(m)
-    a = m + 2
-    rows = np.tensordot(g, kernel.astype(np.float64), axes=(1, 0))  # (a_i, 3_s, C, O)
-    u = np.tensordot(g, rows, axes=(1, 1))  # (a_j, a_i, C, O): two BLAS products
-    return np.ascontiguousarray(u.reshape(a * a, *kernel.shape[2:]), dtype=kernel.dtype)
+    a, k = m + 2, kernel.astype(np.float64).reshape(3, 3, -1)  # (3_r, 3_s, C*O)
+    # rows[i, s] = sum_r g[i, r] k[r, s], then u[j, i] = sum_s g[j, s] rows[i, s], as
+    # broadcast products and sums (the r = 0 term first): every element the same sequence.
+    rows = _combine(g, k)  # (a_i, 3_s, C*O)
+    u = _combine(g, rows.transpose(1, 0, 2))  # (a_j, a_i, C*O)
+    return u.reshape(a * a, *kernel.shape[2:]).astype(kernel.dtype)
+
+
+def _combine(weights: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """``sum_t weights[:, t] * terms[t]`` for each row of `weights`, ``t`` in order."""
+    total = weights[:, 0, None, None] * terms[0]
+    for t in range(1, weights.shape[1]):
+        total += weights[:, t, None, None] * terms[t]
+    return total
 
 
 @functools.cache
