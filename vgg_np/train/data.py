@@ -144,7 +144,8 @@ def image_folder(
         missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
         raise ValueError(
             f"{what} {root} must hold the training classes' folders, {', '.join(classes)}; "
-            f"missing: {', '.join(missing) or 'none'}; not in training: {', '.join(extra) or 'none'}"
+            f"missing: {', '.join(missing) or 'none'}; "
+            f"not in training: {', '.join(extra) or 'none'}"
         )
     paths, labels = [], []
     for label, name in enumerate(names):
@@ -264,7 +265,7 @@ class Augment:
         return np.ascontiguousarray(pixels)
 
     def describe(self) -> str:
-        """The spec `parse_augment` reads back (``"none"`` when inactive).
+        """Return the spec `parse_augment` reads back (``"none"`` when inactive).
 
         Examples
         --------
@@ -289,7 +290,8 @@ def parse_augment(spec: str | None) -> Augment:
     >>> parse_augment("rotate")
     Traceback (most recent call last):
     ...
-    ValueError: `augment` 'rotate': 'rotate' is not flip, crop or crop:FRACTION (e.g. 'flip,crop:0.8')
+    ValueError: `augment` 'rotate': 'rotate' is not flip, crop or crop:FRACTION \
+(e.g. 'flip,crop:0.8')
     """
     if spec is None or spec.strip() in ("", "none"):
         return Augment()

@@ -73,7 +73,8 @@ def _item(spec: str, item: str) -> list[tuple[str, dict]]:
     if word == "dense" and len(args) in (1, 2):
         activation = args[1] if len(args) == 2 else "relu"
         if activation not in _ACTIVATIONS:
-            raise _bad(spec, item, f"has activation {activation!r}, not one of {list(_ACTIVATIONS)}")
+            known = list(_ACTIVATIONS)
+            raise _bad(spec, item, f"has activation {activation!r}, not one of {known}")
         units = _count(args[0], spec, item)
         return [("dense", {"units": units, "activation": _ACTIVATIONS[activation]})]
     if word == "dropout" and len(args) == 1:
@@ -87,7 +88,8 @@ def _item(spec: str, item: str) -> list[tuple[str, dict]]:
     if word == "vgg" and len(args) <= 1:
         units = _count(args[0], spec, item) if args else 4096
         hidden = {"units": units, "activation": "relu"}
-        return [("flatten", {}), ("dense", {**hidden, "name": "fc1"}), ("dense", {**hidden, "name": "fc2"})]
+        fc1, fc2 = ("dense", {**hidden, "name": "fc1"}), ("dense", {**hidden, "name": "fc2"})
+        return [("flatten", {}), fc1, fc2]
     raise _bad(spec, item, "is not an item")
 
 
@@ -174,7 +176,8 @@ def describe_head(head: tuple[Layer, ...]) -> str:
             continue
         if layer.kind == "dense":
             activation = {None: "linear"}.get(layer.activation, layer.activation)
-            items.append(f"dense:{layer.units}" + ("" if activation == "relu" else f":{activation}"))
+            suffix = "" if activation == "relu" else f":{activation}"
+            items.append(f"dense:{layer.units}{suffix}")
         elif layer.kind == "dropout":
             items.append(f"dropout:{layer.rate:g}")
         else:
