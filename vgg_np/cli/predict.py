@@ -79,7 +79,8 @@ def add_predict(commands) -> None:
     predict.add_argument(
         "--labels",
         help="class names of a classifier of one's own, one per line in output order "
-        "(without it only an ImageNet classifier's classes are named)",
+        "(default: those the file records, as vgg-np train writes them; else only an "
+        "ImageNet classifier's classes are named)",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument(
@@ -106,7 +107,7 @@ def run_predict(args: argparse.Namespace) -> int:
     model = VGG.from_file(
         args.weights, classifier_activation="softmax", data_format="channels_last"
     )
-    names = _class_names(args.labels, model) if args.labels else None
+    names = _class_names(args.labels, model) if args.labels else _recorded_labels(model, args)
     if names is None and model.head is not None:  # a head of one's own: never ImageNet's
         names = [f"class {i}" for i in range(model.classes)]
     if not model.include_top:
@@ -175,6 +176,17 @@ def _class_names(path: str, model: VGG) -> list[str]:
         return read_class_names(path, model.classes)
     except ValueError as error:
         raise ValueError(f"--labels {error}") from None
+
+
+def _recorded_labels(model: VGG, args: argparse.Namespace) -> list[str] | None:
+    """Return the class names the weights file records (``vgg-np train`` writes them)."""
+    labels = model.weights_info.get("labels")
+    if labels is not None and len(labels) != model.classes:
+        raise ValueError(
+            f"{args.weights} records {len(labels)} class names for {model.classes} outputs: "
+            "give --labels"
+        )
+    return None if labels is None else list(labels)
 
 
 def _prediction(path: str, row: np.ndarray, args, choice, names, value: str) -> str:

@@ -25,7 +25,14 @@ from numpy.typing import NDArray
 
 from vgg_np.streams import IMAGE_SUFFIXES, image_paths
 
-__all__ = ["Augment", "ImageFolder", "image_folder", "parse_augment", "split"]
+__all__ = [
+    "Augment",
+    "ImageFolder",
+    "image_folder",
+    "parse_augment",
+    "split",
+    "write_shapes_folder",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -312,3 +319,31 @@ def parse_augment(spec: str | None) -> Augment:
                 "(e.g. 'flip,crop:0.8')"
             )
     return Augment(flip=flip, crop=crop)
+
+
+def write_shapes_folder(
+    root: str | os.PathLike, per_class: int, *, size: int = 64, seed: int = 0
+) -> ImageFolder:
+    """Write `vgg_np.train.step.shapes_dataset`'s pictures as PNGs, one folder per class.
+
+    A folder of one's own pictures for the tutorial and the tests, nothing downloaded:
+    ``root/<class>/<i>.png`` for the four classes of `vgg_np.train.step.SHAPES`
+    (``horizontal stripes``, ``vertical stripes``, ``checkerboard``, ``disc``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = write_shapes_folder(tempfile.mkdtemp(), 3, size=32)
+    >>> folder.counts()
+    {'checkerboard': 3, 'disc': 3, 'horizontal stripes': 3, 'vertical stripes': 3}
+    """
+    from PIL import Image
+
+    from vgg_np.train.step import SHAPES, shapes_dataset
+
+    images, labels = shapes_dataset(per_class * len(SHAPES), size=size, seed=seed)
+    for name in SHAPES:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+        Image.fromarray(pixels).save(os.path.join(root, SHAPES[label], f"{i:05d}.png"))
+    return image_folder(root)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -266,7 +267,9 @@ def _epochs(run: Run, point: Checkpoint, optimizer, files, epochs, patience, ver
         if point.stopped:
             break
         start = time.perf_counter()
-        enabled = show_progress(verbose, -(-len(run.train) // size))
+        # A bar per epoch on a terminal; in a log, the epoch's line says enough.
+        wanted = verbose in (1, True) or (verbose == "auto" and sys.stderr.isatty())
+        enabled = wanted and show_progress(verbose, -(-len(run.train) // size))
         with Progress(len(run.train), enabled=enabled) as bar:
             rng = np.random.default_rng([run.settings.seed, epoch, 1])  # dropout
             loss, accuracy = train_epoch(run.top, _batches(run, epoch), optimizer, rng, bar.update)
@@ -347,7 +350,8 @@ def _finish(run: Run, point: Checkpoint, output, files, restore_best: bool, resu
     history = History(
         history=point.history, epoch=list(range(1, point.epoch + 1)), classes=run.classes,
         best_epoch=best, stopped_early=point.stopped, resumed_from=resumed,
-        output=os.fspath(output), files={k: v for k, v in files.items() if os.path.exists(v)},
+        output=os.fspath(output),
+        files={k: v for k, v in files.items() if k == "history" or os.path.exists(v)},
         confusion=confusion, skipped=run.skipped, counts=counts,
     )  # fmt: skip
     with _files.atomic_write(files["history"]) as f:

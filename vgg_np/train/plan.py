@@ -143,14 +143,13 @@ def _data(directory, validation_dir, validation_split: float, seed: int):
     return folder, [*folder.paths, *held.paths], labels, positions[:n], positions[n:]
 
 
-def _models(weights, head: str, unfreeze: int, size, seed: int, classes: int, dtype: str):
+def _models(loaded: VGG, head: str, unfreeze: int, size, seed: int, classes: int, dtype: str):
     """Build the frozen base (no top), the network with its head, the trained part, the cut."""
-    loaded, source = _load_base(weights)
     h, w = size
     batch_norm = loaded.batch_norm if loaded.batch_norm is not None else False
     base = VGG(loaded.config, include_top=False, input_shape=(h, w, 3), batch_norm=batch_norm)
     convolutions = {k: v for k, v in loaded.weights.items() if k.startswith("block")}
-    base.set_weights(convolutions, source=f"the base's weights ({source})")
+    base.set_weights(convolutions, source="the base's weights")
     pooled = base.network.output_shape("block5_pool", (h, w, 3))
     layers = parse_head(head, classes, input_shape=pooled)
     network = VGG(
@@ -168,7 +167,7 @@ def _models(weights, head: str, unfreeze: int, size, seed: int, classes: int, dt
     }
     top = Top(above, trained, dtype)
     _refuse_trained_batch_norms(top)
-    return loaded, base, network, top, cut, source
+    return base, network, top, cut
 
 
 def prepare(directory, weights, options: dict, verbose) -> Run:
@@ -186,10 +185,12 @@ def prepare(directory, weights, options: dict, verbose) -> Run:
         where=where,
     )  # fmt: skip
     augment = parse_augment(options["augment"])
-    _, base, network, top, cut, source = _models(
+    base, network, top, cut = _models(
         loaded, options["head"], unfreeze, size, options["seed"], len(folder.classes), "float32"
     )
     optimizer = options["optimizer"]
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     settings = Settings(
         head=options["head"], unfreeze=unfreeze, batch_size=options["batch_size"],
         optimizer=optimizer, learning_rate=options["learning_rate"] or OPTIMIZERS[optimizer],
