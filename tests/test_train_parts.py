@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import ADAM_REL_TOL
 from PIL import Image
 
 from vgg_np.layers import Layer
@@ -206,7 +207,7 @@ def test_adam_follows_its_definition():
         m = 0.8 * m + (1 - 0.8) * g
         v = 0.9 * v + (1 - 0.9) * g * g
         w = w - 0.1 * (m / (1 - 0.8**t)) / (np.sqrt(v / (1 - 0.9**t)) + 1e-3)
-    np.testing.assert_array_equal(top.weights["fc"][0], w)
+    np.testing.assert_allclose(top.weights["fc"][0], w, rtol=ADAM_REL_TOL, atol=0)
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])
