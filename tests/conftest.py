@@ -147,6 +147,7 @@ def run_vgg_np(*args, cwd=None) -> subprocess.CompletedProcess:
         env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])},
     )
 
+
 # Adam's update in vgg_np.train.optim against the same formula written out in float64:
 # the in-place updates round a few values differently (measured 2.1e-16 relative, one
 # ulp); 4 ulp.

@@ -270,9 +270,10 @@ def test_top_refuses_weights_that_do_not_fit():
 def _checkpoint() -> Checkpoint:
     weights = {"fc": (np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32))}
     optimizer = {"scalars": {"t": 4}, "arrays": {"fc/0": np.zeros((2, 3)), "fc/1": np.ones(3)}}
+    best = {"epoch": 2, "val_loss": 0.7}
     return Checkpoint(
-        3, weights, optimizer, history={"loss": [1.0, 0.5, 0.25]}, best={"epoch": 2, "val_loss": 0.7},
-        wait=1, fingerprint={"head": "gap", "classes": '["a", "b"]'},
+        3, weights, optimizer, history={"loss": [1.0, 0.5, 0.25]}, best=best, wait=1,
+        fingerprint={"head": "gap", "classes": '["a", "b"]'},
     )  # fmt: skip
 
 

@@ -166,7 +166,7 @@ def _check_train(args: argparse.Namespace) -> str | None:
     missing = [flag for name, flag in needed if not given(name)]
     if missing:
         return f"IMAGES_DIR needs {' and '.join(missing)} (the base's weights, the model to write)"
-    if not os.path.isdir(args.images):
+    if os.path.exists(args.images) and not os.path.isdir(args.images):
         return f"IMAGES_DIR {args.images} is not a folder (one subfolder per class)"
     if args.validation_dir is not None and not os.path.isdir(args.validation_dir):
         return f"--validation-dir {args.validation_dir}: no such folder"

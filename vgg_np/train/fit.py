@@ -100,6 +100,9 @@ class History:
         ``train`` and ``validation``: pictures per class actually used.
     feature_seconds : float
         The feature pass of this call (0 when every row came from the store).
+    feature_rows : dict
+        ``computed`` (rows the pass computed now), ``changed`` (of those, pictures that
+        changed since their row was computed), ``cached`` (rows read back).
     """
 
     history: dict[str, list[float]]
@@ -114,6 +117,7 @@ class History:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     feature_seconds: float = 0.0
+    feature_rows: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Return the history as plain JSON types (what ``history.json`` holds)."""
@@ -354,8 +358,6 @@ def _finish(run: Run, point: Checkpoint, output, files, restore_best: bool, resu
         files={k: v for k, v in files.items() if k == "history" or os.path.exists(v)},
         confusion=confusion, skipped=run.skipped, counts=counts,
     )  # fmt: skip
-    with _files.atomic_write(files["history"]) as f:
-        f.write(json.dumps(history.to_dict(), indent=1).encode())
     return history
 
 
@@ -499,7 +501,21 @@ def fit(
     files = _files_of(output, checkpoint_dir)
     point = _resume(run, files, _fingerprint(run), optimizer_, restart)
     resumed = point.epoch
-    _epochs(run, point, optimizer_, files, epochs, patience, verbose)
+    try:
+        _epochs(run, point, optimizer_, files, epochs, patience, verbose)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"{files['last']} holds the last epoch finished: run the same command again to resume"
+            if os.path.exists(files["last"])
+            else "no epoch was finished (the cached features are kept)"
+        ) from None
     history = _finish(run, point, output, files, restore_best_weights, resumed)
     history.feature_seconds = feature_seconds
+    result = run.features.result
+    history.feature_rows = {
+        "computed": result.written, "changed": result.changed,
+        "cached": result.images - result.written,
+    }  # fmt: skip
+    with _files.atomic_write(files["history"]) as f:
+        f.write(json.dumps(history.to_dict(), indent=1).encode())
     return history
