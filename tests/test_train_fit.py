@@ -297,7 +297,7 @@ def test_damaged_checkpoint_refused_then_restart(work):
     _fit(work, epochs=1)
     last = work / "m.checkpoints" / "last.npz"
     last.write_bytes(last.read_bytes()[:-100])
-    code, out, err = _cli(
+    code, _, err = _cli(
         "train",
         work / "pics",
         "--weights",
@@ -472,7 +472,7 @@ def test_usage_errors_exit_2_before_any_work(work, argv, message):
 def test_runtime_errors_are_one_line(tmp_path, shared):
     (tmp_path / "one" / "cats").mkdir(parents=True)
     Image.new("RGB", (40, 40)).save(tmp_path / "one" / "cats" / "a.png")
-    code, out, err = _cli(
+    code, _, err = _cli(
         "train", tmp_path / "one", "--weights", shared / "base.npz", "-o", tmp_path / "m.npz"
     )
     assert code == 1 and err.strip().count("\n") == 0 and "one class folder (cats)" in err
