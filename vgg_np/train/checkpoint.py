@@ -78,7 +78,15 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
-    """Write `checkpoint` to `path` atomically (see `Checkpoint` for an example).
+    """Write `checkpoint` to `path` atomically.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "last.npz")
+    >>> save_checkpoint(path, Checkpoint(2, {"fc1": (np.ones(3, np.float32),)}))
+    >>> sorted(np.load(path).files)
+    ['state', 'w/fc1/0']
 
     Raises
     ------
@@ -147,7 +155,22 @@ def _state(members: dict, path) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint `save_checkpoint` wrote (see `Checkpoint` for an example).
+    """Read a checkpoint `save_checkpoint` wrote, checking every member.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "last.npz")
+    >>> save_checkpoint(path, Checkpoint(2, {"fc1": (np.ones(3, np.float32),)}))
+    >>> load_checkpoint(path).epoch
+    2
+    >>> with open(path, "r+b") as f:
+    ...     _ = f.truncate(100)
+    >>> load_checkpoint(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: .../last.npz: damaged training checkpoint (...); delete it, or pass --restart \
+(restart=True) to train from the first epoch
 
     Raises
     ------

@@ -65,6 +65,15 @@ class Features:
         compares to know it was trained on the same features.
     result : ExtractResult
         What the pass did (``written`` 0 when every row came from the store).
+
+    Examples
+    --------
+    See `cached_features`, which returns it.
+
+    >>> rows = np.arange(12.0).reshape(4, 3)
+    >>> Features(rows, np.array([2, 0]), {}, ["a", "b"], None).take([1, 0])
+    array([[0., 1., 2.],
+           [6., 7., 8.]])
     """
 
     array: NDArray
@@ -76,7 +85,8 @@ class Features:
     def take(self, indices: Sequence[int]) -> NDArray:
         """Return the rows of the paths at `indices` (positions in the paths asked for).
 
-        Rows are read in increasing order from the memory map, then put in the order asked.
+        Rows are read in increasing order from the memory map, then put in the order asked
+        (see the class example).
         """
         rows = self.rows[np.asarray(indices, np.intp)]
         order = np.argsort(rows, kind="stable")

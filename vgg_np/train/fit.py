@@ -103,6 +103,12 @@ class History:
     feature_rows : dict
         ``computed`` (rows the pass computed now), ``changed`` (of those, pictures that
         changed since their row was computed), ``cached`` (rows read back).
+
+    Examples
+    --------
+    >>> history = History({"loss": [0.9, 0.4]}, [1, 2], ("cat", "dog"), None, False, 0, "m.npz")
+    >>> history.to_dict()["history"], history.to_dict()["classes"]
+    ({'loss': [0.9, 0.4]}, ['cat', 'dog'])
     """
 
     history: dict[str, list[float]]
@@ -120,7 +126,7 @@ class History:
     feature_rows: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """Return the history as plain JSON types (what ``history.json`` holds)."""
+        """Return the history as plain JSON types (``history.json``; see the class example)."""
         found = dataclasses.asdict(self)
         found["confusion"] = None if self.confusion is None else self.confusion.tolist()
         found["classes"], found["skipped"] = list(self.classes), [list(s) for s in self.skipped]

@@ -55,7 +55,7 @@ class Top:
 
     @property
     def weights(self) -> dict[str, tuple[np.ndarray, ...]]:
-        """Layer name -> tensors (a new dict; the arrays are the model's)."""
+        """Layer name -> tensors (a new dict; the arrays are the model's): class example."""
         return dict(self._weights)
 
     def set_weights(self, weights, source: str = "the weights") -> None:

@@ -37,6 +37,11 @@ class Settings:
 
     Recorded in each checkpoint's fingerprint: a checkpoint made with other settings is
     refused, not resumed.
+
+    Examples
+    --------
+    >>> Settings(head="gap", seed=3).optimizer, Settings().learning_rate
+    ('adam', 0.001)
     """
 
     head: str = DEFAULT_HEAD
@@ -60,7 +65,17 @@ def _noop(*_args) -> None:
 
 @dataclass
 class Run:
-    """Everything one `fit` call works with, once prepared (`prepare` builds it)."""
+    """Everything one `fit` call works with, once prepared (`prepare` builds it).
+
+    Examples
+    --------
+    ``run = prepare("pictures/", "base.npz", options, verbose=0)``; then
+    ``run.classes``, ``run.paths[run.train]``, ``run.top.layers``, ``run.cut``
+    (``"block5_pool"`` with a frozen base); `vgg_np.train.fit` is the whole use.
+
+    >>> Run.__dataclass_fields__["cut"].type
+    'str'
+    """
 
     classes: tuple[str, ...]
     paths: list[str]  # every picture, training folder then validation folder
@@ -171,7 +186,26 @@ def _models(loaded: VGG, head: str, unfreeze: int, size, seed: int, classes: int
 
 
 def prepare(directory, weights, options: dict, verbose) -> Run:
-    """Read the folders and the weights; build the models; choose the preprocessing."""
+    """Read the folders and the weights; build the models; choose the preprocessing.
+
+    `options` are `vgg_np.train.fit`'s keyword arguments of the same names.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from vgg_np import VGG11
+    >>> from vgg_np.train.data import write_shapes_folder
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_shapes_folder(folder, 2, size=32)
+    >>> options = dict(unfreeze=1, validation_dir=None, validation_split=0.5, seed=0,
+    ...                input_size=None, preprocess="tf", resize=None, augment="flip",
+    ...                head="gap", optimizer="sgd", learning_rate=None, momentum=0.9,
+    ...                weight_decay=0.0, batch_size=4)
+    >>> base = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
+    >>> run = prepare(folder, base, options, verbose=0)
+    >>> run.cut, [layer.name for layer in run.top.layers][:2], len(run.train), len(run.validation)
+    ('block4_pool', ['block5_conv1', 'block5_conv2'], 4, 4)
+    """
     unfreeze = _unfrozen(options["unfreeze"])
     split_fraction = 0.0 if options["validation_dir"] is not None else options["validation_split"]
     folder, paths, labels, train, validation = _data(
