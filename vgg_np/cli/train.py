@@ -207,7 +207,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _summary(history) -> str:
     """Return the lines after the epochs: what was written and how good it is."""
-    lines = []
+    rows = history.feature_rows
+    lines = [
+        f"base features: {rows['computed']} computed ({history.feature_seconds:.1f} s), "
+        f"{rows['cached']} read from the cache"
+        + (f", {rows['changed']} pictures changed since" if rows["changed"] else "")
+    ]
     if history.best_epoch is not None:
         accuracy = history.history["val_accuracy"][history.best_epoch - 1]
         lines.append(

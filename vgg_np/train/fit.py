@@ -266,7 +266,7 @@ def _record(point: Checkpoint, epoch: int, metrics: dict, patience: int | None) 
 
 def _epoch_line(epoch: int, epochs: int, metrics: dict, best: bool) -> str:
     shown = " - ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "seconds")
-    return f"epoch {epoch}/{epochs}: {shown} - {metrics['seconds']:.1f} s" + (" (best)" * best)
+    return f"epoch {epoch}/{epochs}: {shown} - {metrics['seconds']:.2f} s" + (" (best)" * best)
 
 
 def _epochs(run: Run, point: Checkpoint, optimizer, files, epochs, patience, verbose) -> None:
