@@ -148,6 +148,9 @@ def test_predict_extract_compare_convert_read_the_model(work):
     assert np.load(work / "p.npy").shape == (32, 4)
     assert _cli("convert", model_path, work / "again.npz")[0] == 0
     assert VGG.from_file(work / "again.npz").weights_info["labels"] == CLASSES
+    assert _cli("convert", model_path, work / "k.safetensors", "--layout", "keras")[0] == 0
+    converted = VGG.from_file(work / "k.safetensors")
+    assert converted.weights_info["labels"] == CLASSES and converted.head == model.head
     dump = work / "acts.npz"
     reference = VGG.from_file(model_path, dtype="float64", conv_algorithm="reference")
     np.savez(dump, input=x.astype(np.float64), **reference.activations(x.astype(np.float64)))
@@ -428,6 +431,13 @@ def test_early_stopping_counts_epochs_without_a_lower_val_loss():
                 break
         assert (point.epoch, point.best["epoch"], point.stopped) == expected
         assert point.wait == 2 and point.history["val_loss"] == losses[: point.epoch]
+
+
+def test_a_diverged_epoch_is_never_the_best():
+    point = Checkpoint(0, {})
+    for epoch, val_loss in enumerate([float("nan"), 2.0, float("nan"), 1.5], start=1):
+        _record(point, epoch, {"loss": 0.0, "val_loss": val_loss}, patience=None)
+    assert point.best == {"epoch": 4, "val_loss": 1.5} and not point.stopped
 
 
 def test_stopped_run_is_not_trained_further(work):

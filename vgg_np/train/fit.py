@@ -256,7 +256,9 @@ def _record(point: Checkpoint, epoch: int, metrics: dict, patience: int | None) 
     point.epoch = epoch
     if "val_loss" not in metrics:
         return False
-    if not point.best or metrics["val_loss"] < point.best["val_loss"]:
+    best = point.best.get("val_loss", np.nan)
+    # A diverged epoch (NaN) is never the best; any finite loss beats a NaN best.
+    if np.isfinite(metrics["val_loss"]) and not metrics["val_loss"] >= best:
         point.best, point.wait = {"epoch": epoch, "val_loss": float(metrics["val_loss"])}, 0
         return True
     point.wait += 1
