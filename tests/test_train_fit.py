@@ -503,8 +503,10 @@ def test_command_line_trains_and_prints_epochs(work):
     code, out, err = _cli(
         "train", work / "pics", "--weights", work / "base.npz", "-o", work / "m.npz",
         "--epochs", "2", "--batch-size", "8", "--cache", work / "cache", "--head", "flatten",
+        "--no-progress",
     )  # fmt: skip
     assert code == 0, err
+    assert "[#" not in err and "[." not in err  # no bars, the epoch lines all the same
     lines = out.splitlines()
     assert lines[0].startswith("epoch 1/2: loss ") and "val_accuracy" in lines[1]
     assert f"wrote {work / 'm.npz'} (classes: {', '.join(CLASSES)})" in out

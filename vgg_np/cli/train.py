@@ -195,7 +195,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.images, args.weights, args.output, validation_dir=args.validation_dir,
         augment=args.augment, seed=args.seed, restore_best_weights=not args.keep_last,
         cache_dir=args.cache, checkpoint_dir=args.checkpoints, restart=args.restart,
-        verbose={None: "auto", True: 1, False: 0}[args.progress],
+        verbose={None: "auto", True: 1, False: 2}[args.progress],  # 2: lines, no bars
         **{name: value for name, value in chosen.items() if value is not None},
     )  # fmt: skip
     if args.json:

@@ -161,7 +161,7 @@ def _use_features(run: Run, cache_dir, verbose) -> float:
 
     run.features = cached_features(
         run.paths, run.base, run.cut, run.prep, cache_dir=cache_dir,
-        batch_size=run.settings.batch_size, verbose=verbose, on_skip=skip,
+        batch_size=run.settings.batch_size, verbose=0 if verbose == 2 else verbose, on_skip=skip,
     )  # fmt: skip
     failed = run.features.failed
     run.skipped = [(run.paths[i], failed[i]) for i in sorted(failed)]
@@ -461,8 +461,10 @@ def fit(
     checkpoint_dir : str or os.PathLike, optional
     restart : bool, default False
         Discard the checkpoints and train from the first epoch.
-    verbose : {"auto", 0, 1}
-        Epoch lines on stdout, notes on stderr, progress bars; 0 is silent.
+    verbose : {"auto", 0, 1, 2}
+        As Keras's: 1 prints an epoch line on stdout, notes on stderr and progress bars;
+        2 the lines and notes without bars; 0 nothing; ``"auto"`` is 1 with the bars
+        only on a terminal.
 
     Returns
     -------
