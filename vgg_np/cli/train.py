@@ -170,8 +170,10 @@ def _check_train(args: argparse.Namespace) -> str | None:
         return f"IMAGES_DIR {args.images} is not a folder (one subfolder per class)"
     if args.validation_dir is not None and not os.path.isdir(args.validation_dir):
         return f"--validation-dir {args.validation_dir}: no such folder"
-    if not args.output.lower().endswith(".npz"):
-        return f"-o {args.output}: the model file must end in .npz"
+    from vgg_np.train.fit import MODEL_SUFFIXES
+
+    if not args.output.lower().endswith(MODEL_SUFFIXES):
+        return f"-o {args.output}: the model file must end in {', '.join(MODEL_SUFFIXES)}"
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         return f"-o {args.output}: the directory {folder} does not exist"
