@@ -76,7 +76,8 @@ def _folder_arguments(train: argparse.ArgumentParser) -> None:
     from vgg_np.train.fit import DEFAULT_HEAD
 
     add = train.add_argument
-    add("--weights", help="the base: any weights file (with or without its top), or imagenet")
+    add("--weights", help="the base: any weights file (with or without its top), or "
+        "imagenet[:MODEL[:FAMILY]] (see fetch-weights)")  # fmt: skip
     add("-o", "--output", metavar="MODEL.npz", help="the fine-tuned model file to write")
     add("--head", help="layers after block5_pool: gap, gmp, flatten, dense:N[:act], "
         f"dropout:R, bn, vgg[:N] (Keras's top); default {DEFAULT_HEAD}")  # fmt: skip
