@@ -361,3 +361,32 @@ def test_a_rerun_with_the_same_tensors_but_another_network_is_refused(tmp_path):
     (tmp_path / "f.npy.manifest" / "part-00001.jsonl").unlink()  # to be run again
     assert main([*command, "--weights", str(edited)]) != 0
     assert np.allclose(np.load(out)[:2].sum(axis=1), 1.0)  # the softmax rows, untouched
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr"])
+def test_a_run_killed_while_its_store_was_created_leaves_nothing_a_rerun_refuses(
+    model, images, tmp_path, monkeypatch, suffix
+):
+    # The array is made under a temporary name and renamed after its plan: killed before
+    # the plan, a rerun starts over; killed between the plan and the rename, it finishes it.
+    if suffix == ".zarr":
+        pytest.importorskip("zarr", reason="the Zarr store needs the optional `zarr` package")
+    from vgg_np.extract import store as store_module
+
+    out = tmp_path / f"f{suffix}"
+    killed = RuntimeError("killed")
+
+    def kill(*args, **kwargs):
+        raise killed
+
+    for where in ("_write_atomically", "replace"):
+        target = os if where == "replace" else store_module
+        with monkeypatch.context() as patch:
+            patch.setattr(target, where, kill)
+            with pytest.raises(RuntimeError, match="killed"):
+                create_store(out, [images], model, layer="block1_conv1")
+        assert not out.exists()
+        result = extract([images], out, model, layer="block1_conv1", verbose=False)
+        assert result.written == 10 and np.isfinite(open_store(out).read()).all()
+        shutil.rmtree(str(out) + ".manifest")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()

@@ -28,6 +28,7 @@ from PIL import Image
 
 from vgg_np import VGG, VGGConfig, formats
 from vgg_np.cli import main
+from vgg_np.extract import open_store
 from vgg_np.formats import Family, Provenance
 from vgg_np.preprocess import load_image, preprocess_input
 from vgg_np.train import fit
@@ -146,6 +147,12 @@ def test_predict_extract_compare_convert_read_the_model(work):
     )  # fmt: skip
     assert code == 0, err
     assert np.load(work / "p.npy").shape == (32, 4)
+    code, out, err = _cli(
+        "extract", *pictures, "--weights", model_path, "--top", "1", "-o", work / "t.npy"
+    )
+    assert code == 0, err
+    tops = {e["path"]: e["top"][0][1] for e in open_store(work / "t.npy").manifest()}
+    assert [tops[str(p)] for p in pictures] == expected  # the recorded names, not "class i"
     assert _cli("convert", model_path, work / "again.npz")[0] == 0
     assert VGG.from_file(work / "again.npz").weights_info["labels"] == CLASSES
     assert _cli("convert", model_path, work / "k.safetensors", "--layout", "keras")[0] == 0

@@ -103,18 +103,6 @@ def _store_name(base, layer: str, prep: Preprocessing, paths: Sequence[str]) -> 
     return f"{layer}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
 
 
-def _remove_orphan(out: str) -> None:
-    """Remove a store array without a plan: a run killed while `extract` created it.
-
-    `vgg_np.extract.create_store` writes the array before its plan, and refuses an array
-    without one; in this cache every name is a digest of what its rows depend on, so such
-    an array can only be the beginning of this very store, and is made again.
-    """
-    plan = out + ".manifest" + os.sep + "plan.json"
-    if os.path.isfile(out) and not os.path.lexists(plan):
-        os.remove(out)
-
-
 def cached_features(
     paths: Sequence[str],
     base,
@@ -169,7 +157,6 @@ def cached_features(
     folder = os.fspath(cache_dir) if cache_dir is not None else cache_root()
     os.makedirs(folder, exist_ok=True)
     out = os.path.join(folder, _store_name(base, layer, prep, paths))
-    _remove_orphan(out)
     result = extract(
         list(paths), out, base, layer=layer, batch_size=batch_size, preprocess=prep.mode,
         resize=prep.resize, verbose=verbose, on_skip=on_skip,
