@@ -47,6 +47,7 @@ from vgg_np.formats.contract import RECORD_PREFIX, Family, Provenance, WeightSou
 
 KERAS_ZIP_MEMBER = "model.weights.h5"
 KERAS_CONFIG_MEMBER = "config.json"
+KERAS_METADATA_MEMBER = "metadata.json"
 #: Largest model config read (VGG16 with a head: ~30 KB).
 MAX_CONFIG = 16 << 20
 #: Deepest nesting of models inside models read from a ``.weights.h5`` (a hard-link
@@ -146,6 +147,8 @@ def _from_config(text: object, arrays, where: str) -> tuple[dict, dict]:
         "input_layout": "NHWC",
         "classifier_activation": model.classifier_activation,
     }
+    if model.batch_norm is not None:
+        info["batch_norm_eps"] = model.batch_norm
     return tensors, info | ({"head": model.head} if model.head else {})
 
 
@@ -217,13 +220,31 @@ def open_keras_zip(path: str | os.PathLike, where: str) -> Iterator[WeightSource
                     where,
                 )
                 description = "keras-zip (.keras, whole model from its config)"
-            provenance = Provenance.implied(
+            provenance = Provenance.from_record(
+                _metadata(zf, where), description, where
+            ) or Provenance.implied(
                 description,
                 Family.KERAS,
                 "written by Keras (a .keras archive)",
                 input_size=_static_size(info),
             )
             yield WeightSource(tensors, provenance, info, path=where)
+
+
+def _metadata(zf: zipfile.ZipFile, where: str) -> dict:
+    """Read the archive's ``metadata.json`` (vgg_np records provenance there), {} if absent."""
+    text = _member(zf, KERAS_METADATA_MEMBER, where)
+    if text is None:
+        return {}
+    try:
+        metadata = json.loads(text)
+    except ValueError as error:
+        raise FileFormatError(
+            f"{where}: its {KERAS_METADATA_MEMBER} is not JSON: {error}"
+        ) from None
+    if not isinstance(metadata, dict):
+        raise FileFormatError(f"{where}: its {KERAS_METADATA_MEMBER} is not a JSON object")
+    return metadata
 
 
 def _member(zf: zipfile.ZipFile, name: str, where: str) -> bytes | None:
