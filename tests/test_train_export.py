@@ -16,7 +16,7 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from conftest import relative_error
+from conftest import relative_error, run_vgg_np
 
 from vgg_np import VGG, VGGConfig, export, formats
 from vgg_np.config import Layer
@@ -407,3 +407,25 @@ def test_a_flatten_of_a_map_that_is_not_square_is_refused_in_torchvision_layout(
         export.save(model, tmp_path / "m.pth")
     square = VGG(WIDTHS, input_shape=(64, 64, 3), classes=5, seed=0)
     assert export.save(square, tmp_path / "m.pth") == "pytorch (torchvision layout)"
+
+
+def test_the_convert_command_writes_a_whole_model_or_says_why_not(tmp_path):
+    model = build("Keras head, 64x40")
+    model.save_weights(tmp_path / "m.npz")
+    result = run_vgg_np("convert", tmp_path / "m.npz", tmp_path / "m.keras")
+    assert result.returncode == 0, result.stderr
+    assert "-> " in result.stdout and "keras-zip (.keras, whole model)" in result.stdout
+    np.testing.assert_array_equal(
+        VGG.from_file(tmp_path / "m.keras")(images(model)), model(images(model))
+    )
+    formats.write_npz(tmp_path / "part.npz", {"fc1": model.weights["dense"]})
+    for args, message in (
+        (["part.npz", "part.keras"], "describes no whole network"),
+        (["m.npz", "m2.npz", "--layout", "model"], "applies to .h5 only (applications or model)"),
+        (["m.npz", "m.pth"], "torchvision's layout cannot hold a head"),
+    ):
+        result = run_vgg_np("convert", *args, cwd=tmp_path)
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["m.keras", "m.npz", "part.npz"]
