@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from vgg_np import backward
+from vgg_np.engine.threads import BLAS_SINGLE
 from vgg_np.layers import ACTIVATIONS, KINDS, Layer, forward
 from vgg_np.model import VGG
 from vgg_np.train import fast
@@ -150,10 +151,11 @@ def loss_and_gradients(
         frozen = {layer.name for layer in layers if layer.kind == "batch_norm"} - trainable
     tape = Tape(statistics=f"{rule.framework}'s running statistics ({why})" if rule else why)
     run = _Forward(weights, tape, set(names[lowest:]), frozen, rule)
-    logits = run(layers, np.asarray(x, dtype=model.dtype), dropout, rng)
-    loss, grad = backward.softmax_cross_entropy(logits, labels)
-    tape.kept["loss"] = {"logits": logits}
-    gradients = _backward(layers, weights, tape, grad, lowest, frozen)
+    with BLAS_SINGLE:  # the GEMMs share our threads (vgg_np.train.fast), BLAS's stay idle
+        logits = run(layers, np.asarray(x, dtype=model.dtype), dropout, rng)
+        loss, grad = backward.softmax_cross_entropy(logits, labels)
+        tape.kept["loss"] = {"logits": logits}
+        gradients = _backward(layers, weights, tape, grad, lowest, frozen)
     if update_statistics and tape.running:
         model.set_weights(
             {**weights, **{n: (*weights[n][:2], *tape.running[n]) for n in tape.running}}
@@ -289,8 +291,11 @@ class SGD:
             new = []
             for w, g, v in zip(trained, grads, velocity, strict=True):
                 v *= self.momentum
-                v += g + self.weight_decay * w
-                new.append((w - self.lr * v).astype(w.dtype))
+                v += g
+                if self.weight_decay:
+                    v += self.weight_decay * w
+                step = np.multiply(v, self.lr, dtype=w.dtype)  # a new array: w is not changed
+                new.append(np.subtract(w, step, out=step))
             weights[name] = (*new, *kept)
         model.set_weights(weights)
 
