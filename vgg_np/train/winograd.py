@@ -15,13 +15,16 @@ position of the transformed 4x4 tiles:
 
 The transforms are sums of strided slices (the matrices hold 0, +-1 and +-1/2), done on
 the step's threads a few images at a time (`IMAGES_PER_CHUNK`, `CHUNK_BYTES`: the
-transformed tiles stay small); the chunks' kernel gradients are added in chunk order,
-so nothing depends on the number of threads. `conv2d` and `kernel_gradient` are tested against
+transformed tiles stay small) or a block of output channels at a time (the kernel's
+transforms); the chunks' kernel gradients are added in chunk order, so nothing depends on
+the number of threads. `conv2d` and `kernel_gradient` are tested against
 `vgg_np.ops.conv2d` and `vgg_np.backward.conv2d_backward`; float32 results are within
 1e-6 of the float64 ones (max error / max value).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 from numpy.typing import NDArray
@@ -99,17 +102,35 @@ def gradient_transform(dy: np.ndarray) -> np.ndarray:
     return g.reshape(16, n * th * tw, o)
 
 
-def kernel_transform(kernel: np.ndarray) -> np.ndarray:
-    """Return ``G K G^T``: ``(16, C, O)`` in the kernel's dtype (computed in float64)."""
-    k = kernel.astype(np.float64)  # (3, 3, C, O)
-    rows = [np.empty(k.shape[1:]) for _ in range(4)]
-    for xi in range(4):
-        _combine(_G[xi], list(k), rows[xi])  # (3, C, O)
-    u = np.empty((4, 4, *k.shape[2:]))
-    for xi in range(4):
-        for eta in range(4):
-            _combine(_G[eta], list(rows[xi]), u[xi, eta])
-    return u.reshape(16, *k.shape[2:]).astype(kernel.dtype)
+def kernel_transform(kernel: np.ndarray, workers: Workers | None = None) -> np.ndarray:
+    """Return ``G K G^T``: ``(16, C, O)`` in the kernel's dtype, the output channels shared.
+
+    In the kernel's dtype: one more rounding of float32 kernels than the engine's float64
+    transform, far below the GEMMs' own (sums over C of products).
+    """
+    c, o = kernel.shape[2:]
+    u = np.empty((4, 4, c, o), kernel.dtype)
+
+    def columns(o0: int, o1: int) -> None:
+        k = kernel[..., o0:o1]  # (3, 3, C, o1 - o0)
+        for xi in range(4):
+            row = _combine(_G[xi], list(k), np.empty(k.shape[1:], kernel.dtype))  # (3, C, .)
+            for eta in range(4):
+                _combine(_G[eta], list(row), u[xi, eta, :, o0:o1])
+
+    _by_columns(columns, o, workers, kernel.size)
+    return u.reshape(16, c, o)
+
+
+def _by_columns(fn, o: int, workers: Workers | None, size: int) -> None:
+    """Run ``fn(o0, o1)`` on blocks of the output channels, shared by `workers`."""
+    parts = workers.threads if workers is not None and o >= 2 * workers.threads else 1
+    bounds = [o * i // parts for i in range(parts + 1)]
+    blocks = list(itertools.pairwise(bounds))
+    if workers is None:
+        fn(*blocks[0])
+    else:
+        workers.map(fn, blocks, size * 16)
 
 
 def output_transform(m: np.ndarray, shape: tuple) -> np.ndarray:
@@ -148,7 +169,7 @@ def conv2d(
     >>> bool(np.allclose(conv2d(x, k, Workers(1)), ops.conv2d(x, k, padding="same")))
     True
     """
-    u = kernel_transform(kernel)  # (16, C, O)
+    u = kernel_transform(kernel, workers)  # (16, C, O)
     y = np.empty((*x.shape[:3], kernel.shape[3]), np.result_type(x, kernel))
 
     def chunk(i0: int, i1: int) -> None:
@@ -185,15 +206,18 @@ def kernel_gradient(
 
     with BLAS_SINGLE:
         parts = workers.map(chunk, chunks, x.size * dy.shape[3] * 4)
-    m = np.zeros(parts[0].shape)  # (16, C, O), float64: the chunks added in order
-    for part in parts:
-        m += part
-    m = m.reshape(4, 4, *m.shape[1:])
-    rows = [np.empty(m.shape[1:]) for _ in range(3)]  # G^T along ξ: (4, C, O) each
-    for r in range(3):
-        _combine(_G[:, r], list(m), rows[r])
-    dk = np.empty((3, 3, *m.shape[2:]))
-    for r in range(3):
-        for s in range(3):
-            _combine(_G[:, s], list(rows[r]), dk[r, s])
-    return dk.astype(np.result_type(x, dy))
+    c, o = x.shape[3], dy.shape[3]
+    dk = np.empty((3, 3, c, o), np.result_type(x, dy))
+
+    def columns(o0: int, o1: int) -> None:
+        m = parts[0][..., o0:o1].copy()  # (16, C, .): the chunks added in order
+        for part in parts[1:]:
+            m += part[..., o0:o1]
+        m = m.reshape(4, 4, c, o1 - o0)
+        for r in range(3):  # G^T along xi, then along eta
+            row = _combine(_G[:, r], list(m), np.empty(m.shape[1:], m.dtype))  # (4, C, .)
+            for s in range(3):
+                _combine(_G[:, s], list(row), dk[r, s, :, o0:o1])
+
+    _by_columns(columns, o, workers, c * o)
+    return dk
