@@ -177,24 +177,36 @@ def test_conv_gradients_equal_their_definition(dtype, shape, conv_path):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_forward_convolutions_keep_what_the_reference_forward_keeps(dtype, conv_path):
-    table = [Layer("c1", "conv", 8, "relu"), Layer("c2", "conv", 8), Layer("p", "pool")]
+def test_the_fast_forward_keeps_what_the_reference_forward_keeps(dtype, conv_path):
+    table = [
+        Layer("c1", "conv", 8, "relu"), Layer("c2", "conv", 8), Layer("p", "pool"),
+        Layer("f", "flatten"), Layer("d1", "dense", 6, "relu"), Layer("drop", "dropout", rate=0.5),
+        Layer("d2", "dense", 3, "tanh"),
+    ]  # fmt: skip
     rng = np.random.default_rng(3)
     weights = {
         "c1": (rng.standard_normal((3, 3, 4, 8)) / 6, rng.standard_normal(8)),
         "c2": (rng.standard_normal((3, 3, 8, 8)) / 8, rng.standard_normal(8)),
+        "d1": (rng.standard_normal((280, 6)) / 16, rng.standard_normal(6)),
+        "d2": (rng.standard_normal((6, 3)), rng.standard_normal(3)),
     }
     weights = {k: tuple(a.astype(dtype) for a in t) for k, t in weights.items()}
     x = rng.standard_normal((2, 14, 10, 4)).astype(dtype)
     ours, theirs = {}, {}
-    fast.forward_convolutions(table, weights, x, lambda layer, v: ours.setdefault(layer.name, v))
-    forward(table, weights, x, hook=lambda layer, v: theirs.setdefault(layer.name, v))
+    # The same generator state: the same dropout masks, drawn in the same order.
+    fast.forward_fast(table, weights, x, lambda layer, v: ours.setdefault(layer.name, v),
+                      dropout=0.3, rng=np.random.default_rng(8))  # fmt: skip
+    forward(table, weights, x, hook=lambda layer, v: theirs.setdefault(layer.name, v),
+            dropout=0.3, training=True, rng=np.random.default_rng(8))  # fmt: skip
     tol = 1e-13 if dtype == "float64" else ENGINE_REL_TOL["auto"]
     assert list(ours) == list(theirs)
     for name in theirs:
-        for key in ("input", "output"):
+        assert set(ours[name]) == set(theirs[name]), name  # kept_scaled after d1's ReLU
+        for key in theirs[name]:
+            assert ours[name][key].dtype == np.dtype(dtype), (name, key)
             assert relative_error(ours[name][key], theirs[name][key]) < tol, (name, key)
-    last = fast.forward_convolutions(table, weights, x)  # nothing kept: on the engine
+    convolutions = table[:3]
+    last = fast.forward_fast(convolutions, weights, x)  # nothing kept: on the engine
     assert relative_error(last, theirs["p"]["output"]) < tol
 
 

@@ -3,11 +3,11 @@
 A training step spends its time in convolutions: forward, then for each trained
 convolution the gradient of its kernel and, below the top, of its input. Here:
 
-- `forward_convolutions` runs a run of 3x3 "same" convolutions and 2x2 pools, keeping
-  each layer's input and output for the backward pass (`conv_forward`: Winograd
+- `forward_fast` runs convolutions, pools, flatten, dense and dropout rows in training
+  mode, keeping what the backward pass needs (convolutions by `conv_forward`: Winograd
   F(2x2, 3x3) over the whole batch, `vgg_np.train.winograd`, or one GEMM for narrow
-  layers), or, where nothing is kept (below the lowest trained layer), on the inference
-  engine (`vgg_np.engine.Engine`);
+  layers; dense layers by `matmul`), or, where nothing is kept (below the lowest trained
+  layer), runs of convolutions and pools on the inference engine (`vgg_np.engine.Engine`);
 - `conv_gradients` gives the kernel's gradient (Winograd, or ``im2col(x)^T @ dy`` as one
   GEMM), the bias gradient summed in float64, and ``dx`` -- the adjoint of the
   convolution -- as the convolution of `dy` with the kernel turned half a turn and its
@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 from vgg_np import backward, ops
 from vgg_np.engine import Engine
 from vgg_np.engine.threads import BLAS_SINGLE, Workers, cpu_count
-from vgg_np.layers import Layer
+from vgg_np.layers import ACTIVATIONS, KINDS, Layer
 from vgg_np.train import winograd
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
     "conv_forward",
     "conv_gradients",
     "dense_gradients",
-    "forward_convolutions",
+    "forward_fast",
     "frozen_batch_norm_backward",
     "matmul",
     "runs_fast",
@@ -86,35 +86,56 @@ def matmul(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.float
 
 
 def runs_fast(layer: Layer) -> bool:
-    """Whether the engine computes `layer` in a training forward pass (conv and pool rows).
+    """Whether `forward_fast` computes `layer` (conv, pool, flatten, dense, dropout rows).
+
+    Batch norms stay with `vgg_np.layers.forward` (the batch's statistics, or Keras's
+    frozen layers' running ones); so does any activation a conv, pool, flatten or
+    dropout row carries other than a convolution's ReLU.
 
     Examples
     --------
-    >>> runs_fast(Layer("c", "conv", 8, "relu")), runs_fast(Layer("d", "dense", 8, "relu"))
-    (True, False)
+    >>> runs_fast(Layer("c", "conv", 8, "relu")), runs_fast(Layer("d", "dense", 8, "tanh"))
+    (True, True)
+    >>> runs_fast(Layer("bn", "batch_norm", eps=1e-3)), runs_fast(Layer("p", "pool", 0, "relu"))
+    (False, False)
     """
-    return layer.kind == "pool" or (layer.kind == "conv" and layer.activation in (None, "relu"))
+    if layer.kind in ("pool", "flatten", "dropout"):
+        return layer.activation is None
+    if layer.kind == "conv":
+        return layer.activation in (None, "relu")
+    return layer.kind == "dense"
 
 
-def forward_convolutions(
+def forward_fast(
     layers: Sequence[Layer],
     weights: Mapping[str, tuple],
     x: NDArray[np.floating],
     record: Callable[[Layer, dict], None] | None = None,
+    *,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> NDArray[np.floating]:
-    """Run convolutions and pools (`runs_fast`) fast; `record` sees every layer.
+    """Run rows of `runs_fast` in training mode as `vgg_np.layers.forward` does, faster.
+
+    The same layers, activations and dropout (``dropout`` after each hidden dense ReLU,
+    ``dropout`` rows at their rate, the masks drawn from `rng` in the same order), each
+    convolution by `conv_forward` and each dense layer by `matmul`. Without `record` a
+    run of convolutions and pools goes to the inference engine whole.
 
     Parameters
     ----------
     layers : sequence of Layer
-        Conv and pool rows only.
+        Rows for which `runs_fast` holds.
     weights : mapping
         At least these layers' ``(kernel, bias)``, in the dtype of `x`.
-    x : ndarray, shape (N, H, W, C)
-        float32 or float64.
+    x : ndarray
+        float32 or float64, the first layer's input.
     record : callable, optional
-        Called as `vgg_np.layers.forward`'s hook is, ``record(layer, {"input", "output"})``,
-        with new arrays; without it only the last output is kept.
+        Called as `vgg_np.layers.forward`'s hook is, ``record(layer, values)`` with
+        ``"input"``, ``"output"`` and, after dropout, ``"kept_scaled"``.
+    dropout : float, default 0.0
+    rng : numpy.random.Generator, optional
+        As `vgg_np.layers.forward` takes them.
 
     Returns
     -------
@@ -124,27 +145,47 @@ def forward_convolutions(
     Examples
     --------
     >>> from vgg_np.layers import forward
-    >>> table = [Layer("c", "conv", 4, "relu"), Layer("p", "pool")]
+    >>> table = [Layer("c", "conv", 4, "relu"), Layer("p", "pool"), Layer("f", "flatten")]
     >>> rng = np.random.default_rng(0)
     >>> w = {"c": (rng.standard_normal((3, 3, 2, 4)), rng.standard_normal(4))}
     >>> x = rng.standard_normal((2, 6, 4, 2))
-    >>> bool(np.allclose(forward_convolutions(table, w, x), forward(table, w, x)))
+    >>> bool(np.allclose(forward_fast(table, w, x, lambda *_: None), forward(table, w, x)))
     True
     """
-    if record is None:  # nothing kept: the inference engine, as tuned for it
+    if record is None and all(layer.kind in ("conv", "pool") for layer in layers):
         engine = Engine(list(layers), {n: weights[n] for n in weights if n in _names(layers)})
-        try:
+        try:  # nothing kept: the inference engine, as tuned for it
             return engine.predict(x)
         finally:
             engine.close()
     for layer in layers:
-        if layer.kind == "conv":
-            y = conv_forward(x, *weights[layer.name], relu=layer.activation == "relu")
-        else:
-            y = ops.max_pool2d(x, 2)  # (N, H // 2, W // 2, C)
-        record(layer, {"input": x, "output": y})
+        y = _layer_forward(layer, weights.get(layer.name), x, rng)
+        values = {"input": x, "output": y}
+        if dropout and KINDS[layer.kind].dropout_after and layer.activation == "relu":
+            y = values["kept_scaled"] = ops.dropout(y, dropout, training=True, rng=rng)
+        if record is not None:
+            record(layer, values)
         x = y
     return x
+
+
+def _layer_forward(layer: Layer, params, x: np.ndarray, rng) -> np.ndarray:
+    """One row of `forward_fast`, its activation applied."""
+    if layer.kind == "conv":
+        return conv_forward(x, *params, relu=layer.activation == "relu")
+    if layer.kind == "pool":
+        return ops.max_pool2d(x, 2)  # (N, H // 2, W // 2, C)
+    if layer.kind == "flatten":
+        return ops.flatten(x)  # (N, H*W*C), a view
+    if layer.kind == "dropout":
+        return ops.dropout(x, layer.rate, training=True, rng=rng)
+    y = matmul(x, params[0])  # dense: (N, in) @ (in, out)
+    y += params[1]
+    return ACTIVATIONS[layer.activation].forward(y)
+
+
+def _names(layers: Sequence[Layer]) -> set[str]:
+    return {layer.name for layer in layers}
 
 
 def conv_forward(
@@ -174,10 +215,6 @@ def conv_forward(
     if relu:
         np.maximum(y, 0, out=y)
     return y
-
-
-def _names(layers: Sequence[Layer]) -> set[str]:
-    return {layer.name for layer in layers}
 
 
 def conv_gradients(

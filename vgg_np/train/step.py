@@ -177,9 +177,9 @@ def _check_backward(layers: Sequence[Layer]) -> None:
 class _Forward:
     """The training forward pass: runs of layers on the engine or the reference kernels.
 
-    Convolutions and pools run on the engine (`vgg_np.train.fast`); every other run of
-    layers through `vgg_np.layers.forward` in training mode, but Keras's frozen batch
-    norms, in inference mode. Layers from the lowest trained one keep what their backward
+    Convolutions, pools, flatten, dense and dropout rows run fast (`vgg_np.train.fast`);
+    batch norms through `vgg_np.layers.forward` in training mode, but Keras's frozen ones
+    in inference mode. Layers from the lowest trained one keep what their backward
     needs; every batch norm on the batch's statistics gets its new running statistics.
     """
 
@@ -215,7 +215,8 @@ class _Forward:
         for how, run in self.runs(layers, x.dtype):
             keep = any(layer.name in self.recorded for layer in run)
             if how == "fast":
-                x = fast.forward_convolutions(run, self.weights, x, self.record if keep else None)
+                hook = self.record if keep else None
+                x = fast.forward_fast(run, self.weights, x, hook, dropout=dropout, rng=rng)
             else:
                 x = forward(
                     run, self.weights, x, dropout=dropout, training=how == "train", rng=rng,
@@ -290,12 +291,16 @@ class SGD:
             velocity = self.velocity.setdefault(name, [np.zeros_like(w) for w in trained])
             new = []
             for w, g, v in zip(trained, grads, velocity, strict=True):
+                # One new array per tensor (the old one may be held elsewhere: a snapshot of
+                # the best weights), and every other pass in place over the velocity.
+                out = np.empty_like(w)
                 v *= self.momentum
                 v += g
                 if self.weight_decay:
-                    v += self.weight_decay * w
-                step = np.multiply(v, self.lr, dtype=w.dtype)  # a new array: w is not changed
-                new.append(np.subtract(w, step, out=step))
+                    v += np.multiply(w, self.weight_decay, out=out)
+                np.multiply(v, -self.lr, out=out)
+                out += w
+                new.append(out)
             weights[name] = (*new, *kept)
         model.set_weights(weights)
 
