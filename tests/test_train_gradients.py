@@ -403,19 +403,30 @@ def test_choose_statistics_follows_the_weights_family_then_the_epsilon():
     torch_head = [Layer("bn", "batch_norm", eps=1e-5)]
     keras_head = [Layer("bn", "batch_norm", eps=1e-3)]
     keras_weights = Provenance("keras-h5", Family.KERAS)
-    assert choose_statistics(torch_head, keras_weights)[0] is STATISTICS["keras"]
-    assert choose_statistics(keras_head, Provenance("pth", Family.TORCHVISION))[0].unbiased
-    assert choose_statistics(keras_head)[0] is STATISTICS["keras"]
-    assert choose_statistics(torch_head)[0] is STATISTICS["torch"]
-    assert choose_statistics([Layer("d", "dense", 3)]) == (None, "no batch norm")
+    assert choose_statistics(torch_head, keras_weights)[0]["bn"] is STATISTICS["keras"]
+    assert choose_statistics(keras_head, Provenance("pth", Family.TORCHVISION))[0]["bn"].unbiased
+    assert choose_statistics(keras_head)[0]["bn"] is STATISTICS["keras"]
+    assert choose_statistics(torch_head)[0]["bn"] is STATISTICS["torch"]
+    assert choose_statistics([Layer("d", "dense", 3)]) == ({}, "no batch norm")
+    # A torchvision base under a head built as Keras builds it: each keeps its own.
     mixed = [*torch_head, Layer("bn2", "batch_norm", eps=1e-3)]
-    with pytest.raises(ValueError, match=r"epsilons \[1e-05, 0.001\]\): pass statistics="):
-        choose_statistics(mixed, Provenance("npz", Family.VGG_NP))
-    assert choose_statistics(mixed, statistics="keras")[0] is STATISTICS["keras"]
+    rules, why = choose_statistics(mixed, Provenance("npz", Family.VGG_NP))
+    assert (rules["bn"], rules["bn2"]) == (STATISTICS["torch"], STATISTICS["keras"])
+    assert why == (
+        "torch's and keras's running statistics (bn: torch's default epsilon 1e-05; "
+        "bn2: keras's default epsilon 0.001)"
+    )
+    odd = [Layer("odd", "batch_norm", eps=1e-4)]
+    with pytest.raises(ValueError, match=r"batch norm 'odd' follows is unknown .*epsilon 0.0001"):
+        choose_statistics(odd, Provenance("npz", Family.VGG_NP))
+    assert choose_statistics(odd, statistics="keras")[0]["odd"] is STATISTICS["keras"]
     with pytest.raises(ValueError, match="`statistics` must be 'torch', 'keras'"):
         choose_statistics(mixed, statistics="caffe")
     own = RunningStatistics("mine", 0.5, False, False)
-    assert choose_statistics(mixed, statistics=own) == (own, "given by the caller")
+    assert choose_statistics(mixed, statistics=own) == (
+        {"bn": own, "bn2": own},
+        "mine's running statistics (given by the caller)",
+    )
 
 
 def test_a_step_updates_the_running_statistics_in_the_model():
@@ -424,7 +435,7 @@ def test_a_step_updates_the_running_statistics_in_the_model():
     before = model.weights
     _, grads, tape = loss_and_gradients(model, x, labels, update_statistics=False)
     assert model.weights["block2_conv1_bn"][2] is before["block2_conv1_bn"][2]  # untouched
-    assert tape.statistics.startswith("torch's running statistics (every batch norm has")
+    assert tape.statistics.startswith("torch's running statistics (block1_conv1_bn, ")
     assert set(tape.running) == {n for n in before if n.endswith("_bn")}
     loss_and_gradients(model, x, labels)
     for name, (mean, var) in tape.running.items():

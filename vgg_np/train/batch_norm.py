@@ -104,43 +104,73 @@ _FAMILY = {
 }
 #: Each framework's default epsilon: a model of no known family is told by it.
 _EPS = {1e-5: "torch", 1e-3: "keras"}
+_DEFAULT_EPS = {framework: eps for eps, framework in _EPS.items()}
 
 
 def choose_statistics(
     layers: Sequence[Layer],
     provenance: Provenance | None = None,
     statistics: str | RunningStatistics | None = None,
-) -> tuple[RunningStatistics | None, str]:
-    """Choose the running-statistics convention of a model's batch norms, and say why.
+) -> tuple[dict[str, RunningStatistics], str]:
+    """Choose each batch norm's running-statistics convention, and say why.
 
     The caller's choice first; else the family of the weights (torchvision and timm:
-    PyTorch's; Keras: Keras's); else the batch norms' epsilon when it is one framework's
-    default for all of them (PyTorch's 1e-5, as vgg_np's own ``batch_norm=True``, or
-    Keras's 1e-3). Anything else is not guessed.
+    PyTorch's; Keras: Keras's); else each batch norm's epsilon, when it is one
+    framework's default (PyTorch's 1e-5, as vgg_np's own ``batch_norm=True``; Keras's
+    1e-3): a torchvision base under a head built as Keras builds it keeps both. Any other
+    epsilon is not guessed.
 
     Returns
     -------
-    statistics : RunningStatistics or None
-        None when the layers hold no batch norm.
+    statistics : dict
+        Batch norm name -> its `RunningStatistics` (empty without batch norms).
     reason : str
 
     Raises
     ------
     ValueError
-        If `statistics` is not a framework's name, or nothing tells the convention.
+        If `statistics` is not a framework's name, or nothing tells a batch norm's
+        convention.
 
     Examples
     --------
     >>> head = [Layer("d", "dense", 4), Layer("bn", "batch_norm", eps=1e-3)]
-    >>> rule, why = choose_statistics(head)
-    >>> rule.framework, why
-    ('keras', "every batch norm has keras's default epsilon 0.001")
-    >>> choose_statistics(head, statistics="torch")[0].batch_weight
+    >>> rules, why = choose_statistics(head)
+    >>> rules["bn"].framework, why
+    ('keras', "keras's running statistics (bn: keras's default epsilon 0.001)")
+    >>> choose_statistics(head, statistics="torch")[0]["bn"].batch_weight
     0.1
     """
     norms = [layer for layer in layers if layer.kind == "batch_norm"]
     if not norms:
-        return None, "no batch norm"
+        return {}, "no batch norm"
+    rule, why = _whole_model(provenance, statistics)
+    if rule is not None:
+        return {
+            layer.name: rule for layer in norms
+        }, f"{rule.framework}'s running statistics ({why})"
+    unknown = [layer for layer in norms if layer.eps not in _EPS]
+    if unknown:
+        family = provenance.family.value if provenance is not None else "unknown"
+        raise ValueError(
+            f"which framework's running statistics batch norm {unknown[0].name!r} follows is "
+            f"unknown (weights of family {family}, epsilon {unknown[0].eps}, neither PyTorch's "
+            "1e-5 nor Keras's 1e-3): pass statistics='torch' or 'keras'"
+        )
+    rules = {layer.name: STATISTICS[_EPS[layer.eps]] for layer in norms}
+    by = {}
+    for layer in norms:
+        by.setdefault(_EPS[layer.eps], []).append(layer.name)
+    parts = [
+        f"{', '.join(names)}: {framework}'s default epsilon {_DEFAULT_EPS[framework]}"
+        for framework, names in by.items()
+    ]
+    frameworks = " and ".join(f"{framework}'s" for framework in by)
+    return rules, f"{frameworks} running statistics ({'; '.join(parts)})"
+
+
+def _whole_model(provenance, statistics) -> tuple[RunningStatistics | None, str]:
+    """Return the convention of every batch norm of a model: the caller's, else its family's."""
     if isinstance(statistics, RunningStatistics):
         return statistics, "given by the caller"
     if statistics is not None:
@@ -152,13 +182,4 @@ def choose_statistics(
     family = provenance.family if provenance is not None else None
     if family in _FAMILY:
         return STATISTICS[_FAMILY[family]], f"{family.value} weights"
-    eps = {layer.eps for layer in norms}
-    if len(eps) == 1 and (framework := _EPS.get(eps.pop())):
-        default = {v: k for k, v in _EPS.items()}[framework]
-        why = f"every batch norm has {framework}'s default epsilon {default}"
-        return STATISTICS[framework], why
-    raise ValueError(
-        "which framework's running statistics these batch norms follow is unknown (weights "
-        f"of family {family.value if family else 'unknown'}, epsilons "
-        f"{sorted({layer.eps for layer in norms})}): pass statistics='torch' or 'keras'"
-    )
+    return None, ""

@@ -104,9 +104,9 @@ def loss_and_gradients(
         the lowest of them, so fine-tuning the top is cheap.
     statistics : {"torch", "keras"} or RunningStatistics, optional
         Whose conventions the batch norms follow (`vgg_np.train.batch_norm`): by
-        default the weights' family's, else their epsilon's. Batch norms normalise with
-        the batch's statistics, but under Keras's conventions those not in `trainable`
-        run on their running statistics (Keras's ``trainable=False``).
+        default the weights' family's, else each one's epsilon's. Batch norms normalise
+        with the batch's statistics, but under Keras's conventions those not in
+        `trainable` run on their running statistics (Keras's ``trainable=False``).
     update_statistics : bool, default True
         Write the batch norms' new running statistics into `model` (``set_weights``),
         as a framework's training step does; ``Tape.running`` holds them either way.
@@ -145,12 +145,11 @@ def loss_and_gradients(
     trainable = set(trainable) if trainable is not None else {n for n in names if n in weights}
     lowest = min((names.index(n) for n in trainable), default=len(names))
     _check_backward(layers[lowest:])
-    rule, why = choose_statistics(layers, getattr(model, "weights_provenance", None), statistics)
-    frozen = set()
-    if rule is not None and rule.frozen_in_inference:
-        frozen = {layer.name for layer in layers if layer.kind == "batch_norm"} - trainable
-    tape = Tape(statistics=f"{rule.framework}'s running statistics ({why})" if rule else why)
-    run = _Forward(weights, tape, set(names[lowest:]), frozen, rule)
+    provenance = getattr(model, "weights_provenance", None)
+    rules, why = choose_statistics(layers, provenance, statistics)
+    frozen = {n for n, rule in rules.items() if rule.frozen_in_inference} - trainable
+    tape = Tape(statistics=why)
+    run = _Forward(weights, tape, set(names[lowest:]), frozen, rules)
     with BLAS_SINGLE:  # the GEMMs share our threads (vgg_np.train.fast), BLAS's stay idle
         logits = run(layers, np.asarray(x, dtype=model.dtype), dropout, rng)
         loss, grad = backward.softmax_cross_entropy(logits, labels)
@@ -183,14 +182,16 @@ class _Forward:
     needs; every batch norm on the batch's statistics gets its new running statistics.
     """
 
-    def __init__(self, weights: Mapping, tape: Tape, recorded: set, frozen: set, rule):
+    def __init__(self, weights: Mapping, tape: Tape, recorded: set, frozen: set, rules: dict):
         self.weights, self.tape, self.recorded = weights, tape, recorded
-        self.frozen, self.rule = frozen, rule
+        self.frozen, self.rules = frozen, rules
 
     def record(self, layer: Layer, values: dict) -> None:
         if layer.kind == "batch_norm" and layer.name not in self.frozen:
             statistics = self.weights[layer.name][2:]
-            self.tape.running[layer.name] = self.rule.update(statistics, values["input"])
+            self.tape.running[layer.name] = self.rules[layer.name].update(
+                statistics, values["input"]
+            )
         if layer.name in self.recorded:
             keeps = KINDS[layer.kind].keeps + ACTIVATIONS[layer.activation].keeps
             kept = {name: values[name] for name in (*keeps, "kept_scaled") if name in values}
