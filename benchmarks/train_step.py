@@ -20,7 +20,7 @@ The cases (float32):
 Each framework runs in its own process (OpenBLAS's and torch's thread pools never meet);
 the two alternate, round after round, so both meet the same load. Reported: median
 milliseconds per step, and the median and range of the per-round ratios vgg_np / PyTorch,
-with the CPU model and the load average.
+with the machine (`benchmarks/machine.py`: CPU, BLAS, load) before and after.
 """
 
 from __future__ import annotations
@@ -58,22 +58,10 @@ def narrow_vgg16():
     return VGG(config, classes=CLASSES, classifier_activation=None, seed=0)
 
 
-class Part:
-    """The layers above cached features, as `loss_and_gradients` and `SGD` read a model."""
-
-    include_top = True
-    dtype = np.dtype(np.float32)
-
-    def __init__(self, layers, weights):
-        self.layers, self.weights = tuple(layers), dict(weights)
-
-    def set_weights(self, weights):
-        self.weights = dict(weights)
-
-
-def part(case: str) -> Part:
-    """The trained layers of `head` or `block5`, He-normal, in vgg_np's layer table."""
+def part(case: str):
+    """The trained layers of `head` or `block5` (`vgg_np.train.loop.Top`), He-normal."""
     from vgg_np.layers import KINDS, Layer, shapes
+    from vgg_np.train.loop import Top
 
     layers = [
         Layer("flatten", "flatten"),
@@ -89,7 +77,7 @@ def part(case: str) -> Part:
         kind = KINDS[layer.kind]
         if kind.parameter_shapes:
             weights[layer.name] = kind.initial(kind.parameter_shapes(layer, shape), rng)
-    return Part(layers, weights)
+    return Top(layers, weights)
 
 
 def vgg_np_step(case: str):
@@ -178,12 +166,12 @@ def worker(engine: str, case: str, batch: int, repeats: int) -> dict:
     return {"times": times}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        return "unknown CPU"
+def machine_header() -> str:
+    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    return describe()
 
 
 def run_round(case: str, batch: int, repeats: int, env: dict) -> dict[str, float]:
@@ -212,14 +200,14 @@ def main(argv=None) -> int:
         print(json.dumps(worker(engine, case, args.batch, args.repeats)))
         return 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    load_before = os.getloadavg()
+    before = machine_header()
     rounds: dict[str, list[dict]] = {case: [] for case in args.cases}
     for _ in range(args.rounds):
         for case in args.cases:
             rounds[case].append(run_round(case, args.batch, args.repeats, env))
-    print(f"training step, batch {args.batch}, float32; {cpu_model()}, {os.cpu_count()} CPUs; "
-          f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; "
-          f"{args.rounds} rounds x {args.repeats} steps\n")  # fmt: skip
+    print(f"before: {before}\nafter:  {machine_header()}")
+    print(f"training step, batch {args.batch}, float32, {args.rounds} rounds x "
+          f"{args.repeats} steps\n")  # fmt: skip
     print("| case | vgg_np ms | PyTorch ms | vgg_np / PyTorch (median of rounds) | range |")
     print("|---|---|---|---|---|")
     for case, results in rounds.items():

@@ -12,7 +12,7 @@ its layer table and input shape:
 - `convert` reads any weights file and writes it in any format (`vgg-np convert`).
 
 What one writes, vgg_np reads back as the same network, and the framework the format
-belongs to computes the same outputs (tests/test_train_export_crosscheck.py).
+belongs to computes the same outputs (tests/crosscheck/test_export.py).
 """
 
 from __future__ import annotations

@@ -149,7 +149,9 @@ def _compute(store: Store, model, decoded, rows: list[int]) -> tuple[NDArray, li
             entry["status"] = "ok"
             if store.plan["top"]:
                 scores = outputs[classifier][decoded.ok.index(i)]
-                entry["top"] = top_classes(scores, store.plan["top"])
+                # a model of one's own names its classes (``vgg-np train`` records them)
+                names = model.weights_info.get("labels")
+                entry["top"] = top_classes(scores, store.plan["top"], class_names=names)
         entry.update(image=decoded.identities[i], digest=_row_digest(block[i]))
         entries.append(entry)
     return block, entries

@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: The Keras release whose files these layouts were read from and checked against
-#: (tests/test_train_export_crosscheck.py loads them with the Keras installed).
+#: (tests/crosscheck/test_export.py loads them with the Keras installed).
 KERAS_VERSION = "3.15.1"
 #: What the ``backend`` attribute of a ``.h5`` says: never "theano" (Keras 2 would flip
 #: the kernels); the values are the same on every backend.

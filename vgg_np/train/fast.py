@@ -26,7 +26,7 @@ the step's own threads. On these shared machines OpenBLAS's own threads wait at 
 barrier for a core another process holds: a 32 x 25088 by 25088 x 256 product took 1.1 s
 on two of its threads and 18-47 ms on one (load average 8 on 2 cores).
 
-Each is tested against its definition in tests/test_train_gradients.py.
+Each is tested against its definition in tests/train/test_gradients.py.
 """
 
 from __future__ import annotations
