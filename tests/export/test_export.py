@@ -427,3 +427,22 @@ def test_the_convert_command_writes_a_whole_model_or_says_why_not(tmp_path):
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["m.keras", "m.npz", "part.npz"]
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_the_class_names_a_trained_model_records_travel_with_it(tmp_path, suffix):
+    model = build("GAP tanh head")
+    labels = ("cat", "dog", "axolotl")
+    info = {**export.architecture_info(model.network), "labels": labels}
+    provenance = Provenance("npz (vgg_np)", Family.VGG_NP, "caffe", "keras")
+    formats.write_npz(tmp_path / "m.npz", model.weights, provenance=provenance, info=info)
+    export.convert(
+        tmp_path / "m.npz", tmp_path / f"m{suffix}", layout="model" if suffix == ".h5" else None
+    )
+    back = VGG.from_file(tmp_path / f"m{suffix}")
+    assert back.weights_info["labels"] == labels and back.weights_provenance.preprocess == "caffe"
+    if suffix == ".keras":  # a damaged record is an error, never ignored
+        _rewrite_member(tmp_path / "m.keras", "metadata.json",
+                        json.dumps({"vgg_np.architecture": "{not json"}).encode())  # fmt: skip
+        with pytest.raises(ValueError, match="damaged architecture record"):
+            VGG.from_file(tmp_path / "m.keras")

@@ -43,6 +43,7 @@ from vgg_np.formats._common import (
     open_regular,
     split_kernel_bias,
 )
+from vgg_np.formats.architecture_record import RECORD_KEY, from_record
 from vgg_np.formats.contract import RECORD_PREFIX, Family, Provenance, WeightSource
 
 KERAS_ZIP_MEMBER = "model.weights.h5"
@@ -170,6 +171,7 @@ def read_keras_h5(f: h5py.File, where: str) -> WeightSource:
             lambda _: keras_config.arrays_from_model_weights(f["model_weights"], where),
             where,
         )
+        info |= _labels(_hdf5.text_attrs(f.attrs, RECORD_KEY), where)
         provenance = Provenance.from_record(
             _hdf5.text_attrs(f.attrs, RECORD_PREFIX), description, where
         ) or Provenance.implied(
@@ -220,15 +222,23 @@ def open_keras_zip(path: str | os.PathLike, where: str) -> Iterator[WeightSource
                     where,
                 )
                 description = "keras-zip (.keras, whole model from its config)"
-            provenance = Provenance.from_record(
-                _metadata(zf, where), description, where
-            ) or Provenance.implied(
+            metadata = _metadata(zf, where)
+            info |= _labels(metadata, where)
+            provenance = Provenance.from_record(metadata, description, where) or Provenance.implied(
                 description,
                 Family.KERAS,
                 "written by Keras (a .keras archive)",
                 input_size=_static_size(info),
             )
             yield WeightSource(tensors, provenance, info, path=where)
+
+
+def _labels(record: dict, where: str) -> dict:
+    """Read the class names vgg_np recorded beside a whole model (`keras_writer`), if any."""
+    if RECORD_KEY not in record:
+        return {}
+    labels = from_record(record[RECORD_KEY], where).get("labels")
+    return {"labels": labels} if labels else {}
 
 
 def _metadata(zf: zipfile.ZipFile, where: str) -> dict:

@@ -20,14 +20,15 @@ The layouts, as Keras 3 writes them (``keras/src/saving/saving_lib.py`` and
   ``<layer>/<layer>/<variable>``, named by its ``weight_names`` attribute. Keras matches
   the layers holding weights to the model's in order.
 
-vgg_np's rows map to Keras layers one to one, but for three cases. A row whose
+vgg_np's rows map to Keras layers one to one, but for two cases. A row whose
 activation its Keras class cannot carry (the batch norm of a VGG with batch norm, which
 vgg_np gives its ReLU; a dropout with an activation) becomes the layer, then an
 ``Activation`` layer named ``<name>_<activation>``. torchvision's adaptive average pool
 has no Keras layer: it is left out where the feature map already has its size (the
 identity), and refused elsewhere; a free input size is then fixed at the size where it
-is the identity (224x224 for torchvision's VGG16). vgg_np's provenance record goes into
-``metadata.json`` (``.keras``) or the root attributes (``.h5``), which Keras does not read.
+is the identity (224x224 for torchvision's VGG16). vgg_np's provenance record, and the
+class names a model records (``vgg-np train``'s), go into ``metadata.json`` (``.keras``)
+or the root attributes (``.h5``), which Keras does not read.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import h5py
 import numpy as np
 
 from vgg_np._files import atomic_path
+from vgg_np.formats.architecture_record import RECORD_KEY, to_record
 from vgg_np.formats.contract import Provenance
 from vgg_np.formats.keras_config import (
     CONV_CONFIG,
@@ -334,6 +336,15 @@ def _dtype(weights: Mapping[str, tuple]) -> str:
     return np.result_type(*arrays).name if arrays else "float32"
 
 
+def _labels(info: Mapping) -> dict[str, str]:
+    """Record a model's class names (``vgg-np train``'s) as vgg_np's architecture record.
+
+    The rest of the record (head, epsilon) is the config's to say: it is written once.
+    """
+    record = to_record({"labels": info.get("labels")})
+    return {RECORD_KEY: record} if record is not None else {}
+
+
 def _check(info: Mapping, path) -> tuple[list[KerasLayer], str]:
     table, input_shape = info.get("layers"), info.get("input_shape")
     if not table or input_shape is None:
@@ -374,7 +385,7 @@ def write_keras_zip(
     """
     layers, note = _check(info, path)
     dtype = _dtype(weights)
-    metadata = {"keras_version": KERAS_VERSION, **provenance.record()}
+    metadata = {"keras_version": KERAS_VERSION, **provenance.record(), **_labels(info)}
     config = model_config(layers, dtype=dtype, name=info.get("name", "vgg_np"))
     with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=os.path.dirname(tmp)) as work:
         h5 = os.path.join(work, "model.weights.h5")
@@ -400,7 +411,7 @@ def write_keras_model_h5(
     versions = {"keras_version": KERAS_VERSION, "backend": BACKEND}
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({**versions, "model_config": json.dumps(config)})
-        f.attrs.update(provenance.record())
+        f.attrs.update({**provenance.record(), **_labels(info)})
         root = f.create_group("model_weights")
         root.attrs.update({**versions, "layer_names": np.array([k.name.encode() for k in layers])})
         for layer in [*layers, KerasLayer("", "top_level_model_weights", {}, None, (), ())]:
