@@ -1,40 +1,32 @@
-"""Gradients of the training step's every piece, and its batch norms' running statistics.
+"""Gradients of the training step's every piece.
 
 - the step's fast paths (`vgg_np.train.fast`) against their definitions in
   `vgg_np.backward` and `vgg_np.layers.forward`;
 - whole-network gradients of VGGs with heads of their own (global average and max
   pooling, Flatten, dense layers with ReLU, tanh and sigmoid, an activation layer,
   dropout with its mask, a batch norm in training mode) and of a VGG with batch norm,
-  against central finite differences (float64) and PyTorch autograd (float64);
-- running statistics updated as PyTorch's ``BatchNorm1d``/``2d`` in training mode and
-  Keras's ``BatchNormalization(training=True)`` do, each framework's frozen layers;
-- one epoch of head training on cached features, step for step against PyTorch.
+  against central finite differences (float64) and PyTorch autograd (float64), through
+  the GEMM and the Winograd paths.
+
+The batch norms' running statistics are in test_batch_norm.py, one epoch against
+PyTorch's in test_epoch.py, Winograd's kernels in test_winograd.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tests.conftest import (
     ENGINE_REL_TOL,
-    EPOCH_FLOAT32_REL_TOL,
     GRADIENT_FD_REL_TOL,
     GRADIENT_TORCH_REL_TOL,
     relative_error,
 )
 from vgg_np import VGG, VGGConfig, backward, ops
 from vgg_np.config import Layer
-from vgg_np.engine.threads import Workers
-from vgg_np.formats.contract import Family, Provenance
 from vgg_np.layers import forward
-from vgg_np.train import SGD, fast, loss_and_gradients, winograd
-from vgg_np.train.batch_norm import STATISTICS, RunningStatistics, choose_statistics
+from vgg_np.train import fast, loss_and_gradients, winograd
 
 # VGG11's topology at reduced width; 64x32 inputs leave a 2x1 map, so a flatten in the
 # wrong order (C, H, W against H, W, C) changes the numbers.
@@ -67,24 +59,6 @@ HEADS = {
         Layer("out", "dense", 4),
     ),
 }
-
-
-class Part:
-    """Layers above cached features, as `loss_and_gradients` and `SGD` read a model."""
-
-    include_top = True
-
-    def __init__(self, layers, weights, dtype="float64"):
-        self.layers, self.dtype = tuple(layers), np.dtype(dtype)
-        self._weights = {n: tuple(np.asarray(a, self.dtype) for a in t) for n, t in weights.items()}
-
-    @property
-    def weights(self):
-        return dict(self._weights)
-
-    def set_weights(self, weights):
-        assert set(weights) == set(self._weights)
-        self._weights = {n: tuple(np.asarray(a, self.dtype) for a in weights[n]) for n in weights}
 
 
 def with_statistics(model, seed: int):
@@ -393,262 +367,3 @@ def _bn_module(name: str) -> str:
 
     conv = module_names(NARROW.conv_names(), 2, batch_norm=True)[name.removesuffix("_bn")]
     return f"features.{int(conv.split('.')[1]) + 1}"
-
-
-# -- running statistics --------------------------------------------------------------------
-
-
-def test_choose_statistics_follows_the_weights_family_then_the_epsilon():
-    torch_head = [Layer("bn", "batch_norm", eps=1e-5)]
-    keras_head = [Layer("bn", "batch_norm", eps=1e-3)]
-    keras_weights = Provenance("keras-h5", Family.KERAS)
-    assert choose_statistics(torch_head, keras_weights)[0]["bn"] is STATISTICS["keras"]
-    assert choose_statistics(keras_head, Provenance("pth", Family.TORCHVISION))[0]["bn"].unbiased
-    assert choose_statistics(keras_head)[0]["bn"] is STATISTICS["keras"]
-    assert choose_statistics(torch_head)[0]["bn"] is STATISTICS["torch"]
-    assert choose_statistics([Layer("d", "dense", 3)]) == ({}, "no batch norm")
-    # A torchvision base under a head built as Keras builds it: each keeps its own.
-    mixed = [*torch_head, Layer("bn2", "batch_norm", eps=1e-3)]
-    rules, why = choose_statistics(mixed, Provenance("npz", Family.VGG_NP))
-    assert (rules["bn"], rules["bn2"]) == (STATISTICS["torch"], STATISTICS["keras"])
-    assert why == (
-        "torch's and keras's running statistics (bn: torch's default epsilon 1e-05; "
-        "bn2: keras's default epsilon 0.001)"
-    )
-    odd = [Layer("odd", "batch_norm", eps=1e-4)]
-    with pytest.raises(ValueError, match=r"batch norm 'odd' follows is unknown .*epsilon 0.0001"):
-        choose_statistics(odd, Provenance("npz", Family.VGG_NP))
-    assert choose_statistics(odd, statistics="keras")[0]["odd"] is STATISTICS["keras"]
-    with pytest.raises(ValueError, match="`statistics` must be 'torch', 'keras'"):
-        choose_statistics(mixed, statistics="caffe")
-    own = RunningStatistics("mine", 0.5, False, False)
-    assert choose_statistics(mixed, statistics=own) == (
-        {"bn": own, "bn2": own},
-        "mine's running statistics (given by the caller)",
-    )
-
-
-def test_a_step_updates_the_running_statistics_in_the_model():
-    model = narrow(batch_norm=True)
-    x, labels = batch(4)
-    before = model.weights
-    _, grads, tape = loss_and_gradients(model, x, labels, update_statistics=False)
-    assert model.weights["block2_conv1_bn"][2] is before["block2_conv1_bn"][2]  # untouched
-    assert tape.statistics.startswith("torch's running statistics (block1_conv1_bn, ")
-    assert set(tape.running) == {n for n in before if n.endswith("_bn")}
-    loss_and_gradients(model, x, labels)
-    for name, (mean, var) in tape.running.items():
-        gamma, _, new_mean, new_var = model.weights[name]
-        np.testing.assert_array_equal(new_mean, mean)
-        np.testing.assert_array_equal(new_var, var)
-        np.testing.assert_array_equal(gamma, before[name][0])  # SGD trains these, not the step
-        assert not np.array_equal(new_mean, before[name][2])
-    assert len(grads["block2_conv1_bn"]) == 2  # gamma and beta: the statistics are not trained
-
-
-def test_keras_frozen_batch_norms_run_on_their_running_statistics():
-    head = HEADS["flatten, batch norm, relu layer"]
-    head = tuple(dataclasses.replace(layer, eps=1e-3) if layer.kind == "batch_norm" else layer
-                 for layer in head)  # fmt: skip
-    model = narrow(head)
-    x, labels = batch()
-    before = model.weights
-    loss, _, tape = loss_and_gradients(model, x, labels, trainable={"out"})
-    assert tape.statistics.startswith("keras's") and tape.running == {}
-    assert model.weights["bn"][2] is before["bn"][2]  # not updated
-    inference = [*model.layers[:-1], dataclasses.replace(model.layers[-1], activation=None)]
-    logits = forward(inference, before, x)
-    assert loss == pytest.approx(backward.softmax_cross_entropy(logits, labels)[0], rel=1e-12)
-    # Trained from below the frozen batch norm: its gradient is a constant scale.
-    frozen = Part(model.layers[-5:], {k: before[k] for k in ("hidden", "bn", "out")})
-    features = forward(model.layers[:-5], before, x)
-    _, part_grads, part_tape = loss_and_gradients(
-        frozen, features, labels, trainable={"hidden", "out"}, statistics="keras"
-    )
-    assert part_tape.running == {} and set(part_grads) == {"hidden", "out"}
-    worst = check_against_finite_differences_part(frozen, features, labels, "hidden")
-    assert worst <= GRADIENT_FD_REL_TOL
-    # Under PyTorch's conventions the same layer is in training mode and updated.
-    _, _, torch_tape = loss_and_gradients(
-        frozen, features, labels, trainable={"out"}, statistics="torch"
-    )
-    assert set(torch_tape.running) == {"bn"}
-
-
-def check_against_finite_differences_part(part, x, labels, name) -> float:
-    kwargs = {"trainable": {"hidden", "out"}, "statistics": "keras", "update_statistics": False}
-    original = part.weights
-    _, grads, _ = loss_and_gradients(part, x, labels, **kwargs)
-    worst = 0.0
-    for index in ((0, 0), (3, 2), (5, 5)):
-        bumped = {k: tuple(a.copy() for a in t) for k, t in original.items()}
-        bumped[name][0][index] += FD_STEP
-        part.set_weights(bumped)
-        up = loss_and_gradients(part, x, labels, **kwargs)[0]
-        bumped[name][0][index] -= 2 * FD_STEP
-        part.set_weights(bumped)
-        numeric = (up - loss_and_gradients(part, x, labels, **kwargs)[0]) / (2 * FD_STEP)
-        worst = max(worst, abs(numeric - grads[name][0][index]) / np.max(np.abs(grads[name][0])))
-    part.set_weights(original)
-    return worst
-
-
-@pytest.mark.torch
-@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 5, 5)])
-def test_torch_running_statistics(shape):
-    torch = pytest.importorskip("torch", reason="needs torch (pip install torch==2.13.0)")
-    rng = np.random.default_rng(len(shape))
-    x = rng.standard_normal(shape) * 3 + 1
-    running = (rng.normal(size=5), rng.uniform(0.5, 2, 5))
-    bn = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(5).double().train()
-    bn.running_mean.data, bn.running_var.data = (torch.from_numpy(a.copy()) for a in running)
-    bn(torch.from_numpy(np.moveaxis(x, -1, 1).copy()))
-    mean, var = STATISTICS["torch"].update(running, x)
-    assert relative_error(mean, bn.running_mean.numpy()) < GRADIENT_TORCH_REL_TOL
-    assert relative_error(var, bn.running_var.numpy()) < GRADIENT_TORCH_REL_TOL
-
-
-@pytest.mark.keras
-@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 5, 5)])
-def test_keras_moving_statistics(shape):
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    keras = pytest.importorskip("keras", reason="needs the optional `keras` extra")
-    rng = np.random.default_rng(len(shape))
-    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
-    running = tuple(a.astype(np.float32) for a in (rng.normal(size=5), rng.uniform(0.5, 2, 5)))
-    layer = keras.layers.BatchNormalization()
-    layer.build(shape)
-    layer.set_weights([np.ones(5, np.float32), np.zeros(5, np.float32), *running])
-    layer(x, training=True)
-    _, _, moving_mean, moving_var = (keras.ops.convert_to_numpy(w) for w in layer.weights)
-    mean, var = STATISTICS["keras"].update(running, x)
-    # Keras computes in float32 (its moments and the update); vgg_np in float64.
-    assert relative_error(mean, moving_mean) < 1e-6 and relative_error(var, moving_var) < 1e-6
-
-
-# -- one epoch of head training on cached features -------------------------------------------
-
-
-def epoch_setup(dtype):
-    rng = np.random.default_rng(11)
-    features = rng.standard_normal((64, 3, 2, 16)).astype(dtype)  # block5_pool-like, 3x2
-    labels = rng.integers(0, 5, 64)
-    head = (
-        Layer("flatten", "flatten"),
-        Layer("hidden", "dense", 12),
-        Layer("bn", "batch_norm", activation="relu", eps=1e-5),
-        Layer("out", "dense", 5),
-    )
-    weights = {
-        "hidden": (rng.standard_normal((96, 12)) * 0.15, rng.normal(0, 0.1, 12)),
-        "bn": (rng.uniform(0.5, 1.5, 12), rng.normal(0, 0.1, 12), np.zeros(12), np.ones(12)),
-        "out": (rng.standard_normal((12, 5)) * 0.4, rng.normal(0, 0.1, 5)),
-    }
-    return features, labels, head, weights
-
-
-def vgg_np_epoch(dtype):
-    features, labels, head, weights = epoch_setup(dtype)
-    part = Part(head, weights, dtype)
-    sgd = SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)
-    losses = []
-    for start in range(0, len(labels), 16):  # the same order, no shuffling
-        loss, grads, _ = loss_and_gradients(
-            part, features[start : start + 16], labels[start : start + 16], statistics="torch"
-        )
-        sgd.step(part, grads)
-        losses.append(loss)
-    return part.weights, losses
-
-
-def torch_epoch(torch, dtype):
-    features, labels, _, weights = epoch_setup(dtype)
-    tdtype = getattr(torch, dtype)
-    linear1, linear2 = torch.nn.Linear(96, 12), torch.nn.Linear(12, 5)
-    bn = torch.nn.BatchNorm1d(12, eps=1e-5)
-    for module, (kernel, bias) in ((linear1, weights["hidden"]), (linear2, weights["out"])):
-        module.weight.data = torch.tensor(kernel.T.copy(), dtype=tdtype)
-        module.bias.data = torch.tensor(bias, dtype=tdtype)
-    for attr, value in zip(("weight", "bias", "running_mean", "running_var"), weights["bn"],
-                           strict=True):  # fmt: skip
-        getattr(bn, attr).data = torch.tensor(value, dtype=tdtype)
-    net = torch.nn.Sequential(linear1, bn, torch.nn.ReLU(), linear2).to(tdtype).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-    losses = []
-    for start in range(0, len(labels), 16):
-        optimizer.zero_grad()
-        x = torch.from_numpy(features[start : start + 16].reshape(16, -1))  # H, W, C order
-        loss = torch.nn.functional.cross_entropy(
-            net(x), torch.from_numpy(labels[start : start + 16])
-        )
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    statistics = ("weight", "bias", "running_mean", "running_var")
-    result = {
-        "hidden": (linear1.weight.detach().numpy().T, linear1.bias.detach().numpy()),
-        "bn": tuple(getattr(bn, a).detach().numpy() for a in statistics),
-        "out": (linear2.weight.detach().numpy().T, linear2.bias.detach().numpy()),
-    }
-    return result, losses
-
-
-@pytest.mark.torch
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_an_epoch_of_head_training_matches_pytorch_step_for_step(dtype):
-    torch = pytest.importorskip("torch", reason="needs torch (pip install torch==2.13.0)")
-    torch.set_num_threads(1)  # the same summation order on every run
-    ours, our_losses = vgg_np_epoch(dtype)
-    theirs, their_losses = torch_epoch(torch, dtype)
-    tol = GRADIENT_TORCH_REL_TOL if dtype == "float64" else EPOCH_FLOAT32_REL_TOL
-    worst = max(
-        relative_error(a, b) for name in ours for a, b in zip(ours[name], theirs[name], strict=True)
-    )
-    loss_error = relative_error(our_losses, their_losses)
-    print(
-        f"\none epoch, {dtype}: weights and running statistics {worst:.1e}, losses {loss_error:.1e}"
-    )
-    assert worst < tol and loss_error < tol
-    initial = epoch_setup(dtype)[3]
-    assert relative_error(ours["hidden"][0], initial["hidden"][0]) > 1e3 * tol  # it moved
-
-
-# -- Winograd F(2x2, 3x3) over a batch -----------------------------------------------------
-
-
-@settings(deadline=None)
-@given(
-    n=st.integers(1, 10),
-    h=st.integers(1, 9),
-    w=st.integers(1, 9),
-    c=st.integers(1, 5),
-    o=st.integers(1, 5),
-    seed=st.integers(0, 2**16),
-)
-def test_winograd_equals_the_definitions_on_any_shape(n, h, w, c, o, seed):
-    rng = np.random.default_rng(seed)
-    x, k = rng.standard_normal((n, h, w, c)), rng.standard_normal((3, 3, c, o))
-    dy = rng.standard_normal((n, h, w, o))
-    y = winograd.conv2d(x, k, Workers(2))
-    expected = ops.conv2d(x, k, padding="same")
-    assert y.shape == expected.shape and relative_error(y, expected) < 1e-13
-    dk = winograd.kernel_gradient(x, dy, Workers(2))
-    assert relative_error(dk, backward.conv2d_backward(x, k, dy)[1]) < 1e-13
-
-
-def test_winograd_in_float32_and_on_any_number_of_threads(monkeypatch):
-    rng = np.random.default_rng(12)
-    x = rng.standard_normal((20, 10, 12, 24)).astype(np.float32)
-    k = (rng.standard_normal((3, 3, 24, 16)) / 15).astype(np.float32)
-    dy = rng.standard_normal((20, 10, 12, 16)).astype(np.float32)
-    exact_y = ops.conv2d(*(a.astype(np.float64) for a in (x, k)), padding="same")
-    exact_dk = backward.conv2d_backward(*(a.astype(np.float64) for a in (x, k, dy)))[1]
-    y, dk = winograd.conv2d(x, k, Workers(2)), winograd.kernel_gradient(x, dy, Workers(2))
-    assert y.dtype == dk.dtype == np.float32
-    assert relative_error(y, exact_y) < ENGINE_REL_TOL["gemm"]
-    assert relative_error(dk, exact_dk) < ENGINE_REL_TOL["gemm"]
-    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)  # one image per chunk: 20 chunks
-    for threads in (1, 3):  # the chunks are the same whatever the threads: the same bits
-        np.testing.assert_array_equal(winograd.kernel_gradient(x, dy, Workers(threads)),
-                                      winograd.kernel_gradient(x, dy, Workers(2)))  # fmt: skip
-        np.testing.assert_array_equal(winograd.conv2d(x, k, Workers(threads)), y)
