@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                       # every case, batch 32
     python benchmarks/train_step.py --cases head block5 --rounds 5 --repeats 3
+    python benchmarks/train_step.py --cases head block5 --paired 20   # turn by turn
 
 A step is forward, mean softmax cross-entropy, backward and an SGD update (momentum 0.9,
 weight decay 5e-4): vgg_np's `vgg_np.train.loss_and_gradients` and `vgg_np.train.SGD`;
@@ -20,7 +21,9 @@ The cases (float32):
 Each framework runs in its own process (OpenBLAS's and torch's thread pools never meet);
 the two alternate, round after round, so both meet the same load. Reported: median
 milliseconds per step, and the median and range of the per-round ratios vgg_np / PyTorch,
-with the machine (`benchmarks/machine.py`: CPU, BLAS, load) before and after.
+with the machine (`benchmarks/machine.py`: CPU, BLAS, load) before and after. On a busy
+machine ``--paired TURNS`` is steadier: both loaded once, taking turns step by step (as
+`paired.py` does for inference), each turn's ratio measured within a few seconds.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SIZE, CLASSES = 32, 4
 HEAD_CLASSES, HEAD_WIDTH = 10, 256
 LR, MOMENTUM, DECAY = 0.01, 0.9, 5e-4
+PAUSE = 0.05  # seconds between turns: longer than any thread pool's spin-wait
 #: Each case's input per image (H, W, C) and classes.
 INPUTS = {
     "top": ((SIZE, SIZE, 3), CLASSES),
@@ -149,7 +153,8 @@ def pytorch_step(case: str):
     return step
 
 
-def worker(engine: str, case: str, batch: int, repeats: int) -> dict:
+def prepared(engine: str, case: str, batch: int):
+    """The step of `engine`, its batch, warmed up (plans, thread pools, first touch)."""
     step = (vgg_np_step if engine == "vgg_np" else pytorch_step)(case)
     shape, classes = INPUTS[case]
     rng = np.random.default_rng(0)
@@ -157,11 +162,51 @@ def worker(engine: str, case: str, batch: int, repeats: int) -> dict:
     if case in ("head", "block5"):
         np.maximum(x, 0, out=x)  # features after a ReLU and a pool
     labels = rng.integers(0, classes, batch)
-    step(x, labels)  # warm-up: plans, thread pools, first-touch of buffers
+    step(x, labels)
+    return lambda: step(x, labels)
+
+
+def serve(engine: str, case: str, batch: int) -> None:
+    """Time one step per "run" line read from stdin (the paired mode)."""
+    step = prepared(engine, case, batch)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        start = time.perf_counter()
+        step()
+        print(time.perf_counter() - start, flush=True)
+
+
+def paired(case: str, batch: int, turns: int, env: dict) -> list[tuple[float, float]]:
+    """Both frameworks loaded once, taking turns step by step: (vgg_np, PyTorch) seconds."""
+    workers = {}
+    for engine in ("vgg_np", "pytorch"):
+        command = [sys.executable, __file__, "--serve", engine, case, "--batch", str(batch)]
+        workers[engine] = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert workers[engine].stdout.readline().strip() == "ready", engine
+    times = {engine: [] for engine in workers}
+    for turn in range(turns):
+        for engine in ("vgg_np", "pytorch")[:: 1 if turn % 2 else -1]:  # A B, B A, ...
+            time.sleep(PAUSE)  # no thread pool still spinning from the other's step
+            workers[engine].stdin.write("run\n")
+            workers[engine].stdin.flush()
+            times[engine].append(float(workers[engine].stdout.readline()))
+    for process in workers.values():
+        process.stdin.write("quit\n")
+        process.stdin.flush()
+        process.wait()
+    return list(zip(times["vgg_np"], times["pytorch"], strict=True))
+
+
+def worker(engine: str, case: str, batch: int, repeats: int) -> dict:
+    step = prepared(engine, case, batch)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step(x, labels)
+        step()
         times.append(time.perf_counter() - start)
     return {"times": times}
 
@@ -193,13 +238,22 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", nargs="+", choices=list(INPUTS), default=list(INPUTS))
+    parser.add_argument(
+        "--paired", type=int, metavar="TURNS", help="both loaded once, alternating TURNS steps"
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         engine, case = args.worker
         print(json.dumps(worker(engine, case, args.batch, args.repeats)))
         return 0
+    if args.serve:
+        serve(*args.serve, args.batch)
+        return 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if args.paired:
+        return report_paired(args, env)
     before = machine_header()
     rounds: dict[str, list[dict]] = {case: [] for case in args.cases}
     for _ in range(args.rounds):
@@ -216,6 +270,23 @@ def main(argv=None) -> int:
         theirs = statistics.median(r["pytorch"] for r in results) * 1e3
         print(f"| {case} | {ours:.0f} | {theirs:.0f} | {statistics.median(ratios):.2f} | "
               f"{min(ratios):.2f}-{max(ratios):.2f} |")  # fmt: skip
+    return 0
+
+
+def report_paired(args, env: dict) -> int:
+    before = machine_header()
+    results = {case: paired(case, args.batch, args.paired, env) for case in args.cases}
+    print(f"before: {before}\nafter:  {machine_header()}")
+    print(f"training step, batch {args.batch}, float32, {args.paired} paired turns per case, "
+          "each framework loaded once in its own process\n")  # fmt: skip
+    print("| case | vgg_np ms | PyTorch ms | vgg_np / PyTorch per turn: median (quartiles) |")
+    print("|---|---|---|---|")
+    for case, pairs in results.items():
+        ratios = [ours / theirs for ours, theirs in pairs]
+        q1, median, q3 = statistics.quantiles(ratios, n=4)
+        ours = statistics.median(p[0] for p in pairs) * 1e3
+        theirs = statistics.median(p[1] for p in pairs) * 1e3
+        print(f"| {case} | {ours:.0f} | {theirs:.0f} | {median:.2f} ({q1:.2f}-{q3:.2f}) |")
     return 0
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "dense_gradients",
     "forward_fast",
     "frozen_batch_norm_backward",
+    "map_slices",
     "matmul",
     "runs_fast",
 ]
@@ -58,6 +59,24 @@ __all__ = [
 FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: The step's threads (started on first use, shared by every step of the process).
 _WORKERS = Workers(cpu_count())
+
+
+def map_slices(fn: Callable[[int, int], None], size: int) -> None:
+    """Run ``fn(i0, i1)`` over slices of ``range(size)``, shared by the step's threads.
+
+    For elementwise work on large arrays (NumPy releases the GIL in its loops); each
+    element is computed the same whatever the number of threads.
+
+    Examples
+    --------
+    >>> out = np.zeros(10)
+    >>> map_slices(lambda i0, i1: out.__setitem__(slice(i0, i1), 1.0), 10)
+    >>> out.sum()
+    np.float64(10.0)
+    """
+    parts = max(1, min(_WORKERS.threads, size))
+    bounds = [size * i // parts for i in range(parts + 1)]
+    _WORKERS.map(fn, list(itertools.pairwise(bounds)), size)
 
 
 def matmul(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.floating]:

@@ -290,20 +290,31 @@ class SGD:
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
             velocity = self.velocity.setdefault(name, [np.zeros_like(w) for w in trained])
-            new = []
-            for w, g, v in zip(trained, grads, velocity, strict=True):
-                # One new array per tensor (the old one may be held elsewhere: a snapshot of
-                # the best weights), and every other pass in place over the velocity.
-                out = np.empty_like(w)
-                v *= self.momentum
-                v += g
-                if self.weight_decay:
-                    v += np.multiply(w, self.weight_decay, out=out)
-                np.multiply(v, -self.lr, out=out)
-                out += w
-                new.append(out)
+            new = [self._update(*t) for t in zip(trained, grads, velocity, strict=True)]
             weights[name] = (*new, *kept)
         model.set_weights(weights)
+
+    def _update(self, w: np.ndarray, g: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Return the new `w` and update `v` in place, on the step's threads by slices.
+
+        One new array per tensor (the old one may be held elsewhere: a snapshot of the best
+        weights); every other pass is in place over the velocity, ours alone.
+        """
+        out = np.empty_like(w)
+        w_flat, g_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype))
+        v_flat, out_flat = v.reshape(-1), out.reshape(-1)  # views: v and out are contiguous
+
+        def part(i0: int, i1: int) -> None:
+            vs, os_ = v_flat[i0:i1], out_flat[i0:i1]
+            vs *= self.momentum
+            vs += g_flat[i0:i1]
+            if self.weight_decay:
+                vs += np.multiply(w_flat[i0:i1], self.weight_decay, out=os_)
+            np.multiply(vs, -self.lr, out=os_)
+            os_ += w_flat[i0:i1]
+
+        fast.map_slices(part, w.size)
+        return out
 
 
 def shapes_dataset(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
