@@ -80,27 +80,35 @@ def map_slices(fn: Callable[[int, int], None], size: int) -> None:
 
 
 def matmul(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.floating]:
-    """Return ``a @ b`` (2-D), BLAS at one thread, the rows of `a` shared by the step's threads.
+    """Return ``a @ b`` (2-D), BLAS at one thread, the work shared by the step's threads.
 
-    Each thread's product is an ordinary GEMM on its own rows: the result does not
-    depend on the number of threads.
+    The rows of `a` are shared where they outnumber the columns of `b`, else the columns
+    (a batch of 32 rows through a 25088 x 256 kernel: each thread then reads half the
+    kernel, not all of it; measured 9.7 ms against 13.2 by rows, 8.9 on one thread, with
+    the other core busy). Each thread's product is an ordinary GEMM on its own block: the
+    result does not depend on the number of threads.
 
     Examples
     --------
     >>> a, b = np.arange(12.0).reshape(4, 3), np.ones((3, 2))
-    >>> np.array_equal(matmul(a, b), a @ b)
-    True
+    >>> np.array_equal(matmul(a, b), a @ b), np.array_equal(matmul(a.T[:2], a), a.T[:2] @ a)
+    (True, True)
     """
-    m, k = a.shape
-    out = np.empty((m, b.shape[1]), np.result_type(a, b))  # (M, N)
-    parts = max(1, min(_WORKERS.threads, m))
-    bounds = [m * i // parts for i in range(parts + 1)]
+    (m, k), n = a.shape, b.shape[1]
+    out = np.empty((m, n), np.result_type(a, b))  # (M, N)
+    by_rows = m >= n
+    parts = max(1, min(_WORKERS.threads, m if by_rows else n))
+    size = m if by_rows else n
+    bounds = [size * i // parts for i in range(parts + 1)]
 
-    def rows(r0: int, r1: int) -> None:
-        np.matmul(a[r0:r1], b, out=out[r0:r1])  # (r1 - r0, K) @ (K, N)
+    def block(i0: int, i1: int) -> None:
+        if by_rows:
+            np.matmul(a[i0:i1], b, out=out[i0:i1])  # (i1 - i0, K) @ (K, N)
+        else:
+            out[:, i0:i1] = a @ b[:, i0:i1]  # (M, K) @ (K, i1 - i0)
 
     with BLAS_SINGLE:
-        _WORKERS.map(rows, list(itertools.pairwise(bounds)), m * k * b.shape[1])
+        _WORKERS.map(block, list(itertools.pairwise(bounds)), m * k * n)
     return out
 
 
