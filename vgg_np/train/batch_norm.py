@@ -12,7 +12,7 @@ model trained here keeps the conventions of the framework its weights come from:
   m = 0.99, the variance kept *biased* (the batch's ``var``); a layer that is not trained
   (``trainable=False``) runs in inference mode: running statistics, not updated.
 
-M is the number of values per channel in the batch (N, or N * H * W). Both normalise
+M is the number of values per channel in the batch (``N``, or ``N * H * W``). Both normalise
 with the batch's biased variance. Sources: ``torch/nn/modules/batchnorm.py`` and ATen's
 ``batch_norm_cpu_update_stats_template``; ``keras/src/layers/normalization/
 batch_normalization.py``. The momenta are each framework's default (a Keras config may
