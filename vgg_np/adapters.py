@@ -39,12 +39,21 @@ __all__ = ["Tap", "compare_keras", "compare_onnx", "compare_torch", "name_map", 
 
 
 def _reference(
-    weights, yours: dict, family: str, *, oracle: bool, activation, own=None, input_shape=None
+    weights,
+    yours: dict,
+    family: str,
+    *,
+    oracle: bool,
+    activation,
+    own=None,
+    input_shape=None,
+    plan=None,
 ):
     """Return (reference model, notes): from `weights`, or, loudly, from the artifact.
 
     `own` is the artifact read as a vgg_np model already (an ONNX file), if it was;
-    `input_shape` (H, W, C) the artifact's, when its classifier needs one.
+    `input_shape` (H, W, C) the artifact's, when its classifier needs one; `plan` the
+    reference's engine plan (`VGG`'s ``plan``).
     """
     dtype = "float64" if oracle else "float32"
     loud = (
@@ -58,7 +67,7 @@ def _reference(
         changes = {"classifier_activation": activation, "dtype": dtype}
         changes |= {"input_shape": input_shape} if input_shape is not None else {}
         network = infer_architecture(yours, {}, family).replace(**changes)
-        model = VGG(**network.arguments(), seed=0)
+        model = VGG(**network.arguments(), seed=0, plan=plan)
         model.set_weights(yours, source="the artifact's own weights")
         notes = [loud]
     else:
@@ -69,7 +78,7 @@ def _reference(
                 network.include_top,
                 batch_norm=network.batch_norm is not None,
             )
-        model = VGG.from_file(weights, dtype=dtype, classifier_activation=activation)
+        model = VGG.from_file(weights, dtype=dtype, classifier_activation=activation, plan=plan)
         diff = diff_weights(model.weights, yours)
         notes = [f"reference weights: {os.fspath(weights)}", *diff.lines()]
     return model, notes
@@ -561,6 +570,7 @@ def compare_onnx(
     layers: Iterable[str] | None = None,
     names: Mapping[str, str] | None = None,
     layout: str | None = None,
+    plan: str | os.PathLike | None = None,
 ) -> Comparison:
     """Run an ONNX VGG with onnxruntime and compare each layer's node output with vgg_np.
 
@@ -584,6 +594,8 @@ def compare_onnx(
         graph lacks fails the comparison).
     names : mapping, optional
         vgg_np layer name -> tensor name in the graph, over those the reader found.
+    plan : {"default", "measure"} or path, optional
+        How vgg_np's engine runs the reference (`VGG`'s ``plan``).
 
     Returns
     -------
@@ -599,13 +611,14 @@ def compare_onnx(
     import onnxruntime
 
     dtype = "float64" if oracle else "float32"
-    graph = VGG.from_file(path, dtype=dtype, data_format="channels_last")
+    graph = VGG.from_file(path, dtype=dtype, data_format="channels_last", plan=plan)
     tensor_names = {**graph.weights_info["tensor_names"], **(names or {})}
     taps = {layer: Tap(tensor) for layer, tensor in tensor_names.items()}
     activation = graph.classifier_activation if graph.include_top else None
     model, notes = _reference(
-        weights, graph.weights, "keras", oracle=oracle, activation=activation, own=graph
-    )
+        weights, graph.weights, "keras", oracle=oracle, activation=activation, own=graph,
+        plan=plan,
+    )  # fmt: skip
     proto = onnx.load(os.fspath(path))
     present = {o.name for o in proto.graph.output}
     for tensor in tensor_names.values():

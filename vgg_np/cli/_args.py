@@ -19,6 +19,7 @@ from collections.abc import Callable
 from vgg_np import hub
 from vgg_np._files import NotARegularFile, check_regular
 from vgg_np.config import CONFIGS, MIN_SIZE, layer_table
+from vgg_np.engine import cache, measure
 from vgg_np.extract import SUFFIXES
 
 EXIT_RUNTIME_ERROR = 1  # a file that cannot be used, a diverging layer, a skipped picture
@@ -166,6 +167,42 @@ def _picture_file(text: str) -> str:
     if kind not in Image.SAVE:
         raise argparse.ArgumentTypeError(f"{text}: not a picture file name (.png, .jpg, ...)")
     return _output_file(text)
+
+
+def _plan(text: str) -> str:
+    """``--plan``: default, measure, or a plan file `vgg_np.engine.cache.check` accepts.
+
+    The file is read here, before any work (a FIFO never blocks, `vgg_np._files`): a
+    missing, damaged or foreign-version file is a usage error naming it, where
+    ``VGG(plan=path)`` would warn and measure again.
+    """
+    try:
+        mode = measure.resolve(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be default, measure or a plan file FILE.json, got {text!r}"
+        ) from None
+    if mode in measure.MODES:
+        return text
+    try:
+        cache.check(mode)
+    except FileNotFoundError:
+        raise argparse.ArgumentTypeError(f"{text}: no such plan file") from None
+    except (ValueError, OSError) as error:  # its message names the file
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _add_plan(parser: argparse.ArgumentParser) -> None:
+    """Declare ``--plan``, passed as the model's ``plan=`` by every command that runs the engine."""
+    parser.add_argument(
+        "--plan",
+        type=_plan,
+        metavar="{default,measure,FILE.json}",
+        help="how the engine runs each convolution: the built-in table (default, unless "
+        "$VGG_NP_PLAN says otherwise), measured on this machine and cached in $VGG_NP_CACHE "
+        "(measure), or a plan file such a run wrote, pinned (docs/performance.md)",
+    )
 
 
 #: The arguments that name files or folders to read, in any command, and how help names them.

@@ -12,6 +12,7 @@ from vgg_np import export, formats
 from vgg_np.cli._args import (
     EXIT_RUNTIME_ERROR,
     KERAS_VGG16,
+    _add_plan,
     _layer_list,
     _new_command,
     _output_file,
@@ -85,6 +86,7 @@ def add_compare(commands) -> None:
         help="comma-separated layers that must be compared (default: all of the model's)",
     )
     compare.add_argument("--json", action="store_true", help="the result as one JSON object")
+    _add_plan(compare)
 
 
 def _add_picture_options(compare: argparse.ArgumentParser) -> None:
@@ -129,8 +131,9 @@ def run_compare(args: argparse.Namespace) -> int:
         if args.onnx:
             x = _input_array(args.input)
             result = compare_onnx(
-                args.weights, x, weights=args.reference, oracle=args.oracle, **options
-            )
+                args.weights, x, weights=args.reference, oracle=args.oracle, plan=args.plan,
+                **options,
+            )  # fmt: skip
         else:
             result = _compare_dump(args, options)
     except ValueError as error:  # a refusal that names no file names what was compared
@@ -163,6 +166,7 @@ def _compare_dump(args: argparse.Namespace, options: dict):
         classifier_activation=None,
         conv_algorithm="gemm",
         data_format="channels_last",
+        plan=args.plan,  # the layout of each direct convolution
     )
     if args.images:
         images = image_paths(args.images)  # folders (sorted) and globs, as predict takes them

@@ -15,6 +15,7 @@ from vgg_np._files import atomic_write
 from vgg_np.cli._args import (
     EXIT_RUNTIME_ERROR,
     KERAS_VGG16,
+    _add_plan,
     _base_layer,
     _image_side,
     _new_command,
@@ -53,7 +54,7 @@ def _best_time(func, *args, repeat: int = 3):
 
 def add_demo(commands) -> None:
     """Declare ``vgg-np demo``."""
-    _new_command(
+    demo = _new_command(
         commands,
         "demo",
         run_demo,
@@ -66,6 +67,7 @@ def add_demo(commands) -> None:
         ),
         examples=["vgg-np demo"],
     )
+    _add_plan(demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -75,7 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
         reference = {k: npz[k] for k in npz.files}
     seed = int(reference["seed"])
     print(f"vgg_np {__version__}: VGG16 in NumPy, nothing downloaded\n")
-    model = VGG16(seed=seed, classifier_activation=None)
+    model = VGG16(seed=seed, classifier_activation=None, plan=args.plan)
     summary = model.summary()
     pixels = load_image(data / "demo.png")[None]  # (1, 224, 224, 3)
     logits, seconds = _best_time(model, preprocess_input(pixels))
@@ -177,6 +179,7 @@ def add_show(commands) -> None:
     show.add_argument(
         "-o", "--output", type=_picture_file, required=True, help="picture file to write"
     )
+    _add_plan(show)
 
 
 def _check_show(args: argparse.Namespace) -> str | None:
@@ -199,9 +202,10 @@ def run_show(args: argparse.Namespace) -> int:
             head=None,
             input_shape=None,
             data_format="channels_last",
+            plan=args.plan,
         )
     else:
-        model = VGG16(include_top=False, seed=args.seed)
+        model = VGG16(include_top=False, seed=args.seed, plan=args.plan)
     if args.filters:
         picture, what = filter_grid(model.weights["block1_conv1"][0]), "first-layer filters"
     else:

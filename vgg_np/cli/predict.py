@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -17,12 +18,14 @@ from vgg_np import distributed, formats
 from vgg_np.cli._args import (
     EXIT_RUNTIME_ERROR,
     KERAS_VGG16,
+    _add_plan,
     _extract_output,
     _new_command,
     _non_negative_int,
     _positive_float,
     _positive_int,
 )
+from vgg_np.engine.measure import MODES as MEASURE_MODES
 from vgg_np.extract import DEFAULT_PARTITION_SIZE, extract
 from vgg_np.model import VGG
 from vgg_np.preprocess import MODES, RESIZE_MODES, read_class_names, top_classes
@@ -96,6 +99,7 @@ def add_predict(commands) -> None:
         help="progress on stderr (default: for more than 8 images; a bar on a terminal, "
         "else a line every 10 s)",
     )
+    _add_plan(predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -103,7 +107,7 @@ def run_predict(args: argparse.Namespace) -> int:
     paths = image_paths(args.images)
     if not paths:
         raise ValueError(f"no images found in {' '.join(args.images)}")
-    model, names = _classifier(args.weights, args.labels)
+    model, names = _classifier(args.weights, args.labels, args.plan)
     choice = _choose_preprocessing(model, args)
     print(
         f"weights {args.weights}: preprocessing {choice.mode!r}, resize {choice.resize!r} "
@@ -123,7 +127,7 @@ def run_predict(args: argparse.Namespace) -> int:
     return _classify(paths, model, choice, names, args)
 
 
-def _classifier(weights: str, labels: str | None) -> tuple[VGG, list[str] | None]:
+def _classifier(weights: str, labels: str | None, plan: str | None) -> tuple[VGG, list[str] | None]:
     """Load `weights` as a classifier giving probabilities; its class names, if not ImageNet's.
 
     The names are --labels' (`labels`), else those the file records (``vgg-np train``
@@ -131,7 +135,9 @@ def _classifier(weights: str, labels: str | None) -> tuple[VGG, list[str] | None
     are given only to VGG's own 1000-class top.
     """
     # Images are loaded channels last, whatever layout the file's graph takes.
-    model = VGG.from_file(weights, classifier_activation="softmax", data_format="channels_last")
+    model = VGG.from_file(
+        weights, classifier_activation="softmax", data_format="channels_last", plan=plan
+    )
     names = _class_names(labels, model) if labels else _recorded_labels(model, weights)
     if names is None and model.head is not None:  # a head of one's own: never ImageNet's
         names = [f"class {i}" for i in range(model.classes)]
@@ -277,6 +283,7 @@ def add_extract(commands) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress on stderr (default: for more than one batch; a bar on "
                              "a terminal, else a line every 10 s)")  # fmt: skip
+    _add_plan(parser)
     _add_cluster_options(parser)
 
 
@@ -298,7 +305,7 @@ def run_extract(args: argparse.Namespace) -> int:
     """Write one layer's features (and top classes) of many images to disk, resumably."""
     if args.scheduler or args.workers:
         return _extract_on_cluster(args)
-    model = VGG.from_file(args.weights, threads=args.threads)
+    model = VGG.from_file(args.weights, threads=args.threads, plan=args.plan)
     return _extract(
         args,
         model,
@@ -314,12 +321,23 @@ def _extract_on_cluster(args: argparse.Namespace) -> int:
         print(distributed.describe(client), file=sys.stderr)
         result = distributed.extract_on_cluster(
             args.images, args.output, args.weights, client,
-            options=distributed.engine_options(args.workers, args.threads), layer=args.layer,
+            options=_cluster_engine_options(args), layer=args.layer,
             top=args.top, batch_size=args.batch_size, partition_size=args.partition_size,
             decode_threads=args.decode_threads, preprocess=args.preprocess, resize=args.resize,
             verbose="auto" if args.progress is None else args.progress, on_skip=_skip,
         )  # fmt: skip
     return _extract_summary(result, args.json)
+
+
+def _cluster_engine_options(args: argparse.Namespace) -> dict:
+    """Return each task's model options: its engine's threads and ``--plan``.
+
+    A plan file goes by its absolute path, as the weights do: the same path on every worker.
+    """
+    options = distributed.engine_options(args.workers, args.threads)
+    if args.plan is not None:
+        options["plan"] = args.plan if args.plan in MEASURE_MODES else os.path.abspath(args.plan)
+    return options
 
 
 def _extract(

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_BYTES",
     "VERSION",
     "cache_dir",
+    "check",
     "cpu",
     "default_path",
     "load",
@@ -187,6 +188,46 @@ def load(path: pathlib.Path, description: dict | None) -> dict[str, Choice]:
     """
     document = _read(path)
     return {} if document is None else _entries(document, path, description)
+
+
+def check(path: str | os.PathLike) -> None:
+    """Refuse a plan file the user names that `load` would not use whole (the CLI's ``--plan``).
+
+    The same reading as `load`'s (through `vgg_np._files`, so a FIFO never blocks), from
+    any machine; what `load` warns about and measures again is an error here, and so is a
+    missing file: a command line that names a plan means that plan.
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing is at `path`.
+    ValueError
+        Naming `path`: not a regular file, too large, unreadable, damaged, not a plan
+        file, from another version of vgg_np, or an entry that is not a valid choice.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "plans.json"
+    >>> store(path, machine(2), {"layer": Choice("gemm", 2, 64)}, pinned=False)
+    >>> check(path)
+    >>> _ = path.write_text("{truncated")
+    >>> check(path)
+    Traceback (most recent call last):
+    ValueError: '...plans.json' is damaged (not JSON)
+    """
+    path = pathlib.Path(path)
+    if not os.path.lexists(path):
+        raise FileNotFoundError(2, "no such file", os.fspath(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load(path, None)
+    problems = [str(w.message) for w in caught if str(w.message).startswith("vgg_np plan cache")]
+    if problems:
+        reason = problems[0].removeprefix("vgg_np plan cache: ")
+        raise ValueError(
+            reason.removesuffix("; measuring again").removesuffix("; measuring it again")
+        )
 
 
 def _entries(document: dict, path: pathlib.Path, description: dict | None) -> dict[str, Choice]:
