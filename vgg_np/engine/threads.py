@@ -93,7 +93,9 @@ class Workers:
     """`threads` - 1 worker threads (started on first use) and the calling thread.
 
     Shared by every call of an engine: concurrent calls queue their tasks on the same
-    workers rather than oversubscribe the cores.
+    workers rather than oversubscribe the cores. A Ctrl-C (a `KeyboardInterrupt` in the
+    calling thread) at any moment of a call ends it promptly: the workers finish the task
+    they hold and take no other, and none is left for the interpreter to wait for at exit.
     """
 
     def __init__(self, threads: int):
@@ -105,7 +107,17 @@ class Workers:
         with self._lock:  # `close` may not shut the pool down between these two lines
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "vgg_np")
-            return self._pool.submit(fn, *args)
+            try:
+                return self._pool.submit(fn, *args)
+            except BaseException:
+                # A Ctrl-C while `submit` starts a worker (`Thread.start` waits for the new
+                # thread to run) leaves that thread waiting for work but unknown to
+                # concurrent.futures' exit hook, which wakes only the threads it knows: the
+                # interpreter then waited for it at exit, forever. Shutting the pool down
+                # wakes every thread it started, known or not.
+                pool, self._pool = self._pool, None
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     def map(self, fn, args: list, macs: int, meter: list | None = None) -> list:
         """``[fn(*a) for a in args]``, shared by the calling thread and the workers.
@@ -124,22 +136,26 @@ class Workers:
                 meter.append(time.thread_time() - start)
             return results
         results: list = [None] * len(args)
-        order, lock, spent = iter(range(len(args))), threading.Lock(), []
+        todo, lock, spent = list(range(len(args)))[::-1], threading.Lock(), []
 
         def drain() -> None:
             start = time.thread_time()
             while True:
                 with lock:
-                    k = next(order, None)
+                    k = todo.pop() if todo else None
                 if k is None:
                     spent.append(time.thread_time() - start)
                     return
                 results[k] = fn(*args[k])
 
-        helpers = [self._submit(drain) for _ in range(min(self.threads, len(args)) - 1)]
-        try:
+        helpers: list[concurrent.futures.Future] = []
+        try:  # helpers submitted inside: a Ctrl-C among the submissions stops them too
+            for _ in range(min(self.threads, len(args)) - 1):
+                helpers.append(self._submit(drain))
             drain()
         finally:
+            with lock:
+                todo.clear()  # after an error (a Ctrl-C) the helpers stop at their next task
             for helper in helpers:
                 helper.cancel()  # a helper still queued behind other calls is not needed
             concurrent.futures.wait(helpers)  # all finished before an error leaves the call
