@@ -172,3 +172,25 @@ def test_every_engine_command_documents_plan():
     for name in ENGINE_COMMANDS:
         text = commands[name].format_help()
         assert "--plan {default,measure,FILE.json}" in text and "$VGG_NP_CACHE" in text, name
+
+
+@pytest.mark.onnx
+@pytest.mark.onnxruntime
+def test_compare_onnx_runs_its_reference_on_the_plan(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="compare --onnx runs the graph in onnxruntime")
+    weights = TINY.parent / "heads" / "keras_gap_head_torch.onnx"
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(1).standard_normal((1, 3, 64, 40)).astype(np.float32))
+    plan = empty_plan(tmp_path / "plans.json")
+    main_code("compare", weights, "--onnx", "--input", x, "--plan", plan)  # passed or not
+    assert json.loads(plan.read_text())["plans"]
+
+
+def test_extract_on_a_cluster_gives_each_task_the_plan(tmp_path, picture, monkeypatch):
+    plan = empty_plan(tmp_path / "plans.json")
+    line = ["extract", picture, "--weights", WEIGHTS, "-o", "f.npy", "--workers", "2"]
+    monkeypatch.chdir(tmp_path)  # a plan file named relative to here goes by its absolute path
+    args = cli.build_parser().parse_args([*line, "--plan", "plans.json", "--threads", "1"])
+    measured = cli.build_parser().parse_args([*line, "--plan", "measure"])
+    assert cli.predict._cluster_engine_options(args) == {"threads": 1, "plan": str(plan)}
+    assert cli.predict._cluster_engine_options(measured)["plan"] == "measure"
