@@ -46,6 +46,77 @@ def test_ctrl_c_exits_130_with_one_line():
     assert stderr == "vgg-np: interrupted\n"
 
 
+# Ctrl-C landing in the Nth `Thread.start` of the command (the wait for the new thread to
+# run is where a real one lands while the engine starts its workers): `vgg-np train` then
+# printed its line and hung at exit, waiting for a worker nobody would wake (it happened
+# once in a full test run; tests/engine/test_threads.py has the mechanism).
+_INTERRUPTED_THREAD_START = """
+import sys, threading
+from vgg_np.cli import main
+nth, started, real_start = int(sys.argv[1]), [], threading.Thread.start
+def start(self):
+    real_start(self)
+    started.append(self)
+    if len(started) == nth:
+        raise KeyboardInterrupt
+threading.Thread.start = start
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_ctrl_c_while_the_engine_starts_a_thread_exits_130_with_one_line(nth):
+    command = ["train", "--epochs", "1000", "--train", "64"]
+    result = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_THREAD_START, str(nth), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,  # the old code hung at exit for nth=2
+    )
+    assert (result.returncode, result.stderr) == (130, "vgg-np: interrupted\n")
+
+
+# Ctrl-C landing in a finalizer (a weakref callback, ``__del__``): Python printed "Exception
+# ignored ... KeyboardInterrupt" and dropped it, and `vgg-np extract` ran on to its end.
+_INTERRUPTED_FINALIZER = """
+import sys
+from vgg_np import cli
+
+class Dropped:
+    def __del__(self):
+        raise KeyboardInterrupt  # as a Ctrl-C arriving while a finalizer runs
+
+def run_summary(args):
+    Dropped()  # finalized at once
+    for _ in range(10**8):  # the command's work goes on
+        pass
+    return 0
+
+cli.explore.run_summary = run_summary
+sys.exit(cli.main(["summary"]))
+"""
+
+
+def test_ctrl_c_in_a_finalizer_still_stops_the_command():
+    result = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_FINALIZER], capture_output=True, text=True, timeout=120
+    )
+    assert (result.returncode, result.stderr) == (130, "vgg-np: interrupted\n")
+
+
+def test_ctrl_c_while_the_arguments_are_checked_is_one_line(monkeypatch, capsys):
+    def interrupted(text):
+        raise KeyboardInterrupt  # as a Ctrl-C while argparse checks -o
+
+    monkeypatch.setattr(cli.explore, "_picture_file", interrupted)
+    try:
+        code = cli.main(["show", "--filters", "-o", "maps.png"])
+    except KeyboardInterrupt:  # escaping, it would stop pytest itself
+        code = "KeyboardInterrupt escaped main()"
+    assert code == 130
+    assert capsys.readouterr().err == "vgg-np: interrupted\n"
+
+
 def test_ctrl_c_while_writing_leaves_no_half_written_file(tmp_path, images, monkeypatch):
     output = tmp_path / "maps.png"
     output.write_bytes(b"the user's previous picture")

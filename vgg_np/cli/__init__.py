@@ -41,7 +41,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from vgg_np import __version__, distributed
+from vgg_np import __version__, _interrupts, distributed
 from vgg_np.cli._args import (
     EXIT_CLOSED_PIPE,
     EXIT_INTERRUPTED,
@@ -173,7 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     ...
     0
     """
+    debug: list[bool] = []  # --debug, once the arguments are parsed
+    with _interrupts.redelivered():  # a Ctrl-C that lands in a finalizer, too
+        try:
+            return _main(argv, debug)
+        except KeyboardInterrupt as error:  # while parsing and checking, or on the way out
+            if any(debug):
+                raise
+            print(f"vgg-np: interrupted{': ' if str(error) else ''}{error}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None, debug: list[bool]) -> int:
+    """Parse, check and run the command (`main`); one line for a runtime error or a Ctrl-C."""
     args = build_parser().parse_args(argv)
+    debug.append(args.debug)
     # A file name that is not UTF-8 reaches Python as surrogate escapes: print its own bytes
     # back (as ls does) rather than stop half way with a codec error.
     with contextlib.suppress(AttributeError, ValueError):
