@@ -12,14 +12,14 @@ from __future__ import annotations
 import _thread
 import contextlib
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 __all__ = ["REDELIVERY_DELAY", "redelivered"]
 
-#: Seconds between a Ctrl-C dropped in a finalizer and its second delivery.
-REDELIVERY_DELAY = 1e-3
+#: Seconds between a Ctrl-C dropped in a finalizer and its second delivery: long enough
+#: for the hook that saw it dropped to have returned, short beside a person's wait.
+REDELIVERY_DELAY = 0.01
 
 
 def _interrupt_soon() -> None:
@@ -29,7 +29,7 @@ def _interrupt_soon() -> None:
 
 @contextlib.contextmanager
 def redelivered() -> Iterator[None]:
-    """Inside the block, a Ctrl-C dropped in a finalizer is raised again, 1 ms later.
+    """Inside the block, a Ctrl-C dropped in a finalizer is raised again, 10 ms later.
 
     From another thread: raised from the hook that sees it dropped, it would land in the
     hook and be dropped again. One that lands in another finalizer is redelivered again.
@@ -52,10 +52,15 @@ def redelivered() -> Iterator[None]:
     previous = sys.unraisablehook
 
     def hook(unraisable) -> None:
-        if issubclass(unraisable.exc_type, KeyboardInterrupt):
-            threading.Thread(target=_interrupt_soon, name="vgg_np-interrupt", daemon=True).start()
-        else:
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
             previous(unraisable)
+            return
+        try:
+            # The bare thread API: `threading.Thread.start` waits for the thread to run,
+            # and on a loaded machine the interrupt then landed in that wait (measured).
+            _thread.start_new_thread(_interrupt_soon, ())
+        except KeyboardInterrupt:  # landed here all the same: once more
+            _thread.start_new_thread(_interrupt_soon, ())
 
     sys.unraisablehook = hook
     try:
