@@ -2,11 +2,15 @@
 
 import sys
 
+from vgg_np._interrupts import caused_by_interrupt
+
 try:
     from vgg_np.cli import main
-except KeyboardInterrupt:  # Ctrl-C while the commands load: the same one line as later
+except (KeyboardInterrupt, Exception) as error:  # Ctrl-C while the commands load: one line
+    if not caused_by_interrupt(error):
+        raise
     print("vgg-np: interrupted", file=sys.stderr)
-    sys.exit(130)  # EXIT_INTERRUPTED, not importable here
+    sys.exit(130)  # EXIT_INTERRUPTED, from the module that did not load
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-__all__ = ["REDELIVERY_DELAY", "redelivered"]
+__all__ = ["REDELIVERY_DELAY", "caused_by_interrupt", "redelivered"]
 
 #: Seconds between a Ctrl-C dropped in a finalizer and its second delivery: long enough
 #: for the hook that saw it dropped to have returned, short beside a person's wait.
@@ -67,3 +67,31 @@ def redelivered() -> Iterator[None]:
         yield
     finally:
         sys.unraisablehook = previous
+
+
+def caused_by_interrupt(error: BaseException) -> bool:
+    """Whether a Ctrl-C is behind `error`: in its chain of causes and contexts.
+
+    Code between Python and C turns a `KeyboardInterrupt` that lands in it into another
+    error with the interrupt as its cause (a ``SystemError`` from a Cython lock in h5py,
+    a ``RuntimeError`` from a class's ``__set_name__``), which readers wrap again.
+
+    Examples
+    --------
+    >>> lost = SystemError("<cyfunction FastRLock.__exit__> returned a result with an error set")
+    >>> lost.__cause__ = KeyboardInterrupt()
+    >>> wrapped = ValueError("weights.h5 is damaged")
+    >>> wrapped.__cause__ = lost
+    >>> caused_by_interrupt(wrapped), caused_by_interrupt(ValueError("weights.h5 is damaged"))
+    (True, False)
+    """
+    todo, seen = [error], set()
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        todo += [error.__cause__, error.__context__]
+    return False

@@ -210,5 +210,7 @@ def _main(argv: list[str] | None, debug: list[bool]) -> int:
     except (ValueError, TypeError, OSError, ImportError, distributed.ClusterError) as error:
         if args.debug:
             raise
+        if _interrupts.caused_by_interrupt(error):  # a Ctrl-C, not a damaged file
+            raise KeyboardInterrupt from error
         print(f"vgg-np: error: {_describe(error)}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
