@@ -117,6 +117,23 @@ def test_ctrl_c_while_the_arguments_are_checked_is_one_line(monkeypatch, capsys)
     assert capsys.readouterr().err == "vgg-np: interrupted\n"
 
 
+def test_ctrl_c_turned_into_another_error_is_still_an_interrupt(monkeypatch, capsys):
+    def run_summary(args):
+        # h5py's Cython lock turned a Ctrl-C into a SystemError, which the weights reader
+        # wrapped: "model.h5 is damaged or not a weights file" for an intact file
+        lost = SystemError("<cyfunction FastRLock.__exit__> returned a result with an error set")
+        lost.__cause__ = KeyboardInterrupt()
+        raise ValueError("model.h5 is damaged or not a weights file vgg_np can read") from lost
+
+    monkeypatch.setattr(cli.explore, "run_summary", run_summary)
+    try:
+        code = cli.main(["summary"])
+    except KeyboardInterrupt:  # escaping, it would stop pytest itself
+        code = "KeyboardInterrupt escaped main()"
+    assert code == 130
+    assert capsys.readouterr().err == "vgg-np: interrupted\n"
+
+
 def test_ctrl_c_while_writing_leaves_no_half_written_file(tmp_path, images, monkeypatch):
     output = tmp_path / "maps.png"
     output.write_bytes(b"the user's previous picture")
