@@ -114,3 +114,29 @@ def test_the_checker_sees_an_import_against_the_order(tmp_path):
     module = tmp_path / "ops.py"
     module.write_text("def f():\n    from vgg_np.model import VGG\n    from vgg_np import train\n")
     assert imported_units(module) == {"model", "train"}
+
+
+def type_checking_names() -> dict[str, str]:
+    """Name -> module of the imports under `if TYPE_CHECKING:` in vgg_np/__init__.py."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+        if node.test.id == "TYPE_CHECKING"
+    )
+    return {
+        alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
+
+
+def test_type_checkers_see_every_lazy_export_where_it_is_defined():
+    # Type checkers read the TYPE_CHECKING imports, Python runs __getattr__ over _EXPORTS:
+    # the two must name the same things in the same modules.
+    import vgg_np
+
+    assert type_checking_names() == vgg_np._EXPORTS
+    assert len(vgg_np._EXPORTS) > 20

@@ -34,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import BinaryIO, Protocol
 
 from vgg_np import _files
 from vgg_np.progress import Progress
@@ -192,7 +193,15 @@ def cache_dir(family: str) -> pathlib.Path:
     raise ValueError(f"`family` must be 'keras' or 'torchvision', got {family!r}")
 
 
-def _hasher(entry: Published):
+class _Hasher(Protocol):
+    """What hashlib's md5 and sha256 objects share that this module uses."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def _hasher(entry: Published) -> _Hasher:
     return hashlib.md5(usedforsecurity=False) if entry.algorithm == "md5" else hashlib.sha256()
 
 
@@ -270,7 +279,7 @@ def _reason(error: BaseException) -> str:
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
-def _declared_length(response, url: str, limit: int) -> int | None:
+def _declared_length(response: http.client.HTTPResponse, url: str, limit: int) -> int | None:
     """Return the Content-Length, checked: a number, and at most `limit` (None if absent)."""
     text = response.headers.get("Content-Length")
     if text is None:
@@ -286,7 +295,15 @@ def _declared_length(response, url: str, limit: int) -> int | None:
     return length
 
 
-def _transfer(response, file, entry: Published, url: str, start: float, deadline: float, bar):
+def _transfer(
+    response: http.client.HTTPResponse,
+    file: BinaryIO,
+    entry: Published,
+    url: str,
+    start: float,
+    deadline: float,
+    bar: Progress,
+) -> str:
     """Copy the response into `file` within the size cap and the deadline; return the digest.
 
     `start` is the `time.monotonic` at which the download began, `deadline` in seconds.
