@@ -12,9 +12,10 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np.formats._common import (
     BN_SUFFIXES,
@@ -86,7 +87,7 @@ def _timm_to_torchvision(state: dict, where: str) -> dict:
     return renamed
 
 
-def _reshaper(value, rows: int):
+def _reshaper(value: npt.ArrayLike, rows: int) -> Callable[[], np.ndarray]:
     return lambda: np.asarray(value).reshape(rows, -1)  # C, KH, KW order: torch's flatten
 
 
@@ -219,7 +220,7 @@ def conv_names(weights: Mapping[str, tuple]) -> list[str]:
     return [n for m, n in sorted(found, key=lambda pair: (int(pair[0][1]), int(pair[0][2])))]
 
 
-def check_torchvision(info: Mapping, path) -> None:
+def check_torchvision(info: Mapping, path: str | os.PathLike) -> None:
     """Refuse to write what torchvision's layout cannot hold: a head, another epsilon.
 
     Raises
