@@ -249,10 +249,12 @@ def write_weights(
     path: str | os.PathLike,
     weights: Mapping[str, tuple],
     provenance: Provenance,
-    layout: str,
+    layout: str | None,
     info: Mapping | None = None,
 ) -> str:
     """Write canonical weights in vgg_np's Keras layout or torchvision's; say which.
+
+    `layout` is ``"keras"`` or ``"torchvision"`` (None: torchvision's, the default).
 
     The Keras layout records the architecture (a head, batch norm's epsilon) in the
     metadata; torchvision's layout holds batch norms but no head of one's own.
