@@ -11,6 +11,7 @@ import numpy as np
 from vgg_np.config import CONFIGS, VGGConfig
 from vgg_np.formats.contract import Family, Provenance
 from vgg_np.formats.torchvision import TORCH_BN_EPS
+from vgg_np.layers import Layer
 from vgg_np.network import Network, channels_last, describe
 
 __all__ = ["infer_architecture"]
@@ -59,7 +60,9 @@ def _family(provenance: Provenance | Family | str | None) -> Family:
     return Family(provenance or Family.UNKNOWN)
 
 
-def _batch_norm_eps(info: Mapping, provenance, layout: str, where: str) -> float:
+def _batch_norm_eps(
+    info: Mapping, provenance: Provenance | Family | str | None, layout: str, where: str
+) -> float:
     """Return the epsilon of the convolutions' batch norms: the file's, or its family's."""
     if "batch_norm_eps" in info:
         return float(info["batch_norm_eps"])
@@ -84,7 +87,7 @@ def _from_info(info: Mapping) -> dict:
     return inferred
 
 
-def _classifier(tensors: Mapping, head, where: str) -> dict:
+def _classifier(tensors: Mapping, head: tuple[Layer, ...] | None, where: str) -> dict:
     """Return the top's arguments: a head of its own, or the standard top's classes."""
     inferred: dict = {"include_top": "predictions" in tensors}
     if head:
@@ -94,7 +97,15 @@ def _classifier(tensors: Mapping, head, where: str) -> dict:
     return inferred
 
 
-def _input_size(tensors, widths, provenance, layout, where, known: bool, recorded) -> dict:
+def _input_size(
+    tensors: Mapping,
+    widths: tuple[tuple[int, ...], ...],
+    provenance: Provenance | Family | str | None,
+    layout: str,
+    where: str,
+    known: bool,
+    recorded: tuple[int, int] | None,
+) -> dict:
     """fc1 takes the last feature map flattened: a square of this side fixes the input.
 
     torchvision's and timm's layouts pool to that side (any input size); others need
