@@ -31,7 +31,7 @@ SIZE, CLASSES = 32, 4
 
 
 def narrow_vgg16():
-    """The model `vgg-np train` builds (vgg_np/cli.py, run_train), seeded."""
+    """The model `vgg-np train` builds (vgg_np/cli/train.py, run_train), seeded."""
     from vgg_np import VGG, VGGConfig
 
     blocks = ((8, 8), (16, 16), (32,) * 3, (64,) * 3, (64,) * 3)

@@ -1,4 +1,4 @@
-"""Tests of vgg_np.lowering: each pass keeps the network's function on every layer it names.
+"""Tests of vgg_np.engine.lowering: each pass keeps the network's function on every layer it names.
 
 A plan's steps are run with the reference forward (`layers.forward`) and with the engine;
 every user layer the plan names must give the reference forward's output of the user's
@@ -12,8 +12,7 @@ import pytest
 from conftest import BN_FOLD_REL_TOL, ENGINE_REL_TOL, relative_error
 
 from vgg_np.engine import Engine
-from vgg_np.layers import KINDS, Layer, forward, shapes
-from vgg_np.lowering import (
+from vgg_np.engine.lowering import (
     PASSES,
     fold_batch_norms,
     fuse_activations,
@@ -21,6 +20,7 @@ from vgg_np.lowering import (
     remove_dropouts,
     split_activations,
 )
+from vgg_np.layers import KINDS, Layer, forward, shapes
 
 # Small tables on a (12, 10, 3) input, each exercising the passes in a different way.
 TABLES = {

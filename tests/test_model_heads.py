@@ -9,8 +9,8 @@ from conftest import BN_FOLD_REL_TOL, relative_error
 
 from vgg_np import VGG
 from vgg_np.config import VGGConfig
+from vgg_np.engine.lowering import lower
 from vgg_np.layers import Layer, forward
-from vgg_np.lowering import lower
 from vgg_np.train import SGD, loss_and_gradients
 
 NARROW = VGGConfig("narrow", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)

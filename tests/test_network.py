@@ -15,7 +15,7 @@ import pytest
 
 from vgg_np import VGG, VGGConfig, formats
 from vgg_np.architecture import infer_architecture
-from vgg_np.extract import _output_shape
+from vgg_np.extract.plan import _output_shape
 from vgg_np.layers import Layer, forward, output_kind, shapes
 from vgg_np.network import Network, channels_last, describe
 from vgg_np.summary import Summary

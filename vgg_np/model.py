@@ -21,9 +21,9 @@ from vgg_np import formats, hub
 from vgg_np.architecture import infer_architecture
 from vgg_np.config import CONFIGS, MIN_SIZE, Layer, VGGConfig, _fmt_shape, layer_table
 from vgg_np.engine import ALGORITHMS, Engine
+from vgg_np.engine.lowering import Plan, lower
 from vgg_np.formats.torchvision import TIMM_SIDE
 from vgg_np.layers import KINDS, forward
-from vgg_np.lowering import Plan, lower
 from vgg_np.network import Network, describe
 from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
@@ -99,7 +99,7 @@ class VGG:
         The variant with batch normalisation after every convolution (torchvision's
         ``vgg16_bn``; layers ``block1_conv1_bn`` ...); a float is its epsilon, True
         PyTorch's 1e-5. The engine folds each into its convolution
-        (`vgg_np.lowering.fold_batch_norms`); ``conv_algorithm="reference"`` runs it as
+        (`vgg_np.engine.lowering.fold_batch_norms`); ``conv_algorithm="reference"`` runs it as
         is. Every layer name keeps answering: ``features(x, "block1_conv1")`` is the
         convolution's output before its batch norm, as torchvision's module gives it.
     head : sequence of Layer, optional
@@ -499,7 +499,7 @@ class VGG:
     def engine(self) -> Engine:
         """The `vgg_np.engine.Engine` that runs this network (kernels packed on first use).
 
-        It runs the lowered network (`vgg_np.lowering.lower`: batch norms folded into
+        It runs the lowered network (`vgg_np.engine.lowering.lower`: batch norms folded into
         their convolutions, dropout gone, activations fused): its steps are
         ``model.engine.layers``.
 
@@ -511,7 +511,7 @@ class VGG:
         return self._lowered()[1]
 
     def _lowered(self) -> tuple[Plan, Engine]:
-        """Return the lowered plan (`vgg_np.lowering.lower`) and its engine, packed once."""
+        """Return the lowered plan (`vgg_np.engine.lowering.lower`) and its engine, packed once."""
         lowered = self._plan  # another thread may set it meanwhile: both are equal
         if lowered is None:
             plan = lower(self.layers, self._weights)

@@ -2,7 +2,8 @@
 
 `preprocess_input` follows Keras Applications' three modes but never modifies the
 caller's array (Keras changes a float input in place). `decode_predictions` reads the
-1000 ImageNet classes shipped inside the package: nothing is downloaded.
+1000 ImageNet classes shipped inside the package: nothing is downloaded; `top_classes`
+names the best classes of one row of scores (ImageNet's, a head's own, or ``class i``).
 
 The class list (``data/imagenet_class_index.json``, Keras's layout
 ``{"0": ["n01440764", "tench"], ...}``) holds the ImageNet-1k WordNet ids in their
@@ -35,6 +36,7 @@ __all__ = [
     "load_image",
     "preprocess_input",
     "read_class_names",
+    "top_classes",
 ]
 
 #: Largest labels file read (16 MiB): ImageNet-21k's 21,841 names take about 0.5 MB.
@@ -246,6 +248,31 @@ def decode_predictions(
         best = np.argsort(-row, kind="stable")[:top]
         results.append([(*classes[i], float(row[i])) for i in best])
     return results
+
+
+def top_classes(
+    scores: NDArray, top: int, *, class_names: Sequence[str] | None = None
+) -> list[tuple[str, str, float]]:
+    """Name the `top` best classes of one row of scores: ImageNet names for 1000 classes.
+
+    Returns ``(wnid, label, score)``; without 1000 classes the wnid is the class index
+    and the label ``"class i"``. `class_names` (a head of one's own: ``--labels``, or
+    ``class i`` for any number of classes) name them instead.
+
+    Examples
+    --------
+    >>> top_classes(np.array([0.1, 0.7, 0.2]), 2)
+    [('1', 'class 1', 0.7), ('2', 'class 2', 0.2)]
+    >>> top_classes(np.array([0.1, 0.7, 0.2]), 1, class_names=["cat", "dog", "bird"])
+    [('1', 'dog', 0.7)]
+    """
+    top = min(top, scores.shape[0])
+    if class_names is not None:
+        return decode_predictions(scores[None], top=top, class_names=class_names)[0]
+    if scores.shape[0] == len(imagenet_classes()):
+        return decode_predictions(scores[None], top=top)[0]
+    order = np.argsort(-scores, kind="stable")[:top]  # lower index first among ties
+    return [(str(i), f"class {i}", float(scores[i])) for i in order]
 
 
 def load_image(

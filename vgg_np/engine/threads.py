@@ -1,0 +1,148 @@
+"""Threads: BLAS held at one thread during a pass, and the engine's workers sharing tasks.
+
+Each layer is split between the engine's own threads (NumPy releases the GIL in BLAS and
+in its array loops) while BLAS runs single-threaded: OpenBLAS's idle workers spin after
+each call and would steal the cores our threads need (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import threading
+
+#: Most worker threads an engine starts by default (it takes the CPUs it may use, up to this).
+MAX_THREADS = 8
+
+#: Smaller layers (multiply-adds per slice) run on the calling thread: handing tasks to
+#: the workers costs tens of microseconds each.
+MIN_PARALLEL_MACS = 4_000_000
+
+
+def cpu_count() -> int:
+    """Count the CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@functools.cache
+def _controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def blas_libraries() -> list[dict]:
+    """Describe the BLAS libraries NumPy loaded: threadpoolctl's info, one dict each.
+
+    Each has ``internal_api`` (openblas, mkl, blis...), ``version``, ``architecture``
+    (the kernel set chosen for this CPU, where the library says) and ``num_threads``.
+
+    Examples
+    --------
+    >>> {"internal_api", "version"} <= set(blas_libraries()[0])
+    True
+    """
+    return [dict(lib.info()) for lib in _controller().select(user_api="blas").lib_controllers]
+
+
+class _SingleThreadedBlas:
+    """BLAS at one thread while any pass of any engine runs; restored after the last.
+
+    The setting is per process (OpenBLAS has no per-thread one), so passes running at
+    once in several threads count themselves in and out under a lock. threadpoolctl's
+    own `limit` would not do: each limit restores on exit what it found, out of order
+    when passes overlap, and (3.8) while one thread is inside a limit, OpenBLAS limits
+    asked for by other threads are silently ignored: their GEMMs then run on OpenBLAS's
+    threads as well as on ours (measured: 30 times the CPU time per pass).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._passes = 0
+        self._saved: list[tuple] = []
+
+    def __enter__(self):
+        with self._lock:
+            if self._passes == 0:
+                for library in _controller().select(user_api="blas").lib_controllers:
+                    # threadpoolctl's OpenBLAS controller guards its public setter by
+                    # thread (see above); the process-wide setter underneath is what we need.
+                    setter = getattr(library, "_real_set_num_threads", library.set_num_threads)
+                    self._saved.append((setter, library.get_num_threads()))
+                    setter(1)
+            self._passes += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._passes -= 1
+            if self._passes == 0:
+                for setter, threads in self._saved:
+                    setter(threads)
+                self._saved.clear()
+
+
+#: Enter around a pass: BLAS at one thread until the last pass of the process leaves.
+BLAS_SINGLE = _SingleThreadedBlas()
+
+
+class Workers:
+    """`threads` - 1 worker threads (started on first use) and the calling thread.
+
+    Shared by every call of an engine: concurrent calls queue their tasks on the same
+    workers rather than oversubscribe the cores.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _submit(self, fn, *args) -> concurrent.futures.Future:
+        with self._lock:  # `close` may not shut the pool down between these two lines
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "vgg_np")
+            return self._pool.submit(fn, *args)
+
+    def map(self, fn, args: list, macs: int) -> list:
+        """``[fn(*a) for a in args]``, shared by the calling thread and the workers.
+
+        The calling thread takes tasks too, so work starts at once even when the workers
+        have gone to sleep (waking one took 20 ms on these VMs after a 0.3 s pause).
+        `macs`, the multiply-adds of all the tasks, decides whether to share at all:
+        below `MIN_PARALLEL_MACS` handing tasks over costs more than it saves. Which
+        thread runs a task changes nothing in its result.
+        """
+        if self.threads == 1 or len(args) == 1 or macs < MIN_PARALLEL_MACS:
+            return [fn(*a) for a in args]
+        results: list = [None] * len(args)
+        order, lock = iter(range(len(args))), threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    k = next(order, None)
+                if k is None:
+                    return
+                results[k] = fn(*args[k])
+
+        helpers = [self._submit(drain) for _ in range(min(self.threads, len(args)) - 1)]
+        try:
+            drain()
+        finally:
+            for helper in helpers:
+                helper.cancel()  # a helper still queued behind other calls is not needed
+            concurrent.futures.wait(helpers)  # all finished before an error leaves the call
+        for helper in helpers:
+            if not helper.cancelled():
+                helper.result()  # re-raises a helper's exception here
+        return results
+
+    def close(self) -> None:
+        """Stop the worker threads; they start again on the next `map` that shares."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
