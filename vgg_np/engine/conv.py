@@ -9,6 +9,7 @@ per layer: an image meets the same BLAS calls whatever the batch and the threads
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np.engine.direct import GemmSteps
 from vgg_np.engine.layout import WORKSPACE, Buffers, Padded, padded, pool_tiles, untile
@@ -37,7 +38,9 @@ def conv_input(state: Pass, index: int, x: np.ndarray, plan: ConvPlan) -> Padded
     return source
 
 
-def conv_output(state: Pass, staging: Padded | None, shape: tuple, dtype):
+def conv_output(
+    state: Pass, staging: Padded | None, shape: tuple[int, int, int, int], dtype: npt.DTypeLike
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Return the ``(N, H, W, O)`` output array and its per-image destinations.
 
     The output goes into the next convolution's padded input (`staging`) if there is

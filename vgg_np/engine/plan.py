@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 #: A layer with fewer output tiles per image splits its output channels into fixed
 #: blocks of `CHANNEL_BLOCK` (up to `CHANNEL_BLOCKS` of them), so that one image still
@@ -54,7 +55,7 @@ def tile_size(algorithm: str) -> int:
     return int(algorithm[-1]) if algorithm.startswith("winograd") else 1
 
 
-def choose_algorithm(requested: str, height: int, channels: int, dtype) -> str:
+def choose_algorithm(requested: str, height: int, channels: int, dtype: npt.DTypeLike) -> str:
     """Pick the convolution algorithm of one layer from the built-in table measured here.
 
     ``auto``: direct GEMM for the first layer (3 input channels: transforms would cost

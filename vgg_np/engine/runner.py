@@ -22,8 +22,10 @@ import contextlib
 import math
 import threading
 import time
+from collections.abc import Generator, Iterator, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np import ops
 from vgg_np.engine.conv import ConvRun, Pass, conv_input, conv_output
@@ -32,7 +34,7 @@ from vgg_np.engine.lowering import CONV_EPILOGUE
 from vgg_np.engine.plan import ConvPlan, choose_algorithm, default_layout
 from vgg_np.engine.threads import BLAS_SINGLE, MAX_THREADS, Workers, cpu_count
 from vgg_np.engine.winograd import winograd_kernel
-from vgg_np.layers import ACTIVATIONS, KINDS, shapes
+from vgg_np.layers import ACTIVATIONS, KINDS, Layer, shapes
 
 #: What ``conv_algorithm`` accepts.
 ALGORITHMS = ("auto", "gemm", "winograd", "naive")
@@ -94,7 +96,13 @@ class Engine:
     >>> engine.close()
     """
 
-    def __init__(self, layers, weights, conv_algorithm="auto", threads=None):
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        weights: Mapping[str, tuple[np.ndarray, ...]],
+        conv_algorithm: str = "auto",
+        threads: int | None = None,
+    ):
         if conv_algorithm not in ALGORITHMS:
             raise ValueError(
                 f"`conv_algorithm` must be one of {ALGORITHMS}, got {conv_algorithm!r}"
@@ -221,7 +229,7 @@ class Engine:
             raise ValueError(f"`x` must be a non-empty batch (N, H, W, C), got shape {x.shape}")
 
     @contextlib.contextmanager
-    def _call(self, x: np.ndarray):
+    def _call(self, x: np.ndarray) -> Iterator[tuple[Pass, int]]:
         """One call's state and slice size; BLAS at one thread; a turn if the call is small.
 
         Concurrent calls each have their own buffers and run at once, except calls under
@@ -262,6 +270,7 @@ class Engine:
                 if result is None:
                     result = np.empty((len(x), *y.shape[1:]), y.dtype)
                 result[s : s + len(y)] = y
+        assert result is not None, "_call refuses an empty batch"
         return result
 
     def outputs(self, x: np.ndarray, names: set[str] | None = None) -> dict[str, np.ndarray]:
@@ -279,14 +288,15 @@ class Engine:
         (['block1_conv1', 'block1_pool', 'block2_conv1'], (2, 16, 16, 4))
         """
         order = [layer.name for layer in self.layers]
-        keep = True if names is None else set(names)
-        last = order[-1] if keep is True else max(keep, key=order.index)
+        wanted = None if names is None else set(names)
+        last = order[-1] if wanted is None else max(wanted, key=order.index)
+        keep = True if wanted is None else wanted
         result = {}
         with self._call(x) as (state, step):
             for s in range(0, len(x), step):
                 with contextlib.closing(self._run(state, x[s : s + step], keep)) as run:
                     for name, y in run:
-                        if keep is True or name in keep:
+                        if wanted is None or name in wanted:
                             if name not in result:
                                 result[name] = np.empty((len(x), *y.shape[1:]), y.dtype)
                             result[name][s : s + len(y)] = y
@@ -294,7 +304,9 @@ class Engine:
                             break
         return result
 
-    def run(self, x: np.ndarray, keep: bool = False, timings: list | None = None):
+    def run(
+        self, x: np.ndarray, keep: bool | set[str] = False, timings: list | None = None
+    ) -> Generator[tuple[str, np.ndarray], None, None]:
         """Yield (layer name, output) layer after layer, the whole batch at once.
 
         With ``keep=False`` a 2x2 pool that follows a convolution runs inside it, and the
@@ -309,7 +321,13 @@ class Engine:
         with BLAS_SINGLE:  # never recycled: the last yielded view stays valid
             yield from self._run(Pass(Buffers()), x, keep, timings)
 
-    def _run(self, state: Pass, x, keep=False, timings=None):
+    def _run(
+        self,
+        state: Pass,
+        x: np.ndarray,
+        keep: bool | set[str] = False,
+        timings: list | None = None,
+    ) -> Generator[tuple[str, np.ndarray], None, None]:
         # BLAS stays single-threaded for the whole pass (the caller holds BLAS_SINGLE),
         # every layer being split between our threads: idle OpenBLAS workers would spin
         # and steal our cores.
@@ -355,7 +373,16 @@ class Engine:
             state.staged = (following, staging)
         return result
 
-    def _next_input(self, state: Pass, index: int, current: Padded, h, w, c, dtype):
+    def _next_input(
+        self,
+        state: Pass,
+        index: int,
+        current: Padded,
+        h: int,
+        w: int,
+        c: int,
+        dtype: npt.DTypeLike,
+    ) -> Padded | None:
         """Lay out the padded input of layer `index` if it is a convolution to fill."""
         if index >= len(self.layers) or self.layers[index].kind != "conv":
             return None
@@ -365,7 +392,7 @@ class Engine:
         storage = "in_b" if current.storage == "in_a" else "in_a"
         return padded(current.n, h, w, c, plan.m, dtype, state.buffers, storage, plan.tiles_h)
 
-    def other(self, layer, x: np.ndarray) -> np.ndarray:
+    def other(self, layer: Layer, x: np.ndarray) -> np.ndarray:
         """Compute a layer that is not a convolution; see the class example.
 
         Dense layers multiply each image alone, in fixed blocks of input rows shared by
@@ -402,7 +429,7 @@ class Engine:
                 np.matmul(image[r0 : r0 + DENSE_ROWS], block, out=partial[b, i])  # (out,)
 
         self._workers.map(rows, list(enumerate(starts)), x.shape[0] * kernel.size)
-        y = partial[0]
+        y: np.ndarray = partial[0]
         for part in partial[1:]:
             y += part  # (N, out), in block order
         return y

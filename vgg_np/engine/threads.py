@@ -11,6 +11,13 @@ import concurrent.futures
 import functools
 import os
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController  # untyped: Any to the checker
+
+T = TypeVar("T")
 
 #: Most worker threads an engine starts by default (it takes the CPUs it may use, up to this).
 MAX_THREADS = 8
@@ -28,7 +35,7 @@ def cpu_count() -> int:
 
 
 @functools.cache
-def _controller():
+def _controller() -> ThreadpoolController:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
@@ -59,12 +66,12 @@ class _SingleThreadedBlas:
     threads as well as on ours (measured: 30 times the CPU time per pass).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._passes = 0
-        self._saved: list[tuple] = []
+        self._saved: list[tuple[Callable[[int], object], int]] = []
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         with self._lock:
             if self._passes == 0:
                 for library in _controller().select(user_api="blas").lib_controllers:
@@ -75,7 +82,7 @@ class _SingleThreadedBlas:
                     setter(1)
             self._passes += 1
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         with self._lock:
             self._passes -= 1
             if self._passes == 0:
@@ -100,13 +107,13 @@ class Workers:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def _submit(self, fn, *args) -> concurrent.futures.Future:
+    def _submit(self, fn: Callable[..., object], *args: object) -> concurrent.futures.Future:
         with self._lock:  # `close` may not shut the pool down between these two lines
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "vgg_np")
             return self._pool.submit(fn, *args)
 
-    def map(self, fn, args: list, macs: int) -> list:
+    def map(self, fn: Callable[..., T], args: list[tuple], macs: int) -> list[T]:
         """``[fn(*a) for a in args]``, shared by the calling thread and the workers.
 
         The calling thread takes tasks too, so work starts at once even when the workers
