@@ -27,7 +27,7 @@ PLAN_VERSION = "vgg_np extract 2"
 MAX_PLAN_BYTES = 1 << 30
 
 #: The keys of a plan, each with the type its value must have.
-PLAN_KEYS = {
+PLAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "version": str, "layer": str, "row_shape": list, "dtype": str, "top": int,
     "partition_size": int, "preprocessing": dict, "size": (int, list), "weights_digest": str,
     "paths": list,
@@ -113,18 +113,23 @@ def _read_plan(out: str) -> dict:
             f"{path} is damaged ({'empty' if not text.strip() else error}): delete "
             f"{_manifest_dir(out)} and {out} to start over"
         ) from None
-    if isinstance(plan, dict) and plan.get("version") not in (None, PLAN_VERSION):
+    if not isinstance(plan, dict):  # a JSON array or number: no key to look up
+        raise ValueError(
+            f"{path} is damaged (not a JSON object): delete {_manifest_dir(out)} and {out} to "
+            "start over"
+        )
+    if plan.get("version") not in (None, PLAN_VERSION):
         raise ValueError(
             f"{path} was written by another version of vgg_np ({plan['version']!r}, this one "
             f"reads {PLAN_VERSION!r}): delete {_manifest_dir(out)} and {out} to start over"
         )
     wrong = [k for k, kind in PLAN_KEYS.items() if not isinstance(plan.get(k), kind)]
-    if isinstance(plan, dict) and not wrong and not all(isinstance(p, str) for p in plan["paths"]):
+    if not wrong and not all(isinstance(p, str) for p in plan["paths"]):
         wrong = ["paths"]
-    if not isinstance(plan, dict) or wrong:
-        what = "not a JSON object" if not isinstance(plan, dict) else f"bad {', '.join(wrong)}"
+    if wrong:
         raise ValueError(
-            f"{path} is damaged ({what}): delete {_manifest_dir(out)} and {out} to start over"
+            f"{path} is damaged (bad {', '.join(wrong)}): delete {_manifest_dir(out)} and "
+            f"{out} to start over"
         )
     return plan
 
