@@ -23,7 +23,7 @@ from vgg_np.cli._args import (
     _positive_float,
     _positive_int,
 )
-from vgg_np.extract import DEFAULT_PARTITION_SIZE, extract, top_classes
+from vgg_np.extract import DEFAULT_PARTITION_SIZE, ExtractResult, extract, top_classes
 from vgg_np.model import VGG
 from vgg_np.preprocess import MODES, RESIZE_MODES, read_class_names
 from vgg_np.progress import Progress, write_line
@@ -35,7 +35,7 @@ DECODE_THREADS = 2
 # -- predict -------------------------------------------------------------------------------
 
 
-def add_predict(commands) -> None:
+def add_predict(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np predict``."""
     predict = _new_command(
         commands,
@@ -177,7 +177,14 @@ def _class_names(path: str, model: VGG) -> list[str]:
         raise ValueError(f"--labels {error}") from None
 
 
-def _prediction(path: str, row: np.ndarray, args, choice, names, value: str) -> str:
+def _prediction(
+    path: str,
+    row: np.ndarray,
+    args: argparse.Namespace,
+    choice: formats.Preprocessing,
+    names: list[str] | None,
+    value: str,
+) -> str:
     """Format the classes of one image as text lines or one JSON object.
 
     `value` names the numbers: "probability", or "score" (said on every text line too)
@@ -199,7 +206,7 @@ def _prediction(path: str, row: np.ndarray, args, choice, names, value: str) -> 
 # -- extract -------------------------------------------------------------------------------
 
 
-def add_extract(commands) -> None:
+def add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np extract``."""
     parser = _new_command(
         commands,
@@ -321,7 +328,7 @@ def _extract(
     return _extract_summary(result, args.json)
 
 
-def _extract_summary(result, as_json: bool) -> int:
+def _extract_summary(result: ExtractResult, as_json: bool) -> int:
     """Print the summary of a local or cluster run: one line, or JSON."""
     if as_json:
         print(json.dumps(result.to_dict()))

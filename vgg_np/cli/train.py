@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,10 +23,13 @@ from vgg_np.config import VGGConfig
 from vgg_np.model import VGG
 from vgg_np.preprocess import preprocess_input
 
+if TYPE_CHECKING:  # imported where training runs: the other commands do without it
+    from vgg_np.train import SGD
+
 # -- train ---------------------------------------------------------------------------------
 
 
-def add_train(commands) -> None:
+def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np train``."""
     train = _new_command(
         commands,
@@ -89,7 +93,15 @@ def _accuracy(model: VGG, x: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(model(x), axis=1) == labels))
 
 
-def _train_epoch(model, x, labels, args, optimizer, rng, trainable) -> float:
+def _train_epoch(
+    model: VGG,
+    x: np.ndarray,
+    labels: np.ndarray,
+    args: argparse.Namespace,
+    optimizer: SGD,
+    rng: np.random.Generator,
+    trainable: set[str] | None,
+) -> float:
     """One pass over (x, labels) in shuffled mini-batches; return the mean loss."""
     from vgg_np.train import loss_and_gradients
 
