@@ -70,7 +70,7 @@ BN_FOLD_REL_TOL = 2e-5
 # in float64 agrees to 1.4e-12. Twice the largest.
 HEADS_FIXTURE_REL_TOL = 1e-4
 # The same against torch's float32 outputs computed live, on randomly initialised
-# batch-norm VGGs (tests/test_heads_crosscheck.py: vgg11_bn ... vgg19_bn, and the head
+# batch-norm VGGs (tests/crosscheck/test_heads.py: vgg11_bn ... vgg19_bn, and the head
 # fixtures rebuilt by tests/reference/make_heads_reference.py): both sides' float32
 # rounding is magnified by nearly constant channels, more than on the committed fixtures,
 # and torch's alone is 1.4e-4 from vgg_np's float64 there. Measured on an AMD EPYC on

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import relative_error
-from matrix_kinds import KINDS, Kind
 from PIL import Image
 
+from tests.conftest import relative_error
+from tests.matrix_kinds import KINDS, Kind
 from vgg_np import VGG, formats
 from vgg_np.cli import main
 from vgg_np.extract import weights_digest

@@ -307,7 +307,7 @@ def torch_layer_names(module: torch.nn.Module) -> dict[str, Tap]:
 
     Examples
     --------
-    Needs torch; ``tests/test_adapters_crosscheck.py`` runs it on torchvision's tree:
+    Needs torch; ``tests/crosscheck/test_adapters.py`` runs it on torchvision's tree:
 
     >>> torch_layer_names(torchvision_vgg16)["block1_conv1"].name  # doctest: +SKIP
     'features.1'
@@ -463,7 +463,7 @@ def compare_torch(
 
     Examples
     --------
-    Needs torch; ``tests/test_adapters_crosscheck.py`` runs it on tiny modules:
+    Needs torch; ``tests/crosscheck/test_adapters.py`` runs it on tiny modules:
 
     >>> print(compare_torch(model, x, weights="vgg16.pth"))  # doctest: +SKIP
     """
@@ -538,7 +538,7 @@ def compare_keras(
 
     Examples
     --------
-    Needs keras; ``tests/test_adapters_crosscheck.py`` runs it on tiny models:
+    Needs keras; ``tests/crosscheck/test_adapters.py`` runs it on tiny models:
 
     >>> print(compare_keras("my_vgg16.keras", x, weights="vgg16.h5"))  # doctest: +SKIP
     """
@@ -619,7 +619,7 @@ def compare_onnx(
 
     Examples
     --------
-    Needs onnx and onnxruntime; ``tests/test_compare_crosscheck.py`` runs it:
+    Needs onnx and onnxruntime; ``tests/crosscheck/test_compare.py`` runs it:
 
     >>> print(compare_onnx("vgg16.onnx", x, weights="vgg16.pth", oracle=True))  # doctest: +SKIP
     """

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import ops
 from vgg_np.formats.layouts import chw_rows_to_hwc, hwc_rows_to_chw
@@ -32,7 +32,15 @@ from vgg_np.preprocess import (
     preprocess_input,
 )
 
-__all__ = ["INPUT_BUGS", "USUAL_BUGS", "Cause", "UsualBug", "diagnose", "diagnose_input"]
+__all__ = [
+    "INPUT_BUGS",
+    "USUAL_BUGS",
+    "Cause",
+    "UsualBug",
+    "diagnose",
+    "diagnose_input",
+    "relative_error",
+]
 
 #: Relative error within which a float16 recomputation counts as reproducing a layer:
 #: float16 keeps 11 significant bits (rounding 4.9e-4), and accumulating a few hundred
@@ -413,12 +421,40 @@ INPUT_BUGS: tuple[UsualBug, ...] = (
 # -- choosing ------------------------------------------------------------------------------
 
 
-def _relative(theirs: np.ndarray, candidate: np.ndarray) -> float:
-    """Return max |theirs - candidate| / max |candidate|; inf when the shapes differ."""
-    if theirs.shape != candidate.shape:
+def relative_error(actual: ArrayLike, exact: ArrayLike) -> float:
+    """Return max |actual - exact| / max |exact|: the error figure quoted across vgg_np.
+
+    The scale is that of `exact` (the reference), 1 where it is all zeros or empty; inf
+    when the shapes differ (a mismatch is never a small error). Computed in the wider of
+    the two floating dtypes (float64 for integers): float32 weights of 400 MB are not
+    copied to float64; cast one side to float64 for a float64 figure.
+
+    Parameters
+    ----------
+    actual, exact : array_like
+        The values checked and the reference they are checked against.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> relative_error([1.0, -2.0, 3.5], [1.0, -2.0, 4.0])
+    0.125
+    >>> relative_error(np.zeros(3), np.zeros(2))
+    inf
+    """
+    actual, exact = _floating(actual), _floating(exact)
+    if actual.shape != exact.shape:
         return float("inf")
-    error = float(np.max(np.abs(np.asarray(theirs, np.float64) - candidate), initial=0.0))
-    return error / (float(np.max(np.abs(candidate), initial=0.0)) or 1.0)
+    error = float(np.max(np.abs(actual - exact), initial=0.0))
+    return error / (float(np.max(np.abs(exact), initial=0.0)) or 1.0)
+
+
+def _floating(x: ArrayLike) -> np.ndarray:
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
 
 def _best(situation: Situation, bugs: Sequence[UsualBug], tolerance: float) -> Cause | None:
@@ -433,7 +469,7 @@ def _best(situation: Situation, bugs: Sequence[UsualBug], tolerance: float) -> C
             continue
         if candidate is None:
             continue
-        error = _relative(situation.theirs, np.asarray(candidate))
+        error = relative_error(np.asarray(situation.theirs, np.float64), candidate)
         if error <= max(tolerance, bug.slack) and (found is None or error < found.error):
             found = Cause(situation.layer.name, bug.key, bug.what, bug.meaning, error)
     return found

@@ -33,6 +33,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -532,3 +533,53 @@ def resolve(
         f"no copy of the ImageNet weights of {name} (include_top={bool(include_top)}): put "
         f"{places}; or pass download=True ({command})"
     )
+
+
+def weights_path(
+    weights, name: str, include_top: bool, batch_norm: bool, download: bool
+) -> str | os.PathLike:
+    """Return the file `VGG`'s `weights` argument names: a path, or ``"imagenet"``'s in a cache.
+
+    ``"imagenet"`` is `resolve`'d (downloaded with `download`), with a warning when Keras
+    publishes the model but torchvision's file was the one found; a URL is refused.
+
+    Examples
+    --------
+    >>> weights_path("w.h5", "vgg16", True, False, False)
+    'w.h5'
+    >>> weights_path("https://x/w.h5", "vgg16", True, False, False)
+    Traceback (most recent call last):
+    ...
+    ValueError: `weights` must be a local file, 'imagenet' or None, got the URL ...
+    """
+    if isinstance(weights, str) and "://" in weights:
+        raise ValueError(
+            f"`weights` must be a local file, 'imagenet' or None, got the URL {weights!r}: "
+            "download it and pass its path"
+        )
+    if isinstance(weights, str) and weights == "imagenet":
+        path = resolve(name, include_top, batch_norm=batch_norm, download_missing=download)
+        _warn_if_torchvision(path, name, include_top, batch_norm)
+        return path
+    return weights
+
+
+def _warn_if_torchvision(path, name: str, include_top: bool, batch_norm: bool) -> None:
+    """Warn when Keras publishes this model but torchvision's file was the one found.
+
+    The two are different trained models with different preprocessing: input prepared
+    the Keras way (caffe) would run through torchvision's weights without an error.
+    """
+    published = PUBLISHED.get((name + ("_bn" if batch_norm else ""), bool(include_top)), ())
+    found = [e for e in published if e.filename == os.path.basename(path)]
+    keras = any(e.family == "keras" for e in published)
+    if keras and found and found[0].family == "torchvision":
+        warnings.warn(
+            f"weights='imagenet': no Keras file of {name} is cached, so torchvision's "
+            f"{found[0].filename} is used; it expects torch preprocessing "
+            "(preprocess_input(x, mode='torch'), see model.weights_provenance), not Keras's "
+            f"caffe (vgg-np fetch-weights {name}{'' if include_top else ' --no-top'} gets "
+            "Keras's)",
+            UserWarning,
+            stacklevel=4,  # the caller of VGG(...): VGG.__init__, weights_path, here
+        )

@@ -7,23 +7,20 @@ their public names are re-exported here.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import inspect
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from vgg_np import formats, hub
+from vgg_np import _running, formats, hub
 from vgg_np.architecture import infer_architecture
-from vgg_np.config import CONFIGS, MIN_SIZE, Layer, VGGConfig, _fmt_shape, layer_table
+from vgg_np.config import CONFIGS, Layer, VGGConfig, _fmt_shape, layer_table
 from vgg_np.engine import ALGORITHMS, Engine
 from vgg_np.engine.lowering import Plan, lower
-from vgg_np.formats.torchvision import TIMM_SIDE
-from vgg_np.layers import KINDS, forward
+from vgg_np.layers import KINDS
 from vgg_np.network import Network, describe
 from vgg_np.progress import Progress, show_progress
 from vgg_np.summary import Summary
@@ -187,7 +184,7 @@ class VGG:
         elif isinstance(weights, formats.WeightSource):  # opened by from_file
             self._load(weights, allow_nonfinite)
         else:
-            path = _weights_path(
+            path = hub.weights_path(
                 weights, self.config.name, self.include_top, self.batch_norm is not None, download
             )
             self.load_weights(path, allow_nonfinite=allow_nonfinite)
@@ -465,35 +462,9 @@ class VGG:
     # -- forward --------------------------------------------------------------------
 
     def _prepare_input(self, x: ArrayLike, cast: bool = True) -> np.ndarray:
-        x = np.asarray(x)
-        if x.dtype.kind != "f":
-            raise TypeError(
-                f"`x` must be floating point, got dtype {x.dtype}; images go through "
-                "vgg_np.preprocess_input first"
-            )
-        layout = "(N, C, H, W)" if self.data_format == "channels_first" else "(N, H, W, C)"
-        if x.ndim != 4:
-            raise ValueError(f"`x` must be 4-D {layout}, got shape {x.shape}")
-        if self.data_format == "channels_first":
-            x = x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
-        expected = self.input_shape
-        if x.shape[3] != expected[2] or any(
-            e is not None and s != e for s, e in zip(x.shape[1:3], expected[:2], strict=True)
-        ):
-            raise ValueError(
-                f"`x` of shape {x.shape} (as N, H, W, C) does not fit input shape "
-                f"{_fmt_shape(expected)}"
-            )
-        if min(x.shape[1:3]) < MIN_SIZE:
-            raise ValueError(f"`x` height and width must be at least {MIN_SIZE}, got {x.shape}")
-        side = max(x.shape[1:3]) >> len(self.config.blocks)  # the last feature map's
-        if side > TIMM_SIDE and self._loaded and self._loaded[1].family == formats.Family.TIMM:
-            raise ValueError(
-                f"`x` of shape {x.shape} gives a {side}-pixel feature map: timm's VGG then "
-                f"slides its {TIMM_SIDE}x{TIMM_SIDE} pre_logits convolution and averages, "
-                f"which vgg_np does not represent; use inputs below {(TIMM_SIDE + 1) << 5}"
-            )
-        return x.astype(self.dtype, copy=False) if cast else x
+        """Return `x` as ``(N, H, W, C)``, checked (`vgg_np._running.prepare_input`)."""
+        family = self._loaded[1].family if self._loaded else None  # the file's, if loaded
+        return _running.prepare_input(x, self.network, family, cast)
 
     @property
     def engine(self) -> Engine:
@@ -520,66 +491,9 @@ class VGG:
         return lowered
 
     def _run(self, x: np.ndarray, keep: bool | set) -> list[tuple[str, np.ndarray]]:
-        """Return [(user layer name, output)] from the engine, or the reference forward pass.
-
-        With ``keep=False`` only the last output is returned; with True, every layer's;
-        with a set of names, those layers' (and the pass stops after the deepest of
-        them). Every output is a new array.
-        """
-        names = [layer.name for layer in self.layers]
-        wanted = set(names) if keep is True else set(keep or ())
-        if self.conv_algorithm == "reference":
-            outputs = []
-
-            def record(layer: Layer, values: dict) -> None:
-                if layer.name in wanted or layer is self.layers[-1]:
-                    outputs.append((layer.name, values["output"]))
-
-            forward(self.layers, self._weights, x, hook=record)
-            return outputs
-        if not wanted:  # the engine runs large batches in slices
-            return [(names[-1], self._lowered()[1].predict(x))]
-        own = self._engine_outputs(x, wanted)
-        # A user layer that is the identity (dropout) shares its step: each gets its own copy.
-        copies = collections.Counter(id(own[name]) for name in names if name in wanted)
-        result = []
-        for name in names:
-            if name in wanted:
-                copies[id(own[name])] -= 1
-                result.append((name, own[name].copy() if copies[id(own[name])] else own[name]))
-        return result
-
-    def _engine_outputs(self, x: np.ndarray, wanted: set[str]) -> dict[str, np.ndarray]:
-        """Return the outputs of the user layers `wanted` (and perhaps others) by the engine.
-
-        A layer the plan merged away (a convolution folded with its batch norm) is
-        computed alone, by the reference forward, from the plan's output of the layer
-        before it: the layers the plan keeps stay as accurate as the folded network (a
-        float32 batch norm run after its float32 convolution magnifies the convolution's
-        rounding where a channel is nearly constant).
-        """
-        plan, engine = self._lowered()
-        names = [layer.name for layer in self.layers]
-        # A run of merged layers (a dense, a dropout, then the activation fused into the
-        # dense) is computed from the nearest layer before it that the plan keeps.
-        merged = set()
-        for i, name in enumerate(names):
-            if name in wanted and name not in plan.names:
-                while i >= 0 and names[i] not in plan.names and i not in merged:
-                    merged.add(i)
-                    i -= 1
-        before = {names[i - 1] for i in merged if i > 0 and names[i - 1] in plan.names}
-        answered = {name for name in wanted | before if name in plan.names}
-        found = engine.outputs(x, {plan.names[name] for name in answered}) if answered else {}
-        own = {name: found[plan.names[name]] for name in answered}
-        for i in sorted(merged):
-            layer = self.layers[i]
-            given = x if i == 0 else own[names[i - 1]]
-            # One image at a time: the result does not depend on the batch (as the engine's).
-            own[layer.name] = np.concatenate(
-                [forward([layer], self._weights, given[i : i + 1]) for i in range(len(given))]
-            )  # (N, ...)
-        return own
+        """Return [(user layer name, output)] for a prepared `x` (`vgg_np._running.run`)."""
+        lowered = None if self.conv_algorithm == "reference" else self._lowered()
+        return _running.run(self.layers, self._weights, x, keep, lowered)
 
     def _to_user_layout(self, y: np.ndarray) -> np.ndarray:
         if self.data_format == "channels_first" and y.ndim == 4:
@@ -802,43 +716,6 @@ def _check_threads(threads: int | None) -> int | None:
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"`threads` must be None or a positive int, got {threads!r}")
     return threads
-
-
-def _weights_path(
-    weights, name: str, include_top: bool, batch_norm: bool, download: bool
-) -> str | os.PathLike:
-    """Return the file `weights` names: a path, or ``"imagenet"``'s file in a cache."""
-    if isinstance(weights, str) and "://" in weights:
-        raise ValueError(
-            f"`weights` must be a local file, 'imagenet' or None, got the URL {weights!r}: "
-            "download it and pass its path"
-        )
-    if isinstance(weights, str) and weights == "imagenet":
-        path = hub.resolve(name, include_top, batch_norm=batch_norm, download_missing=download)
-        _warn_if_torchvision(path, name, include_top, batch_norm)
-        return path
-    return weights
-
-
-def _warn_if_torchvision(path, name: str, include_top: bool, batch_norm: bool) -> None:
-    """Warn when Keras publishes this model but torchvision's file was the one found.
-
-    The two are different trained models with different preprocessing: input prepared
-    the Keras way (caffe) would run through torchvision's weights without an error.
-    """
-    published = hub.PUBLISHED.get((name + ("_bn" if batch_norm else ""), bool(include_top)), ())
-    found = [e for e in published if e.filename == os.path.basename(path)]
-    keras = any(e.family == "keras" for e in published)
-    if keras and found and found[0].family == "torchvision":
-        warnings.warn(
-            f"weights='imagenet': no Keras file of {name} is cached, so torchvision's "
-            f"{found[0].filename} is used; it expects torch preprocessing "
-            "(preprocess_input(x, mode='torch'), see model.weights_provenance), not Keras's "
-            f"caffe (vgg-np fetch-weights {name}{'' if include_top else ' --no-top'} gets "
-            "Keras's)",
-            UserWarning,
-            stacklevel=4,
-        )
 
 
 # Their models return logits: `from_file` follows the file's framework (docs/heads.md).

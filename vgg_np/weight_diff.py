@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from vgg_np.diagnose import relative_error
 from vgg_np.formats.layouts import chw_rows_to_hwc, hwc_rows_to_chw
 
 __all__ = ["TRANSFORMS", "WEIGHT_RTOL", "TensorDiff", "Transform", "WeightDiff", "diff_weights"]
@@ -148,15 +149,6 @@ TRANSFORMS: tuple[Transform, ...] = (
 )  # fmt: skip
 
 
-def _relative(yours: np.ndarray, reference: np.ndarray) -> float:
-    """Return max |yours - reference| / max |reference| (inf when the shapes differ)."""
-    if yours.shape != reference.shape:
-        return float("inf")
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
-    error = float(np.max(np.abs(yours - reference))) if reference.size else 0.0
-    return error / (scale or 1.0)
-
-
 def _explain(reference: np.ndarray, yours: np.ndarray, channels: int) -> str | None:
     """Name the first transform of `TRANSFORMS` that turns the reference into yours, or None."""
     for transform in TRANSFORMS:
@@ -166,7 +158,7 @@ def _explain(reference: np.ndarray, yours: np.ndarray, channels: int) -> str | N
         if found is None or found[0].shape != yours.shape:
             continue
         candidate, detail = found
-        if _relative(yours, candidate) <= WEIGHT_RTOL:
+        if relative_error(yours, candidate) <= WEIGHT_RTOL:
             return transform.name + detail
     return None
 
@@ -299,7 +291,7 @@ def diff_weights(
         names = _TENSOR_NAMES.get(len(tensors), tuple(map(str, range(len(tensors)))))
         for name, ref, mine in zip(names, tensors, yours[layer], strict=False):
             ref, mine = np.asarray(ref), np.asarray(mine)  # float32: VGG16's fc1 is 411 MB
-            error = _relative(mine, ref)
+            error = relative_error(mine, ref)
             explanation = None if error <= WEIGHT_RTOL else _explain(ref, mine, channels)
             rows.append(TensorDiff(layer, name, mine.shape, ref.shape, error, explanation))
     missing = tuple(name for name in reference if name not in yours)

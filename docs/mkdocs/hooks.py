@@ -1,6 +1,6 @@
 """MkDocs hooks of vgg_np's site: kernels' code read from the package, math as MathML.
 
-Source: a line ``<!-- source: vgg_np/ops.py conv2d_naive -->`` in a page becomes that
+Source: a line ``<!-- source: vgg_np/ops/conv.py conv2d_naive -->`` in a page becomes that
 function's code as the file holds it when the site is built (signature and body; the
 docstring is left out, the page around it is the explanation), titled with its file and
 line. Nothing is copied into the pages, so the code shown cannot go stale.

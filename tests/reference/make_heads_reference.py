@@ -41,11 +41,10 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from reference import make_keras_reference as ref
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository
 
 import vgg_np
+from tests.reference import make_keras_reference as ref
 from vgg_np import ops
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "heads"
@@ -225,8 +224,8 @@ def torch_twin(model, config, size, width, pool: str):
     """`torch_vgg.KerasHeadTwin` holding the Keras `model`'s weights (NCHW, (out, in))."""
     import keras
     import torch
-    from reference.torch_vgg import KerasHeadTwin
 
+    from tests.reference.torch_vgg import KerasHeadTwin
     from vgg_np.formats.layouts import fc1_keras_to_torch, hwio_to_oihw, linear_to_dense
 
     h, w = size
@@ -353,7 +352,8 @@ def torch_models(config, calibration_nhwc, width):
     nn.Linear(256, classes))``.
     """
     import torch
-    from reference.torch_vgg import TimmVGG, TorchVGG
+
+    from tests.reference.torch_vgg import TimmVGG, TorchVGG
 
     calibration = torch.from_numpy(calibration_nhwc.transpose(0, 3, 1, 2).copy())
     custom = torch.nn.Sequential(

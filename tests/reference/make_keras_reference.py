@@ -13,7 +13,7 @@ Usage::
     python tests/reference/make_keras_reference.py full   # the committed full-size slices
     python tests/reference/make_keras_reference.py demo   # vgg_np/data: demo image + logits
 
-The live cross-check (tests/test_keras_crosscheck.py) imports this module and writes the
+The live cross-check (tests/crosscheck/test_keras.py) imports this module and writes the
 full-size files into a temporary directory instead.
 """
 

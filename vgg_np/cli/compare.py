@@ -64,21 +64,7 @@ def add_compare(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     compare.add_argument(
         "--onnx", action="store_true", help="run WEIGHTS (an .onnx) in onnxruntime"
     )
-    compare.set_defaults(images_label="--images")  # an option here, not IMAGE_OR_DIR
-    compare.add_argument(
-        "--images",
-        nargs="+",
-        metavar="IMAGE",
-        help="the raw pictures your input was made from, in batch order (a folder: its "
-        "pictures sorted by name): vgg_np preprocesses them itself and compares your input "
-        "as the first row",
-    )
-    compare.add_argument(
-        "--preprocess", choices=MODES, help="with --images: caffe, torch or tf (from the weights)"
-    )
-    compare.add_argument(
-        "--resize", choices=RESIZE_MODES, help="with --images: keras or torchvision (weights)"
-    )
+    _add_picture_options(compare)
     compare.add_argument(
         "--reference",
         metavar="FILE",
@@ -99,6 +85,25 @@ def add_compare(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="comma-separated layers that must be compared (default: all of the model's)",
     )
     compare.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+
+def _add_picture_options(compare: argparse.ArgumentParser) -> None:
+    """Declare ``compare --images`` and how to read them (``--preprocess``, ``--resize``)."""
+    compare.set_defaults(images_label="--images")  # an option here, not IMAGE_OR_DIR
+    compare.add_argument(
+        "--images",
+        nargs="+",
+        metavar="IMAGE",
+        help="the raw pictures your input was made from, in batch order (a folder: its "
+        "pictures sorted by name): vgg_np preprocesses them itself and compares your input "
+        "as the first row",
+    )
+    compare.add_argument(
+        "--preprocess", choices=MODES, help="with --images: caffe, torch or tf (from the weights)"
+    )
+    compare.add_argument(
+        "--resize", choices=RESIZE_MODES, help="with --images: keras or torchvision (weights)"
+    )
 
 
 def _check_compare(args: argparse.Namespace) -> str | None:

@@ -25,6 +25,7 @@ from vgg_np.cli._args import (
 )
 from vgg_np.compare import DEFAULT_TOLERANCE
 from vgg_np.config import CONFIGS, layer_table
+from vgg_np.diagnose import relative_error
 from vgg_np.model import VGG, VGG16
 from vgg_np.preprocess import decode_predictions, load_image, preprocess_input
 from vgg_np.summary import Summary
@@ -40,11 +41,6 @@ DEMO_HINT = (
 
 
 T = TypeVar("T")
-
-
-def _relative_error(actual: np.ndarray, exact: np.ndarray) -> float:
-    """Max absolute error over max absolute value: the figure quoted across vgg_np."""
-    return float(np.max(np.abs(actual - exact)) / np.max(np.abs(exact)))
 
 
 def _best_time(func: Callable[..., T], *args: object, repeat: int = 3) -> tuple[T, float]:
@@ -92,7 +88,7 @@ def run_demo(args: argparse.Namespace) -> int:
     with resources.as_file(data / "demo.png") as path:
         pixels = load_image(path)[None]  # (1, 224, 224, 3)
     logits, seconds = _best_time(model, preprocess_input(pixels))
-    error = _relative_error(logits, reference["logits"])
+    error = relative_error(logits, reference["logits"])
     agrees = error < DEFAULT_TOLERANCE
     print(
         f"\nForward pass on the bundled picture (vgg_np/data/demo.png, 224x224), weights drawn "
@@ -203,6 +199,9 @@ def run_show(args: argparse.Namespace) -> int:
     from PIL import Image
 
     if args.weights:  # the convolutional base only, in the layout of the loaded images
+        # The engine answers every layer name, a batch-norm model's convolution before its
+        # batch norm included (computed from the folded network's output before it), and
+        # closer to float64 than the unfolded reference: no algorithm is chosen here.
         model = VGG.from_file(
             args.weights,
             include_top=False,
@@ -210,8 +209,6 @@ def run_show(args: argparse.Namespace) -> int:
             input_shape=None,
             data_format="channels_last",
         )
-        if model.batch_norm:  # a convolution's own output: not in the engine's folded table
-            model.conv_algorithm = "reference"
     else:
         model = VGG16(include_top=False, seed=args.seed)
     if args.filters:
@@ -230,6 +227,6 @@ def _feature_maps(model: VGG, image: str, layer: str) -> np.ndarray:
     if layer not in names:
         raise ValueError(f"--layer {layer} is not in this model: {', '.join(names)}")
     pixels = load_image(image)[None]  # (1, 224, 224, 3)
-    activation = model.activations(preprocess_input(pixels))[layer][0]
+    activation = model.activations(preprocess_input(pixels), [layer])[layer][0]  # (H, W, C)
     scale = max(1, 56 // activation.shape[0])  # small deep maps get bigger pixels
     return feature_map_grid(activation, scale=scale)

@@ -23,9 +23,9 @@ from vgg_np.cli._args import (
     _positive_float,
     _positive_int,
 )
-from vgg_np.extract import DEFAULT_PARTITION_SIZE, ExtractResult, extract, top_classes
+from vgg_np.extract import DEFAULT_PARTITION_SIZE, ExtractResult, extract
 from vgg_np.model import VGG
-from vgg_np.preprocess import MODES, RESIZE_MODES, read_class_names
+from vgg_np.preprocess import MODES, RESIZE_MODES, read_class_names, top_classes
 from vgg_np.progress import Progress, write_line
 from vgg_np.streams import ImageStream, image_paths, input_size
 
@@ -102,19 +102,7 @@ def run_predict(args: argparse.Namespace) -> int:
     paths = image_paths(args.images)
     if not paths:
         raise ValueError(f"no images found in {' '.join(args.images)}")
-    # Images are loaded channels last, whatever layout the file's graph takes.
-    model = VGG.from_file(
-        args.weights, classifier_activation="softmax", data_format="channels_last"
-    )
-    names = _class_names(args.labels, model) if args.labels else None
-    if names is None and model.head is not None:  # a head of one's own: never ImageNet's
-        names = [f"class {i}" for i in range(model.classes)]
-    if not model.include_top:
-        note = model.weights_info.get("note")  # an ONNX head vgg_np cannot read, named
-        raise ValueError(
-            f"{args.weights} has no classifier vgg_np can run: "
-            + (note or "a 'notop' file (no fc1 ... predictions) cannot predict classes")
-        )
+    model, names = _classifier(args.weights, args.labels)
     choice = _choose_preprocessing(model, args)
     print(
         f"weights {args.weights}: preprocessing {choice.mode!r}, resize {choice.resize!r} "
@@ -131,6 +119,31 @@ def run_predict(args: argparse.Namespace) -> int:
             partition_size=DEFAULT_PARTITION_SIZE,
             decode_threads=DECODE_THREADS,
         )
+    return _classify(paths, model, choice, names, args)
+
+
+def _classifier(weights: str, labels: str | None) -> tuple[VGG, list[str] | None]:
+    """Load `weights` as a classifier giving probabilities; its class names, if not ImageNet's.
+
+    The names are --labels' (`labels`), else "class 0" ... for a head of one's own, else
+    None: ImageNet's names are given only to VGG's own 1000-class top.
+    """
+    # Images are loaded channels last, whatever layout the file's graph takes.
+    model = VGG.from_file(weights, classifier_activation="softmax", data_format="channels_last")
+    names = _class_names(labels, model) if labels else None
+    if names is None and model.head is not None:  # a head of one's own: never ImageNet's
+        names = [f"class {i}" for i in range(model.classes)]
+    if not model.include_top:
+        note = model.weights_info.get("note")  # an ONNX head vgg_np cannot read, named
+        raise ValueError(
+            f"{weights} has no classifier vgg_np can run: "
+            + (note or "a 'notop' file (no fc1 ... predictions) cannot predict classes")
+        )
+    return model, names
+
+
+def _classify(paths: list[str], model: VGG, choice, names, args: argparse.Namespace) -> int:
+    """Print the top classes of every picture of `paths` as it is classified; the exit code."""
     stream = ImageStream(
         paths, choice, size=input_size(model), batch_size=args.batch_size, on_skip=_skip,
         expand=False,
@@ -258,6 +271,11 @@ def add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress on stderr (default: for more than one batch; a bar on "
                              "a terminal, else a line every 10 s)")  # fmt: skip
+    _add_cluster_options(parser)
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """Declare ``extract``'s options that run its partitions as Dask tasks."""
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the partitions on a Dask cluster (tcp://HOST:8786)")  # fmt: skip

@@ -26,6 +26,7 @@ import numpy as np
 from vgg_np.formats import _hdf5
 from vgg_np.formats._common import FileFormatError, LazyArray
 from vgg_np.layers import ACTIVATIONS, Layer
+from vgg_np.ops import BATCH_NORM_EPS
 
 __all__ = [
     "KerasModel",
@@ -52,7 +53,8 @@ _KERAS_DEFAULTS: dict[str, dict] = {
                "activation": "linear", "use_bias": True, **_CHANNELS_LAST},
     "MaxPooling2D": {"pool_size": [2, 2], "padding": "valid", **_CHANNELS_LAST},
     "Dense": {"activation": "linear", "use_bias": True},
-    "BatchNormalization": {"axis": -1, "epsilon": 1e-3, "center": True, "scale": True},
+    "BatchNormalization": {"axis": -1, "epsilon": BATCH_NORM_EPS["keras"], "center": True,
+                           "scale": True},
     "Flatten": _CHANNELS_LAST,
     "GlobalAveragePooling2D": {"keepdims": False, **_CHANNELS_LAST},
     "GlobalMaxPooling2D": {"keepdims": False, **_CHANNELS_LAST},

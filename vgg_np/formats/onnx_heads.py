@@ -32,6 +32,7 @@ import numpy as np
 from vgg_np.formats._common import FileFormatError, LazyArray
 from vgg_np.formats.layouts import chw_rows_to_hwc, lazy_linear_to_dense
 from vgg_np.layers import Layer
+from vgg_np.ops import BATCH_NORM_EPS
 
 if TYPE_CHECKING:
     # The optional onnx package is not type-checked here (pyproject.toml): its protos are
@@ -268,7 +269,8 @@ def _batch_norm(head: _Head, node: NodeProto, width: int | None) -> NodeProto | 
             _vector(head, node, i, what, width)
             for i, what in enumerate(("scale", "B", "input_mean", "input_var"), start=1)
         )
-        head.add("batch_norm", node.output[0], params, eps=float(attrs.get("epsilon", 1e-5)))
+        eps = float(attrs.get("epsilon", BATCH_NORM_EPS["onnx"]))  # the attribute's default
+        head.add("batch_norm", node.output[0], params, eps=eps)
         return head.walk.next(node.output[0])
     scale = _vector(head, node, 1, "scale", width) if node.op_type == "Mul" else None
     output, after = node.output[0], head.walk.next(node.output[0])

@@ -14,7 +14,7 @@ Two conversions make it Keras-layout (both small named functions, tested on thei
 - Theano flattened NCHW, so ``fc1``'s rows are in C, H, W order (`chw_rows_to_hwc`).
 
 Whether a file really holds flipped kernels depends on how it was made; the reader
-assumes so (``flip=True``), and tests/test_formats_theano.py checks the assumption against
+assumes so (``flip=True``), and tests/formats/test_theano.py checks the assumption against
 known outputs.
 """
 

@@ -1,0 +1,364 @@
+"""Extraction stores that verify themselves: a store truncated after or during a run, images
+rewritten between runs, a full disk, Ctrl-C, damaged plans and journals, and file names that
+are not UTF-8. Every case is made here, at run time, on the tiny 32x32 model."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vgg_np import VGG
+from vgg_np.cli import main
+from vgg_np.extract import Store, create_store, extract, open_store, run_partition
+
+ROOT = pathlib.Path(__file__).parents[2]
+WEIGHTS = str(ROOT / "tests" / "data" / "tiny_vgg16" / "model.h5")  # 10 classes, 32x32
+SETTINGS = {"layer": "block5_pool", "batch_size": 2, "partition_size": 4, "verbose": 0}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return VGG.from_file(WEIGHTS)
+
+
+def picture(path, seed: int) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Ten generated pictures in tmp_path/images."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(10):
+        picture(folder / f"img{i:02d}.png", i)
+    return folder
+
+
+@pytest.fixture
+def reference(model, images, tmp_path):
+    """The rows of an undisturbed run."""
+    extract([images], tmp_path / "reference.npy", model, **SETTINGS)
+    return np.load(tmp_path / "reference.npy")
+
+
+# -- the store file ----------------------------------------------------------------------------
+
+
+def test_a_store_truncated_after_a_run_is_found_and_its_rows_recomputed(
+    model, images, tmp_path, reference
+):
+    out = tmp_path / "f.npy"
+    extract([images], out, model, **SETTINGS)
+    size = out.stat().st_size
+    os.truncate(out, size - 3 * reference[0].nbytes)  # the last three rows are gone
+    again = extract([images], out, model, **SETTINGS)
+    assert (again.damaged, again.changed, again.written) == (3, 0, 3)
+    assert out.stat().st_size == size
+    np.testing.assert_array_equal(np.load(out), reference)
+    assert extract([images], out, model, **SETTINGS).written == 0  # and now it verifies
+
+
+def test_a_store_truncated_while_partitions_are_pending_is_never_regrown_with_zeros(
+    model, images, tmp_path, reference
+):
+    out = tmp_path / "f.npy"
+    store = create_store(out, [images], model, layer="block5_pool", partition_size=4)
+    run_partition(store, store.partitions[0], model, batch_size=2)  # "ok" rows 0..3
+    os.truncate(out, 200)  # the header and a few bytes of row 0 stay
+    with pytest.raises(ValueError, match=r"f\.npy holds 200 bytes where its header says"):
+        run_partition(open_store(out), store.partitions[1], model)  # a worker: refuses
+    again = extract([images], out, model, **SETTINGS)
+    assert (again.damaged, again.written) == (4, 10)
+    np.testing.assert_array_equal(np.load(out), reference)
+
+
+def test_rows_overwritten_in_place_are_found_by_their_checksums(model, images, tmp_path, reference):
+    out = tmp_path / "f.npy"
+    extract([images], out, model, **SETTINGS)
+    rows = np.load(out, mmap_mode="r+")
+    rows[5] = 0  # same size, other bytes
+    rows.flush()
+    del rows
+    again = extract([images], out, model, **SETTINGS)
+    assert (again.damaged, again.written) == (1, 1)
+    np.testing.assert_array_equal(np.load(out), reference)
+
+
+def test_a_store_that_is_not_the_plans_array_is_refused_in_one_line(model, images, tmp_path):
+    out = tmp_path / "f.npy"
+    extract([images], out, model, **SETTINGS)
+    np.save(out, np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"f\.npy does not hold the float32 array of shape"):
+        extract([images], out, model, **SETTINGS)
+
+
+# -- images that change ------------------------------------------------------------------------
+
+
+def test_an_image_rewritten_between_runs_gets_its_row_recomputed(model, images, tmp_path):
+    out = tmp_path / "f.npy"
+    extract([images], out, model, **SETTINGS)
+    picture(images / "img03.png", 99)  # other pixels under the same name
+    touched = images / "img07.png"
+    os.utime(touched, ns=(10**18, 10**18))  # a new time, the same bytes: kept
+    again = extract([images], out, model, **SETTINGS)
+    assert (again.changed, again.damaged, again.written) == (1, 0, 1)
+    fresh = tmp_path / "fresh.npy"
+    extract([images], fresh, model, **SETTINGS)
+    np.testing.assert_array_equal(np.load(out), np.load(fresh))
+    entry = open_store(out).manifest()[3]
+    assert entry["image"]["size"] == (images / "img03.png").stat().st_size
+
+
+def test_an_image_missing_then_present_is_computed_on_the_rerun(model, images, tmp_path):
+    out = tmp_path / "f.npy"
+    data = (images / "img04.png").read_bytes()
+    (images / "img04.png").unlink()
+    first = extract([images, images / "img04.png"], out, model, **SETTINGS)
+    assert first.failed == 1
+    (images / "img04.png").write_bytes(data)
+    again = extract([images], out, model, **SETTINGS)
+    assert (again.changed, again.written, again.failed_total) == (1, 1, 0)
+
+
+# -- the disk ----------------------------------------------------------------------------------
+
+
+def test_no_room_for_the_store_is_one_error_at_creation(model, images, tmp_path, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    out = tmp_path / "f.npy"
+    with pytest.raises(OSError, match="cannot reserve the store's") as caught:
+        create_store(out, [images], model, layer="block1_conv1")
+    assert caught.value.filename == str(out) and caught.value.errno == errno.ENOSPC
+    assert not out.exists()  # nothing half made: the same command works once there is room
+
+
+FULL_DISK = """
+import sys
+from vgg_np.cli import main
+sys.exit(main(["extract", sys.argv[1], "--weights", sys.argv[2], "--layer", "block1_conv1",
+               "-o", sys.argv[3]]))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "posix_fallocate") or os.geteuid() != 0 or not shutil.which("mount"),
+    reason="mounting a 1 MB tmpfs needs root and mount(8) (the monkeypatched test covers it)",
+)
+def test_a_real_full_filesystem_fails_at_creation_never_with_sigbus(images):
+    mount = pathlib.Path(tempfile.mkdtemp(prefix="vgg_np-tmpfs-"))
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)])
+    if made.returncode != 0:
+        mount.rmdir()
+        pytest.skip("this container may not mount a tmpfs")
+    try:
+        (mount / "filler").write_bytes(bytes(900_000))  # about 120 kB left
+        out = mount / "f.npy"  # 10 rows of 32x32x8 float32: 330 kB
+        run = subprocess.run(
+            [sys.executable, "-c", FULL_DISK, str(images), WEIGHTS, str(out)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 1, (run.returncode, run.stderr)  # -7 is SIGBUS
+        assert f"vgg-np: error: {out}: cannot reserve the store's" in run.stderr
+        assert "Traceback" not in run.stderr and not out.exists()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_keeps_every_finished_row_and_says_a_rerun_resumes(
+    images, tmp_path, reference, monkeypatch, capsys
+):
+    out = tmp_path / "f.npy"
+    write = Store._write_rows
+    calls = []
+
+    def interrupted_while_writing(self, *args):
+        write(self, *args)
+        calls.append(1)
+        if len(calls) == 2:  # Ctrl-C just after the second batch's rows are written
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Store, "_write_rows", interrupted_while_writing)
+    command = ["extract", str(images), "--weights", WEIGHTS, "-o", str(out), "--layer",
+               "block5_pool", "--batch-size", "2", "--partition-size", "4"]  # fmt: skip
+    assert main(command) == 130
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"vgg-np: interrupted: the rows of 4 of 10 images are kept in {out}: run " \
+        "the same command again to resume"  # fmt: skip
+    assert [e["row"] for e in open_store(out).manifest()] == [0, 1, 2, 3]
+    monkeypatch.setattr(Store, "_write_rows", write)
+    assert main([*command, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["already_done"], summary["written"]) == (4, 6)
+    np.testing.assert_array_equal(np.load(out), reference)
+
+
+# -- damaged plans, manifests and journals -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("plan.json", "", r"plan\.json is damaged \(empty\)"),
+        ("plan.json", '{"version": "vgg_np extract 2"}', r"plan\.json is damaged \(bad layer"),
+        ("plan.json", "[1, 2", r"plan\.json is damaged \("),
+        ("plan.json", "[1, 2]", r"plan\.json is damaged \(not a JSON object\)"),
+        ("part-00000.journal.jsonl", '{"row": 0}\n{"x"\n{"row": 1}\n', r"journal\.jsonl is dama"),
+        ("part-00000.journal.jsonl", '{"no": "row"}\n', r"journal\.jsonl is damaged \(line 1"),
+        ("part-00001.jsonl", "", r"part-00001\.jsonl is damaged \(0 entries for the 4 rows"),
+    ],
+)
+def test_a_damaged_or_empty_plan_or_journal_is_one_line_naming_it(
+    images, tmp_path, name, content, message, capsys
+):
+    out = tmp_path / "f.npy"
+    command = ["extract", str(images), "--weights", WEIGHTS, "-o", str(out), "--layer",
+               "block5_pool", "--partition-size", "4"]  # fmt: skip
+    assert main(command) == 0
+    journal = tmp_path / "f.npy.manifest" / "part-00000.jsonl"
+    if "journal" in name:
+        journal.unlink()  # partition 0 was running
+    (tmp_path / "f.npy.manifest" / name).write_text(content)
+    capsys.readouterr()
+    assert main(command) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert error.startswith(f"vgg-np: error: {tmp_path}")
+    assert __import__("re").search(message, error), error
+
+
+def test_a_fifo_where_the_plan_should_be_is_refused_at_once(model, images, tmp_path):
+    out = tmp_path / "f.npy"
+    extract([images], out, model, **SETTINGS)
+    plan = tmp_path / "f.npy.manifest" / "plan.json"
+    plan.unlink()
+    os.mkfifo(plan)
+    outcome = []
+
+    def reopen():
+        try:
+            open_store(out)
+        except ValueError as error:
+            outcome.append(str(error))
+
+    thread = threading.Thread(target=reopen, daemon=True)  # left blocked if it hangs
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "opening a FIFO plan hangs"
+    assert outcome == [f"{str(plan)!r} is a FIFO, not a regular extraction plan"]
+
+
+# -- file names that are not UTF-8 -------------------------------------------------------------
+
+PREDICT = """
+import sys
+from vgg_np.cli import main
+sys.exit(main(["predict", sys.argv[1], "--weights", sys.argv[2], "--top", "1"]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names not in UTF-8")
+def test_file_names_that_are_not_utf8_survive_predict_the_manifest_and_a_rerun(model, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    name = os.fsencode(folder) + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    picture(os.fsdecode(name), 0)
+    picture(folder / "ok.png", 1)
+    predicted = subprocess.run(
+        [sys.executable, "-c", PREDICT, str(folder), WEIGHTS],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8"},  # strict
+        capture_output=True,
+        timeout=300,
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.startswith(name + b"\n")  # the file's own bytes, then its class
+    out = tmp_path / "f.npy"
+    extract([folder], out, model, **SETTINGS)
+    paths = [os.fsencode(e["path"]) for e in open_store(out).manifest()]
+    assert paths == [name, os.fsencode(folder / "ok.png")]
+    assert b"caf\\udce9.png" in (tmp_path / "f.npy.manifest" / "part-00000.jsonl").read_bytes()
+    again = extract([folder], out, model, **SETTINGS)  # the plan's paths read back the same
+    assert (again.already_done, again.written, again.changed) == (2, 0, 0)
+
+
+def test_a_journal_line_cut_by_a_kill_is_dropped_and_the_rerun_appends_cleanly(
+    model, images, tmp_path, reference
+):
+    out = tmp_path / "f.npy"
+    store = create_store(out, [images], model, layer="block5_pool", partition_size=4)
+    run_partition(store, store.partitions[0], model, batch_size=2)
+    manifest = tmp_path / "f.npy.manifest"
+    lines = (manifest / "part-00000.jsonl").read_text().splitlines(keepends=True)
+    (manifest / "part-00000.jsonl").unlink()
+    (manifest / "part-00000.journal.jsonl").write_text("".join(lines[:2]) + lines[2][:30])
+    result = run_partition(open_store(out), store.partitions[0], model, batch_size=2)
+    assert (result.already_done, result.written) == (2, 2)
+    assert (manifest / "part-00000.jsonl").read_text() == "".join(lines)
+    again = extract([images], out, model, **SETTINGS)
+    np.testing.assert_array_equal(np.load(out), reference)
+    assert again.damaged == 0
+
+
+def test_an_image_only_touched_is_hashed_once_and_keeps_its_row(
+    model, images, tmp_path, monkeypatch
+):
+    out = tmp_path / "f.npy"
+    extract([images], out, model, **SETTINGS)
+    os.utime(images / "img02.png", ns=(10**18, 10**18))
+    from vgg_np.extract import manifest as module  # where the identity is recomputed
+
+    hashed = []
+    identity = module.file_identity
+    monkeypatch.setattr(module, "file_identity", lambda p: hashed.append(p) or identity(p))
+    assert extract([images], out, model, **SETTINGS).written == 0
+    assert extract([images], out, model, **SETTINGS).written == 0
+    assert hashed == [str(images / "img02.png")]  # the new time was recorded
+    assert open_store(out).manifest()[2]["image"]["mtime_ns"] == 10**18
+
+
+def test_a_rerun_with_the_same_tensors_but_another_network_is_refused(tmp_path):
+    """A Keras head edited between runs (softmax -> sigmoid, the same tensors) would resume
+    into the same store and mix its rows with the old ones: refused, as other layers."""
+    import zipfile
+
+    source = zipfile.ZipFile(ROOT / "tests" / "data" / "heads" / "keras_flatten_head.keras")
+    config = json.loads(source.read("config.json"))
+    config["config"]["layers"][-1]["config"]["activation"] = "sigmoid"
+    edited = tmp_path / "sigmoid.keras"
+    with zipfile.ZipFile(edited, "w") as target:
+        for name in source.namelist():
+            target.writestr(
+                name, json.dumps(config) if name == "config.json" else source.read(name)
+            )
+    for seed in range(3):
+        picture(tmp_path / f"img{seed}.png", seed)
+    out = str(tmp_path / "f.npy")
+    command = ["extract", str(tmp_path / "img*.png"), "-o", out, "--partition-size", "2"]
+    assert main([*command, "--weights", source.filename]) == 0
+    (tmp_path / "f.npy.manifest" / "part-00001.jsonl").unlink()  # to be run again
+    assert main([*command, "--weights", str(edited)]) != 0
+    assert np.allclose(np.load(out)[:2].sum(axis=1), 1.0)  # the softmax rows, untouched

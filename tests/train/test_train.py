@@ -1,0 +1,149 @@
+"""Tests of vgg_np.train: whole-network gradients against finite differences (float64) and
+PyTorch autograd, the memory the summary reports, SGD, and the training command."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import relative_error
+from vgg_np import VGG, VGGConfig
+from vgg_np.train import SGD, loss_and_gradients, shapes_dataset
+
+# VGG16's topology at reduced width, on 32x32 inputs.
+NARROW = VGGConfig(
+    "narrow", ((3, 3), (4, 4), (4, 4, 4), (5, 5, 5), (5, 5, 5)), fc=(6, 6), default_size=32
+)
+
+
+def narrow(dtype="float64", seed=1) -> VGG:
+    return VGG(NARROW, classes=4, classifier_activation=None, dtype=dtype, seed=seed)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_whole_network_gradients_match_finite_differences(dropout):
+    model = narrow()
+    x = np.random.default_rng(0).standard_normal((3, 32, 32, 3))
+    labels = np.array([0, 3, 1])
+
+    def loss(weights) -> float:
+        model.set_weights(weights)
+        # The same generator state every time: the same dropout mask.
+        return loss_and_gradients(model, x, labels, dropout=dropout, rng=np.random.default_rng(5))[
+            0
+        ]
+
+    original = model.weights
+    _, grads, _ = loss_and_gradients(
+        model, x, labels, dropout=dropout, rng=np.random.default_rng(5)
+    )
+    rng = np.random.default_rng(9)
+    for name in ("block1_conv1", "block3_conv2", "block5_conv3", "fc1", "fc2", "predictions"):
+        for part in (0, 1):
+            analytic = grads[name][part]
+            for _ in range(3):
+                index = tuple(int(rng.integers(0, s)) for s in analytic.shape)
+                bumped = {k: (a.copy(), b.copy()) for k, (a, b) in original.items()}
+                bumped[name][part][index] += 1e-6
+                up = loss(bumped)
+                bumped[name][part][index] -= 2e-6
+                numeric = (up - loss(bumped)) / 2e-6
+                scale = np.max(np.abs(analytic)) + 1e-12
+                assert abs(numeric - analytic[index]) <= 1e-6 * scale + 1e-9, (name, part, index)
+    model.set_weights(original)
+
+
+def test_trainable_subset_gives_the_same_gradients_and_keeps_less():
+    model = narrow()
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3))
+    labels = np.array([1, 2])
+    _, every, tape = loss_and_gradients(model, x, labels)
+    _, top, small = loss_and_gradients(model, x, labels, trainable={"fc2", "predictions"})
+    assert set(top) == {"fc2", "predictions"}
+    for name in top:
+        np.testing.assert_array_equal(top[name][0], every[name][0])
+    assert small.nbytes() < tape.nbytes() / 10
+
+
+def test_summary_reports_what_the_backward_pass_keeps():
+    model = narrow(dtype="float32")
+    n = 3
+    x = np.random.default_rng(0).standard_normal((n, 32, 32, 3)).astype(np.float32)
+    _, _, tape = loss_and_gradients(model, x, np.array([0, 1, 2]))
+    summary = model.summary(print_summary=False)
+    for row in summary.rows:
+        assert tape.nbytes(row.name) == row.kept * n * 4, row.name
+    assert tape.nbytes() == summary.kept * n * 4
+
+
+def test_sgd_momentum_and_weight_decay_follow_pytorch():
+    model = narrow(dtype="float64")
+    w0 = model.weights["predictions"][0].copy()
+    g = np.full_like(w0, 0.5)
+    sgd = SGD(lr=0.1, momentum=0.9, weight_decay=0.01)
+    sgd.step(model, {"predictions": (g, np.zeros(4))})
+    v1 = g + 0.01 * w0
+    w1 = w0 - 0.1 * v1
+    np.testing.assert_allclose(model.weights["predictions"][0], w1)
+    sgd.step(model, {"predictions": (g, np.zeros(4))})
+    v2 = 0.9 * v1 + g + 0.01 * w1
+    np.testing.assert_allclose(model.weights["predictions"][0], w1 - 0.1 * v2)
+    with pytest.raises(ValueError, match="lr > 0"):
+        SGD(lr=0)
+
+
+def test_shapes_dataset_is_seeded_and_balanced():
+    a, la = shapes_dataset(12, seed=3)
+    b, _ = shapes_dataset(12, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert np.bincount(la).tolist() == [3, 3, 3, 3] and a.dtype == np.uint8
+
+
+def test_training_command_lowers_the_loss_and_raises_accuracy():
+    result = subprocess.run(
+        [sys.executable, "-m", "vgg_np", "train", "--epochs", "4", "--seed", "0"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    losses = [float(v) for v in re.findall(r"train loss (\S+),", result.stdout)]
+    accuracies = [float(v) for v in re.findall(r"test accuracy ([0-9.]+)", result.stdout)]
+    assert losses[-1] < losses[0]
+    assert accuracies[-1] >= accuracies[0] + 0.1  # from chance (0.25); measured 0.41-0.50
+
+
+@pytest.mark.torch
+def test_every_gradient_matches_pytorch_autograd():
+    torch = pytest.importorskip("torch", reason="needs torch (pip install torch==2.13.0)")
+    from tests.reference.torch_vgg import TorchVGG
+    from vgg_np.formats.layouts import fc1_torch_to_keras, linear_to_dense, oihw_to_hwio
+    from vgg_np.formats.torchvision import module_names, to_state_dict
+
+    model = narrow()
+    x = np.random.default_rng(0).standard_normal((3, 32, 32, 3))
+    labels = np.array([0, 3, 1])
+    _, grads, _ = loss_and_gradients(model, x, labels)
+    net = TorchVGG(NARROW.blocks, NARROW.fc, 4, pool_size=1).double().eval()  # eval: no dropout
+    state = to_state_dict(model.weights, NARROW.conv_names())
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    logits = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
+    params = dict(net.named_parameters())
+    names = module_names(NARROW.conv_names(), len(NARROW.fc) + 1)
+    for keras_name, (dk, db) in grads.items():
+        module = names[keras_name]
+        if keras_name.startswith("block"):  # ReLU module k+1 follows conv module k
+            module = f"features.{int(module.split('.')[1]) - 1}"
+            theirs = oihw_to_hwio(params[f"{module}.weight"].grad.numpy())
+        elif keras_name == "fc1":
+            module = "classifier.0"
+            theirs = fc1_torch_to_keras(params[f"{module}.weight"].grad.numpy(), (5, 1, 1))
+        else:
+            module = {"fc2": "classifier.3", "predictions": "classifier.6"}[keras_name]
+            theirs = linear_to_dense(params[f"{module}.weight"].grad.numpy())
+        assert relative_error(dk, theirs) < 1e-10, keras_name
+        assert relative_error(db, params[f"{module}.bias"].grad.numpy()) < 1e-10, keras_name
+    assert len(grads) == len(NARROW.conv_names()) + 3  # every parameter compared
