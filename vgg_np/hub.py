@@ -536,7 +536,7 @@ def resolve(
 
 
 def weights_path(
-    weights, name: str, include_top: bool, batch_norm: bool, download: bool
+    weights: str | os.PathLike, name: str, include_top: bool, batch_norm: bool, download: bool
 ) -> str | os.PathLike:
     """Return the file `VGG`'s `weights` argument names: a path, or ``"imagenet"``'s in a cache.
 
@@ -564,7 +564,9 @@ def weights_path(
     return weights
 
 
-def _warn_if_torchvision(path, name: str, include_top: bool, batch_norm: bool) -> None:
+def _warn_if_torchvision(
+    path: pathlib.Path, name: str, include_top: bool, batch_norm: bool
+) -> None:
     """Warn when Keras publishes this model but torchvision's file was the one found.
 
     The two are different trained models with different preprocessing: input prepared

@@ -142,7 +142,13 @@ def _classifier(weights: str, labels: str | None) -> tuple[VGG, list[str] | None
     return model, names
 
 
-def _classify(paths: list[str], model: VGG, choice, names, args: argparse.Namespace) -> int:
+def _classify(
+    paths: list[str],
+    model: VGG,
+    choice: formats.Preprocessing,
+    names: list[str] | None,
+    args: argparse.Namespace,
+) -> int:
     """Print the top classes of every picture of `paths` as it is classified; the exit code."""
     stream = ImageStream(
         paths, choice, size=input_size(model), batch_size=args.batch_size, on_skip=_skip,
