@@ -30,7 +30,6 @@ __all__ = [
     "KINDS",
     "OUTPUT_KINDS",
     "Activation",
-    "HasLayers",
     "Kind",
     "Layer",
     "LayerShape",
@@ -443,7 +442,7 @@ class LayerShape(NamedTuple):
 
 
 @runtime_checkable
-class HasLayers(Protocol):
+class _HasLayers(Protocol):
     """Anything with a layer table: a `vgg_np.network.Network`, a `vgg_np.VGG`."""
 
     @property
@@ -452,7 +451,7 @@ class HasLayers(Protocol):
         ...
 
 
-def shapes(layers: Sequence[Layer] | HasLayers, input_shape: tuple) -> list[LayerShape]:
+def shapes(layers: Sequence[Layer] | _HasLayers, input_shape: tuple) -> list[LayerShape]:
     """Walk a layer table's per-image shapes: the one place that computes them.
 
     The summary, the weight checks, the engine's planning, `predict`'s output array and
@@ -480,7 +479,7 @@ def shapes(layers: Sequence[Layer] | HasLayers, input_shape: tuple) -> list[Laye
     [(None, None, 4), (None, None, 4), (None,)]
     """
     walk, shape = [], tuple(input_shape)
-    for layer in layers.layers if isinstance(layers, HasLayers) else layers:
+    for layer in layers.layers if isinstance(layers, _HasLayers) else layers:
         out = KINDS[layer.kind].output_shape(layer, shape)
         walk.append(LayerShape(layer, shape, out))
         shape = out
