@@ -3,6 +3,7 @@
     python benchmarks/bench.py                      # batch 1 and 8, every engine installed
     python benchmarks/bench.py --batch 1 --rounds 5 --json results.json
     python benchmarks/bench.py --dtype float64 --batch 1   # the oracle against PyTorch float64
+    python benchmarks/bench.py --plan default       # vgg_np's built-in plan, not measured
 
 Every engine runs in its own process (thread pools of different libraries must not steal
 each other's cores), the engines alternating A B C A B C over several rounds; each
@@ -15,6 +16,13 @@ per-layer breakdown with the algorithm each layer used. Peers that are not insta
 skipped with a note. With ``--dtype float64`` vgg_np runs its oracle mode and PyTorch its
 float64 model (onnxruntime has no float64 convolution and is skipped). Not a test: the
 machines are shared and noisy, so quote ratios measured side by side.
+
+vgg_np runs ``plan="measure"`` by default: before the rounds, one process measures the
+plan into a fresh cache folder (the time it took and each layer's choice are printed),
+and every timed vgg_np process then reads it (``VGG_NP_PLAN``, ``VGG_NP_CACHE``).
+``--plan default`` runs the built-in plan; ``--plan FILE.json`` a plan file. The report
+starts with the CPU, the BLAS kernels and the load (`machine.describe`), then the
+machine's sgemm peak and copy bandwidth.
 """
 
 from __future__ import annotations
@@ -51,7 +59,10 @@ def peak_rss_mb() -> float:
 
 
 def load_engine(engine: str, files: dict, dtype: str = "float32"):
-    """Return a function running one forward pass on an NHWC batch of `dtype`."""
+    """Return a function running one forward pass on an NHWC batch of `dtype`.
+
+    vgg_np's plan comes from ``$VGG_NP_PLAN`` (see the module docstring).
+    """
     if engine == "vgg_np":
         import vgg_np
 
@@ -97,15 +108,53 @@ def worker(engine: str, batch: int, repeats: int, files: dict, dtype: str) -> di
         times.append(time.perf_counter() - start)
     result = {"engine": engine, "batch": batch, "times": times, "peak_rss_mb": peak_rss_mb()}
     if model is not None:  # vgg_np: per-layer breakdown
-        timings: list = []
         layers: dict = {}
         for _ in range(3):
-            timings.clear()
-            list(model.engine.run(x, timings=timings))
-            for name, algorithm, seconds in timings:
+            timings: list = []
+            model.engine.predict(x, timings=timings)
+            per_pass: dict = {}
+            for name, algorithm, seconds in timings:  # summed over the slices of the batch
+                per_pass[name] = (algorithm, per_pass.get(name, ("", 0.0))[1] + seconds)
+            for name, (algorithm, seconds) in per_pass.items():
                 layers.setdefault(name, [algorithm, []])[1].append(seconds)
         result["layers"] = {n: [a, statistics.median(s)] for n, (a, s) in layers.items()}
     return result
+
+
+def plan_worker(files: dict, dtype: str) -> dict:
+    """Measure (or read) vgg_np's plan for VGG16 at 224x224; its time and choices."""
+    import vgg_np
+
+    model = vgg_np.VGG16(weights=files["npz"], classifier_activation=None, dtype=dtype)
+    start = time.perf_counter()
+    plans = model.engine.plans((224, 224, 3))
+    return {
+        "seconds": time.perf_counter() - start,
+        "measuring": model.engine.planner.seconds,
+        "mode": str(model.engine.planner.mode),
+        "choices": {
+            name: None if plan.choice is None else plan.choice.to_dict()
+            for name, plan in plans.items()
+        },
+    }
+
+
+def plan_table(report: dict) -> str:
+    lines = [
+        f"vgg_np plan ({report['mode']}): {report['measuring']:.1f} s measuring, "
+        f"{report['seconds']:.1f} s planning in all\n",
+        "| layer | algorithm | tile rows per chunk | channels per block | order |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in report["choices"].items():
+        if c is None:
+            lines.append(f"| {name} | naive | | | |")
+        else:
+            lines.append(
+                f"| {name} | {c['algorithm']} | {c['rows_per_chunk']} | "
+                f"{c['channel_block']} | {c['order']} |"
+            )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,6 +192,15 @@ def prepare_files(folder: pathlib.Path, engines: list[str]) -> tuple[dict, list[
                 input_names=["input"], dynamic_axes={"input": {0: "batch"}},
             )  # fmt: skip
     return files, notes
+
+
+def run_worker(arguments: list[str], env: dict) -> dict:
+    """Run this script as a worker process; return the JSON it prints last."""
+    command = [sys.executable, __file__, "--worker", *arguments]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(arguments[:3])} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def available(engine: str) -> bool:
@@ -197,13 +255,19 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per process (5)")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument(
+        "--plan", default="measure", help="vgg_np's plan: measure (default), default, FILE.json"
+    )
     parser.add_argument("--json", help="write every measurement to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         files = json.loads(args.files)
-        result = worker(args.worker, args.batch[0], args.repeats, files, args.dtype)
+        if args.worker == "plan":
+            result = plan_worker(files, args.dtype)
+        else:
+            result = worker(args.worker, args.batch[0], args.repeats, files, args.dtype)
         print(json.dumps(result))
         return 0
 
@@ -213,25 +277,27 @@ def main(argv=None) -> int:
         engines.remove("onnxruntime")
         notes.append("onnxruntime has no float64 convolution: skipped")
     results: dict = {}
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import machine
+
+    header = [machine.describe(), machine.peaks()]
     with tempfile.TemporaryDirectory() as tmp:
         files, more = prepare_files(pathlib.Path(tmp), engines)
         notes += more
         engines = [e for e in engines if e == "vgg_np" or "pth" in files]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "VGG_NP_PLAN": str(args.plan)}
+        env["VGG_NP_CACHE"] = str(pathlib.Path(tmp) / "plans")  # measured afresh
+        plan = None
+        if "vgg_np" in engines:
+            plan = run_worker(["plan", *("--files", json.dumps(files), "--dtype", args.dtype)], env)
         for round_ in range(args.rounds):
             for batch in args.batch:
                 for engine in engines:
-                    command = [
-                        *(sys.executable, __file__, "--worker", engine, "--batch", str(batch)),
-                        *("--repeats", str(args.repeats), "--files", json.dumps(files)),
-                        *("--dtype", args.dtype),
-                    ]
-                    out = subprocess.run(
-                        command, capture_output=True, text=True, env=env, check=False
-                    )
-                    if out.returncode != 0:
-                        raise SystemExit(f"{engine} batch {batch} failed:\n{out.stderr}")
-                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    r = run_worker(
+                        [engine, "--batch", str(batch), "--repeats", str(args.repeats),
+                         "--files", json.dumps(files), "--dtype", args.dtype],
+                        env,
+                    )  # fmt: skip
                     key = (engine, batch)
                     if key in results:
                         results[key]["times"] += r["times"]
@@ -246,9 +312,12 @@ def main(argv=None) -> int:
                     print(
                         f"round {round_ + 1}: {engine} batch {batch}: {ms:.0f} ms", file=sys.stderr
                     )
+    print("\n".join(header) + "\n")
     print(f"VGG16 224x224 {args.dtype}, {os.cpu_count()} CPUs, medians of {args.rounds} x "
           f"{args.repeats} passes, each engine in its own process\n")  # fmt: skip
     print(table(results, args.batch, engines))
+    if plan is not None:
+        print("\n" + plan_table(plan))
     for note in notes:
         print(f"\nnote: {note}")
     for batch in args.batch:

@@ -52,6 +52,14 @@ def worker(batch: int, size: int, top: bool) -> dict:
     }
 
 
+def machine_header() -> str:
+    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    return describe()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
@@ -63,6 +71,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.batch[0], args.size, args.top)))
         return 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    print(machine_header())
     print(
         f"VGG16 {args.size}x{args.size}, include_top={args.top}, one process per batch\n\n"
         "| batch | peak RSS (MB) | RSS before the call | peak - before | after - before "

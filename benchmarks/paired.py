@@ -10,7 +10,7 @@ by 2x. Here every engine is loaded once in its own process (the same files and l
 C A B, ...), with a pause between turns so that no thread pool is still spinning when the
 next engine starts. Each turn gives one ratio vgg_np / peer measured within a second or
 two; reported are the median time per engine and the median and quartiles of the per-turn
-ratios.
+ratios. vgg_np's plan is measured once first, as in `bench.py` (``--plan``).
 """
 
 from __future__ import annotations
@@ -49,11 +49,22 @@ def serve(engine: str, batch: int, files: dict, dtype: str) -> None:
     print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
+def machine_header() -> str:
+    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    return describe()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--turns", type=int, default=15)
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument(
+        "--plan", default="measure", help="vgg_np's plan: measure (default), default, FILE.json"
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -61,12 +72,13 @@ def main(argv=None) -> int:
     if args.serve:
         serve(args.serve, args.batch[0], json.loads(args.files), args.dtype)
         return 0
-    from bench import ENGINES, available, prepare_files
+    from bench import ENGINES, available, plan_table, prepare_files, run_worker
 
     engines = [e for e in ENGINES if available(e)]
     if args.dtype == "float64" and "onnxruntime" in engines:
         engines.remove("onnxruntime")  # no float64 convolution
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    print(machine_header())
     print(f"VGG16 224x224 {args.dtype}, {os.cpu_count()} CPUs, {args.turns} paired turns "
           "per batch, each engine in its own process\n")  # fmt: skip
     peers = [e for e in engines if e != "vgg_np"]
@@ -79,6 +91,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files, _ = prepare_files(pathlib.Path(tmp), engines)
         engines = [e for e in engines if e == "vgg_np" or "pth" in files]
+        # vgg_np's plan, measured once into a fresh cache (as bench.py does), then read
+        env.update(VGG_NP_PLAN=str(args.plan), VGG_NP_CACHE=str(pathlib.Path(tmp) / "plans"))
+        plan = run_worker(["plan", "--files", json.dumps(files), "--dtype", args.dtype], env)
         for batch in args.batch:
             workers = {}
             for engine in engines:
@@ -117,6 +132,7 @@ def main(argv=None) -> int:
                     + " | ".join(cells)
                     + " |"
                 )
+    print("\n" + plan_table(plan))
     return 0
 
 

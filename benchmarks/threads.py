@@ -41,6 +41,14 @@ def throughput(model, x: np.ndarray, calls: int, callers: int, lock=None) -> flo
     return calls * len(x) / (time.perf_counter() - start)
 
 
+def machine_header() -> str:
+    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    return describe()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=16, help="calls per mode and round")
@@ -61,6 +69,7 @@ def main(argv=None) -> int:
         f"{args.callers} threads": (args.callers, None),
         f"{args.callers} threads, serialised": (args.callers, threading.Lock()),
     }
+    print(machine_header())
     print(f"batch 1, {os.cpu_count()} CPUs, medians of {args.rounds} rounds\n")
     print("| model | mode | images / s | vs 1 thread |\n|---|---|---|---|")
     for label, (model, shape, calls) in models.items():

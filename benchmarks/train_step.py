@@ -101,6 +101,14 @@ def worker(engine: str, batch: int, layers: str, repeats: int) -> dict:
     return {"times": times}
 
 
+def machine_header() -> str:
+    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    return describe()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -124,6 +132,7 @@ def main(argv=None) -> int:
                     raise SystemExit(f"{engine} {layers} failed:\n{out.stderr}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 times.setdefault((layers, engine), []).extend(result["times"])
+    print(machine_header())
     print(f"training step, narrow VGG16, batch {args.batch}, {SIZE}x{SIZE}, float32, "
           f"{os.cpu_count()} CPUs, medians of {args.rounds} x {args.repeats}\n")  # fmt: skip
     print("| trained | vgg_np ms | PyTorch ms | vgg_np / PyTorch |\n|---|---|---|---|")

@@ -6,7 +6,9 @@
 - ``vgg16_layers.png``: activation values and weights per layer of VGG16 (vgg16.md), from
   ``model.summary()``;
 - ``demo_block1_conv2.png``, ``demo_block5_conv3.png``: feature maps of the bundled picture
-  (``vgg-np show``, seeded weights), and ``demo.png``, the picture itself.
+  (``vgg-np show``, seeded weights), and ``demo.png``, the picture itself;
+- ``fine_tune_curves.png``, ``fine_tune_confusion.png``: what ``vgg-np train`` draws beside
+  its model, for the run of fine-tune.md (generated pictures, a seeded VGG16 base).
 """
 
 from __future__ import annotations
@@ -95,6 +97,29 @@ def layers_figure() -> Image.Image:
     return image
 
 
+def fine_tune_figures() -> None:
+    """Run fine-tune.md's ``vgg-np train`` in a temporary folder; keep its two pictures."""
+    import shutil
+    import tempfile
+
+    from vgg_np import VGG16
+    from vgg_np.train.data import write_shapes_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = pathlib.Path(tmp)
+        write_shapes_folder(work / "shapes", 40, size=48, seed=0)
+        VGG16(include_top=False, input_shape=(48, 48, 3), seed=0).save_weights(work / "base.npz")
+        subprocess.run(
+            [sys.executable, "-m", "vgg_np", "train", str(work / "shapes"), "--weights",
+             str(work / "base.npz"), "-o", str(work / "shapes.npz"), "--head", "flatten",
+             "--epochs", "30", "--lr", "0.01", "--batch-size", "16", "--patience", "5",
+             "--preprocess", "torch", "--cache", str(work / "cache")],
+            check=True,
+        )  # fmt: skip
+        for kind in ("curves", "confusion"):
+            shutil.copy(work / f"shapes.{kind}.png", OUT / f"fine_tune_{kind}.png")
+
+
 def main() -> int:
     OUT.mkdir(exist_ok=True)
     im2col_figure().save(OUT / "im2col.png", optimize=True)
@@ -107,6 +132,7 @@ def main() -> int:
              "-o", str(OUT / f"demo_{layer}.png")],
             check=True,
         )  # fmt: skip
+    fine_tune_figures()
     # Full-size maps are large: keep the first 16 of block1_conv2 readable on a page.
     with Image.open(OUT / "demo_block1_conv2.png") as grid:
         grid.crop((0, 0, 4 * 226 + 2, 4 * 226 + 2)).save(

@@ -1,6 +1,7 @@
-"""Shared tolerances, hypothesis profiles and comparison helpers for the test suite.
+"""Shared tolerances, hypothesis profiles, comparison helpers, paths and small models.
 
-Tolerances are measured, not guessed; each says where its number comes from.
+Tolerances are measured, not guessed; each says where its number comes from. ``tests`` is a
+package: a test module imports these as ``from tests.conftest import relative_error``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,41 @@ import sys
 
 import numpy as np
 from hypothesis import HealthCheck, settings
+
+from tests.reference.make_keras_reference import TINY, TINY_CLASSES
+from vgg_np import VGG, VGGConfig
+
+# -- Paths: every test module reads its fixtures from here, wherever it sits in tests/ ----
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+#: The committed reduced-width Keras fixtures (`make_keras_reference.py tiny`): the network
+#: `tiny_vgg16` builds, in every Keras layout, with Keras's activations.
+TINY_DIR = DATA / "tiny_vgg16"
+#: Batch-norm VGGs and heads of one's own written by Keras, PyTorch, tf2onnx and torch.onnx
+#: (`make_heads_reference.py`).
+HEADS_DIR = DATA / "heads"
+
+# -- Small networks built at test time (seeded): the same few configurations everywhere ----
+#: Every block of VGG at widths 4 and 8, one 16-unit dense layer, 32x32: the quickest
+#: network that still has five pools (the CLI, files, hub, network and heads tests).
+TINY_CONFIG = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+#: Block 2 wider than block 1 (4 -> 6 channels), 64x64: a channel or layout mix-up changes
+#: the numbers (compare and the adapters).
+NARROW_CONFIG = VGGConfig("narrow", ((4,), (6,), (8,), (8,), (8,)), fc=(16,), default_size=64)
+#: Widths that are not powers of two and two convolutions in block 2, 64x64: enough
+#: channels and rows for the engine's Winograd tiles, GEMM chunks and threads to matter.
+SMALL_CONFIG = VGGConfig("small", ((8,), (12, 12), (16,), (16,), (24,)), fc=(20,), default_size=64)
+
+
+def tiny_vgg16(**kwargs) -> VGG:
+    """The network of the committed tiny fixtures (`TINY_DIR`): 32x32, `TINY_CLASSES` classes.
+
+    Keyword arguments go to `VGG` (``weights=TINY_DIR / "model.h5"`` loads Keras's file).
+    """
+    kwargs.setdefault("input_shape", (32, 32, 3))
+    kwargs.setdefault("classes", TINY_CLASSES)
+    return VGG(TINY, **kwargs)
+
 
 # Hypothesis profiles: `dev` for a quick local run, `ci` for .ci/run, `thorough` before a
 # release. Pick one with HYPOTHESIS_PROFILE=...
@@ -144,5 +180,11 @@ def run_vgg_np(*args, cwd=None) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+# Adam's update in vgg_np.train.optim against the same formula written out in float64:
+# the in-place updates round a few values differently (measured 2.1e-16 relative, one
+# ulp); 4 ulp.
+ADAM_REL_TOL = 1e-15

@@ -3,8 +3,8 @@
 Committed fixtures where they exist (tests/data/heads, tests/data/tiny_vgg16; made by
 tests/reference/make_heads_reference.py), the others written at test time with the
 project's own writers: a seeded VGG11 at a non-square size, torchvision's vgg16_bn with
-its classifier replaced, timm's layout, a Keras head ending Dropout -> Activation, and
-an ONNX graph whose Softmax feeds nothing.
+its classifier replaced, timm's layout, a Keras head ending Dropout -> Activation, an
+ONNX graph whose Softmax feeds nothing, and what ``vgg-np train`` writes.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from tests.conftest import HEADS_DIR as HEADS
+from tests.conftest import TINY_DIR as TINY
 from vgg_np import VGG, VGGConfig, formats
 from vgg_np.formats.contract import Family, Provenance
 from vgg_np.formats.safetensors_file import open_safetensors, write_safetensors
 from vgg_np.formats.torchvision import to_state_dict
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-HEADS = ROOT / "tests" / "data" / "heads"
-TINY = ROOT / "tests" / "data" / "tiny_vgg16"
 WIDTHS = ((4, 4), (8, 8), (8, 8, 8), (8, 8, 8), (8, 8, 8))  # VGG16's topology, tiny
 
 
@@ -93,6 +92,24 @@ def _unused_softmax(tmp: pathlib.Path) -> pathlib.Path:
     return tmp / "unused_softmax.onnx"
 
 
+def _fine_tuned(tmp: pathlib.Path) -> pathlib.Path:
+    """What ``vgg-np train`` writes: a head trained on a folder, block 5 unfrozen, its labels."""
+    from vgg_np.train import fit
+    from vgg_np.train.data import write_shapes_folder
+
+    write_shapes_folder(tmp / "pictures", 3, size=40, seed=5)
+    base = VGG(VGGConfig("vgg16", WIDTHS), include_top=False, input_shape=(64, 40, 3), seed=14)
+    provenance = Provenance(
+        "seeded", Family.KERAS, "caffe", "keras", (64, 40), "declared Keras-trained by the test"
+    )
+    formats.write_weights(tmp / "base.npz", base.weights, provenance=provenance)
+    fit(
+        tmp / "pictures", tmp / "base.npz", tmp / "fine_tuned.npz", head="gap,dense:8,dropout:0.3",
+        epochs=2, unfreeze=1, batch_size=4, cache_dir=tmp / "cache", verbose=0,
+    )  # fmt: skip
+    return tmp / "fine_tuned.npz"
+
+
 def _committed(path: pathlib.Path) -> Callable[[pathlib.Path], pathlib.Path]:
     def build(tmp: pathlib.Path) -> pathlib.Path:
         if path.suffix == ".onnx":
@@ -122,4 +139,5 @@ KINDS: dict[str, Kind] = {
     "torch ONNX, GAP head": Kind(_committed(HEADS / "keras_gap_head_torch.onnx")),
     "tf2onnx ONNX, Flatten head": Kind(_committed(HEADS / "keras_flatten_head_tf2onnx.onnx")),
     "ONNX, unused Softmax": Kind(_unused_softmax),
+    "vgg-np train output, npz": Kind(_fine_tuned),
 }

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import relative_error
+from tests.conftest import ROOT, relative_error
 from tests.matrix_kinds import KINDS, Kind
 from vgg_np import VGG, formats
 from vgg_np.cli import main
@@ -40,7 +40,6 @@ from vgg_np.streams import ImageStream, input_size
 from vgg_np.summary import Summary
 from vgg_np.visualize import feature_map_grid
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "matrix.md"
 
 # The default float32 engine (Winograd, folded batch norms) against the float64 reference

@@ -10,7 +10,8 @@ import re
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 PACKAGE = ROOT / "vgg_np"
 
 # The packages the model and formats use that the kernels must not need.

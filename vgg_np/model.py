@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 from vgg_np import _running, formats, hub
 from vgg_np.architecture import infer_architecture
 from vgg_np.config import CONFIGS, Layer, VGGConfig, _fmt_shape, layer_table
-from vgg_np.engine import ALGORITHMS, Engine
+from vgg_np.engine import ALGORITHMS, Engine, measure
 from vgg_np.engine.lowering import Plan, lower
 from vgg_np.layers import KINDS
 from vgg_np.network import Network, describe
@@ -109,6 +109,14 @@ class VGG:
         With ``weights="imagenet"`` and no cached copy: download the published file
         (Keras's where Keras publishes one, else torchvision's) into its cache (a
         progress bar, hash and size verified, a deadline, written atomically).
+    plan : {"default", "measure"} or path, optional
+        How the engine chooses each convolution's algorithm and layout
+        (`vgg_np.engine.measure`): ``"default"``, the built-in table; ``"measure"``,
+        timed on this machine at first use (a few seconds for VGG16) and cached per CPU,
+        BLAS and thread count in ``$VGG_NP_CACHE`` or ``~/.cache/vgg_np``; a ``.json``
+        path, a plan file used as it is and completed by measuring. None reads
+        ``$VGG_NP_PLAN`` (default ``"default"``). Any plan computes the same network
+        within its algorithms' tolerance (docs/performance.md).
 
     Attributes
     ----------
@@ -155,6 +163,7 @@ class VGG:
         batch_norm: bool | float = False,
         head: Sequence[Layer] | None = None,
         download: bool = False,
+        plan: str | os.PathLike | None = None,
     ):
         self.network: Network = describe(
             config,
@@ -172,6 +181,8 @@ class VGG:
         )
         self.conv_algorithm = _check_conv_algorithm(conv_algorithm)
         self.threads = _check_threads(threads)
+        measure.resolve(plan)  # a bad `plan` fails here, not at the first call
+        self.plan = plan
         self._plan: tuple[Plan, Engine] | None = None  # see _lowered
         # What the last file loaded said about itself: its format, and for ONNX models
         # the tensor names of each layer's output (`formats.WeightSource`).
@@ -486,7 +497,10 @@ class VGG:
         lowered = self._plan  # another thread may set it meanwhile: both are equal
         if lowered is None:
             plan = lower(self.layers, self._weights)
-            lowered = plan, Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads)
+            lowered = (
+                plan,
+                Engine(plan.steps, plan.weights, self.conv_algorithm, self.threads, self.plan),
+            )
             self._plan = lowered
         return lowered
 
@@ -722,7 +736,7 @@ def _check_threads(threads: int | None) -> int | None:
 _TORCH_FAMILIES = (formats.Family.TORCHVISION, formats.Family.TIMM)
 
 # The arguments of `VGG` that say how it runs and where its weights come from, not what it is.
-_RUNTIME = ("seed", "allow_nonfinite", "conv_algorithm", "threads", "download")
+_RUNTIME = ("seed", "allow_nonfinite", "conv_algorithm", "threads", "download", "plan")
 
 
 def _from_network(name: str, doc: str) -> property:

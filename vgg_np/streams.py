@@ -262,18 +262,28 @@ def file_identity(path: str | os.PathLike) -> dict | None:
 
 
 def _decode(
-    path: str, prep: Preprocessing, size: Size, identify: bool = False
+    path: str,
+    prep: Preprocessing,
+    size: Size,
+    identify: bool = False,
+    transform: Callable[[str, NDArray[np.uint8]], NDArray[np.uint8]] | None = None,
 ) -> tuple[NDArray[np.float32] | None, str | None, dict | None]:
     """Decode one image: a preprocessed (size, size, 3) array, or None and the reason why.
 
-    With `identify`, also the file's `file_identity`, taken before decoding.
+    With `identify`, also the file's `file_identity`, taken before decoding; with
+    `transform`, its pixels pass through ``transform(path, pixels)`` before preprocessing.
     """
     identity = file_identity(path) if identify else None
-    pixels, reason = _load(path, prep, size)
+    pixels, reason = _load(path, prep, size, transform)
     return pixels, reason, identity
 
 
-def _load(path: str, prep: Preprocessing, size: Size) -> tuple[NDArray | None, str | None]:
+def _load(
+    path: str,
+    prep: Preprocessing,
+    size: Size,
+    transform: Callable[[str, NDArray[np.uint8]], NDArray[np.uint8]] | None = None,
+) -> tuple[NDArray | None, str | None]:
     try:
         # load_image refuses, without reading, anything but a regular file (a FIFO would
         # block, a device never end).
@@ -284,6 +294,8 @@ def _load(path: str, prep: Preprocessing, size: Size) -> tuple[NDArray | None, s
         return None, f"{path}: {error.strerror or error}"
     except ValueError as error:
         return None, str(error)
+    if transform is not None:
+        pixels = transform(path, pixels)  # (H, W, 3) uint8 -> the same: augmentation
     return preprocess_input(pixels, mode=prep.mode), None
 
 
@@ -343,6 +355,7 @@ def decode_batches(
     workers: int = 2,
     prefetch: int = PREFETCH,
     identify: bool = False,
+    transform: Callable[[str, NDArray[np.uint8]], NDArray[np.uint8]] | None = None,
 ) -> Iterator[Decoded]:
     """Yield `Decoded` batches of `batch_size` consecutive paths, decoded ahead on threads.
 
@@ -361,6 +374,10 @@ def decode_batches(
         Batches decoded ahead of the one being used.
     identify : bool, default False
         Also record each file's `file_identity` (it reads the file once more).
+    transform : callable, optional
+        ``transform(path, pixels) -> pixels`` on each image's uint8 ``(H, W, 3)`` pixels,
+        after resizing and before preprocessing, in a decoding thread: training's seeded
+        augmentation (`vgg_np.train.data.Augment`).
 
     Examples
     --------
@@ -378,7 +395,7 @@ def decode_batches(
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     return _decoded(
         chunks,
-        functools.partial(_decode, prep=prep, size=size, identify=identify),
+        functools.partial(_decode, prep=prep, size=size, identify=identify, transform=transform),
         size,
         workers,
         prefetch,

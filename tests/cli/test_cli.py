@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import TINY_DIR
 from vgg_np import cli, formats
 from vgg_np.cli import build_parser
 
@@ -64,9 +65,6 @@ def test_unknown_command_is_a_usage_error():
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 
 
 def tensors_of(path) -> dict:

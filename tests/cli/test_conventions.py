@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import TINY_DIR as TINY
 from tests.conftest import run_vgg_np as run
 from vgg_np import cli
 
-TINY = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 WEIGHTS = str(TINY / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import HEADS_DIR, ROOT
+from tests.conftest import TINY_DIR as TINY
 from tests.conftest import run_vgg_np as run
 from vgg_np import progress
 from vgg_np.progress import Progress
 
-ROOT = pathlib.Path(__file__).parents[2]
-TINY = ROOT / "tests" / "data" / "tiny_vgg16"
 WEIGHTS = str(TINY / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
 
 
@@ -205,7 +205,7 @@ def test_predict_output_is_what_it_ranks_and_the_docs_say_so(tmp_path):
     ranks, `extract` the logits; README and --help must not say they store the same."""
     from vgg_np import cli
 
-    bn = str(ROOT / "tests" / "data" / "heads" / "vgg16_bn.pth")
+    bn = str(HEADS_DIR / "vgg16_bn.pth")
     picture = tmp_path / "a.png"
     Image.new("RGB", (40, 30), (200, 40, 10)).save(picture)
     assert cli.main(["predict", str(picture), "--weights", bn, "-o", str(tmp_path / "p.npy")]) == 0

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import DATA, TINY_CONFIG
 from vgg_np import VGG, formats
 from vgg_np.cli import main
-from vgg_np.config import VGGConfig
 from vgg_np.layers import Layer
 from vgg_np.preprocess import load_image, preprocess_input
 
-DATA = pathlib.Path(__file__).parents[1] / "data"
 HEADS = DATA / "heads"
 TINY = DATA / "tiny_vgg16"
 HEAD_FILES = [
@@ -141,9 +140,8 @@ def test_predict_names_a_heads_classes_only_from_labels(capsys, image, tmp_path)
     code, _, err = run(capsys, "predict", image, "--weights", weights, "--labels", labels)
     assert code != 0 and "2 names" in err and "5 outputs" in err
     # A head of one's own with 1000 outputs is still not ImageNet's classifier.
-    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     head = [Layer("gap", "global_avg"), Layer("out", "dense", 1000, "softmax")]
-    VGG(tiny, head=head, seed=0).save_weights(tmp_path / "head1000.npz")
+    VGG(TINY_CONFIG, head=head, seed=0).save_weights(tmp_path / "head1000.npz")
     code, out, _ = run(
         capsys, "predict", image, "--weights", tmp_path / "head1000.npz", "--preprocess", "caffe"
     )

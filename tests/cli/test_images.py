@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import ROOT
+from tests.conftest import TINY_DIR as TINY
 from tests.conftest import run_vgg_np as run
 
-TINY = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 WEIGHTS = str(TINY / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
-DEMO = str(pathlib.Path(__file__).parents[2] / "vgg_np" / "data" / "demo.png")
+DEMO = str(ROOT / "vgg_np" / "data" / "demo.png")
 
 
 def one_line_error(result, code=1) -> str:

@@ -15,14 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import DATA, ROOT, TINY_CONFIG
 from vgg_np import VGG, cli, hub
-from vgg_np.config import VGGConfig
 from vgg_np.preprocess import load_image, preprocess_input
 from vgg_np.visualize import feature_map_grid
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLI = ROOT / "vgg_np" / "cli"
-DATA = ROOT / "tests" / "data"
 WEIGHTS = str(DATA / "tiny_vgg16" / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
 
 
@@ -281,11 +279,10 @@ def test_weights_imagenet_and_fetch_weights_on_a_frozen_namespace(
     """``--weights imagenet`` becomes the cached file in a new namespace, not the parsed one."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     folder = hub.cache_dir("torchvision")
     folder.mkdir(parents=True)
     path = folder / "vgg11-8a719046.pth"  # any format: readers go by content
-    VGG(tiny, include_top=False, input_shape=(32, 32, 3), seed=0).save_weights(path)
+    VGG(TINY_CONFIG, include_top=False, input_shape=(32, 32, 3), seed=0).save_weights(path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     published = hub.Published("torchvision", path.name, "http://x.invalid/", "sha256", sha)
     monkeypatch.setitem(hub.PUBLISHED, ("vgg11", True), (published,))

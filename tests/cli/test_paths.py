@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import HEADS_DIR as HEADS
 from tests.conftest import relative_error
 from vgg_np import VGG, VGGConfig
 from vgg_np.cli import main
 from vgg_np.extract import weights_digest
 from vgg_np.streams import ImageStream
 
-HEADS = pathlib.Path(__file__).parents[1] / "data" / "heads"
 BN = HEADS / "vgg16_bn.safetensors"
 FLATTEN_HEAD = HEADS / "keras_flatten_head.keras"  # a 64x40 input, a head of its own
 GAP_HEAD = HEADS / "keras_gap_head.h5"

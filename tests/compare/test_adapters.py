@@ -8,19 +8,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import NARROW_CONFIG, TINY_CONFIG
 from vgg_np import adapters, compare
 from vgg_np.adapters import name_map
-from vgg_np.config import VGGConfig
 from vgg_np.model import VGG
 from vgg_np.weight_diff import TRANSFORMS, WEIGHT_RTOL, diff_weights
-
-TINY = VGGConfig("tiny", ((4,), (6,), (8,), (8,), (8,)), fc=(16,), default_size=64)
 
 
 @pytest.fixture(scope="module")
 def reference():
     # 64x64 inputs: fc1 takes a 2x2x8 grid, so its flatten order matters.
-    return VGG(TINY, classes=5, seed=0).weights
+    return VGG(NARROW_CONFIG, classes=5, seed=0).weights
 
 
 def mangled(reference, layer, position, function):
@@ -211,8 +209,7 @@ def test_the_reference_from_the_artifact_and_imagenet_build_from_the_inferred_ne
     monkeypatch,
 ):
     """Without weights= (or with "imagenet") the reference is built from the artifact's shapes."""
-    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
-    own = VGG(tiny, classes=3, classifier_activation=None, seed=1).weights
+    own = VGG(TINY_CONFIG, classes=3, classifier_activation=None, seed=1).weights
     model, notes = adapters._reference(None, own, "keras", oracle=True, activation=None,
                                        input_shape=(32, 32, 3))  # fmt: skip
     assert notes[0].startswith("REFERENCE FROM THE ARTIFACT UNDER TEST")

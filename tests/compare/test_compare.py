@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from vgg_np import VGG, VGGConfig
+from tests.conftest import NARROW_CONFIG, TINY_CONFIG, TINY_DIR
+from vgg_np import VGG
 from vgg_np.compare import compare_activations
 from vgg_np.formats.layouts import hwc_rows_to_chw
 from vgg_np.formats.torchvision import module_names
 
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 # A final 2x2 map, so that flatten order matters.
-SMALL = VGGConfig("small", ((4,), (6,), (8,), (8,), (8,)), fc=(16,), default_size=64)
 
 
 def small(**kwargs) -> VGG:
-    return VGG(SMALL, classes=5, classifier_activation=None, seed=7, **kwargs)
+    return VGG(NARROW_CONFIG, classes=5, classifier_activation=None, seed=7, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +81,7 @@ def test_bgr_rgb_mixup_shows_from_the_first_layer(x):
 
 def test_nchw_and_torchvision_names_are_recognised(x):
     ours = other_implementation(x)
-    names = module_names(SMALL.conv_names(), 2)
+    names = module_names(NARROW_CONFIG.conv_names(), 2)
     theirs = {
         names.get(k, k): (v.transpose(0, 3, 1, 2) if v.ndim == 4 else v) for k, v in ours.items()
     }
@@ -190,7 +188,7 @@ def test_explicit_layers_must_all_be_compared(x):
     result = compare_activations(small(), x, full, layers=asked)
     assert not result.passed and result.missing == ("flatten",)
     assert result.verdict() == "FAIL: only 2/3 layers compared"
-    with pytest.raises(ValueError, match=r"`layers` must name layers of small .* got \['fc3'\]"):
+    with pytest.raises(ValueError, match=r"`layers` must name layers of narrow .* got \['fc3'\]"):
         compare_activations(small(), x, full, layers=["fc1", "fc3"])
 
 
@@ -221,7 +219,7 @@ def test_probabilities_against_logits_are_recognised(x):
 
 def test_logits_against_probabilities_are_recognised(x):
     dump = other_implementation(x)  # logits
-    with_softmax = VGG(SMALL, classes=5, classifier_activation="softmax", seed=7)
+    with_softmax = VGG(NARROW_CONFIG, classes=5, classifier_activation="softmax", seed=7)
     result = compare_activations(with_softmax, x, dump)
     assert result.passed
     assert "your output holds logits, vgg_np's probabilities" in result.notes[0]
@@ -281,7 +279,7 @@ def test_the_layout_assumed_is_said(x):
 def test_an_identity_avgpool_is_not_demanded_of_a_keras_layout_implementation():
     # torchvision-provenance weights give vgg_np an avgpool (the identity at this size);
     # an implementation in Keras's layout has none and is not wrong for it.
-    torchlike = VGG(SMALL, classes=5, classifier_activation=None, seed=7, adaptive_pool=2)
+    torchlike = VGG(NARROW_CONFIG, classes=5, classifier_activation=None, seed=7, adaptive_pool=2)
     assert "avgpool" in [layer.name for layer in torchlike.layers]
     x = np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32)
     dump = {k: v for k, v in torchlike.activations(x).items() if k != "avgpool"}
@@ -294,8 +292,8 @@ def test_an_identity_avgpool_is_not_demanded_of_a_keras_layout_implementation():
 
 
 def test_a_dump_with_layers_the_weights_lack_is_refused(x):
-    base = VGG(SMALL, include_top=False, seed=7)
-    logits = module_names(SMALL.conv_names(), 2)["predictions"]  # torchvision's name
+    base = VGG(NARROW_CONFIG, include_top=False, seed=7)
+    logits = module_names(NARROW_CONFIG.conv_names(), 2)["predictions"]  # torchvision's name
     dump = base.activations(x) | {"fc1": np.zeros((2, 16)), logits: np.zeros((2, 5))}
     with pytest.raises(ValueError, match=rf"layers the weights' network does not have "
                                          rf"\({logits}, fc1\)"):  # fmt: skip
@@ -375,8 +373,7 @@ def test_an_onnx_graph_read_only_in_part_is_refused_not_a_silent_subset(tmp_path
 
 @pytest.mark.parametrize("dtype", [np.complex64, np.int32, np.bool_])
 def test_compare_activations_refuses_arrays_that_are_not_real_floats(dtype):
-    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
-    model = VGG(tiny, classes=3, classifier_activation=None, seed=0)
+    model = VGG(TINY_CONFIG, classes=3, classifier_activation=None, seed=0)
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
     dump = model.activations(x)
     dump["block1_conv1"] = (dump["block1_conv1"] + (1j if dtype == np.complex64 else 0)).astype(
@@ -406,9 +403,9 @@ def test_probabilities_show_an_unlikely_class_off_by_one_logit():
 
 def test_a_batch_norm_dump_by_torchvision_module_names_passes(x):
     """vgg16_bn's tree is Conv2d, BatchNorm2d, ReLU: its module names pair with the right layers."""
-    model = VGG(SMALL, classes=5, classifier_activation=None, seed=7, batch_norm=1e-5)
+    model = VGG(NARROW_CONFIG, classes=5, classifier_activation=None, seed=7, batch_norm=1e-5)
     ours = model.activations(x)
-    names = module_names(SMALL.conv_names(), 2, batch_norm=True)
+    names = module_names(NARROW_CONFIG.conv_names(), 2, batch_norm=True)
     assert names["block1_conv1_bn"] == "features.2" and names["block1_pool"] == "features.3"
     dump = {
         names.get(layer, layer): a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
@@ -433,7 +430,7 @@ def test_pictures_for_a_model_of_any_size_take_the_size_of_your_input(tmp_path):
 
     from vgg_np.preprocess import load_image, preprocess_input
 
-    model = VGG(SMALL, include_top=False, input_shape=(None, None, 3), seed=7)
+    model = VGG(NARROW_CONFIG, include_top=False, input_shape=(None, None, 3), seed=7)
     pixels = np.random.default_rng(3).integers(0, 256, (48, 48, 3)).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
     x = preprocess_input(load_image(tmp_path / "a.png", size=48)[None], "caffe")

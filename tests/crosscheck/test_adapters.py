@@ -8,13 +8,13 @@ always come from a file written beside the model, never from the model under tes
 from __future__ import annotations
 
 import os
-import pathlib
 import re
 from importlib import resources
 
 import numpy as np
 import pytest
 
+from tests.conftest import ROOT
 from vgg_np.adapters import compare_keras, compare_onnx, compare_torch
 from vgg_np.config import VGGConfig
 from vgg_np.model import VGG
@@ -331,7 +331,7 @@ def test_cli_compare_onnx_takes_an_independent_reference(torch_vgg, x, tmp_path,
 # The docs' snippets, run as they are written (their doctests are marked +SKIP)
 # ---------------------------------------------------------------------------------------
 
-DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "verify-your-implementation.md"
+DOC = ROOT / "docs" / "verify-your-implementation.md"
 
 
 def snippet(name: str) -> str:

@@ -9,14 +9,13 @@ runs these every time. Full-size VGG16 files are written to a temporary director
 from __future__ import annotations
 
 import os
-import pathlib
 import time
 
 import numpy as np
 import pytest
 
 import vgg_np
-from tests.conftest import KERAS_REL_TOL, relative_error
+from tests.conftest import DATA, KERAS_REL_TOL, relative_error
 from tests.reference import make_keras_reference as ref
 from vgg_np.layers import forward
 
@@ -25,8 +24,6 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 pytest.importorskip(
     "keras", reason="needs the optional `keras` extra: pip install keras torch==2.13.0"
 )
-
-DATA = pathlib.Path(__file__).parents[1] / "data"
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import ROOT
 from vgg_np import VGG, VGGConfig
 from vgg_np.cli import main
 from vgg_np.distributed import (
@@ -36,7 +37,6 @@ from vgg_np.distributed import (
 )
 from vgg_np.extract import extract, open_store
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 # A reduced-width VGG16 on 64x64 inputs: about 20 ms per image per engine thread, so a
 # partition of 16 images lasts long enough to be caught mid-run.
 NARROW = VGGConfig(

@@ -4,14 +4,14 @@ every figure and page they link to exists."""
 from __future__ import annotations
 
 import doctest
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
+
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 
 
@@ -46,6 +46,9 @@ PUBLIC_MODULES = [
     "vgg_np.config", "vgg_np.network",
     "vgg_np.summary", "vgg_np.architecture", "vgg_np.model", "vgg_np.formats",
     "vgg_np.preprocess", "vgg_np.diagnose", "vgg_np.compare", "vgg_np.visualize", "vgg_np.train",
+    "vgg_np.train.fit", "vgg_np.train.data", "vgg_np.train.heads", "vgg_np.train.loop",
+    "vgg_np.train.optim", "vgg_np.train.features", "vgg_np.train.checkpoint",
+    "vgg_np.train.report", "vgg_np.train.plan",
     "vgg_np.vectors",
     "vgg_np.progress", "vgg_np.hub", "vgg_np.streams", "vgg_np.extract",
     "vgg_np.distributed", "vgg_np.adapters", "vgg_np.weight_diff",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
+
 NOTEBOOKS = sorted((ROOT / "docs" / "notebooks").glob("*.py"))
 NEEDED = ("jupytext", "nbclient", "ipykernel", "matplotlib")
 

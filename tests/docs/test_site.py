@@ -28,7 +28,8 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
+
 CONFIG = ROOT / "docs" / "mkdocs" / "mkdocs.yml"
 SITE_PACKAGES = ("mkdocs", "material", "mkdocstrings_handlers.python", "mkdocs_jupyter",
                  "latex2mathml", "jupytext", "ipykernel")  # fmt: skip

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import argparse
 import ast
-import pathlib
 import re
 import shlex
 
 import pytest
 
 import vgg_np
+from tests.conftest import ROOT
 from vgg_np import cli, formats, hub
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 PYPROJECT = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python 3.11+)
 DEPENDENCIES = ast.literal_eval(re.search(r"^dependencies = (\[.*?\])$", PYPROJECT, re.M)[1])

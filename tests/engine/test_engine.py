@@ -3,8 +3,6 @@ float64 oracle, threading, fused pooling, buffers and thread settings."""
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -12,23 +10,19 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_info
 
 import vgg_np
-from tests.conftest import ENGINE_REL_TOL, LOGITS_REL_TOL, WINOGRAD_SCALED_TOL, relative_error
+from tests.conftest import DATA, ENGINE_REL_TOL, LOGITS_REL_TOL, WINOGRAD_SCALED_TOL, relative_error
+from tests.conftest import SMALL_CONFIG as SMALL
 from tests.reference.make_keras_reference import full_weights
-from vgg_np import VGG, VGGConfig, ops
+from vgg_np import VGG, ops
 from vgg_np import engine as engine_module
 from vgg_np.engine import Engine, winograd_conv3x3, winograd_kernel, winograd_matrices
 from vgg_np.layers import forward
-
-DATA = pathlib.Path(__file__).parents[1] / "data"
 
 
 @pytest.fixture
 def every_layer_on_the_threads(monkeypatch):
     """The small test networks' layers are below the size the engine hands to its threads."""
     monkeypatch.setattr(engine_module, "MIN_PARALLEL_MACS", 0)
-
-
-SMALL = VGGConfig("small", ((8,), (12, 12), (16,), (16,), (24,)), fc=(20,), default_size=64)
 
 
 def reference_forward(model: VGG, x: np.ndarray) -> dict:

@@ -8,11 +8,11 @@ the real sizes (224x224, batch 1, 8 and 64: see docs/performance.md).
 from __future__ import annotations
 
 import json
-import pathlib
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
+
 SIZE, SLICE = 64, 4
 
 # Measured with 64x64 inputs and a slice of 4 images: from batch 4 to batch 32 a call's

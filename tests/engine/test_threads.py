@@ -14,7 +14,8 @@ import threading
 import numpy as np
 import pytest
 
-from vgg_np import VGG, VGGConfig, engine
+from tests.conftest import SMALL_CONFIG as SMALL
+from vgg_np import VGG, engine
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,6 @@ def concurrent_passes_on_the_threads(monkeypatch):
     monkeypatch.setattr(engine, "SERIAL_MACS", 0)
 
 
-SMALL = VGGConfig("small", ((8,), (12, 12), (16,), (16,), (24,)), fc=(20,), default_size=64)
 CALLERS = 4
 CALLS_PER_THREAD = 12
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -14,14 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import PROB_ATOL
+from tests.conftest import PROB_ATOL, ROOT, TINY_DIR
 from vgg_np import VGG, VGG11
 from vgg_np.extract import create_store, extract, open_store, run_partition, top_classes
 from vgg_np.preprocess import load_image, preprocess_input
 
-ROOT = pathlib.Path(__file__).parents[2]
 F32 = np.dtype(np.float32)
-WEIGHTS = str(ROOT / "tests" / "data" / "tiny_vgg16" / "model.h5")  # 10 classes, 32x32
+WEIGHTS = str(TINY_DIR / "model.h5")  # 10 classes, 32x32
 
 
 @pytest.fixture(scope="module")

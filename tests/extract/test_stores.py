@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import HEADS_DIR, ROOT, TINY_DIR
 from vgg_np import VGG
 from vgg_np.cli import main
 from vgg_np.extract import Store, create_store, extract, open_store, run_partition
 
-ROOT = pathlib.Path(__file__).parents[2]
-WEIGHTS = str(ROOT / "tests" / "data" / "tiny_vgg16" / "model.h5")  # 10 classes, 32x32
+WEIGHTS = str(TINY_DIR / "model.h5")  # 10 classes, 32x32
 SETTINGS = {"layer": "block5_pool", "batch_size": 2, "partition_size": 4, "verbose": 0}
 
 
@@ -345,7 +345,7 @@ def test_a_rerun_with_the_same_tensors_but_another_network_is_refused(tmp_path):
     into the same store and mix its rows with the old ones: refused, as other layers."""
     import zipfile
 
-    source = zipfile.ZipFile(ROOT / "tests" / "data" / "heads" / "keras_flatten_head.keras")
+    source = zipfile.ZipFile(HEADS_DIR / "keras_flatten_head.keras")
     config = json.loads(source.read("config.json"))
     config["config"]["layers"][-1]["config"]["activation"] = "sigmoid"
     edited = tmp_path / "sigmoid.keras"
@@ -362,3 +362,32 @@ def test_a_rerun_with_the_same_tensors_but_another_network_is_refused(tmp_path):
     (tmp_path / "f.npy.manifest" / "part-00001.jsonl").unlink()  # to be run again
     assert main([*command, "--weights", str(edited)]) != 0
     assert np.allclose(np.load(out)[:2].sum(axis=1), 1.0)  # the softmax rows, untouched
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr"])
+def test_a_run_killed_while_its_store_was_created_leaves_nothing_a_rerun_refuses(
+    model, images, tmp_path, monkeypatch, suffix
+):
+    # The array is made under a temporary name and renamed after its plan: killed before
+    # the plan, a rerun starts over; killed between the plan and the rename, it finishes it.
+    if suffix == ".zarr":
+        pytest.importorskip("zarr", reason="the Zarr store needs the optional `zarr` package")
+    from vgg_np.extract import store as store_module
+
+    out = tmp_path / f"f{suffix}"
+    killed = RuntimeError("killed")
+
+    def kill(*args, **kwargs):
+        raise killed
+
+    for where in ("_write_atomically", "replace"):
+        target = os if where == "replace" else store_module
+        with monkeypatch.context() as patch:
+            patch.setattr(target, where, kill)
+            with pytest.raises(RuntimeError, match="killed"):
+                create_store(out, [images], model, layer="block1_conv1")
+        assert not out.exists()
+        result = extract([images], out, model, layer="block1_conv1", verbose=False)
+        assert result.written == 10 and np.isfinite(open_store(out).read()).all()
+        shutil.rmtree(str(out) + ".manifest")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()

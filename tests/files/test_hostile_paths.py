@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pathlib
 import resource
 import signal
 
@@ -20,10 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vgg_np import VGG, VGG16, VGGConfig, cli, formats
-
-HEADS = pathlib.Path(__file__).parents[1] / "data" / "heads"
-TINY = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
+from tests.conftest import HEADS_DIR as HEADS
+from tests.conftest import TINY_CONFIG as TINY
+from vgg_np import VGG, VGG16, cli, formats
 
 
 class Hung(BaseException):

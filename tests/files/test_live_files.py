@@ -22,16 +22,12 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.reference.make_keras_reference import TINY, TINY_CLASSES
+from tests.conftest import ROOT, TINY_DIR
+from tests.conftest import tiny_vgg16 as tiny
+from tests.reference.make_keras_reference import TINY_CLASSES
 from vgg_np import VGG, _files, formats
 
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
-ROOT = pathlib.Path(__file__).parents[2]
 LIVE_FORMATS = ["w.npz", "w.safetensors", "keras.safetensors"]  # the formats once mapped
-
-
-def tiny(**kwargs) -> VGG:
-    return VGG(TINY, input_shape=(32, 32, 3), classes=TINY_CLASSES, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +69,6 @@ def test_truncating_the_file_cannot_crash_a_loaded_model(tmp_path, weights, name
     script = textwrap.dedent(f"""
         import os, sys
         import numpy as np
-        sys.path.insert(0, {str(ROOT / "tests")!r})
         from vgg_np import VGG
         model = VGG.from_file({str(path)!r})
         os.truncate({str(path)!r}, 0)

@@ -24,6 +24,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from tests.conftest import HEADS_DIR as HEADS
 from tests.conftest import relative_error
 from vgg_np import VGG, layers, ops
 from vgg_np.cli import main
@@ -31,7 +32,6 @@ from vgg_np.formats import FileFormatError
 from vgg_np.formats.keras_config import read_config
 from vgg_np.layers import Layer
 
-HEADS = pathlib.Path(__file__).parents[1] / "data" / "heads"
 X = np.random.default_rng(20).standard_normal((2, 64, 40, 3)).astype(np.float32) * 50
 
 

@@ -26,17 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reference.make_keras_reference import TINY, TINY_CLASSES
+from tests.conftest import ROOT, TINY_DIR
+from tests.conftest import tiny_vgg16 as tiny
 from vgg_np import VGG, formats
 from vgg_np.formats._common import flatten_pairs
 
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
-ROOT = pathlib.Path(__file__).parents[2]
 GiB = 1 << 30
-
-
-def tiny(**kwargs) -> VGG:
-    return VGG(TINY, input_shape=(32, 32, 3), classes=TINY_CLASSES, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -482,3 +477,17 @@ def test_random_damage_gives_a_value_error_from_every_entry_point(
             load(path)
         except ValueError as error:
             assert str(path) in str(error), str(error)
+
+
+def test_a_layer_name_damaged_into_invalid_utf8_is_refused_naming_the_file(tmp_path):
+    # Found by the random-damage test: one byte of a Keras 3 file's layer name set to 0x80
+    # reached the .npz writer as a lone surrogate and failed there, unnamed.
+    data = bytearray((TINY_DIR / "model.weights.h5").read_bytes())
+    at = data.find(b"block5_conv2")
+    assert at > 0
+    data[at + 3] = 0x80
+    damaged = tmp_path / "damaged.weights.h5"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged\.weights\.h5.*printable UTF-8"):
+        formats.convert(damaged, tmp_path / "out.npz")
+    assert not (tmp_path / "out.npz").exists()

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from tests.conftest import relative_error
+from tests.conftest import TINY_DIR, relative_error
 from tests.reference.make_keras_reference import TINY, TINY_CLASSES
 from vgg_np import VGG, formats
 from vgg_np.formats.layouts import hwc_rows_to_chw, hwio_to_oihw
@@ -16,8 +16,6 @@ from vgg_np.formats.layouts import hwc_rows_to_chw, hwio_to_oihw
 pytestmark = pytest.mark.onnx
 onnx = pytest.importorskip("onnx", reason="needs the optional `onnx` package")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 
 
 @pytest.fixture(scope="module")

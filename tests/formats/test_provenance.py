@@ -17,18 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.reference.make_keras_reference import TINY, TINY_CLASSES
+from tests.conftest import ROOT, TINY_DIR
+from tests.conftest import tiny_vgg16 as tiny
 from vgg_np import VGG, formats
 from vgg_np.formats import FORMATS, Family, Provenance, choose_preprocessing
 from vgg_np.formats._common import LazyArray, flatten_pairs
 
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
-ROOT = pathlib.Path(__file__).parents[2]
 WRITTEN = ["w.npz", "w.h5", "w.safetensors", "keras.safetensors", "w.pth"]
-
-
-def tiny(**kwargs) -> VGG:
-    return VGG(TINY, input_shape=(32, 32, 3), classes=TINY_CLASSES, **kwargs)
 
 
 @pytest.fixture(scope="module")

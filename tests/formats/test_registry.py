@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import pathlib
 import shutil
 import zipfile
 
@@ -13,11 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import TINY_DIR
 from tests.reference.make_keras_reference import FORMATS, TINY, TINY_CLASSES
 from vgg_np import VGG, formats
 from vgg_np.formats import npz
-
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 
 EXPECTED_FORMAT = {
     "applications.h5": "keras-h5 (Keras Applications layout)",

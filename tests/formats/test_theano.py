@@ -8,18 +8,15 @@ order. Loading it must give back the original network exactly.
 
 from __future__ import annotations
 
-import pathlib
-
 import h5py
 import numpy as np
 import pytest
 
+from tests.conftest import TINY_DIR
 from tests.reference.make_keras_reference import TINY, TINY_CLASSES
 from vgg_np import VGG
 from vgg_np.formats.layouts import flattened_grid, hwc_rows_to_chw, hwio_to_oihw
 from vgg_np.formats.theano import theano_to_correlation
-
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 
 
 def write_theano_file(path, weights: dict, config, *, zero_padding: bool = True) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import io
 import os
-import pathlib
 import pickle
 import struct
 import subprocess
@@ -25,19 +24,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reference.make_keras_reference import TINY, TINY_CLASSES
-from vgg_np import VGG, formats
+from tests.conftest import HEADS_DIR as HEADS
+from tests.conftest import ROOT, TINY_DIR
+from tests.conftest import tiny_vgg16 as tiny
+from vgg_np import formats
 from vgg_np.formats._common import FileFormatError
 from vgg_np.formats.torch_file import GLOBALS, read_state_dict, state_dict_pickle, write_state_dict
 
-ROOT = pathlib.Path(__file__).parents[2]
-HEADS = ROOT / "tests" / "data" / "heads"
-TINY_DIR = ROOT / "tests" / "data" / "tiny_vgg16"
 FIXTURES = sorted(HEADS.glob("*.pth"))
-
-
-def tiny(**kwargs) -> VGG:
-    return VGG(TINY, input_shape=(32, 32, 3), classes=TINY_CLASSES, **kwargs)
 
 
 @pytest.fixture(scope="module")

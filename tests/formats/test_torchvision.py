@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import struct
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import relative_error
+from tests.conftest import TINY_DIR, relative_error, tiny_vgg16
 from tests.reference.make_keras_reference import TINY, TINY_CLASSES
 from vgg_np import VGG, formats, ops
 from vgg_np.formats import safetensors_file
@@ -27,12 +26,10 @@ from vgg_np.formats.layouts import (
 )
 from vgg_np.formats.torchvision import from_state_dict, module_names, to_state_dict
 
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
-
 
 def tiny(**kwargs) -> VGG:
-    kwargs.setdefault("input_shape", (32, 32, 3))
-    return VGG(TINY, classes=TINY_CLASSES, classifier_activation=None, **kwargs)
+    """The tiny fixtures' network giving logits, as torchvision's models do."""
+    return tiny_vgg16(classifier_activation=None, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from vgg_np import VGG, VGG11, VGG16, VGGConfig, cli, hub
+from tests.conftest import TINY_CONFIG
+from vgg_np import VGG, VGG11, VGG16, cli, hub
 
 CONTENT = b"published weights, in miniature\n" * 500
 
@@ -247,11 +248,10 @@ def test_imagenet_names_the_torchvision_file_of_each_variant(caches, build, file
 def test_cli_weights_imagenet_takes_the_cached_file_of_the_named_variant(
     caches, monkeypatch, capsys
 ):
-    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     folder = hub.cache_dir("torchvision")
     folder.mkdir(parents=True)
     path = folder / "vgg11-8a719046.pth"  # any format: readers go by content
-    VGG(tiny, include_top=False, input_shape=(32, 32, 3), seed=0).save_weights(path)
+    VGG(TINY_CONFIG, include_top=False, input_shape=(32, 32, 3), seed=0).save_weights(path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     published = hub.Published("torchvision", path.name, "http://x.invalid/", "sha256", sha)
     monkeypatch.setitem(hub.PUBLISHED, ("vgg11", True), (published,))

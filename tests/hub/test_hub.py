@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
-import pathlib
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 
+from tests.conftest import ROOT, TINY_CONFIG
 from vgg_np import hub
 
 CONTENT = b"not really VGG16 weights, but bytes with a known hash\n" * 1000
@@ -187,7 +187,7 @@ def test_a_failed_or_cut_download_leaves_nothing(caches, server):
 
 
 def test_vgg16_imagenet_downloads_verifies_and_loads_the_keras_file(caches, server, monkeypatch):
-    from vgg_np import VGG, VGG16, VGGConfig, formats
+    from vgg_np import VGG, VGG16, formats
 
     base, folder = server
     source = VGG16(include_top=False, seed=3)
@@ -211,9 +211,8 @@ def test_vgg16_imagenet_downloads_verifies_and_loads_the_keras_file(caches, serv
         file.write(b"?")
     with pytest.raises(ValueError, match="a partial or different file"):
         VGG16(weights="imagenet", include_top=False)
-    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     with pytest.raises(ValueError, match=r"published for \[.*'vgg19_bn'\], not 'tiny'"):
-        VGG(tiny, weights="imagenet")
+        VGG(TINY_CONFIG, weights="imagenet")
     with pytest.raises(ValueError, match=r"got the URL 'https://x/w\.h5': download it"):
         VGG16(weights="https://x/w.h5")
 
@@ -221,7 +220,7 @@ def test_vgg16_imagenet_downloads_verifies_and_loads_the_keras_file(caches, serv
 def test_fetch_weights_refuses_a_wrong_file_in_one_line(caches, server):
     base, folder = server
     (folder / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(CONTENT)
-    root = pathlib.Path(__file__).parents[2]
+    root = ROOT
     result = subprocess.run(
         [sys.executable, "-m", "vgg_np", "fetch-weights", "vgg19", "--no-top", "--base-url", base],
         capture_output=True,
@@ -236,18 +235,17 @@ def test_fetch_weights_refuses_a_wrong_file_in_one_line(caches, server):
 
 
 def test_imagenet_warns_when_only_torchvisions_file_of_a_keras_model_is_cached(caches, monkeypatch):
-    from vgg_np import VGG, VGGConfig
+    from vgg_np import VGG
 
-    tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     folder = hub.cache_dir("torchvision")
     folder.mkdir(parents=True)
-    VGG(tiny, include_top=False, seed=0).save_weights(folder / "t-0.npz")
+    VGG(TINY_CONFIG, include_top=False, seed=0).save_weights(folder / "t-0.npz")
     (folder / "t-0.npz").rename(folder / "t-0.pth")  # any format: readers go by content
     torch = fake("torchvision", "t-0.pth", (folder / "t-0.pth").read_bytes())
     monkeypatch.setitem(hub.PUBLISHED, ("tiny", False), (fake("keras", "k.h5"), torch))
     # Keras's interface with torchvision's weights: caffe input would run without an error.
     with pytest.warns(UserWarning, match=r"torchvision's t-0.pth is used; it expects torch"):
-        VGG(tiny, weights="imagenet", include_top=False)
+        VGG(TINY_CONFIG, weights="imagenet", include_top=False)
     (hub.cache_dir("keras")).mkdir(parents=True)
     (hub.cache_dir("keras") / "k.h5").write_bytes(CONTENT)
     assert hub.resolve("tiny", include_top=False).name == "k.h5"  # Keras's, when cached

@@ -6,14 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import BN_FOLD_REL_TOL, relative_error
+from tests.conftest import BN_FOLD_REL_TOL, TINY_CONFIG, relative_error
 from vgg_np import VGG
-from vgg_np.config import VGGConfig
 from vgg_np.engine.lowering import lower
 from vgg_np.layers import Layer, forward
 from vgg_np.train import SGD, loss_and_gradients
-
-NARROW = VGGConfig("narrow", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
 
 # The Keras transfer-learning head (Flatten-Dense-BN-Dropout-Dense), and a GAP variant.
 FLATTEN_HEAD = (
@@ -63,7 +60,9 @@ def test_batch_norm_variant_follows_torchvision_layout():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_engine_runs_the_folded_table_and_matches_the_reference(dtype):
-    model = VGG(NARROW, batch_norm=True, input_shape=(64, 40, 3), classes=3, dtype=dtype, seed=0)
+    model = VGG(
+        TINY_CONFIG, batch_norm=True, input_shape=(64, 40, 3), classes=3, dtype=dtype, seed=0
+    )
     model.set_weights(bn_statistics(model))
     x = np.random.default_rng(1).standard_normal((2, 64, 40, 3)).astype(dtype)
     oracle = forward(
@@ -102,7 +101,7 @@ def test_fold_batch_norms_leaves_what_it_cannot_fold():
 
 @pytest.mark.parametrize("head", [FLATTEN_HEAD, GAP_HEAD], ids=["flatten", "gap"])
 def test_heads_of_ones_own_run_on_engine_and_reference(head):
-    model = VGG(NARROW, head=head, input_shape=(64, 40, 3), dtype="float64", seed=0)
+    model = VGG(TINY_CONFIG, head=head, input_shape=(64, 40, 3), dtype="float64", seed=0)
     model.set_weights(bn_statistics(model))
     assert (model.classes, model.classifier_activation) == (5, "softmax")
     x = np.random.default_rng(2).standard_normal((3, 64, 40, 3))
@@ -111,19 +110,19 @@ def test_heads_of_ones_own_run_on_engine_and_reference(head):
     np.testing.assert_allclose(reference.sum(axis=1), 1.0)
     assert relative_error(model(x), reference) < 1e-12
     # Only a Flatten head fixes the input size.
-    default = VGG(NARROW, head=head, seed=0).input_shape
+    default = VGG(TINY_CONFIG, head=head, seed=0).input_shape
     assert default == ((None, None, 3) if head is GAP_HEAD else (32, 32, 3))
 
 
 def test_bad_heads_name_the_layer():
     with pytest.raises(ValueError, match=r"odd \(kind 'lstm', activation None\)"):
-        VGG(NARROW, head=[Layer("gap", "global_avg"), Layer("odd", "lstm")])
+        VGG(TINY_CONFIG, head=[Layer("gap", "global_avg"), Layer("odd", "lstm")])
     with pytest.raises(ValueError, match=r"d \(kind 'dense', activation 'gelu'\)"):
-        VGG(NARROW, head=[Layer("gap", "global_avg"), Layer("d", "dense", 3, "gelu")])
+        VGG(TINY_CONFIG, head=[Layer("gap", "global_avg"), Layer("d", "dense", 3, "gelu")])
     with pytest.raises(ValueError, match="must be unique"):
-        VGG(NARROW, head=[Layer("d", "global_avg"), Layer("d", "dense", 3)])
+        VGG(TINY_CONFIG, head=[Layer("d", "global_avg"), Layer("d", "dense", 3)])
     with pytest.raises(TypeError, match="sequence of Layer"):
-        VGG(NARROW, head=["flatten"])
+        VGG(TINY_CONFIG, head=["flatten"])
 
 
 def test_training_through_batch_norm_and_dropout_matches_finite_differences():
@@ -134,7 +133,7 @@ def test_training_through_batch_norm_and_dropout_matches_finite_differences():
         Layer("drop", "dropout", rate=0.3),
         Layer("out", "dense", 3, "softmax"),
     )
-    model = VGG(NARROW, batch_norm=True, head=head, dtype="float64", seed=1)
+    model = VGG(TINY_CONFIG, batch_norm=True, head=head, dtype="float64", seed=1)
     model.set_weights(bn_statistics(model))
     x = np.random.default_rng(0).standard_normal((4, 32, 32, 3))
     labels = np.array([0, 2, 1, 2])

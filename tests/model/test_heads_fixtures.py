@@ -9,16 +9,13 @@ norms); the tables print with ``-s``.
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
 
+from tests.conftest import HEADS_DIR as HEADS
 from tests.conftest import HEADS_FIXTURE_REL_TOL, relative_error
 from tests.reference.make_keras_reference import take_slice
 from vgg_np import VGG
-
-HEADS = pathlib.Path(__file__).parents[1] / "data" / "heads"
 
 #: vgg_np in float64 against PyTorch in float64 (the fixtures' ``float64_output``):
 #: measured 1.4e-12 (h-bn's notes) to 3e-15; rounding, with a wide margin.

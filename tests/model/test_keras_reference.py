@@ -9,17 +9,13 @@ changes, the test says so instead of reporting a false numerical failure.
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
 
 import vgg_np
-from tests.conftest import KERAS_REL_TOL, relative_error
+from tests.conftest import DATA, KERAS_REL_TOL, relative_error
 from tests.reference.make_keras_reference import checksums, full_weights, take_slice
 from vgg_np.layers import forward
-
-DATA = pathlib.Path(__file__).parents[1] / "data"
 
 
 @pytest.fixture(scope="module")

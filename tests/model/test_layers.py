@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import pathlib
 
 import numpy as np
 import pytest
 
-from tests.conftest import KERAS_REL_TOL, relative_error
+from tests.conftest import KERAS_REL_TOL, TINY_DIR, relative_error
 from tests.reference.make_keras_reference import TINY, TINY_CLASSES, TINY_SEED
 from vgg_np import VGG
 from vgg_np.config import layer_table
 from vgg_np.engine import Engine
 from vgg_np.layers import ACTIVATIONS, KINDS, Kind, Layer, forward
 from vgg_np.train import loss_and_gradients
-
-TINY_DIR = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 
 # One layer of each kind, with a per-image input shape (non-square, odd) that fits it.
 SAMPLES = {

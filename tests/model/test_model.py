@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-import pathlib
 
 import numpy as np
 import pytest
 
 import vgg_np
-from tests.conftest import KERAS_REL_TOL, relative_error
-from tests.reference.make_keras_reference import FORMATS, TINY, TINY_CLASSES
+from tests.conftest import DATA, KERAS_REL_TOL, relative_error, tiny_vgg16
+from tests.reference.make_keras_reference import FORMATS
 from vgg_np import ops
 from vgg_np.model import CONFIGS, VGG, Summary, VGGConfig, layer_table
 
-DATA = pathlib.Path(__file__).parents[1] / "data"
 TINY_DIR = DATA / "tiny_vgg16"
 
 KERAS_VGG16_LAYERS = [  # keras.applications.VGG16().layers[1:], by name
@@ -28,10 +26,8 @@ KERAS_VGG16_LAYERS = [  # keras.applications.VGG16().layers[1:], by name
 
 
 def tiny(**kwargs) -> VGG:
-    kwargs.setdefault("input_shape", (32, 32, 3))
-    kwargs.setdefault("classes", TINY_CLASSES)
-    kwargs.setdefault("classifier_activation", None)
-    return VGG(TINY, **kwargs)
+    """The tiny fixtures' network giving logits (as Keras's activations are compared)."""
+    return tiny_vgg16(**{"classifier_activation": None, **kwargs})
 
 
 @pytest.fixture(scope="module")

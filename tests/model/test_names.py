@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import BN_FOLD_REL_TOL, ENGINE_REL_TOL, relative_error
-from vgg_np import VGG, VGGConfig
+from tests.conftest import TINY_CONFIG as TINY
+from vgg_np import VGG
 from vgg_np.layers import Layer, forward
-
-TINY = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
 
 # Keras heads as Layer data: an Activation layer after a Dropout belongs to the dropout row.
 DROPOUT_SOFTMAX = (

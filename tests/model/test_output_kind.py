@@ -3,16 +3,13 @@ model returns (torchvision's and timm's: logits; Keras's: its last layer), in on
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
 
+from tests.conftest import HEADS_DIR as HEADS
+from tests.conftest import ROOT
 from vgg_np import VGG, VGG16, formats, ops
 from vgg_np.layers import Layer, output_kind
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-HEADS = ROOT / "tests" / "data" / "heads"
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from vgg_np import VGG, VGGConfig, _running, formats, hub
+from tests.conftest import TINY_CONFIG as TINY
+from vgg_np import VGG, _running, formats, hub
 from vgg_np.layers import Layer
-
-TINY = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
 
 # A dropout with no activation of its own: the identity, sharing the dense layer's step.
 DENSE_THEN_DROPOUT = (

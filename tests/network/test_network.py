@@ -13,6 +13,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from tests.conftest import TINY_CONFIG as TINY
+from tests.conftest import TINY_DIR
 from vgg_np import VGG, VGGConfig, formats
 from vgg_np.architecture import infer_architecture
 from vgg_np.extract.plan import _output_shape
@@ -20,7 +22,6 @@ from vgg_np.layers import Layer, forward, output_kind, shapes
 from vgg_np.network import Network, channels_last, describe
 from vgg_np.summary import Summary
 
-TINY = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
 HEAD = (
     Layer("gap", "global_avg"),
     Layer("dense", "dense", 6),
@@ -223,10 +224,9 @@ def test_a_channels_last_shape_given_to_a_channels_first_model_says_the_order():
 def test_a_file_of_other_widths_is_refused_with_the_call_that_loads_it(name):
     """README: a file holding another network (a head, batch norms, other widths) is
     refused with every misfit listed and the call that loads it, VGG.from_file."""
-    import pathlib
 
     from vgg_np import VGG16
 
-    path = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16" / name
+    path = TINY_DIR / name
     with pytest.raises(ValueError, match=r"VGG\.from_file\(path\) builds the network"):
         VGG16(weights=path, include_top=name != "applications_notop.h5")

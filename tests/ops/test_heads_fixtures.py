@@ -20,11 +20,11 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.conftest import HEADS_DIR as HEADS
 from tests.conftest import HEADS_FIXTURE_REL_TOL, relative_error
 from tests.reference.make_keras_reference import take_slice
 from vgg_np import ops
 
-HEADS = pathlib.Path(__file__).parents[1] / "data" / "heads"
 BLOCKS = ((4, 4), (8, 8), (8, 8, 8), (8, 8, 8), (8, 8, 8))  # make_heads_reference.MICRO
 
 

@@ -12,9 +12,9 @@ import re
 
 import pytest
 
+from tests.conftest import ROOT
 from vgg_np import backward, ops
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "vgg_np"
 
 # `[n for n in dir(vgg_np.ops) if not n.startswith("_")]` when ops was one file (main at

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import pathlib
 import struct
 import subprocess
 import sys
@@ -16,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from tests.conftest import TINY_DIR as TINY
 from vgg_np import cli
 from vgg_np.preprocess import MAX_ASPECT_RATIO, load_image
 
 # The IM format (the one file format that gives mode I;16L back) is deprecated in Pillow 13.
 pytestmark = pytest.mark.filterwarnings("ignore:IM image format is deprecated")
 
-TINY = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16"
 WEIGHTS = str(TINY / "model.h5")  # a 10-class reduced VGG16 on 32x32 inputs
 SIDE = 12  # square test images, loaded at their own size: the resize is the identity
 

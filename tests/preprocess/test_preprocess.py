@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
+from tests.conftest import DATA, ROOT
 from vgg_np import decode_predictions, imagenet_classes, load_image, preprocess_input
-
-DATA = pathlib.Path(__file__).parents[1] / "data"
 
 
 def test_caffe_mode_equals_keras_preprocess_input():
@@ -83,9 +81,7 @@ def test_shipped_labels_have_keras_layout():
     assert classes[999] == ("n15075141", "toilet_tissue")
     # ImageNet's classes are sorted by WordNet id.
     assert [w for w, _ in classes] == sorted(w for w, _ in classes)
-    raw = json.loads(
-        (pathlib.Path(__file__).parents[2] / "vgg_np/data/imagenet_class_index.json").read_text()
-    )
+    raw = json.loads((ROOT / "vgg_np/data/imagenet_class_index.json").read_text())
     assert raw["0"] == ["n01440764", "tench"]
 
 

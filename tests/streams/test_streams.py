@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import TINY_DIR
 from vgg_np import streams
 from vgg_np.formats import Preprocessing
 from vgg_np.preprocess import load_image, preprocess_input
 from vgg_np.streams import ImageStream, decode_batches, image_paths
 
 PREP = Preprocessing("caffe", "keras", "chosen by the test")
-TINY_WEIGHTS = pathlib.Path(__file__).parents[1] / "data" / "tiny_vgg16" / "model.h5"  # 32x32
+TINY_WEIGHTS = TINY_DIR / "model.h5"  # 32x32
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ Commands (each has ``--help`` with an example; all but ``fetch-weights`` work of
 - ``extract``: one layer's features of many images to a .npy or .zarr, resumably
 - ``summary``: the per-layer table of any family member
 - ``show``: a layer's feature maps (or the first layer's filters) as a PNG grid
-- ``train``: fine-tune the top of a reduced-width VGG16 on generated pictures
+- ``train``: fine-tune VGG16 on a folder of one's own pictures (``--demo``: the top of a
+  reduced-width VGG16 on generated pictures)
 - ``compare``: another implementation's activations against vgg_np, layer by layer
 - ``convert``: weights from one file format to another
 - ``vectors``: conformance test cases for other implementations, from the float64 oracle

@@ -79,7 +79,8 @@ def add_predict(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     predict.add_argument(
         "--labels",
         help="class names of a classifier of one's own, one per line in output order "
-        "(without it only an ImageNet classifier's classes are named)",
+        "(default: those the file records, as vgg-np train writes them; else only an "
+        "ImageNet classifier's classes are named)",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument(
@@ -125,12 +126,13 @@ def run_predict(args: argparse.Namespace) -> int:
 def _classifier(weights: str, labels: str | None) -> tuple[VGG, list[str] | None]:
     """Load `weights` as a classifier giving probabilities; its class names, if not ImageNet's.
 
-    The names are --labels' (`labels`), else "class 0" ... for a head of one's own, else
-    None: ImageNet's names are given only to VGG's own 1000-class top.
+    The names are --labels' (`labels`), else those the file records (``vgg-np train``
+    writes them), else "class 0" ... for a head of one's own, else None: ImageNet's names
+    are given only to VGG's own 1000-class top.
     """
     # Images are loaded channels last, whatever layout the file's graph takes.
     model = VGG.from_file(weights, classifier_activation="softmax", data_format="channels_last")
-    names = _class_names(labels, model) if labels else None
+    names = _class_names(labels, model) if labels else _recorded_labels(model, weights)
     if names is None and model.head is not None:  # a head of one's own: never ImageNet's
         names = [f"class {i}" for i in range(model.classes)]
     if not model.include_top:
@@ -194,6 +196,17 @@ def _class_names(path: str, model: VGG) -> list[str]:
         return read_class_names(path, model.classes)
     except ValueError as error:
         raise ValueError(f"--labels {error}") from None
+
+
+def _recorded_labels(model: VGG, weights: str) -> list[str] | None:
+    """Return the class names the weights file records (``vgg-np train`` writes them)."""
+    labels = model.weights_info.get("labels")
+    if labels is not None and len(labels) != model.classes:
+        raise ValueError(
+            f"{weights} records {len(labels)} class names for {model.classes} outputs: "
+            "give --labels"
+        )
+    return None if labels is None else list(labels)
 
 
 def _prediction(

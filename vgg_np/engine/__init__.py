@@ -12,10 +12,16 @@ forward pass, `vgg_np.layers.forward`); only the arithmetic is reorganised for s
   straight into the next layer's padded input (`conv`, `layout`); chunks run on
   `Engine.threads` threads with BLAS at one thread each (`threads`).
 
+How each convolution runs (algorithm, chunks, channel blocks, order) is a `plan.Choice`:
+built in (``plan="default"``), or measured on this machine at first use and cached on
+disk (``plan="measure"``, `measure` and `cache`).
+
 The modules, each using only those above it: `lowering` (the user's layer table to the
 engine's steps), `layout` (buffers, padded inputs, tiles), `winograd` (the maths and the
-tile transforms), `direct`, `threads`, `plan` (how each convolution runs), `conv` (one
-layer of one call), `runner` (`Engine`: the run loop, slices, dense layers).
+tile transforms), `direct` (chunked GEMM), `threads` (BLAS thread control, work sharing),
+`plan` (the choices and their built-in rules), `cache` (plan files), `measure` (the
+measuring planner), `conv` (one layer of one call), `runner` (`Engine`: the run loop,
+slices, dense layers).
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ import types
 
 # The submodules, and every name the engine module had before it became a package
 # (``import X as X``: re-exported on purpose).
+from vgg_np.engine import cache as cache
 from vgg_np.engine import conv as conv
 from vgg_np.engine import direct as direct
 from vgg_np.engine import layout, plan, runner, threads
 from vgg_np.engine import lowering as lowering
+from vgg_np.engine import measure as measure
 from vgg_np.engine import winograd as winograd
 from vgg_np.engine.layout import SCRATCH_BYTES as SCRATCH_BYTES
 from vgg_np.engine.plan import CHANNEL_BLOCK as CHANNEL_BLOCK
@@ -49,7 +57,7 @@ from vgg_np.engine.winograd import winograd_kernel as winograd_kernel
 
 __all__ = ["ALGORITHMS", "Engine", "winograd_conv3x3", "winograd_matrices"]
 
-# The tuning constants, by the module that reads them.
+# The old module's tuning constants, by the module that reads them now.
 _TUNABLE = {
     "SCRATCH_BYTES": layout,
     "CHANNEL_BLOCK": plan,

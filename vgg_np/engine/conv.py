@@ -8,6 +8,8 @@ per layer: an image meets the same BLAS calls whatever the batch and the threads
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -17,6 +19,10 @@ from vgg_np.engine.plan import ConvPlan
 from vgg_np.engine.threads import Workers
 from vgg_np.engine.winograd import WinogradSteps
 
+#: Transformed input a group of chunks holds at once in the ``position`` order (the
+#: weights of a position then serve the whole group): 4 images of VGG16's block 4.
+POSITION_BYTES = 16 << 20
+
 
 class Pass:
     """The state of one call: its activation buffers and the next layer's staged input."""
@@ -25,6 +31,7 @@ class Pass:
         self.buffers = buffers
         self.chunk_buffers: list[Buffers] = []  # transformed inputs, two-phase layers
         self.staged: tuple[int, Padded] | None = None
+        self.meter: list[float] | None = None  # CPU seconds of each step's busiest thread
 
 
 def conv_input(state: Pass, index: int, x: np.ndarray, plan: ConvPlan) -> Padded:
@@ -55,10 +62,10 @@ def conv_output(
 
 
 class ConvRun:
-    """The tasks of one convolution over a batch, and how they are shared out.
+    """The tasks of one convolution over a slice of the batch, and how they are shared out.
 
     `destinations` are the ``(H, W, O)`` arrays (one per image) the outputs, pooled if
-    `pool`, are written into.
+    `pool`, are written into. Whatever the order, every chunk meets the same BLAS calls.
     """
 
     def __init__(self, plan: ConvPlan, source: Padded, destinations: list, pool: bool):
@@ -66,6 +73,7 @@ class ConvRun:
         c, o = source.flat.shape[2], plan.bias.shape[0]
         self.steps = (WinogradSteps if plan.m > 1 else GemmSteps)(source, c)
         self.macs = source.n * source.h * source.w * c * o * 9
+        self.itemsize = plan.bias.itemsize
         step = plan.rows_per_chunk
         self.chunks = [
             (i, q, min(q + step, plan.tiles_h))
@@ -75,10 +83,9 @@ class ConvRun:
         block = plan.channel_block
         self.blocks = [(o0, min(o0 + block, o)) for o0 in range(0, o, block)]
 
-    def product(self, v: np.ndarray, i: int, q0: int, o0: int, o1: int) -> None:
-        """Output tiles of one channel block: pooled, biased, rectified, stored."""
-        plan = self.plan
-        y = self.steps.output(v, plan.kernel[..., o0:o1])  # (m_j, m_i, rows, tW, O block)
+    def finish(self, y: np.ndarray, i: int, q0: int, b: int) -> None:
+        """Pool, bias, rectify and store output tiles ``(m_j, m_i, rows, tW, O block)``."""
+        plan, (o0, o1) = self.plan, self.blocks[b]
         if self.pool:
             y = pool_tiles(y, WORKSPACE)
         y += plan.bias[o0:o1]
@@ -86,6 +93,10 @@ class ConvRun:
             np.maximum(y, 0, out=y)
         r0 = q0 * plan.m // 2 if self.pool else q0 * plan.m  # the chunk's first output row
         untile(y, self.destinations[i][..., o0:o1], r0)
+
+    def product(self, v: np.ndarray, i: int, q0: int, b: int) -> None:
+        """Output tiles of one chunk for channel block `b`: multiplied, then finished."""
+        self.finish(self.steps.output(v, self.plan.blocks[b]), i, q0, b)
 
     def pieces(self, k: int, v: np.ndarray) -> list[tuple]:
         """List the input transforms of chunk `k` into `v`: fixed pieces of its tile rows."""
@@ -96,30 +107,83 @@ class ConvRun:
     def whole_chunk(self, k: int) -> None:
         """Chunk `k` on this thread: its input transformed, then every channel block."""
         i, q0, q1 = self.chunks[k]
-        v = WORKSPACE.get("v", self.steps.input_shape(q1 - q0), self.plan.kernel.dtype)
+        v = WORKSPACE.get("v", self.steps.input_shape(q1 - q0), self.plan.bias.dtype)
         for args in self.pieces(k, v):
             self.steps.transform(*args)
-        for o0, o1 in self.blocks:
-            self.product(v, i, q0, o0, o1)
+        for b in range(len(self.blocks)):
+            self.product(v, i, q0, b)
 
     def run(self, workers: Workers, state: Pass) -> None:
         """Compute every chunk, sharing the work between the `workers`.
 
-        With enough chunks each thread takes whole chunks; with few (a small layer, one
-        chunk per image), the inputs are transformed first, then the channel blocks
-        of every chunk are shared out.
+        Order ``chunk``: with enough chunks each thread takes whole chunks; with few (a
+        small layer, one chunk per image), the inputs are transformed first, then the
+        channel blocks of every chunk are shared out. Order ``position``: see
+        `by_position`.
         """
-        chunks, dtype = self.chunks, self.plan.kernel.dtype
-        if len(self.blocks) == 1 or len(chunks) >= 2 * workers.threads:
-            workers.map(self.whole_chunk, [(k,) for k in range(len(chunks))], self.macs)
-            return
-        while len(state.chunk_buffers) < len(chunks):
+        if self.plan.order == "position":
+            self.by_position(workers, state)
+        elif len(self.blocks) == 1 or len(self.chunks) >= 2 * workers.threads:
+            workers.map(
+                self.whole_chunk, [(k,) for k in range(len(self.chunks))], self.macs, state.meter
+            )
+        else:
+            vs = self.transform_all(workers, state)
+            products = [
+                (vs[k], *self.chunks[k][:2], b)
+                for k in range(len(self.chunks))
+                for b in range(len(self.blocks))
+            ]
+            workers.map(self.product, products, self.macs, state.meter)
+
+    def transform_all(self, workers: Workers, state: Pass, ks=None) -> list[np.ndarray]:
+        """Transform chunks `ks` (default: all) into the call's chunk buffers; return them."""
+        ks = range(len(self.chunks)) if ks is None else ks
+        while len(state.chunk_buffers) < len(ks):
             state.chunk_buffers.append(Buffers())
         vs = [
-            state.chunk_buffers[k].get("v", self.steps.input_shape(q1 - q0), dtype)
-            for k, (_, q0, q1) in enumerate(chunks)
+            state.chunk_buffers[j].get("v", self.steps.input_shape(q1 - q0), self.plan.bias.dtype)
+            for j, (_, q0, q1) in enumerate(self.chunks[k] for k in ks)
         ]
-        transforms = [args for k, v in enumerate(vs) for args in self.pieces(k, v)]
-        workers.map(self.steps.transform, transforms, self.macs)
-        products = [(vs[k], *chunks[k][:2], *b) for k in range(len(chunks)) for b in self.blocks]
-        workers.map(self.product, products, self.macs)
+        transforms = [args for k, v in zip(ks, vs, strict=True) for args in self.pieces(k, v)]
+        workers.map(self.steps.transform, transforms, self.macs, state.meter)
+        return vs
+
+    def by_position(self, workers: Workers, state: Pass) -> None:
+        """Run the chunks in groups: transform a group's inputs, then its channel blocks.
+
+        A task runs one channel block for part of the group, position by position, so
+        that a position's weights (a contiguous ``C x O block``) serve every chunk of the
+        part while they are in cache. A group holds at most `POSITION_BYTES` of
+        transformed input (at least one chunk).
+        """
+        per_chunk = math.prod(self.steps.input_shape(self.plan.rows_per_chunk)) * self.itemsize
+        size = max(1, min(len(self.chunks), POSITION_BYTES // per_chunk))
+        for k0 in range(0, len(self.chunks), size):
+            ks = range(k0, min(k0 + size, len(self.chunks)))
+            vs = self.transform_all(workers, state, ks)
+            parts = min(len(ks), -(-2 * workers.threads // len(self.blocks)))
+            step = -(-len(ks) // parts)
+            tasks = [
+                (vs[j0 : j0 + step], ks[j0 : j0 + step], b)
+                for j0 in range(0, len(ks), step)
+                for b in range(len(self.blocks))
+            ]
+            workers.map(self.group_products, tasks, self.macs, state.meter)
+
+    def group_products(self, vs: list, group: range, b: int) -> None:
+        """Run channel block `b` of the chunks in `group` (inputs `vs`), position by position.
+
+        Then each chunk's output transform and epilogue.
+        """
+        operands = [self.steps.operands(v, self.plan.blocks[b]) for v in vs]
+        products = [
+            WORKSPACE.get(f"product{j}", (*lhs.shape[:2], rhs.shape[2]), lhs.dtype)
+            for j, (lhs, rhs) in enumerate(operands)
+        ]
+        for p in range(len(operands[0][1])):
+            for (lhs, rhs), product in zip(operands, products, strict=True):
+                np.matmul(lhs[p], rhs[p], out=product[p])  # (tiles, C) @ (C, O block)
+        for k, product in zip(group, products, strict=True):
+            i, q0, _ = self.chunks[k]
+            self.finish(self.steps.finish(product), i, q0, b)

@@ -47,6 +47,14 @@ class GemmSteps:
         """Gather rows [p0, p1) of the chunk of image `i` that starts at `q0`."""
         gather_rows(self.source, i, p0, p1, v[p0 - q0 : p1 - q0])
 
+    def operands(self, v: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the operands as one position: ``(1, rows*W, 9*C)``, ``(1, 9*C, O block)``."""
+        return v.reshape(1, -1, 9 * self.c), kernel[np.newaxis]
+
+    def finish(self, product: np.ndarray) -> np.ndarray:
+        """Output pixels ``(1, 1, rows, W, O)`` from the product ``(1, rows*W, O)``."""
+        return product.reshape(1, 1, -1, self.source.w, product.shape[2])
+
     def output(self, v: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         """Output pixels ``(1, 1, rows, W, O)`` of a chunk for a kernel block."""
         return multiply(v.reshape(-1, 9 * self.c), kernel, self.source.w, WORKSPACE)

@@ -20,7 +20,7 @@ The passes, in order (`PASSES`):
   linear convolution, for ReLU) becomes that layer's activation.
 
 Every pass is tested against `vgg_np.layers.forward` on every user layer it keeps a name
-for (tests/test_lowering.py).
+for (tests/engine/test_lowering.py).
 """
 
 from __future__ import annotations

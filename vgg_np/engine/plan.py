@@ -1,17 +1,22 @@
-"""How each convolution runs: its algorithm, chunks of tile rows and blocks of channels.
+"""How each convolution runs: its algorithm, chunks of tile rows, blocks of channels, order.
 
-A plan is fixed per layer and input size, whatever the batch or the threads: that is what
-makes an image's result bitwise the same in any batch (every BLAS call it meets has the
-same shapes). The built-in table (`choose_algorithm`, `default_layout`) was measured on
-this project's machines.
+A `Choice` is fixed per layer and input size, whatever the batch or the threads: that is
+what makes an image's result bitwise the same in any batch (every BLAS call it meets has
+the same shapes). Three of its fields decide the numbers (``algorithm``,
+``rows_per_chunk``, ``channel_block``); ``order`` only decides in which order the same
+BLAS calls run. The built-in rules (`default_choice`) were measured on this project's
+machines; `variations` lists what the measuring planner (`vgg_np.engine.measure`) may
+try instead, every one of them within its algorithm's documented tolerance.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
+
+from vgg_np.engine.winograd import winograd_kernel
 
 #: A layer with fewer output tiles per image splits its output channels into fixed
 #: blocks of `CHANNEL_BLOCK` (up to `CHANNEL_BLOCKS` of them), so that one image still
@@ -28,31 +33,174 @@ CHUNK_BYTES = 1 << 20
 #: packs a C x O kernel, which must stay cheap beside the chunk's work (tiles * C * O).
 KERNEL_VALUES_PER_TILE = 256
 
+#: Layers whose packed kernel is this many times an image's transformed input (O >= this
+#: times the tiles per image) run their products in the ``position`` order by default:
+#: their weights, not their inputs, are what streams from memory (blocks 4 and 5 of
+#: VGG16 at 224x224: 10 times). Measured on Zen 4, batch 8: the conv layers' busiest
+#: thread 755 against 807 ms of CPU.
+WEIGHTS_PER_INPUT = 2
 
-@dataclass
-class ConvPlan:
-    """How one convolution runs for one input size: fixed, whatever the batch or threads."""
+#: The orders a layer's products may run in (`vgg_np.engine.conv.ConvRun`): ``chunk``,
+#: each chunk through all its transformed positions; ``position``, every chunk of the
+#: slice transformed first, then each weight block used by all of them while in cache.
+ORDERS = ("chunk", "position")
 
-    name: str
-    algorithm: str  # "winograd-2", "winograd-4", "gemm", "naive"
-    kernel: np.ndarray  # packed: (a*a, C, O) for Winograd, (9 * C, O) for GEMM
-    bias: np.ndarray
-    pool: bool  # a 2x2 max-pool follows: apply it before the bias and ReLU
-    relu: bool  # the epilogue rectifies (else the convolution is linear)
-    tiles_h: int = 0  # tile rows per image (for a fused pool after a direct conv: even)
-    rows_per_chunk: int = 1  # tile rows per chunk
-    rows_per_part: int = 1  # tile rows per piece of a chunk's input transform
-    channel_block: int = 0  # output channels per block
+#: The engine's algorithms by the ``conv_algorithm`` asked for, for float32 (float64
+#: and float16 always run direct convolution: see `allowed_algorithms`).
+_ALLOWED = {
+    "auto": ("winograd-4", "winograd-2", "gemm"),
+    "winograd": ("winograd-4", "winograd-2"),
+    "gemm": ("gemm",),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How one convolution runs for one input size (see the module docstring).
+
+    Examples
+    --------
+    >>> choice = Choice("winograd-4", rows_per_chunk=7, channel_block=128)
+    >>> choice.m, choice.rows_per_part(512), Choice.from_dict(choice.to_dict()) == choice
+    (4, 4, True)
+    """
+
+    algorithm: str  # "winograd-2", "winograd-4", "gemm"
+    rows_per_chunk: int  # tile rows per chunk (one image's)
+    channel_block: int  # output channels per block
+    order: str = "chunk"  # one of ORDERS: never changes the numbers
 
     @property
     def m(self) -> int:
         """Output tile size: 2 or 4 for Winograd, 1 (one pixel) for direct convolution."""
         return tile_size(self.algorithm)
 
+    def rows_per_part(self, o: int) -> int:
+        """Tile rows per piece of a chunk's input transform, for `o` output channels.
+
+        A layer split by channels shares its chunk's input transform between two threads,
+        in two pieces whatever the threads (the same BLAS calls).
+        """
+        blocks = -(-o // self.channel_block)
+        return -(-self.rows_per_chunk // 2) if blocks > 1 else self.rows_per_chunk
+
+    def to_dict(self) -> dict:
+        """Return the fields as a JSON-ready dict (the plan cache's entries)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: object) -> Choice:
+        """Build a choice from `to_dict`'s output; ValueError if it is not one."""
+        if not isinstance(fields, dict) or set(fields) != set(cls.__dataclass_fields__):
+            raise ValueError(f"not a plan entry: {fields!r:.200}")
+        choice = cls(**fields)
+        ints = (choice.rows_per_chunk, choice.channel_block)
+        if not all(type(v) is int and v > 0 for v in ints) or choice.order not in ORDERS:
+            raise ValueError(f"not a plan entry: {fields!r:.200}")
+        if choice.algorithm not in ("winograd-2", "winograd-4", "gemm"):
+            raise ValueError(f"unknown algorithm in a plan entry: {choice.algorithm!r:.50}")
+        return choice
+
+
+@dataclass
+class ConvPlan:
+    """One convolution for one input size, ready to run: a `Choice` and its packed kernels.
+
+    `blocks` holds the kernel packed for the algorithm, one contiguous array per block of
+    output channels (``(a*a, C, B)`` for Winograd, ``(9 * C, B)`` for direct
+    convolution), in the order the products read them. A ``naive`` plan has no choice
+    and runs `vgg_np.ops.conv2d_naive` on `kernel`.
+    """
+
+    name: str
+    choice: Choice | None  # None: the naive loops
+    kernel: np.ndarray  # (3, 3, C, O), as the layer holds it
+    bias: np.ndarray
+    pool: bool  # a 2x2 max-pool follows: apply it before the bias and ReLU
+    relu: bool  # the epilogue rectifies (else the convolution is linear)
+    blocks: list[np.ndarray] = field(default_factory=list)
+    tiles_h: int = 0  # tile rows per image (for a fused pool after a direct conv: even)
+
+    @property
+    def algorithm(self) -> str:
+        """``winograd-2``, ``winograd-4``, ``gemm`` or ``naive``."""
+        return "naive" if self.choice is None else self.choice.algorithm
+
+    @property
+    def m(self) -> int:
+        """Output tile size (1 for direct convolution)."""
+        return tile_size(self.algorithm)
+
+    @property
+    def rows_per_chunk(self) -> int:
+        """Tile rows per chunk."""
+        return self.choice.rows_per_chunk
+
+    @property
+    def rows_per_part(self) -> int:
+        """Tile rows per piece of a chunk's input transform."""
+        return self.choice.rows_per_part(self.bias.shape[0])
+
+    @property
+    def channel_block(self) -> int:
+        """Output channels per block."""
+        return self.choice.channel_block
+
+    @property
+    def order(self) -> str:
+        """The order the products run in (`ORDERS`)."""
+        return self.choice.order
+
+
+def transformed(kernel: np.ndarray, algorithm: str) -> np.ndarray:
+    """Return the ``(3, 3, C, O)`` kernel as `algorithm` multiplies it.
+
+    ``(a*a, C, O)`` for Winograd (`winograd_kernel`), ``(9 * C, O)`` (a view) for direct
+    convolution.
+    """
+    m = tile_size(algorithm)
+    return winograd_kernel(kernel, m) if m > 1 else kernel.reshape(-1, kernel.shape[3])
+
+
+def pack(kernel: np.ndarray, algorithm: str, channel_block: int) -> list[np.ndarray]:
+    """Pack a ``(3, 3, C, O)`` kernel for `algorithm`, one contiguous array per channel block.
+
+    Each block is transformed alone (the whole transformed kernel never exists twice), to
+    the same values as in the whole (`winograd_kernel`).
+
+    Examples
+    --------
+    >>> [b.shape for b in pack(np.ones((3, 3, 2, 5), np.float32), "winograd-4", 3)]
+    [(36, 2, 3), (36, 2, 2)]
+    """
+    o = kernel.shape[3]
+    return [
+        np.ascontiguousarray(transformed(kernel[..., o0 : o0 + channel_block], algorithm))
+        for o0 in range(0, o, channel_block)
+    ]
+
 
 def tile_size(algorithm: str) -> int:
     """Output tile size of an algorithm: ``winograd-m`` gives m, direct convolution 1."""
     return int(algorithm[-1]) if algorithm.startswith("winograd") else 1
+
+
+def tiles_high(algorithm: str, h: int, pool: bool) -> int:
+    """Tile rows per image (for a fused pool after a direct convolution: even)."""
+    m = tile_size(algorithm)
+    tiles = -(-h // m)
+    return tiles + tiles % 2 if m == 1 and pool else tiles
+
+
+def allowed_algorithms(requested: str, dtype: npt.DTypeLike) -> tuple[str, ...]:
+    """List the algorithms a layer may run with `conv_algorithm` = `requested`, fastest first.
+
+    float64 is the oracle and stays direct (the most exact); float16 stays direct too (its
+    Winograd rounding would be too large).
+    """
+    if np.dtype(dtype) != np.float32:
+        return ("gemm",)
+    return _ALLOWED[requested]
 
 
 def choose_algorithm(requested: str, height: int, channels: int, dtype: npt.DTypeLike) -> str:
@@ -77,42 +225,96 @@ def choose_algorithm(requested: str, height: int, channels: int, dtype: npt.DTyp
     return "winograd-4" if height >= 28 else "winograd-2"
 
 
-def default_layout(
-    algorithm: str, shape: tuple[int, int, int, int], itemsize: int, pool: bool
-) -> dict[str, int]:
-    """Chunks and channel blocks of one layer by the built-in rules.
+def default_rows(algorithm: str, shape: tuple[int, int, int, int], itemsize: int) -> int:
+    """Return the tile rows per chunk of the built-in rule.
 
-    `shape` is ``(H, W, C, O)``. Chunks of whole tile rows of one image, about
-    `CHUNK_BYTES` each and equal in size; output channels in blocks when an image has
-    fewer than `MIN_TILES_PER_IMAGE` tiles. Returns the `ConvPlan` fields ``tiles_h``,
-    ``rows_per_chunk``, ``rows_per_part`` and ``channel_block``.
-
-    Examples
-    --------
-    >>> default_layout("winograd-4", (28, 28, 512, 512), 4, False)
-    {'tiles_h': 7, 'rows_per_chunk': 7, 'rows_per_part': 4, 'channel_block': 128}
+    About `CHUNK_BYTES` of transformed input, at least ``C * O / KERNEL_VALUES_PER_TILE``
+    tiles, the chunks of an image equal in size.
     """
     h, w, c, o = shape
     m = tile_size(algorithm)
     tiles_h, tiles_w = -(-h // m), -(-w // m)
-    if m == 1 and pool:
-        tiles_h += tiles_h % 2  # the pool takes whole pairs of rows
     if m > 1:
         row_bytes = (m + 2) ** 2 * tiles_w * max(c, o) * itemsize
     else:
         row_bytes = w * max(9 * c, o) * itemsize
     rows = max(1, CHUNK_BYTES // row_bytes, -(-c * o // (KERNEL_VALUES_PER_TILE * tiles_w)))
-    chunks = -(-tiles_h // rows)
-    rows_per_chunk = -(-tiles_h // chunks)
+    return -(-tiles_h // -(-tiles_h // rows))
+
+
+def default_choice(
+    algorithm: str, shape: tuple[int, int, int, int], itemsize: int, pool: bool
+) -> Choice:
+    """Return the built-in chunks and channel blocks of one layer run by `algorithm`.
+
+    `shape` is ``(H, W, C, O)``. Chunks of whole tile rows of one image, about
+    `CHUNK_BYTES` each and equal in size; output channels in blocks when an image has
+    fewer than `MIN_TILES_PER_IMAGE` tiles, or is a single chunk of direct convolution
+    (else one thread would do the whole layer); the ``position`` order where the packed
+    kernel is `WEIGHTS_PER_INPUT` times an image's transformed input or more.
+
+    Examples
+    --------
+    >>> default_choice("winograd-4", (28, 28, 512, 512), 4, False)
+    Choice(algorithm='winograd-4', rows_per_chunk=7, channel_block=128, order='position')
+    """
+    h, w, _, o = shape
+    m = tile_size(algorithm)
+    tiles_h = tiles_high(algorithm, h, pool)
+    rows = default_rows(algorithm, shape, itemsize)
     if m == 1 and pool:
-        rows_per_chunk += rows_per_chunk % 2
-    few = tiles_h * tiles_w < MIN_TILES_PER_IMAGE
+        rows += rows % 2  # the pool takes whole pairs of rows
+    tiles = tiles_h * -(-w // m)
+    few = tiles < MIN_TILES_PER_IMAGE or (m == 1 and rows >= tiles_h)
     blocks = min(CHANNEL_BLOCKS, max(1, o // CHANNEL_BLOCK)) if few else 1
-    # Layers split by channels have a chunk per image: two threads share its input
-    # transform, in two pieces whatever the threads (the same BLAS calls).
-    return {
-        "tiles_h": tiles_h,
-        "rows_per_chunk": rows_per_chunk,
-        "rows_per_part": -(-rows_per_chunk // 2) if blocks > 1 else rows_per_chunk,
-        "channel_block": -(-o // blocks),
+    order = "position" if o >= WEIGHTS_PER_INPUT * tiles else "chunk"
+    return Choice(algorithm, min(rows, tiles_h), -(-o // blocks), order)
+
+
+def check_choice(choice: Choice, shape: tuple[int, int, int, int], pool: bool) -> None:
+    """Raise ValueError unless `choice` is a valid layout for a layer of `shape` ``(H, W, C, O)``.
+
+    (Whether its algorithm is allowed is the caller's question: `allowed_algorithms`.)
+    """
+    h, _, _, o = shape
+    tiles_h = tiles_high(choice.algorithm, h, pool)
+    if choice.rows_per_chunk > tiles_h or choice.channel_block > o:
+        raise ValueError(f"{choice} does not fit a layer of shape {shape}")
+    if choice.m == 1 and pool and choice.rows_per_chunk % 2:
+        raise ValueError(f"{choice}: a fused pool needs an even number of rows per chunk")
+
+
+def variations(choice: Choice, shape: tuple[int, int, int, int], pool: bool) -> dict[str, list]:
+    """List what the measuring planner tries after choosing an algorithm, by stage.
+
+    Stages, each starting from the best of the one before: ``rows``, the chunk (half and
+    twice `choice`'s, a whole image unless that is over 4 times larger); ``blocks``, the
+    channel blocks (one block, blocks of 256 and of `CHANNEL_BLOCK`); ``order``, the
+    other order. Every variation is valid
+    (`check_choice`) and differs from `choice` only in the stage's field; a stage's list
+    may be empty.
+
+    Examples
+    --------
+    >>> shape = (112, 112, 128, 128)
+    >>> stages = variations(default_choice("winograd-4", shape, 4, True), shape, True)
+    >>> {name: [(c.rows_per_chunk, c.channel_block, c.order) for c in stage]
+    ...  for name, stage in stages.items()}
+    {'rows': [(1, 128, 'chunk'), (6, 128, 'chunk')], 'blocks': [], 'order': [(3, 128, 'position')]}
+    """
+    tiles_h, o = tiles_high(choice.algorithm, shape[0], pool), shape[3]
+    even = 2 if choice.m == 1 and pool else 1
+    rows = [choice.rows_per_chunk // 2, choice.rows_per_chunk * 2]
+    if tiles_h <= 4 * choice.rows_per_chunk:  # a whole image, unless far larger (slow)
+        rows.append(tiles_h)
+    rows = [min(tiles_h, max(even, r - r % even)) for r in rows]
+    stages = {
+        "rows": [replace(choice, rows_per_chunk=r) for r in rows],
+        "blocks": [replace(choice, channel_block=min(b, o)) for b in (o, 256, CHANNEL_BLOCK)],
+        "order": [replace(choice, order=order) for order in ORDERS],
     }
+    for name, stage in stages.items():
+        stages[name] = [c for c in dict.fromkeys(stage) if c != choice]
+        for variation in stages[name]:
+            check_choice(variation, shape, pool)
+    return stages

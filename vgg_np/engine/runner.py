@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -31,9 +32,19 @@ from vgg_np import ops
 from vgg_np.engine.conv import ConvRun, Pass, conv_input, conv_output
 from vgg_np.engine.layout import Buffers, Padded, padded
 from vgg_np.engine.lowering import CONV_EPILOGUE
-from vgg_np.engine.plan import ConvPlan, choose_algorithm, default_layout
+from vgg_np.engine.measure import Planner, layer_key
+from vgg_np.engine.plan import (
+    Choice,
+    ConvPlan,
+    allowed_algorithms,
+    check_choice,
+    choose_algorithm,
+    default_choice,
+    pack,
+    tiles_high,
+    variations,
+)
 from vgg_np.engine.threads import BLAS_SINGLE, MAX_THREADS, Workers, cpu_count
-from vgg_np.engine.winograd import winograd_kernel
 from vgg_np.layers import ACTIVATIONS, KINDS, Layer, shapes
 
 #: What ``conv_algorithm`` accepts.
@@ -49,6 +60,9 @@ KEEP_BYTES = 64 << 20
 
 #: Calls with fewer multiply-adds per slice take turns rather than run at once.
 SERIAL_MACS = 100_000_000
+
+#: Most images a measured candidate runs on (`vgg_np.engine.measure.IMAGES`).
+MEASURE_IMAGES = 2
 
 #: Dense layers multiply one image at a time, in blocks of this many input rows whose
 #: partial sums are added in order: the same BLAS calls whatever the batch or threads.
@@ -79,6 +93,13 @@ class Engine:
         Threads that share a call's work: the calling thread and ``threads - 1`` workers;
         default: the CPUs this process may use, at most `MAX_THREADS`. Results do not
         depend on it.
+    plan : {"default", "measure"} or path, optional
+        How each convolution's algorithm, chunks, channel blocks and order are chosen
+        (`vgg_np.engine.measure`): the built-in rules, or measured on this machine at
+        first use and cached on disk, or read from (and measured into) a plan file.
+        Default: ``$VGG_NP_PLAN``, else ``"default"``. Results depend on the plan within
+        each algorithm's tolerance; for a given plan they do not depend on the batch or
+        the threads.
 
     Examples
     --------
@@ -102,6 +123,7 @@ class Engine:
         weights: Mapping[str, tuple[np.ndarray, ...]],
         conv_algorithm: str = "auto",
         threads: int | None = None,
+        plan: str | os.PathLike | None = None,
     ):
         if conv_algorithm not in ALGORITHMS:
             raise ValueError(
@@ -121,8 +143,9 @@ class Engine:
         self.weights = weights
         self.conv_algorithm = conv_algorithm
         self.threads = threads or min(cpu_count(), MAX_THREADS)
+        self.planner = Planner(plan, self.threads)
         self._plans: dict[tuple, ConvPlan] = {}
-        self._packed: dict[tuple, np.ndarray] = {}
+        self._packed: dict[tuple, list[np.ndarray]] = {}
         self._lock = threading.Lock()  # guards the plans and the spare buffers
         self._workers = Workers(self.threads)
         self._spare: Buffers | None = None  # one call's buffers, kept up to KEEP_BYTES
@@ -146,25 +169,97 @@ class Engine:
         algorithm = choose_algorithm(self.conv_algorithm, h, c, kernel.dtype)
         following = self.layers[index + 1] if index + 1 < len(self.layers) else None
         pool = following is not None and following.kind == "pool" and algorithm != "naive"
-        plan = ConvPlan(layer.name, algorithm, kernel, bias, pool, layer.activation == "relu")
+        relu = layer.activation == "relu"
         if algorithm == "naive":
-            return plan
-        plan.kernel = self._packed_kernel(layer.name, algorithm, plan.m)
-        for field, value in default_layout(algorithm, (h, w, c, o), kernel.itemsize, pool).items():
-            setattr(plan, field, value)
-        return plan
+            return ConvPlan(layer.name, None, kernel, bias, False, relu)
+        choice = default_choice(algorithm, (h, w, c, o), kernel.itemsize, pool)
+        if self.planner.measures:
+            choice = self._measured_choice(index, (h, w, c, o), pool) or choice
+        return self._conv_plan(index, choice, (h, w, c, o), pool)
 
-    def _packed_kernel(self, name: str, algorithm: str, m: int) -> np.ndarray:
-        """Return the kernel of layer `name` packed for `algorithm` (once per engine)."""
-        if (name, algorithm) not in self._packed:
-            kernel = self.weights[name][0]
-            self._packed[name, algorithm] = (
-                winograd_kernel(kernel, m) if m > 1 else kernel.reshape(-1, kernel.shape[3])
-            )  # (a*a, C, O) or (9*C, O)
-        return self._packed[name, algorithm]
+    def _measured_choice(self, index: int, shape: tuple, pool: bool) -> Choice | None:
+        """Return layer `index`'s choice from the plan file, or measure it (see `measure`).
+
+        None if the measuring budget is spent. Candidates run on `MEASURE_IMAGES` random
+        images, into buffers of their own; kernels packed for the losers are dropped.
+        """
+        kernel = self.weights[self.layers[index].name][0]
+        allowed = allowed_algorithms(self.conv_algorithm, kernel.dtype)
+        key = layer_key(self.conv_algorithm, kernel.dtype, shape, pool)
+
+        def valid(choice: Choice) -> bool:
+            try:
+                check_choice(choice, shape, pool)
+            except ValueError:
+                return False
+            return choice.algorithm in allowed
+
+        choice = self.planner.lookup(key, valid)
+        if choice is not None:
+            return choice
+        first = [default_choice(a, shape, kernel.itemsize, pool) for a in allowed]
+        prepare = self._trial(index, shape, pool, kernel.dtype)
+        with BLAS_SINGLE:
+            choice = self.planner.measure(key, first, lambda c: variations(c, shape, pool), prepare)
+        # Keep only the packed kernels a plan uses (measuring packed every candidate's).
+        used = {(p.name, p.algorithm, p.channel_block) for p in self._plans.values()}
+        if choice is not None:
+            used.add((self.layers[index].name, choice.algorithm, choice.channel_block))
+        for packing in [k for k in self._packed if k[0] == self.layers[index].name]:
+            if packing not in used:
+                del self._packed[packing]
+        return choice
+
+    def _trial(self, index: int, shape: tuple, pool: bool, dtype):
+        """Return ``prepare(choice, images)`` for the planner: layer `index` run alone.
+
+        Each candidate runs on the same random images, laid out in its algorithm's padded
+        input, into a buffer of its own; `prepare` packs the kernel. A run returns the CPU
+        seconds of its busiest thread (`Workers.map`'s meter). Everything is made on the
+        first call, inside the planner's measured time.
+        """
+        h, w, c, o = shape
+        state, made = Pass(Buffers()), {}
+        state.meter = []
+
+        def prepare(choice: Choice, images: int):
+            if not made:
+                rng = np.random.default_rng(0)
+                made["x"] = rng.standard_normal((MEASURE_IMAGES, h, w, c), np.float32)
+                made["out"] = state.buffers.get(
+                    "out", (MEASURE_IMAGES, *((h // 2, w // 2) if pool else (h, w)), o), dtype
+                )
+            x, out = made["x"], made["out"]
+            plan = self._conv_plan(index, choice, shape, pool)
+            name = f"in{plan.m}-{images}"
+            source = padded(images, h, w, c, plan.m, dtype, state.buffers, name, plan.tiles_h)
+            source.interior()[...] = x[:images]  # in the model's dtype
+            task = ConvRun(plan, source, list(out[:images]), pool)
+
+            def run() -> float:
+                state.meter.clear()
+                task.run(self._workers, state)
+                return sum(state.meter)
+
+            return run
+
+        return prepare
+
+    def _conv_plan(self, index: int, choice: Choice, shape: tuple, pool: bool) -> ConvPlan:
+        """Return layer `index`'s plan for `choice`; its kernel packed once per engine."""
+        layer = self.layers[index]
+        kernel, bias = self.weights[layer.name]
+        key = (layer.name, choice.algorithm, choice.channel_block)
+        if key not in self._packed:
+            self._packed[key] = pack(kernel, choice.algorithm, choice.channel_block)
+        tiles_h = tiles_high(choice.algorithm, shape[0], pool)
+        relu = layer.activation == "relu"
+        return ConvPlan(layer.name, choice, kernel, bias, pool, relu, self._packed[key], tiles_h)
 
     def algorithms(self, input_shape: tuple) -> dict[str, str]:
         """Return which algorithm each convolution uses for a per-image input ``(H, W, C)``.
+
+        With ``plan="measure"`` this plans the layers (measuring those not cached).
 
         Examples
         --------
@@ -172,13 +267,33 @@ class Engine:
         >>> VGG16(include_top=False, seed=0).engine.algorithms((224, 224, 3))["block5_conv1"]
         'winograd-2'
         """
-        return {
-            layer.name: choose_algorithm(
-                self.conv_algorithm, shape[0], shape[2], self.weights[layer.name][0].dtype
-            )
-            for layer, shape, _ in shapes(self.layers, input_shape)
-            if layer.kind == "conv"
-        }
+        return {name: plan.algorithm for name, plan in self.plans(input_shape).items()}
+
+    def plans(self, input_shape: tuple) -> dict[str, ConvPlan]:
+        """Return each convolution's plan for a per-image input ``(H, W, C)``.
+
+        A plan's `choice` (None for ``naive``) is what the planner chose: algorithm, tile
+        rows per chunk, output channels per block, order. With ``plan="measure"`` the
+        layers not in the plan file are measured now (`planner.seconds` adds up the time).
+
+        Examples
+        --------
+        >>> from vgg_np import VGG16
+        >>> plans = VGG16(include_top=False, seed=0).engine.plans((224, 224, 3))
+        >>> plans["block4_conv2"].choice
+        Choice(algorithm='winograd-4', rows_per_chunk=7, channel_block=128, order='position')
+        """
+        found = {}
+        for index, (layer, shape, _) in enumerate(shapes(self.layers, input_shape)):
+            if layer.kind == "conv":
+                found[layer.name] = self._plan(index, *shape)
+        self._save_plans()
+        return found
+
+    def _save_plans(self) -> None:
+        if self.planner.measures:
+            with self._lock:
+                self.planner.save()
 
     def slice_images(self, input_shape: tuple) -> int:
         """Images per slice for a per-image input ``(H, W, C)``; large batches run in slices.
@@ -247,6 +362,7 @@ class Engine:
                 yield state, step
         finally:
             self._release(state)
+            self._save_plans()
 
     def _macs(self, input_shape: tuple) -> int:
         """Multiply-adds of the convolutions and dense layers for one image."""
@@ -258,15 +374,18 @@ class Engine:
                 macs += self.weights[layer.name][0].size
         return macs
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, timings: list | None = None) -> np.ndarray:
         """Return the last layer's output for an NHWC batch (a new array).
 
-        The batch runs in slices of `slice_images` images. See the class example.
+        The batch runs in slices of `slice_images` images. `timings`, if given, receives
+        ``(layer, algorithm, seconds)`` per step and slice (as `run`'s, but with the
+        buffers a call keeps for the next). See the class example.
         """
         result = None
         with self._call(x) as (state, step):
             for s in range(0, len(x), step):
-                ((_, y),) = collections.deque(self._run(state, x[s : s + step]), maxlen=1)
+                passes = self._run(state, x[s : s + step], timings=timings)
+                ((_, y),) = collections.deque(passes, maxlen=1)
                 if result is None:
                     result = np.empty((len(x), *y.shape[1:]), y.dtype)
                 result[s : s + len(y)] = y
@@ -318,8 +437,11 @@ class Engine:
         receives ``(layer, algorithm, seconds)`` per step. See the class example.
         """
         self._check_batch(x)
-        with BLAS_SINGLE:  # never recycled: the last yielded view stays valid
-            yield from self._run(Pass(Buffers()), x, keep, timings)
+        try:
+            with BLAS_SINGLE:  # never recycled: the last yielded view stays valid
+                yield from self._run(Pass(Buffers()), x, keep, timings)
+        finally:
+            self._save_plans()
 
     def _run(
         self,

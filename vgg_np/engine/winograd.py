@@ -71,7 +71,9 @@ def winograd_matrices(
 def winograd_kernel(kernel: np.ndarray, m: int) -> np.ndarray:
     """Transform a ``(3, 3, C, O)`` kernel once: ``U[j*a + i] = (G g G^T)[i, j]``, ``(a*a, C, O)``.
 
-    Computed in float64, stored in the kernel's dtype.
+    Computed in float64, stored in the kernel's dtype, by elementwise products and sums in
+    a fixed order: a block of output channels transforms to exactly the values it has in
+    the whole kernel (a BLAS product's rounding could depend on the shapes and threads).
 
     Examples
     --------
@@ -79,9 +81,20 @@ def winograd_kernel(kernel: np.ndarray, m: int) -> np.ndarray:
     (36, 2, 5)
     """
     _, g, _ = winograd_matrices(m)
-    a = m + 2
-    u = np.einsum("ir,rsco,js->jico", g, kernel.astype(np.float64), g)  # (a_j, a_i, C, O)
-    return np.ascontiguousarray(u.reshape(a * a, *kernel.shape[2:]), dtype=kernel.dtype)
+    a, k = m + 2, kernel.astype(np.float64).reshape(3, 3, -1)  # (3_r, 3_s, C*O)
+    # rows[i, s] = sum_r g[i, r] k[r, s], then u[j, i] = sum_s g[j, s] rows[i, s], as
+    # broadcast products and sums (the r = 0 term first): every element the same sequence.
+    rows = _combine(g, k)  # (a_i, 3_s, C*O)
+    u = _combine(g, rows.transpose(1, 0, 2))  # (a_j, a_i, C*O)
+    return u.reshape(a * a, *kernel.shape[2:]).astype(kernel.dtype)
+
+
+def _combine(weights: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """``sum_t weights[:, t] * terms[t]`` for each row of `weights`, ``t`` in order."""
+    total = weights[:, 0, None, None] * terms[0]
+    for t in range(1, weights.shape[1]):
+        total += weights[:, t, None, None] * terms[t]
+    return total
 
 
 @functools.cache
@@ -115,20 +128,25 @@ def transform_input(source: Padded, i: int, q0: int, q1: int, ws: Buffers, out: 
     np.matmul(bt, windows.transpose(0, 1, 3, 2), out=v_rows)
 
 
+def untransform(product: np.ndarray, m: int, tw: int, ws: Buffers) -> np.ndarray:
+    """Output tiles ``A^T M A`` of the products ``(a*a, tiles, O)``: ``(m_j, m_i, rows, tW, O)``."""
+    a, tiles, o = m + 2, product.shape[1], product.shape[2]
+    _, _, at = matrices(m, product.dtype)
+    p = ws.get("p", (m, a, tiles * o), product.dtype)
+    np.matmul(at, product.reshape(a, -1), out=p.reshape(m, -1))  # over j: (m_j, a_i, ...)
+    y = ws.get("y", (m, m, tiles // tw, tw, o), product.dtype)
+    np.matmul(at, p, out=y.reshape(m, m, -1))  # over i, batched on j: (m_j, m_i, ...)
+    return y
+
+
 def transform_output(v: np.ndarray, u: np.ndarray, m: int, tw: int, ws: Buffers) -> np.ndarray:
     """Multiply transformed tiles by packed kernels; return the output tiles ``A^T M A``.
 
-    `u` may be a slice of the output channels. Returns ``(m_j, m_i, rows, tW, O)``.
+    `u` may be a block of the output channels. Returns ``(m_j, m_i, rows, tW, O)``.
     """
-    a, tiles, o, dtype = m + 2, v.shape[1], u.shape[2], u.dtype
-    _, _, at = matrices(m, dtype)
-    product = ws.get("product", (a * a, tiles, o), dtype)
+    product = ws.get("product", (v.shape[0], v.shape[1], u.shape[2]), u.dtype)
     np.matmul(v, u, out=product)  # one GEMM per transformed position: (tiles, C) @ (C, O)
-    p = ws.get("p", (m, a, tiles * o), dtype)
-    np.matmul(at, product.reshape(a, -1), out=p.reshape(m, -1))  # over j: (m_j, a_i, ...)
-    y = ws.get("y", (m, m, tiles // tw, tw, o), dtype)
-    np.matmul(at, p, out=y.reshape(m, m, -1))  # over i, batched on j: (m_j, m_i, ...)
-    return y
+    return untransform(product, m, tw, ws)
 
 
 class WinogradSteps:
@@ -144,6 +162,14 @@ class WinogradSteps:
     def transform(self, v: np.ndarray, i: int, q0: int, p0: int, p1: int) -> None:
         """Transform tile rows [p0, p1) of the chunk of image `i` that starts at `q0`."""
         transform_input(self.source, i, p0, p1, WORKSPACE, v[:, :, p0 - q0 : p1 - q0])
+
+    def operands(self, v: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the products' operands: ``(a*a, tiles, C)`` and ``(a*a, C, O block)``."""
+        return v.reshape(self.a * self.a, -1, self.c), kernel
+
+    def finish(self, product: np.ndarray) -> np.ndarray:
+        """Output tiles ``(m_j, m_i, rows, tW, O)`` from the products ``(a*a, tiles, O)``."""
+        return untransform(product, self.source.m, self.source.tiles_w, WORKSPACE)
 
     def output(self, v: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         """Output tiles ``(m_j, m_i, rows, tW, O)`` of a chunk for a kernel block."""

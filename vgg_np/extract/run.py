@@ -157,7 +157,9 @@ def _compute(
             entry["status"] = "ok"
             if top_layer is not None:
                 scores = outputs[top_layer][decoded.ok.index(i)]
-                entry["top"] = top_classes(scores, store.plan["top"])
+                # a model of one's own names its classes (``vgg-np train`` records them)
+                names = model.weights_info.get("labels")
+                entry["top"] = top_classes(scores, store.plan["top"], class_names=names)
         entry.update(image=decoded.identities[i], digest=_row_digest(block[i]))
         entries.append(entry)
     return block, entries

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -53,10 +54,12 @@ ZARR_CHUNK_BYTES = 16 << 20
 CHECK_BYTES = 4 << 20
 
 SUFFIXES = (".npy", ".zarr")
+#: Beside ``OUT`` while `create_store` makes its array: renamed to ``OUT`` after the plan.
+CREATING_SUFFIX = ".vgg-np-creating"
 
 
-def _reserve(path: str, size: int) -> None:
-    """Allocate the blocks of `path`'s `size` bytes now, or raise OSError naming `path`.
+def _reserve(path: str, size: int, name: str) -> None:
+    """Allocate the blocks of `path`'s `size` bytes now, or raise OSError naming `name`.
 
     A full disk then fails here, not in a memory-mapped write (SIGBUS). Filesystems that
     cannot reserve blocks are left sparse.
@@ -71,7 +74,7 @@ def _reserve(path: str, size: int) -> None:
         if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             return
         raise OSError(
-            error.errno, f"cannot reserve the store's {size:,} bytes ({error.strerror})", path
+            error.errno, f"cannot reserve the store's {size:,} bytes ({error.strerror})", name
         ) from None
     finally:
         os.close(fd)
@@ -190,7 +193,7 @@ class Store:
         size, expected = self._npy_sizes()
         if size != expected:
             os.truncate(self.out, expected)
-            _reserve(self.out, expected)
+            _reserve(self.out, expected, self.out)
 
     def _npy_sizes(self) -> tuple[int, int]:
         """Return the ``.npy`` file's size and the size its header says; refuse another array."""
@@ -412,7 +415,10 @@ def create_store(
     plan = _plan(images, model, layer, top, partition_size, preprocess, resize)
     manifest_dir = _manifest_dir(out)
     plan_path = os.path.join(manifest_dir, "plan.json")
+    creating = out + CREATING_SUFFIX
     if os.path.lexists(plan_path):
+        if not os.path.exists(out) and os.path.exists(creating):
+            os.replace(creating, out)  # a run killed between the plan and the rename
         if not os.path.exists(out):
             raise ValueError(
                 f"{plan_path} exists but {out} does not: delete {manifest_dir} to start over"
@@ -429,6 +435,9 @@ def create_store(
         return store
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists and is not an extraction (no {plan_path})")
+    # The array is made under another name and renamed into place after its plan: a kill
+    # at any moment leaves no array that a second run would take for someone else's file.
+    _remove(creating)  # the start of a run killed before its plan was written
     shape = (len(plan["paths"]), *plan["row_shape"])
     if out.endswith(".zarr"):
         try:
@@ -443,19 +452,28 @@ def create_store(
         fit = max(1, ZARR_CHUNK_BYTES // row_bytes)
         rows = max(d for d in range(1, partition_size + 1) if partition_size % d == 0 and d <= fit)
         zarr.open_array(
-            out, mode="w-", shape=shape, chunks=(rows, *plan["row_shape"]),
+            creating, mode="w-", shape=shape, chunks=(rows, *plan["row_shape"]),
             dtype=plan["dtype"], fill_value=np.nan,
         )  # fmt: skip
     else:
-        np.lib.format.open_memmap(out, mode="w+", dtype=plan["dtype"], shape=shape).flush()
+        np.lib.format.open_memmap(creating, mode="w+", dtype=plan["dtype"], shape=shape).flush()
         try:
-            _reserve(out, os.path.getsize(out))
+            _reserve(creating, os.path.getsize(creating), out)
         except OSError:
-            os.remove(out)  # nothing half made: the same command works once there is room
+            os.remove(creating)  # nothing half made: the same command works once there is room
             raise
     os.makedirs(manifest_dir, exist_ok=True)
     _write_atomically(plan_path, json.dumps(plan, indent=1) + "\n")
+    os.replace(creating, out)
     return Store(out, plan)
+
+
+def _remove(path: str) -> None:
+    """Remove a file or a folder (a Zarr array) if there is one."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def open_store(out: str | os.PathLike) -> Store:

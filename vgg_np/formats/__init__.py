@@ -293,11 +293,24 @@ def detect_format(path: str | os.PathLike) -> str:
     return _detect(path).name
 
 
+def _encodes(name: str) -> bool:
+    """Return True if `name` is valid Unicode text (no lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _canonical(source: WeightSource) -> WeightSource:
     """Hold every reader to the contract: lazy floating-point tensors, named in errors."""
     tensors = {}
     for name, pair in source.tensors.items():
         where = f"{source.path} layer {name!r}"
+        if not name.isprintable() or not _encodes(name):
+            # h5py decodes undecodable bytes to surrogates: such a name is damage, and
+            # would only fail later, unnamed, where it is written or compared.
+            raise FileFormatError(f"{where}: a layer name must be printable UTF-8 text")
         arrays = tuple(a if isinstance(a, LazyArray) else lazy(a, where) for a in pair)
         for array in arrays:
             if array.dtype.kind != "f":

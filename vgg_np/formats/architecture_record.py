@@ -31,7 +31,10 @@ _FLOATS = ("eps", "rate")
 
 
 def to_record(info: Mapping) -> str | None:
-    """JSON of ``info["head"]`` and ``info["batch_norm_eps"]``; None if neither is there.
+    """JSON of ``info["head"]``, ``info["batch_norm_eps"]`` and ``info["labels"]``; None if none is.
+
+    ``labels`` are the class names of the outputs, in order (what ``vgg-np train``
+    records from the class folders); a record without them is written as before.
 
     Examples
     --------
@@ -41,12 +44,15 @@ def to_record(info: Mapping) -> str | None:
 "activation": "softmax", "eps": 0.0, "rate": 0.0}]}'
     >>> from_record(to_record({"batch_norm_eps": 1e-5}), "x")
     {'batch_norm_eps': 1e-05}
+    >>> from_record(to_record({"labels": ("cat", "dog")}), "x")
+    {'labels': ('cat', 'dog')}
     """
-    head, eps = info.get("head"), info.get("batch_norm_eps")
-    if not head and eps is None:
+    head, eps, labels = info.get("head"), info.get("batch_norm_eps"), info.get("labels")
+    if not head and eps is None and not labels:
         return None
     layers = [{k: getattr(layer, k) for k in (*_FIELDS, *_FLOATS)} for layer in head or ()]
-    return json.dumps({"batch_norm": eps, "head": layers or None})
+    record = {"batch_norm": eps, "head": layers or None}
+    return json.dumps(record | ({"labels": list(labels)} if labels else {}))
 
 
 def from_record(text: object, where: str) -> dict:
@@ -62,6 +68,7 @@ def from_record(text: object, where: str) -> dict:
             raise TypeError(f"a {type(text).__name__}, not JSON text")
         record = json.loads(text)
         eps, rows = record.pop("batch_norm"), record.pop("head")
+        labels = _labels(record.pop("labels", None))
         if record or not (eps is None or _finite(eps)) or not (rows is None or rows):
             raise ValueError(f"unexpected entries {sorted(record)} or values")
         head = tuple(_layer(row) for row in rows or ())
@@ -72,7 +79,21 @@ def from_record(text: object, where: str) -> dict:
         info["batch_norm_eps"] = float(eps)
     if head:
         info["head"] = head
+    if labels:
+        info["labels"] = labels
     return info
+
+
+def _labels(labels: object) -> tuple[str, ...] | None:
+    """Class names: a non-empty list of distinct, non-empty, one-line strings."""
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or not labels:
+        raise ValueError(f"labels {labels!r} are not a list of names")
+    bad = [n for n in labels if not isinstance(n, str) or not n.strip() or "\n" in n]
+    if bad or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be distinct non-empty one-line names, got {labels!r}")
+    return tuple(labels)
 
 
 def _finite(value: object) -> bool:

@@ -224,7 +224,7 @@ def fold_batch_norm(
     folded 2e-7..1.0e-6, unfolded 3e-7..1.0e-6. With a quarter of the channels nearly
     constant (variance ~5e-7, below torch's eps, so ``s`` ~ 300 magnifies rounding):
     folded 2.4e-6..6.4e-6, unfolded 4.1e-6..1.0e-5. Folding costs no accuracy
-    (``tests/test_ops.py::test_fold_batch_norm_is_as_accurate_as_unfolded``).
+    (``tests/ops/test_kernels.py::test_fold_batch_norm_is_as_accurate_as_unfolded``).
 
     Examples
     --------

@@ -34,7 +34,8 @@ NARROW_VGG16 = VGGConfig(
 # Winograd F(4x4, 3x3), which a fast implementation may use, reached 2.0e-6 of a similar
 # scale (max |x| times the kernel's sum of |taps|). 1e-5 accepts any summation order or
 # fast algorithm; a bug (a flipped or transposed kernel, a wrong pad, a lost bias) is off
-# by a sizeable fraction of the output itself (tests/test_vectors.py breaks some on purpose).
+# by a sizeable fraction of the output itself (tests/vectors/test_vectors.py breaks some on
+# purpose).
 DOT_TOL = 1e-5
 # exp, a sum and a division, each a few ulps in float32, on probabilities in [0, 1];
 # the relative part lets a fast exp (a few ulps more) through.

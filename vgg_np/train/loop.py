@@ -1,0 +1,155 @@
+"""One epoch of training on the cut layer's output, and evaluation: the core of `fit`.
+
+`Top` holds the layers that train (unfrozen blocks, then the head) above the frozen
+base whose output is cached; `train_epoch` takes one optimizer step per mini-batch with
+`vgg_np.train.step.loss_and_gradients`, and `evaluate` runs the same layers in inference
+mode (`vgg_np.layers.forward`, dropout off). A PyTorch epoch fed the same features in the
+same order takes the same steps (the cross-check lives in the tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vgg_np import backward
+from vgg_np.layers import Layer, forward
+from vgg_np.train.step import loss_and_gradients
+
+__all__ = ["Top", "evaluate", "train_epoch"]
+
+
+class Top:
+    """The layers that train, from the cut on: what the step and the optimizers use of a model.
+
+    `loss_and_gradients` and the optimizers read ``layers``, ``weights``, ``dtype`` and
+    ``include_top`` and call ``set_weights``; a `VGG` holds the whole network, this the
+    part above the cached features (``block5_conv1`` ... with unfrozen blocks, then the
+    head).
+
+    Examples
+    --------
+    >>> top = Top([Layer("predictions", "dense", 2, "softmax")],
+    ...           {"predictions": (np.zeros((4, 2)), np.zeros(2))})
+    >>> top.set_weights({"predictions": (np.ones((4, 2)), np.zeros(2))})
+    >>> top.weights["predictions"][0].dtype, top.include_top
+    (dtype('float32'), True)
+    >>> top.set_weights({"predictions": (np.ones((3, 2)), np.zeros(2))})
+    Traceback (most recent call last):
+    ...
+    ValueError: the weights do not fit the trained layers: predictions (3, 2) where (4, 2) is needed
+    """
+
+    include_top = True
+
+    def __init__(self, layers, weights, dtype="float32"):
+        self.layers = tuple(layers)
+        self.dtype = np.dtype(dtype)
+        self._weights = {
+            name: tuple(np.asarray(a, self.dtype) for a in tensors)
+            for name, tensors in weights.items()
+        }
+
+    @property
+    def weights(self) -> dict[str, tuple[np.ndarray, ...]]:
+        """Layer name -> tensors (a new dict; the arrays are the model's): class example."""
+        return dict(self._weights)
+
+    def set_weights(self, weights, source: str = "the weights") -> None:
+        """Replace every tensor, after checking names and shapes (see the class example)."""
+        problems = [f"missing {name}" for name in self._weights if name not in weights]
+        problems += [f"extra {name}" for name in weights if name not in self._weights]
+        for name, tensors in self._weights.items():
+            for new, old in zip(weights.get(name, tensors), tensors, strict=False):
+                if np.shape(new) != old.shape:
+                    problems.append(f"{name} {np.shape(new)} where {old.shape} is needed")
+        if problems:
+            raise ValueError(f"{source} do not fit the trained layers: {'; '.join(problems)}")
+        self._weights = {
+            name: tuple(np.asarray(a, self.dtype) for a in weights[name]) for name in self._weights
+        }
+
+
+def _logits_layers(layers) -> tuple[Layer, ...]:
+    *hidden, last = layers
+    return (*hidden, dataclasses.replace(last, activation=None))
+
+
+def train_epoch(
+    top: Top,
+    batches: Iterator[tuple[NDArray, NDArray]],
+    optimizer,
+    rng: np.random.Generator,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[float, float]:
+    """Take one optimizer step per batch; return the epoch's mean loss and accuracy.
+
+    The loss and accuracy are those of each batch before its step, in training mode
+    (dropout on), averaged over pictures: what Keras prints during ``fit``.
+
+    Parameters
+    ----------
+    top : Top
+    batches : iterator of (x, labels)
+        ``x`` the cut layer's output ``(n, ...)``, ``labels`` int ``(n,)``.
+    optimizer : vgg_np.train.step.SGD or vgg_np.train.optim.Adam
+    rng : numpy.random.Generator
+        Dropout masks.
+    on_batch : callable, optional
+        Called with each batch's size (a progress bar).
+
+    Examples
+    --------
+    >>> from vgg_np.train.optim import Adam
+    >>> top = Top([Layer("predictions", "dense", 2, "softmax")],
+    ...           {"predictions": (np.zeros((3, 2)), np.zeros(2))})
+    >>> x, y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]], np.array([0, 1, 1, 0])
+    >>> train_epoch(top, iter([(x, y)]), Adam(0.1), np.random.default_rng(0))
+    (0.6931471824645996, 0.5)
+    """
+    total, correct, seen = 0.0, 0, 0
+    for x, labels in batches:
+        loss, gradients, tape = loss_and_gradients(top, x, labels, rng=rng)
+        optimizer.step(top, gradients)
+        logits = tape.kept["loss"]["logits"]  # (n, classes), before the step
+        total += loss * len(labels)
+        correct += int((np.argmax(logits, axis=1) == labels).sum())
+        seen += len(labels)
+        if on_batch is not None:
+            on_batch(len(labels))
+    if not seen:
+        raise ValueError("an epoch without pictures: every training picture was skipped")
+    return total / seen, correct / seen
+
+
+def evaluate(
+    top: Top, x: Callable[[NDArray], NDArray], labels: NDArray, batch_size: int
+) -> tuple[float, float, NDArray]:
+    """Mean loss, accuracy and predicted classes in inference mode (dropout off).
+
+    `x` returns the cut layer's output of the pictures at the positions it is given
+    (`vgg_np.train.features.Features.take`).
+
+    Examples
+    --------
+    >>> top = Top([Layer("predictions", "dense", 2, "softmax")],
+    ...           {"predictions": (np.eye(2), np.zeros(2))})
+    >>> features = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]], np.float32)
+    >>> loss, accuracy, predicted = evaluate(top, lambda i: features[i], np.array([0, 1, 1]), 2)
+    >>> round(loss, 4), accuracy, predicted.tolist()
+    (0.7936, 0.6666666666666666, [0, 1, 0])
+    """
+    layers, weights = _logits_layers(top.layers), top.weights
+    total, predicted = 0.0, []
+    positions = np.arange(len(labels))
+    for start in range(0, len(labels), batch_size):
+        chunk = positions[start : start + batch_size]
+        logits = forward(layers, weights, np.asarray(x(chunk), top.dtype))  # (n, classes)
+        total += backward.softmax_cross_entropy(logits, labels[chunk])[0] * len(chunk)
+        predicted.append(np.argmax(logits, axis=1))
+    predicted = np.concatenate(predicted) if predicted else np.zeros(0, np.intp)
+    n = max(len(labels), 1)
+    return total / n, float((predicted == labels).sum() / n), predicted

@@ -1,0 +1,242 @@
+"""What one `vgg_np.train.fit` call works with: its settings, its pictures, its models.
+
+`prepare` reads the class folders (and splits them, or reads the validation folder),
+loads the base's weights, chooses the preprocessing from their provenance, builds the
+frozen base without a top, the whole network with its head (`vgg_np.train.heads`) and
+the part that trains (`vgg_np.train.loop.Top`), and returns them as a `Run`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vgg_np.formats import Preprocessing, choose_preprocessing
+from vgg_np.model import VGG
+from vgg_np.progress import write_line
+from vgg_np.train.data import Augment, ImageFolder, image_folder, parse_augment, split
+from vgg_np.train.features import Features
+from vgg_np.train.heads import parse_head
+from vgg_np.train.loop import Top
+from vgg_np.train.optim import OPTIMIZERS
+
+__all__ = ["DEFAULT_HEAD", "Run", "Settings", "prepare"]
+
+#: The head when none is given: Keras's transfer-learning guide's, with a hidden layer.
+DEFAULT_HEAD = "gap,dense:256,dropout:0.5"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every choice the trained weights depend on, but the number of epochs.
+
+    Recorded in each checkpoint's fingerprint: a checkpoint made with other settings is
+    refused, not resumed.
+
+    Examples
+    --------
+    >>> Settings(head="gap", seed=3).optimizer, Settings().learning_rate
+    ('adam', 0.001)
+    """
+
+    head: str = DEFAULT_HEAD
+    unfreeze: int = 0
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    validation_split: float = 0.2
+    augment: str = "none"
+    seed: int = 0
+    input_size: tuple[int, int] = (224, 224)
+    preprocess: str = "caffe"
+    resize: str = "keras"
+
+
+def _noop(*_args) -> None:
+    return None
+
+
+@dataclass
+class Run:
+    """Everything one `fit` call works with, once prepared (`prepare` builds it).
+
+    Examples
+    --------
+    ``run = prepare("pictures/", "base.npz", options, verbose=0)``; then
+    ``run.classes``, ``run.paths[run.train]``, ``run.top.layers``, ``run.cut``
+    (``"block5_pool"`` with a frozen base); `vgg_np.train.fit` is the whole use.
+
+    >>> Run.__dataclass_fields__["cut"].type
+    'str'
+    """
+
+    classes: tuple[str, ...]
+    paths: list[str]  # every picture, training folder then validation folder
+    labels: NDArray[np.int64]
+    train: NDArray[np.intp]  # positions in paths
+    validation: NDArray[np.intp]
+    settings: Settings
+    augment: Augment
+    prep: Preprocessing
+    base: VGG  # the base without a top: its convolutions as the weights file gave them
+    source: str  # what the base came from, for the model file's provenance
+    network: VGG  # the whole fine-tuned model; its weights are set at the end
+    top: Top
+    cut: str
+    say: Callable[[str], None]
+    note: Callable[[str], None]
+    features: Features | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _unfrozen(unfreeze: int | str) -> int:
+    """``2``, ``"2"`` or ``"block4"`` (blocks 4 and 5) -> the number of blocks that train."""
+    text = str(unfreeze)
+    blocks = 6 - int(text[5:]) if text.startswith("block") and text[5:].isdigit() else None
+    if blocks is None and text.isdigit():
+        blocks = int(text)
+    if blocks is None or not 0 <= blocks <= 4 or isinstance(unfreeze, bool):
+        raise ValueError(
+            f"`unfreeze` must be 0 to 4 blocks, or block2 ... block5 (that block and those "
+            f"after it), got {unfreeze!r}"
+        )
+    return blocks
+
+
+def _load_base(weights) -> tuple[VGG, str]:
+    """Return the base model and what it came from, from a `VGG` or any weights file."""
+    if isinstance(weights, VGG):
+        provenance = weights.weights_provenance
+        return weights, f"a {weights.config.name} model ({provenance.family.value} weights)"
+    model = VGG.from_file(weights)
+    family = model.weights_provenance.family.value
+    return model, f"{os.path.basename(os.fspath(weights))} ({family} weights)"
+
+
+def _sizes(base: VGG, input_size) -> tuple[int, int]:
+    if input_size is None:
+        recorded = base.weights_provenance.input_size
+        h, w, _ = base.input_shape
+        return tuple(recorded) if recorded else (h, w) if h and w else (224, 224)
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 32 for s in (h, w)):
+        raise ValueError(
+            f"`input_size` must be an int >= 32 or (height, width), got {input_size!r}"
+        )
+    return h, w
+
+
+def _refuse_trained_batch_norms(top: Top) -> None:
+    names = [layer.name for layer in top.layers if layer.kind == "batch_norm"]
+    if names:
+        raise ValueError(
+            f"training the batch norms {', '.join(names)} needs their running statistics "
+            "updated during training, which vgg_np.train.step does not do yet: keep their "
+            "blocks frozen (a smaller `unfreeze`) and leave bn out of the head"
+        )
+
+
+def _data(directory, validation_dir, validation_split: float, seed: int):
+    """Classes, every path and label, and the training and validation positions."""
+    folder = image_folder(directory, what="the images")
+    if validation_dir is None:
+        train, validation = split(folder.labels, validation_split, seed)
+        return folder, list(folder.paths), folder.labels, train, validation
+    held: ImageFolder = image_folder(
+        validation_dir, classes=folder.classes, what="the validation folder"
+    )
+    n = len(folder.paths)
+    labels = np.concatenate([folder.labels, held.labels])
+    positions = np.arange(n + len(held.paths), dtype=np.intp)
+    return folder, [*folder.paths, *held.paths], labels, positions[:n], positions[n:]
+
+
+def _models(loaded: VGG, head: str, unfreeze: int, size, seed: int, classes: int, dtype: str):
+    """Build the frozen base (no top), the network with its head, the trained part, the cut."""
+    h, w = size
+    batch_norm = loaded.batch_norm if loaded.batch_norm is not None else False
+    base = VGG(loaded.config, include_top=False, input_shape=(h, w, 3), batch_norm=batch_norm)
+    convolutions = {k: v for k, v in loaded.weights.items() if k.startswith("block")}
+    base.set_weights(convolutions, source="the base's weights")
+    pooled = base.network.output_shape("block5_pool", (h, w, 3))
+    layers = parse_head(head, classes, input_shape=pooled)
+    network = VGG(
+        loaded.config, head=layers, input_shape=(h, w, 3), batch_norm=batch_norm, seed=seed,
+        dtype=dtype,
+    )  # fmt: skip
+    cut = f"block{5 - unfreeze}_pool"
+    names = [layer.name for layer in network.layers]
+    above = network.layers[names.index(cut) + 1 :]
+    initial = network.weights  # seeded: the head's initial weights
+    trained = {
+        layer.name: convolutions.get(layer.name, initial.get(layer.name))
+        for layer in above
+        if layer.name in initial
+    }
+    top = Top(above, trained, dtype)
+    _refuse_trained_batch_norms(top)
+    return base, network, top, cut
+
+
+def prepare(directory, weights, options: dict, verbose) -> Run:
+    """Read the folders and the weights; build the models; choose the preprocessing.
+
+    `options` are `vgg_np.train.fit`'s keyword arguments of the same names.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from vgg_np import VGG11
+    >>> from vgg_np.train.data import write_shapes_folder
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_shapes_folder(folder, 2, size=32)
+    >>> options = dict(unfreeze=1, validation_dir=None, validation_split=0.5, seed=0,
+    ...                input_size=None, preprocess="tf", resize=None, augment="flip",
+    ...                head="gap", optimizer="sgd", learning_rate=None, momentum=0.9,
+    ...                weight_decay=0.0, batch_size=4)
+    >>> base = VGG11(include_top=False, input_shape=(32, 32, 3), seed=0)
+    >>> run = prepare(folder, base, options, verbose=0)
+    >>> run.cut, [layer.name for layer in run.top.layers][:2], len(run.train), len(run.validation)
+    ('block4_pool', ['block5_conv1', 'block5_conv2'], 4, 4)
+    """
+    unfreeze = _unfrozen(options["unfreeze"])
+    split_fraction = 0.0 if options["validation_dir"] is not None else options["validation_split"]
+    folder, paths, labels, train, validation = _data(
+        directory, options["validation_dir"], split_fraction, options["seed"]
+    )
+    loaded, source = _load_base(weights)
+    size = _sizes(loaded, options["input_size"])
+    where = source if isinstance(weights, VGG) else os.fspath(weights)
+    prep = choose_preprocessing(
+        loaded.weights_provenance, preprocess=options["preprocess"], resize=options["resize"],
+        where=where,
+    )  # fmt: skip
+    augment = parse_augment(options["augment"])
+    base, network, top, cut = _models(
+        loaded, options["head"], unfreeze, size, options["seed"], len(folder.classes), "float32"
+    )
+    optimizer = options["optimizer"]
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    settings = Settings(
+        head=options["head"], unfreeze=unfreeze, batch_size=options["batch_size"],
+        optimizer=optimizer, learning_rate=options["learning_rate"] or OPTIMIZERS[optimizer],
+        momentum=options["momentum"], weight_decay=options["weight_decay"],
+        validation_split=split_fraction, augment=augment.describe(), seed=options["seed"],
+        input_size=size, preprocess=prep.mode, resize=prep.resize,
+    )  # fmt: skip
+    quiet = verbose == 0 or verbose is False
+    return Run(
+        classes=folder.classes, paths=paths, labels=labels, train=train, validation=validation,
+        settings=settings, augment=augment, prep=prep, base=base, source=source,
+        network=network, top=top, cut=cut,
+        say=_noop if quiet else write_line,
+        note=_noop if quiet else (lambda text: write_line(f"vgg-np: {text}", file=sys.stderr)),
+    )  # fmt: skip
