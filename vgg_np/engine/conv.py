@@ -9,6 +9,7 @@ per layer: an image meets the same BLAS calls whatever the batch and the threads
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -136,7 +137,9 @@ class ConvRun:
             ]
             workers.map(self.product, products, self.macs, state.meter)
 
-    def transform_all(self, workers: Workers, state: Pass, ks=None) -> list[np.ndarray]:
+    def transform_all(
+        self, workers: Workers, state: Pass, ks: Sequence[int] | None = None
+    ) -> list[np.ndarray]:
         """Transform chunks `ks` (default: all) into the call's chunk buffers; return them."""
         ks = range(len(self.chunks)) if ks is None else ks
         while len(state.chunk_buffers) < len(ks):

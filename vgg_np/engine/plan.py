@@ -132,24 +132,29 @@ class ConvPlan:
         return tile_size(self.algorithm)
 
     @property
+    def _chosen(self) -> Choice:
+        assert self.choice is not None, "the naive convolution is not tiled"
+        return self.choice
+
+    @property
     def rows_per_chunk(self) -> int:
         """Tile rows per chunk."""
-        return self.choice.rows_per_chunk
+        return self._chosen.rows_per_chunk
 
     @property
     def rows_per_part(self) -> int:
         """Tile rows per piece of a chunk's input transform."""
-        return self.choice.rows_per_part(self.bias.shape[0])
+        return self._chosen.rows_per_part(self.bias.shape[0])
 
     @property
     def channel_block(self) -> int:
         """Output channels per block."""
-        return self.choice.channel_block
+        return self._chosen.channel_block
 
     @property
     def order(self) -> str:
         """The order the products run in (`ORDERS`)."""
-        return self.choice.order
+        return self._chosen.order
 
 
 def transformed(kernel: np.ndarray, algorithm: str) -> np.ndarray:

@@ -23,7 +23,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -210,7 +210,9 @@ class Engine:
                 del self._packed[packing]
         return choice
 
-    def _trial(self, index: int, shape: tuple, pool: bool, dtype):
+    def _trial(
+        self, index: int, shape: tuple[int, int, int, int], pool: bool, dtype: npt.DTypeLike
+    ) -> Callable[[Choice, int], Callable[[], float]]:
         """Return ``prepare(choice, images)`` for the planner: layer `index` run alone.
 
         Each candidate runs on the same random images, laid out in its algorithm's padded
@@ -219,10 +221,11 @@ class Engine:
         first call, inside the planner's measured time.
         """
         h, w, c, o = shape
-        state, made = Pass(Buffers()), {}
-        state.meter = []
+        state, made = Pass(Buffers()), dict[str, np.ndarray]()
+        meter: list[float] = []
+        state.meter = meter
 
-        def prepare(choice: Choice, images: int):
+        def prepare(choice: Choice, images: int) -> Callable[[], float]:
             if not made:
                 rng = np.random.default_rng(0)
                 made["x"] = rng.standard_normal((MEASURE_IMAGES, h, w, c), np.float32)
@@ -237,9 +240,9 @@ class Engine:
             task = ConvRun(plan, source, list(out[:images]), pool)
 
             def run() -> float:
-                state.meter.clear()
+                meter.clear()
                 task.run(self._workers, state)
-                return sum(state.meter)
+                return sum(meter)
 
             return run
 

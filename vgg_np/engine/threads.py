@@ -128,10 +128,10 @@ class Workers:
         """
         if self.threads == 1 or len(args) == 1 or macs < MIN_PARALLEL_MACS:
             start = time.thread_time()
-            results = [fn(*a) for a in args]
+            alone = [fn(*a) for a in args]
             if meter is not None:
                 meter.append(time.thread_time() - start)
-            return results
+            return alone
         results: list = [None] * len(args)
         order, lock, spent = iter(range(len(args))), threading.Lock(), []
 
