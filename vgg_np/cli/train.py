@@ -46,6 +46,7 @@ _FOLDER_FLAGS = {"keep_last": "--keep-last", "restart": "--restart", "json": "--
 
 if TYPE_CHECKING:  # imported where training runs: the other commands do without it
     from vgg_np.train import SGD
+    from vgg_np.train.fit import History
 
 # -- train ---------------------------------------------------------------------------------
 
@@ -198,11 +199,12 @@ def run_train(args: argparse.Namespace) -> int:
         "input_size": args.input_size, "preprocess": args.preprocess, "resize": args.resize,
         "epochs": args.epochs, "batch_size": args.batch_size,
     }  # fmt: skip
+    verbosity: dict[bool | None, int | str] = {None: "auto", True: 1, False: 2}  # 2: no bars
     history = fit(
         args.images, args.weights, args.output, validation_dir=args.validation_dir,
         augment=args.augment, seed=args.seed, restore_best_weights=not args.keep_last,
         cache_dir=args.cache, checkpoint_dir=args.checkpoints, restart=args.restart,
-        verbose={None: "auto", True: 1, False: 2}[args.progress],  # 2: lines, no bars
+        verbose=verbosity[args.progress],
         **{name: value for name, value in chosen.items() if value is not None},
     )  # fmt: skip
     if args.json:
@@ -212,7 +214,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(history) -> str:
+def _summary(history: History) -> str:
     """Return the lines after the epochs: what was written and how good it is."""
     rows = history.feature_rows
     lines = [
