@@ -9,16 +9,37 @@ is applied after each hidden dense layer in training only, as in the original VG
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from vgg_np import backward
 from vgg_np.layers import ACTIVATIONS, KINDS, Layer, forward
-from vgg_np.model import VGG
+from vgg_np.model import VGG  # noqa: F401 (the examples build one)
 
 __all__ = ["SGD", "Tape", "loss_and_gradients", "shapes_dataset"]
+
+
+class _Trainable(Protocol):
+    """What training reads and writes of a model: a `VGG`, or `vgg_np.train.loop.Top`."""
+
+    @property
+    def layers(self) -> Sequence[Layer]: ...
+
+    @property
+    def weights(self) -> dict[str, tuple[np.ndarray, ...]]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def include_top(self) -> bool: ...
+
+    def set_weights(self, weights: Mapping[str, tuple[ArrayLike, ...]]) -> None: ...
+
 
 #: Classes of `shapes_dataset`.
 SHAPES = ("horizontal stripes", "vertical stripes", "checkerboard", "disc")
@@ -52,7 +73,7 @@ class Tape:
 
 
 def loss_and_gradients(
-    model: VGG,
+    model: _Trainable,
     x: ArrayLike,
     labels: ArrayLike,
     *,
@@ -130,9 +151,13 @@ def loss_and_gradients(
         kept = tape.kept[layer.name]
         if "kept_scaled" in kept:  # dropout, with the forward's own mask
             grad = backward.dropout_backward(kept["output"], kept["kept_scaled"], grad)
-        grad = ACTIVATIONS[layer.activation].backward(kept.get("output"), grad)
+        activation_backward = ACTIVATIONS[layer.activation].backward
+        kind_backward = KINDS[layer.kind].backward
+        assert activation_backward is not None and kind_backward is not None  # not `stuck`
+        # No "output" is kept where the activation needs none (the identity's backward).
+        grad = activation_backward(kept.get("output"), grad)  # type: ignore[arg-type]
         params = model.weights.get(layer.name)
-        grad, *parameter_grads = KINDS[layer.kind].backward(layer, params, kept, grad)
+        grad, *parameter_grads = kind_backward(layer, params, kept, grad)
         if parameter_grads:
             gradients[layer.name] = tuple(parameter_grads)
     return loss, {n: g for n, g in gradients.items() if n in trainable}, tape
@@ -163,7 +188,7 @@ class SGD:
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity: dict[str, list[np.ndarray]] = {}
 
-    def step(self, model: VGG, gradients: dict) -> None:
+    def step(self, model: _Trainable, gradients: dict) -> None:
         """Update the model's weights in place from `gradients` (see the class example)."""
         weights = model.weights
         for name, grads in gradients.items():
