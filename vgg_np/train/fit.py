@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 from vgg_np import _files, formats
 from vgg_np.extract import weights_digest
 from vgg_np.formats import Family, Provenance
+from vgg_np.layers import Layer
 from vgg_np.model import VGG
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import decode_batches
@@ -195,6 +196,13 @@ def _features(run: Run) -> Features:
     return run.features
 
 
+def _head(run: Run) -> tuple[Layer, ...]:
+    """Return the trained network's head (`prepare` builds it with one)."""
+    head = run.network.head
+    assert head is not None, "prepare builds the network with a head"
+    return head
+
+
 def _digest(value: object) -> str:
     import hashlib
 
@@ -205,7 +213,7 @@ def _fingerprint(run: Run) -> dict[str, str]:
     """Return what the weights depend on, each entry a string (`vgg_np.train.checkpoint`)."""
     settings = dataclasses.asdict(run.settings)
     found = {key: json.dumps(value) for key, value in settings.items() if key != "head"}
-    found["head"] = json.dumps([dataclasses.astuple(layer) for layer in run.network.head])
+    found["head"] = json.dumps([dataclasses.astuple(layer) for layer in _head(run)])
     found["cut"] = run.cut
     found["base"] = weights_digest(run.base)
     found["classes"] = json.dumps(list(run.classes))
@@ -347,7 +355,7 @@ def _write_model(run: Run, output: str | os.PathLike) -> None:
     weights = {**run.base.weights, **run.top.weights}
     run.network.set_weights(weights, source="the trained weights")
     h, w, _ = run.network.input_shape
-    spec = describe_head(run.network.head)
+    spec = describe_head(_head(run))
     provenance = Provenance(
         "npz (vgg_np)",
         Family.VGG_NP,
@@ -360,7 +368,7 @@ def _write_model(run: Run, output: str | os.PathLike) -> None:
             f"vgg-np train, head {spec}, {run.settings.unfreeze} blocks unfrozen, base {run.source}"
         ),
     )
-    info = {"head": run.network.head, "batch_norm_eps": run.network.batch_norm}
+    info: dict[str, object] = {"head": _head(run), "batch_norm_eps": run.network.batch_norm}
     info["labels"] = run.classes
     formats.write_weights(output, run.network.weights, provenance=provenance, info=info)
 
