@@ -32,6 +32,7 @@ import textwrap
 import time
 
 import numpy as np
+from machine import describe  # benchmarks/machine.py: the script's folder
 from PIL import Image
 
 from vgg_np import VGG16
@@ -96,14 +97,6 @@ def configurations(cpus: int) -> list[tuple[str, int, int]]:
     ]
 
 
-def machine_header() -> str:
-    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from machine import describe
-
-    return describe()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -132,7 +125,7 @@ def main() -> None:
                 )
                 runs.setdefault(label, []).append(report)
                 print(label, report, file=sys.stderr)
-    print(machine_header())
+    print(describe())
     print(
         f"\nvgg-np extract, VGG16 fc2, 224x224 from {args.images} generated 640x480 JPEGs, "
         f"batch 8, partitions of 16; {cpus} CPUs; median of {args.rounds} rounds, each "

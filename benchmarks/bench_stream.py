@@ -27,6 +27,7 @@ import textwrap
 import time
 
 import numpy as np
+from machine import describe  # benchmarks/machine.py: the script's folder
 from PIL import Image
 
 from vgg_np import VGG, VGG16, VGGConfig
@@ -154,16 +155,8 @@ def stream_table(n_images: int, n_full: int) -> None:
               f"{overlapped / serial:.2f}x")  # fmt: skip
 
 
-def machine_header() -> str:
-    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from machine import describe
-
-    return describe()
-
-
 def main() -> None:
-    print(machine_header() + "\n")
+    print(describe() + "\n")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images, smaller N")
     parser.add_argument("--streams-only", action="store_true", help="table 3 on 128 images")

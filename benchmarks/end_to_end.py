@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import numpy as np
+from machine import describe  # benchmarks/machine.py: the script's folder
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BATCH = 8
@@ -80,14 +81,6 @@ def timed(command: list[str], env: dict) -> float:
     return seconds
 
 
-def machine_header() -> str:
-    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from machine import describe
-
-    return describe()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
@@ -120,7 +113,7 @@ def main(argv=None) -> int:
                 seconds = timed(command, env)
                 times[engine].append(seconds)
                 print(f"{engine}: {seconds:.1f} s", file=sys.stderr)
-    print(machine_header())
+    print(describe())
     print(f"{args.images} JPEGs 640x480 -> VGG16 224x224, batch {BATCH}, {os.cpu_count()} CPUs, "
           f"medians of {args.rounds} runs (one process each, loading included)\n")  # fmt: skip
     print("| engine | s / run | images / s | vgg_np / onnxruntime |\n|---|---|---|---|")

@@ -22,6 +22,8 @@ import resource
 import subprocess
 import sys
 
+from machine import describe  # benchmarks/machine.py: the script's folder
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -52,14 +54,6 @@ def worker(batch: int, size: int, top: bool) -> dict:
     }
 
 
-def machine_header() -> str:
-    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from machine import describe
-
-    return describe()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
@@ -71,7 +65,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.batch[0], args.size, args.top)))
         return 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    print(machine_header())
+    print(describe())
     print(
         f"VGG16 {args.size}x{args.size}, include_top={args.top}, one process per batch\n\n"
         "| batch | peak RSS (MB) | RSS before the call | peak - before | after - before "

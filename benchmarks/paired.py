@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import numpy as np
+from machine import describe  # benchmarks/machine.py: the script's folder
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAUSE = 0.05  # seconds between turns: longer than any pool's spin-wait
@@ -49,14 +50,6 @@ def serve(engine: str, batch: int, files: dict, dtype: str) -> None:
     print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
-def machine_header() -> str:
-    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from machine import describe
-
-    return describe()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -78,7 +71,7 @@ def main(argv=None) -> int:
     if args.dtype == "float64" and "onnxruntime" in engines:
         engines.remove("onnxruntime")  # no float64 convolution
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    print(machine_header())
+    print(describe())
     print(f"VGG16 224x224 {args.dtype}, {os.cpu_count()} CPUs, {args.turns} paired turns "
           "per batch, each engine in its own process\n")  # fmt: skip
     peers = [e for e in engines if e != "vgg_np"]

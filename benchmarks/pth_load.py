@@ -15,22 +15,13 @@ the end. Not a test: the machine is shared, so quote the ratios measured side by
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
-
-
-def machine_header() -> str:
-    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from machine import describe
-
-    return describe()
+from machine import describe  # benchmarks/machine.py: the script's folder
 
 
 def main() -> None:
@@ -73,7 +64,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
         size = pth.stat().st_size / 1e6
     base = statistics.median(times["torch.load(weights_only=True), .pth"])
-    print(machine_header())
+    print(describe())
     print(
         f"full-size VGG16, {size:.0f} MB, median of {args.rounds} rounds"
         f" (torch {torch.__version__})"

@@ -21,6 +21,7 @@ import threading
 import time
 
 import numpy as np
+from machine import describe  # benchmarks/machine.py: the script's folder
 
 
 def throughput(model, x: np.ndarray, calls: int, callers: int, lock=None) -> float:
@@ -39,14 +40,6 @@ def throughput(model, x: np.ndarray, calls: int, callers: int, lock=None) -> flo
     with concurrent.futures.ThreadPoolExecutor(callers) as pool:
         list(pool.map(caller, shares))
     return calls * len(x) / (time.perf_counter() - start)
-
-
-def machine_header() -> str:
-    """The CPU, BLAS kernels and load this ran on (benchmarks/machine.py)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from machine import describe
-
-    return describe()
 
 
 def main(argv=None) -> int:
@@ -69,7 +62,7 @@ def main(argv=None) -> int:
         f"{args.callers} threads": (args.callers, None),
         f"{args.callers} threads, serialised": (args.callers, threading.Lock()),
     }
-    print(machine_header())
+    print(describe())
     print(f"batch 1, {os.cpu_count()} CPUs, medians of {args.rounds} rounds\n")
     print("| model | mode | images / s | vs 1 thread |\n|---|---|---|---|")
     for label, (model, shape, calls) in models.items():

@@ -165,6 +165,11 @@ def relative_error(actual, expected) -> float:
 ENGINE_REL_TOL = {"gemm": 2.5e-6, "winograd": 6e-6, "auto": 6e-6}
 # The project's promise for the default fast path's logits (issue: 5e-6 or better).
 LOGITS_REL_TOL = 5e-6
+# The float64 engine against the float64 reference forward, max |error| / max |oracle| over
+# any layer of full-size VGG16: measured 1.2e-15 direct, 2.9e-15 with the F(2x2) a measured
+# plan may choose (logits 1.2e-15 and 2.1e-15). 1e-13 leaves 30x and is still 7 orders of
+# magnitude below any float32 error the oracle measures.
+FLOAT64_ENGINE_REL_TOL = 1e-13
 
 # Winograd in float32 against float64, max error over max |x| times the kernel's largest
 # sum of |taps| (the transforms spread rounding over a tile and all taps): measured on
@@ -184,6 +189,19 @@ def run_vgg_np(*args, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+# Gradients of a training step against central differences (step 1e-6, float64), relative to
+# the largest gradient of the tensor: truncation ~1e-12 * |f'''| and rounding ~1e-16 / 1e-6; a
+# wrong index or factor is off by 1e-1 or more. Measured below 1e-7 on every head and on a
+# VGG with batch norm (tests/train/test_gradients.py).
+GRADIENT_FD_REL_TOL = 1e-6
+# Gradients, losses and running statistics against PyTorch autograd, both in float64: the
+# same sums in another order, measured 1e-15 to 1e-13; a real mismatch is far above 1e-10.
+GRADIENT_TORCH_REL_TOL = 1e-10
+# One epoch of head training on cached features (4 SGD steps with momentum and weight decay,
+# a batch norm in training mode) against PyTorch's, both in float32: max |error| / max |torch|
+# of each weight, running statistic and the losses, measured 1.2e-7 (float64: 4e-16); a
+# step taken differently moves the weights by 1e-2 or more. About 8x margin.
+EPOCH_FLOAT32_REL_TOL = 1e-6
 # Adam's update in vgg_np.train.optim against the same formula written out in float64:
 # the in-place updates round a few values differently (measured 2.1e-16 relative, one
 # ulp); 4 ulp.

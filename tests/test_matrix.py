@@ -32,7 +32,7 @@ from PIL import Image
 
 from tests.conftest import ROOT, relative_error
 from tests.matrix_kinds import KINDS, Kind
-from vgg_np import VGG, formats
+from vgg_np import VGG, export, formats
 from vgg_np.cli import main
 from vgg_np.extract import weights_digest
 from vgg_np.preprocess import load_image, preprocess_input
@@ -233,6 +233,24 @@ def _convert(row: Row) -> float:
     return 0.0
 
 
+def _export(row: Row) -> float:
+    """The whole model written as Keras opens it (.keras, and .h5 of layout 'model'), read back.
+
+    A free-size torchvision model is written at the size where its adaptive pool is the
+    identity: it is fed pictures of that size.
+    """
+    worst = 0.0
+    for name, layout in (("export.keras", None), ("export.h5", "model")):
+        export.convert(row.weights, row.tmp / name, layout=layout)
+        model = VGG.from_file(row.tmp / name, data_format="channels_last")
+        h, w, _ = model.input_shape
+        x = row.x
+        if h and (h, w) != x.shape[1:3]:
+            x = (np.random.default_rng(h).standard_normal((2, h, w, 3)) * 60).astype(np.float32)
+        worst = max(worst, row.same(model(x), row.reference(x)))
+    return worst
+
+
 def _summary(row: Row) -> float:
     text = cli("summary", "--weights", row.weights)
     shapes = {
@@ -300,6 +318,7 @@ PATHS: dict[str, Callable[[Row], float]] = {
     "predict --top": _top,
     "compare": _compare,
     "convert": _convert,
+    "export .keras / .h5": _export,
     "summary": _summary,
     "show": _show,
     "stream": _stream,

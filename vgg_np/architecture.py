@@ -9,12 +9,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from vgg_np.config import CONFIGS, VGGConfig
-from vgg_np.formats.contract import Family, Provenance
+from vgg_np.formats.contract import Family, Provenance, WeightSource
 from vgg_np.formats.torchvision import TORCH_BN_EPS
 from vgg_np.layers import Layer
 from vgg_np.network import Network, channels_last, describe
 
-__all__ = ["infer_architecture"]
+__all__ = ["TORCH_FAMILIES", "describe_source", "infer_architecture"]
+
+#: Families whose VGG ends in a linear layer: a file of theirs gives logits.
+TORCH_FAMILIES = (Family.TORCHVISION, Family.TIMM)
 
 _CONV = re.compile(r"block(\d+)_conv(\d+)")
 _FC = re.compile(r"fc(\d+)")
@@ -108,21 +111,24 @@ def _input_size(
 ) -> dict:
     """fc1 takes the last feature map flattened: a square of this side fixes the input.
 
-    torchvision's and timm's layouts pool to that side (any input size); others need
-    the input size that gives it, unless it is `known` already: the size `recorded`
-    with the weights (which may not be square), else the square fc1's rows imply.
+    A file that gives its own input size (`known`: a whole model's config, an ONNX
+    graph) is taken as it says. Otherwise torchvision's and timm's layouts pool to that
+    side (any input size); others need the input size that gives it: the size
+    `recorded` with the weights (which may not be square), else the square fc1's rows
+    imply.
     """
-    rows = _shape(tensors, "fc1", 2, where)[0]
+    if known:
+        return {}
+    first = "fc1" if "fc1" in tensors else "predictions"  # a classifier of one layer
+    rows = _shape(tensors, first, 2, where)[0]
     side = math.isqrt(rows // widths[-1][-1])
     if side < 1:
         raise ValueError(
-            f"{where}: fc1 takes {rows} inputs, fewer than block{len(widths)}'s "
+            f"{where}: {first} takes {rows} inputs, fewer than block{len(widths)}'s "
             f"{widths[-1][-1]} channels"
         )
     if {Family.TORCHVISION, Family.TIMM} & {_family(provenance), layout}:
         return {"adaptive_pool": side}  # torchvision pools to it: any input size
-    if known:
-        return {}
     size = side * 2 ** len(widths)
     return {"input_shape": (*(recorded or (size, size)), 3)}
 
@@ -176,7 +182,9 @@ def infer_architecture(
     head = info.get("head")
     fc = () if head else _dense_widths(tensors, where)
     known = {c.blocks: c.name for c in CONFIGS.values()}
-    config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc or (4096, 4096))
+    # A classifier of `predictions` alone has no hidden layer; no classifier, VGG's widths.
+    top = fc or ("predictions" in tensors and not head)
+    config = VGGConfig(known.get(widths, "vgg-custom"), widths, fc=fc if top else (4096, 4096))
     inferred: dict = {"config": config, **_classifier(tensors, head, where)}
     if any(_CONV.fullmatch(name.removesuffix("_bn")) for name in tensors if name.endswith("_bn")):
         inferred["batch_norm"] = _batch_norm_eps(info, provenance, layout, where)
@@ -185,9 +193,49 @@ def infer_architecture(
     size = getattr(provenance, "input_size", None)
     if head and "input_shape" not in inferred and size:  # recorded with the weights
         inferred["input_shape"] = (*size, 3)
-    if inferred["include_top"] and fc:
+    if inferred["include_top"] and not head:
         inferred.update(
             _input_size(tensors, widths, provenance, layout, where, "input_shape" in inferred, size)
         )
     recorded = provenance if isinstance(provenance, Provenance) else None
     return describe(**inferred, provenance=recorded)
+
+
+def describe_source(source: WeightSource, **overrides) -> Network:
+    """Describe the network an open weights file holds, as `VGG.from_file` builds it.
+
+    `infer_architecture` on the file's tensors, what it says of itself and its
+    provenance; the output is what the file's own framework gives: logits for
+    torchvision's and timm's weights (`TORCH_FAMILIES`) unless the file declares its last
+    activation (an ONNX graph, a Keras config).
+
+    Parameters
+    ----------
+    source : WeightSource
+        An open file (`vgg_np.formats.open_weights`).
+    **overrides
+        Arguments of `vgg_np.network.describe` that replace what was inferred.
+
+    Returns
+    -------
+    Network
+
+    Raises
+    ------
+    ValueError
+        If the tensors do not make a VGG (see `infer_architecture`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> tensors = {"block1_conv1": (np.zeros((3, 3, 3, 8)), np.zeros(8))}
+    >>> describe_source(WeightSource(tensors, Provenance("npz", Family.UNKNOWN))).layers[0]
+    Layer(name='block1_conv1', kind='conv', units=8, activation='relu')
+    """
+    network = infer_architecture(
+        source.tensors, source.info, source.provenance, where=source.path, layout=source.layout
+    )
+    declared = "classifier_activation" in source.info  # an ONNX graph's own, a Keras config's
+    if source.provenance.family in TORCH_FAMILIES and not declared:
+        overrides.setdefault("classifier_activation", None)  # logits, as torch returns
+    return network.replace(**overrides)

@@ -116,7 +116,8 @@ class VGG:
         BLAS and thread count in ``$VGG_NP_CACHE`` or ``~/.cache/vgg_np``; a ``.json``
         path, a plan file used as it is and completed by measuring. None reads
         ``$VGG_NP_PLAN`` (default ``"default"``). Any plan computes the same network
-        within its algorithms' tolerance (docs/performance.md).
+        within its algorithms' tolerance (a measured float64 plan may use Winograd F(2x2):
+        logits within about 2e-15, docs/performance.md).
 
     Attributes
     ----------

@@ -43,6 +43,7 @@ def test_vgg16_page_table_is_what_the_code_prints():
 
 PUBLIC_MODULES = [
     "vgg_np.ops", "vgg_np.backward", "vgg_np.layers", "vgg_np.engine.lowering", "vgg_np.engine",
+    "vgg_np.engine.plan", "vgg_np.engine.measure", "vgg_np.engine.cache",
     "vgg_np.config", "vgg_np.network",
     "vgg_np.summary", "vgg_np.architecture", "vgg_np.model", "vgg_np.formats",
     "vgg_np.preprocess", "vgg_np.diagnose", "vgg_np.compare", "vgg_np.visualize", "vgg_np.train",

@@ -3,6 +3,8 @@ float64 oracle, threading, fused pooling, buffers and thread settings."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -15,8 +17,16 @@ from tests.conftest import SMALL_CONFIG as SMALL
 from tests.reference.make_keras_reference import full_weights
 from vgg_np import VGG, ops
 from vgg_np import engine as engine_module
-from vgg_np.engine import Engine, winograd_conv3x3, winograd_kernel, winograd_matrices
-from vgg_np.layers import forward
+from vgg_np.engine import (
+    Engine,
+    cache,
+    measure,
+    winograd_conv3x3,
+    winograd_kernel,
+    winograd_matrices,
+)
+from vgg_np.engine.plan import default_choice
+from vgg_np.layers import forward, shapes
 
 
 @pytest.fixture
@@ -200,7 +210,20 @@ def test_bad_engine_arguments():
         Engine([], {}, "fast")
 
 
-def test_full_vgg16_default_path_is_close_to_the_float64_oracle():
+def f4_everywhere(model, path) -> None:
+    """A plan file: F(4x4) on every convolution, the first and the 14x14 ones too (the least
+    accurate plan the measuring planner could choose)."""
+    plans = {}
+    for index, (layer, shape, _) in enumerate(shapes(model.engine.layers, (224, 224, 3))):
+        if layer.kind == "conv":
+            pool = model.engine.layers[index + 1].kind == "pool"
+            key = measure.layer_key("auto", "float32", (*shape, layer.units), pool)
+            plans[key] = default_choice("winograd-4", (*shape, layer.units), 4, pool).to_dict()
+    document = {"format": cache.FORMAT, "machine": {"version": cache.VERSION}, "plans": plans}
+    path.write_text(json.dumps(document))
+
+
+def test_full_vgg16_default_path_is_close_to_the_float64_oracle(tmp_path):
     with np.load(DATA / "keras_vgg16_reference.npz") as ref:
         x = ref["x"]
     weights = full_weights()
@@ -209,8 +232,14 @@ def test_full_vgg16_default_path_is_close_to_the_float64_oracle():
     )
     oracle.set_weights(weights)
     exact = oracle.activations(x)
-    for algorithm in ("auto", "gemm"):
-        model = vgg_np.VGG16(seed=0, classifier_activation=None, conv_algorithm=algorithm)
+    f4_everywhere(vgg_np.VGG16(seed=0), tmp_path / "f4.json")
+    for algorithm in ("auto", "gemm", tmp_path / "f4.json"):
+        if isinstance(algorithm, str):
+            model = vgg_np.VGG16(seed=0, classifier_activation=None, conv_algorithm=algorithm)
+        else:  # a plan file
+            model = vgg_np.VGG16(seed=0, classifier_activation=None, plan=algorithm)
+            assert set(model.engine.algorithms((224, 224, 3)).values()) == {"winograd-4"}
+            algorithm = "winograd"
         model.set_weights(weights)
         got = model.activations(x)
         errors = {name: relative_error(y, exact[name]) for name, y in got.items()}

@@ -8,7 +8,7 @@ import pathlib
 
 import numpy as np
 
-from vgg_np import formats
+from vgg_np import export, formats
 from vgg_np.cli._args import (
     EXIT_RUNTIME_ERROR,
     KERAS_VGG16,
@@ -197,24 +197,33 @@ def add_convert(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         commands,
         "convert",
         run_convert,
-        summary="convert weights between formats (write .h5, .npz, .safetensors, .pth)",
+        summary="convert weights between formats (write .keras, .h5, .npz, .safetensors, .pth)",
         description=(
             "Read SOURCE in any supported format (Keras .h5, .weights.h5 and .keras, "
             "PyTorch .pth, .safetensors, ONNX, .npz) and write TARGET in the format its "
-            "extension names: .npz (vgg_np), .h5 (Keras Applications layout), .safetensors "
-            "(torchvision layout unless --layout keras), .pth/.pt (torchvision layout). "
-            ".keras and ONNX are read, never written."
+            "extension names: .keras (the whole Keras 3 model, which keras.models.load_model "
+            "opens), .h5 (Keras Applications' layout for a plain VGG, else or with --layout "
+            "model the whole model), .npz (vgg_np), .safetensors (torchvision layout unless "
+            "--layout keras), .pth/.pt (torchvision layout; a head of one's own only where it "
+            "fits torchvision's classifier). ONNX is read, never written."
         ),
-        examples=[f"vgg-np convert {KERAS_VGG16} vgg16.safetensors"],
+        examples=[
+            f"vgg-np convert {KERAS_VGG16} vgg16.safetensors",
+            "vgg-np convert my_model.npz my_model.keras",
+        ],
     )
     convert.add_argument("source")
     convert.add_argument("target", type=_output_file)
-    convert.add_argument("--layout", choices=["torchvision", "keras"], help="for .safetensors")
+    convert.add_argument(
+        "--layout",
+        choices=["torchvision", "keras", "applications", "model"],
+        help="for .safetensors (torchvision, keras) and .h5 (applications, model)",
+    )
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """Convert a weights file to another format, keeping every tensor."""
-    source, written = formats.convert(args.source, args.target, layout=args.layout)
+    """Convert a weights file to another format, keeping every tensor and the network."""
+    source, written = export.convert(args.source, args.target, layout=args.layout)
     print(
         f"{args.source} ({source.format}) -> {args.target} ({written}): "
         f"{len(source.tensors)} layers"

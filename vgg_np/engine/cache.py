@@ -28,6 +28,18 @@ from vgg_np import _files
 from vgg_np.engine.plan import Choice
 from vgg_np.engine.threads import blas_libraries
 
+__all__ = [
+    "FORMAT",
+    "MAX_BYTES",
+    "VERSION",
+    "cache_dir",
+    "cpu",
+    "default_path",
+    "load",
+    "machine",
+    "store",
+]
+
 #: What the files say they are, and the version of what a choice means: raise it when
 #: the engine changes what a choice computes or how fast it runs, and old files are
 #: measured again.
@@ -116,7 +128,14 @@ def machine(threads: int) -> dict:
 
 
 def default_path(description: dict) -> pathlib.Path:
-    """Return the plan file of a machine `description` in `cache_dir`."""
+    """Return the plan file of a machine `description` in `cache_dir`.
+
+    Examples
+    --------
+    >>> two, one = default_path(machine(2)), default_path(machine(1))
+    >>> two.name.startswith("plans-"), two == one  # another thread count, another file
+    (True, False)
+    """
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
     return cache_dir() / f"plans-{digest[:16]}.json"
 
@@ -152,6 +171,19 @@ def load(path: pathlib.Path, description: dict | None) -> dict[str, Choice]:
     ignored. None accepts a file from any machine (a plan file the user names pins its
     choices wherever it runs). Entries that are not valid choices are dropped, each
     with a warning.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile, warnings
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "plans.json"
+    >>> store(path, machine(2), {"layer": Choice("gemm", 2, 64)}, pinned=False)
+    >>> load(path, machine(2))
+    {'layer': Choice(algorithm='gemm', rows_per_chunk=2, channel_block=64, order='chunk')}
+    >>> _ = path.write_text("{truncated")
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     load(path, machine(2)), "damaged" in str(caught[0].message)
+    ({}, True)
     """
     document = _read(path)
     return {} if document is None else _entries(document, path, description)
@@ -186,6 +218,15 @@ def store(path: pathlib.Path, description: dict, choices: dict[str, Choice], pin
     read) if it can be trusted. `pinned` (a file the user named) keeps the machine the
     file says its entries were measured on. A path that is not a regular file (a FIFO,
     a folder) is never replaced.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "plans.json"
+    >>> store(path, machine(2), {"a": Choice("gemm", 2, 64)}, pinned=False)
+    >>> store(path, machine(2), {"b": Choice("gemm", 4, 64)}, pinned=False)  # merged
+    >>> sorted(load(path, machine(2)))
+    ['a', 'b']
     """
     if os.path.lexists(path) and not path.is_file():
         _warn(f"{os.fspath(path)!r} is not a regular file: the measured plans are not saved")

@@ -67,19 +67,28 @@ class ConvRun:
 
     `destinations` are the ``(H, W, O)`` arrays (one per image) the outputs, pooled if
     `pool`, are written into. Whatever the order, every chunk meets the same BLAS calls.
+    `tile_rows` limits each image to its first tile rows (the planner times a band of a
+    large image; the rest of the output is left as it was).
     """
 
-    def __init__(self, plan: ConvPlan, source: Padded, destinations: list, pool: bool):
+    def __init__(
+        self,
+        plan: ConvPlan,
+        source: Padded,
+        destinations: list,
+        pool: bool,
+        tile_rows: int | None = None,
+    ):
         self.plan, self.source, self.destinations, self.pool = plan, source, destinations, pool
         c, o = source.flat.shape[2], plan.bias.shape[0]
         self.steps = (WinogradSteps if plan.m > 1 else GemmSteps)(source, c)
         self.macs = source.n * source.h * source.w * c * o * 9
         self.itemsize = plan.bias.itemsize
-        step = plan.rows_per_chunk
+        step, rows = plan.rows_per_chunk, min(tile_rows or plan.tiles_h, plan.tiles_h)
         self.chunks = [
             (i, q, min(q + step, plan.tiles_h))
             for i in range(source.n)
-            for q in range(0, plan.tiles_h, step)
+            for q in range(0, rows, step)
         ]
         block = plan.channel_block
         self.blocks = [(o0, min(o0 + block, o)) for o0 in range(0, o, block)]
@@ -90,10 +99,8 @@ class ConvRun:
         if self.pool:
             y = pool_tiles(y, WORKSPACE)
         y += plan.bias[o0:o1]
-        if plan.relu:
-            np.maximum(y, 0, out=y)
         r0 = q0 * plan.m // 2 if self.pool else q0 * plan.m  # the chunk's first output row
-        untile(y, self.destinations[i][..., o0:o1], r0)
+        untile(y, self.destinations[i][..., o0:o1], r0, plan.relu)  # rectified as it is copied
 
     def product(self, v: np.ndarray, i: int, q0: int, b: int) -> None:
         """Output tiles of one chunk for channel block `b`: multiplied, then finished."""

@@ -28,6 +28,8 @@ import numpy as np
 from vgg_np.engine import cache
 from vgg_np.engine.plan import Choice
 
+__all__ = ["MODES", "Planner", "fastest", "layer_key", "resolve", "search"]
+
 #: Timing turns per stage; the best of them counts (the first run of a candidate is
 #: also its warm-up: its scratch arrays are allocated then).
 REPEATS = 2
@@ -103,6 +105,8 @@ def fastest(
     """
     best: dict[Choice, float] = {}
     alive = list(options)
+    if len(alive) == 1:  # nothing to compare (float64: direct convolution only)
+        return alive[0], best
     for _ in range(repeats):
         for choice in alive:
             seconds = time_fn(choice)
@@ -166,6 +170,17 @@ class Planner:
         the CPU time of the run's busiest thread, which is what the wall time would be
         on an idle machine and is much less disturbed when other processes share the
         CPUs (wall times on a loaded 2-core machine varied 2x between runs).
+
+    Examples
+    --------
+    >>> planner = Planner("measure", threads=2, clock=iter(range(100)).__next__)
+    >>> a, b = Choice("gemm", 2, 64), Choice("gemm", 4, 64)
+    >>> planner.measures, planner.lookup("layer", lambda c: True)  # nothing cached yet
+    (True, None)
+    >>> def prepare(choice, images):  # a candidate's run and its scale to whole images
+    ...     return (lambda: None), (3.0 if choice == a else 1.0)
+    >>> planner.measure("layer", [a, b], lambda c: {}, prepare)  # each run: 1 tick x scale
+    Choice(algorithm='gemm', rows_per_chunk=4, channel_block=64, order='chunk')
     """
 
     def __init__(
@@ -184,7 +199,7 @@ class Planner:
 
     @property
     def measures(self) -> bool:
-        """Whether choices are measured (and cached) rather than built in."""
+        """Whether choices are measured (and cached) rather than built in (see the example)."""
         return self.mode != "default"
 
     def _machine_info(self) -> dict:
@@ -199,14 +214,17 @@ class Planner:
         return cache.default_path(self._machine_info())
 
     def _loaded(self) -> dict[str, Choice]:
-        """Return the plan file's entries, read on first use."""
+        """Return the plan file's entries (read once) and those measured since."""
         if self._entries is None:
             pinned = isinstance(self.mode, pathlib.Path)
             self._entries = cache.load(self._path(), None if pinned else self._machine_info())
         return self._entries
 
     def lookup(self, key: str, valid: Callable[[Choice], bool]) -> Choice | None:
-        """Return the cached choice for `key` if there is one and `valid` accepts it."""
+        """Return the cached choice for `key` if there is one and `valid` accepts it.
+
+        The plan file is read at the first look-up (see the class example).
+        """
         choice = self._loaded().get(key)
         if choice is not None and not valid(choice):
             cache._warn(f"{os.fspath(self._path())!r}: {key!r}: {choice} does not fit the "
@@ -219,40 +237,42 @@ class Planner:
         key: str,
         first: list[Choice],
         vary: Callable[[Choice], dict[str, list[Choice]]],
-        prepare: Callable[[Choice, int], Callable[[], float]],
+        prepare: Callable[[Choice, int], tuple[Callable[[], float], float]],
     ) -> Choice | None:
-        """Time the candidates; record and return the fastest.
+        """Time the candidates; record and return the fastest (see the class example).
 
         `prepare(choice, images)` readies a candidate to run on that many images (its
-        kernels packed) and returns the function to time
-        (`IMAGES` of each stage), which returns the CPU seconds of its busiest thread.
-        None when the budget is spent (the caller runs the built-in choice).
+        kernels packed; `IMAGES` of each stage) and returns the function to time, which
+        returns the CPU seconds of its busiest thread, and the factor that scales that
+        time to whole images (it may run a band of their rows). None when the budget is
+        spent (the caller runs the built-in choice).
         """
+        entries = self._loaded()
         if self.seconds >= BUDGET_SECONDS:
             return None
         start = time.perf_counter()  # the budget is in real seconds, whatever the clock
-        runs: dict[tuple, Callable[[], float]] = {}
+        runs: dict[tuple, tuple[Callable[[], float], float]] = {}
 
         def time_fn(choice: Choice, stage: str) -> float:
             images = IMAGES.get(stage, 1)
             if (choice, images) not in runs:
                 runs[choice, images] = prepare(choice, images)
-            run = runs[choice, images]
+            run, scale = runs[choice, images]
             if self.clock is None:
-                return run()
+                return run() * scale
             begin = self.clock()
             run()
-            return self.clock() - begin
+            return (self.clock() - begin) * scale
 
         try:
             choice = search(first, vary, time_fn)
         finally:
             self.seconds += time.perf_counter() - start
-        self._loaded()[key] = self._new[key] = choice
+        entries[key] = self._new[key] = choice
         return choice
 
     def save(self) -> None:
-        """Write the choices measured since the last save to the plan file."""
+        """Write the choices measured since the last save to the plan file (class example)."""
         if self._new:
             new, self._new = self._new, {}
             pinned = isinstance(self.mode, pathlib.Path)

@@ -63,6 +63,9 @@ SERIAL_MACS = 100_000_000
 
 #: Most images a measured candidate runs on (`vgg_np.engine.measure.IMAGES`).
 MEASURE_IMAGES = 2
+#: A candidate is timed on a band of an image's rows of about this many multiply-adds
+#: (a quarter of VGG16's 224x224 block1_conv2), its time scaled to the whole image.
+MEASURE_MACS = 500_000_000
 
 #: Dense layers multiply one image at a time, in blocks of this many input rows whose
 #: partial sums are added in order: the same BLAS calls whatever the batch or threads.
@@ -197,12 +200,15 @@ class Engine:
         choice = self.planner.lookup(key, valid)
         if choice is not None:
             return choice
-        first = [default_choice(a, shape, kernel.itemsize, pool) for a in allowed]
+        # The built-in table's algorithm first: a challenger must beat it by the margin.
+        builtin = choose_algorithm(self.conv_algorithm, shape[0], shape[2], kernel.dtype)
+        order = sorted(allowed, key=lambda a: a != builtin)
+        first = [default_choice(a, shape, kernel.itemsize, pool) for a in order]
         prepare = self._trial(index, shape, pool, kernel.dtype)
         with BLAS_SINGLE:
             choice = self.planner.measure(key, first, lambda c: variations(c, shape, pool), prepare)
         # Keep only the packed kernels a plan uses (measuring packed every candidate's).
-        used = {(p.name, p.algorithm, p.channel_block) for p in self._plans.values()}
+        used = {(p.name, p.algorithm, p.channel_block) for p in self._plans.values() if p.choice}
         if choice is not None:
             used.add((self.layers[index].name, choice.algorithm, choice.channel_block))
         for packing in [k for k in self._packed if k[0] == self.layers[index].name]:
@@ -216,9 +222,12 @@ class Engine:
         """Return ``prepare(choice, images)`` for the planner: layer `index` run alone.
 
         Each candidate runs on the same random images, laid out in its algorithm's padded
-        input, into a buffer of its own; `prepare` packs the kernel. A run returns the CPU
-        seconds of its busiest thread (`Workers.map`'s meter). Everything is made on the
-        first call, inside the planner's measured time.
+        input, into a buffer of its own; `prepare` packs the kernel and returns the run and
+        the factor that scales its time to whole images. A run returns the CPU seconds of
+        its busiest thread (`Workers.map`'s meter). A layer of more than `MEASURE_MACS`
+        multiply-adds per image is timed on a band of its first rows (whole chunks) of
+        about that size. Everything is made on the first call, inside the planner's
+        measured time.
         """
         h, w, c, o = shape
         state, made = Pass(Buffers()), dict[str, np.ndarray]()
@@ -237,14 +246,16 @@ class Engine:
             name = f"in{plan.m}-{images}"
             source = padded(images, h, w, c, plan.m, dtype, state.buffers, name, plan.tiles_h)
             source.interior()[...] = x[:images]  # in the model's dtype
-            task = ConvRun(plan, source, list(out[:images]), pool)
+            wanted = -(-plan.tiles_h * MEASURE_MACS // (h * w * c * o * 9))  # tile rows
+            rows = min(plan.tiles_h, -(-wanted // choice.rows_per_chunk) * choice.rows_per_chunk)
+            task = ConvRun(plan, source, list(out[:images]), pool, rows)
 
             def run() -> float:
                 meter.clear()
                 task.run(self._workers, state)
                 return sum(meter)
 
-            return run
+            return run, plan.tiles_h / rows
 
         return prepare
 

@@ -27,6 +27,7 @@ import numpy as np
 from vgg_np.formats import (
     _hdf5,
     keras_files,
+    keras_writer,
     npz,
     onnx_graph,
     safetensors_file,
@@ -146,10 +147,15 @@ def _write_h5(
     layout: str | None,
     info: dict,
 ) -> str:
-    if info.get("head") or any(len(tensors) != 2 for tensors in weights.values()):
+    """Keras Applications' layout for a plain VGG, else (or asked) the whole model."""
+    plain = not info.get("head") and all(len(tensors) == 2 for tensors in weights.values())
+    if layout == "model" or (layout is None and not plain):
+        return keras_writer.write_keras_model_h5(path, weights, provenance, info)
+    if not plain:
         raise ValueError(
             f"{os.fspath(path)!r}: the Keras Applications layout holds a plain VGG, not a "
-            "head of its own or batch norms; write .npz or Keras-layout .safetensors"
+            "head of its own or batch norms; write the whole model (layout 'model'), .npz or "
+            "Keras-layout .safetensors"
         )
     keras_files.write_keras_h5(path, weights, provenance=provenance)
     return "keras-h5 (Keras Applications layout)"
@@ -174,13 +180,13 @@ class Format:
         `info` holds the architecture (``head``, ``batch_norm_eps``): a writer records
         it or refuses.
     layouts : tuple of str
-        The ``layout`` values `write` accepts (the first is the default).
+        The ``layout`` values `write` accepts besides None (its default).
 
     Examples
     --------
     >>> {f.name: f.suffixes for f in FORMATS if f.write}  # doctest: +NORMALIZE_WHITESPACE
-    {'hdf5': ('.h5', '.hdf5'), 'torch': ('.pth', '.pt'), 'npz': ('.npz',),
-     'safetensors': ('.safetensors',)}
+    {'hdf5': ('.h5', '.hdf5'), 'keras-zip': ('.keras',), 'torch': ('.pth', '.pt'),
+     'npz': ('.npz',), 'safetensors': ('.safetensors',)}
     """
 
     name: str
@@ -188,7 +194,7 @@ class Format:
     open: Callable[[str, str, bool], AbstractContextManager[WeightSource]]
     suffixes: tuple[str, ...] = ()
     write: Writer | None = None
-    layouts: tuple[str | None, ...] = (None,)
+    layouts: tuple[str, ...] = ()
 
 
 #: Every format, in detection order.
@@ -199,11 +205,16 @@ FORMATS: tuple[Format, ...] = (
         _open_hdf5,
         (".h5", ".hdf5"),
         _write_h5,
+        ("applications", "model"),
     ),
     Format(
         "keras-zip",
         lambda s: s.zip_names is not None and keras_files.KERAS_ZIP_MEMBER in s.zip_names,
         lambda path, where, _: keras_files.open_keras_zip(path, where),
+        (".keras",),
+        lambda path, weights, provenance, layout, info: keras_writer.write_keras_zip(
+            path, weights, provenance, info
+        ),
     ),
     Format(
         "torch",
@@ -388,21 +399,28 @@ def write_weights(
     Parameters
     ----------
     path : str or os.PathLike
-        ``.npz`` (vgg_np), ``.h5`` (Keras Applications layout), ``.safetensors`` or
-        ``.pth`` / ``.pt`` (torchvision state dict, written as ``torch.save`` does).
+        ``.npz`` (vgg_np), ``.h5`` (Keras: see `layout`), ``.keras`` (a whole Keras 3
+        model, `vgg_np.formats.keras_writer`), ``.safetensors`` or ``.pth`` / ``.pt``
+        (torchvision state dict, written as ``torch.save`` does).
     weights : dict
         Keras layer name -> (kernel, bias), Keras layout.
-    layout : {"torchvision", "keras"}, optional
-        For ``.safetensors`` only: torchvision's keys and layouts (the default) or
-        vgg_np's ``<layer>/kernel`` names in Keras layout.
+    layout : str, optional
+        For ``.safetensors``: ``"torchvision"`` (the default: torchvision's keys and
+        layouts) or ``"keras"`` (vgg_np's ``<layer>/kernel`` names in Keras layout). For
+        ``.h5``: ``"applications"`` (Keras Applications' weights layout, which
+        ``keras.applications.VGG16(weights=path)`` loads: a plain VGG only) or
+        ``"model"`` (the whole model, which ``keras.models.load_model`` opens); the
+        default is Keras Applications' layout for a plain VGG, the whole model otherwise.
     provenance : Provenance, optional
         Where the weights came from (`WeightSource.provenance`): recorded in the file so
         that a reader knows their preprocessing. None records an unknown family.
     info : mapping, optional
         The architecture beyond the tensors' names (``head``: a head of one's own,
         ``batch_norm_eps``), as readers give it in `WeightSource.info`: recorded, or
-        refused by a format that cannot hold it (Keras Applications ``.h5``; a head in
-        torchvision's layout).
+        refused by a format that cannot hold it (Keras Applications ``.h5``; in
+        torchvision's layout, a head its classifier does not fit). A whole Keras model
+        also needs ``layers`` (the layer table) and ``input_shape`` (``(H, W, C)``):
+        `vgg_np.export` gives them from a model.
 
     Returns
     -------
@@ -412,7 +430,8 @@ def write_weights(
     Raises
     ------
     ValueError
-        On an unknown extension or layout.
+        On an unknown extension or layout, or an architecture the format cannot hold
+        (`keras_writer.NeedsArchitecture` for a whole model without its layer table).
 
     Examples
     --------
@@ -430,10 +449,13 @@ def write_weights(
             f"cannot tell the format to write from {os.fspath(path)!r}: use "
             f"{', '.join(s for f in FORMATS for s in f.suffixes)}"
         )
-    if layout not in fmt.layouts and layout is not None:
-        raise ValueError(f"`layout` {layout!r} applies to .safetensors only (torchvision or keras)")
+    if layout is not None and layout not in fmt.layouts:
+        owners = [f for f in FORMATS if layout in f.layouts] or [f for f in FORMATS if f.layouts]
+        names = " or ".join(f.suffixes[0] for f in owners)
+        layouts = " or ".join(dict.fromkeys(name for f in owners for name in f.layouts))
+        raise ValueError(f"`layout` {layout!r} applies to {names} only ({layouts}), not {suffix}")
     provenance = provenance or Provenance("weights of unknown origin", Family.UNKNOWN)
-    return fmt.write(path, weights, provenance, layout or fmt.layouts[0], dict(info or {}))
+    return fmt.write(path, weights, provenance, layout, dict(info or {}))
 
 
 def convert(
@@ -446,13 +468,15 @@ def convert(
     """Convert a weights file to the format `target`'s extension names, keeping provenance.
 
     Every tensor is read (and copied) before `target` is written, so `target` may be
-    `source` itself.
+    `source` itself. Only the tensors and what the reader says about them are converted:
+    a whole Keras model (``.keras``, an ``.h5`` of layout ``"model"``) needs the network
+    they belong to, which `vgg_np.export.convert` describes first.
 
     Parameters
     ----------
     source, target : str or os.PathLike
-    layout : {"torchvision", "keras"}, optional
-        For a ``.safetensors`` target (see `write_weights`).
+    layout : str, optional
+        As `write_weights` takes it.
     theano_flip : bool, default True
         For Theano-era Keras sources (see `open_weights`).
 

@@ -5,14 +5,19 @@ A ``.keras`` archive (``config.json``) and a ``model.save("x.h5")`` file (root a
 model whose layers may include the nested ``vgg16`` functional model of Keras
 Applications. This module reads that JSON as data -- it never imports or calls Keras
 and never executes anything -- and checks that it is a chain: an input, 3x3 "same"
-ReLU convolutions and 2x2 max-pools (the VGG base), then a head of ``Flatten``,
+ReLU convolutions and 2x2 max-pools (the VGG base; with batch norm, each convolution
+linear and followed by ``BatchNormalization`` and ``Activation("relu")``), then a head
+of ``Flatten``,
 ``GlobalAveragePooling2D``, ``GlobalMaxPooling2D``, ``Dense``, ``BatchNormalization``,
 ``Dropout`` and ``Activation`` layers. Any other layer, or a branch, is refused by name.
 A key a layer's config leaves out takes Keras 3's default (`_KERAS_DEFAULTS`), not VGG's:
 a Conv2D without ``activation`` is linear, which a VGG base refuses.
 
 The base's layers get vgg_np's names (``block1_conv1`` ... by position, whatever the
-file calls them); the head keeps its own names.
+file calls them; a batch norm ``block1_conv1_bn``); the head keeps its own names.
+
+The tables here (`KERAS_CLASSES`, `KERAS_ACTIVATIONS`, `CONV_CONFIG`, `POOL_CONFIG`,
+`variable_names`) are read both ways: `vgg_np.formats.keras_writer` writes the inverse.
 """
 
 from __future__ import annotations
@@ -29,19 +34,50 @@ from vgg_np.layers import ACTIVATIONS, Layer
 from vgg_np.ops import BATCH_NORM_EPS
 
 __all__ = [
+    "CONV_CONFIG",
+    "KERAS_ACTIVATIONS",
+    "KERAS_CLASSES",
+    "POOL_CONFIG",
     "KerasModel",
     "arrays_from_keras3",
     "arrays_from_model_weights",
     "read_config",
     "tensors_of",
+    "variable_names",
 ]
 
-#: Keras activations vgg_np runs ("linear" is no activation).
-_ACTIVATIONS = {"linear": None, **{a: a for a in ACTIVATIONS if a}}
+#: Keras activations vgg_np runs, by their Keras name ("linear" is no activation).
+KERAS_ACTIVATIONS: dict[str, str | None] = {"linear": None, **{a: a for a in ACTIVATIONS if a}}
+#: vgg_np's layer kinds (`vgg_np.layers.KINDS`) and the Keras 3 layer classes that compute
+#: them: read from a config by `read_config`, written by `vgg_np.formats.keras_writer`.
+#: torchvision's ``adaptive_avg`` has no Keras class.
+KERAS_CLASSES: dict[str, str] = {
+    "conv": "Conv2D",
+    "pool": "MaxPooling2D",
+    "flatten": "Flatten",
+    "global_avg": "GlobalAveragePooling2D",
+    "global_max": "GlobalMaxPooling2D",
+    "dense": "Dense",
+    "batch_norm": "BatchNormalization",
+    "dropout": "Dropout",
+    "activation": "Activation",
+}
+_KINDS = {keras: kind for kind, keras in KERAS_CLASSES.items()}
 #: Deepest nesting of models inside models.
 MAX_NESTING = 8
 _PAIR = ("kernel_size", "strides", "dilation_rate", "pool_size")
 _CHANNELS_LAST = {"data_format": "channels_last"}  # Keras's image_data_format() default
+#: What a VGG base's ``Conv2D`` says (its activation aside): vgg_np's 3x3 "same" convolution.
+CONV_CONFIG = {
+    "kernel_size": [3, 3],
+    "strides": [1, 1],
+    "padding": "same",
+    "dilation_rate": [1, 1],
+    "groups": 1,
+    **_CHANNELS_LAST,
+}
+#: What a VGG base's ``MaxPooling2D`` says: vgg_np's 2x2 pool, stride 2.
+POOL_CONFIG = {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid", **_CHANNELS_LAST}
 #: What Keras 3 gives a key its config leaves out: the defaults of each layer's
 #: ``__init__`` (``keras/src/layers/convolutional/conv2d.py``, ``pooling/max_pooling2d.py``,
 #: ``core/dense.py``, ``normalization/batch_normalization.py``, ``reshaping/flatten.py``,
@@ -86,6 +122,9 @@ class KerasModel:
         ``(H, W, C)`` of the input layer (None where the size is free).
     classifier_activation : str or None
         The last layer's activation.
+    batch_norm : float or None
+        The epsilon of the base's batch norms (one for all, as in `vgg_np.config`), None
+        without them.
     """
 
     names: dict[str, str]
@@ -93,6 +132,7 @@ class KerasModel:
     head: tuple[Layer, ...] | None
     input_shape: tuple
     classifier_activation: str | None
+    batch_norm: float | None = None
 
 
 def _flat_layers(config: Mapping, where: str, depth: int = 0) -> list[dict]:
@@ -189,54 +229,81 @@ def _expect(layer: dict, where: str, **wanted: object) -> None:
 
 def _activation(layer: dict, where: str) -> str | None:
     name = layer["config"]["activation"]
-    if not isinstance(name, str) or name not in _ACTIVATIONS:
+    if not isinstance(name, str) or name not in KERAS_ACTIVATIONS:
         raise FileFormatError(
             f"{where}: layer {layer['name']!r} has activation {name!r}; vgg_np runs "
-            f"{sorted(_ACTIVATIONS)}"
+            f"{sorted(KERAS_ACTIVATIONS)}"
         )
-    return _ACTIVATIONS[name]
+    return KERAS_ACTIVATIONS[name]
 
 
-def _base(layers: list[dict], where: str) -> tuple[dict, dict, int]:
-    """Name the base's convolutions and pools; return (names, variables, where the head starts)."""
-    names, variables, block, conv = {}, {}, 1, 0
+def _normalised(layers: list[dict], index: int) -> bool:
+    """Whether the convolution at `index` is linear, then BatchNormalization, then a ReLU."""
+    following = [layer["class_name"] for layer in layers[index + 1 : index + 3]]
+    return (
+        layers[index]["config"]["activation"] == "linear"
+        and following == ["BatchNormalization", "Activation"]
+        and layers[index + 2]["config"]["activation"] == "relu"
+    )
+
+
+def _base_batch_norm(layer: dict, where: str) -> float:
+    """Check a base batch norm normalises the channels; return its epsilon."""
+    if layer["config"]["axis"] not in (-1, [-1], 3, [3]):
+        raise FileFormatError(
+            f"{where}: layer {layer['name']!r} normalises axis {layer['config']['axis']!r}; "
+            "vgg_np normalises the channels (axis -1)"
+        )
+    return float(layer["config"]["epsilon"])
+
+
+def _base(layers: list[dict], where: str) -> tuple[dict, dict, set, int]:
+    """Name the base's layers; return (names, variables, batch norm epsilons, head start)."""
+    names, variables, eps, block, conv = {}, {}, set(), 1, 0
     index = 0
-    for index, layer in enumerate(layers):
+    while index < len(layers):
+        layer = layers[index]
         kind = layer["class_name"]
         if kind == "Conv2D":
-            _expect(
-                layer,
-                where,
-                kernel_size=[3, 3],
-                strides=[1, 1],
-                padding="same",
-                dilation_rate=[1, 1],
-                groups=1,
-                data_format="channels_last",
-                activation="relu",
-            )
+            normalised = _normalised(layers, index)
+            _expect(layer, where, **CONV_CONFIG, activation="linear" if normalised else "relu")
             conv += 1
             names[f"block{block}_conv{conv}"] = layer["name"]
-            variables[layer["name"]] = _weights(layer["class_name"], layer["config"])
+            variables[layer["name"]] = variable_names(kind, layer["config"])
+            if normalised:  # Conv2D, BatchNormalization, Activation("relu"): one vgg_np row
+                norm = layers[index + 1]
+                eps.add(_base_batch_norm(norm, where))
+                names[f"block{block}_conv{conv}_bn"] = norm["name"]
+                variables[norm["name"]] = variable_names(norm["class_name"], norm["config"])
+                index += 2
         elif kind == "MaxPooling2D" and conv:
-            _expect(layer, where, pool_size=[2, 2], strides=[2, 2], padding="valid")
+            _expect(layer, where, **POOL_CONFIG)
             block, conv = block + 1, 0
         elif kind == "InputLayer" and index == 0:
-            continue
+            pass
         elif block > 1 and conv == 0:
-            return names, variables, index
+            return names, variables, eps, index
         else:
             raise FileFormatError(
                 f"{where}: layer {layer['name']!r} ({kind}) does not fit a VGG base (3x3 "
                 "ReLU convolutions in blocks, each closed by a 2x2 max-pool)"
             )
+        index += 1
     if conv:
         raise FileFormatError(f"{where}: the VGG base does not end with a max-pool")
-    return names, variables, len(layers)
+    return names, variables, eps, len(layers)
 
 
-def _weights(kind: str, config: Mapping) -> list[str]:
-    """List a layer's variables in creation order, from its config (with Keras's defaults)."""
+def variable_names(kind: str, config: Mapping) -> list[str]:
+    """List a Keras layer's variables in creation order, from its config (with Keras's defaults).
+
+    Examples
+    --------
+    >>> variable_names("Dense", {"use_bias": True})
+    ['kernel', 'bias']
+    >>> variable_names("BatchNormalization", {"scale": True, "center": False})
+    ['gamma', 'moving_mean', 'moving_variance']
+    """
     if kind == "BatchNormalization":
         return [
             *(["gamma"] if config["scale"] else []),
@@ -251,10 +318,7 @@ def _head_layer(layer: dict, where: str) -> Layer:
     kind, config, name = layer["class_name"], layer["config"], layer["name"]
     if kind in ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D"):
         _expect(layer, where, **{"data_format": "channels_last", **_KERAS_DEFAULTS[kind]})
-        return Layer(
-            name,
-            {"Flatten": "flatten", "GlobalAveragePooling2D": "global_avg"}.get(kind, "global_max"),
-        )
+        return Layer(name, _KINDS[kind])
     if kind == "Dense":
         return Layer(name, "dense", int(config["units"]), _activation(layer, where))
     if kind == "BatchNormalization":
@@ -283,7 +347,7 @@ def _head(layers: list[dict], where: str) -> tuple[list[Layer], dict]:
             continue
         head.append(_head_layer(layer, where))
         if head[-1].kind in ("dense", "batch_norm"):
-            variables[layer["name"]] = _weights(layer["class_name"], layer["config"])
+            variables[layer["name"]] = variable_names(layer["class_name"], layer["config"])
     return head, variables
 
 
@@ -331,7 +395,12 @@ def read_config(config: Mapping, where: str) -> KerasModel:
         raise FileFormatError(
             f"{where}: its input layer has shape {batch_shape!r}, not (N, H, W, C)"
         )
-    names, variables, start = _base(layers, where)
+    names, variables, eps, start = _base(layers, where)
+    if len(eps) > 1:
+        raise FileFormatError(
+            f"{where}: the base's batch norms have epsilons {sorted(eps)}; vgg_np's VGG with "
+            "batch norm has one for all"
+        )
     head, head_variables = _head(layers[start:], where)
     activation = head[-1].activation if head else None
     head_layers = [layer for layer in head if layer.name in head_variables]
@@ -339,7 +408,9 @@ def read_config(config: Mapping, where: str) -> KerasModel:
     variables |= head_variables
     # Keras Applications' own top is VGG's: `VGG` builds it from the widths.
     kept_head = tuple(head) if head and not _standard_top(head) else None
-    return KerasModel(names, variables, kept_head, tuple(batch_shape[1:]), activation)
+    return KerasModel(
+        names, variables, kept_head, tuple(batch_shape[1:]), activation, next(iter(eps), None)
+    )
 
 
 def _named(

@@ -44,10 +44,12 @@ from vgg_np.formats._common import (
     open_regular,
     split_kernel_bias,
 )
+from vgg_np.formats.architecture_record import RECORD_KEY, from_record
 from vgg_np.formats.contract import RECORD_PREFIX, Family, Provenance, WeightSource
 
 KERAS_ZIP_MEMBER = "model.weights.h5"
 KERAS_CONFIG_MEMBER = "config.json"
+KERAS_METADATA_MEMBER = "metadata.json"
 #: Largest model config read (VGG16 with a head: ~30 KB).
 MAX_CONFIG = 16 << 20
 #: Deepest nesting of models inside models read from a ``.weights.h5`` (a hard-link
@@ -157,6 +159,8 @@ def _from_config(
         "input_layout": "NHWC",
         "classifier_activation": model.classifier_activation,
     }
+    if model.batch_norm is not None:
+        info["batch_norm_eps"] = model.batch_norm
     return tensors, info | ({"head": model.head} if model.head else {})
 
 
@@ -178,6 +182,7 @@ def read_keras_h5(f: h5py.File, where: str) -> WeightSource:
             lambda _: keras_config.arrays_from_model_weights(f["model_weights"], where),
             where,
         )
+        info |= _labels(_hdf5.text_attrs(f.attrs, RECORD_KEY), where)
         provenance = Provenance.from_record(
             _hdf5.text_attrs(f.attrs, RECORD_PREFIX), description, where
         ) or Provenance.implied(
@@ -229,13 +234,39 @@ def open_keras_zip(path: str | os.PathLike, where: str) -> Iterator[WeightSource
                     where,
                 )
                 description = "keras-zip (.keras, whole model from its config)"
-            provenance = Provenance.implied(
+            metadata = _metadata(zf, where)
+            info |= _labels(metadata, where)
+            provenance = Provenance.from_record(metadata, description, where) or Provenance.implied(
                 description,
                 Family.KERAS,
                 "written by Keras (a .keras archive)",
                 input_size=_static_size(info),
             )
             yield WeightSource(tensors, provenance, info, path=where)
+
+
+def _labels(record: dict, where: str) -> dict:
+    """Read the class names vgg_np recorded beside a whole model (`keras_writer`), if any."""
+    if RECORD_KEY not in record:
+        return {}
+    labels = from_record(record[RECORD_KEY], where).get("labels")
+    return {"labels": labels} if labels else {}
+
+
+def _metadata(zf: zipfile.ZipFile, where: str) -> dict:
+    """Read the archive's ``metadata.json`` (vgg_np records provenance there), {} if absent."""
+    text = _member(zf, KERAS_METADATA_MEMBER, where)
+    if text is None:
+        return {}
+    try:
+        metadata = json.loads(text)
+    except ValueError as error:
+        raise FileFormatError(
+            f"{where}: its {KERAS_METADATA_MEMBER} is not JSON: {error}"
+        ) from None
+    if not isinstance(metadata, dict):
+        raise FileFormatError(f"{where}: its {KERAS_METADATA_MEMBER} is not a JSON object")
+    return metadata
 
 
 def _member(zf: zipfile.ZipFile, name: str, where: str) -> bytes | None:

@@ -265,6 +265,7 @@ def write_weights(
             metadata[RECORD_KEY] = architecture
         write_safetensors(path, flatten_pairs(weights), metadata)
         return "safetensors (Keras layout)"
-    check_torchvision(info or {}, path)
-    write_safetensors(path, to_state_dict(weights, conv_names(weights)), provenance.record())
+    dense = check_torchvision(info or {}, path)
+    state = to_state_dict(weights, conv_names(weights), dense)
+    write_safetensors(path, state, provenance.record())
     return "safetensors (torchvision layout)"

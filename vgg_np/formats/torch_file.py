@@ -499,7 +499,7 @@ def write_torch(
     info: Mapping | None = None,
 ) -> str:
     """Write canonical weights as a torchvision state dict (as ``torch.save`` does), atomically."""
-    check_torchvision(info or {}, path)
-    state = to_state_dict(weights, conv_names(weights))
+    dense = check_torchvision(info or {}, path)
+    state = to_state_dict(weights, conv_names(weights), dense)
     write_state_dict(path, state, {METADATA_KEY: provenance.record()})
     return "pytorch (torchvision layout)"

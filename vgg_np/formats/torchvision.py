@@ -33,6 +33,7 @@ from vgg_np.formats.layouts import (
     lazy_linear_to_dense,
     lazy_oihw_to_hwio,
 )
+from vgg_np.layers import Layer, shapes
 from vgg_np.ops import BATCH_NORM_EPS
 
 _KEY = re.compile(r"(features|classifier)\.(\d+)\.(weight|bias|running_mean|running_var)")
@@ -154,8 +155,9 @@ def from_state_dict(state: Mapping[str, object], where: str) -> dict:
         if index + 1 in bn:
             tensors[f"{name}_bn"] = tuple(features[index + 1][p] for p in BN_PARAMS)
     last_channels = tensors[f"block{block}_conv{conv}"][0].shape[3]
+    names = dense_names(len(linears))
     for (before, index), name in zip(
-        itertools.pairwise([None, *sorted(linears)]), dense_names(len(linears)), strict=True
+        itertools.pairwise([None, *sorted(linears)]), names, strict=True
     ):
         if before is not None and index - before < 2:
             raise FileFormatError(
@@ -164,7 +166,7 @@ def from_state_dict(state: Mapping[str, object], where: str) -> dict:
             )
         weight = linears[index]["weight"]
         kernel = lazy_linear_to_dense(weight, f"{where} classifier.{index}.weight")
-        if name == "fc1":
+        if name == names[0]:  # the first takes the flattened map: C,H,W rows to H,W,C
             kernel = lazy_hwc_rows(kernel, last_channels, where)
         tensors[name] = (kernel, linears[index]["bias"])
     return tensors
@@ -220,32 +222,90 @@ def conv_names(weights: Mapping[str, tuple]) -> list[str]:
     return [n for m, n in sorted(found, key=lambda pair: (int(pair[0][1]), int(pair[0][2])))]
 
 
-def check_torchvision(info: Mapping, path: str | os.PathLike) -> None:
-    """Refuse to write what torchvision's layout cannot hold: a head, another epsilon.
+def _square_map(info: Mapping, path: str | os.PathLike) -> None:
+    """Refuse a flatten over a feature map that is not square (torch's fc1 rows assume it).
+
+    A state dict holds no input size: its reader finds fc1's grid as the square root of
+    its rows per channel, so a 4x1 map would come back as 2x2, permuted wrongly.
+    """
+    table, input_shape = info.get("layers"), info.get("input_shape")
+    if not table or input_shape is None:
+        return
+    for layer, shape, _ in shapes(table, tuple(input_shape)):
+        if layer.kind == "flatten" and (shape[0] != shape[1] or shape[0] is None):
+            raise ValueError(
+                f"{os.fspath(path)!r}: torchvision's layout flattens a square feature map; "
+                f"{layer.name!r} flattens a {shape[0]}x{shape[1]} map (an input of "
+                f"{input_shape[0]}x{input_shape[1]}); write .npz, .keras or Keras-layout "
+                ".safetensors"
+            )
+
+
+def _head_dense(head: tuple[Layer, ...], path: str | os.PathLike) -> list[str]:
+    """Name the dense layers of a head torchvision's classifier holds; refuse others.
+
+    torchvision's VGG pools the last map (adaptively, to fc1's grid), flattens it and runs
+    Linear, ReLU, Dropout, ..., Linear: a head of ``flatten``, or ``global_avg`` (the
+    pool to 1x1), then dense layers with ReLU, dropout between them, and a last dense
+    layer without activation or with softmax (torch returns logits) fits.
+    """
+    first, *rest = head
+    dense = [layer for layer in rest if layer.kind == "dense"]
+    fits = (
+        first.kind in ("flatten", "global_avg")
+        and first.activation is None
+        and bool(dense)
+        and rest[-1] is dense[-1]
+        and all(layer.kind in ("dense", "dropout") for layer in rest)
+        and all(layer.activation is None for layer in rest if layer.kind == "dropout")
+        and all(layer.activation == "relu" for layer in dense[:-1])
+        and dense[-1].activation in (None, "softmax")
+    )
+    if not fits:
+        described = ", ".join(f"{layer.name} ({layer.kind}, {layer.activation})" for layer in head)
+        raise ValueError(
+            f"{os.fspath(path)!r}: torchvision's layout cannot hold a head of {described}: its "
+            "classifier is a Flatten (or global average pooling), Linear layers with ReLU "
+            "(dropout between them) and a last Linear; write .npz, .keras or Keras-layout "
+            ".safetensors"
+        )
+    return [layer.name for layer in dense]
+
+
+def check_torchvision(info: Mapping, path: str | os.PathLike) -> list[str] | None:
+    """Refuse to write what torchvision's layout cannot hold; name a head's dense layers.
+
+    Returns
+    -------
+    list of str or None
+        A head's dense layers in order, when it fits torchvision's classifier (see
+        `_head_dense`); None for VGG's own top (``fc1``, ..., ``predictions``).
 
     Raises
     ------
     ValueError
-        Naming the file, if `info` (a reader's) holds a head.
+        Naming the file, if `info` (a reader's, or a model's: ``layers``, ``input_shape``)
+        holds a head torchvision's classifier does not fit, a batch norm epsilon other
+        than PyTorch's, or a flatten of a feature map that is not square.
     """
-    if info.get("head"):
-        names = ", ".join(layer.name for layer in info["head"])
-        raise ValueError(
-            f"{os.fspath(path)!r}: torchvision's layout cannot hold a head of its own "
-            f"({names}); write .npz or .safetensors with the Keras layout"
-        )
     if info.get("batch_norm_eps", TORCH_BN_EPS) != TORCH_BN_EPS:
         raise ValueError(
             f"{os.fspath(path)!r}: torchvision's BatchNorm2d has epsilon {TORCH_BN_EPS}, "
             f"these batch norms {info['batch_norm_eps']}; write .npz or Keras-layout .safetensors"
         )
+    dense = _head_dense(tuple(info["head"]), path) if info.get("head") else None
+    _square_map(info, path)
+    return dense
 
 
-def to_state_dict(weights: Mapping[str, tuple], conv_names: list[str]) -> dict[str, np.ndarray]:
+def to_state_dict(
+    weights: Mapping[str, tuple], conv_names: list[str], dense: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """Canonical weights -> a torchvision VGG state dict (the inverse of `from_state_dict`).
 
     `conv_names` lists the convolutions in order (``VGGConfig.conv_names()``): their block
-    numbers place the pools.
+    numbers place the pools. `dense` lists the classifier's dense layers in order (a
+    head's, see `check_torchvision`); default ``fc1``, ``fc2``, ..., ``predictions``.
     """
     state, index, previous_block = {}, 0, 1
     for name in conv_names:
@@ -262,10 +322,11 @@ def to_state_dict(weights: Mapping[str, tuple], conv_names: list[str]) -> dict[s
                 state[f"features.{index}.{param}"] = np.asarray(array)
         index += 2  # this conv (or batch norm) and its ReLU
     last_channels = np.shape(weights[conv_names[-1]][0])[-1]
-    dense = [n for n in weights if n.startswith("fc")] + ["predictions"]
+    if dense is None:
+        dense = [n for n in weights if n.startswith("fc")] + ["predictions"]
     for position, name in enumerate(n for n in dense if n in weights):
         kernel, bias = weights[name]
-        if name == "fc1":
+        if position == 0:  # fc1: its rows in torch's C, H, W flatten order
             c, h, w = flattened_grid(np.shape(kernel)[0], last_channels, "fc1")
             weight = fc1_keras_to_torch(kernel, (h, w, c))
         else:

@@ -1,10 +1,15 @@
-"""Training a VGG: the reference forward pass, backward with `vgg_np.backward`, SGD.
+"""Training a VGG: a forward pass that keeps what backward needs, the gradients, SGD.
 
-`loss_and_gradients` runs the network on a batch through `vgg_np.layers.forward`, keeping
-exactly what the backward pass needs (`Tape`, as the layer tables say), computes the mean
-softmax cross-entropy and every parameter's gradient, each layer's by its kind's backward
-call; `SGD` applies PyTorch's momentum and weight decay. Dropout (inverted, with `rate`)
-is applied after each hidden dense layer in training only, as in the original VGG.
+`loss_and_gradients` runs the network on a batch in training mode, keeping exactly what
+the backward pass needs (`Tape`, as the layer tables say), computes the mean softmax
+cross-entropy and every trained parameter's gradient, layer by layer from the top, and
+updates the batch norms' running statistics as the weights' framework does
+(`vgg_np.train.batch_norm`). The layers compute what `vgg_np.layers.forward` and each
+kind's `vgg_np.backward` call define; convolutions and pools run on the inference engine
+and their gradients by GEMMs and the engine (`vgg_np.train.fast`), both tested against
+those definitions, and nothing is computed below the lowest trained layer but its
+forward pass. `SGD` applies PyTorch's momentum and weight decay. Dropout (inverted, with
+`rate`) follows each hidden dense layer in training only, as in the original VGG.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from vgg_np import backward
+from vgg_np.engine.threads import BLAS_SINGLE
 from vgg_np.layers import ACTIVATIONS, KINDS, Layer, forward
 from vgg_np.model import VGG  # noqa: F401 (the examples build one)
+from vgg_np.train import fast
+from vgg_np.train.batch_norm import RunningStatistics, choose_statistics
 
 __all__ = ["SGD", "Tape", "loss_and_gradients", "shapes_dataset"]
 
@@ -53,6 +61,16 @@ class Tape:
     (`vgg_np.layers.KINDS`, `vgg_np.layers.ACTIVATIONS`), its dropout output if any,
     and its ``"input_shape"`` (a tuple: no array memory).
 
+    Attributes
+    ----------
+    kept : dict
+        Layer name -> what it kept; ``"loss"`` -> ``{"logits": ...}``.
+    running : dict
+        Batch norm name -> its running (mean, variance) after this step, for every batch
+        norm that ran on the batch's statistics.
+    statistics : str
+        Whose running-statistics conventions were followed, and why.
+
     Examples
     --------
     >>> Tape().nbytes()
@@ -60,6 +78,8 @@ class Tape:
     """
 
     kept: dict[str, dict[str, np.ndarray | tuple]] = field(default_factory=dict)
+    running: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    statistics: str = ""
 
     def nbytes(self, layer: str | None = None) -> int:
         """Return the array bytes kept by one layer (or all of them); see the class example."""
@@ -80,32 +100,51 @@ def loss_and_gradients(
     dropout: float = 0.0,
     rng: np.random.Generator | None = None,
     trainable: set[str] | None = None,
-) -> tuple[float, dict[str, tuple[np.ndarray, np.ndarray]], Tape]:
+    statistics: str | RunningStatistics | None = None,
+    update_statistics: bool = True,
+) -> tuple[float, dict[str, tuple[np.ndarray, ...]], Tape]:
     """Return the mean cross-entropy of `model` on a batch and the gradient of every weight.
 
     Parameters
     ----------
     model : VGG
-        With the top; computed in its dtype (float64 for gradient checks).
+        With the top; computed in its dtype (float64 for gradient checks). Anything with
+        a `VGG`'s ``layers``, ``weights``, ``dtype`` and ``set_weights`` will do (the
+        layers above a cached base, `vgg_np.train`).
     x : array_like, shape (N, H, W, C)
-        Preprocessed images.
+        Preprocessed images (or the input of the model's first layer).
     labels : array_like of int, shape (N,)
     dropout : float, default 0.0
-        Drop probability after each hidden dense layer. Batch normalisation uses the
-        batch's statistics and `dropout` layers drop (training mode) either way.
+        Drop probability after each hidden dense layer. ``dropout`` layers drop
+        (training mode) either way.
     rng : numpy.random.Generator, optional
         Required when `dropout` > 0 or the model has `dropout` layers.
     trainable : set of str, optional
         Layers whose gradients to return (all by default); the backward pass stops below
         the lowest of them, so fine-tuning the top is cheap.
+    statistics : {"torch", "keras"} or RunningStatistics, optional
+        Whose conventions the batch norms follow (`vgg_np.train.batch_norm`): by
+        default the weights' family's, else each one's epsilon's. Batch norms normalise
+        with the batch's statistics, but under Keras's conventions those not in
+        `trainable` run on their running statistics (Keras's ``trainable=False``).
+    update_statistics : bool, default True
+        Write the batch norms' new running statistics into `model` (``set_weights``),
+        as a framework's training step does; ``Tape.running`` holds them either way.
 
     Returns
     -------
     loss : float
     gradients : dict
-        Layer name -> (dkernel, dbias).
+        Layer name -> the gradients of its trained tensors ((dkernel, dbias), or
+        (dgamma, dbeta)).
     tape : Tape
-        What the forward pass kept.
+        What the forward pass kept, the new running statistics, and whose conventions.
+
+    Raises
+    ------
+    ValueError
+        Without a classifier, through a layer with no backward, or when nothing tells
+        the batch norms' conventions.
 
     Examples
     --------
@@ -116,51 +155,132 @@ def loss_and_gradients(
     >>> grads["block1_conv1"][0].shape, grads["predictions"][1].shape
     ((3, 3, 3, 2), (3,))
     """
-    if not model.include_top:
+    if not getattr(model, "include_top", True):
         raise ValueError("training needs the classifier: build the model with include_top=True")
-    x = np.asarray(x, dtype=model.dtype)
     # The loss takes the logits: the classifier's softmax is part of softmax_cross_entropy.
     *base, last = model.layers
     layers = [*base, replace(last, activation=None)]
+    weights = model.weights
     names = [layer.name for layer in layers]
-    trainable = (
-        set(trainable) if trainable is not None else {n for n in names if n in model.weights}
-    )
+    trainable = set(trainable) if trainable is not None else {n for n in names if n in weights}
     lowest = min((names.index(n) for n in trainable), default=len(names))
-    # Below the lowest trainable layer nothing flows back, and nothing is kept.
+    _check_backward(layers[lowest:])
+    provenance = getattr(model, "weights_provenance", None)
+    rules, why = choose_statistics(layers, provenance, statistics)
+    frozen = {n for n, rule in rules.items() if rule.frozen_in_inference} - trainable
+    tape = Tape(statistics=why)
+    run = _Forward(weights, tape, set(names[lowest:]), frozen, rules)
+    with BLAS_SINGLE:  # the GEMMs share our threads (vgg_np.train.fast), BLAS's stay idle
+        logits = run(layers, np.asarray(x, dtype=model.dtype), dropout, rng)
+        loss, grad = backward.softmax_cross_entropy(logits, labels)
+        tape.kept["loss"] = {"logits": logits}
+        gradients = _backward(layers, weights, tape, grad, lowest, frozen)
+    if update_statistics and tape.running:
+        model.set_weights(
+            {**weights, **{n: (*weights[n][:2], *tape.running[n]) for n in tape.running}}
+        )
+    return loss, {n: g for n, g in gradients.items() if n in trainable}, tape
+
+
+def _check_backward(layers: Sequence[Layer]) -> None:
+    """Refuse to train through a layer (or activation) that has no backward."""
     stuck = [
         f"{layer.name} ({layer.kind}, {layer.activation})"
-        for layer in layers[lowest:]
+        for layer in layers
         if KINDS[layer.kind].backward is None or ACTIVATIONS[layer.activation].backward is None
     ]
     if stuck:
         raise ValueError(f"training through {', '.join(stuck)} is not supported: no backward")
-    tape, recorded = Tape(), set(names[lowest:])
 
-    def record(layer: Layer, values: dict) -> None:
-        if layer.name in recorded:
+
+class _Forward:
+    """The training forward pass: runs of layers on the engine or the reference kernels.
+
+    Convolutions, pools, flatten, dense and dropout rows run fast (`vgg_np.train.fast`);
+    batch norms through `vgg_np.layers.forward` in training mode, but Keras's frozen ones
+    in inference mode. Layers from the lowest trained one keep what their backward
+    needs; every batch norm on the batch's statistics gets its new running statistics.
+    """
+
+    def __init__(self, weights: Mapping, tape: Tape, recorded: set, frozen: set, rules: dict):
+        self.weights, self.tape, self.recorded = weights, tape, recorded
+        self.frozen, self.rules = frozen, rules
+
+    def record(self, layer: Layer, values: dict) -> None:
+        if layer.kind == "batch_norm" and layer.name not in self.frozen:
+            statistics = self.weights[layer.name][2:]
+            self.tape.running[layer.name] = self.rules[layer.name].update(
+                statistics, values["input"]
+            )
+        if layer.name in self.recorded:
             keeps = KINDS[layer.kind].keeps + ACTIVATIONS[layer.activation].keeps
             kept = {name: values[name] for name in (*keeps, "kept_scaled") if name in values}
-            tape.kept[layer.name] = {**kept, "input_shape": values["input"].shape}
+            self.tape.kept[layer.name] = {**kept, "input_shape": values["input"].shape}
 
-    logits = forward(layers, model.weights, x, dropout=dropout, training=True, rng=rng, hook=record)
-    loss, grad = backward.softmax_cross_entropy(logits, labels)
-    tape.kept["loss"] = {"logits": logits}
+    def runs(self, layers: Sequence[Layer], dtype: np.dtype) -> list[tuple[str, list[Layer]]]:
+        """Group consecutive layers by how they run: "fast", "train" or "frozen"."""
+        groups: list[tuple[str, list[Layer]]] = []
+        for layer in layers:
+            how = "train"
+            if fast.runs_fast(layer) and dtype in fast.FAST_DTYPES:
+                how = "fast"
+            elif layer.name in self.frozen:
+                how = "frozen"
+            if groups and groups[-1][0] == how:
+                groups[-1][1].append(layer)
+            else:
+                groups.append((how, [layer]))
+        return groups
+
+    def __call__(self, layers, x: np.ndarray, dropout: float, rng) -> np.ndarray:
+        for how, run in self.runs(layers, x.dtype):
+            keep = any(layer.name in self.recorded for layer in run)
+            if how == "fast":
+                hook = self.record if keep else None
+                x = fast.forward_fast(run, self.weights, x, hook, dropout=dropout, rng=rng)
+            else:
+                x = forward(
+                    run, self.weights, x, dropout=dropout, training=how == "train", rng=rng,
+                    hook=self.record,
+                )  # fmt: skip
+        return x
+
+
+def _layer_backward(layer: Layer, params, kept: dict, grad, need_dx: bool, frozen: bool):
+    """One layer's (dx, *parameter gradients); dx None where nothing below needs it."""
+    if layer.kind == "conv":
+        return fast.conv_gradients(kept["input"], params[0], grad, input_gradient=need_dx)
+    if layer.kind == "dense":
+        return fast.dense_gradients(kept["input"], params[0], grad, input_gradient=need_dx)
+    if frozen:  # on its running statistics: a constant scale, nothing trained
+        return (fast.frozen_batch_norm_backward(params, grad, eps=layer.eps),)
+    kind_backward = KINDS[layer.kind].backward
+    assert kind_backward is not None  # every trained kind has one
+    return kind_backward(layer, params, kept, grad)
+
+
+def _backward(
+    layers: Sequence[Layer], weights: Mapping, tape: Tape, grad, lowest: int, frozen: set
+) -> dict[str, tuple]:
+    """Every layer's parameter gradients, from the loss's gradient down to `lowest`."""
     gradients = {}
-    for layer in reversed(layers[lowest:]):
+    for index in range(len(layers) - 1, lowest - 1, -1):
+        layer = layers[index]
         kept = tape.kept[layer.name]
         if "kept_scaled" in kept:  # dropout, with the forward's own mask
             grad = backward.dropout_backward(kept["output"], kept["kept_scaled"], grad)
         activation_backward = ACTIVATIONS[layer.activation].backward
-        kind_backward = KINDS[layer.kind].backward
-        assert activation_backward is not None and kind_backward is not None  # not `stuck`
+        assert activation_backward is not None  # a `stuck` activation never trains
         # No "output" is kept where the activation needs none (the identity's backward).
         grad = activation_backward(kept.get("output"), grad)  # type: ignore[arg-type]
-        params = model.weights.get(layer.name)
-        grad, *parameter_grads = kind_backward(layer, params, kept, grad)
+        params = weights.get(layer.name)
+        need_dx = index > lowest
+        grad, *parameter_grads = _layer_backward(
+            layer, params, kept, grad, need_dx, layer.name in frozen
+        )
         if parameter_grads:
             gradients[layer.name] = tuple(parameter_grads)
-    return loss, {n: g for n, g in gradients.items() if n in trainable}, tape
+    return gradients
 
 
 class SGD:
@@ -195,13 +315,31 @@ class SGD:
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
             velocity = self.velocity.setdefault(name, [np.zeros_like(w) for w in trained])
-            new = []
-            for w, g, v in zip(trained, grads, velocity, strict=True):
-                v *= self.momentum
-                v += g + self.weight_decay * w
-                new.append((w - self.lr * v).astype(w.dtype))
+            new = [self._update(*t) for t in zip(trained, grads, velocity, strict=True)]
             weights[name] = (*new, *kept)
         model.set_weights(weights)
+
+    def _update(self, w: np.ndarray, g: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Return the new `w` and update `v` in place, on the step's threads by slices.
+
+        One new array per tensor (the old one may be held elsewhere: a snapshot of the best
+        weights); every other pass is in place over the velocity, ours alone.
+        """
+        out = np.empty_like(w)
+        w_flat, g_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype))
+        v_flat, out_flat = v.reshape(-1), out.reshape(-1)  # views: v and out are contiguous
+
+        def part(i0: int, i1: int) -> None:
+            vs, os_ = v_flat[i0:i1], out_flat[i0:i1]
+            vs *= self.momentum
+            vs += g_flat[i0:i1]
+            if self.weight_decay:
+                vs += np.multiply(w_flat[i0:i1], self.weight_decay, out=os_)
+            np.multiply(vs, -self.lr, out=os_)
+            os_ += w_flat[i0:i1]
+
+        fast.map_slices(part, w.size)
+        return out
 
 
 def shapes_dataset(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
