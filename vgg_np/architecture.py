@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -201,7 +202,7 @@ def infer_architecture(
     return describe(**inferred, provenance=recorded)
 
 
-def describe_source(source: WeightSource, **overrides) -> Network:
+def describe_source(source: WeightSource, **overrides: Any) -> Network:
     """Describe the network an open weights file holds, as `VGG.from_file` builds it.
 
     `infer_architecture` on the file's tensors, what it says of itself and its

@@ -218,7 +218,7 @@ class Engine:
 
     def _trial(
         self, index: int, shape: tuple[int, int, int, int], pool: bool, dtype: npt.DTypeLike
-    ) -> Callable[[Choice, int], Callable[[], float]]:
+    ) -> Callable[[Choice, int], tuple[Callable[[], float], float]]:
         """Return ``prepare(choice, images)`` for the planner: layer `index` run alone.
 
         Each candidate runs on the same random images, laid out in its algorithm's padded
@@ -234,7 +234,7 @@ class Engine:
         meter: list[float] = []
         state.meter = meter
 
-        def prepare(choice: Choice, images: int) -> Callable[[], float]:
+        def prepare(choice: Choice, images: int) -> tuple[Callable[[], float], float]:
             if not made:
                 rng = np.random.default_rng(0)
                 made["x"] = rng.standard_normal((MEASURE_IMAGES, h, w, c), np.float32)

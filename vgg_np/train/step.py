@@ -232,7 +232,13 @@ class _Forward:
                 groups.append((how, [layer]))
         return groups
 
-    def __call__(self, layers, x: np.ndarray, dropout: float, rng) -> np.ndarray:
+    def __call__(
+        self,
+        layers: Sequence[Layer],
+        x: np.ndarray,
+        dropout: float,
+        rng: np.random.Generator | None,
+    ) -> np.ndarray:
         for how, run in self.runs(layers, x.dtype):
             keep = any(layer.name in self.recorded for layer in run)
             if how == "fast":
@@ -246,24 +252,38 @@ class _Forward:
         return x
 
 
-def _layer_backward(layer: Layer, params, kept: dict, grad, need_dx: bool, frozen: bool):
+def _layer_backward(
+    layer: Layer,
+    params: tuple | None,
+    kept: dict,
+    grad: np.ndarray,
+    need_dx: bool,
+    frozen: bool,
+) -> tuple:
     """One layer's (dx, *parameter gradients); dx None where nothing below needs it."""
+    if layer.kind not in ("conv", "dense") and not frozen:  # only batch norms are frozen
+        kind_backward = KINDS[layer.kind].backward
+        assert kind_backward is not None  # every trained kind has one
+        return kind_backward(layer, params, kept, grad)
+    assert params is not None, f"{layer.name} ({layer.kind}) has no tensors"
     if layer.kind == "conv":
         return fast.conv_gradients(kept["input"], params[0], grad, input_gradient=need_dx)
     if layer.kind == "dense":
         return fast.dense_gradients(kept["input"], params[0], grad, input_gradient=need_dx)
-    if frozen:  # on its running statistics: a constant scale, nothing trained
-        return (fast.frozen_batch_norm_backward(params, grad, eps=layer.eps),)
-    kind_backward = KINDS[layer.kind].backward
-    assert kind_backward is not None  # every trained kind has one
-    return kind_backward(layer, params, kept, grad)
+    # A frozen batch norm, on its running statistics: a constant scale, nothing trained.
+    return (fast.frozen_batch_norm_backward(params, grad, eps=layer.eps),)
 
 
 def _backward(
-    layers: Sequence[Layer], weights: Mapping, tape: Tape, grad, lowest: int, frozen: set
+    layers: Sequence[Layer],
+    weights: Mapping[str, tuple],
+    tape: Tape,
+    grad: np.ndarray,
+    lowest: int,
+    frozen: set[str],
 ) -> dict[str, tuple]:
     """Every layer's parameter gradients, from the loss's gradient down to `lowest`."""
-    gradients = {}
+    gradients: dict[str, tuple] = {}
     for index in range(len(layers) - 1, lowest - 1, -1):
         layer = layers[index]
         kept = tape.kept[layer.name]
