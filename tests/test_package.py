@@ -1,14 +1,18 @@
-"""The package's shape: the kernels import with NumPy alone, and every module imports only
-modules above it in README's module table (the map of the code)."""
+"""The package's shape: the kernels import with NumPy alone, every module imports only
+modules above it in README's module table (the map of the code), and the type checker's
+configuration catches a wrong argument type."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import pathlib
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -141,3 +145,45 @@ def test_type_checkers_see_every_lazy_export_where_it_is_defined():
 
     assert type_checking_names() == vgg_np._EXPORTS
     assert len(vgg_np._EXPORTS) > 20
+
+
+# A user's script: each line marked WRONG passes an argument of a wrong type to a public
+# function (a model's builder, a kernel, a lazy export of `vgg_np`, a method); the others
+# are right and must pass, so the check cannot succeed by reporting every line.
+PROBE = """
+import numpy as np
+
+import vgg_np
+from vgg_np import ops
+from vgg_np.model import VGG, VGG16
+
+x = np.zeros((1, 32, 32, 3), np.float32)
+model = VGG16(include_top=False, classes=10, seed=0)
+pooled = ops.max_pool2d(x, 2, padding="valid")
+ready = vgg_np.preprocess_input(x, mode="torch")
+VGG16(classes="ten")  # WRONG
+VGG(input_shape=(32, 32, 3), threads="2")  # WRONG
+ops.max_pool2d(x, pool_size="2")  # WRONG
+vgg_np.preprocess_input(x, mode=3)  # WRONG
+model.features(x, layer=5)  # WRONG
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mypy") is None, reason="mypy (in the `dev` extra) is not installed"
+)
+def test_the_type_checker_catches_a_wrong_argument_type(tmp_path):
+    # The project's own [tool.mypy] configuration, over vgg_np's source as a user's script
+    # imports it; a cache of its own so that no earlier run's state is trusted.
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")]
+    command += ["--cache-dir", str(tmp_path / "cache"), str(probe)]
+    env = {**os.environ, "MYPYPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    wrong = {n for n, line in enumerate(PROBE.splitlines(), 1) if line.endswith("# WRONG")}
+    errors = re.findall(r"^(?:.*[/\\])?probe\.py:(\d+): error: (.*)$", done.stdout, re.MULTILINE)
+    print(done.stdout)  # the checker's own words, for a failure
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert {int(line) for line, _ in errors} == wrong
+    assert all(message.endswith("[arg-type]") for _, message in errors)

@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -39,6 +39,8 @@ __all__ = [
     "layer_table",
 ]
 
+
+_P = ParamSpec("_P")
 
 #: What ``conv_algorithm`` accepts: the reference forward pass or an engine algorithm.
 CONV_ALGORITHMS = ("reference", *ALGORITHMS)
@@ -800,11 +802,15 @@ def _check_batch_norms(layers: Sequence[Layer], weights: Mapping[str, tuple], so
         )
 
 
-def _family_member(name: str) -> Callable[..., VGG]:
-    """Make ``VGG16(...)`` and its siblings: `VGG` with the configuration fixed."""
+def _family_member(cls: Callable[Concatenate[VGGConfig, _P], VGG], name: str) -> Callable[_P, VGG]:
+    """Make ``VGG16(...)`` and its siblings: `cls` (`VGG`) with the configuration fixed.
 
-    def build(weights: str | os.PathLike | None = None, **kwargs: Any) -> VGG:
-        return VGG(CONFIGS[name], weights=weights, **kwargs)
+    Typed by `cls`'s own parameters (a ParamSpec), so that a type checker checks the
+    arguments of ``VGG16(...)`` as it checks those of ``VGG(...)``.
+    """
+
+    def build(*args: _P.args, **kwargs: _P.kwargs) -> VGG:
+        return cls(CONFIGS[name], *args, **kwargs)
 
     parameters = list(inspect.signature(VGG).parameters.values())[1:]  # all but `config`
     # inspect reads __signature__ (help(), docs, IDEs); typeshed's functions do not declare it.
@@ -823,7 +829,7 @@ def _family_member(name: str) -> Callable[..., VGG]:
     return build
 
 
-VGG11 = _family_member("vgg11")
-VGG13 = _family_member("vgg13")
-VGG16 = _family_member("vgg16")
-VGG19 = _family_member("vgg19")
+VGG11 = _family_member(VGG, "vgg11")
+VGG13 = _family_member(VGG, "vgg13")
+VGG16 = _family_member(VGG, "vgg16")
+VGG19 = _family_member(VGG, "vgg19")
