@@ -1,14 +1,18 @@
-"""The package's shape: the kernels import with NumPy alone, and every module imports only
-modules above it in README's module table (the map of the code)."""
+"""The package's shape: the kernels import with NumPy alone, every module imports only
+modules above it in README's module table (the map of the code), and the type checker's
+configuration catches a wrong argument type."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import pathlib
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -115,3 +119,71 @@ def test_the_checker_sees_an_import_against_the_order(tmp_path):
     module = tmp_path / "ops.py"
     module.write_text("def f():\n    from vgg_np.model import VGG\n    from vgg_np import train\n")
     assert imported_units(module) == {"model", "train"}
+
+
+def type_checking_names() -> dict[str, str]:
+    """Name -> module of the imports under `if TYPE_CHECKING:` in vgg_np/__init__.py."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+        if node.test.id == "TYPE_CHECKING"
+    )
+    return {
+        alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
+
+
+def test_type_checkers_see_every_lazy_export_where_it_is_defined():
+    # Type checkers read the TYPE_CHECKING imports, Python runs __getattr__ over _EXPORTS:
+    # the two must name the same things in the same modules.
+    import vgg_np
+
+    assert type_checking_names() == vgg_np._EXPORTS
+    assert len(vgg_np._EXPORTS) > 20
+
+
+# A user's script: each line marked WRONG passes an argument of a wrong type to a public
+# function (a model's builder, a kernel, a lazy export of `vgg_np`, a method); the others
+# are right and must pass, so the check cannot succeed by reporting every line.
+PROBE = """
+import numpy as np
+
+import vgg_np
+from vgg_np import ops
+from vgg_np.model import VGG, VGG16
+
+x = np.zeros((1, 32, 32, 3), np.float32)
+model = VGG16(include_top=False, classes=10, seed=0)
+pooled = ops.max_pool2d(x, 2, padding="valid")
+ready = vgg_np.preprocess_input(x, mode="torch")
+VGG16(classes="ten")  # WRONG
+VGG(input_shape=(32, 32, 3), threads="2")  # WRONG
+ops.max_pool2d(x, pool_size="2")  # WRONG
+vgg_np.preprocess_input(x, mode=3)  # WRONG
+model.features(x, layer=5)  # WRONG
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mypy") is None, reason="mypy (in the `dev` extra) is not installed"
+)
+def test_the_type_checker_catches_a_wrong_argument_type(tmp_path):
+    # The project's own [tool.mypy] configuration, over vgg_np's source as a user's script
+    # imports it; a cache of its own so that no earlier run's state is trusted.
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")]
+    command += ["--cache-dir", str(tmp_path / "cache"), str(probe)]
+    env = {**os.environ, "MYPYPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    wrong = {n for n, line in enumerate(PROBE.splitlines(), 1) if line.endswith("# WRONG")}
+    errors = re.findall(r"^(?:.*[/\\])?probe\.py:(\d+): error: (.*)$", done.stdout, re.MULTILINE)
+    print(done.stdout)  # the checker's own words, for a failure
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert {int(line) for line, _ in errors} == wrong
+    assert all(message.endswith("[arg-type]") for _, message in errors)

@@ -28,6 +28,7 @@ vgg_np._files.NotARegularFile: '.../fifo' is a FIFO, not a regular labels file
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 import stat
@@ -122,7 +123,7 @@ def check_regular(path: str | os.PathLike, what: str = "file") -> os.stat_result
     return status
 
 
-def open_regular(path: str | os.PathLike, what: str = "file") -> BinaryIO:
+def open_regular(path: str | os.PathLike, what: str = "file") -> io.BufferedReader:
     """Open a regular file for binary reading, never blocking on a FIFO put in its place.
 
     The file is opened with ``O_NONBLOCK`` (opening a FIFO then returns at once) and its
@@ -136,7 +137,7 @@ def open_regular(path: str | os.PathLike, what: str = "file") -> BinaryIO:
 
     Returns
     -------
-    BinaryIO
+    io.BufferedReader
         The open file; the caller closes it (``with open_regular(p) as f:``).
 
     Raises

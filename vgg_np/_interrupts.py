@@ -51,7 +51,7 @@ def redelivered() -> Iterator[None]:
     """
     previous = sys.unraisablehook
 
-    def hook(unraisable) -> None:
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
         if not issubclass(unraisable.exc_type, KeyboardInterrupt):
             previous(unraisable)
             return
@@ -85,13 +85,14 @@ def caused_by_interrupt(error: BaseException) -> bool:
     >>> caused_by_interrupt(wrapped), caused_by_interrupt(ValueError("weights.h5 is damaged"))
     (True, False)
     """
-    todo, seen = [error], set()
+    todo: list[BaseException | None] = [error]
+    seen: set[int] = set()
     while todo:
-        error = todo.pop()
-        if error is None or id(error) in seen:
+        link = todo.pop()
+        if link is None or id(link) in seen:
             continue
-        if isinstance(error, KeyboardInterrupt):
+        if isinstance(link, KeyboardInterrupt):
             return True
-        seen.add(id(error))
-        todo += [error.__cause__, error.__context__]
+        seen.add(id(link))
+        todo += [link.__cause__, link.__context__]
     return False

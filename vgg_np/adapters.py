@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -31,6 +32,12 @@ from vgg_np.formats.layouts import chw_rows_to_hwc, dense_names, linear_to_dense
 from vgg_np.model import VGG
 from vgg_np.weight_diff import diff_weights
 
+if TYPE_CHECKING:
+    # The optional frameworks are not type-checked here (pyproject.toml): their objects
+    # are Any to the checker; the names say what is meant.
+    import keras
+    import torch
+
 __all__ = ["Tap", "compare_keras", "compare_onnx", "compare_torch", "name_map", "torch_layer_names"]
 
 # ---------------------------------------------------------------------------------------
@@ -39,16 +46,16 @@ __all__ = ["Tap", "compare_keras", "compare_onnx", "compare_torch", "name_map", 
 
 
 def _reference(
-    weights,
-    yours: dict,
+    weights: str | os.PathLike | None,
+    yours: Mapping[str, tuple[np.ndarray, ...]],
     family: str,
     *,
     oracle: bool,
-    activation,
-    own=None,
-    input_shape=None,
-    plan=None,
-):
+    activation: str | None,
+    own: VGG | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    plan: str | os.PathLike | None = None,
+) -> tuple[VGG, list[str]]:
     """Return (reference model, notes): from `weights`, or, loudly, from the artifact.
 
     `own` is the artifact read as a vgg_np model already (an ONNX file), if it was;
@@ -64,7 +71,7 @@ def _reference(
     if weights is None and own is not None:
         model, notes = own, [loud]
     elif weights is None:
-        changes = {"classifier_activation": activation, "dtype": dtype}
+        changes: dict[str, object] = {"classifier_activation": activation, "dtype": dtype}
         changes |= {"input_shape": input_shape} if input_shape is not None else {}
         network = infer_architecture(yours, {}, family).replace(**changes)
         model = VGG(**network.arguments(), seed=0, plan=plan)
@@ -86,20 +93,21 @@ def _reference(
 
 def _layouts(x: ArrayLike, channels: int, layout: str | None) -> tuple[np.ndarray, str]:
     """Return (x as NHWC, the layout assumed for it): NCHW and NHWC batches are both read."""
-    x = np.asarray(x)
+    batch = np.asarray(x)
     if layout not in (None, "NHWC", "NCHW"):
         raise ValueError(f"`layout` must be None, 'NHWC' or 'NCHW', got {layout!r}")
-    if x.ndim != 4:
-        raise ValueError(f"`x` must be a 4-D batch (N, H, W, C) or (N, C, H, W), got {x.shape}")
+    if batch.ndim != 4:
+        raise ValueError(f"`x` must be a 4-D batch (N, H, W, C) or (N, C, H, W), got {batch.shape}")
     if layout is None:
-        fits = [name for name, axis in (("NHWC", 3), ("NCHW", 1)) if x.shape[axis] == channels]
+        fits = [n for n, axis in (("NHWC", 3), ("NCHW", 1)) if batch.shape[axis] == channels]
         if len(fits) != 1:
             raise ValueError(
-                f"`x` of shape {x.shape} is {' and '.join(fits) or 'neither NHWC nor NCHW'} "
+                f"`x` of shape {batch.shape} is {' and '.join(fits) or 'neither NHWC nor NCHW'} "
                 f"with {channels} channels: pass layout='NHWC' or layout='NCHW'"
             )
         layout = fits[0]
-    nhwc = x if layout == "NHWC" else x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+    # (N, C, H, W) -> (N, H, W, C) where needed
+    nhwc = batch if layout == "NHWC" else batch.transpose(0, 2, 3, 1)
     return np.ascontiguousarray(nhwc), layout
 
 
@@ -209,7 +217,15 @@ def _named(taps: dict[str, Tap], names: Mapping[str, str] | None) -> dict[str, T
     return taps
 
 
-def _compare(model, x_nhwc, outputs, taps, layers, tolerance, notes) -> Comparison:
+def _compare(
+    model: VGG,
+    x_nhwc: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
+    taps: dict[str, Tap],
+    layers: Iterable[str] | None,
+    tolerance: float,
+    notes: list[str],
+) -> Comparison:
     """Run compare_activations on the captured outputs; the notes are said first.
 
     The arrays are handed over under vgg_np's names, so that no other implementation's
@@ -257,7 +273,7 @@ def _unhooked_relus(model: VGG, taps: dict[str, Tap]) -> list[str]:
     ]
 
 
-def _fc1_rows(tensors: dict) -> None:
+def _fc1_rows(tensors: dict[str, tuple[np.ndarray, ...]]) -> None:
     """Reorder the first dense kernel's rows from an NCHW flatten's C, H, W to H, W, C."""
     convs = [name for name in tensors if re.fullmatch(r"block\d+_conv\d+", name)]
     first = next((name for name in ("fc1", "predictions") if name in tensors), None)
@@ -275,7 +291,7 @@ def _fc1_rows(tensors: dict) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def torch_layer_names(module) -> dict[str, Tap]:
+def torch_layer_names(module: torch.nn.Module) -> dict[str, Tap]:
     """Infer which module of a torch VGG outputs each vgg_np layer (see `name_map`).
 
     Works on torchvision's tree (``features.N``, ``avgpool``, ``classifier.N``), on a
@@ -305,20 +321,23 @@ def torch_layer_names(module) -> dict[str, Tap]:
     )
 
 
-def _torch_weights(module, taps: dict[str, Tap]) -> dict:
+def _torch_weights(
+    module: torch.nn.Module, taps: dict[str, Tap]
+) -> dict[str, tuple[np.ndarray, ...]]:
     """Read the module's weights in vgg_np's layout, by the layers that own them."""
     named = dict(module.named_modules())
-    tensors = {}
+    tensors: dict[str, tuple[np.ndarray, ...]] = {}
     for layer, tap in taps.items():
         owner = named.get(tap.owner)
         if owner is None or getattr(owner, "weight", None) is None:
             continue
 
-        def array(name: str, owner=owner) -> np.ndarray:
+        def array(name: str, owner: torch.nn.Module = owner) -> np.ndarray:
             value = getattr(owner, name, None)
             if value is None:  # bias=False: zeros, which the diff names "zeroed"
                 return np.zeros(owner.weight.shape[0], np.float32)
-            return value.detach().cpu().numpy().copy()
+            copied: np.ndarray = value.detach().cpu().numpy().copy()
+            return copied
 
         weight = array("weight")
         if weight.ndim == 4:
@@ -331,7 +350,7 @@ def _torch_weights(module, taps: dict[str, Tap]) -> dict:
     return tensors
 
 
-def _training_notes(module, run) -> list[str]:
+def _training_notes(module: torch.nn.Module, run: Callable[[], torch.Tensor]) -> list[str]:
     """Say when dropout or batch norm runs in training mode (and whether that shows)."""
     import torch
 
@@ -355,7 +374,9 @@ def _training_notes(module, run) -> list[str]:
     ]
 
 
-def _run_torch(module, x_nchw: np.ndarray, taps: dict[str, Tap]) -> tuple[dict, list[str]]:
+def _run_torch(
+    module: torch.nn.Module, x_nchw: np.ndarray, taps: dict[str, Tap]
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """Run `module` with forward hooks on `taps`; leave its buffers and torch's RNG as they were."""
     import torch
 
@@ -365,8 +386,8 @@ def _run_torch(module, x_nchw: np.ndarray, taps: dict[str, Tap]) -> tuple[dict, 
         raise ValueError(f"`names` names modules the module does not have: {unknown}")
     outputs: dict[str, np.ndarray] = {}
 
-    def keep(tap: Tap):
-        def hook(_module, inputs, output):
+    def keep(tap: Tap) -> Callable[[torch.nn.Module, tuple, torch.Tensor], None]:
+        def hook(_module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             value = inputs[0] if tap.from_input else output
             outputs[tap.key] = value.detach().cpu().numpy().copy()  # before an in-place ReLU
 
@@ -392,7 +413,7 @@ def _run_torch(module, x_nchw: np.ndarray, taps: dict[str, Tap]) -> tuple[dict, 
 
 
 def compare_torch(
-    module,
+    module: torch.nn.Module,
     x: ArrayLike,
     *,
     weights: str | os.PathLike | None = None,
@@ -465,7 +486,7 @@ def compare_torch(
 # ---------------------------------------------------------------------------------------
 
 
-def _keras_model(model_or_path):
+def _keras_model(model_or_path: keras.Model | str | os.PathLike) -> keras.Model:
     """Return the Keras model, loaded when given a path (``.keras``, a whole-model ``.h5``)."""
     import keras
 
@@ -481,7 +502,7 @@ def _keras_model(model_or_path):
 
 
 def compare_keras(
-    model_or_path,
+    model_or_path: keras.Model | str | os.PathLike,
     x: ArrayLike,
     *,
     weights: str | os.PathLike | None = None,

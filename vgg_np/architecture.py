@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from vgg_np.config import CONFIGS, VGGConfig
 from vgg_np.formats.contract import Family, Provenance, WeightSource
 from vgg_np.formats.torchvision import TORCH_BN_EPS
+from vgg_np.layers import Layer
 from vgg_np.network import Network, channels_last, describe
 
 __all__ = ["TORCH_FAMILIES", "describe_source", "infer_architecture"]
@@ -62,7 +64,9 @@ def _family(provenance: Provenance | Family | str | None) -> Family:
     return Family(provenance or Family.UNKNOWN)
 
 
-def _batch_norm_eps(info: Mapping, provenance, layout: str, where: str) -> float:
+def _batch_norm_eps(
+    info: Mapping, provenance: Provenance | Family | str | None, layout: str, where: str
+) -> float:
     """Return the epsilon of the convolutions' batch norms: the file's, or its family's."""
     if "batch_norm_eps" in info:
         return float(info["batch_norm_eps"])
@@ -87,7 +91,7 @@ def _from_info(info: Mapping) -> dict:
     return inferred
 
 
-def _classifier(tensors: Mapping, head, where: str) -> dict:
+def _classifier(tensors: Mapping, head: tuple[Layer, ...] | None, where: str) -> dict:
     """Return the top's arguments: a head of its own, or the standard top's classes."""
     inferred: dict = {"include_top": "predictions" in tensors}
     if head:
@@ -97,7 +101,15 @@ def _classifier(tensors: Mapping, head, where: str) -> dict:
     return inferred
 
 
-def _input_size(tensors, widths, provenance, layout, where, known: bool, recorded) -> dict:
+def _input_size(
+    tensors: Mapping,
+    widths: tuple[tuple[int, ...], ...],
+    provenance: Provenance | Family | str | None,
+    layout: str,
+    where: str,
+    known: bool,
+    recorded: tuple[int, int] | None,
+) -> dict:
     """fc1 takes the last feature map flattened: a square of this side fixes the input.
 
     A file that gives its own input size (`known`: a whole model's config, an ONNX
@@ -190,7 +202,7 @@ def infer_architecture(
     return describe(**inferred, provenance=recorded)
 
 
-def describe_source(source: WeightSource, **overrides) -> Network:
+def describe_source(source: WeightSource, **overrides: Any) -> Network:
     """Describe the network an open weights file holds, as `VGG.from_file` builds it.
 
     `infer_architecture` on the file's tensors, what it says of itself and its

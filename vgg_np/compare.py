@@ -20,13 +20,14 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from vgg_np.comparison import Comparison, LayerComparison, Verdict
 from vgg_np.diagnose import Cause, diagnose, diagnose_input
-from vgg_np.formats import choose_preprocessing, torchvision
+from vgg_np.formats import Preprocessing, choose_preprocessing, torchvision
 from vgg_np.layers import forward
 from vgg_np.model import VGG
 from vgg_np.ops import softmax
@@ -107,7 +108,9 @@ def _is_distribution(y: np.ndarray) -> bool:
 _VANISHED = 1e-30
 
 
-def _as_declared(model: VGG, theirs: np.ndarray, mine: np.ndarray):
+def _as_declared(
+    model: VGG, theirs: np.ndarray, mine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Bring the output layer's two sides to the same quantity: (theirs, mine, note).
 
     A dump of probabilities where vgg_np gives logits (or the reverse) is compared after
@@ -146,7 +149,9 @@ def _optional_layers(model: VGG, ours: Mapping[str, np.ndarray]) -> set[str]:
     optional, before = set(), None
     for layer in model.layers:
         identity_pool = (
-            layer.kind == "adaptive_avg" and ours[layer.name].shape == ours[before].shape
+            layer.kind == "adaptive_avg"
+            and before is not None
+            and ours[layer.name].shape == ours[before].shape
         )
         if layer.kind in ("flatten", "dropout") or identity_pool:
             optional.add(layer.name)
@@ -154,7 +159,9 @@ def _optional_layers(model: VGG, ours: Mapping[str, np.ndarray]) -> set[str]:
     return optional
 
 
-def _requested_layers(model: VGG, layers, optional: set[str]) -> tuple[list[str], set[str]]:
+def _requested_layers(
+    model: VGG, layers: Iterable[str] | None, optional: set[str]
+) -> tuple[list[str], set[str]]:
     """Return the layers to compare and those of them that may be absent.
 
     By default all of the model's, the `optional` ones only when present. Layers named
@@ -163,14 +170,14 @@ def _requested_layers(model: VGG, layers, optional: set[str]) -> tuple[list[str]
     names = [layer.name for layer in model.layers]
     if layers is None:
         return names, optional
-    layers = list(layers)
-    unknown = [name for name in layers if name not in names]
-    if unknown or not layers:
+    asked = list(layers)
+    unknown = [name for name in asked if name not in names]
+    if unknown or not asked:
         raise ValueError(
             f"`layers` must name layers of {model.config.name} ({', '.join(names)}), "
-            f"got {unknown or layers}"
+            f"got {unknown or asked}"
         )
-    return [name for name in names if name in layers], set()
+    return [name for name in names if name in asked], set()
 
 
 def _refuse_a_subset(model: VGG, reference: Mapping, candidates: dict) -> None:
@@ -207,22 +214,27 @@ def _to_nhwc(theirs: np.ndarray, mine: np.ndarray, layout: str) -> np.ndarray:
     return theirs
 
 
-def _real(values, source: str) -> np.ndarray:
+def _real(values: ArrayLike, source: str) -> np.ndarray:
     """`values` as an array of real floating-point numbers, else a ValueError naming `source`.
 
     A complex dump would be compared by its magnitude and pass with any imaginary part;
     integers and booleans are not activations (weights files are held to the same rule).
     """
-    values = np.asarray(values)
-    if values.dtype.kind != "f":
+    array = np.asarray(values)
+    if array.dtype.kind != "f":
         raise ValueError(
-            f"`reference` {source!r} holds {values.dtype} values: activations must be real "
+            f"`reference` {source!r} holds {array.dtype} values: activations must be real "
             "floating-point numbers (float16, float32 or float64)"
         )
-    return values
+    return array
 
 
-def _read(ours: dict, reference: Mapping, candidates: dict, model: VGG):
+def _read(
+    ours: dict[str, np.ndarray],
+    reference: Mapping[str, ArrayLike],
+    candidates: dict[str, list[str]],
+    model: VGG,
+) -> tuple[dict[str, tuple[str, str, np.ndarray]], str]:
     """Each layer the other side holds: name -> (source name, layout, NHWC array).
 
     The layout is "" when the shape fits neither NHWC nor NCHW; a shape such as
@@ -249,7 +261,13 @@ def _read(ours: dict, reference: Mapping, candidates: dict, model: VGG):
     return read, usual
 
 
-def _alone(model: VGG, start: np.ndarray, read: dict, ours: dict, tolerance: float):
+def _alone(
+    model: VGG,
+    start: np.ndarray,
+    read: dict[str, tuple[str, str, np.ndarray]],
+    ours: dict[str, np.ndarray],
+    tolerance: float,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Run each layer on the other side's own input to it.
 
     Returns the relative error of each layer so run, and the input of each layer that
@@ -287,7 +305,15 @@ def _shape_problem(theirs: np.ndarray, mine: np.ndarray) -> str:
     )
 
 
-def _row(model, name, read, mine, alone, tolerance, notes):
+def _row(
+    model: VGG,
+    name: str,
+    read: dict[str, tuple[str, str, np.ndarray]],
+    mine: np.ndarray,
+    alone: dict[str, float],
+    tolerance: float,
+    notes: list[str],
+) -> LayerComparison:
     """Compare one layer chained; `alone` is its error fed the other side's own input."""
     source, layout, theirs = read[name]
     problem = ""
@@ -303,37 +329,50 @@ def _row(model, name, read, mine, alone, tolerance, notes):
                            tolerance, alone.get(name), problem)  # fmt: skip
 
 
-def _pictures(model: VGG, images: Sequence, preprocess: str | None, resize: str | None, x=None):
+def _pictures(
+    model: VGG,
+    images: Sequence[str | os.PathLike],
+    preprocess: str | None,
+    resize: str | None,
+    x: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, Preprocessing]:
     """vgg_np's own decoding of the raw pictures: (RGB pixels, preprocessed input, mode).
 
     The pictures are brought to the model's input size; a model that takes any size
     (torchvision's, with its adaptive pool) takes the size of the other side's input `x`.
     """
-    images = [os.fspath(p) for p in images]
-    if not images:
+    paths = [os.fspath(p) for p in images]
+    if not paths:
         raise ValueError("`images` is empty: give the pictures the input was made from")
     prep = choose_preprocessing(model.weights_provenance, preprocess=preprocess, resize=resize)
     size = input_size(model)
     if None in model.input_shape[:2] and x is not None and np.ndim(x) == 4:
         h, w = np.shape(x)[1:3]
         size = h if h == w else (h, w)
-    pixels = np.stack([load_image(p, size=size, resize=prep.resize) for p in images])
+    pixels = np.stack([load_image(p, size=size, resize=prep.resize) for p in paths])
     return pixels, preprocess_input(pixels, prep.mode), prep  # (N, H, W, 3)
 
 
-def _user_input(model: VGG, x) -> tuple[np.ndarray | None, str]:
+def _user_input(model: VGG, x: ArrayLike | None) -> tuple[np.ndarray | None, str]:
     """Return the other side's input in NHWC, and the layout it was given in."""
     if x is None:
         return None, ""
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[1] == model.input_shape[2] and x.shape[3] != model.input_shape[2]:
-        return x.transpose(0, 2, 3, 1), "NCHW"  # (N, C, H, W) -> (N, H, W, C)
-    if x.ndim >= 1 and x.shape[0] == 0:
-        raise ValueError(f"`x` holds no image: shape {x.shape}, an empty batch")
-    return x, "NHWC"
+    given = np.asarray(x)
+    channels = model.input_shape[2]
+    if given.ndim == 4 and given.shape[1] == channels and given.shape[3] != channels:
+        return given.transpose(0, 2, 3, 1), "NCHW"  # (N, C, H, W) -> (N, H, W, C)
+    if given.ndim >= 1 and given.shape[0] == 0:
+        raise ValueError(f"`x` holds no image: shape {given.shape}, an empty batch")
+    return given, "NHWC"
 
 
-def _diagnoses(model: VGG, failing: dict, read: dict, ours: dict, tolerance: float) -> list[Cause]:
+def _diagnoses(
+    model: VGG,
+    failing: dict[str, np.ndarray],
+    read: dict[str, tuple[str, str, np.ndarray]],
+    ours: dict[str, np.ndarray],
+    tolerance: float,
+) -> list[Cause]:
     """Name the usual bug behind each layer that is wrong fed the other side's own input."""
     weights, names = model.weights, [layer.name for layer in model.layers]
     flat_hwc, fc1 = None, None
@@ -428,23 +467,24 @@ def compare_activations(
     """
     if model.data_format != "channels_last":
         raise ValueError("compare with a channels_last model: layouts are matched per layer")
-    x, x_layout = _user_input(model, x)
-    if x is None and images is None:
-        raise ValueError("`x` is None: give the other side's input, or the `images`")
+    given, x_layout = _user_input(model, x)
     rows, notes, causes = [], [], []
-    if images is not None:
-        pixels, run_x, prep = _pictures(model, images, preprocess, resize, x)
+    if images is None:
+        if given is None:
+            raise ValueError("`x` is None: give the other side's input, or the `images`")
+        run_x = given
+    else:
+        pixels, run_x, prep = _pictures(model, images, preprocess, resize, given)
         notes.append(f"input: {len(pixels)} pictures preprocessed by vgg_np: {prep.mode} "
                      f"mode, {prep.resize} resize ({prep.reason})")  # fmt: skip
-        if x is not None:
-            problem = _shape_problem(x, run_x) if x.shape != run_x.shape else ""
-            rows.append(LayerComparison("input", "input", run_x.shape[1:], x_layout,
-                                        *_errors(x, run_x), tolerance, None, problem))  # fmt: skip
-            cause = None if rows[0].passed else diagnose_input(pixels, x, prep.mode,
-                                                                tolerance=tolerance)  # fmt: skip
-            causes += [cause] if cause else []
-    else:
-        run_x = x
+        if given is not None:
+            problem = _shape_problem(given, run_x) if given.shape != run_x.shape else ""
+            errors = _errors(given, run_x)
+            rows.append(LayerComparison("input", "input", run_x.shape[1:], x_layout, *errors,
+                                        tolerance, None, problem))  # fmt: skip
+            if not rows[0].passed:
+                cause = diagnose_input(pixels, given, prep.mode, tolerance=tolerance)
+                causes += [cause] if cause else []
     ours = model.activations(run_x)
     wanted, optional = _requested_layers(model, layers, _optional_layers(model, ours))
     candidates = source_names(model, aliases)
@@ -456,7 +496,7 @@ def compare_activations(
             f"{model.config.name}; use Keras layer names (block1_conv1, ...) or torchvision "
             "module names (features.1, ...)"
         )
-    alone, failing = _alone(model, x if x is not None else run_x, read, ours, tolerance)
+    alone, failing = _alone(model, given if given is not None else run_x, read, ours, tolerance)
     rows += [
         _row(model, name, read, ours[name], alone, tolerance, notes)
         for name in wanted
@@ -477,7 +517,7 @@ def compare_activations(
 _MOVED = {"compare_onnx", "compare_torch", "compare_keras"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:  # a function of vgg_np.adapters (Any: not imported here)
     if name not in _MOVED:
         raise AttributeError(f"module 'vgg_np.compare' has no attribute {name!r}")
     return getattr(importlib.import_module("vgg_np.adapters"), name)

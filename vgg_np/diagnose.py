@@ -150,12 +150,25 @@ class Cause:
 # -- recomputations of one layer ------------------------------------------------------------
 
 
+def _params(s: Situation) -> tuple:
+    """Return the layer's tensors: the bugs that read them apply to kinds that have them."""
+    assert s.params is not None, f"{s.layer.name} ({s.layer.kind}) has no tensors"
+    return s.params
+
+
 def _activate(s: Situation, z: np.ndarray) -> np.ndarray:
     return ACTIVATIONS[s.layer.activation].forward(z)
 
 
-def _conv(s: Situation, kernel=None, bias=None, *, padding: str = "same", x=None) -> np.ndarray:
-    k, b = s.params
+def _conv(
+    s: Situation,
+    kernel: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    *,
+    padding: str = "same",
+    x: np.ndarray | None = None,
+) -> np.ndarray:
+    k, b = _params(s)
     z = ops.conv2d(
         s.x if x is None else x,
         k if kernel is None else kernel,
@@ -165,8 +178,10 @@ def _conv(s: Situation, kernel=None, bias=None, *, padding: str = "same", x=None
     return _activate(s, z)
 
 
-def _dense(s: Situation, kernel=None, bias=None) -> np.ndarray:
-    k, b = s.params
+def _dense(
+    s: Situation, kernel: np.ndarray | None = None, bias: np.ndarray | None = None
+) -> np.ndarray:
+    k, b = _params(s)
     z = ops.dense(s.x, k if kernel is None else kernel, b if bias is None else bias)  # (N, O)
     return _activate(s, z)
 
@@ -179,12 +194,12 @@ def _without_relu(s: Situation) -> np.ndarray | None:
 
 def _bias_twice(s: Situation) -> np.ndarray:
     run = _conv if s.layer.kind == "conv" else _dense
-    return run(s, bias=2 * s.params[1])
+    return run(s, bias=2 * _params(s)[1])
 
 
 def _no_bias(s: Situation) -> np.ndarray:
     run = _conv if s.layer.kind == "conv" else _dense
-    return run(s, bias=np.zeros_like(s.params[1]))
+    return run(s, bias=np.zeros_like(_params(s)[1]))
 
 
 def _float16(s: Situation) -> np.ndarray | None:
@@ -196,7 +211,7 @@ def _float16(s: Situation) -> np.ndarray | None:
     with np.errstate(over="ignore"):  # beyond float16's range: not float16 numbers
         if not np.array_equal(s.theirs, s.theirs.astype(np.float16)):
             return None  # float16 arithmetic gives float16 numbers
-        params = tuple(p.astype(np.float16).astype(np.float64) for p in s.params)
+        params = tuple(p.astype(np.float16).astype(np.float64) for p in _params(s))
         y = KINDS[s.layer.kind].forward(s.layer, params, s.x.astype(np.float16).astype(np.float64))
         return _activate(s, y).astype(np.float16).astype(s.x.dtype)
 
@@ -204,14 +219,17 @@ def _float16(s: Situation) -> np.ndarray | None:
 def _average_pool(s: Situation) -> np.ndarray:
     n, h, w, c = s.x.shape
     x = s.x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))  # (N, H/2, W/2, C)
+    pooled: np.ndarray = x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    return pooled  # (N, H/2, W/2, C)
 
 
-def _fc1_rows(reorder) -> Callable[[Situation], np.ndarray | None]:
+def _fc1_rows(
+    reorder: Callable[[np.ndarray, tuple[int, int, int]], np.ndarray],
+) -> Callable[[Situation], np.ndarray | None]:
     def recompute(s: Situation) -> np.ndarray | None:
         if s.flat_hwc is None:
             return None
-        return _dense(s, kernel=reorder(s.params[0], s.flat_hwc))
+        return _dense(s, kernel=reorder(_params(s)[0], s.flat_hwc))
 
     return recompute
 
@@ -239,7 +257,7 @@ def _dropout_on(s: Situation) -> np.ndarray | None:
 def _softmax_batch_axis(s: Situation) -> np.ndarray | None:
     if not s.last or s.layer.kind != "dense":
         return None
-    return ops.softmax(ops.dense(s.x, *s.params), axis=0)  # each column sums to 1
+    return ops.softmax(ops.dense(s.x, *_params(s)), axis=0)  # each column sums to 1
 
 
 #: The usual bugs inside the network, tried in this order at a failing layer.
@@ -248,17 +266,17 @@ USUAL_BUGS: tuple[UsualBug, ...] = (
         "flipped_kernel", ("conv",), "a flipped kernel",
         "your implementation computes a true convolution (the kernel turned by 180 degrees), "
         "where VGG's layers compute a cross-correlation",
-        lambda s: _conv(s, kernel=s.params[0][::-1, ::-1]),
+        lambda s: _conv(s, kernel=_params(s)[0][::-1, ::-1]),
     ),
     UsualBug(
         "transposed_kernel", ("conv",), "a transposed kernel",
         "your kernel's height and width axes are swapped (KH, KW read as KW, KH)",
-        lambda s: _conv(s, kernel=s.params[0].transpose(1, 0, 2, 3)),
+        lambda s: _conv(s, kernel=_params(s)[0].transpose(1, 0, 2, 3)),
     ),
     UsualBug(
         "swapped_channels", ("conv",), "swapped input channels",
         "your layer reads its input channels in reverse order (RGB for BGR at the first layer)",
-        lambda s: _conv(s, kernel=s.params[0][:, :, ::-1]),
+        lambda s: _conv(s, kernel=_params(s)[0][:, :, ::-1]),
     ),
     UsualBug(
         "valid_padding", ("conv",), "'valid' padding",
@@ -328,7 +346,8 @@ def _mean_of(mode: str) -> np.ndarray:
     if mode == "caffe":
         return np.array(CAFFE_BGR_MEAN)
     if mode == "torch":
-        return np.array(TORCH_RGB_MEAN) / np.array(TORCH_RGB_STD)
+        mean: np.ndarray = np.array(TORCH_RGB_MEAN) / np.array(TORCH_RGB_STD)  # in stds
+        return mean
     return np.ones(3)
 
 

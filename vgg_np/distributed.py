@@ -39,6 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from vgg_np.extract import (
     DEFAULT_PARTITION_SIZE,
@@ -53,6 +54,11 @@ from vgg_np.extract import (
 )
 from vgg_np.model import VGG
 from vgg_np.progress import Progress, show_progress
+
+if TYPE_CHECKING:
+    # The optional dask packages are not type-checked here (pyproject.toml): a Client is
+    # Any to the checker; the name says what is meant.
+    from distributed import Client
 
 __all__ = [
     "ClusterError",
@@ -125,7 +131,7 @@ def load_model(weights: str | os.PathLike, options: dict | None = None) -> VGG:
     (True, False)
     """
     key = _model_key(weights, options)
-    models = _thread_state.__dict__.setdefault("models", {})
+    models: dict[tuple, tuple[object, VGG]] = _thread_state.__dict__.setdefault("models", {})
     identity = _identity(key[0])
     if key not in models or models[key][0] != identity:
         models[key] = (identity, VGG.from_file(key[0], **dict(key[1])))
@@ -200,20 +206,20 @@ def _run_task(
     }
 
 
-def _client(address: str, timeout: float):
+def _client(address: str, timeout: float) -> Client:
     """Return a ``distributed.Client`` of the scheduler at `address`; OSError after `timeout` s.
 
     ``Client(timeout=...)`` bounds the TCP connection but not the handshake that follows:
     an address that accepts and never answers would hold it forever, so it is made in a
     thread the caller waits for at most `timeout` seconds.
     """
-    from distributed import Client
+    import distributed
 
     made: dict = {}
 
     def make() -> None:
         try:
-            made["client"] = Client(address, timeout=timeout)
+            made["client"] = distributed.Client(address, timeout=timeout)
         except BaseException as error:  # handed to the caller
             made["error"] = error
 
@@ -234,7 +240,7 @@ def _client(address: str, timeout: float):
 @contextlib.contextmanager
 def connect(
     scheduler: str | None = None, workers: int | None = None, *, timeout: float = DEFAULT_TIMEOUT
-) -> Iterator:
+) -> Iterator[Client]:
     """Yield a ``distributed.Client``: of a running scheduler, or of a new local cluster.
 
     Parameters
@@ -323,7 +329,7 @@ def engine_options(workers: int | None = None, threads: int | None = None) -> di
     return {"threads": max(1, len(os.sched_getaffinity(0)) // workers)}
 
 
-def describe(client) -> str:
+def describe(client: Client) -> str:
     """One line about the cluster behind `client`: address, workers, threads, dashboard.
 
     Examples
@@ -347,9 +353,9 @@ def describe(client) -> str:
 class _TaskProgress(Progress):
     """The extraction's bar followed by the tasks done: ``... ETA 00:00:47, 3/12 tasks``."""
 
-    def __init__(self, total: int, tasks: int, **kwargs):
+    def __init__(self, total: int, tasks: int, *, enabled: bool = True):
         self.tasks, self.tasks_done = tasks, 0  # before the bar draws itself, at once
-        super().__init__(total, **kwargs)
+        super().__init__(total, enabled=enabled)
 
     def line(self, elapsed: float) -> str:
         """Return the bar's text with the task count (see `Progress.line`)."""
@@ -360,7 +366,7 @@ def extract_on_cluster(
     images: Iterable[str | os.PathLike],
     out: str | os.PathLike,
     weights: str | os.PathLike,
-    client,
+    client: Client,
     *,
     options: dict | None = None,
     layer: str | None = None,

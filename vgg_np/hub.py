@@ -35,6 +35,7 @@ import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO, Protocol
 
 from vgg_np import _files
 from vgg_np.progress import Progress
@@ -193,7 +194,15 @@ def cache_dir(family: str) -> pathlib.Path:
     raise ValueError(f"`family` must be 'keras' or 'torchvision', got {family!r}")
 
 
-def _hasher(entry: Published):
+class _Hasher(Protocol):
+    """What hashlib's md5 and sha256 objects share that this module uses."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def _hasher(entry: Published) -> _Hasher:
     return hashlib.md5(usedforsecurity=False) if entry.algorithm == "md5" else hashlib.sha256()
 
 
@@ -271,7 +280,7 @@ def _reason(error: BaseException) -> str:
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
-def _declared_length(response, url: str, limit: int) -> int | None:
+def _declared_length(response: http.client.HTTPResponse, url: str, limit: int) -> int | None:
     """Return the Content-Length, checked: a number, and at most `limit` (None if absent)."""
     text = response.headers.get("Content-Length")
     if text is None:
@@ -287,7 +296,15 @@ def _declared_length(response, url: str, limit: int) -> int | None:
     return length
 
 
-def _transfer(response, file, entry: Published, url: str, start: float, deadline: float, bar):
+def _transfer(
+    response: http.client.HTTPResponse,
+    file: BinaryIO,
+    entry: Published,
+    url: str,
+    start: float,
+    deadline: float,
+    bar: Progress,
+) -> str:
     """Copy the response into `file` within the size cap and the deadline; return the digest.
 
     `start` is the `time.monotonic` at which the download began, `deadline` in seconds.
@@ -519,7 +536,7 @@ def resolve(
 
 
 def weights_path(
-    weights, name: str, include_top: bool, batch_norm: bool, download: bool
+    weights: str | os.PathLike, name: str, include_top: bool, batch_norm: bool, download: bool
 ) -> str | os.PathLike:
     """Return the file `VGG`'s `weights` argument names: a path, or ``"imagenet"``'s in a cache.
 
@@ -547,7 +564,9 @@ def weights_path(
     return weights
 
 
-def _warn_if_torchvision(path, name: str, include_top: bool, batch_norm: bool) -> None:
+def _warn_if_torchvision(
+    path: pathlib.Path, name: str, include_top: bool, batch_norm: bool
+) -> None:
     """Warn when Keras publishes this model but torchvision's file was the one found.
 
     The two are different trained models with different preprocessing: input prepared

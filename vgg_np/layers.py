@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -148,6 +148,12 @@ class Kind:
     dropout_after: bool = False
 
 
+def _tensors(params: tuple | None) -> tuple:
+    """Return a kind's tensors: `forward` passes None only to kinds without `parameters`."""
+    assert params is not None, "a kind with parameters was called without its tensors"
+    return params
+
+
 def _halve(size: int | None) -> int | None:
     return None if size is None else size // 2
 
@@ -170,9 +176,9 @@ KINDS: dict[str, Kind] = {
     # 3x3 "same" convolution, stride 1, as im2col + one GEMM: (N, H, W, C) -> (N, H, W, O)
     "conv": Kind(
         output_shape=lambda layer, shape: (shape[0], shape[1], layer.units),
-        forward=lambda layer, params, x: ops.conv2d(x, *params, padding="same"),
+        forward=lambda layer, params, x: ops.conv2d(x, *_tensors(params), padding="same"),
         backward=lambda layer, params, kept, dy: backward.conv2d_backward(
-            kept["input"], params[0], dy, padding="same"
+            kept["input"], _tensors(params)[0], dy, padding="same"
         ),  # dx, dkernel, dbias
         parameters=("kernel", "bias"),
         parameter_shapes=lambda layer, shape: ((3, 3, shape[2], layer.units), (layer.units,)),
@@ -205,9 +211,9 @@ KINDS: dict[str, Kind] = {
     # x @ kernel + bias: (N, in) @ (in, units) -> (N, units)
     "dense": Kind(
         output_shape=lambda layer, shape: (layer.units,),
-        forward=lambda layer, params, x: ops.dense(x, *params),
+        forward=lambda layer, params, x: ops.dense(x, *_tensors(params)),
         backward=lambda layer, params, kept, dy: backward.dense_backward(
-            kept["input"], params[0], dy
+            kept["input"], _tensors(params)[0], dy
         ),  # dx, dkernel, dbias
         parameters=("kernel", "bias"),
         parameter_shapes=lambda layer, shape: ((shape[-1], layer.units), (layer.units,)),
@@ -237,12 +243,12 @@ KINDS: dict[str, Kind] = {
     # the running statistics are data, not trained (and not updated by vgg_np.train).
     "batch_norm": Kind(
         output_shape=lambda layer, shape: shape,
-        forward=lambda layer, params, x: ops.batch_norm(x, *params, eps=layer.eps),
+        forward=lambda layer, params, x: ops.batch_norm(x, *_tensors(params), eps=layer.eps),
         train_forward=lambda layer, params, x, rng: ops.batch_norm(
-            x, *params[:2], *ops.batch_moments(x), eps=layer.eps
-        ),
+            x, _tensors(params)[0], _tensors(params)[1], *ops.batch_moments(x), eps=layer.eps
+        ),  # gamma and beta with the batch's statistics, not the running ones
         backward=lambda layer, params, kept, dy: backward.batch_norm_backward(
-            kept["input"], params[0], dy, eps=layer.eps
+            kept["input"], _tensors(params)[0], dy, eps=layer.eps
         ),  # dx, dgamma, dbeta
         parameters=("gamma", "beta", "moving_mean", "moving_variance"),
         trained=2,
@@ -403,22 +409,22 @@ def forward(
     27.0
     """
     _check_table(layers, weights)
-    x = np.asarray(x)  # (N, H, W, C)
+    h = np.asarray(x)  # (N, H, W, C): each layer's input in turn
     for layer in layers:
         kind = KINDS[layer.kind]
         params = weights.get(layer.name)
         if training and kind.train_forward is not None:
-            y = kind.train_forward(layer, params, x, rng)  # batch statistics, dropout
+            y = kind.train_forward(layer, params, h, rng)  # batch statistics, dropout
         else:
-            y = kind.forward(layer, params, x)  # conv2d, max_pool2d, dense, batch_norm, ...
+            y = kind.forward(layer, params, h)  # conv2d, max_pool2d, dense, batch_norm, ...
         y = ACTIVATIONS[layer.activation].forward(y)  # relu, softmax or the identity
-        values = {"input": x, "output": y}
+        values = {"input": h, "output": y}
         if dropout and kind.dropout_after and layer.activation == "relu":
             y = values["kept_scaled"] = ops.dropout(y, dropout, training=True, rng=rng)
         if hook is not None:
             hook(layer, values)
-        x = y  # (N, H, W, C) in the convolutional base, (N, units) in the classifier
-    return x
+        h = y  # (N, H, W, C) in the convolutional base, (N, units) in the classifier
+    return h
 
 
 class LayerShape(NamedTuple):
@@ -435,7 +441,17 @@ class LayerShape(NamedTuple):
     output: tuple
 
 
-def shapes(layers: Sequence[Layer] | object, input_shape: tuple) -> list[LayerShape]:
+@runtime_checkable
+class _HasLayers(Protocol):
+    """Anything with a layer table: a `vgg_np.network.Network`, a `vgg_np.VGG`."""
+
+    @property
+    def layers(self) -> Sequence[Layer]:
+        """The layer table."""
+        ...
+
+
+def shapes(layers: Sequence[Layer] | _HasLayers, input_shape: tuple) -> list[LayerShape]:
     """Walk a layer table's per-image shapes: the one place that computes them.
 
     The summary, the weight checks, the engine's planning, `predict`'s output array and
@@ -463,7 +479,7 @@ def shapes(layers: Sequence[Layer] | object, input_shape: tuple) -> list[LayerSh
     [(None, None, 4), (None, None, 4), (None,)]
     """
     walk, shape = [], tuple(input_shape)
-    for layer in getattr(layers, "layers", layers):
+    for layer in layers.layers if isinstance(layers, _HasLayers) else layers:
         out = KINDS[layer.kind].output_shape(layer, shape)
         walk.append(LayerShape(layer, shape, out))
         shape = out

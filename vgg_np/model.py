@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -38,6 +39,8 @@ __all__ = [
     "layer_table",
 ]
 
+
+_P = ParamSpec("_P")
 
 #: What ``conv_algorithm`` accepts: the reference forward pass or an engine algorithm.
 CONV_ALGORITHMS = ("reference", *ALGORITHMS)
@@ -145,6 +148,22 @@ class VGG:
     ['flatten', 'fc1', 'predictions']
     """
 
+    if TYPE_CHECKING:  # read-only properties made after the class from `network`
+        # (`_from_network`), declared here for type checkers.
+        config: VGGConfig
+        layers: tuple[Layer, ...]
+        input_shape: tuple
+        dtype: np.dtype
+        data_format: str
+        include_top: bool
+        pooling: str | None
+        classes: int
+        classifier_activation: str | None
+        adaptive_pool: int | None
+        batch_norm: float | None
+        head: tuple[Layer, ...] | None
+        output_kind: str
+
     def __init__(
         self,
         config: VGGConfig | str = "vgg16",
@@ -219,7 +238,7 @@ class VGG:
         """
         return self.network.parameter_shapes()
 
-    def he_normal(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def he_normal(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, ...]]:
         """Draw seeded weights: He-normal kernels and ``N(0, 0.1**2)`` biases.
 
         Kernels are ``N(0, 2 / fan_in)`` with ``fan_in = KH * KW * C`` (``in`` for dense
@@ -249,12 +268,14 @@ class VGG:
         kinds = {layer.name: KINDS[layer.kind] for layer in self.layers}
         weights = {}
         for name, shapes in self.parameter_shapes().items():
-            drawn = kinds[name].initial(shapes, rng)
+            initial = kinds[name].initial
+            assert initial is not None  # every kind with parameters draws them
+            drawn = initial(shapes, rng)
             weights[name] = tuple(a.astype(self.dtype, copy=False) for a in drawn)
         return weights
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, **kwargs) -> VGG:
+    def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> VGG:
         """Build the network a weights file describes, and load it.
 
         The configuration (widths of every block, dense layers, classes), whether there
@@ -306,7 +327,7 @@ class VGG:
     # -- weights --------------------------------------------------------------------
 
     @property
-    def weights(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def weights(self) -> dict[str, tuple[np.ndarray, ...]]:
         """Keras layer name -> (kernel, bias) in Keras layout, in layer order (a new dict).
 
         Examples
@@ -319,7 +340,7 @@ class VGG:
 
     def set_weights(
         self,
-        weights: Mapping[str, tuple[ArrayLike, ArrayLike]],
+        weights: Mapping[str, tuple[ArrayLike, ...]],
         *,
         allow_nonfinite: bool = False,
         source: str = "the weights",
@@ -763,7 +784,7 @@ for _name, _doc in {
     setattr(VGG, _name, _from_network(_name, f"{_doc} See the class example."))
 
 
-def _check_batch_norms(layers, weights: Mapping[str, tuple], source: str) -> None:
+def _check_batch_norms(layers: Sequence[Layer], weights: Mapping[str, tuple], source: str) -> None:
     """Refuse batch norms whose variance is negative, or zero with epsilon 0 (NaN outputs)."""
     bad = []
     for layer in layers:
@@ -781,14 +802,19 @@ def _check_batch_norms(layers, weights: Mapping[str, tuple], source: str) -> Non
         )
 
 
-def _family_member(name: str):
-    """Make ``VGG16(...)`` and its siblings: `VGG` with the configuration fixed."""
+def _family_member(cls: Callable[Concatenate[VGGConfig, _P], VGG], name: str) -> Callable[_P, VGG]:
+    """Make ``VGG16(...)`` and its siblings: `cls` (`VGG`) with the configuration fixed.
 
-    def build(weights: str | os.PathLike | None = None, **kwargs) -> VGG:
-        return VGG(CONFIGS[name], weights=weights, **kwargs)
+    Typed by `cls`'s own parameters (a ParamSpec), so that a type checker checks the
+    arguments of ``VGG16(...)`` as it checks those of ``VGG(...)``.
+    """
+
+    def build(*args: _P.args, **kwargs: _P.kwargs) -> VGG:
+        return cls(CONFIGS[name], *args, **kwargs)
 
     parameters = list(inspect.signature(VGG).parameters.values())[1:]  # all but `config`
-    build.__signature__ = inspect.Signature(parameters, return_annotation=VGG)
+    # inspect reads __signature__ (help(), docs, IDEs); typeshed's functions do not declare it.
+    build.__signature__ = inspect.Signature(parameters, return_annotation=VGG)  # type: ignore[attr-defined]
     build.__name__ = build.__qualname__ = name.upper()
     build.__doc__ = f"""Build {name.upper()} with the Keras Applications signature.
 
@@ -803,7 +829,7 @@ def _family_member(name: str):
     return build
 
 
-VGG11 = _family_member("vgg11")
-VGG13 = _family_member("vgg13")
-VGG16 = _family_member("vgg16")
-VGG19 = _family_member("vgg19")
+VGG11 = _family_member(VGG, "vgg11")
+VGG13 = _family_member(VGG, "vgg13")
+VGG16 = _family_member(VGG, "vgg16")
+VGG19 = _family_member(VGG, "vgg19")

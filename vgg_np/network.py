@@ -15,8 +15,10 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np import layers as layer_kinds
 from vgg_np.config import CONFIGS, MIN_SIZE, VGGConfig, _fmt_shape, layer_table
@@ -33,7 +35,7 @@ DATA_FORMATS = ("channels_last", "channels_first")
 DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
-def channels_last(shape: tuple, data_format: str, inverse: bool = False) -> tuple:
+def channels_last(shape: Sequence[int | None], data_format: str, inverse: bool = False) -> tuple:
     """Convert a per-image shape ``(C, H, W)`` to ``(H, W, C)`` for channels_first.
 
     The one place where the two layouts meet; ``inverse=True`` goes back. Other
@@ -127,11 +129,12 @@ class Network:
         top = ("include_top", "pooling", "classes", "classifier_activation", "adaptive_pool")
         return given | {name: getattr(self, name) for name in top}
 
-    def replace(self, **changes) -> Network:
+    def replace(self, **changes: Any) -> Network:
         """Return the network described with some arguments changed, validated again.
 
         The input shape stays the same (channels last) unless `changes` give one, in
-        the layout of their `data_format`.
+        the layout of their `data_format`. `changes` are `describe`'s keyword arguments
+        (hence `Any`: `describe` checks each of them).
 
         Examples
         --------
@@ -341,7 +344,7 @@ def _head(head: Sequence[Layer]) -> tuple[Layer, ...]:
     return head
 
 
-def _positive_int(value, name: str, optional: bool = False) -> int | None:
+def _positive_int(value: object, name: str, optional: bool = False) -> int | None:
     if optional and value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -374,7 +377,7 @@ def _batch_norm(batch_norm: bool | float) -> float | None:
     return batch_norm
 
 
-def _dtype(dtype) -> np.dtype:
+def _dtype(dtype: npt.DTypeLike) -> np.dtype:
     try:
         found = np.dtype(dtype)
     except TypeError:  # not a dtype at all
@@ -384,7 +387,9 @@ def _dtype(dtype) -> np.dtype:
     return found
 
 
-def _input_shape(input_shape, data_format: str, table: Sequence[Layer], size: int) -> tuple:
+def _input_shape(
+    input_shape: Sequence[int | None] | None, data_format: str, table: Sequence[Layer], size: int
+) -> tuple:
     static = _needs_fixed_size(table)  # e.g. fc1 after a flatten fixes the input size
     if input_shape is None:
         return (size, size, 3) if static else (None, None, 3)
@@ -448,7 +453,13 @@ def _check_memory(shape: tuple, table: Sequence[Layer], dtype: np.dtype) -> tupl
     return shape
 
 
-def _top(include_top, pooling, classes, classifier_activation, adaptive_pool) -> dict:
+def _top(
+    include_top: bool,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: str | None,
+    adaptive_pool: int | None,
+) -> dict:
     """Check the standard top's arguments (without a head of one's own)."""
     include_top = bool(include_top)
     adaptive_pool = _positive_int(adaptive_pool, "adaptive_pool", optional=True)

@@ -19,11 +19,15 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import _files
+
+if TYPE_CHECKING:  # Pillow is imported where an image is read: `import vgg_np` stays light
+    from PIL import Image
 
 __all__ = [
     "CAFFE_BGR_MEAN",
@@ -133,7 +137,8 @@ def preprocess_input(
         x /= np.reshape(np.array(TORCH_RGB_STD, x.dtype), shape)
         return x
     x = np.flip(x, axis=axis)  # RGB -> BGR, a view of our own copy
-    return x - np.reshape(np.array(CAFFE_BGR_MEAN, x.dtype), shape)
+    centred: NDArray[np.floating] = x - np.reshape(np.array(CAFFE_BGR_MEAN, x.dtype), shape)
+    return centred
 
 
 @functools.cache
@@ -271,7 +276,7 @@ def top_classes(
 
 
 def load_image(
-    path: str | os.PathLike, *, size: int = 224, resize: str = "keras"
+    path: str | os.PathLike, *, size: int | tuple[int, int] = 224, resize: str = "keras"
 ) -> NDArray[np.uint8]:
     """Read an image file as RGB pixels of the network's input size.
 
@@ -338,10 +343,10 @@ def load_image(
     with _open_regular(where) as file, _pillow_errors(where), Image.open(file) as image:
         _check_dimensions(image.size, where)
         kind = image.format  # lost by exif_transpose's copy
-        image = _to_rgb(ImageOps.exif_transpose(image), kind, where)
+        rgb = _to_rgb(ImageOps.exif_transpose(image), kind, where)
     if resize == "keras":
-        return np.asarray(image.resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
-    return _torchvision_resize(image, h, w, where)
+        return np.asarray(rgb.resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
+    return _torchvision_resize(rgb, h, w, where)
 
 
 class _Refused(ValueError):
@@ -402,7 +407,7 @@ def _check_dimensions(dimensions: tuple[int, int], where: str) -> None:
         )
 
 
-def _to_rgb(image, kind: str | None, where: str):
+def _to_rgb(image: Image.Image, kind: str | None, where: str) -> Image.Image:
     """8-bit RGB from any Pillow mode; `kind` is the file format Pillow detected."""
     from PIL import Image
 
@@ -420,7 +425,7 @@ def _to_rgb(image, kind: str | None, where: str):
     return image.convert("RGB")
 
 
-def _torchvision_resize(image, h: int, w: int, where: str) -> NDArray[np.uint8]:
+def _torchvision_resize(image: Image.Image, h: int, w: int, where: str) -> NDArray[np.uint8]:
     """Resize and crop as torchvision's ``Resize(max(h, w) * 256 / 224)``, ``CenterCrop``."""
     from PIL import Image
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11
 
 __all__ = ["Progress", "show_progress", "write_line"]
 
@@ -172,10 +175,10 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -186,10 +189,11 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def _notebook_widget(total: int, stream: TextIO):
+def _notebook_widget(total: int, stream: TextIO) -> tuple[Any, Any] | None:
     """Show a progress widget when `stream` is a Jupyter kernel's and ipywidgets is there.
 
-    Returns the (bar, label) widgets, or None: then lines are written instead.
+    Returns the (bar, label) widgets, or None: then lines are written instead. (They are
+    `Any` to the type checker: ipywidgets is optional and not checked, see pyproject.toml.)
     """
     if "ipykernel" not in sys.modules or not type(stream).__module__.startswith("ipykernel"):
         return None

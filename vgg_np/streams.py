@@ -24,6 +24,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +32,12 @@ from numpy.typing import NDArray
 from vgg_np._files import open_regular
 from vgg_np.formats import Preprocessing, choose_preprocessing
 from vgg_np.preprocess import load_image, preprocess_input
+
+if TYPE_CHECKING:
+    from vgg_np.model import VGG
+
+#: Height and width of the images: one side of a square, or (height, width).
+Size = int | tuple[int, int]
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -96,7 +103,7 @@ def image_paths(
     """
     walk = _Walk(max_entries)
     paths = []
-    for item in map(os.fspath, items):
+    for item in (os.fspath(i) for i in items):
         if os.path.isdir(item):
             walk.start(item)
             paths += sorted(walk.folder_images(item))
@@ -122,9 +129,11 @@ class _Walk:
         """Walk `item` next: what it yields is apart from the other items' (asked twice, twice)."""
         self.item = item
         self.files: set[tuple[int, int]] = set()  # (device, inode) of every file yielded
-        self.folders: set[tuple] = set()  # (device, inode, what is left to match)
+        self.folders: set[tuple[int, int, int | None]] = (
+            set()
+        )  # (device, inode, what is left to match)
 
-    def _enter(self, folder: str, state) -> tuple[int, list[os.DirEntry]] | None:
+    def _enter(self, folder: str, state: int | None) -> tuple[int, list[os.DirEntry]] | None:
         """Return a folder's device and sorted entries; None if seen in `state` or unreadable."""
         try:
             status = os.stat(folder or ".")
@@ -204,7 +213,7 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def input_size(model) -> int | tuple[int, int]:
+def input_size(model: VGG) -> Size:
     """Return the size images are resized to for `model`: its input size, else its default.
 
     The side of a square (or free) input; ``(height, width)`` of a fixed input that is
@@ -255,7 +264,7 @@ def file_identity(path: str | os.PathLike) -> dict | None:
 def _decode(
     path: str,
     prep: Preprocessing,
-    size: int,
+    size: Size,
     identify: bool = False,
     transform: Callable[[str, NDArray[np.uint8]], NDArray[np.uint8]] | None = None,
 ) -> tuple[NDArray[np.float32] | None, str | None, dict | None]:
@@ -270,7 +279,10 @@ def _decode(
 
 
 def _load(
-    path: str, prep: Preprocessing, size: int, transform=None
+    path: str,
+    prep: Preprocessing,
+    size: Size,
+    transform: Callable[[str, NDArray[np.uint8]], NDArray[np.uint8]] | None = None,
 ) -> tuple[NDArray | None, str | None]:
     try:
         # load_image refuses, without reading, anything but a regular file (a FIFO would
@@ -318,11 +330,16 @@ class Decoded:
     identities: list[dict | None] = field(default_factory=list)
 
 
-def _assemble(paths: list[str], results, size: int) -> Decoded:
+def _assemble(
+    paths: list[str],
+    results: list[tuple[NDArray[np.float32] | None, str | None, dict | None]],
+    size: Size,
+) -> Decoded:
     ok = [i for i, (image, _, _) in enumerate(results) if image is not None]
+    images = [image for image, _, _ in results if image is not None]
     errors = {i: reason for i, (_, reason, _) in enumerate(results) if reason is not None}
-    if ok:
-        batch = np.stack([results[i][0] for i in ok])  # (n_ok, size, size, 3)
+    if images:
+        batch = np.stack(images)  # (n_ok, size, size, 3)
     else:
         h, w = (size, size) if isinstance(size, int) else size  # (height, width) if not square
         batch = np.empty((0, h, w, 3), np.float32)
@@ -333,7 +350,7 @@ def decode_batches(
     paths: list[str],
     prep: Preprocessing,
     *,
-    size: int = 224,
+    size: Size = 224,
     batch_size: int = 32,
     workers: int = 2,
     prefetch: int = PREFETCH,
@@ -347,7 +364,7 @@ def decode_batches(
     paths : list of str
     prep : vgg_np.formats.Preprocessing
         The mode of `vgg_np.preprocess_input` and the resize of `vgg_np.load_image`.
-    size : int, default 224
+    size : int or (int, int), default 224
         Height and width of the images.
     batch_size : int, default 32
         Paths per batch (the last may be shorter); bad files leave a batch shorter.
@@ -385,7 +402,13 @@ def decode_batches(
     )
 
 
-def _decoded(chunks: list[list[str]], decode, size: int, workers: int, prefetch: int):
+def _decoded(
+    chunks: list[list[str]],
+    decode: Callable[[str], tuple[NDArray[np.float32] | None, str | None, dict | None]],
+    size: Size,
+    workers: int,
+    prefetch: int,
+) -> Iterator[Decoded]:
     if workers == 0:
         for chunk in chunks:
             yield _assemble(chunk, [decode(p) for p in chunk], size)
@@ -422,7 +445,7 @@ class ImageStream:
     prep : vgg_np.formats.Preprocessing
         What to do to each image; `ImageStream.for_model` asks the weights
         (`vgg_np.formats.choose_preprocessing`).
-    size : int, default 224
+    size : int or (int, int), default 224
         Height and width of the images.
     batch_size : int, default 32
         Paths per batch; a batch holds fewer images when some are skipped, and none is
@@ -458,13 +481,13 @@ class ImageStream:
         images: Iterable[str | os.PathLike],
         prep: Preprocessing,
         *,
-        size: int = 224,
+        size: Size = 224,
         batch_size: int = 32,
         workers: int = 2,
         on_skip: Callable[[str, str], None] | None = None,
         expand: bool = True,
     ):
-        self.paths = image_paths(images) if expand else list(map(os.fspath, images))
+        self.paths = image_paths(images) if expand else [os.fspath(i) for i in images]
         decode_batches([], prep, batch_size=batch_size, workers=workers)  # checks them
         self.prep, self.size, self.batch_size, self.workers = prep, size, batch_size, workers
         self.on_skip = on_skip
@@ -474,16 +497,17 @@ class ImageStream:
     def for_model(
         cls,
         images: Iterable[str | os.PathLike],
-        model,
+        model: VGG,
         *,
         preprocess: str | None = None,
         resize: str | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> ImageStream:
         """Stream `images` preprocessed and sized as `model`'s weights expect.
 
         `preprocess` and `resize` override what the weights' provenance says
-        (`vgg_np.formats.choose_preprocessing`, which raises rather than guess).
+        (`vgg_np.formats.choose_preprocessing`, which raises rather than guess); `kwargs`
+        are the other arguments of `ImageStream`.
 
         Examples
         --------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vgg_np.config import _fmt_shape
@@ -57,7 +58,7 @@ class Summary:
     rows: tuple[SummaryRow, ...]
 
     @classmethod
-    def of(cls, layers: list[Layer], input_shape: tuple, title: str) -> Summary:
+    def of(cls, layers: Sequence[Layer], input_shape: tuple, title: str) -> Summary:
         """Compute the table of a layer table for a per-image ``(H, W, C)`` input.
 
         No weights are needed: the counts follow from the shapes.

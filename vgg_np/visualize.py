@@ -33,7 +33,7 @@ def _to_uint8(values: np.ndarray, axes: tuple) -> np.ndarray:
     """Stretch each tile to 0..255 on its own (a constant tile becomes black)."""
     low = values.min(axis=axes, keepdims=True)
     span = values.max(axis=axes, keepdims=True) - low
-    scaled = np.divide(
+    scaled: np.ndarray = np.divide(
         values - low, span, out=np.zeros_like(values, dtype=np.float64), where=span > 0
     )
     return np.round(scaled * 255).astype(np.uint8)

@@ -28,16 +28,21 @@ WEIGHT_RTOL = 1e-6
 # What each tensor of a layer is called, by how many it has.
 _TENSOR_NAMES = {2: ("kernel", "bias"), 4: ("gamma", "beta", "moving_mean", "moving_variance")}
 
+#: A transform's function: ``(reference, yours, channels) -> (candidate, detail) or None``.
+Apply = Callable[[np.ndarray, np.ndarray, int], "tuple[np.ndarray, str] | None"]
 
-def _fixed(function: Callable[[np.ndarray], np.ndarray]):
+
+def _fixed(function: Callable[[np.ndarray], np.ndarray]) -> Apply:
     """Make a transform without a parameter: `function` of the reference tensor."""
     return lambda reference, _yours, _channels: (function(reference), "")
 
 
-def _permuted(axis: int):
+def _permuted(axis: int) -> Apply:
     """Make a transform reordering the reference's slices along `axis` to match yours."""
 
-    def apply(reference: np.ndarray, yours: np.ndarray, _channels: int):
+    def apply(
+        reference: np.ndarray, yours: np.ndarray, _channels: int
+    ) -> tuple[np.ndarray, str] | None:
         if reference.shape != yours.shape or reference.shape[axis] < 2:
             return None
         # A random projection of each slice is its signature: equal slices sort alike.
@@ -54,7 +59,9 @@ def _permuted(axis: int):
     return apply
 
 
-def _scaled(reference: np.ndarray, yours: np.ndarray, _channels: int):
+def _scaled(
+    reference: np.ndarray, yours: np.ndarray, _channels: int
+) -> tuple[np.ndarray, str] | None:
     """Scale the reference by the one factor that fits yours best (least squares)."""
     if reference.shape != yours.shape:
         return None
@@ -66,10 +73,12 @@ def _scaled(reference: np.ndarray, yours: np.ndarray, _channels: int):
     return reference * factor, f" by {factor:.6g}"
 
 
-def _flatten_order(to_chw: bool):
+def _flatten_order(to_chw: bool) -> Apply:
     """fc1's rows reordered between H, W, C and C, H, W (an NHWC against an NCHW flatten)."""
 
-    def apply(reference: np.ndarray, _yours: np.ndarray, channels: int):
+    def apply(
+        reference: np.ndarray, _yours: np.ndarray, channels: int
+    ) -> tuple[np.ndarray, str] | None:
         side = round(np.sqrt(reference.shape[0] / channels)) if channels else 0
         if side < 2 or side * side * channels != reference.shape[0]:
             return None
@@ -106,7 +115,7 @@ class Transform:
 
     name: str
     ranks: tuple[int, ...]
-    apply: Callable
+    apply: Apply
 
 
 _FLATTEN_ORDER = (

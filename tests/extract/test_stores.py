@@ -226,6 +226,7 @@ def test_ctrl_c_keeps_every_finished_row_and_says_a_rerun_resumes(
         ("plan.json", "", r"plan\.json is damaged \(empty\)"),
         ("plan.json", '{"version": "vgg_np extract 2"}', r"plan\.json is damaged \(bad layer"),
         ("plan.json", "[1, 2", r"plan\.json is damaged \("),
+        ("plan.json", "[1, 2]", r"plan\.json is damaged \(not a JSON object\)"),
         ("part-00000.journal.jsonl", '{"row": 0}\n{"x"\n{"row": 1}\n', r"journal\.jsonl is dama"),
         ("part-00000.journal.jsonl", '{"no": "row"}\n', r"journal\.jsonl is damaged \(line 1"),
         ("part-00001.jsonl", "", r"part-00001\.jsonl is damaged \(0 entries for the 4 rows"),

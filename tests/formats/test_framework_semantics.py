@@ -379,3 +379,11 @@ def test_keras_activation_layer_keeps_its_name_and_the_dropout_its_output(tmp_pa
     assert np.array_equal(outputs["dropout_2"], logits)
     assert np.array_equal(model(x * 50), probabilities)
     assert model.output_kind == "probabilities"
+
+
+@pytest.mark.parametrize("class_name", [["Dense"], None, 7])
+def test_a_layer_whose_class_name_is_no_string_is_refused_by_name(class_name):
+    # A list was looked up in the defaults' tables (unhashable: a TypeError).
+    head = [{"class_name": class_name, "config": {"name": "odd"}}]
+    with pytest.raises(FileFormatError, match=r"f.keras: layer 'odd' has class name"):
+        read_config(keras_config(VGG_CONV, head=head), "f.keras")

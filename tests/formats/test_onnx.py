@@ -268,3 +268,40 @@ def test_integer_weights_are_refused_naming_the_dtype(tmp_path, original):
     onnx.save(graph, path)
     with pytest.raises(ValueError, match=r"int.onnx.*floating point, got dtype int64"):
         VGG.from_file(path)
+
+
+def pools_only(dense):
+    """Five max-pools on an input of dynamic channels (N, C, 32, 32), then Gemms."""
+    nodes, inits, current = [], [], "input"
+    for b in range(1, 6):
+        nodes.append(helper.make_node(
+            "MaxPool", [current], [f"pool{b}"], kernel_shape=[2, 2], strides=[2, 2]
+        ))  # fmt: skip
+        current = f"pool{b}"
+    nodes.append(helper.make_node("Flatten", [current], ["flat"]))
+    current = "flat"
+    for i, (units, features) in enumerate(dense):
+        inits.append(numpy_helper.from_array(np.ones((units, features), np.float32), f"W{i}"))
+        nodes.append(helper.make_node("Gemm", [current, f"W{i}"], [f"dense{i}"], transB=1))
+        current = f"dense{i}"
+    nodes.append(helper.make_node("Identity", [current], ["output"]))
+    shape, out = ["N", "C", 32, 32], ["N", dense[-1][0]]
+    graph = helper.make_graph(
+        nodes, "pools", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, out)], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_fc1_without_a_channel_count_is_refused_by_name(tmp_path):
+    # No convolution, dynamic input channels: nothing says how many channels fc1's rows
+    # hold, so they cannot be put in H, W, C order (found by the type checker: this was a
+    # TypeError from inside the reader).
+    path = save(pools_only([(4, 3), (2, 4)]), tmp_path)
+    with pytest.raises(ValueError, match="fc1's rows cannot be put in H, W, C order"):
+        with formats.open_weights(path):
+            pass
+    # One dense layer is "predictions": no rows to reorder, it loads as before.
+    path = save(pools_only([(2, 3)]), tmp_path, "one.onnx")
+    with formats.open_weights(path) as source:
+        assert source.tensors["predictions"][0].shape == (3, 2)

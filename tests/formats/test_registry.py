@@ -157,6 +157,18 @@ def test_write_npz_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]
 
 
+def test_write_npz_refuses_python_objects_rather_than_pickle_them(tmp_path):
+    # np.savez pickles an object array by default: such a file could never be read back
+    # (the reader refuses pickles), so writing it must fail, leaving the old file alone.
+    path = tmp_path / "w.npz"
+    path.write_bytes(b"precious")
+    kernel = np.array([[1.0, None]], dtype=object)
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        npz.write_npz(path, {"fc1": (kernel, np.zeros(2))})
+    assert path.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]
+
+
 def test_write_npz_adds_no_suffix(tmp_path):
     npz.write_npz(tmp_path / "weights.bin", {"fc1": (np.zeros((2, 2)), np.zeros(2))})
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]

@@ -7,13 +7,17 @@ kernel and its gradient refuse the same inputs with the same messages.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
+from numpy.typing import ArrayLike, NDArray
 
 from vgg_np.ops._checks import float_array
 
 __all__ = ["check_dy"]
 
 
-def check_dy(dy, expected: tuple, dtype, what: str = "the output's shape") -> np.ndarray:
+def check_dy(
+    dy: ArrayLike, expected: tuple, dtype: npt.DTypeLike, what: str = "the output's shape"
+) -> NDArray[np.floating]:
     """Check the incoming gradient against the forward output's shape; cast it to `dtype`."""
     dy = float_array("dy", dy)
     if dy.shape != expected:

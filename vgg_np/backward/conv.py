@@ -10,6 +10,7 @@ from vgg_np.backward._checks import check_dy
 from vgg_np.ops._checks import (
     IntOrPair,
     Padding,
+    Pads,
     conv_args,
     float_array,
     output_size,
@@ -20,7 +21,12 @@ from vgg_np.ops._checks import (
 __all__ = ["col2im", "col2im_naive", "conv2d_backward", "conv2d_backward_naive"]
 
 
-def _geometry(x_shape, kernel_size, strides, padding):
+def _geometry(
+    x_shape: tuple[int, int, int, int],
+    kernel_size: IntOrPair,
+    strides: IntOrPair,
+    padding: Padding,
+) -> tuple[int, int, int, int, int, int, int, int, Pads, int, int]:
     n, h, w, c = x_shape
     kh, kw = positive_pair("kernel_size", kernel_size)
     sh, sw = positive_pair("strides", strides)
@@ -29,7 +35,9 @@ def _geometry(x_shape, kernel_size, strides, padding):
     return n, h, w, c, kh, kw, sh, sw, pads, ho, wo
 
 
-def _check_cols(cols: np.ndarray, n, ho, wo, kh, kw, c) -> np.ndarray:
+def _check_cols(
+    cols: ArrayLike, n: int, ho: int, wo: int, kh: int, kw: int, c: int
+) -> NDArray[np.floating]:
     cols = float_array("cols", cols)
     if cols.shape != (n * ho * wo, kh * kw * c):
         raise ValueError(

@@ -12,7 +12,9 @@ from vgg_np.ops._checks import channel_params, check_eps, float_array
 __all__ = ["batch_norm_backward", "batch_norm_backward_naive"]
 
 
-def _bn_backward_args(x, gamma, dy, eps):
+def _bn_backward_args(
+    x: ArrayLike, gamma: ArrayLike, dy: ArrayLike, eps: float
+) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
     x = float_array("x", x)
     if x.ndim < 2:
         raise ValueError(f"`x` must be (N, ..., C), got shape {x.shape}")

@@ -190,13 +190,15 @@ def _main(argv: list[str] | None, debug: list[bool]) -> int:
     debug.append(args.debug)
     # A file name that is not UTF-8 reaches Python as surrogate escapes: print its own bytes
     # back (as ls does) rather than stop half way with a codec error.
-    with contextlib.suppress(AttributeError, ValueError):
-        sys.stdout.reconfigure(errors="surrogateescape")
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # a text stream, not a replacement
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError):
+            reconfigure(errors="surrogateescape")
     problem = (args.check(args) if args.check else None) or _check_inputs(args)
     if problem:
         args.usage_error(problem)  # exits with code 2
     try:
-        code = args.run(_imagenet_weights(args))
+        code: int = args.run(_imagenet_weights(args))
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
         return code
     except KeyboardInterrupt as error:

@@ -30,7 +30,7 @@ KERAS_VGG16 = hub.PUBLISHED["vgg16", True][0].filename
 
 
 def _new_command(
-    commands,
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     run: Callable[[argparse.Namespace], int],
     *,

@@ -18,7 +18,7 @@ from vgg_np.cli._args import (
     _output_file,
     _positive_float,
 )
-from vgg_np.compare import DEFAULT_TOLERANCE, compare_activations, compare_onnx
+from vgg_np.compare import DEFAULT_TOLERANCE, Comparison, compare_activations, compare_onnx
 from vgg_np.config import CONFIGS
 from vgg_np.model import VGG
 from vgg_np.preprocess import MODES, RESIZE_MODES
@@ -27,7 +27,7 @@ from vgg_np.streams import image_paths
 # -- compare -------------------------------------------------------------------------------
 
 
-def add_compare(commands) -> None:
+def add_compare(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np compare``."""
     compare = _new_command(
         commands,
@@ -145,7 +145,7 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_RUNTIME_ERROR
 
 
-def _compare_dump(args: argparse.Namespace, options: dict):
+def _compare_dump(args: argparse.Namespace, options: dict) -> Comparison:
     """Compare the ACTIVATIONS dump with vgg_np on WEIGHTS (from --images if given)."""
     arrays = _numpy_file(args.activations)
     if args.input is None and "input" not in arrays and not args.images:
@@ -195,7 +195,7 @@ def _nonempty(x: np.ndarray, path: str) -> np.ndarray:
 # -- convert -------------------------------------------------------------------------------
 
 
-def add_convert(commands) -> None:
+def add_convert(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np convert``."""
     convert = _new_command(
         commands,
@@ -238,7 +238,7 @@ def run_convert(args: argparse.Namespace) -> int:
 # -- vectors -------------------------------------------------------------------------------
 
 
-def add_vectors(commands) -> None:
+def add_vectors(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np vectors``."""
     vectors = _new_command(
         commands,

@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
+from typing import TypeVar
 
 import numpy as np
 
@@ -39,10 +41,15 @@ DEMO_HINT = (
 )
 
 
-def _best_time(func, *args, repeat: int = 3):
-    """Run `func` `repeat` times; return its last result and the best wall time in s."""
-    best, result = np.inf, None
-    for _ in range(repeat):
+T = TypeVar("T")
+
+
+def _best_time(func: Callable[..., T], *args: object, repeat: int = 3) -> tuple[T, float]:
+    """Run `func` `repeat` times (at least once); return its last result and the best time in s."""
+    start = time.perf_counter()
+    result = func(*args)
+    best = time.perf_counter() - start
+    for _ in range(repeat - 1):
         start = time.perf_counter()
         result = func(*args)
         best = min(best, time.perf_counter() - start)
@@ -52,7 +59,7 @@ def _best_time(func, *args, repeat: int = 3):
 # -- demo ----------------------------------------------------------------------------------
 
 
-def add_demo(commands) -> None:
+def add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np demo``."""
     demo = _new_command(
         commands,
@@ -73,13 +80,15 @@ def add_demo(commands) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     """Print VGG16's table, run it on the bundled picture, check it against Keras."""
     data = resources.files("vgg_np") / "data"
-    with np.load(data / "demo_keras_reference.npz") as npz:
+    # as_file: a real path, even where the package is installed zipped
+    with resources.as_file(data / "demo_keras_reference.npz") as path, np.load(path) as npz:
         reference = {k: npz[k] for k in npz.files}
     seed = int(reference["seed"])
     print(f"vgg_np {__version__}: VGG16 in NumPy, nothing downloaded\n")
     model = VGG16(seed=seed, classifier_activation=None, plan=args.plan)
     summary = model.summary()
-    pixels = load_image(data / "demo.png")[None]  # (1, 224, 224, 3)
+    with resources.as_file(data / "demo.png") as path:
+        pixels = load_image(path)[None]  # (1, 224, 224, 3)
     logits, seconds = _best_time(model, preprocess_input(pixels))
     error = relative_error(logits, reference["logits"])
     agrees = error < DEFAULT_TOLERANCE
@@ -101,7 +110,7 @@ def run_demo(args: argparse.Namespace) -> int:
 # -- summary -------------------------------------------------------------------------------
 
 
-def add_summary(commands) -> None:
+def add_summary(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np summary``."""
     summary = _new_command(
         commands,
@@ -148,7 +157,7 @@ def run_summary(args: argparse.Namespace) -> int:
 # -- show ----------------------------------------------------------------------------------
 
 
-def add_show(commands) -> None:
+def add_show(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np show``."""
     show = _new_command(
         commands,

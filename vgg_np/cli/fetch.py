@@ -11,7 +11,7 @@ from vgg_np.cli._args import _new_command, _positive_float
 # -- fetch-weights -------------------------------------------------------------------------
 
 
-def add_fetch_weights(commands) -> None:
+def add_fetch_weights(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np fetch-weights``."""
     parser = _new_command(
         commands,

@@ -26,7 +26,7 @@ from vgg_np.cli._args import (
     _positive_int,
 )
 from vgg_np.engine.measure import MODES as MEASURE_MODES
-from vgg_np.extract import DEFAULT_PARTITION_SIZE, extract
+from vgg_np.extract import DEFAULT_PARTITION_SIZE, ExtractResult, extract
 from vgg_np.model import VGG
 from vgg_np.preprocess import MODES, RESIZE_MODES, read_class_names, top_classes
 from vgg_np.progress import Progress, write_line
@@ -38,7 +38,7 @@ DECODE_THREADS = 2
 # -- predict -------------------------------------------------------------------------------
 
 
-def add_predict(commands) -> None:
+def add_predict(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np predict``."""
     predict = _new_command(
         commands,
@@ -150,7 +150,13 @@ def _classifier(weights: str, labels: str | None, plan: str | None) -> tuple[VGG
     return model, names
 
 
-def _classify(paths: list[str], model: VGG, choice, names, args: argparse.Namespace) -> int:
+def _classify(
+    paths: list[str],
+    model: VGG,
+    choice: formats.Preprocessing,
+    names: list[str] | None,
+    args: argparse.Namespace,
+) -> int:
     """Print the top classes of every picture of `paths` as it is classified; the exit code."""
     stream = ImageStream(
         paths, choice, size=input_size(model), batch_size=args.batch_size, on_skip=_skip,
@@ -209,7 +215,14 @@ def _recorded_labels(model: VGG, weights: str) -> list[str] | None:
     return None if labels is None else list(labels)
 
 
-def _prediction(path: str, row: np.ndarray, args, choice, names, value: str) -> str:
+def _prediction(
+    path: str,
+    row: np.ndarray,
+    args: argparse.Namespace,
+    choice: formats.Preprocessing,
+    names: list[str] | None,
+    value: str,
+) -> str:
     """Format the classes of one image as text lines or one JSON object.
 
     `value` names the numbers: "probability", or "score" (said on every text line too)
@@ -231,7 +244,7 @@ def _prediction(path: str, row: np.ndarray, args, choice, names, value: str) -> 
 # -- extract -------------------------------------------------------------------------------
 
 
-def add_extract(commands) -> None:
+def add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np extract``."""
     parser = _new_command(
         commands,
@@ -370,7 +383,7 @@ def _extract(
     return _extract_summary(result, args.json)
 
 
-def _extract_summary(result, as_json: bool) -> int:
+def _extract_summary(result: ExtractResult, as_json: bool) -> int:
     """Print the summary of a local or cluster run: one line, or JSON."""
     if as_json:
         print(json.dumps(result.to_dict()))

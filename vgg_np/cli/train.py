@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,10 @@ _FOLDER_ONLY = {
     "cache": "--cache", "checkpoints": "--checkpoints",
 }  # fmt: skip
 _FOLDER_FLAGS = {"keep_last": "--keep-last", "restart": "--restart", "json": "--json"}
+
+if TYPE_CHECKING:  # imported where training runs: the other commands do without it
+    from vgg_np.train import SGD
+    from vgg_np.train.fit import History
 
 # -- train ---------------------------------------------------------------------------------
 
@@ -103,7 +108,7 @@ def _folder_arguments(train: argparse.ArgumentParser) -> None:
         help="progress bars on stderr (default: on a terminal)")  # fmt: skip
 
 
-def add_train(commands) -> None:
+def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Declare ``vgg-np train``."""
     train = _new_command(
         commands,
@@ -194,11 +199,12 @@ def run_train(args: argparse.Namespace) -> int:
         "input_size": args.input_size, "preprocess": args.preprocess, "resize": args.resize,
         "epochs": args.epochs, "batch_size": args.batch_size,
     }  # fmt: skip
+    verbosity: dict[bool | None, int | str] = {None: "auto", True: 1, False: 2}  # 2: no bars
     history = fit(
         args.images, args.weights, args.output, validation_dir=args.validation_dir,
         augment=args.augment, seed=args.seed, restore_best_weights=not args.keep_last,
         cache_dir=args.cache, checkpoint_dir=args.checkpoints, restart=args.restart,
-        verbose={None: "auto", True: 1, False: 2}[args.progress],  # 2: lines, no bars
+        verbose=verbosity[args.progress],
         **{name: value for name, value in chosen.items() if value is not None},
     )  # fmt: skip
     if args.json:
@@ -208,7 +214,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(history) -> str:
+def _summary(history: History) -> str:
     """Return the lines after the epochs: what was written and how good it is."""
     rows = history.feature_rows
     lines = [
@@ -269,7 +275,15 @@ def _accuracy(model: VGG, x: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(model(x), axis=1) == labels))
 
 
-def _train_epoch(model, x, labels, args, optimizer, rng, trainable) -> float:
+def _train_epoch(
+    model: VGG,
+    x: np.ndarray,
+    labels: np.ndarray,
+    args: argparse.Namespace,
+    optimizer: SGD,
+    rng: np.random.Generator,
+    trainable: set[str] | None,
+) -> float:
     """One pass over (x, labels) in shuffled mini-batches; return the mean loss."""
     from vgg_np.train import loss_and_gradients
 

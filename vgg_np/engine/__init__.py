@@ -81,7 +81,7 @@ class _Package(types.ModuleType):
     through the old name must not be silently ignored.
     """
 
-    def __setattr__(self, name: str, value) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         if name in _TUNABLE:
             setattr(_TUNABLE[name], name, value)
         super().__setattr__(name, value)

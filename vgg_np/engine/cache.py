@@ -277,7 +277,7 @@ def store(path: pathlib.Path, description: dict, choices: dict[str, Choice], pin
         document = _read(path)
         kept = {} if document is None else _entries(document, path, None if pinned else description)
     written_on = description
-    if pinned and kept:
+    if pinned and kept and document is not None:  # entries kept: they came from a document
         written_on = document["machine"]
     text = json.dumps(
         {

@@ -9,8 +9,10 @@ per layer: an image meets the same BLAS calls whatever the batch and the threads
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np.engine.direct import GemmSteps
 from vgg_np.engine.layout import WORKSPACE, Buffers, Padded, padded, pool_tiles, untile
@@ -44,7 +46,9 @@ def conv_input(state: Pass, index: int, x: np.ndarray, plan: ConvPlan) -> Padded
     return source
 
 
-def conv_output(state: Pass, staging: Padded | None, shape: tuple, dtype):
+def conv_output(
+    state: Pass, staging: Padded | None, shape: tuple[int, int, int, int], dtype: npt.DTypeLike
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Return the ``(N, H, W, O)`` output array and its per-image destinations.
 
     The output goes into the next convolution's padded input (`staging`) if there is
@@ -140,7 +144,9 @@ class ConvRun:
             ]
             workers.map(self.product, products, self.macs, state.meter)
 
-    def transform_all(self, workers: Workers, state: Pass, ks=None) -> list[np.ndarray]:
+    def transform_all(
+        self, workers: Workers, state: Pass, ks: Sequence[int] | None = None
+    ) -> list[np.ndarray]:
         """Transform chunks `ks` (default: all) into the call's chunk buffers; return them."""
         ks = range(len(self.chunks)) if ks is None else ks
         while len(state.chunk_buffers) < len(ks):

@@ -12,7 +12,7 @@ import numpy as np
 from vgg_np.engine.layout import WORKSPACE, Buffers, Padded
 
 
-def gather_rows(source: Padded, i: int, q0: int, q1: int, out) -> None:
+def gather_rows(source: Padded, i: int, q0: int, q1: int, out: np.ndarray) -> None:
     """Gather the im2col rows of output rows [q0, q1) of image `i` (m = 1) into `out`.
 
     `out` is ``(rows, W, KH, KW*C)``, one copy per kernel row, runs of KW*C values.

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 #: Scratch bytes each thread keeps between chunks and calls; arrays beyond it are
 #: allocated per chunk and released.
@@ -31,7 +32,7 @@ class Buffers:
         self.storage: dict[str, np.ndarray] = {}
         self.cap = cap
 
-    def get(self, name: str, shape: tuple, dtype) -> np.ndarray:
+    def get(self, name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         """Return an array of `shape` and `dtype` named `name` (values left over)."""
         size = math.prod(shape)
         buf = self.storage.get(name)
@@ -51,7 +52,7 @@ class Buffers:
 class _Workspace(Buffers, threading.local):
     """The scratch arrays of one thread, kept between chunks and calls up to a cap."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(SCRATCH_BYTES)
 
 
@@ -88,7 +89,15 @@ class Padded:
 
 
 def padded(
-    n: int, h: int, w: int, c: int, m: int, dtype, buffers=None, storage="in", tiles_h=None
+    n: int,
+    h: int,
+    w: int,
+    c: int,
+    m: int,
+    dtype: npt.DTypeLike,
+    buffers: Buffers | None = None,
+    storage: str = "in",
+    tiles_h: int | None = None,
 ) -> Padded:
     """Lay out a padded batch; its array comes from `buffers` (reused) or is new.
 

@@ -171,7 +171,8 @@ def _folded(plan: Plan, first: Layer, second: Layer) -> tuple | None:
     if step.kind == "conv" and step.activation not in CONV_EPILOGUE:
         return None  # it stays a batch norm with its activation
     kernel, bias = plan.weights[first.name]
-    folded = ops.fold_batch_norm(kernel, bias, *plan.weights[second.name], eps=second.eps)
+    gamma, beta, mean, var = plan.weights[second.name]
+    folded = ops.fold_batch_norm(kernel, bias, gamma, beta, mean, var, eps=second.eps)
     dtype = np.result_type(kernel)
     return step, tuple(a.astype(dtype, copy=False) for a in folded)
 

@@ -23,6 +23,8 @@ import pathlib
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from vgg_np.engine import cache
 from vgg_np.engine.plan import Choice
 
@@ -78,7 +80,7 @@ def resolve(plan: str | os.PathLike | None) -> str | pathlib.Path:
     return path
 
 
-def layer_key(requested: str, dtype, shape: tuple, pool: bool) -> str:
+def layer_key(requested: str, dtype: str | np.dtype, shape: tuple, pool: bool) -> str:
     """Name a layer in a plan file: the algorithms allowed, dtype, ``H x W x C -> O``, pool.
 
     Examples
@@ -143,7 +145,11 @@ def search(
     for stage in vary(best):
         options = vary(best)[stage]
         if options:
-            best, _ = fastest([best, *options], lambda c, s=stage: time_fn(c, s))
+
+            def timed(choice: Choice, stage: str = stage) -> float:
+                return time_fn(choice, stage)
+
+            best, _ = fastest([best, *options], timed)
     return best
 
 
@@ -177,7 +183,12 @@ class Planner:
     Choice(algorithm='gemm', rows_per_chunk=4, channel_block=64, order='chunk')
     """
 
-    def __init__(self, plan, threads: int, clock: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        plan: str | os.PathLike | None,
+        threads: int,
+        clock: Callable[[], float] | None = None,
+    ):
         self.mode = resolve(plan)
         self.threads = threads
         self.clock = clock
@@ -191,18 +202,23 @@ class Planner:
         """Whether choices are measured (and cached) rather than built in (see the example)."""
         return self.mode != "default"
 
+    def _machine_info(self) -> dict:
+        """Describe the machine the measurements are for (found once)."""
+        if self._machine is None:
+            self._machine = cache.machine(self.threads)
+        return self._machine
+
+    def _path(self) -> pathlib.Path:
+        if isinstance(self.mode, pathlib.Path):
+            return self.mode
+        return cache.default_path(self._machine_info())
+
     def _loaded(self) -> dict[str, Choice]:
         """Return the plan file's entries (read once) and those measured since."""
         if self._entries is None:
-            self._machine = cache.machine(self.threads)
             pinned = isinstance(self.mode, pathlib.Path)
-            self._entries = cache.load(self._path(), None if pinned else self._machine)
+            self._entries = cache.load(self._path(), None if pinned else self._machine_info())
         return self._entries
-
-    def _path(self) -> pathlib.Path:
-        return (
-            self.mode if isinstance(self.mode, pathlib.Path) else cache.default_path(self._machine)
-        )
 
     def lookup(self, key: str, valid: Callable[[Choice], bool]) -> Choice | None:
         """Return the cached choice for `key` if there is one and `valid` accepts it.
@@ -259,4 +275,5 @@ class Planner:
         """Write the choices measured since the last save to the plan file (class example)."""
         if self._new:
             new, self._new = self._new, {}
-            cache.store(self._path(), self._machine, new, isinstance(self.mode, pathlib.Path))
+            pinned = isinstance(self.mode, pathlib.Path)
+            cache.store(self._path(), self._machine_info(), new, pinned)

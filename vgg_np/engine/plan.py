@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np.engine.winograd import winograd_kernel
 
@@ -156,24 +157,29 @@ class ConvPlan:
         return tile_size(self.algorithm)
 
     @property
+    def _chosen(self) -> Choice:
+        assert self.choice is not None, "the naive convolution is not tiled"
+        return self.choice
+
+    @property
     def rows_per_chunk(self) -> int:
         """Tile rows per chunk (see the class example)."""
-        return self.choice.rows_per_chunk
+        return self._chosen.rows_per_chunk
 
     @property
     def rows_per_part(self) -> int:
         """Tile rows per piece of a chunk's input transform (see the class example)."""
-        return self.choice.rows_per_part(self.bias.shape[0])
+        return self._chosen.rows_per_part(self.bias.shape[0])
 
     @property
     def channel_block(self) -> int:
         """Output channels per block (see the class example)."""
-        return self.choice.channel_block
+        return self._chosen.channel_block
 
     @property
     def order(self) -> str:
         """The order the products run in (`ORDERS`) (see the class example)."""
-        return self.choice.order
+        return self._chosen.order
 
 
 def transformed(kernel: np.ndarray, algorithm: str) -> np.ndarray:
@@ -234,7 +240,7 @@ def tiles_high(algorithm: str, h: int, pool: bool) -> int:
     return tiles + tiles % 2 if m == 1 and pool else tiles
 
 
-def allowed_algorithms(requested: str, dtype) -> tuple[str, ...]:
+def allowed_algorithms(requested: str, dtype: npt.DTypeLike) -> tuple[str, ...]:
     """List the algorithms a layer may run with `conv_algorithm` = `requested`, fastest first.
 
     float64, the oracle, may use F(2x2) besides direct convolution: measured on full-size
@@ -255,7 +261,7 @@ def allowed_algorithms(requested: str, dtype) -> tuple[str, ...]:
     return _ALLOWED[requested]
 
 
-def choose_algorithm(requested: str, height: int, channels: int, dtype) -> str:
+def choose_algorithm(requested: str, height: int, channels: int, dtype: npt.DTypeLike) -> str:
     """Pick the convolution algorithm of one layer from the built-in table measured here.
 
     ``auto``: direct GEMM for the first layer (3 input channels: transforms would cost

@@ -20,10 +20,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import threading
 import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np import ops
 from vgg_np.engine.conv import ConvRun, Pass, conv_input, conv_output
@@ -42,7 +45,7 @@ from vgg_np.engine.plan import (
     variations,
 )
 from vgg_np.engine.threads import BLAS_SINGLE, MAX_THREADS, Workers, cpu_count
-from vgg_np.layers import ACTIVATIONS, KINDS, shapes
+from vgg_np.layers import ACTIVATIONS, KINDS, Layer, shapes
 
 #: What ``conv_algorithm`` accepts.
 ALGORITHMS = ("auto", "gemm", "winograd", "naive")
@@ -117,7 +120,14 @@ class Engine:
     >>> engine.close()
     """
 
-    def __init__(self, layers, weights, conv_algorithm="auto", threads=None, plan=None):
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        weights: Mapping[str, tuple[np.ndarray, ...]],
+        conv_algorithm: str = "auto",
+        threads: int | None = None,
+        plan: str | os.PathLike | None = None,
+    ):
         if conv_algorithm not in ALGORITHMS:
             raise ValueError(
                 f"`conv_algorithm` must be one of {ALGORITHMS}, got {conv_algorithm!r}"
@@ -206,7 +216,9 @@ class Engine:
                 del self._packed[packing]
         return choice
 
-    def _trial(self, index: int, shape: tuple, pool: bool, dtype):
+    def _trial(
+        self, index: int, shape: tuple[int, int, int, int], pool: bool, dtype: npt.DTypeLike
+    ) -> Callable[[Choice, int], tuple[Callable[[], float], float]]:
         """Return ``prepare(choice, images)`` for the planner: layer `index` run alone.
 
         Each candidate runs on the same random images, laid out in its algorithm's padded
@@ -218,10 +230,11 @@ class Engine:
         measured time.
         """
         h, w, c, o = shape
-        state, made = Pass(Buffers()), {}
-        state.meter = []
+        state, made = Pass(Buffers()), dict[str, np.ndarray]()
+        meter: list[float] = []
+        state.meter = meter
 
-        def prepare(choice: Choice, images: int):
+        def prepare(choice: Choice, images: int) -> tuple[Callable[[], float], float]:
             if not made:
                 rng = np.random.default_rng(0)
                 made["x"] = rng.standard_normal((MEASURE_IMAGES, h, w, c), np.float32)
@@ -238,9 +251,9 @@ class Engine:
             task = ConvRun(plan, source, list(out[:images]), pool, rows)
 
             def run() -> float:
-                state.meter.clear()
+                meter.clear()
                 task.run(self._workers, state)
-                return sum(state.meter)
+                return sum(meter)
 
             return run, plan.tiles_h / rows
 
@@ -345,7 +358,7 @@ class Engine:
             raise ValueError(f"`x` must be a non-empty batch (N, H, W, C), got shape {x.shape}")
 
     @contextlib.contextmanager
-    def _call(self, x: np.ndarray):
+    def _call(self, x: np.ndarray) -> Iterator[tuple[Pass, int]]:
         """One call's state and slice size; BLAS at one thread; a turn if the call is small.
 
         Concurrent calls each have their own buffers and run at once, except calls under
@@ -390,6 +403,7 @@ class Engine:
                 if result is None:
                     result = np.empty((len(x), *y.shape[1:]), y.dtype)
                 result[s : s + len(y)] = y
+        assert result is not None, "_call refuses an empty batch"
         return result
 
     def outputs(self, x: np.ndarray, names: set[str] | None = None) -> dict[str, np.ndarray]:
@@ -407,14 +421,15 @@ class Engine:
         (['block1_conv1', 'block1_pool', 'block2_conv1'], (2, 16, 16, 4))
         """
         order = [layer.name for layer in self.layers]
-        keep = True if names is None else set(names)
-        last = order[-1] if keep is True else max(keep, key=order.index)
+        wanted = None if names is None else set(names)
+        last = order[-1] if wanted is None else max(wanted, key=order.index)
+        keep = True if wanted is None else wanted
         result = {}
         with self._call(x) as (state, step):
             for s in range(0, len(x), step):
                 with contextlib.closing(self._run(state, x[s : s + step], keep)) as run:
                     for name, y in run:
-                        if keep is True or name in keep:
+                        if wanted is None or name in wanted:
                             if name not in result:
                                 result[name] = np.empty((len(x), *y.shape[1:]), y.dtype)
                             result[name][s : s + len(y)] = y
@@ -422,7 +437,9 @@ class Engine:
                             break
         return result
 
-    def run(self, x: np.ndarray, keep: bool = False, timings: list | None = None):
+    def run(
+        self, x: np.ndarray, keep: bool | set[str] = False, timings: list | None = None
+    ) -> Generator[tuple[str, np.ndarray], None, None]:
         """Yield (layer name, output) layer after layer, the whole batch at once.
 
         With ``keep=False`` a 2x2 pool that follows a convolution runs inside it, and the
@@ -440,7 +457,13 @@ class Engine:
         finally:
             self._save_plans()
 
-    def _run(self, state: Pass, x, keep=False, timings=None):
+    def _run(
+        self,
+        state: Pass,
+        x: np.ndarray,
+        keep: bool | set[str] = False,
+        timings: list | None = None,
+    ) -> Generator[tuple[str, np.ndarray], None, None]:
         # BLAS stays single-threaded for the whole pass (the caller holds BLAS_SINGLE),
         # every layer being split between our threads: idle OpenBLAS workers would spin
         # and steal our cores.
@@ -486,7 +509,16 @@ class Engine:
             state.staged = (following, staging)
         return result
 
-    def _next_input(self, state: Pass, index: int, current: Padded, h, w, c, dtype):
+    def _next_input(
+        self,
+        state: Pass,
+        index: int,
+        current: Padded,
+        h: int,
+        w: int,
+        c: int,
+        dtype: npt.DTypeLike,
+    ) -> Padded | None:
         """Lay out the padded input of layer `index` if it is a convolution to fill."""
         if index >= len(self.layers) or self.layers[index].kind != "conv":
             return None
@@ -496,7 +528,7 @@ class Engine:
         storage = "in_b" if current.storage == "in_a" else "in_a"
         return padded(current.n, h, w, c, plan.m, dtype, state.buffers, storage, plan.tiles_h)
 
-    def other(self, layer, x: np.ndarray) -> np.ndarray:
+    def other(self, layer: Layer, x: np.ndarray) -> np.ndarray:
         """Compute a layer that is not a convolution; see the class example.
 
         Dense layers multiply each image alone, in fixed blocks of input rows shared by
@@ -533,7 +565,7 @@ class Engine:
                 np.matmul(image[r0 : r0 + DENSE_ROWS], block, out=partial[b, i])  # (out,)
 
         self._workers.map(rows, list(enumerate(starts)), x.shape[0] * kernel.size)
-        y = partial[0]
+        y: np.ndarray = partial[0]
         for part in partial[1:]:
             y += part  # (N, out), in block order
         return y

@@ -12,6 +12,13 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController  # untyped: Any to the checker
+
+T = TypeVar("T")
 
 #: Most worker threads an engine starts by default (it takes the CPUs it may use, up to this).
 MAX_THREADS = 8
@@ -29,7 +36,7 @@ def cpu_count() -> int:
 
 
 @functools.cache
-def _controller():
+def _controller() -> ThreadpoolController:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
@@ -60,12 +67,12 @@ class _SingleThreadedBlas:
     threads as well as on ours (measured: 30 times the CPU time per pass).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._passes = 0
-        self._saved: list[tuple] = []
+        self._saved: list[tuple[Callable[[int], object], int]] = []
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         with self._lock:
             if self._passes == 0:
                 for library in _controller().select(user_api="blas").lib_controllers:
@@ -76,7 +83,7 @@ class _SingleThreadedBlas:
                     setter(1)
             self._passes += 1
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         with self._lock:
             self._passes -= 1
             if self._passes == 0:
@@ -103,7 +110,7 @@ class Workers:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def _submit(self, fn, *args) -> concurrent.futures.Future:
+    def _submit(self, fn: Callable[..., object], *args: object) -> concurrent.futures.Future:
         with self._lock:  # `close` may not shut the pool down between these two lines
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "vgg_np")
@@ -119,7 +126,9 @@ class Workers:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
-    def map(self, fn, args: list, macs: int, meter: list | None = None) -> list:
+    def map(
+        self, fn: Callable[..., T], args: list[tuple], macs: int, meter: list | None = None
+    ) -> list[T]:
         """``[fn(*a) for a in args]``, shared by the calling thread and the workers.
 
         The calling thread takes tasks too, so work starts at once even when the workers
@@ -131,10 +140,10 @@ class Workers:
         """
         if self.threads == 1 or len(args) == 1 or macs < MIN_PARALLEL_MACS:
             start = time.thread_time()
-            results = [fn(*a) for a in args]
+            alone = [fn(*a) for a in args]
             if meter is not None:
                 meter.append(time.thread_time() - start)
-            return results
+            return alone
         results: list = [None] * len(args)
         todo, lock, spent = list(range(len(args)))[::-1], threading.Lock(), []
 

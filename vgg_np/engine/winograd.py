@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np.engine.layout import WORKSPACE, Buffers, Padded, padded, reshaped, untile
 
@@ -45,7 +46,9 @@ _WINOGRAD = {
 }
 
 
-def winograd_matrices(m: int, dtype=np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def winograd_matrices(
+    m: int, dtype: npt.DTypeLike = np.float64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(B^T, G, A^T)`` of Winograd F(m x m, 3 x 3), m in {2, 4}.
 
     For one axis, an input tile ``d`` of a = m + 2 values and a 3-tap kernel ``g``, the m
@@ -61,7 +64,8 @@ def winograd_matrices(m: int, dtype=np.float64) -> tuple[np.ndarray, np.ndarray,
     """
     if m not in _WINOGRAD:
         raise ValueError(f"Winograd F(m x m, 3 x 3) is provided for m = 2 or 4, got {m}")
-    return tuple(np.array(matrix, dtype=dtype) for matrix in _WINOGRAD[m])
+    bt, g, at = (np.array(matrix, dtype=dtype) for matrix in _WINOGRAD[m])
+    return bt, g, at
 
 
 def winograd_kernel(kernel: np.ndarray, m: int) -> np.ndarray:
@@ -94,12 +98,13 @@ def _combine(weights: np.ndarray, terms: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def matrices(m: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def matrices(m: int, dtype: npt.DTypeLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`winograd_matrices` in `dtype`, made once."""
-    return tuple(t.astype(dtype) for t in winograd_matrices(m))
+    bt, g, at = (t.astype(dtype) for t in winograd_matrices(m))
+    return bt, g, at
 
 
-def transform_input(source: Padded, i: int, q0: int, q1: int, ws: Buffers, out) -> None:
+def transform_input(source: Padded, i: int, q0: int, q1: int, ws: Buffers, out: np.ndarray) -> None:
     """Transform the input tiles of tile rows [q0, q1) of image `i` into `out`.
 
     `out` is ``(a_j, a_i, rows, tW, C)``. Columns first: one strided copy per column of

@@ -11,13 +11,18 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vgg_np._files import read_text
 from vgg_np.formats import choose_preprocessing
 from vgg_np.streams import image_paths, input_size
+
+if TYPE_CHECKING:
+    from vgg_np.model import VGG
 
 __all__ = ["DEFAULT_PARTITION_SIZE", "Partition", "weights_digest"]
 
@@ -27,7 +32,7 @@ PLAN_VERSION = "vgg_np extract 2"
 MAX_PLAN_BYTES = 1 << 30
 
 #: The keys of a plan, each with the type its value must have.
-PLAN_KEYS = {
+PLAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "version": str, "layer": str, "row_shape": list, "dtype": str, "top": int,
     "partition_size": int, "preprocessing": dict, "size": (int, list), "weights_digest": str,
     "paths": list,
@@ -60,7 +65,7 @@ class Partition:
         return f"part-{self.index:05d}"
 
 
-def weights_digest(model, layer: str | None = None) -> str:
+def weights_digest(model: VGG, layer: str | None = None) -> str:
     """Return a sha256 over `model`'s tensors (names, dtypes, shapes, bytes) and its layers.
 
     Every tensor each layer holds counts: kernels and biases, and a batch norm's gamma,
@@ -87,13 +92,13 @@ def weights_digest(model, layer: str | None = None) -> str:
     return digest.hexdigest()
 
 
-def _output_shape(model, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
+def _output_shape(model: VGG, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
     """Per-image output shape of `layer` for a `size` input, in the model's layout."""
     h, w = (size, size) if isinstance(size, int) else size  # streams.input_size
     return model.network.output_shape(layer, (h, w, 3))  # the one shape walk
 
 
-def _classifier(model) -> str | None:
+def _classifier(model: VGG) -> str | None:
     """Return the layer whose output ranks classes (``predictions``, a head's last), or None."""
     return None if model.output_kind == "features" else model.layers[-1].name
 
@@ -113,26 +118,39 @@ def _read_plan(out: str) -> dict:
             f"{path} is damaged ({'empty' if not text.strip() else error}): delete "
             f"{_manifest_dir(out)} and {out} to start over"
         ) from None
-    if isinstance(plan, dict) and plan.get("version") not in (None, PLAN_VERSION):
+    if not isinstance(plan, dict):  # a JSON array or number: no key to look up
+        raise ValueError(
+            f"{path} is damaged (not a JSON object): delete {_manifest_dir(out)} and {out} to "
+            "start over"
+        )
+    if plan.get("version") not in (None, PLAN_VERSION):
         raise ValueError(
             f"{path} was written by another version of vgg_np ({plan['version']!r}, this one "
             f"reads {PLAN_VERSION!r}): delete {_manifest_dir(out)} and {out} to start over"
         )
     wrong = [k for k, kind in PLAN_KEYS.items() if not isinstance(plan.get(k), kind)]
-    if isinstance(plan, dict) and not wrong and not all(isinstance(p, str) for p in plan["paths"]):
+    if not wrong and not all(isinstance(p, str) for p in plan["paths"]):
         wrong = ["paths"]
-    if not isinstance(plan, dict) or wrong:
-        what = "not a JSON object" if not isinstance(plan, dict) else f"bad {', '.join(wrong)}"
+    if wrong:
         raise ValueError(
-            f"{path} is damaged ({what}): delete {_manifest_dir(out)} and {out} to start over"
+            f"{path} is damaged (bad {', '.join(wrong)}): delete {_manifest_dir(out)} and "
+            f"{out} to start over"
         )
     return plan
 
 
-def _plan(images, model, layer, top, partition_size, preprocess, resize) -> dict:
+def _plan(
+    images: Iterable[str | os.PathLike],
+    model: VGG,
+    layer: str | None,
+    top: int,
+    partition_size: int,
+    preprocess: str | None,
+    resize: str | None,
+) -> dict:
     paths = sorted({os.path.abspath(p) for p in image_paths(images)})
     if not paths:
-        raise ValueError(f"no images found in {' '.join(map(os.fspath, images))}")
+        raise ValueError(f"no images found in {' '.join(os.fspath(p) for p in images)}")
     if not isinstance(partition_size, int) or partition_size < 1:
         raise ValueError(f"`partition_size` must be a positive int, got {partition_size!r}")
     if not isinstance(top, int) or top < 0:

@@ -13,8 +13,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,7 +25,10 @@ from vgg_np.extract.plan import DEFAULT_PARTITION_SIZE, Partition, _classifier
 from vgg_np.extract.store import Store, create_store
 from vgg_np.preprocess import top_classes
 from vgg_np.progress import Progress, show_progress
-from vgg_np.streams import decode_batches
+from vgg_np.streams import Decoded, decode_batches
+
+if TYPE_CHECKING:
+    from vgg_np.model import VGG
 
 __all__ = ["ExtractResult", "PartitionResult", "extract", "interrupted_resumes", "run_partition"]
 
@@ -48,7 +52,7 @@ class PartitionResult:
 def run_partition(
     store: Store,
     partition: Partition,
-    model,
+    model: VGG,
     *,
     batch_size: int = 32,
     workers: int = 2,
@@ -128,13 +132,17 @@ def run_partition(
     return result
 
 
-def _compute(store: Store, model, decoded, rows: list[int]) -> tuple[NDArray, list[dict]]:
+def _compute(
+    store: Store, model: VGG, decoded: Decoded, rows: list[int]
+) -> tuple[NDArray, list[dict]]:
     """One decoded batch's rows (NaN for a bad image) and manifest entries."""
     dtype, row_shape = np.dtype(store.plan["dtype"]), tuple(store.plan["row_shape"])
     block = np.full((len(decoded.paths), *row_shape), np.nan, dtype)
-    classifier = _classifier(model)
+    top_layer = _classifier(model) if store.plan["top"] else None
+    assert top_layer is not None or not store.plan["top"], "Store.check_model refuses that"
+    outputs: dict[str, np.ndarray] = {}  # read for the images that decoded
     if decoded.ok:
-        wanted = [store.layer] + ([classifier] if store.plan["top"] else [])
+        wanted = [store.layer] + ([top_layer] if top_layer is not None else [])
         batch = decoded.batch  # (N, H, W, C) as decoded
         if model.data_format == "channels_first":  # e.g. a torch ONNX graph's
             batch = batch.transpose(0, 3, 1, 2)  # (N, C, H, W)
@@ -147,8 +155,8 @@ def _compute(store: Store, model, decoded, rows: list[int]) -> tuple[NDArray, li
             entry.update(status="error", reason=decoded.errors[i])
         else:
             entry["status"] = "ok"
-            if store.plan["top"]:
-                scores = outputs[classifier][decoded.ok.index(i)]
+            if top_layer is not None:
+                scores = outputs[top_layer][decoded.ok.index(i)]
                 # a model of one's own names its classes (``vgg-np train`` records them)
                 names = model.weights_info.get("labels")
                 entry["top"] = top_classes(scores, store.plan["top"], class_names=names)
@@ -158,7 +166,7 @@ def _compute(store: Store, model, decoded, rows: list[int]) -> tuple[NDArray, li
 
 
 @contextlib.contextmanager
-def _interrupt_after():
+def _interrupt_after() -> Iterator[None]:
     """Hold a Ctrl-C back until the block is done (rows written and journaled together).
 
     Only in the main thread, where Python receives signals.
@@ -178,7 +186,7 @@ def _interrupt_after():
 
 
 @contextlib.contextmanager
-def interrupted_resumes(store: Store):
+def interrupted_resumes(store: Store) -> Iterator[None]:
     """Turn a Ctrl-C into a `KeyboardInterrupt` saying what is kept and that a rerun resumes.
 
     Examples
@@ -230,7 +238,7 @@ class ExtractResult:
     changed: int = 0
 
     @classmethod
-    def collect(cls, store: Store, results: list[PartitionResult], seconds: float):
+    def collect(cls, store: Store, results: list[PartitionResult], seconds: float) -> ExtractResult:
         """Summarise a run of `results` (one per partition run) over `store`.
 
         Partitions without a result count as done before the run. See `extract` for an
@@ -261,7 +269,7 @@ class ExtractResult:
 def extract(
     images: Iterable[str | os.PathLike],
     out: str | os.PathLike,
-    model,
+    model: VGG,
     *,
     layer: str | None = None,
     top: int = 0,

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +39,11 @@ from vgg_np.extract.plan import (
     weights_digest,
 )
 from vgg_np.formats import Preprocessing
+
+if TYPE_CHECKING:
+    import zarr  # optional, not type-checked here: Any to the checker
+
+    from vgg_np.model import VGG
 
 __all__ = ["SUFFIXES", "Store", "create_store", "open_store"]
 
@@ -131,16 +137,17 @@ class Store:
         ]
         self.prep = Preprocessing(**plan["preprocessing"])
         self.size = plan["size"]
-        self._array = None  # opened on first write, in the process that writes
+        self._array: np.memmap | zarr.Array | None = None  # opened on first write, here
         self.recomputed = (0, 0)  # rows found damaged, images found changed (`verify`)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str], Store], tuple[str]]:
         return open_store, (self.out,)  # a worker rereads the plan, never a copy of it
 
     @property
     def layer(self) -> str:
         """The layer whose output the rows hold (see the class example)."""
-        return self.plan["layer"]
+        layer: str = self.plan["layer"]  # checked when the plan was read
+        return layer
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -272,7 +279,9 @@ class Store:
 
         return read
 
-    def _rewrite(self, partition: Partition, entries: dict, stale: set, complete: bool):
+    def _rewrite(
+        self, partition: Partition, entries: dict[int, dict], stale: set[int], complete: bool
+    ) -> None:
         """Keep a partition's entries but `stale` (the next run computes those rows).
 
         They go to its journal, or to its manifest if it is complete and nothing is stale.
@@ -285,7 +294,7 @@ class Store:
         if complete:
             os.unlink(self._path(partition, "jsonl"))
 
-    def read(self):
+    def read(self) -> np.ndarray | zarr.Array:
         """Return the output array, read-only: a memory map or a Zarr array (class example)."""
         if self.out.endswith(".zarr"):
             import zarr
@@ -293,7 +302,7 @@ class Store:
             return zarr.open_array(self.out, mode="r")
         return np.load(self.out, mmap_mode="r")
 
-    def check_model(self, model) -> None:
+    def check_model(self, model: VGG) -> None:
         """Raise ValueError unless `model` makes the outputs the plan was made with.
 
         See the class example (`run_partition` calls it).
@@ -316,7 +325,7 @@ class Store:
         if problems:
             raise ValueError(f"this model does not fit {self.out}: " + "; ".join(problems))
 
-    def _open(self):
+    def _open(self) -> np.memmap | zarr.Array:
         if self._array is None:
             if self.out.endswith(".zarr"):
                 import zarr
@@ -345,7 +354,7 @@ class Store:
 def create_store(
     out: str | os.PathLike,
     images: Iterable[str | os.PathLike],
-    model,
+    model: VGG,
     *,
     layer: str | None = None,
     top: int = 0,

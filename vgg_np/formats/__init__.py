@@ -102,6 +102,11 @@ def _is_torch(s: _Sniff) -> bool:
     return s.head[:1] == b"\x80" and s.head[1:2] in PICKLE_PROTOCOLS  # a legacy pickle
 
 
+def _is_npz(s: _Sniff) -> bool:
+    names = s.zip_names or []
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
 def _is_safetensors(s: _Sniff) -> bool:
     return (
         len(s.head) == 9
@@ -120,12 +125,28 @@ def _open_hdf5(path: str, where: str, theano_flip: bool) -> Iterator[WeightSourc
             yield keras_files.read_keras_h5(f, where)
 
 
-def _write_npz(path, weights, provenance, layout, info) -> str:
+#: ``write(path, weights, provenance, layout, info)`` of a `Format`: returns what it wrote.
+Writer = Callable[[str | os.PathLike, Mapping[str, tuple], Provenance, str | None, dict], str]
+
+
+def _write_npz(
+    path: str | os.PathLike,
+    weights: Mapping[str, tuple],
+    provenance: Provenance,
+    layout: str | None,
+    info: dict,
+) -> str:
     npz.write_npz(path, weights, provenance=provenance, info=info)
     return npz.DESCRIPTION
 
 
-def _write_h5(path, weights, provenance, layout, info) -> str:
+def _write_h5(
+    path: str | os.PathLike,
+    weights: Mapping[str, tuple],
+    provenance: Provenance,
+    layout: str | None,
+    info: dict,
+) -> str:
     """Keras Applications' layout for a plain VGG, else (or asked) the whole model."""
     plain = not info.get("head") and all(len(tensors) == 2 for tensors in weights.values())
     if layout == "model" or (layout is None and not plain):
@@ -172,7 +193,7 @@ class Format:
     detect: Callable[[_Sniff], bool]
     open: Callable[[str, str, bool], AbstractContextManager[WeightSource]]
     suffixes: tuple[str, ...] = ()
-    write: Callable[..., str] | None = None
+    write: Writer | None = None
     layouts: tuple[str, ...] = ()
 
 
@@ -206,7 +227,7 @@ FORMATS: tuple[Format, ...] = (
     ),
     Format(
         "npz",
-        lambda s: bool(s.zip_names) and all(n.endswith(".npy") for n in s.zip_names),
+        _is_npz,
         lambda path, where, _: npz.open_npz(path, where),
         (".npz",),
         _write_npz,
@@ -423,7 +444,7 @@ def write_weights(
     """
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     fmt = next((f for f in FORMATS if suffix in f.suffixes), None)
-    if fmt is None:
+    if fmt is None or fmt.write is None:
         raise ValueError(
             f"cannot tell the format to write from {os.fspath(path)!r}: use "
             f"{', '.join(s for f in FORMATS for s in f.suffixes)}"

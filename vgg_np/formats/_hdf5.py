@@ -20,7 +20,7 @@ import numpy as np
 from vgg_np.formats._common import FileFormatError, LazyArray, check_expansion, check_regular
 
 
-def _indirection(f: h5py.File, name: str, link) -> str | None:
+def _indirection(f: h5py.File, name: str, link: object) -> str | None:
     """Say what is wrong with one link of the file, or None."""
     if not isinstance(link, h5py.HardLink):
         return f"{name!r} is a {type(link).__name__}; links to other objects or files are refused"

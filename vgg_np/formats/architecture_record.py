@@ -21,7 +21,12 @@ __all__ = ["RECORD_KEY", "from_record", "to_record"]
 
 #: The key of the record: an npz member name, a safetensors ``__metadata__`` key.
 RECORD_KEY = "vgg_np.architecture"
-_FIELDS = {"name": str, "kind": str, "units": int, "activation": (str, type(None))}
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "kind": str,
+    "units": int,
+    "activation": (str, type(None)),
+}
 _FLOATS = ("eps", "rate")
 
 
@@ -59,6 +64,8 @@ def from_record(text: object, where: str) -> dict:
         If the record is not what `to_record` writes.
     """
     try:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"a {type(text).__name__}, not JSON text")
         record = json.loads(text)
         eps, rows = record.pop("batch_norm"), record.pop("head")
         labels = _labels(record.pop("labels", None))

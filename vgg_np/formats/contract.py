@@ -166,10 +166,11 @@ class Provenance:
         >>> Provenance.from_record({"vgg_np.family": "torchvision"}, "npz", "'w.npz'").family
         <Family.TORCHVISION: 'torchvision'>
         """
-        values = {k: record[RECORD_PREFIX + k] for k in RECORD_KEYS if RECORD_PREFIX + k in record}
-        if not values:
+        found = {k: record[RECORD_PREFIX + k] for k in RECORD_KEYS if RECORD_PREFIX + k in record}
+        if not found:
             return None
-        if not all(isinstance(v, str) for v in values.values()) or "family" not in values:
+        values = {k: v for k, v in found.items() if isinstance(v, str)}
+        if len(values) != len(found) or "family" not in values:
             raise FileFormatError(f"{where}: damaged vgg_np provenance record {dict(record)!r}")
         try:
             family = Family(values["family"])

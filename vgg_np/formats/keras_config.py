@@ -127,9 +127,9 @@ class KerasModel:
         without them.
     """
 
-    names: dict
-    variables: dict
-    head: tuple | None
+    names: dict[str, str]
+    variables: dict[str, list[str]]
+    head: tuple[Layer, ...] | None
     input_shape: tuple
     classifier_activation: str | None
     batch_norm: float | None = None
@@ -168,12 +168,14 @@ def _flat_layers(config: Mapping, where: str, depth: int = 0) -> list[dict]:
             flat += inner
         else:
             cls = layer.get("class_name")
+            if not isinstance(cls, str):
+                raise FileFormatError(f"{where}: layer {name!r} has class name {cls!r}")
             full = _with_defaults(cls, layer["config"], name, where)
             flat.append({**layer, "class_name": cls, "name": name, "config": full})
     return flat
 
 
-def _with_defaults(kind, config: Mapping, name, where: str) -> dict:
+def _with_defaults(kind: str, config: Mapping, name: object, where: str) -> dict:
     """Return a layer's config with Keras's value for every key it leaves out (or nulls)."""
     missing = [key for key in _REQUIRED.get(kind, ()) if config.get(key) is None]
     if missing:
@@ -192,11 +194,11 @@ def _with_defaults(kind, config: Mapping, name, where: str) -> dict:
     return full
 
 
-def _inbound(nodes) -> list[str]:
+def _inbound(nodes: object) -> list[str]:
     """Names of the layers a Functional layer's inbound nodes read (Keras 3 and 2)."""
     found: list[str] = []
 
-    def visit(value) -> None:
+    def visit(value: object) -> None:
         if isinstance(value, Mapping):
             history = value.get("keras_history")
             if isinstance(history, list) and history and isinstance(history[0], str):
@@ -215,7 +217,7 @@ def _inbound(nodes) -> list[str]:
     return found
 
 
-def _expect(layer: dict, where: str, **wanted) -> None:
+def _expect(layer: dict, where: str, **wanted: object) -> None:
     config = layer["config"]  # with Keras's defaults (_with_defaults)
     wrong = {k: config.get(k) for k, v in wanted.items() if config.get(k) != v}
     if wrong:
@@ -411,7 +413,9 @@ def read_config(config: Mapping, where: str) -> KerasModel:
     )
 
 
-def _named(where: str, layer: str, variables: list[str], arrays: list) -> dict:
+def _named(
+    where: str, layer: str, variables: list[str], arrays: list[LazyArray]
+) -> dict[str, LazyArray]:
     if len(arrays) != len(variables):
         shapes = [tuple(a.shape) for a in arrays]
         raise FileFormatError(
@@ -421,15 +425,17 @@ def _named(where: str, layer: str, variables: list[str], arrays: list) -> dict:
     return dict(zip(variables, arrays, strict=True))
 
 
-def arrays_from_keras3(layers: h5py.Group, model: KerasModel, where: str) -> dict:
+def arrays_from_keras3(
+    layers: h5py.Group, model: KerasModel, where: str
+) -> dict[str, dict[str, LazyArray]]:
     """``{layer: {variable: array}}`` from a Keras 3 ``model.weights.h5``'s ``layers`` group.
 
     Each layer's ``vars`` group names its layer in the ``name`` attribute and numbers its
     variables in creation order; nested models hold their own ``layers`` group.
     """
-    found: dict[str, list] = {}
+    found: dict[str, list[LazyArray]] = {}
 
-    def visit(name: str, group) -> None:
+    def visit(name: str, group: object) -> None:
         if name.endswith("vars") and isinstance(group, h5py.Group) and len(group):
             layer = group.attrs.get("name", "")
             layer = layer.decode("utf8") if isinstance(layer, bytes) else str(layer)
@@ -445,13 +451,13 @@ def arrays_from_keras3(layers: h5py.Group, model: KerasModel, where: str) -> dic
     }
 
 
-def arrays_from_model_weights(root: h5py.Group, where: str) -> dict:
+def arrays_from_model_weights(root: h5py.Group, where: str) -> dict[str, dict[str, LazyArray]]:
     """``{layer: {variable: array}}`` from ``model.save("x.h5")``'s ``model_weights``.
 
     Every weight name ends ``.../<layer>/<variable>`` (a nested model's layers all sit in
     its group, a Sequential prefixes its own name).
     """
-    found: dict[str, dict] = {}
+    found: dict[str, dict[str, LazyArray]] = {}
     for group_name in _hdf5.strings(root.attrs, "layer_names") or []:
         group = root.get(group_name)
         if not isinstance(group, h5py.Group):
@@ -464,7 +470,9 @@ def arrays_from_model_weights(root: h5py.Group, where: str) -> dict:
     return found
 
 
-def tensors_of(model: KerasModel, arrays: Mapping[str, Mapping[str, object]], where: str) -> dict:
+def tensors_of(
+    model: KerasModel, arrays: Mapping[str, Mapping[str, LazyArray]], where: str
+) -> dict[str, tuple[LazyArray, ...]]:
     """Canonical tensors from each Keras layer's variables (``{layer: {variable: array}}``).
 
     Missing optional variables get their neutral values: a zero bias (``use_bias=False``),
@@ -473,7 +481,7 @@ def tensors_of(model: KerasModel, arrays: Mapping[str, Mapping[str, object]], wh
     missing = [keras for keras in model.names.values() if keras not in arrays]
     if missing:
         raise FileFormatError(f"{where}: its config names layers with no weights: {missing}")
-    tensors = {}
+    tensors: dict[str, tuple[LazyArray, ...]] = {}
     for name, keras in model.names.items():
         found = arrays[keras]
         if sorted(found) != sorted(model.variables[keras]):
@@ -496,6 +504,6 @@ def tensors_of(model: KerasModel, arrays: Mapping[str, Mapping[str, object]], wh
     return tensors
 
 
-def _constant(shape: tuple, value: float, found: Mapping) -> LazyArray:
+def _constant(shape: tuple[int, ...], value: float, found: Mapping[str, LazyArray]) -> LazyArray:
     dtype = next(iter(found.values())).dtype
     return LazyArray(tuple(shape), dtype, lambda: np.full(shape, value, dtype))

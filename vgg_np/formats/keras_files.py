@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -38,6 +38,7 @@ from vgg_np.formats import _hdf5, keras_config
 from vgg_np.formats._common import (
     CHUNK,
     FileFormatError,
+    LazyArray,
     check_unique,
     check_zip,
     open_regular,
@@ -56,9 +57,10 @@ MAX_CONFIG = 16 << 20
 MAX_NESTING = 8
 
 
-def _legacy_layers(root: h5py.Group, where: str) -> dict:
+def _legacy_layers(
+    root: h5py.Group, names: list[str], where: str
+) -> dict[str, tuple[LazyArray, LazyArray]]:
     """Layers of the ``layer_names`` / ``weight_names`` layouts (all but .weights.h5)."""
-    names = _hdf5.strings(root.attrs, "layer_names")
     pairs = []
     for layer in names:
         if not isinstance(root.get(layer), h5py.Group):
@@ -81,7 +83,9 @@ def _natural_key(key: str) -> tuple[str, int]:
     return (stem, int(counter)) if stem and counter.isdigit() else (key, -1)
 
 
-def _variables(group: h5py.Group, key: str, where: str) -> tuple[str, tuple] | None:
+def _variables(
+    group: h5py.Group, key: str, where: str
+) -> tuple[str, tuple[LazyArray, LazyArray]] | None:
     """Return (layer name, (kernel, bias)) of one layer group, None if it has no variables."""
     variables = group.get("vars")
     if not isinstance(variables, h5py.Group) or not len(variables):
@@ -97,7 +101,9 @@ def _variables(group: h5py.Group, key: str, where: str) -> tuple[str, tuple] | N
     return name, split_kernel_bias(name, [_hdf5.dataset(a, where) for a in arrays], where)
 
 
-def _keras3_layers(layers: h5py.Group, where: str, depth: int = 0) -> list[tuple[str, tuple]]:
+def _keras3_layers(
+    layers: h5py.Group, where: str, depth: int = 0
+) -> list[tuple[str, tuple[LazyArray, LazyArray]]]:
     """Layers of a Keras 3 ``.weights.h5``: map each ``vars`` group by its name attribute."""
     if depth > MAX_NESTING:
         raise FileFormatError(f"{where}: models nested more than {MAX_NESTING} deep")
@@ -113,17 +119,16 @@ def _keras3_layers(layers: h5py.Group, where: str, depth: int = 0) -> list[tuple
     return pairs
 
 
-def _layout(f: h5py.File, where: str) -> tuple[str, dict]:
+def _layout(f: h5py.File, where: str) -> tuple[str, dict[str, tuple[LazyArray, LazyArray]]]:
     """Return (layout description, canonical lazy tensors) of a Keras HDF5 file."""
-    if isinstance(f.get("model_weights"), h5py.Group) and (
-        _hdf5.strings(f["model_weights"].attrs, "layer_names") is not None
+    weights = f.get("model_weights")
+    if isinstance(weights, h5py.Group) and (
+        (names := _hdf5.strings(weights.attrs, "layer_names")) is not None
     ):
-        return "keras-h5 (model.save layout, model_weights/)", _legacy_layers(
-            f["model_weights"], where
-        )
-    if _hdf5.strings(f.attrs, "layer_names") is not None:
+        return "keras-h5 (model.save layout, model_weights/)", _legacy_layers(weights, names, where)
+    if (names := _hdf5.strings(f.attrs, "layer_names")) is not None:
         kind = "save_weights layout" if "keras_version" in f.attrs else "Keras Applications layout"
-        return f"keras-h5 ({kind})", _legacy_layers(f, where)
+        return f"keras-h5 ({kind})", _legacy_layers(f, names, where)
     if isinstance(f.get("layers"), h5py.Group):
         pairs = _keras3_layers(f["layers"], where)
         return "keras-weights-h5 (Keras 3 .weights.h5)", check_unique(pairs, where)
@@ -133,17 +138,23 @@ def _layout(f: h5py.File, where: str) -> tuple[str, dict]:
     )
 
 
-def _from_config(text: object, arrays, where: str) -> tuple[dict, dict]:
+def _from_config(
+    text: object,
+    arrays: Callable[[keras_config.KerasModel], Mapping[str, Mapping[str, LazyArray]]],
+    where: str,
+) -> tuple[dict[str, tuple[LazyArray, ...]], dict[str, object]]:
     """Tensors and architecture of a whole saved model, from its own config (JSON)."""
     if isinstance(text, bytes):
         text = text.decode("utf8", "replace")
     try:
+        if not isinstance(text, str):
+            raise TypeError(f"a {type(text).__name__}, not text")
         config = json.loads(text)
     except (TypeError, ValueError) as error:
         raise FileFormatError(f"{where}: its model config is not JSON: {error}") from None
     model = keras_config.read_config(config, where)
     tensors = keras_config.tensors_of(model, arrays(model), where)
-    info = {
+    info: dict[str, object] = {
         "input_shape": model.input_shape,
         "input_layout": "NHWC",
         "classifier_activation": model.classifier_activation,
@@ -181,12 +192,12 @@ def read_keras_h5(f: h5py.File, where: str) -> WeightSource:
             input_size=_static_size(info),
         )
         return WeightSource(tensors, provenance, info, path=where)
-    description, tensors = _layout(f, where)
+    description, pairs = _layout(f, where)
     record = _hdf5.text_attrs(f.attrs, RECORD_PREFIX)
     provenance = Provenance.from_record(record, description, where) or Provenance.implied(
         description, Family.KERAS, "implied by the Keras HDF5 layout (no provenance recorded)"
     )
-    return WeightSource(tensors, provenance, path=where)
+    return WeightSource(pairs, provenance, path=where)
 
 
 @contextlib.contextmanager
@@ -211,6 +222,7 @@ def open_keras_zip(path: str | os.PathLike, where: str) -> Iterator[WeightSource
             raise FileFormatError(f"{where}: damaged .keras archive: {error}") from None
         config = _member(zf, KERAS_CONFIG_MEMBER, where)
         with _hdf5.open_hdf5(extracted, where) as f:
+            info: dict[str, object]
             if config is None or not isinstance(f.get("layers"), h5py.Group):
                 source = read_keras_h5(f, where)
                 tensors, info = source.tensors, {}
@@ -271,7 +283,7 @@ def _member(zf: zipfile.ZipFile, name: str, where: str) -> bytes | None:
 
 def write_keras_h5(
     path: str | os.PathLike,
-    weights: dict,
+    weights: Mapping[str, tuple],
     *,
     layer_names: list[str] | None = None,
     naming: str = "applications",

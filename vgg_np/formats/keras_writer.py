@@ -116,7 +116,7 @@ class KerasLayer:
 def _class_config(layer: Layer, class_name: str) -> dict:
     """Give the config keys of `class_name` that say what `layer` computes."""
     activation = {"activation": _KERAS_NAMES[layer.activation]}
-    return {
+    configs: dict[str, dict] = {
         "Conv2D": {"filters": layer.units, **CONV_CONFIG, **activation, "use_bias": True},
         "MaxPooling2D": POOL_CONFIG,
         "Flatten": {"data_format": "channels_last"},
@@ -132,7 +132,8 @@ def _class_config(layer: Layer, class_name: str) -> dict:
         },
         "Dropout": {"rate": layer.rate, "seed": None, "noise_shape": None},
         "Activation": activation,
-    }[class_name]
+    }
+    return configs[class_name]
 
 
 def _fixed_input(table: Sequence[Layer], input_shape: tuple) -> tuple[tuple, str]:
@@ -240,7 +241,7 @@ def _layer_entry(layer: KerasLayer, previous: KerasLayer | None, dtype: str, ful
     else:
         config = {"trainable": True, "dtype": _dtype_policy(dtype), **layer.config}
         nodes = [{"args": [_tensor(layer.input_shape, dtype, previous.name)], "kwargs": {}}]
-    entry = {
+    entry: dict[str, object] = {
         "class_name": layer.class_name,
         "config": {"name": layer.name, **config},
         "name": layer.name,
@@ -345,7 +346,7 @@ def _labels(info: Mapping) -> dict[str, str]:
     return {RECORD_KEY: record} if record is not None else {}
 
 
-def _check(info: Mapping, path) -> tuple[list[KerasLayer], str]:
+def _check(info: Mapping, path: str | os.PathLike) -> tuple[list[KerasLayer], str]:
     table, input_shape = info.get("layers"), info.get("input_shape")
     if not table or input_shape is None:
         raise NeedsArchitecture(

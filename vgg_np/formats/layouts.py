@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np.formats._common import FileFormatError, LazyArray
 
 
-def oihw_to_hwio(weight: np.ndarray) -> np.ndarray:
+def oihw_to_hwio(weight: npt.ArrayLike) -> np.ndarray:
     """PyTorch/ONNX conv weight ``(O, C, KH, KW)`` -> Keras kernel ``(KH, KW, C, O)``.
 
     Examples
@@ -31,7 +32,7 @@ def oihw_to_hwio(weight: np.ndarray) -> np.ndarray:
     return np.asarray(weight).transpose(2, 3, 1, 0)  # (O, C, KH, KW) -> (KH, KW, C, O)
 
 
-def hwio_to_oihw(kernel: np.ndarray) -> np.ndarray:
+def hwio_to_oihw(kernel: npt.ArrayLike) -> np.ndarray:
     """Keras kernel ``(KH, KW, C, O)`` -> PyTorch/ONNX conv weight ``(O, C, KH, KW)``.
 
     Examples
@@ -42,12 +43,12 @@ def hwio_to_oihw(kernel: np.ndarray) -> np.ndarray:
     return np.asarray(kernel).transpose(3, 2, 0, 1)  # (KH, KW, C, O) -> (O, C, KH, KW)
 
 
-def linear_to_dense(weight: np.ndarray) -> np.ndarray:
+def linear_to_dense(weight: npt.ArrayLike) -> np.ndarray:
     """``nn.Linear.weight`` ``(out, in)`` -> Keras dense kernel ``(in, out)``."""
     return np.asarray(weight).T  # (out, in) -> (in, out)
 
 
-def chw_rows_to_hwc(kernel: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+def chw_rows_to_hwc(kernel: npt.ArrayLike, chw: tuple[int, int, int]) -> np.ndarray:
     """Reorder the rows of a dense kernel ``(C*H*W, out)`` from C,H,W to H,W,C order.
 
     A dense layer after an NCHW flatten (PyTorch, Theano) sees its inputs in C, H, W
@@ -60,12 +61,12 @@ def chw_rows_to_hwc(kernel: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray
     array([0, 4, 1, 5, 2, 6, 3, 7])
     """
     c, h, w = chw
-    kernel = np.asarray(kernel)
-    out = kernel.shape[1]
-    return kernel.reshape(c, h, w, out).transpose(1, 2, 0, 3).reshape(h * w * c, out)
+    array = np.asarray(kernel)
+    out = array.shape[1]
+    return array.reshape(c, h, w, out).transpose(1, 2, 0, 3).reshape(h * w * c, out)
 
 
-def hwc_rows_to_chw(kernel: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
+def hwc_rows_to_chw(kernel: npt.ArrayLike, hwc: tuple[int, int, int]) -> np.ndarray:
     """Reorder the rows of a dense kernel ``(H*W*C, out)`` from H,W,C to C,H,W order.
 
     The inverse of `chw_rows_to_hwc`.
@@ -77,12 +78,12 @@ def hwc_rows_to_chw(kernel: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray
     array([0, 1, 2, 3, 4, 5, 6, 7])
     """
     h, w, c = hwc
-    kernel = np.asarray(kernel)
-    out = kernel.shape[1]
-    return kernel.reshape(h, w, c, out).transpose(2, 0, 1, 3).reshape(c * h * w, out)
+    array = np.asarray(kernel)
+    out = array.shape[1]
+    return array.reshape(h, w, c, out).transpose(2, 0, 1, 3).reshape(c * h * w, out)
 
 
-def fc1_torch_to_keras(weight: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+def fc1_torch_to_keras(weight: npt.ArrayLike, chw: tuple[int, int, int]) -> np.ndarray:
     """Convert torchvision's fc1 weight ``(out, C*H*W)`` to a Keras kernel ``(H*W*C, out)``.
 
     Examples
@@ -93,7 +94,7 @@ def fc1_torch_to_keras(weight: np.ndarray, chw: tuple[int, int, int]) -> np.ndar
     return chw_rows_to_hwc(linear_to_dense(weight), chw)
 
 
-def fc1_keras_to_torch(kernel: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
+def fc1_keras_to_torch(kernel: npt.ArrayLike, hwc: tuple[int, int, int]) -> np.ndarray:
     """Convert a Keras fc1 kernel ``(H*W*C, out)`` to torchvision's weight ``(out, C*H*W)``."""
     return hwc_rows_to_chw(kernel, hwc).T
 
@@ -116,7 +117,7 @@ def flattened_grid(features: int, channels: int, where: str) -> tuple[int, int, 
     return channels, side, side
 
 
-def lazy_hwc_rows(kernel, channels: int, where: str) -> LazyArray:
+def lazy_hwc_rows(kernel: np.ndarray | LazyArray, channels: int, where: str) -> LazyArray:
     """Lazily reorder a dense kernel's rows from C,H,W to H,W,C order (see `chw_rows_to_hwc`)."""
     chw = flattened_grid(kernel.shape[0], channels, where)
     return LazyArray(
@@ -134,7 +135,7 @@ def dense_names(count: int) -> list[str]:
     return [f"fc{i}" for i in range(1, count)] + ["predictions"]
 
 
-def lazy_oihw_to_hwio(weight, where: str) -> LazyArray:
+def lazy_oihw_to_hwio(weight: np.ndarray | LazyArray, where: str) -> LazyArray:
     """Lazily convert an OIHW convolution weight to an HWIO kernel (see `oihw_to_hwio`)."""
     if len(weight.shape) != 4:
         raise FileFormatError(f"{where}: a convolution weight must be 4-D, got {weight.shape}")
@@ -142,7 +143,7 @@ def lazy_oihw_to_hwio(weight, where: str) -> LazyArray:
     return LazyArray((kh, kw, c, o), weight.dtype, lambda: oihw_to_hwio(weight), where)
 
 
-def lazy_linear_to_dense(weight, where: str) -> LazyArray:
+def lazy_linear_to_dense(weight: np.ndarray | LazyArray, where: str) -> LazyArray:
     """Lazily convert an ``(out, in)`` linear weight to a dense kernel (see `linear_to_dense`)."""
     if len(weight.shape) != 2:
         raise FileFormatError(f"{where}: a linear weight must be 2-D (out, in), got {weight.shape}")

@@ -13,6 +13,7 @@ loaded model, a file truncated later cannot crash it, and a flipped bit is an er
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, cast
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class _Header:
     crc: int  # CRC-32 of the member's bytes before the data (stored members)
 
 
-def _parse_npy_header(fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _parse_npy_header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
@@ -75,7 +76,7 @@ def _parse_npy_header(fp, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     return shape, fortran, dtype
 
 
-def _stored_header(fp: BinaryIO, info: zipfile.ZipInfo, where: str) -> _Header:
+def _stored_header(fp: io.BufferedReader, info: zipfile.ZipInfo, where: str) -> _Header:
     try:
         start = stored_member_offset(fp, info)
     except FileFormatError:
@@ -94,17 +95,23 @@ def _compressed_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -
         return _Header(shape, fortran, dtype, member.tell(), member.tell(), 0)
 
 
-def _read_stored(fp: BinaryIO, info: zipfile.ZipInfo, header: _Header, nbytes: int, where: str):
+def _read_stored(
+    fp: io.BufferedReader, info: zipfile.ZipInfo, header: _Header, nbytes: int, where: str
+) -> np.ndarray:
     data, crc = read_exactly(fp, header.data_offset, nbytes, header.crc)
     if crc != info.CRC:
         raise FileFormatError(f"{where}: CRC-32 mismatch: the member is damaged or was changed")
     return bytes_to_array(data, header.dtype, header.shape, header.fortran)
 
 
-def _read_compressed(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: _Header, nbytes: int):
+def _read_compressed(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: _Header, nbytes: int
+) -> np.ndarray:
     data = np.empty(nbytes, np.uint8)
-    view = memoryview(data)
-    with zf.open(info) as member:
+    view = data.data  # a memoryview (NumPy's stubs give ndarray a buffer only on Python 3.12+)
+    # Opened for reading, a member is a zipfile.ZipExtFile, which has readinto; typeshed
+    # types what `open` returns in any mode as IO[bytes].
+    with cast(zipfile.ZipExtFile, zf.open(info)) as member:
         member.read(header.data_offset)
         done = 0
         while done < nbytes:
@@ -116,7 +123,9 @@ def _read_compressed(zf: zipfile.ZipFile, info: zipfile.ZipInfo, header: _Header
     return bytes_to_array(data, header.dtype, header.shape, header.fortran)
 
 
-def _member(fp: BinaryIO, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> LazyArray:
+def _member(
+    fp: io.BufferedReader, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str
+) -> LazyArray:
     """Return a lazy tensor for one member, after checking its header against its size."""
     if info.compress_type == zipfile.ZIP_STORED:
         header = _stored_header(fp, info, where)
@@ -223,10 +232,10 @@ def write_npz(
     if (architecture := to_record(info or {})) is not None:
         records[ARCHITECTURE_KEY] = np.array(architecture)
     with _files.atomic_write(path) as f:
-        np.savez(f, **flatten_pairs(weights), **records)
+        np.savez(f, allow_pickle=False, **flatten_pairs(weights), **records)
 
 
-def _npy(fp: BinaryIO, where: str) -> np.ndarray:
+def _npy(fp: io.BufferedReader, where: str) -> np.ndarray:
     """Read a whole ``.npy`` file after checking its header against the file's size."""
     shape, fortran, dtype = _parse_npy_header(fp, where)
     start = fp.tell()

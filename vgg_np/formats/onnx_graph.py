@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,6 +55,11 @@ from vgg_np.formats.layouts import (
     lazy_oihw_to_hwio,
 )
 
+if TYPE_CHECKING:
+    # The optional onnx package is not type-checked here (pyproject.toml): its protos are
+    # Any to the checker; the names say what is meant.
+    from onnx import GraphProto, ModelProto, NodeProto, TensorProto
+
 SUPPORTED = (
     "Conv", "Relu", "MaxPool", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Softmax",
     "Dropout", "Transpose", "Identity", "AveragePool", "GlobalAveragePool", "Constant",
@@ -63,23 +71,22 @@ MAX_RANK = 8
 _TYPED_FIELDS = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data")
 
 
-def _onnx():
+def _onnx() -> ModuleType:
     try:
-        import onnx
+        return importlib.import_module("onnx")
     except ImportError:
         raise ImportError(
             "reading ONNX models needs the `onnx` package (pip install onnx)"
         ) from None
-    return onnx
 
 
-def _attrs(node) -> dict:
+def _attrs(node: NodeProto) -> dict:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _lazy_tensor(proto, where: str) -> LazyArray:
+def _lazy_tensor(proto: TensorProto, where: str) -> LazyArray:
     """Wrap a TensorProto as a lazy array, after checking its data is in the file and whole."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -99,7 +106,9 @@ def _lazy_tensor(proto, where: str) -> LazyArray:
     return LazyArray(shape, dtype, lambda: numpy_helper.to_array(proto), what)
 
 
-def _constant_of_shape(node, values: dict, where: str) -> LazyArray | None:
+def _constant_of_shape(
+    node: NodeProto, values: dict[str, LazyArray], where: str
+) -> LazyArray | None:
     """Return the output of a ``ConstantOfShape`` of constant shape, computed only if read."""
     if node.input[0] not in values:
         return None
@@ -121,7 +130,7 @@ def _constant_of_shape(node, values: dict, where: str) -> LazyArray | None:
     )
 
 
-def _constants(graph, where: str) -> dict[str, LazyArray]:
+def _constants(graph: GraphProto, where: str) -> dict[str, LazyArray]:
     """Collect initializers and the outputs of Constant / ConstantOfShape nodes, lazily."""
     values = {t.name: _lazy_tensor(t, where) for t in graph.initializer}
     for node in graph.node:
@@ -135,11 +144,11 @@ def _constants(graph, where: str) -> dict[str, LazyArray]:
     return values
 
 
-def _node_name(node) -> str:
+def _node_name(node: NodeProto) -> str:
     return f"{node.op_type} {node.name!r}"
 
 
-def _live_nodes(graph, source: str, where: str) -> list:
+def _live_nodes(graph: GraphProto, source: str, where: str) -> list[NodeProto]:
     """Return the nodes the graph's declared output depends on, in the graph's order.
 
     The output is what the graph declares (as onnxruntime returns it): a node that feeds
@@ -172,7 +181,9 @@ def _live_nodes(graph, source: str, where: str) -> list:
     return order
 
 
-def _reached(order: list, producer: dict, source: str, where: str) -> set[str]:
+def _reached(
+    order: list[NodeProto], producer: dict[str, NodeProto], source: str, where: str
+) -> set[str]:
     """Return the tensors computed from `source`, refusing a cycle by a node on it.
 
     Kahn's algorithm, linear in the graph's size whatever its node order: a node runs
@@ -180,14 +191,14 @@ def _reached(order: list, producer: dict, source: str, where: str) -> set[str]:
     after) a cycle.
     """
     waiting: dict[int, int] = {}  # node -> inputs made by nodes not run yet
-    consumers: dict[str, list] = {}
+    consumers: dict[str, list[NodeProto]] = {}
     for node in order:
         inputs = [name for name in node.input if name in producer]
         waiting[id(node)] = len(inputs)
         for name in inputs:
             consumers.setdefault(name, []).append(node)
     ready = collections.deque(node for node in order if not waiting[id(node)])
-    reached, made = {source}, set()
+    reached, made = {source}, set[str]()
     while ready:
         node = ready.popleft()
         if reached.intersection(node.input):
@@ -210,10 +221,10 @@ def _reached(order: list, producer: dict, source: str, where: str) -> set[str]:
 class _Walker:
     """Follow the single chain of nodes from the graph's input, through the live nodes."""
 
-    def __init__(self, live: list, values, where):
+    def __init__(self, live: list[NodeProto], values: dict[str, LazyArray], where: str):
         self.where = where
         self.values = values
-        self.consumers: dict[str, list] = {}
+        self.consumers: dict[str, list[NodeProto]] = {}
         for node in live:
             # A Shape reads a tensor's shape, not its values (tf2onnx's Flatten computes
             # its Reshape target from the map): not a branch of the chain.
@@ -222,7 +233,7 @@ class _Walker:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
 
-    def next(self, tensor: str):
+    def next(self, tensor: str) -> NodeProto | None:
         nodes = self.consumers.get(tensor, [])
         if len(nodes) > 1:
             ops = ", ".join(f"{n.op_type} {n.name!r}" for n in nodes)
@@ -231,7 +242,7 @@ class _Walker:
             )
         return nodes[0] if nodes else None
 
-    def weight(self, node, position: int, what: str) -> LazyArray | None:
+    def weight(self, node: NodeProto, position: int, what: str) -> LazyArray | None:
         """Return a constant input of `node` used as a weight (None if absent), size-capped."""
         if position >= len(node.input) or not node.input[position]:
             return None
@@ -249,7 +260,7 @@ class _Walker:
         return value
 
 
-def _unsupported(node, where: str, expected: str) -> FileFormatError:
+def _unsupported(node: NodeProto, where: str, expected: str) -> FileFormatError:
     return FileFormatError(
         f"{where}: unsupported node {node.op_type} {node.name!r} where {expected} was expected; "
         f"vgg_np reads VGG graphs made of {', '.join(SUPPORTED)} with 3x3 'same' convolutions "
@@ -263,47 +274,49 @@ class _Graph:
 
     walk: _Walker
     where: str
-    tensors: dict = field(default_factory=dict)
+    tensors: dict[str, tuple[LazyArray | np.ndarray, ...]] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     channels: int | None = None
 
 
-def _is_transpose(node, perm: list[int]) -> bool:
+def _is_transpose(node: NodeProto | None, perm: list[int]) -> bool:
     return node is not None and node.op_type == "Transpose" and list(_attrs(node)["perm"]) == perm
 
 
-def _same_conv(node, weight) -> bool:
+def _same_conv(node: NodeProto, weight: LazyArray) -> bool:
     """Tell a 3x3, stride 1, dilation 1, ungrouped convolution with 'same' padding."""
     attrs = _attrs(node)
     same = list(attrs.get("pads", [0, 0, 0, 0])) == [1, 1, 1, 1] or attrs.get("auto_pad", b"") in (
         b"SAME_UPPER",
         b"SAME_LOWER",
     )
-    return (
-        weight is not None and weight.ndim == 4 and weight.shape[2:] == (3, 3)
+    return bool(
+        weight.ndim == 4 and weight.shape[2:] == (3, 3)
         and attrs.get("group", 1) == 1 and list(attrs.get("strides", [1, 1])) == [1, 1]
         and list(attrs.get("dilations", [1, 1])) == [1, 1] and same
     )  # fmt: skip
 
 
-def _conv(g: _Graph, node, name: str) -> str:
+def _conv(g: _Graph, node: NodeProto, name: str) -> str:
     """Take one Conv + Relu as layer `name`; return the Relu's output tensor."""
     weight = g.walk.weight(node, 1, "the weight")
-    if not _same_conv(node, weight):
+    if weight is None or not _same_conv(node, weight):
         raise _unsupported(node, g.where, "a 3x3, stride 1, 'same' Conv")
     bias = g.walk.weight(node, 2, "the bias")
-    if bias is None:
-        bias = np.zeros(weight.shape[0], weight.dtype)
-    g.tensors[name] = (lazy_oihw_to_hwio(weight, weight.where), bias)
+    g.tensors[name] = (
+        lazy_oihw_to_hwio(weight, weight.where),
+        bias if bias is not None else np.zeros(weight.shape[0], weight.dtype),
+    )
     g.channels = weight.shape[0]
     relu = g.walk.next(node.output[0])
     if relu is None or relu.op_type != "Relu":
         raise _unsupported(relu or node, g.where, f"a Relu after {name}")
-    g.names[name] = relu.output[0]
-    return relu.output[0]
+    output: str = relu.output[0]
+    g.names[name] = output
+    return output
 
 
-def _check_pool(node, where: str) -> None:
+def _check_pool(node: NodeProto, where: str) -> None:
     attrs = _attrs(node)
     if list(attrs.get("kernel_shape", [])) != [2, 2] or list(attrs.get("strides", [1, 1])) != [
         2,
@@ -314,7 +327,7 @@ def _check_pool(node, where: str) -> None:
         raise _unsupported(node, where, "a MaxPool without padding")
 
 
-def _read_base(g: _Graph, current: str):
+def _read_base(g: _Graph, current: str) -> NodeProto | None:
     """Walk the five VGG blocks from tensor `current`; return the first node after them."""
     block, index = 1, 0
     node = g.walk.next(current)
@@ -338,10 +351,10 @@ class _NotAHead(Exception):
     """What follows block5_pool is not VGG's classifier."""
 
 
-def _is_identity_pool(node, side) -> bool:
+def _is_identity_pool(node: NodeProto, side: tuple[int | None, int | None]) -> bool:
     attrs = _attrs(node)
     if node.op_type == "AveragePool":
-        return (
+        return bool(
             list(attrs.get("kernel_shape", [])) == [1, 1]
             and list(attrs.get("strides", [1, 1])) == [1, 1]
             and not any(attrs.get("pads", [0, 0, 0, 0]))
@@ -349,10 +362,12 @@ def _is_identity_pool(node, side) -> bool:
     return node.op_type == "Identity" or (node.op_type == "GlobalAveragePool" and side == (1, 1))
 
 
-def _to_flatten(g: _Graph, node, side) -> tuple[object, bool]:
+def _to_flatten(
+    g: _Graph, node: NodeProto | None, side: tuple[int | None, int | None]
+) -> tuple[NodeProto | None, bool]:
     """Skip identity pools up to the Flatten; return the node after it and the row order."""
     hwc_order = _is_transpose(node, [0, 2, 3, 1])  # tf2onnx: back to NHWC before Flatten
-    if hwc_order:
+    if node is not None and hwc_order:
         node = g.walk.next(node.output[0])
     while node is not None and node.op_type in ("AveragePool", "GlobalAveragePool", "Identity"):
         if not _is_identity_pool(node, side):
@@ -364,7 +379,7 @@ def _to_flatten(g: _Graph, node, side) -> tuple[object, bool]:
     return g.walk.next(node.output[0]), hwc_order
 
 
-def _dense(g: _Graph, node) -> tuple[list, object]:
+def _dense(g: _Graph, node: NodeProto) -> tuple[list, NodeProto | None]:
     """One Gemm (or MatMul + Add): ([kernel, bias, output name], the node after it)."""
     attrs = _attrs(node)
     weight = g.walk.weight(node, 1, "the weight")
@@ -378,17 +393,20 @@ def _dense(g: _Graph, node) -> tuple[list, object]:
         bias = g.walk.weight(after, 1, "the bias")
         output, after = after.output[0], g.walk.next(after.output[0])
     if bias is None:
-        bias = np.zeros(kernel.shape[1], kernel.dtype)
-    elif bias.ndim != 1:  # an Add's bias may be (1, out)
-        size = int(np.prod(bias.shape))
-        bias = LazyArray((size,), bias.dtype, lambda b=bias: np.asarray(b).reshape(-1), bias.where)
+        return [kernel, np.zeros(kernel.shape[1], kernel.dtype), output], after
+    if bias.ndim != 1:  # an Add's bias may be (1, out)
+        size, row = int(np.prod(bias.shape)), bias
+        bias = LazyArray((size,), row.dtype, lambda: np.asarray(row).reshape(-1), row.where)
     return [kernel, bias, output], after
 
 
-def _read_head(g: _Graph, node, side) -> str | None:
+def _read_head(
+    g: _Graph, node: NodeProto | None, side: tuple[int | None, int | None]
+) -> str | None:
     """Parse flatten and dense layers after the base; raise _NotAHead on anything else."""
     node, hwc_order = _to_flatten(g, node, side)
-    dense, activation = [], None
+    dense: list[list] = []  # [kernel, bias, output tensor name] per layer
+    activation: str | None = None
     while node is not None:
         if node.op_type in ("Gemm", "MatMul"):
             layer, node = _dense(g, node)
@@ -406,31 +424,45 @@ def _read_head(g: _Graph, node, side) -> str | None:
         raise _NotAHead("no dense layer")
     for name, (kernel, bias, output) in zip(dense_names(len(dense)), dense, strict=True):
         if name == "fc1" and not hwc_order:
+            if g.channels is None:  # no convolution, and the input's channels are dynamic
+                raise FileFormatError(
+                    f"{g.where}: fc1's rows cannot be put in H, W, C order: no convolution "
+                    "and a dynamic input say how many channels the feature map has"
+                )
             kernel = lazy_hwc_rows(kernel, g.channels, g.where)
         g.tensors[name] = (kernel, bias)
         g.names[name] = output
     return activation
 
 
-def _remaining(walk: _Walker, node, count: int = 6) -> list[str]:
-    ops = []
+def _remaining(walk: _Walker, node: NodeProto | None, count: int = 6) -> list[str]:
+    ops: list[str] = []
     while node is not None and len(ops) < count:
         ops.append(node.op_type)
         node = walk.next(node.output[0]) if node.output else None
     return ops
 
 
-def _input(graph, values: dict, where: str) -> tuple[str, list]:
+def _input(
+    graph: GraphProto, values: dict[str, LazyArray], where: str
+) -> tuple[str, list[int | None]]:
     inputs = [i for i in graph.input if i.name not in values]
     if len(inputs) != 1:
         raise FileFormatError(f"{where}: expected one data input, got {[i.name for i in inputs]}")
     dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) != 4:
         raise FileFormatError(f"{where}: the input must be 4-D images, got {len(dims)}-D")
-    return inputs[0].name, dims
+    name: str = inputs[0].name
+    return name, dims
 
 
-def _provenance(model, description: str, layout: str, input_size, where: str) -> Provenance:
+def _provenance(
+    model: ModelProto,
+    description: str,
+    layout: str,
+    input_size: tuple[int, int] | None,
+    where: str,
+) -> Provenance:
     """Return the recorded provenance, or what the exporter and the input layout imply."""
     record = {p.key: p.value for p in model.metadata_props if p.key.startswith(RECORD_PREFIX)}
     recorded = Provenance.from_record(record, description, where)
@@ -438,6 +470,7 @@ def _provenance(model, description: str, layout: str, input_size, where: str) ->
         return recorded
     family = Family.ONNX_NHWC if layout == "NHWC" else Family.ONNX_NCHW
     producer = model.producer_name.lower()
+    conventions: tuple[str | None, str | None]
     if producer == "pytorch":
         conventions, evidence = ("torch", "torchvision"), "exported by PyTorch (producer_name)"
     elif producer in ("tf2onnx", "keras2onnx") or layout == "NHWC":
@@ -445,10 +478,11 @@ def _provenance(model, description: str, layout: str, input_size, where: str) ->
         evidence = f"exported from TensorFlow/Keras ({producer or 'NHWC input'})"
     else:
         conventions, evidence = (None, None), f"exporter {producer or 'unnamed'}: no convention"
-    return Provenance(description, family, *conventions, input_size, evidence)
+    preprocess, resize = conventions
+    return Provenance(description, family, preprocess, resize, input_size, evidence)
 
 
-def _load(path: str | os.PathLike, where: str):
+def _load(path: str | os.PathLike, where: str) -> ModelProto:
     onnx = _onnx()
     with open_regular(path) as f:
         data = f.read()
@@ -472,14 +506,20 @@ def read_onnx(path: str | os.PathLike, where: str | None = None) -> WeightSource
     live = _live_nodes(model.graph, current, where)  # what feeds the declared output
     g = _Graph(_Walker(live, values, where), where)
     layout, (h, w, c) = "NCHW", (dims[2], dims[3], dims[1])
-    if _is_transpose(g.walk.next(current), [0, 3, 1, 2]):
+    first = g.walk.next(current)
+    if first is not None and _is_transpose(first, [0, 3, 1, 2]):
         layout, (h, w, c) = "NHWC", (dims[1], dims[2], dims[3])  # tf2onnx: NHWC input
-        current = g.walk.next(current).output[0]
+        current = first.output[0]
     g.channels = c
     node = _read_base(g, current)
     side = (None if h is None else h // 32, None if w is None else w // 32)
-    info = {"input_shape": (h, w, c), "input_layout": layout, "classifier_activation": None}
-    info.update(tensor_names=g.names, note="")
+    info: dict[str, object] = {
+        "input_shape": (h, w, c),
+        "input_layout": layout,
+        "classifier_activation": None,
+        "tensor_names": g.names,
+        "note": "",
+    }
     try:
         info["classifier_activation"] = _read_head(g, node, side)
     except _NotAHead as why:
@@ -490,8 +530,8 @@ def read_onnx(path: str | os.PathLike, where: str | None = None) -> WeightSource
             )
         except FileFormatError as error:
             # The nodes after the base that nothing read: compare refuses to check a subset.
-            info["unread_ops"] = _remaining(g.walk, node)
-            ops = ", ".join(info["unread_ops"])
+            info["unread_ops"] = unread = _remaining(g.walk, node)
+            ops = ", ".join(unread)
             info["note"] = (
                 f"convolutional base only; the head is not VGG's ({why}: {ops}) "
                 f"nor one vgg_np reads ({str(error).removeprefix(where + ': ')})"

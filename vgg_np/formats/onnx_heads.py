@@ -23,7 +23,9 @@ Layers are named as Keras would name them (``flatten``, ``dense``, ``dense_1``,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -31,6 +33,11 @@ from vgg_np.formats._common import FileFormatError, LazyArray
 from vgg_np.formats.layouts import chw_rows_to_hwc, lazy_linear_to_dense
 from vgg_np.layers import Layer
 from vgg_np.ops import BATCH_NORM_EPS
+
+if TYPE_CHECKING:
+    # The optional onnx package is not type-checked here (pyproject.toml): its protos are
+    # Any to the checker; the names say what is meant.
+    from onnx import GraphProto, NodeProto
 
 __all__ = ["read_head"]
 
@@ -51,39 +58,64 @@ _KERAS_NAMES = {
 }
 
 
-def _attrs(node) -> dict:
+def _attrs(node: NodeProto) -> dict:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+class Walk(Protocol):
+    """What the ONNX reader's walker (`vgg_np.formats.onnx_graph`) offers a head reader."""
+
+    @property
+    def values(self) -> Mapping[str, LazyArray]:
+        """Return the constant tensors by name."""
+        ...
+
+    def next(self, tensor: str) -> NodeProto | None:
+        """Return the one node that reads `tensor`, None if none does."""
+        ...
+
+    def weight(self, node: NodeProto, position: int, what: str) -> LazyArray | None:
+        """Return the constant input of `node` at `position`, None if absent."""
+        ...
+
+
 class _Head:
     """The rows read so far, their tensors and output tensor names."""
 
-    def __init__(self, walk, where: str):
+    def __init__(self, walk: Walk, where: str):
         self.walk, self.where = walk, where
         self.layers: list[Layer] = []
-        self.tensors: dict = {}
+        self.tensors: dict[str, tuple[LazyArray, ...]] = {}
         self.names: dict[str, str] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, kind: str, output: str, tensors: tuple | None = None, **fields) -> None:
+    def add(
+        self,
+        kind: str,
+        output: str,
+        tensors: tuple[LazyArray, ...] | None = None,
+        *,
+        units: int = 0,
+        eps: float = 0.0,
+    ) -> None:
         stem = _KERAS_NAMES[kind]
         count = self.counts[stem] = self.counts.get(stem, -1) + 1
         name = stem if count == 0 else f"{stem}_{count}"
-        self.layers.append(Layer(name, kind, **fields))
+        self.layers.append(Layer(name, kind, units=units, eps=eps))
         self.names[name] = output
         if tensors is not None:
             self.tensors[name] = tensors
 
-    def activate(self, node, activation: str) -> None:
+    def activate(self, node: NodeProto, activation: str) -> None:
         if not self.layers or self.layers[-1].activation is not None:
             raise self.refuse(node, "an activation after a layer without one")
         last = self.layers[-1]
-        self.layers[-1] = Layer(**{**last.__dict__, "activation": activation})
+        self.layers[-1] = dataclasses.replace(last, activation=activation)
         self.names[last.name] = node.output[0]
 
-    def refuse(self, node, expected: str) -> FileFormatError:
+    def refuse(self, node: NodeProto, expected: str) -> FileFormatError:
         return FileFormatError(
             f"{self.where}: node {node.op_type} {node.name!r} in the head, where {expected} "
             "was expected; vgg_np reads heads of Flatten/Reshape, global pools, Gemm or "
@@ -91,7 +123,7 @@ class _Head:
         )
 
 
-def _vector(head: _Head, node, position: int, what: str, size: int | None) -> LazyArray:
+def _vector(head: _Head, node: NodeProto, position: int, what: str, size: int | None) -> LazyArray:
     """Return a per-channel constant input (shape (C,) or (1, C)) as a (C,) lazy array."""
     value = head.walk.weight(node, position, what)
     if (
@@ -103,11 +135,11 @@ def _vector(head: _Head, node, position: int, what: str, size: int | None) -> La
     if value.ndim == 1:
         return value
     return LazyArray(
-        (value.shape[-1],), value.dtype, lambda v=value: np.asarray(v).reshape(-1), value.where
+        (value.shape[-1],), value.dtype, lambda: np.asarray(value).reshape(-1), value.where
     )
 
 
-def _flatten_size(graph_nodes: Mapping, node, head: _Head) -> int | None:
+def _flatten_size(graph_nodes: Mapping[str, NodeProto], node: NodeProto, head: _Head) -> int | None:
     """Return the feature count a Reshape flattens to, checking its shape is (N, F)."""
     shape = node.input[1] if len(node.input) > 1 else ""
     if shape in head.walk.values:  # a constant shape: (0 or -1 or N, F or -1)
@@ -131,7 +163,7 @@ def _flatten_size(graph_nodes: Mapping, node, head: _Head) -> int | None:
     return None if value == -1 else value
 
 
-def _global_pool(head: _Head, node):
+def _global_pool(head: _Head, node: NodeProto) -> NodeProto | None:
     """Read a global pool of the NCHW map (and the Squeeze after it); return the next node."""
     attrs = _attrs(node)
     if node.op_type.startswith("Reduce") and sorted(attrs.get("axes", [])) != [2, 3]:
@@ -147,15 +179,24 @@ def _global_pool(head: _Head, node):
     return after
 
 
-def _features(head: _Head, node, graph_nodes, channels: int, side) -> tuple[object, bool]:
+def _features(
+    head: _Head,
+    node: NodeProto | None,
+    graph_nodes: Mapping[str, NodeProto],
+    channels: int | None,
+    side: tuple[int | None, int | None],
+) -> tuple[NodeProto | None, bool]:
     """Read the step from the NCHW map to features; return (next node, rows in C,H,W)."""
-    expected = channels * side[0] * side[1] if None not in side else None
+    h, w = side
+    expected = None  # features of the flattened map, where its size is known
+    if channels is not None and h is not None and w is not None:
+        expected = channels * h * w
     hwc = (
         node is not None
         and node.op_type == "Transpose"
         and list(_attrs(node).get("perm", [])) == [0, 2, 3, 1]
     )
-    if hwc:
+    if node is not None and hwc:
         node = head.walk.next(node.output[0])
     if node is None:
         raise FileFormatError(f"{head.where}: the graph ends at the feature map")
@@ -173,7 +214,13 @@ def _features(head: _Head, node, graph_nodes, channels: int, side) -> tuple[obje
     return head.walk.next(node.output[0]), not hwc and side != (1, 1)
 
 
-def _dense(head: _Head, node, chw_rows: bool, channels: int, side: tuple):
+def _dense(
+    head: _Head,
+    node: NodeProto,
+    chw_rows: bool,
+    channels: int | None,
+    side: tuple[int | None, int | None],
+) -> NodeProto | None:
     """One Gemm, or MatMul + Add, as a dense layer; return the node after it."""
     attrs = _attrs(node)
     weight = head.walk.weight(node, 1, "the weight")
@@ -186,14 +233,15 @@ def _dense(head: _Head, node, chw_rows: bool, channels: int, side: tuple):
         raise head.refuse(node, "a dense layer (a constant 2-D weight)")
     kernel = lazy_linear_to_dense(weight, weight.where) if attrs.get("transB", 0) else weight
     if chw_rows:  # torch's Flatten of an NCHW map: rows in C, H, W order
-        if None in side:
+        h, w = side
+        if channels is None or h is None or w is None:
             raise head.refuse(node, "a dense layer after a Flatten of a map of known size")
-        chw = (channels, *side)
+        chw, rows = (channels, h, w), kernel
         kernel = LazyArray(
-            kernel.shape,
-            kernel.dtype,
-            lambda k=kernel: chw_rows_to_hwc(np.asarray(k), chw),
-            getattr(kernel, "where", head.where),
+            rows.shape,
+            rows.dtype,
+            lambda: chw_rows_to_hwc(np.asarray(rows), chw),
+            rows.where or head.where,
         )
     units = kernel.shape[1]
     output, after = node.output[0], head.walk.next(node.output[0])
@@ -211,7 +259,7 @@ def _dense(head: _Head, node, chw_rows: bool, channels: int, side: tuple):
     return after
 
 
-def _batch_norm(head: _Head, node, width: int | None):
+def _batch_norm(head: _Head, node: NodeProto, width: int | None) -> NodeProto | None:
     """Read a BatchNormalization node, or Mul (+ Add) by constants, as a batch norm row."""
     if node.op_type == "BatchNormalization":
         attrs = _attrs(node)
@@ -232,6 +280,7 @@ def _batch_norm(head: _Head, node, width: int | None):
         offset = _vector(head, add, 1, "offset", width)
         output, after = add.output[0], head.walk.next(add.output[0])
     like = scale if scale is not None else offset
+    assert like is not None, "a Mul has a scale, an Add an offset"  # read_head calls for those
     c, dtype = like.shape[0], like.dtype
 
     def constant(value: float) -> LazyArray:
@@ -244,19 +293,28 @@ def _batch_norm(head: _Head, node, width: int | None):
     return after
 
 
-def read_head(walk, graph, node, *, channels: int, side: tuple, where: str) -> tuple:
+def read_head(
+    walk: Walk,
+    graph: GraphProto,
+    node: NodeProto | None,
+    *,
+    channels: int | None,
+    side: tuple[int | None, int | None],
+    where: str,
+) -> tuple[list[Layer], dict[str, tuple[LazyArray, ...]], dict[str, str], str | None]:
     """Read the head after ``block5_pool``, starting at `node`.
 
     Parameters
     ----------
-    walk : object
+    walk : Walk
         The ONNX reader's walker (``next(tensor)``, ``weight(node, position, what)``,
         ``values``).
     graph : onnx.GraphProto
-    node : onnx.NodeProto
-        The first node after the last max-pool.
-    channels : int
-        Channels of the last feature map.
+    node : onnx.NodeProto or None
+        The first node after the last max-pool (None: the graph ends there).
+    channels : int or None
+        Channels of the last feature map (None: unknown, without a convolution and with a
+        dynamic input).
     side : tuple
         ``(H, W)`` of the last feature map, None where dynamic.
     where : str

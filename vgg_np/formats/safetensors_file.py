@@ -16,6 +16,7 @@ cross-check.)
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import math
@@ -49,7 +50,7 @@ from vgg_np.formats.torchvision import (
 #: Largest JSON header accepted (the format's own reference reader uses 100 MB).
 MAX_HEADER = 100_000_000
 
-_DTYPES = {
+_DTYPES: dict[str, np.dtype] = {
     "F16": np.dtype("<f2"),
     "F32": np.dtype("<f4"),
     "F64": np.dtype("<f8"),
@@ -63,10 +64,16 @@ def _bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def _entry(name: str, entry: object, data_size: int, where: str) -> tuple:
+#: A checked header entry: (dtype name, shape, begin, end) of one tensor's bytes.
+_Entry = tuple[str, tuple[int, ...], int, int]
+
+
+def _entry(name: str, entry: object, data_size: int, where: str) -> _Entry:
     """Check one tensor's header entry: (dtype name, shape, begin, end)."""
     where = f"{where} tensor {name!r}"
     try:
+        if not isinstance(entry, dict):
+            raise TypeError("not a JSON object")
         kind = entry["dtype"]
         dtype = _DTYPES[kind]
         shape = tuple(int(s) for s in entry["shape"])
@@ -104,7 +111,7 @@ def _is_bn_counter(name: str, entry: object, data_size: int) -> bool:
     )
 
 
-def read_header(f: BinaryIO, size: int, where: str) -> tuple[dict, dict, int]:
+def read_header(f: BinaryIO, size: int, where: str) -> tuple[dict[str, _Entry], dict, int]:
     """Return the checked tensor entries, the metadata and where the data starts."""
     head = f.read(8)
     if len(head) < 8:
@@ -135,7 +142,14 @@ def read_header(f: BinaryIO, size: int, where: str) -> tuple[dict, dict, int]:
     return entries, metadata, 8 + length
 
 
-def _lazy(f: BinaryIO, name: str, entry: tuple, start: int, opened, where: str) -> LazyArray:
+def _lazy(
+    f: io.BufferedReader,
+    name: str,
+    entry: _Entry,
+    start: int,
+    opened: tuple[int, int],
+    where: str,
+) -> LazyArray:
     kind, shape, begin, end = entry
 
     def read() -> np.ndarray:
@@ -235,10 +249,12 @@ def write_weights(
     path: str | os.PathLike,
     weights: Mapping[str, tuple],
     provenance: Provenance,
-    layout: str,
+    layout: str | None,
     info: Mapping | None = None,
 ) -> str:
     """Write canonical weights in vgg_np's Keras layout or torchvision's; say which.
+
+    `layout` is ``"keras"`` or ``"torchvision"`` (None: torchvision's, the default).
 
     The Keras layout records the architecture (a head, batch norm's epsilon) in the
     metadata; torchvision's layout holds batch norms but no head of one's own.

@@ -88,9 +88,9 @@ def read_theano(f: h5py.File, where: str, *, flip: bool = True) -> WeightSource:
         index += 1
         o, c, kh, kw = weight.shape
 
-        def read(w=weight):
-            w = np.asarray(w)
-            return oihw_to_hwio(theano_to_correlation(w) if flip else w)
+        def read(w: LazyArray = weight) -> np.ndarray:
+            array = np.asarray(w)
+            return oihw_to_hwio(theano_to_correlation(array) if flip else array)
 
         tensors[f"block{block}_conv{index}"] = (
             LazyArray((kh, kw, c, o), weight.dtype, read, weight.where),

@@ -35,8 +35,8 @@ import pickletools
 import struct
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
-from typing import BinaryIO
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -107,20 +107,32 @@ class _Storage:
 
 
 class _Tensor:
-    """What ``_rebuild_tensor_v2`` records: nothing is checked or read yet."""
+    """What ``_rebuild_tensor_v2`` records: nothing is checked or read yet (hence `object`)."""
 
     __slots__ = ("offset", "size", "storage", "stride")
 
-    def __init__(self, storage, offset, size, stride):
+    def __init__(self, storage: object, offset: object, size: object, stride: object):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
-def _rebuild_tensor(storage, offset, size, stride, *_flags) -> _Tensor:
+class _Checked(NamedTuple):
+    """A `_Tensor` checked against the zip member of its storage (`_layout`)."""
+
+    storage: _Storage
+    dtype: np.dtype
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _rebuild_tensor(
+    storage: object, offset: object, size: object, stride: object, *_flags: object
+) -> _Tensor:
     # requires_grad, backward hooks and Python metadata change nothing a weight holds.
     return _Tensor(storage, offset, size, stride)
 
 
-def _rebuild_parameter(data, *_flags):
+def _rebuild_parameter(data: object, *_flags: object) -> object:
     return data
 
 
@@ -141,7 +153,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         self.where = where
         self.storages: dict[str, _Storage] = {}
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> object:
         try:
             return GLOBALS[module, name]
         except (KeyError, TypeError):
@@ -151,8 +163,8 @@ class _StateDictUnpickler(pickle.Unpickler):
                 "plain containers, and runs nothing from a file)"[:500]
             ) from None
 
-    def persistent_load(self, pid):
-        ok = (
+    def persistent_load(self, pid: object) -> _Storage:
+        if not (
             type(pid) is tuple
             and len(pid) == 5
             and pid[0] == "storage"
@@ -161,8 +173,7 @@ class _StateDictUnpickler(pickle.Unpickler):
             and type(pid[3]) is str
             and type(pid[4]) is int
             and pid[4] >= 0
-        )
-        if not ok:
+        ):
             raise FileFormatError(f"{self.where}: a storage reference is malformed: {pid!r}"[:300])
         storage = self.storages.setdefault(pid[2], _Storage(pid[2], pid[1].name, pid[4]))
         if (storage.kind, storage.numel) != (pid[1].name, pid[4]):
@@ -185,7 +196,9 @@ def _check_opcodes(data: bytes, where: str) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         operations = list(pickletools.genops(data))
     for opcode, argument, position in operations:
-        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(argument) > len(data):
+        if opcode.name not in ("PUT", "BINPUT", "LONG_BINPUT"):
+            continue
+        if not isinstance(argument, int) or argument > len(data):
             raise FileFormatError(
                 f"{where}: not a loadable PyTorch state dict: its pickle stores memo entry "
                 f"{argument} at byte {position}, beyond its {len(data):,} bytes"
@@ -213,7 +226,7 @@ def _small_member(zf: zipfile.ZipFile, name: str, limit: int, where: str) -> byt
     return zf.read(info)
 
 
-def _unwrap(state, where: str) -> Mapping:
+def _unwrap(state: object, where: str) -> dict[str, _Tensor]:
     """Return the state dict itself: checkpoints often wrap it."""
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -225,16 +238,16 @@ def _unwrap(state, where: str) -> Mapping:
     return state
 
 
-def _check_ints(values, what: str, where: str) -> tuple[int, ...]:
+def _check_ints(values: object, what: str, where: str) -> tuple[int, ...]:
     if type(values) is not tuple or not all(type(v) is int and v >= 0 for v in values):
         raise FileFormatError(f"{where}: its {what} must be non-negative integers, got {values!r}")
     return values
 
 
-def _layout(tensor: _Tensor, info: zipfile.ZipInfo, where: str) -> np.dtype:
-    """Check a tensor's storage, offset, sizes and strides against its member; return the dtype."""
-    storage = tensor.storage
-    if type(tensor.offset) is not int or tensor.offset < 0:
+def _layout(tensor: _Tensor, storage: _Storage, info: zipfile.ZipInfo, where: str) -> _Checked:
+    """Check a tensor's storage, offset, sizes and strides against its member."""
+    offset = tensor.offset
+    if type(offset) is not int or offset < 0:
         raise FileFormatError(f"{where}: its storage offset is malformed")
     size = _check_ints(tensor.size, "sizes", where)
     stride = _check_ints(tensor.stride, "strides", where)
@@ -249,17 +262,20 @@ def _layout(tensor: _Tensor, info: zipfile.ZipInfo, where: str) -> np.dtype:
             f"{STORAGES[storage.kind][1]} but its member holds {info.file_size:,} bytes"
         )
     # The last element a view reaches (Python integers: a huge declaration cannot wrap).
-    last = tensor.offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-    if (math.prod(size) and last >= storage.numel) or tensor.offset > storage.numel:
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if (math.prod(size) and last >= storage.numel) or offset > storage.numel:
         raise FileFormatError(
-            f"{where}: sizes {size}, strides {stride} from offset {tensor.offset} reach "
+            f"{where}: sizes {size}, strides {stride} from offset {offset} reach "
             f"beyond the {storage.numel:,} elements of storage {storage.key!r}"
         )
-    return dtype
+    return _Checked(storage, dtype, offset, size, stride)
 
 
-def _reader(fp: BinaryIO, info: zipfile.ZipInfo, tensor: _Tensor, dtype: np.dtype, where: str):
+def _reader(
+    fp: io.BufferedReader, info: zipfile.ZipInfo, tensor: _Checked, where: str
+) -> Callable[[], np.ndarray]:
     """Return a function that copies one tensor out of the file, checking the CRC-32."""
+    dtype = tensor.dtype
 
     def read() -> np.ndarray:
         data, crc = read_exactly(fp, stored_member_offset(fp, info), info.file_size, 0)
@@ -277,7 +293,13 @@ def _reader(fp: BinaryIO, info: zipfile.ZipInfo, tensor: _Tensor, dtype: np.dtyp
     return read
 
 
-def _lazy_tensors(fp: BinaryIO, zf: zipfile.ZipFile, prefix: str, state: Mapping, where: str):
+def _lazy_tensors(
+    fp: io.BufferedReader,
+    zf: zipfile.ZipFile,
+    prefix: str,
+    state: Mapping[str, _Tensor],
+    where: str,
+) -> dict[str, LazyArray]:
     """Check every tensor against the zip; return them lazy, without BatchNorm's counters."""
     tensors = {}
     for name, tensor in state.items():
@@ -289,23 +311,23 @@ def _lazy_tensors(fp: BinaryIO, zf: zipfile.ZipFile, prefix: str, state: Mapping
             info = zf.getinfo(f"{prefix}/data/{storage.key}")
         except KeyError:
             raise FileFormatError(f"{at}: its storage has no member in the zip") from None
-        dtype = _layout(tensor, info, at)
+        checked = _layout(tensor, storage, info, at)
         kind = STORAGES[storage.kind][1]
         if kind not in _FLOATS:
             # A BatchNorm's num_batches_tracked is a count, not a weight: skipped.
-            if name.endswith(".num_batches_tracked") and tensor.size == () and kind == "int64":
+            if name.endswith(".num_batches_tracked") and checked.size == () and kind == "int64":
                 continue
             raise FileFormatError(f"{at}: weights must be floating point, got torch.{kind}")
         tensors[name] = LazyArray(
-            tensor.size,
-            np.float32 if kind == "bfloat16" else dtype,
-            _reader(fp, info, tensor, dtype, at),
+            checked.size,
+            np.float32 if kind == "bfloat16" else checked.dtype,
+            _reader(fp, info, checked, at),
             at,
         )
     return tensors
 
 
-def _record(state, where: str) -> dict:
+def _record(state: object, where: str) -> dict[str, str]:
     metadata = getattr(state, "_metadata", None) or {}
     record = metadata.get(METADATA_KEY, {}) if isinstance(metadata, Mapping) else None
     if not isinstance(record, Mapping) or not all(type(v) is str for v in record.values()):
@@ -314,7 +336,9 @@ def _record(state, where: str) -> dict:
 
 
 @contextlib.contextmanager
-def read_state_dict(path: str | os.PathLike, where: str | None = None) -> Iterator[tuple]:
+def read_state_dict(
+    path: str | os.PathLike, where: str | None = None
+) -> Iterator[tuple[dict[str, LazyArray], dict[str, str]]]:
     """Open a PyTorch state dict: yield ``{name: LazyArray}`` and its vgg_np record.
 
     Nothing in the file is executed, and PyTorch is not needed. The file stays open while
@@ -350,6 +374,7 @@ def read_state_dict(path: str | os.PathLike, where: str | None = None) -> Iterat
             if order not in (None, b"little"):
                 raise FileFormatError(f"{where}: byte order {order!r}: only little-endian")
             data = _small_member(zf, f"{prefix}/data.pkl", MAX_PICKLE, where)
+            assert data is not None, "_archive found this member"
             _check_opcodes(data, where)
             state = _unwrap(_StateDictUnpickler(data, where).load(), where)
             tensors = _lazy_tensors(fp, zf, prefix, state, where)
@@ -383,7 +408,7 @@ def open_torch(path: str | os.PathLike, where: str | None = None) -> Iterator[We
 # ---------------------------------------------------------------------------------------
 
 
-def _plain(value) -> bytes:
+def _plain(value: object) -> bytes:
     """Pickle opcodes for plain data (dicts, strings, ints), no memo, no PROTO or STOP."""
     pickler_output = io.BytesIO()
     pickler = pickle.Pickler(pickler_output, protocol=2)
@@ -425,6 +450,7 @@ def state_dict_pickle(arrays: Mapping[str, np.ndarray], metadata: Mapping) -> by
 def _aligned(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
     """Return a member whose data start on an `ALIGNMENT` boundary, padded as torch.save pads."""
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    assert zf.fp is not None, "the zip is open for writing"
     start = zf.fp.tell() + 30 + len(name.encode()) + 4  # local header, name, pad field header
     padding = -start % ALIGNMENT
     info.extra = struct.pack("<2sH", b"FB", padding) + b"Z" * padding
@@ -461,7 +487,8 @@ def write_state_dict(
         ):
             zf.writestr(_aligned(zf, f"archive/{name}"), data)
         for i, array in enumerate(arrays.values()):
-            zf.writestr(_aligned(zf, f"archive/data/{i}"), array.reshape(-1).view(np.uint8))
+            # .data: the bytes as a memoryview, not copied (C order, made so above).
+            zf.writestr(_aligned(zf, f"archive/data/{i}"), array.reshape(-1).view(np.uint8).data)
         zf.writestr(_aligned(zf, "archive/version"), b"3\n")
 
 
@@ -470,7 +497,7 @@ def write_torch(
     weights: Mapping[str, tuple],
     provenance: Provenance,
     info: Mapping | None = None,
-):
+) -> str:
     """Write canonical weights as a torchvision state dict (as ``torch.save`` does), atomically."""
     dense = check_torchvision(info or {}, path)
     state = to_state_dict(weights, conv_names(weights), dense)

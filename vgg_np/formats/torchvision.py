@@ -12,9 +12,10 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from vgg_np.formats._common import (
     BN_SUFFIXES,
@@ -87,7 +88,7 @@ def _timm_to_torchvision(state: dict, where: str) -> dict:
     return renamed
 
 
-def _reshaper(value, rows: int):
+def _reshaper(value: npt.ArrayLike, rows: int) -> Callable[[], np.ndarray]:
     return lambda: np.asarray(value).reshape(rows, -1)  # C, KH, KW order: torch's flatten
 
 
@@ -221,7 +222,7 @@ def conv_names(weights: Mapping[str, tuple]) -> list[str]:
     return [n for m, n in sorted(found, key=lambda pair: (int(pair[0][1]), int(pair[0][2])))]
 
 
-def _square_map(info: Mapping, path) -> None:
+def _square_map(info: Mapping, path: str | os.PathLike) -> None:
     """Refuse a flatten over a feature map that is not square (torch's fc1 rows assume it).
 
     A state dict holds no input size: its reader finds fc1's grid as the square root of
@@ -240,7 +241,7 @@ def _square_map(info: Mapping, path) -> None:
             )
 
 
-def _head_dense(head: tuple[Layer, ...], path) -> list[str]:
+def _head_dense(head: tuple[Layer, ...], path: str | os.PathLike) -> list[str]:
     """Name the dense layers of a head torchvision's classifier holds; refuse others.
 
     torchvision's VGG pools the last map (adaptively, to fc1's grid), flattens it and runs
@@ -271,7 +272,7 @@ def _head_dense(head: tuple[Layer, ...], path) -> list[str]:
     return [layer.name for layer in dense]
 
 
-def check_torchvision(info: Mapping, path) -> list[str] | None:
+def check_torchvision(info: Mapping, path: str | os.PathLike) -> list[str] | None:
     """Refuse to write what torchvision's layout cannot hold; name a head's dense layers.
 
     Returns

@@ -14,6 +14,7 @@ one kernel family at once and return them cast to one dtype, with the window geo
 from __future__ import annotations
 
 import numbers
+from typing import TypeGuard
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -43,6 +44,11 @@ Padding = str | int | tuple[tuple[int, int], tuple[int, int]]
 #: One int for both spatial axes, or ``(height, width)``.
 IntOrPair = int | tuple[int, int]
 
+#: Resolved padding, before and after: ``((top, bottom), (left, right))``.
+Pads = tuple[tuple[int, int], tuple[int, int]]
+#: A checked floating-point array.
+FloatArray = NDArray[np.floating]
+
 
 # ---------------------------------------------------------------------------------------
 # Types and ranks
@@ -70,8 +76,11 @@ def check_ndim(name: str, array: np.ndarray, letters: str) -> None:
         raise ValueError(f"`{name}` must be {len(letters)}-D ({axes}), got shape {array.shape}")
 
 
-def is_int(value: object) -> bool:
-    """Return whether `value` is an integer (a NumPy one too), and not a bool."""
+def is_int(value: object) -> TypeGuard[int]:
+    """Return whether `value` is an integer (a NumPy one too), and not a bool.
+
+    To the type checker it is then an int: a NumPy integer behaves as one here.
+    """
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -156,7 +165,8 @@ def resolve_padding(
         and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding)
         and all(is_int(v) for p in padding for v in p)
     ):
-        pads = tuple((int(p[0]), int(p[1])) for p in padding)
+        (top, bottom), (left, right) = padding
+        pads = ((int(top), int(bottom)), (int(left), int(right)))
     else:
         raise TypeError(
             "`padding` must be 'same', 'valid', an int or ((top, bottom), (left, right)), "
@@ -164,7 +174,7 @@ def resolve_padding(
         )
     if min(min(p) for p in pads) < 0:
         raise ValueError(f"`padding` must not be negative, got {padding!r}")
-    return pads  # type: ignore[return-value]
+    return pads
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -208,7 +218,13 @@ def pad_spatial(
 # ---------------------------------------------------------------------------------------
 
 
-def conv_args(x, kernel, bias, strides, padding):
+def conv_args(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None,
+    strides: IntOrPair,
+    padding: Padding,
+) -> tuple[FloatArray, FloatArray, FloatArray | None, tuple[int, int], Pads, tuple[int, int]]:
     """Check the arguments of a convolution; return them cast to one dtype, plus geometry."""
     x = float_array("x", x)
     kernel = float_array("kernel", kernel)
@@ -239,7 +255,9 @@ def conv_args(x, kernel, bias, strides, padding):
     return x, kernel, bias, stride_pair, pads, out_size
 
 
-def pool_args(x, pool_size, strides, padding):
+def pool_args(
+    x: ArrayLike, pool_size: IntOrPair, strides: IntOrPair | None, padding: Padding
+) -> tuple[FloatArray, tuple[int, int], tuple[int, int], Pads, tuple[int, int]]:
     """Check the arguments of a pooling; return them with the output size."""
     x = float_array("x", x)
     check_ndim("x", x, "NHWC")
@@ -256,7 +274,9 @@ def pool_args(x, pool_size, strides, padding):
     return x, window, step, pads, out_size
 
 
-def dense_args(x, kernel, bias):
+def dense_args(
+    x: ArrayLike, kernel: ArrayLike, bias: ArrayLike | None
+) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     """Check the arguments of a dense layer; return them cast to one dtype."""
     x = float_array("x", x)
     kernel = float_array("kernel", kernel)

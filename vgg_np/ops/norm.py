@@ -15,7 +15,9 @@ from vgg_np.ops._checks import channel_params, check_eps, float_array
 __all__ = ["batch_moments", "batch_norm", "batch_norm_naive", "fold_batch_norm"]
 
 
-def _bn_args(x, gamma, beta, mean, var, eps):
+def _bn_args(
+    x: ArrayLike, gamma: ArrayLike, beta: ArrayLike, mean: ArrayLike, var: ArrayLike, eps: float
+) -> tuple[NDArray[np.floating], ...]:
     """Check a batch normalisation's arguments; return them cast to one dtype."""
     x = float_array("x", x)
     if x.ndim < 2:

@@ -146,6 +146,7 @@ def max_pool2d(
             view = xp[:, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw, :]
             # view: (N, Ho, Wo, C), element (a, b) of every window
             y = view.copy() if y is None else np.maximum(y, view, out=y)
+    assert y is not None, "pool_args refuses an empty window"
     return y
 
 

@@ -158,7 +158,7 @@ def choose_statistics(
             "1e-5 nor Keras's 1e-3): pass statistics='torch' or 'keras'"
         )
     rules = {layer.name: STATISTICS[_EPS[layer.eps]] for layer in norms}
-    by = {}
+    by: dict[str, list[str]] = {}
     for layer in norms:
         by.setdefault(_EPS[layer.eps], []).append(layer.name)
     parts = [
@@ -169,7 +169,9 @@ def choose_statistics(
     return rules, f"{frameworks} running statistics ({'; '.join(parts)})"
 
 
-def _whole_model(provenance, statistics) -> tuple[RunningStatistics | None, str]:
+def _whole_model(
+    provenance: Provenance | None, statistics: str | RunningStatistics | None
+) -> tuple[RunningStatistics | None, str]:
     """Return the convention of every batch norm of a model: the caller's, else its family's."""
     if isinstance(statistics, RunningStatistics):
         return statistics, "given by the caller"

@@ -108,10 +108,10 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
         arrays.update({f"w/{name}/{i}": np.asarray(a) for i, a in enumerate(tensors)})
     arrays.update({f"o/{key}": np.asarray(a) for key, a in checkpoint.optimizer["arrays"].items()})
     with _files.atomic_write(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)  # read back with allow_pickle=False too
 
 
-def _damaged(path, why: str) -> ValueError:
+def _damaged(path: str | os.PathLike, why: str) -> ValueError:
     return ValueError(
         f"{os.fspath(path)}: damaged training checkpoint ({why}); delete it, or pass "
         "--restart (restart=True) to train from the first epoch"
@@ -134,7 +134,7 @@ def _read_members(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise _damaged(path, str(error) or type(error).__name__) from None
 
 
-def _state(members: dict, path) -> dict:
+def _state(members: dict, path: str | os.PathLike) -> dict:
     text = members.pop("state", None)
     if text is None or text.dtype.kind != "U" or text.ndim != 0:
         raise _damaged(path, "no state entry")

@@ -246,7 +246,7 @@ class Augment:
     flip: bool = False
     crop: float = 1.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0.1 <= self.crop <= 1:
             raise ValueError(f"`crop` must be a fraction in [0.1, 1], got {self.crop!r}")
 

@@ -186,7 +186,7 @@ def forward_fast(
         finally:
             engine.close()
     for layer in layers:
-        y = _layer_forward(layer, weights.get(layer.name), x, rng)
+        y = _layer_forward(layer, weights.get(layer.name, ()), x, rng)  # () for no tensors
         values = {"input": x, "output": y}
         if dropout and KINDS[layer.kind].dropout_after and layer.activation == "relu":
             y = values["kept_scaled"] = ops.dropout(y, dropout, training=True, rng=rng)
@@ -196,7 +196,9 @@ def forward_fast(
     return x
 
 
-def _layer_forward(layer: Layer, params, x: np.ndarray, rng) -> np.ndarray:
+def _layer_forward(
+    layer: Layer, params: tuple, x: np.ndarray, rng: np.random.Generator | None
+) -> np.ndarray:
     """One row of `forward_fast`, its activation applied."""
     if layer.kind == "conv":
         return conv_forward(x, *params, relu=layer.activation == "relu")

@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +28,9 @@ from numpy.typing import NDArray
 from vgg_np.extract import ExtractResult, extract, open_store, weights_digest
 from vgg_np.formats import Preprocessing
 from vgg_np.streams import input_size
+
+if TYPE_CHECKING:
+    from vgg_np.model import VGG
 
 __all__ = ["Features", "cache_root", "cached_features"]
 
@@ -82,7 +86,7 @@ class Features:
     digests: list[str]
     result: ExtractResult
 
-    def take(self, indices: Sequence[int]) -> NDArray:
+    def take(self, indices: Sequence[int] | NDArray[np.integer]) -> NDArray:
         """Return the rows of the paths at `indices` (positions in the paths asked for).
 
         Rows are read in increasing order from the memory map, then put in the order asked
@@ -95,7 +99,7 @@ class Features:
         return block
 
 
-def _store_name(base, layer: str, prep: Preprocessing, paths: Sequence[str]) -> str:
+def _store_name(base: VGG, layer: str, prep: Preprocessing, paths: Sequence[str]) -> str:
     size = input_size(base)
     key = json.dumps(
         [weights_digest(base, layer), layer, size, prep.mode, prep.resize, sorted(set(paths))]
@@ -105,7 +109,7 @@ def _store_name(base, layer: str, prep: Preprocessing, paths: Sequence[str]) -> 
 
 def cached_features(
     paths: Sequence[str],
-    base,
+    base: VGG,
     layer: str,
     prep: Preprocessing,
     *,

@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 from vgg_np import _files, formats
 from vgg_np.extract import weights_digest
 from vgg_np.formats import Family, Provenance
+from vgg_np.layers import Layer
 from vgg_np.model import VGG
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import decode_batches
@@ -54,15 +55,17 @@ from vgg_np.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from vgg_np.train.features import cached_features
+from vgg_np.train.features import Features, cached_features
 from vgg_np.train.heads import describe_head
 from vgg_np.train.loop import evaluate, train_epoch
 from vgg_np.train.optim import (
+    Adam,
     load_optimizer_state,
     make_optimizer,
     optimizer_state,
 )
 from vgg_np.train.plan import DEFAULT_HEAD, Run, Settings, prepare
+from vgg_np.train.step import SGD
 
 __all__ = ["DEFAULT_HEAD", "History", "Settings", "fit"]
 
@@ -133,7 +136,9 @@ class History:
         return found
 
 
-def _check_arguments(output, epochs, batch_size, patience, seed) -> None:
+def _check_arguments(
+    output: str | os.PathLike, epochs: int, batch_size: int, patience: int | None, seed: int
+) -> None:
     suffix = os.path.splitext(os.fspath(output))[1].lower()
     if suffix not in MODEL_SUFFIXES:
         raise ValueError(
@@ -152,20 +157,22 @@ def _check_arguments(output, epochs, batch_size, patience, seed) -> None:
         raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
 
 
-def _use_features(run: Run, cache_dir, verbose) -> float:
+def _use_features(
+    run: Run, cache_dir: str | os.PathLike | None, verbose: bool | int | str
+) -> float:
     """Compute (or read back) the cut's output of every picture; drop those that failed."""
     start = time.perf_counter()
 
     def skip(path: str, reason: str) -> None:
         run.note(f"skipping {reason}")
 
-    run.features = cached_features(
+    features = run.features = cached_features(
         run.paths, run.base, run.cut, run.prep, cache_dir=cache_dir,
         batch_size=run.settings.batch_size, verbose=0 if verbose == 2 else verbose, on_skip=skip,
     )  # fmt: skip
-    failed = run.features.failed
+    failed = features.failed
     run.skipped = [(run.paths[i], failed[i]) for i in sorted(failed)]
-    if failed and run.features.result.failed < len(failed):  # found by an earlier run
+    if failed and features.result.failed < len(failed):  # found by an earlier run
         run.note(f"{len(failed)} pictures cannot be used (see history.json's 'skipped')")
     bad = np.array(sorted(failed), np.intp)
     run.train = np.setdiff1d(run.train, bad).astype(np.intp)
@@ -177,13 +184,26 @@ def _use_features(run: Run, cache_dir, verbose) -> float:
             f"no usable training picture of the class {', '.join(empty)}: every one was skipped "
             "or held out for validation"
         )
-    if run.features.result.changed:
-        changed = run.features.result.changed
+    if features.result.changed:
+        changed = features.result.changed
         run.note(f"{changed} pictures changed since their features were computed: recomputed")
-    return time.perf_counter() - start if run.features.result.written else 0.0
+    return time.perf_counter() - start if features.result.written else 0.0
 
 
-def _digest(value) -> str:
+def _features(run: Run) -> Features:
+    """Return the cut's output of every picture: `_use_features` computes it first."""
+    assert run.features is not None, "_use_features runs before the epochs"
+    return run.features
+
+
+def _head(run: Run) -> tuple[Layer, ...]:
+    """Return the trained network's head (`prepare` builds it with one)."""
+    head = run.network.head
+    assert head is not None, "prepare builds the network with a head"
+    return head
+
+
+def _digest(value: object) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(value).encode()).hexdigest()
@@ -193,12 +213,13 @@ def _fingerprint(run: Run) -> dict[str, str]:
     """Return what the weights depend on, each entry a string (`vgg_np.train.checkpoint`)."""
     settings = dataclasses.asdict(run.settings)
     found = {key: json.dumps(value) for key, value in settings.items() if key != "head"}
-    found["head"] = json.dumps([dataclasses.astuple(layer) for layer in run.network.head])
+    found["head"] = json.dumps([dataclasses.astuple(layer) for layer in _head(run)])
     found["cut"] = run.cut
     found["base"] = weights_digest(run.base)
     found["classes"] = json.dumps(list(run.classes))
     used = sorted(np.concatenate([run.train, run.validation]).tolist())
-    found["features"] = _digest([[run.features.digests[i], int(run.labels[i])] for i in used])
+    digests = _features(run).digests
+    found["features"] = _digest([[digests[i], int(run.labels[i])] for i in used])
     found["split"] = _digest([run.train.tolist(), run.validation.tolist()])
     return found
 
@@ -210,7 +231,7 @@ def _batches(run: Run, epoch: int) -> Iterator[tuple[NDArray, NDArray]]:
     if not run.augment.active:
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
-            yield run.features.take(chunk), run.labels[chunk]
+            yield _features(run).take(chunk), run.labels[chunk]
         return
     # Augmented pictures through the frozen base, each drawn from (seed, epoch, picture).
     position = {run.paths[i]: i for i in order}
@@ -230,14 +251,16 @@ def _batches(run: Run, epoch: int) -> Iterator[tuple[NDArray, NDArray]]:
             yield run.base.features(decoded.batch, run.cut), run.labels[chunk[decoded.ok]]
 
 
-def _resume(run: Run, files: dict, fingerprint: dict, optimizer, restart: bool) -> Checkpoint:
+def _resume(
+    run: Run, files: dict, fingerprint: dict, optimizer: SGD | Adam, restart: bool
+) -> Checkpoint:
     """Return the checkpoint to go on from: the last one written, or a fresh start."""
     last, best = files["last"], files["best"]
     if restart or not os.path.exists(last):
         for path in (last, best):  # a best epoch of another run is never kept
             if os.path.exists(path):
                 os.remove(path)
-        history = {"loss": [], "accuracy": [], "seconds": []}
+        history: dict[str, list[float]] = {"loss": [], "accuracy": [], "seconds": []}
         if len(run.validation):
             history |= {"val_loss": [], "val_accuracy": []}
         return Checkpoint(0, run.top.weights, history=history, fingerprint=fingerprint)
@@ -271,7 +294,15 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict, best: bool) -> str:
     return f"epoch {epoch}/{epochs}: {shown} - {metrics['seconds']:.2f} s" + (" (best)" * best)
 
 
-def _epochs(run: Run, point: Checkpoint, optimizer, files, epochs, patience, verbose) -> None:
+def _epochs(
+    run: Run,
+    point: Checkpoint,
+    optimizer: SGD | Adam,
+    files: dict[str, str],
+    epochs: int,
+    patience: int | None,
+    verbose: bool | int | str,
+) -> None:
     """Run epochs from the checkpoint on, writing a checkpoint after each."""
     size = run.settings.batch_size
     held = run.labels[run.validation]
@@ -287,7 +318,7 @@ def _epochs(run: Run, point: Checkpoint, optimizer, files, epochs, patience, ver
             loss, accuracy = train_epoch(run.top, _batches(run, epoch), optimizer, rng, bar.update)
         metrics = {"loss": loss, "accuracy": accuracy}
         if len(run.validation):
-            take = lambda i: run.features.take(run.validation[i])  # noqa: E731
+            take = lambda i: _features(run).take(run.validation[i])  # noqa: E731
             val_loss, val_accuracy, _ = evaluate(run.top, take, held, size)
             metrics |= {"val_loss": val_loss, "val_accuracy": val_accuracy}
         metrics["seconds"] = time.perf_counter() - start
@@ -319,12 +350,12 @@ def _kept_weights(run: Run, point: Checkpoint, files: dict, restore_best: bool) 
     return best.epoch
 
 
-def _write_model(run: Run, output) -> None:
+def _write_model(run: Run, output: str | os.PathLike) -> None:
     """Write the whole network, base and trained layers, as a file every path reads."""
     weights = {**run.base.weights, **run.top.weights}
     run.network.set_weights(weights, source="the trained weights")
     h, w, _ = run.network.input_shape
-    spec = describe_head(run.network.head)
+    spec = describe_head(_head(run))
     provenance = Provenance(
         "npz (vgg_np)",
         Family.VGG_NP,
@@ -337,17 +368,24 @@ def _write_model(run: Run, output) -> None:
             f"vgg-np train, head {spec}, {run.settings.unfreeze} blocks unfrozen, base {run.source}"
         ),
     )
-    info = {"head": run.network.head, "batch_norm_eps": run.network.batch_norm}
+    info: dict[str, object] = {"head": _head(run), "batch_norm_eps": run.network.batch_norm}
     info["labels"] = run.classes
     formats.write_weights(output, run.network.weights, provenance=provenance, info=info)
 
 
-def _finish(run: Run, point: Checkpoint, output, files, restore_best: bool, resumed: int):
+def _finish(
+    run: Run,
+    point: Checkpoint,
+    output: str | os.PathLike,
+    files: dict[str, str],
+    restore_best: bool,
+    resumed: int,
+) -> History:
     kept = _kept_weights(run, point, files, restore_best)
     _write_model(run, output)
     confusion = None
     if len(run.validation):
-        take = lambda i: run.features.take(run.validation[i])  # noqa: E731
+        take = lambda i: _features(run).take(run.validation[i])  # noqa: E731
         held = run.labels[run.validation]
         _, accuracy, predicted = evaluate(run.top, take, held, run.settings.batch_size)
         confusion = report.confusion_matrix(held, predicted, len(run.classes))
@@ -369,7 +407,9 @@ def _finish(run: Run, point: Checkpoint, output, files, restore_best: bool, resu
     return history
 
 
-def _files_of(output, checkpoint_dir) -> dict[str, str]:
+def _files_of(
+    output: str | os.PathLike, checkpoint_dir: str | os.PathLike | None
+) -> dict[str, str]:
     stem = os.path.splitext(os.fspath(output))[0]
     folder = os.fspath(checkpoint_dir) if checkpoint_dir is not None else stem + ".checkpoints"
     os.makedirs(folder, exist_ok=True)
@@ -521,7 +561,7 @@ def fit(
         ) from None
     history = _finish(run, point, output, files, restore_best_weights, resumed)
     history.feature_seconds = feature_seconds
-    result = run.features.result
+    result = _features(run).result
     history.feature_rows = {
         "computed": result.written, "changed": result.changed,
         "cached": result.images - result.written,

@@ -175,7 +175,7 @@ def describe_head(head: tuple[Layer, ...]) -> str:
         if layer.name == "predictions":
             continue
         if layer.kind == "dense":
-            activation = {None: "linear"}.get(layer.activation, layer.activation)
+            activation = "linear" if layer.activation is None else layer.activation
             suffix = "" if activation == "relu" else f":{activation}"
             items.append(f"dense:{layer.units}{suffix}")
         elif layer.kind == "dropout":

@@ -10,14 +10,16 @@ same order takes the same steps (the cross-check lives in the tests).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from numpy.typing import NDArray
+import numpy.typing as npt
+from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import backward
 from vgg_np.layers import Layer, forward
-from vgg_np.train.step import loss_and_gradients
+from vgg_np.train.optim import Adam
+from vgg_np.train.step import SGD, loss_and_gradients
 
 __all__ = ["Top", "evaluate", "train_epoch"]
 
@@ -45,7 +47,12 @@ class Top:
 
     include_top = True
 
-    def __init__(self, layers, weights, dtype="float32"):
+    def __init__(
+        self,
+        layers: Iterable[Layer],
+        weights: Mapping[str, tuple[ArrayLike, ...]],
+        dtype: npt.DTypeLike = "float32",
+    ):
         self.layers = tuple(layers)
         self.dtype = np.dtype(dtype)
         self._weights = {
@@ -58,7 +65,9 @@ class Top:
         """Layer name -> tensors (a new dict; the arrays are the model's): class example."""
         return dict(self._weights)
 
-    def set_weights(self, weights, source: str = "the weights") -> None:
+    def set_weights(
+        self, weights: Mapping[str, tuple[ArrayLike, ...]], source: str = "the weights"
+    ) -> None:
         """Replace every tensor, after checking names and shapes (see the class example)."""
         problems = [f"missing {name}" for name in self._weights if name not in weights]
         problems += [f"extra {name}" for name in weights if name not in self._weights]
@@ -73,7 +82,7 @@ class Top:
         }
 
 
-def _logits_layers(layers) -> tuple[Layer, ...]:
+def _logits_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
     *hidden, last = layers
     return (*hidden, dataclasses.replace(last, activation=None))
 
@@ -81,7 +90,7 @@ def _logits_layers(layers) -> tuple[Layer, ...]:
 def train_epoch(
     top: Top,
     batches: Iterator[tuple[NDArray, NDArray]],
-    optimizer,
+    optimizer: SGD | Adam,
     rng: np.random.Generator,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[float, float]:
@@ -150,6 +159,6 @@ def evaluate(
         logits = forward(layers, weights, np.asarray(x(chunk), top.dtype))  # (n, classes)
         total += backward.softmax_cross_entropy(logits, labels[chunk])[0] * len(chunk)
         predicted.append(np.argmax(logits, axis=1))
-    predicted = np.concatenate(predicted) if predicted else np.zeros(0, np.intp)
+    classes = np.concatenate(predicted) if predicted else np.zeros(0, np.intp)
     n = max(len(labels), 1)
-    return total / n, float((predicted == labels).sum() / n), predicted
+    return total / n, float((classes == labels).sum() / n), classes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_np.train.step import SGD
+from vgg_np.train.step import SGD, _Trainable
 
 __all__ = ["OPTIMIZERS", "Adam", "load_optimizer_state", "make_optimizer", "optimizer_state"]
 
@@ -55,7 +55,7 @@ class Adam:
         self.t = 0
         self.moments: dict[str, list[np.ndarray]] = {}  # m then v for each trained tensor
 
-    def step(self, model, gradients: dict) -> None:
+    def step(self, model: _Trainable, gradients: dict) -> None:
         """Update the model's weights in place from `gradients` (see the class example)."""
         self.t += 1
         b1, b2 = self.betas

@@ -59,7 +59,7 @@ class Settings:
     resize: str = "keras"
 
 
-def _noop(*_args) -> None:
+def _noop(*_args: object) -> None:
     return None
 
 
@@ -110,7 +110,7 @@ def _unfrozen(unfreeze: int | str) -> int:
     return blocks
 
 
-def _load_base(weights) -> tuple[VGG, str]:
+def _load_base(weights: str | os.PathLike | VGG) -> tuple[VGG, str]:
     """Return the base model and what it came from, from a `VGG` or any weights file."""
     if isinstance(weights, VGG):
         provenance = weights.weights_provenance
@@ -120,12 +120,12 @@ def _load_base(weights) -> tuple[VGG, str]:
     return model, f"{os.path.basename(os.fspath(weights))} ({family} weights)"
 
 
-def _sizes(base: VGG, input_size) -> tuple[int, int]:
+def _sizes(base: VGG, input_size: int | tuple[int, int] | None) -> tuple[int, int]:
     if input_size is None:
         recorded = base.weights_provenance.input_size
         h, w, _ = base.input_shape
-        return tuple(recorded) if recorded else (h, w) if h and w else (224, 224)
-    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        return recorded if recorded else (h, w) if h and w else (224, 224)
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 32 for s in (h, w)):
         raise ValueError(
             f"`input_size` must be an int >= 32 or (height, width), got {input_size!r}"
@@ -143,7 +143,12 @@ def _refuse_trained_batch_norms(top: Top) -> None:
         )
 
 
-def _data(directory, validation_dir, validation_split: float, seed: int):
+def _data(
+    directory: str | os.PathLike,
+    validation_dir: str | os.PathLike | None,
+    validation_split: float,
+    seed: int,
+) -> tuple[ImageFolder, list[str], NDArray, NDArray[np.intp], NDArray[np.intp]]:
     """Classes, every path and label, and the training and validation positions."""
     folder = image_folder(directory, what="the images")
     if validation_dir is None:
@@ -158,7 +163,15 @@ def _data(directory, validation_dir, validation_split: float, seed: int):
     return folder, [*folder.paths, *held.paths], labels, positions[:n], positions[n:]
 
 
-def _models(loaded: VGG, head: str, unfreeze: int, size, seed: int, classes: int, dtype: str):
+def _models(
+    loaded: VGG,
+    head: str,
+    unfreeze: int,
+    size: tuple[int, int],
+    seed: int,
+    classes: int,
+    dtype: str,
+) -> tuple[VGG, VGG, Top, str]:
     """Build the frozen base (no top), the network with its head, the trained part, the cut."""
     h, w = size
     batch_norm = loaded.batch_norm if loaded.batch_norm is not None else False
@@ -176,7 +189,7 @@ def _models(loaded: VGG, head: str, unfreeze: int, size, seed: int, classes: int
     above = network.layers[names.index(cut) + 1 :]
     initial = network.weights  # seeded: the head's initial weights
     trained = {
-        layer.name: convolutions.get(layer.name, initial.get(layer.name))
+        layer.name: convolutions.get(layer.name, initial[layer.name])
         for layer in above
         if layer.name in initial
     }
@@ -185,7 +198,12 @@ def _models(loaded: VGG, head: str, unfreeze: int, size, seed: int, classes: int
     return base, network, top, cut
 
 
-def prepare(directory, weights, options: dict, verbose) -> Run:
+def prepare(
+    directory: str | os.PathLike,
+    weights: str | os.PathLike | VGG,
+    options: dict,
+    verbose: bool | int | str,
+) -> Run:
     """Read the folders and the weights; build the models; choose the preprocessing.
 
     `options` are `vgg_np.train.fit`'s keyword arguments of the same names.

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from vgg_np import _files
+
+if TYPE_CHECKING:  # Pillow is imported where a picture is drawn
+    from PIL import ImageDraw, ImageFont
 
 __all__ = ["confusion_matrix", "confusion_picture", "curves_picture", "save_png"]
 
@@ -24,7 +28,7 @@ TRAIN_COLOUR, VALIDATION_COLOUR = (31, 119, 180), (255, 127, 14)
 _GREY, _BLACK, _WHITE = (200, 200, 200), (0, 0, 0), (255, 255, 255)
 
 
-def _font(size: int = 13):
+def _font(size: int = 13) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """DejaVu Sans where the system has it (accented names), else Pillow's own font."""
     from PIL import ImageFont
 
@@ -39,7 +43,11 @@ def _font(size: int = 13):
         return ImageFont.load_default()
 
 
-def confusion_matrix(labels: Sequence[int], predicted: Sequence[int], classes: int) -> NDArray:
+def confusion_matrix(
+    labels: Sequence[int] | NDArray[np.integer],
+    predicted: Sequence[int] | NDArray[np.integer],
+    classes: int,
+) -> NDArray:
     """Count, for each true class (row), the pictures predicted as each class (column).
 
     Examples
@@ -54,7 +62,13 @@ def confusion_matrix(labels: Sequence[int], predicted: Sequence[int], classes: i
     return matrix
 
 
-def _panel(draw, box, series: Mapping[str, Sequence[float]], title: str, best: int | None):
+def _panel(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    series: Mapping[str, Sequence[float]],
+    title: str,
+    best: int | None,
+) -> None:
     """One plot: `series` (name -> value per epoch) in `box` (left, top, right, bottom)."""
     left, top, right, bottom = box
     font = _font()
@@ -88,7 +102,7 @@ def _panel(draw, box, series: Mapping[str, Sequence[float]], title: str, best: i
         x = at(best, low)[0]
         draw.line((x, y0, x, y1), fill=_GREY, width=1)
         draw.text((x + 3, y0 + 2), "kept", fill=_GREY, font=font)
-    legend = x1
+    legend: float = x1
     for k, (name, ys) in reversed(list(enumerate(series.items()))):
         colour = TRAIN_COLOUR if k == 0 else VALIDATION_COLOUR
         points = [at(e, v) for e, v in enumerate(ys, start=1) if np.isfinite(v)]

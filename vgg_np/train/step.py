@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -23,11 +24,30 @@ from numpy.typing import ArrayLike
 from vgg_np import backward
 from vgg_np.engine.threads import BLAS_SINGLE
 from vgg_np.layers import ACTIVATIONS, KINDS, Layer, forward
-from vgg_np.model import VGG
+from vgg_np.model import VGG  # noqa: F401 (the examples build one)
 from vgg_np.train import fast
 from vgg_np.train.batch_norm import RunningStatistics, choose_statistics
 
 __all__ = ["SGD", "Tape", "loss_and_gradients", "shapes_dataset"]
+
+
+class _Trainable(Protocol):
+    """What training reads and writes of a model: a `VGG`, or `vgg_np.train.loop.Top`."""
+
+    @property
+    def layers(self) -> Sequence[Layer]: ...
+
+    @property
+    def weights(self) -> dict[str, tuple[np.ndarray, ...]]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def include_top(self) -> bool: ...
+
+    def set_weights(self, weights: Mapping[str, tuple[ArrayLike, ...]]) -> None: ...
+
 
 #: Classes of `shapes_dataset`.
 SHAPES = ("horizontal stripes", "vertical stripes", "checkerboard", "disc")
@@ -73,7 +93,7 @@ class Tape:
 
 
 def loss_and_gradients(
-    model: VGG,
+    model: _Trainable,
     x: ArrayLike,
     labels: ArrayLike,
     *,
@@ -212,7 +232,13 @@ class _Forward:
                 groups.append((how, [layer]))
         return groups
 
-    def __call__(self, layers, x: np.ndarray, dropout: float, rng) -> np.ndarray:
+    def __call__(
+        self,
+        layers: Sequence[Layer],
+        x: np.ndarray,
+        dropout: float,
+        rng: np.random.Generator | None,
+    ) -> np.ndarray:
         for how, run in self.runs(layers, x.dtype):
             keep = any(layer.name in self.recorded for layer in run)
             if how == "fast":
@@ -226,28 +252,47 @@ class _Forward:
         return x
 
 
-def _layer_backward(layer: Layer, params, kept: dict, grad, need_dx: bool, frozen: bool):
+def _layer_backward(
+    layer: Layer,
+    params: tuple | None,
+    kept: dict,
+    grad: np.ndarray,
+    need_dx: bool,
+    frozen: bool,
+) -> tuple:
     """One layer's (dx, *parameter gradients); dx None where nothing below needs it."""
+    if layer.kind not in ("conv", "dense") and not frozen:  # only batch norms are frozen
+        kind_backward = KINDS[layer.kind].backward
+        assert kind_backward is not None  # every trained kind has one
+        return kind_backward(layer, params, kept, grad)
+    assert params is not None, f"{layer.name} ({layer.kind}) has no tensors"
     if layer.kind == "conv":
         return fast.conv_gradients(kept["input"], params[0], grad, input_gradient=need_dx)
     if layer.kind == "dense":
         return fast.dense_gradients(kept["input"], params[0], grad, input_gradient=need_dx)
-    if frozen:  # on its running statistics: a constant scale, nothing trained
-        return (fast.frozen_batch_norm_backward(params, grad, eps=layer.eps),)
-    return KINDS[layer.kind].backward(layer, params, kept, grad)
+    # A frozen batch norm, on its running statistics: a constant scale, nothing trained.
+    return (fast.frozen_batch_norm_backward(params, grad, eps=layer.eps),)
 
 
 def _backward(
-    layers: Sequence[Layer], weights: Mapping, tape: Tape, grad, lowest: int, frozen: set
+    layers: Sequence[Layer],
+    weights: Mapping[str, tuple],
+    tape: Tape,
+    grad: np.ndarray,
+    lowest: int,
+    frozen: set[str],
 ) -> dict[str, tuple]:
     """Every layer's parameter gradients, from the loss's gradient down to `lowest`."""
-    gradients = {}
+    gradients: dict[str, tuple] = {}
     for index in range(len(layers) - 1, lowest - 1, -1):
         layer = layers[index]
         kept = tape.kept[layer.name]
         if "kept_scaled" in kept:  # dropout, with the forward's own mask
             grad = backward.dropout_backward(kept["output"], kept["kept_scaled"], grad)
-        grad = ACTIVATIONS[layer.activation].backward(kept.get("output"), grad)
+        activation_backward = ACTIVATIONS[layer.activation].backward
+        assert activation_backward is not None  # a `stuck` activation never trains
+        # No "output" is kept where the activation needs none (the identity's backward).
+        grad = activation_backward(kept.get("output"), grad)  # type: ignore[arg-type]
         params = weights.get(layer.name)
         need_dx = index > lowest
         grad, *parameter_grads = _layer_backward(
@@ -283,7 +328,7 @@ class SGD:
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity: dict[str, list[np.ndarray]] = {}
 
-    def step(self, model: VGG, gradients: dict) -> None:
+    def step(self, model: _Trainable, gradients: dict) -> None:
         """Update the model's weights in place from `gradients` (see the class example)."""
         weights = model.weights
         for name, grads in gradients.items():

@@ -25,6 +25,7 @@ the number of threads. `conv2d` and `kernel_gradient` are tested against
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,7 +45,7 @@ MIN_CHANNELS = 16
 _BT, _G, _AT = winograd_matrices(2)  # (4, 4), (4, 3), (2, 4)
 
 
-def _combine(coefficients, arrays, out: np.ndarray) -> np.ndarray:
+def _combine(coefficients: np.ndarray, arrays: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
     """Write ``sum(c * a)`` into `out`: a row of a Winograd matrix applied to slices."""
     terms = [(float(c), a) for c, a in zip(coefficients, arrays, strict=True) if c != 0]
     (c0, a0), rest = terms[0], terms[1:]
@@ -122,7 +123,9 @@ def kernel_transform(kernel: np.ndarray, workers: Workers | None = None) -> np.n
     return u.reshape(16, c, o)
 
 
-def _by_columns(fn, o: int, workers: Workers | None, size: int) -> None:
+def _by_columns(
+    fn: Callable[[int, int], object], o: int, workers: Workers | None, size: int
+) -> None:
     """Run ``fn(o0, o1)`` on blocks of the output channels, shared by `workers`."""
     parts = workers.threads if workers is not None and o >= 2 * workers.threads else 1
     bounds = [o * i // parts for i in range(parts + 1)]

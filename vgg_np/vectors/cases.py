@@ -237,14 +237,28 @@ def _finish(case: Case, *, naive: bool = True) -> Case:
 # ---------------------------------------------------------------------------------------
 
 
-def _spatial(window, strides, padding, size) -> dict:
+def _spatial(
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: ops.Padding,
+    size: tuple[int, int],
+) -> dict:
     """ONNX attributes of a convolution or pooling window, explicit pads included."""
     (top, bottom), (left, right) = ops.resolve_padding(padding, size, window, strides)
     pads = [top, left, bottom, right]
     return {"kernel_shape": list(window), "strides": list(strides), "pads": pads}
 
 
-def _conv(name, text, x, w, b=None, strides=(1, 1), padding="same", activation=None) -> Case:
+def _conv(
+    name: str,
+    text: str,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    strides: tuple[int, int] = (1, 1),
+    padding: ops.Padding = "same",
+    activation: str | None = None,
+) -> Case:
     """Return a Conv case; `x` is (N, C, H, W), `w` (O, C, KH, KW)."""
     attrs = {**_spatial(w.shape[2:], strides, padding, x.shape[2:]), "activation": activation}
     inputs = {"x": x, "w": w} if b is None else {"x": x, "w": w, "b": b}
@@ -252,18 +266,32 @@ def _conv(name, text, x, w, b=None, strides=(1, 1), padding="same", activation=N
     return Case(name, "conv2d", "Conv", attrs, inputs, description=text)
 
 
-def _pool(name, text, x, window, strides=None, padding="valid") -> Case:
+def _pool(
+    name: str,
+    text: str,
+    x: np.ndarray,
+    window: tuple[int, int],
+    strides: tuple[int, int] | None = None,
+    padding: ops.Padding = "valid",
+) -> Case:
     attrs = _spatial(window, strides or window, padding, x.shape[2:])
     text += " Padded positions never win (they count as -inf)."
     return Case(name, "max_pool2d", "MaxPool", attrs, {"x": x}, description=text)
 
 
-def _dense(name, text, x, w, b=None, activation=None) -> Case:
+def _dense(
+    name: str,
+    text: str,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    activation: str | None = None,
+) -> Case:
     inputs = {"x": x, "w": w} if b is None else {"x": x, "w": w, "b": b}
     return Case(name, "dense", "Gemm", {"activation": activation}, inputs, description=text)
 
 
-def _dropout(name, text, x, rate, seed) -> Case:
+def _dropout(name: str, text: str, x: np.ndarray, rate: float, seed: int) -> Case:
     # The mask vgg_np.ops.dropout draws from this seed (ones in, so every kept value is
     # nonzero): the case gives it, so an implementation with its own RNG can be checked.
     kept = ops.dropout(np.ones(x.shape), rate, training=True, rng=np.random.default_rng(seed))
@@ -442,7 +470,7 @@ def layer_cases(model: VGG, seed: int = 0) -> list[Case]:
             case = Case(name, "layer", "Flatten", {"axis": 1}, {"x": x}, description=text)
         elif layer.kind == "dense":
             kernel, bias = (np.asarray(a, np.float32) for a in weights[layer.name])
-            if layer.name == "fc1":
+            if layer.name == "fc1" and chw is not None:
                 # The case flattens NCHW, so fc1's rows go from Keras's H, W, C to C, H, W.
                 kernel = hwc_rows_to_chw(kernel, (chw[1], chw[2], chw[0]))
             relu = layer.activation == "relu"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,11 @@ from vgg_np import __version__
 from vgg_np.config import VGGConfig
 from vgg_np.model import VGG
 from vgg_np.vectors.cases import NARROW_VGG16, Case, kernel_cases, layer_cases
+
+if TYPE_CHECKING:
+    # The optional onnx package is not type-checked here (pyproject.toml): its protos are
+    # Any to the checker; the names say what is meant.
+    from onnx import ModelProto, ValueInfoProto
 
 __all__ = ["ENCODINGS", "load_case", "write_vectors"]
 
@@ -28,11 +34,11 @@ ENCODINGS = ("auto", "onnx", "npy")
 _OPSET = 13  # Softmax over the last axis alone since opset 13
 
 
-def _onnx_model(case: Case):
+def _onnx_model(case: Case) -> ModelProto:
     """Build the case as an ONNX graph: its inputs are the case's inputs, in order."""
     from onnx import TensorProto, helper, numpy_helper
 
-    def value(name: str, array: np.ndarray):
+    def value(name: str, array: np.ndarray) -> ValueInfoProto:
         elem = helper.np_dtype_to_tensor_dtype(array.dtype)
         return helper.make_tensor_value_info(name, elem, list(array.shape))
 
@@ -232,7 +238,7 @@ def load_case(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
     return spec, inputs, outputs
 
 
-def _read_cases(source) -> Iterator[Case]:
+def _read_cases(source: Iterable[Case] | str | os.PathLike) -> Iterator[Case]:
     """Yield the cases given, or a `write_vectors` directory's in its index's order.
 
     One at a time: full-size VGG16's weigh 650 MB.
@@ -251,9 +257,11 @@ def _read_cases(source) -> Iterator[Case]:
             if not isinstance(name, str) or pathlib.Path(name).name != name or name in ("", ".."):
                 raise ValueError(f"the case name {name!r} is not a directory of {root}")
             spec, inputs, outputs = load_case(root / name)
-            fields = ("name", "kernel", "op", "attributes")
             tolerance = {key: spec[key] for key in ("rtol", "atol", "description")}
-            case = Case(*(spec[key] for key in fields), inputs, outputs, **tolerance)
+            case = Case(
+                spec["name"], spec["kernel"], spec["op"], spec["attributes"], inputs, outputs,
+                **tolerance,
+            )  # fmt: skip
             yield case
     except (OSError, ValueError, KeyError, TypeError, ImportError) as error:
         # json, numpy and onnx raise their own kinds for a damaged file: one line for all

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vgg_np.formats.layouts import chw_rows_to_hwc, oihw_to_hwio
 from vgg_np.vectors.cases import Case, _nchw, _nhwc, _padding
@@ -124,15 +125,17 @@ class VectorsReport:
 
 def _case_arguments(case: Case, nhwc: bool, chw: tuple | None) -> tuple[list, dict]:
     """Return the case's inputs as the implementation's function takes them."""
-    x, w, b = case.inputs["x"], case.inputs.get("w"), case.inputs.get("b")
+    x, b = case.inputs["x"], case.inputs.get("b")
     attrs = case.attributes
     if case.op == "Conv":
+        w = case.inputs["w"]
         w = oihw_to_hwio(w) if nhwc else w  # (O, C, KH, KW) -> (KH, KW, C, O)
         return [x, w, b], {"strides": tuple(attrs["strides"]), "padding": _padding(attrs["pads"])}
     if case.op == "MaxPool":
         spatial = {"strides": tuple(attrs["strides"]), "padding": _padding(attrs["pads"])}
         return [x, tuple(attrs["kernel_shape"])], spatial
     if case.op == "Gemm":
+        w = case.inputs["w"]
         if nhwc and chw is not None and x.shape[1] == int(np.prod(chw)):
             # after a flatten: an NHWC implementation flattened H, W, C (fc1's rows too)
             c, h, w_ = chw
@@ -144,7 +147,13 @@ def _case_arguments(case: Case, nhwc: bool, chw: tuple | None) -> tuple[list, di
     return [x], {}
 
 
-def _run_case(case: Case, function, relu, nhwc: bool, chw) -> np.ndarray:
+def _run_case(
+    case: Case,
+    function: Callable[..., ArrayLike],
+    relu: Callable[[np.ndarray], ArrayLike] | None,
+    nhwc: bool,
+    chw: tuple[int, int, int] | None,
+) -> np.ndarray:
     """Run one case through the user's function; the result in ONNX's layout."""
     args, kwargs = _case_arguments(case, nhwc, chw)
     four_d = nhwc and args[0].ndim == 4
