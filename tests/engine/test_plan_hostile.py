@@ -1,0 +1,105 @@
+"""The planner attacked: plan files holding any layout that passes the checks, plans made for
+another network or dtype, the cache replaced under a loaded model, every model kind under
+a measured plan.
+
+`tests/engine/test_plan.py` runs every choice the search can *reach*; a plan file is a
+user's file (copied from another machine, edited by hand, damaged), so here every layout
+`check_choice` accepts is drawn, and must compute the network within its algorithm's
+tolerance, bitwise the same alone and in a batch, with any threads -- or be refused.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.conftest import ENGINE_REL_TOL, FLOAT64_ENGINE_REL_TOL, relative_error
+from tests.conftest import SMALL_CONFIG as SMALL
+from vgg_np import VGG
+from vgg_np.engine import cache, measure, threads
+from vgg_np.engine.plan import Choice, allowed_algorithms, check_choice, tiles_high
+from vgg_np.layers import forward, shapes
+
+#: Not square, not a multiple of 4 or 8: Winograd's last tiles and a fused pool's odd rows.
+INPUT = (44, 38, 3)
+
+
+def conv_layers(model: VGG, input_shape=INPUT):
+    """(index, (H, W, C, O), pool) of each convolution the engine runs."""
+    layers = model.engine.layers
+    for index, (layer, shape, _) in enumerate(shapes(layers, input_shape)):
+        if layer.kind == "conv":
+            pool = index + 1 < len(layers) and layers[index + 1].kind == "pool"
+            yield index, (*shape, layer.units), pool
+
+
+def plan_document(model: VGG, choices: list[Choice], requested="auto", input_shape=INPUT):
+    plans = {
+        measure.layer_key(requested, model.dtype, shape, pool): choice.to_dict()
+        for (_, shape, pool), choice in zip(conv_layers(model, input_shape), choices, strict=True)
+    }
+    return {"format": cache.FORMAT, "machine": {"version": cache.VERSION}, "plans": plans}
+
+
+def reference(model: VGG, x: np.ndarray) -> dict:
+    weights = {name: tuple(a.astype(np.float64) for a in t) for name, t in model.weights.items()}
+    out = {}
+    forward(model.layers, weights, x.astype(np.float64),
+            hook=lambda layer, values: out.setdefault(layer.name, values["output"]))  # fmt: skip
+    return out
+
+
+@st.composite
+def any_valid_choice(draw, shape, pool, dtype):
+    """Any layout `check_choice` accepts for a layer: rows and blocks that need not divide."""
+    algorithm = draw(st.sampled_from(allowed_algorithms("auto", dtype)))
+    tiles_h = tiles_high(algorithm, shape[0], pool)
+    even = 2 if algorithm == "gemm" and pool else 1
+    rows = draw(st.integers(1, tiles_h // even)) * even
+    block = draw(st.integers(1, shape[3]))
+    choice = Choice(algorithm, rows, block, draw(st.sampled_from(("chunk", "position"))))
+    check_choice(choice, shape, pool)
+    return choice
+
+
+def small(dtype="float32", **options) -> VGG:
+    return VGG(SMALL, include_top=False, input_shape=INPUT, seed=5, dtype=dtype, **options)
+
+
+LAYERS = list(conv_layers(small()))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@given(data=st.data())
+def test_any_layout_a_plan_file_may_hold_computes_the_network(tmp_path_factory, dtype, data):
+    choices = [data.draw(any_valid_choice(shape, pool, dtype)) for _, shape, pool in LAYERS]
+    path = tmp_path_factory.mktemp("plan") / "plans.json"
+    model = small(dtype)
+    path.write_text(json.dumps(plan_document(model, choices)))
+    rng = np.random.default_rng(7)
+    image, others = rng.standard_normal((1, *INPUT)), rng.standard_normal((2, *INPUT))
+    exact = reference(model, image)
+    family = "winograd" if any(c.m > 1 for c in choices) else "gemm"
+    tolerance = FLOAT64_ENGINE_REL_TOL if dtype == "float64" else ENGINE_REL_TOL[family]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threads, "MIN_PARALLEL_MACS", 0)  # every layer on the threads
+        alone = None
+        for n_threads in (1, 2):
+            pinned = small(dtype, plan=path, threads=n_threads)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a valid pinned file: nothing to warn about
+                got = [p.choice for p in pinned.engine.plans(INPUT).values()]
+            assert got == choices
+            if alone is None:
+                alone = pinned.activations(image.astype(dtype))
+                for name, y in alone.items():
+                    error = relative_error(y, exact[name])
+                    assert error < tolerance, (name, error, choices)
+            batch = np.concatenate([others[:1], image, others[1:]]).astype(dtype)  # (3, ...)
+            for name, y in pinned.activations(batch).items():
+                assert np.array_equal(y[1], alone[name][0]), (n_threads, name, choices)
