@@ -103,3 +103,28 @@ def test_any_layout_a_plan_file_may_hold_computes_the_network(tmp_path_factory, 
             batch = np.concatenate([others[:1], image, others[1:]]).astype(dtype)  # (3, ...)
             for name, y in pinned.activations(batch).items():
                 assert np.array_equal(y[1], alone[name][0]), (n_threads, name, choices)
+
+
+# -- where the plan file is ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["plan", "VGG_NP_CACHE"])
+def test_a_relative_plan_path_means_the_folder_the_model_was_made_in(tmp_path, monkeypatch, how):
+    """The plan file is read at the first call and written after it: a `chdir` between the
+    model's creation (its engine's, for the cache folder of the environment) and its calls
+    must not make it read (and pin) another folder's file."""
+    made_in, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    made_in.mkdir(), elsewhere.mkdir()
+    monkeypatch.delenv("VGG_NP_PLAN", raising=False)
+    monkeypatch.chdir(made_in)
+    if how == "plan":
+        model = small(plan="plans.json")
+    else:
+        monkeypatch.setenv("VGG_NP_CACHE", "cache")
+        model = small(plan="measure")
+        assert model.engine.planner.measures  # the engine made here
+    monkeypatch.setattr(measure, "BUDGET_SECONDS", 1e-9)  # one layer measured: quick
+    monkeypatch.chdir(elsewhere)
+    model.engine.plans(INPUT)  # the engine is made here, at the first use
+    assert not list(elsewhere.iterdir())
+    assert list(made_in.rglob("*.json")), list(made_in.rglob("*"))

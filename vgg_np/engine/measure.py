@@ -179,6 +179,11 @@ class Planner:
 
     def __init__(self, plan, threads: int, clock: Callable[[], float] | None = None):
         self.mode = resolve(plan)
+        # Where the file is, fixed now: it is read at the first call and written after,
+        # and a relative path must not follow a `chdir` in between (another folder's file).
+        self.folder = cache.cache_dir().absolute()
+        if isinstance(self.mode, pathlib.Path):
+            self.mode = self.mode.absolute()
         self.threads = threads
         self.clock = clock
         self.seconds = 0.0  # spent measuring, this engine's lifetime
@@ -200,9 +205,9 @@ class Planner:
         return self._entries
 
     def _path(self) -> pathlib.Path:
-        return (
-            self.mode if isinstance(self.mode, pathlib.Path) else cache.default_path(self._machine)
-        )
+        if isinstance(self.mode, pathlib.Path):
+            return self.mode
+        return self.folder / cache.default_path(self._machine).name
 
     def lookup(self, key: str, valid: Callable[[Choice], bool]) -> Choice | None:
         """Return the cached choice for `key` if there is one and `valid` accepts it.
