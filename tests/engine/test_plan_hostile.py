@@ -10,23 +10,33 @@ tolerance, bitwise the same alone and in a batch, with any threads -- or be refu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
+from importlib import resources
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
-from tests.conftest import ENGINE_REL_TOL, FLOAT64_ENGINE_REL_TOL, relative_error
+from tests.conftest import (
+    BN_FOLD_REL_TOL,
+    ENGINE_REL_TOL,
+    FLOAT64_ENGINE_REL_TOL,
+    relative_error,
+)
 from tests.conftest import SMALL_CONFIG as SMALL
-from vgg_np import VGG
+from vgg_np import VGG, preprocess_input
 from vgg_np.engine import cache, measure, threads
+from vgg_np.engine.conv import ConvRun
 from vgg_np.engine.plan import Choice, allowed_algorithms, check_choice, tiles_high
-from vgg_np.layers import forward, shapes
+from vgg_np.layers import Layer, forward, shapes
 
 #: Not square, not a multiple of 4 or 8: Winograd's last tiles and a fused pool's odd rows.
 INPUT = (44, 38, 3)
+INPUT64 = (64, 64, 3)  # the standard top's input
 
 
 def conv_layers(model: VGG, input_shape=INPUT):
@@ -128,3 +138,99 @@ def test_a_relative_plan_path_means_the_folder_the_model_was_made_in(tmp_path, m
     model.engine.plans(INPUT)  # the engine is made here, at the first use
     assert not list(elsewhere.iterdir())
     assert list(made_in.rglob("*.json")), list(made_in.rglob("*"))
+
+
+# -- every model kind under a measured plan -------------------------------------------------------
+
+
+def pictures(shape: tuple) -> np.ndarray:
+    """Three crops of the bundled picture, caffe-preprocessed: ``(3, H, W, 3)``.
+
+    Pictures, as the tolerances were measured on: Gaussian noise (zero-mean, so outputs
+    that cancel) takes the built-in plan's F(4x4) layers to 7e-6 of max |y| (measured).
+    """
+    picture = np.asarray(Image.open(resources.files("vgg_np") / "data" / "demo.png").convert("RGB"))
+    h, w, _ = shape
+    crops = [picture[40 * k : 40 * k + h, 50 * k : 50 * k + w] for k in range(3)]
+    return preprocess_input(np.stack(crops).astype(np.float32))  # (3, H, W, 3)
+
+
+def hashed_cost(choice: Choice) -> float:
+    """Fake seconds that rank the candidates in no pattern (the winners are arbitrary)."""
+    digest = hashlib.blake2b(repr(choice).encode(), digest_size=4).digest()
+    return 1.0 + int.from_bytes(digest, "little") / 2**32
+
+
+def with_bn_statistics(model: VGG) -> VGG:
+    rng, weights = np.random.default_rng(3), model.weights
+    for layer in model.layers:
+        if layer.kind == "batch_norm":
+            c = weights[layer.name][0].shape
+            stats = (rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.5, c))
+            weights[layer.name] = tuple(
+                a.astype(model.dtype) for a in (*stats, rng.uniform(0.5, 2.0, c))
+            )
+    model.set_weights(weights)
+    return model
+
+
+#: Every kind of network the planner may meet, and its per-image input.
+KINDS = {
+    "vgg11": (32, 40, 3), "vgg13": (32, 40, 3), "vgg16": (32, 40, 3), "vgg19": (32, 40, 3),
+    "batch norm": (48, 40, 3), "head": (56, 36, 3), "top": INPUT64,
+}  # fmt: skip
+
+
+def make(kind: str, **options) -> VGG:
+    """A model of `kind` (`KINDS`), seeded: the same weights for any `options`."""
+    shape = KINDS[kind]
+    if kind.startswith("vgg"):
+        return VGG(kind, include_top=False, input_shape=shape, seed=1, **options)
+    if kind == "batch norm":
+        model = VGG(SMALL, batch_norm=True, include_top=False, input_shape=shape, seed=2, **options)
+        return with_bn_statistics(model)
+    if kind == "head":
+        head = [Layer("gap", "global_avg"), Layer("dense", "dense", 5, "relu"),
+                Layer("out", "dense", 3)]  # fmt: skip
+        return VGG(SMALL, seed=3, input_shape=shape, head=head, **options)
+    return VGG(SMALL, classes=7, seed=4, classifier_activation=None, **options)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_model_kind_under_a_measured_plan_matches_the_reference_and_the_default(
+    tmp_path, monkeypatch, kind, dtype
+):
+    monkeypatch.setenv("VGG_NP_CACHE", str(tmp_path))
+    monkeypatch.delenv("VGG_NP_PLAN", raising=False)
+    monkeypatch.setattr(threads, "MIN_PARALLEL_MACS", 0)
+    clock = {"now": 0.0}
+    original = ConvRun.run
+
+    def run(self, workers, state):
+        clock["now"] += hashed_cost(self.plan.choice)
+        return original(self, workers, state)
+
+    monkeypatch.setattr(ConvRun, "run", run)
+    shape = KINDS[kind]
+    measured = make(kind, plan="measure", dtype=dtype)
+    measured.engine.planner.clock = lambda: clock["now"]
+    default = make(kind, dtype=dtype)
+    choices = {n: p.choice for n, p in measured.engine.plans(shape).items()}
+    assert measured.engine.planner.seconds > 0
+    assert choices != {n: p.choice for n, p in default.engine.plans(shape).items()}
+    x = pictures(shape).astype(dtype)
+    exact = reference(measured, x[1:2])
+    bn = kind == "batch norm" and dtype == "float32"
+    tolerance = {"float64": FLOAT64_ENGINE_REL_TOL, "float32": ENGINE_REL_TOL["auto"]}[dtype]
+    tolerance = BN_FOLD_REL_TOL if bn else tolerance
+    alone, by_default = measured.activations(x[1:2]), default.activations(x[1:2])
+    worst = {}
+    for name, y in alone.items():
+        worst[name] = relative_error(y, exact[name])
+        assert worst[name] < tolerance, (kind, name, worst[name], choices.get(name))
+        assert relative_error(by_default[name], exact[name]) < tolerance, (kind, name)
+    for name, y in measured.activations(x).items():  # in a batch: the same bits
+        assert np.array_equal(y[1], alone[name][0]), (kind, name)
+    name = max(worst, key=worst.get)
+    print(f"\n{kind} {dtype}: worst {name} {worst[name]:.1e} (tolerance {tolerance:.0e})")
