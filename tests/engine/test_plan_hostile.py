@@ -234,3 +234,23 @@ def test_every_model_kind_under_a_measured_plan_matches_the_reference_and_the_de
         assert np.array_equal(y[1], alone[name][0]), (kind, name)
     name = max(worst, key=worst.get)
     print(f"\n{kind} {dtype}: worst {name} {worst[name]:.1e} (tolerance {tolerance:.0e})")
+
+
+@pytest.mark.parametrize(
+    "content", [b'{"name": "my settings", "lr": 0.1}', b"[1, 2]", b"{truncated", b"\x89PNG"]
+)
+def test_a_plan_path_naming_a_file_that_is_not_a_plan_file_is_never_overwritten(
+    tmp_path, monkeypatch, content
+):
+    """plan="settings.json" by mistake: vgg_np measures, warns, and leaves the user's file."""
+    monkeypatch.setattr(measure, "BUDGET_SECONDS", 1e-9)  # one layer measured: quick
+    path = tmp_path / "settings.json"
+    path.write_bytes(content)
+    model = small(plan=path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.engine.plans(INPUT)
+    messages = [str(w.message) for w in caught]
+    assert path.read_bytes() == content
+    assert any("not saved" in m for m in messages), messages
+    assert [p.name for p in tmp_path.iterdir()] == ["settings.json"]  # no leftovers
