@@ -254,3 +254,22 @@ def test_a_plan_path_naming_a_file_that_is_not_a_plan_file_is_never_overwritten(
     assert path.read_bytes() == content
     assert any("not saved" in m for m in messages), messages
     assert [p.name for p in tmp_path.iterdir()] == ["settings.json"]  # no leftovers
+
+
+def test_a_plan_file_replaced_under_a_loaded_model_changes_nothing_it_computes(tmp_path):
+    """The file is read once per engine: replaced afterwards (another process measured,
+    a user copied one in), the loaded model keeps its choices and its bits; a new model
+    reads the new file."""
+    path = tmp_path / "plans.json"
+    ours = [Choice("gemm", 2 if pool else 1, shape[3]) for _, shape, pool in LAYERS]
+    theirs = [Choice("winograd-2", 1, max(1, shape[3] // 3)) for _, shape, _ in LAYERS]
+    path.write_text(json.dumps(plan_document(small(), ours)))
+    x = pictures(INPUT)
+    model = small(plan=path)
+    before = model(x)
+    path.write_text(json.dumps(plan_document(small(), theirs)))
+    np.testing.assert_array_equal(model(x), before)
+    assert [p.choice for p in model.engine.plans(INPUT).values()] == ours
+    fresh = small(plan=path)
+    assert [p.choice for p in fresh.engine.plans(INPUT).values()] == theirs
+    assert relative_error(fresh(x), before) < ENGINE_REL_TOL["winograd"]
