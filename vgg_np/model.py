@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
@@ -201,8 +202,10 @@ class VGG:
         )
         self.conv_algorithm = _check_conv_algorithm(conv_algorithm)
         self.threads = _check_threads(threads)
-        measure.resolve(plan)  # a bad `plan` fails here, not at the first call
-        self.plan = plan
+        # A bad `plan` fails here, not at the first call; a relative path means the
+        # folder the model is made in, whatever the working folder at its first call.
+        resolved = measure.resolve(plan)
+        self.plan = resolved.absolute() if isinstance(resolved, pathlib.Path) else plan
         self._plan: tuple[Plan, Engine] | None = None  # see _lowered
         # What the last file loaded said about itself: its format, and for ONNX models
         # the tensor names of each layer's output (`formats.WeightSource`).

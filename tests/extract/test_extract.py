@@ -73,6 +73,7 @@ def test_rows_manifest_and_bad_images(model, images, tmp_path):
     expected_scores = np.sort(scores)[::-1][:3]
     np.testing.assert_allclose([t[2] for t in top], expected_scores, rtol=0, atol=PROB_ATOL[F32])
     assert [f.name for f in sorted((tmp_path / "f.npy.manifest").iterdir())] == [
+        "conv-plans.json",
         "part-00000.jsonl",
         "part-00001.jsonl",
         "part-00002.jsonl",

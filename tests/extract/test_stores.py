@@ -391,3 +391,93 @@ def test_a_run_killed_while_its_store_was_created_leaves_nothing_a_rerun_refuses
         assert result.written == 10 and np.isfinite(open_store(out).read()).all()
         shutil.rmtree(str(out) + ".manifest")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
+
+
+# -- how the rows are computed -------------------------------------------------------------------
+
+
+def pinned_plan(path, model: VGG, change=None) -> None:
+    """A plan file pinning `model`'s convolutions as they run now, after `change(name, choice)`."""
+    from vgg_np.engine import cache, measure
+
+    plans = {}
+    for name, conv in model.engine.plans((32, 32, 3)).items():
+        shape = (*_conv_input(model, name), conv.bias.shape[0])  # (H, W, C, O)
+        choice = change(name, conv.choice) if change else conv.choice
+        key = measure.layer_key(model.conv_algorithm, model.dtype, shape, conv.pool)
+        plans[key] = choice.to_dict()
+    path.write_text(json.dumps({"format": cache.FORMAT, "machine": {"version": cache.VERSION},
+                                "plans": plans}))  # fmt: skip
+
+
+def _conv_input(model: VGG, name: str) -> tuple[int, int, int]:
+    from vgg_np.layers import shapes
+
+    return next(shape for layer, shape, _ in shapes(model.engine.layers, (32, 32, 3))
+                if layer.name == name)  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["conv_algorithm gemm", "reference forward", "another plan"])
+def test_a_resume_whose_convolutions_run_otherwise_is_refused_never_mixed(
+    model, images, tmp_path, reference, how
+):
+    """Rows computed by another algorithm or layout differ in their last bits: a store that
+    mixed them would not be what any one run writes (nor what its plan says it holds)."""
+    from dataclasses import replace
+
+    out = tmp_path / "f.npy"
+    store = create_store(out, [images], model, layer="block5_pool", partition_size=4)
+    run_partition(store, store.partitions[0], model, batch_size=2)
+    options = {
+        "conv_algorithm gemm": {"conv_algorithm": "gemm"},
+        "reference forward": {"conv_algorithm": "reference"},
+        "another plan": {"plan": tmp_path / "plans.json"},
+    }[how]
+    pinned_plan(tmp_path / "plans.json", model, lambda name, c: replace(
+        c, algorithm="winograd-2") if c.algorithm == "winograd-4" else c)  # fmt: skip
+    other = VGG.from_file(WEIGHTS, **options)
+    x = np.random.default_rng(0).normal(0, 50, (1, 32, 32, 3)).astype(np.float32)
+    assert not np.array_equal(other.features(x, "block5_pool"), model.features(x, "block5_pool"))
+    refused = r"convolutions run otherwise \(.*conv_algorithm=.auto. and plan="
+    with pytest.raises(ValueError, match=refused):
+        create_store(out, [images], other, layer="block5_pool", partition_size=4)
+    with pytest.raises(ValueError, match="convolutions run otherwise"):
+        run_partition(open_store(out), store.partitions[1], other, batch_size=2)
+    assert extract([images], out, model, **SETTINGS).written == 6  # the same model resumes
+    np.testing.assert_array_equal(np.load(out), reference)
+
+
+def test_a_resume_with_the_same_convolutions_pinned_by_a_plan_file_is_accepted(
+    model, images, tmp_path, reference
+):
+    out = tmp_path / "f.npy"
+    store = create_store(out, [images], model, layer="block5_pool", partition_size=4)
+    run_partition(store, store.partitions[0], model, batch_size=2)
+    pinned_plan(tmp_path / "plans.json", model)
+    same = VGG.from_file(WEIGHTS, plan=tmp_path / "plans.json")
+    assert extract([images], out, same, **SETTINGS).written == 6
+    np.testing.assert_array_equal(np.load(out), reference)
+    # The store's own plan file pins the convolutions it was started with, wherever it runs.
+    (tmp_path / "f.npy.manifest" / "part-00002.jsonl").unlink()
+    other = VGG.from_file(WEIGHTS, plan=tmp_path / "f.npy.manifest" / "conv-plans.json")
+    assert extract([images], out, other, **SETTINGS).written == 2
+    np.testing.assert_array_equal(np.load(out), reference)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [([1, 2], "bad convolutions"), ({"block1_conv1": 3}, "bad convolutions"),
+     ({"conv_algorithm": "auto", "block1_conv1": "gemm rows=2 block=8"},
+      r"convolutions run otherwise \(block1_conv1 gemm rows=2 block=8 -> gemm rows=32")],
+)  # fmt: skip
+def test_a_plan_whose_convolutions_record_was_edited_is_refused(
+    model, images, tmp_path, record, message
+):
+    out = tmp_path / "f.npy"
+    extract([images], out, model, **SETTINGS)
+    path = tmp_path / "f.npy.manifest" / "plan.json"
+    plan = json.loads(path.read_text())
+    path.write_text(json.dumps({**plan, "convolutions": record}))
+    (tmp_path / "f.npy.manifest" / "part-00001.jsonl").unlink()  # to be run again
+    with pytest.raises(ValueError, match=message):
+        extract([images], out, model, **SETTINGS)

@@ -252,13 +252,26 @@ def _entries(document: dict, path: pathlib.Path, description: dict | None) -> di
     return choices
 
 
+def _current(document: dict | None) -> bool:
+    """Whether `document` is a plan file of this version (`_read`'s output)."""
+    if document is None:
+        return False
+    found = document.get("machine")
+    return (
+        isinstance(found, dict)
+        and found.get("version") == VERSION
+        and isinstance(document.get("plans"), dict)
+    )
+
+
 def store(path: pathlib.Path, description: dict, choices: dict[str, Choice], pinned: bool) -> None:
     """Add `choices` to the plan file at `path`, written atomically; warn if it cannot be.
 
     What the file holds now is kept (another process may have added entries since it was
     read) if it can be trusted. `pinned` (a file the user named) keeps the machine the
-    file says its entries were measured on. A path that is not a regular file (a FIFO,
-    a folder) is never replaced.
+    file says its entries were measured on, and is never replaced unless it is a plan
+    file of this version. A path that is not a regular file (a FIFO, a folder) is never
+    replaced.
 
     Examples
     --------
@@ -276,6 +289,10 @@ def store(path: pathlib.Path, description: dict, choices: dict[str, Choice], pin
         warnings.simplefilter("ignore")  # warned about when it was read
         document = _read(path)
         kept = {} if document is None else _entries(document, path, None if pinned else description)
+    if pinned and os.path.lexists(path) and not _current(document):
+        _warn(f"{os.fspath(path)!r} is not a plan file of this vgg_np: the measured plans are "
+              "not saved (a file you named is never replaced)")  # fmt: skip
+        return
     written_on = description
     if pinned and kept and document is not None:  # entries kept: they came from a document
         written_on = document["machine"]

@@ -190,6 +190,11 @@ class Planner:
         clock: Callable[[], float] | None = None,
     ):
         self.mode = resolve(plan)
+        # Where the file is, fixed now: it is read at the first call and written after,
+        # and a relative path must not follow a `chdir` in between (another folder's file).
+        self.folder = cache.cache_dir().absolute()
+        if isinstance(self.mode, pathlib.Path):
+            self.mode = self.mode.absolute()
         self.threads = threads
         self.clock = clock
         self.seconds = 0.0  # spent measuring, this engine's lifetime
@@ -211,7 +216,7 @@ class Planner:
     def _path(self) -> pathlib.Path:
         if isinstance(self.mode, pathlib.Path):
             return self.mode
-        return cache.default_path(self._machine_info())
+        return self.folder / cache.default_path(self._machine_info()).name
 
     def _loaded(self) -> dict[str, Choice]:
         """Return the plan file's entries (read once) and those measured since."""

@@ -20,8 +20,13 @@ The store on disk, for ``-o OUT.npy`` (or ``OUT.zarr`` when `zarr` is installed)
   could not be used is NaN; rows not yet written are 0 (``.npy``) or NaN (``.zarr``):
   only the manifest says which rows are valid.
 - ``OUT.manifest/plan.json``: the paths, layer, row shape, dtype, preprocessing,
-  partition size and a digest of the weights. Reopening with different images, layer,
-  preprocessing or weights is refused, never mixed.
+  partition size, a digest of the weights and how each convolution runs
+  (`vgg_np.extract.plan.convolutions`: ``conv_algorithm`` and each layer's algorithm,
+  chunk and channel blocks, which may change a row's last bits). Reopening with different
+  images, layer, preprocessing, weights or convolutions (another ``conv_algorithm``,
+  another ``plan``, a plan measured otherwise) is refused, never mixed.
+- ``OUT.manifest/conv-plans.json``: those choices as a plan file: ``plan=`` that file
+  (``VGG_NP_PLAN`` for the commands) makes any model compute them, on any machine.
 - ``OUT.manifest/part-NNNNN.jsonl``: partition NNNNN's entries, one JSON object per row
   in row order: ``{"row", "path", "status": "ok"|"error", "reason"?, "top"?, "image",
   "digest"}``, where ``image`` is the file's size, modification time and SHA-256 when its
@@ -51,7 +56,10 @@ Contract of `run_partition` (what a distributed runner may rely on):
   partition is written and flushed; a partition without it is incomplete, whatever its
   rows hold;
 - the model must be the one the plan was made with: it is checked (`Store.check_model`:
-  layer, output shape, dtype and the digest of every weight) before anything is written.
+  layer, output shape, dtype, the digest of every weight and how each convolution runs)
+  before anything is written. A measured plan (``plan="measure"``) differs between
+  machines and thread counts: workers that measure otherwise are refused; give them the
+  store's ``conv-plans.json`` as ``plan``.
 
 `Store` pickles as its path (a worker reopens it), and `Partition` carries its own paths.
 """

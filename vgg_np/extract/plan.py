@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vgg_np._files import read_text
+from vgg_np.engine import cache
+from vgg_np.engine.measure import layer_key
 from vgg_np.formats import choose_preprocessing
+from vgg_np.layers import shapes
 from vgg_np.streams import image_paths, input_size
 
 if TYPE_CHECKING:
     from vgg_np.model import VGG
 
-__all__ = ["DEFAULT_PARTITION_SIZE", "Partition", "weights_digest"]
+__all__ = ["DEFAULT_PARTITION_SIZE", "Partition", "convolutions", "weights_digest"]
 
 PLAN_VERSION = "vgg_np extract 2"
 
@@ -92,6 +95,69 @@ def weights_digest(model: VGG, layer: str | None = None) -> str:
     return digest.hexdigest()
 
 
+def _engine_input(model: VGG) -> tuple[int, int, int]:
+    """Per-image input ``(H, W, C)`` the store's images reach the engine with."""
+    size = input_size(model)
+    h, w = (size, size) if isinstance(size, int) else size
+    return h, w, model.input_shape[-1]
+
+
+def convolutions(model: VGG) -> dict[str, str]:
+    """Return how `model` computes each convolution of a store's rows, beyond its weights.
+
+    ``conv_algorithm`` as asked, then per engine step the fields of its
+    `vgg_np.engine.plan.Choice` that may change the numbers (algorithm, tile rows per
+    chunk, output channels per block: another of them may change a row's last bits). A
+    store records it and refuses a resume or a partition run by a model that computes
+    otherwise (another ``conv_algorithm`` or ``plan``, another measurement), so that its
+    rows are what one run writes. With ``plan="measure"`` this measures what is not cached.
+
+    Examples
+    --------
+    >>> from vgg_np import VGG11
+    >>> convolutions(VGG11(include_top=False, input_shape=(32, 32, 3), seed=0))["block3_conv1"]
+    'winograd-2 rows=4 block=128'
+    >>> convolutions(VGG11(include_top=False, seed=0, conv_algorithm="reference"))
+    {'conv_algorithm': 'reference'}
+    """
+    found = {"conv_algorithm": model.conv_algorithm}
+    if model.conv_algorithm == "reference":
+        return found  # the reference forward: no engine, no choices
+    for name, conv in model.engine.plans(_engine_input(model)).items():
+        c = conv.choice
+        found[name] = "naive" if c is None else (
+            f"{c.algorithm} rows={c.rows_per_chunk} block={c.channel_block}")  # fmt: skip
+    return found
+
+
+def plan_file(model: VGG) -> str | None:
+    """Return `model`'s convolution choices for a store's images as a plan file's text.
+
+    Given as ``plan=`` to another model (`vgg_np.engine.measure.Planner`), the file pins
+    the same choices, on any machine: the way to resume a store with a model that would
+    measure otherwise. None for the reference forward and the naive loops.
+
+    Examples
+    --------
+    >>> from vgg_np import VGG11
+    >>> text = plan_file(VGG11(include_top=False, input_shape=(32, 32, 3), seed=0))
+    >>> len(json.loads(text)["plans"])
+    8
+    """
+    if model.conv_algorithm in ("reference", "naive"):
+        return None
+    engine, plans = model.engine, {}
+    found = engine.plans(_engine_input(model))
+    for layer, shape, _ in shapes(engine.layers, _engine_input(model)):
+        if layer.kind == "conv":
+            conv, shape = found[layer.name], (*shape, layer.units)  # (H, W, C, O)
+            assert conv.choice is not None  # only the naive loops choose nothing
+            key = layer_key(engine.conv_algorithm, conv.kernel.dtype, shape, conv.pool)
+            plans[key] = conv.choice.to_dict()
+    document = {"format": cache.FORMAT, "machine": {"version": cache.VERSION}, "plans": plans}
+    return json.dumps(document, indent=1) + "\n"
+
+
 def _output_shape(model: VGG, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
     """Per-image output shape of `layer` for a `size` input, in the model's layout."""
     h, w = (size, size) if isinstance(size, int) else size  # streams.input_size
@@ -131,6 +197,9 @@ def _read_plan(out: str) -> dict:
     wrong = [k for k, kind in PLAN_KEYS.items() if not isinstance(plan.get(k), kind)]
     if not wrong and not all(isinstance(p, str) for p in plan["paths"]):
         wrong = ["paths"]
+    recorded = plan.get("convolutions", {})
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        wrong.append("convolutions")
     if wrong:
         raise ValueError(
             f"{path} is damaged (bad {', '.join(wrong)}): delete {_manifest_dir(out)} and "
@@ -171,8 +240,29 @@ def _plan(
         "model": repr(model),
         "weights_format": model.weights_format,
         "weights_digest": weights_digest(model, None if top else layer),
+        "convolutions": convolutions(model),
         "paths": paths,
     }
+
+
+def _convolutions_differ(recorded: dict | None, now: dict) -> str | None:
+    """Say how convolutions computed as `now` differ from a store's `recorded`; None if not.
+
+    Stores written before the record (no ``convolutions`` in their plan) are not checked.
+    """
+    if recorded is None:
+        return None
+    engine = ("the engine", "the reference forward")
+    was, then = (engine[d.get("conv_algorithm") == "reference"] for d in (recorded, now))
+    if was != then:
+        return f"convolutions run otherwise ({then}, the store's rows by {was})"
+    steps = sorted((set(recorded) | set(now)) - {"conv_algorithm"})
+    changed = [f"{name} {recorded.get(name, '-')} -> {now.get(name, '-')}"
+               for name in steps if recorded.get(name) != now.get(name)]  # fmt: skip
+    if not changed:
+        return None
+    more = f" and {len(changed) - 2} more" if len(changed) > 2 else ""
+    return f"convolutions run otherwise ({'; '.join(changed[:2])}{more})"
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -186,6 +276,9 @@ def _differences(old: dict, new: dict) -> list[str]:
             differences.append(f"preprocessing {key} {was!r} (now {now!r})")
     if old["weights_digest"] != new["weights_digest"]:
         differences.append("other weights or layers")
+    convolutions_now = _convolutions_differ(old.get("convolutions"), new["convolutions"])
+    if convolutions_now:
+        differences.append(convolutions_now)
     added = len(set(new["paths"]) - set(old["paths"]))
     removed = len(set(old["paths"]) - set(new["paths"]))
     if added or removed:

@@ -31,11 +31,14 @@ from vgg_np.extract.plan import (
     DEFAULT_PARTITION_SIZE,
     Partition,
     _classifier,
+    _convolutions_differ,
     _differences,
     _manifest_dir,
     _output_shape,
     _plan,
     _read_plan,
+    convolutions,
+    plan_file,
     weights_digest,
 )
 from vgg_np.formats import Preprocessing
@@ -54,6 +57,9 @@ ZARR_CHUNK_BYTES = 16 << 20
 CHECK_BYTES = 4 << 20
 
 SUFFIXES = (".npy", ".zarr")
+#: In the manifest: the convolutions' choices the rows are computed with, as a plan file
+#: (`vgg_np.extract.plan.plan_file`) that ``plan=`` takes to resume with the same ones.
+PLANS_FILE = "conv-plans.json"
 #: Beside ``OUT`` while `create_store` makes its array: renamed to ``OUT`` after the plan.
 CREATING_SUFFIX = ".vgg-np-creating"
 
@@ -322,8 +328,15 @@ class Store:
             problems.append(
                 "its weights (or its layers) are not the ones the store was started with"
             )
+        if not problems:
+            otherwise = _convolutions_differ(plan.get("convolutions"), convolutions(model))
+            problems += [otherwise] if otherwise else []
         if problems:
-            raise ValueError(f"this model does not fit {self.out}: " + "; ".join(problems))
+            raise ValueError(
+                f"this model does not fit {self.out}: "
+                + "; ".join(problems)
+                + _pin_hint(self.manifest_dir, problems, plan.get("convolutions"))
+            )
 
     def _open(self) -> np.memmap | zarr.Array:
         if self._array is None:
@@ -429,6 +442,7 @@ def create_store(
             raise ValueError(
                 f"{out} was started with other settings: {'; '.join(differences)}; "
                 f"choose another output, or delete {out} and {manifest_dir} to start over"
+                + _pin_hint(manifest_dir, differences, old.get("convolutions"))
             )
         store = Store(out, old)
         store.recomputed = store.verify()
@@ -463,9 +477,24 @@ def create_store(
             os.remove(creating)  # nothing half made: the same command works once there is room
             raise
     os.makedirs(manifest_dir, exist_ok=True)
+    pinned = plan_file(model)
+    if pinned is not None:
+        _write_atomically(os.path.join(manifest_dir, PLANS_FILE), pinned)
     _write_atomically(plan_path, json.dumps(plan, indent=1) + "\n")
     os.replace(creating, out)
     return Store(out, plan)
+
+
+def _pin_hint(manifest_dir: str, problems: list[str], recorded: dict | None) -> str:
+    """How to compute with the store's convolutions, if theirs is among the `problems`."""
+    if not any(p.startswith("convolutions") for p in problems) or not recorded:
+        return ""
+    algorithm = recorded.get("conv_algorithm")
+    path = os.path.join(manifest_dir, PLANS_FILE)
+    if algorithm == "reference" or not os.path.isfile(path):
+        return f" (the store's model had conv_algorithm={algorithm!r})"
+    return (f" (to resume, give the model conv_algorithm={algorithm!r} and plan={path!r}; "
+            f"for vgg-np: VGG_NP_PLAN={path})")  # fmt: skip
 
 
 def _remove(path: str) -> None:
