@@ -494,7 +494,7 @@ def _pin_hint(manifest_dir: str, problems: list[str], recorded: dict | None) -> 
     if algorithm == "reference" or not os.path.isfile(path):
         return f" (the store's model had conv_algorithm={algorithm!r})"
     return (f" (to resume, give the model conv_algorithm={algorithm!r} and plan={path!r}; "
-            f"for vgg-np: VGG_NP_PLAN={path})")  # fmt: skip
+            f"for vgg-np: --plan {path})")  # fmt: skip
 
 
 def _remove(path: str) -> None:
