@@ -178,6 +178,15 @@ def _check_train(args: argparse.Namespace) -> str | None:
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         return f"-o {args.output}: the directory {folder} does not exist"
+    from vgg_np.train.plan import check_outputs
+
+    try:  # the model over its base, outputs inside the pictures, a folder that is read-only
+        check_outputs(
+            args.images, args.weights, args.output, validation_dir=args.validation_dir,
+            checkpoint_dir=args.checkpoints, cache_dir=args.cache,
+        )  # fmt: skip
+    except ValueError as error:
+        return str(error)
     return None
 
 

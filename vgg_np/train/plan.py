@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from vgg_np.train.heads import parse_head
 from vgg_np.train.loop import Top
 from vgg_np.train.optim import OPTIMIZERS
 
-__all__ = ["DEFAULT_HEAD", "Run", "Settings", "prepare"]
+__all__ = ["DEFAULT_HEAD", "Run", "Settings", "check_outputs", "prepare"]
 
 #: The head when none is given: Keras's transfer-learning guide's, with a hidden layer.
 DEFAULT_HEAD = "gap,dense:256,dropout:0.5"
@@ -143,6 +144,104 @@ def _refuse_trained_batch_norms(top: Top) -> None:
         )
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies below it, links resolved."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _writable(folder: str, what: str) -> None:
+    """Refuse a folder that is not one, or where no file can be made (read-only, no access)."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{what} {folder} is not a folder")
+    existing = folder
+    while not os.path.isdir(existing):  # the folder is made later: its nearest parent
+        existing = os.path.dirname(existing)
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write in {existing} ({error.strerror})") from None
+
+
+def check_outputs(directory, weights, output, *, validation_dir=None, checkpoint_dir=None,
+                  cache_dir=None) -> None:  # fmt: skip
+    """Refuse outputs that would destroy an input, feed the next run, or fail after the work.
+
+    Checked before anything is read or computed: the model written over the base's weights
+    (the base would be lost), an output, the checkpoints or the feature cache inside the
+    folder of pictures or the validation folder (the next run would read them as a class,
+    or fail on a class folder without pictures), and folders that cannot be written (found
+    otherwise only after the feature pass).
+
+    Parameters
+    ----------
+    directory, weights, output, validation_dir, checkpoint_dir, cache_dir
+        `vgg_np.train.fit`'s arguments of the same names.
+
+    Raises
+    ------
+    ValueError
+        Naming the path and what it would destroy.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "pics").mkdir(); (root / "base.npz").write_bytes(b"weights")
+    7
+    >>> check_outputs(root / "pics", root / "base.npz", root / "model.npz")
+    >>> check_outputs(root / "pics", root / "base.npz", root / "base.npz")
+    Traceback (most recent call last):
+    ...
+    ValueError: `output` .../base.npz is the base's weights (`weights`): writing the model \
+there would lose them; choose another file
+    >>> check_outputs(root / "pics", root / "base.npz", root / "pics" / "model.npz")
+    Traceback (most recent call last):
+    ...
+    ValueError: `output` .../pics/model.npz lies inside the images folder .../pics: ...
+    """
+    output = os.path.abspath(os.fspath(output))
+    if (
+        isinstance(weights, (str, os.PathLike))
+        and os.path.isfile(weights)
+        and os.path.isfile(output)
+        and os.path.samefile(weights, output)
+    ):
+        raise ValueError(
+            f"`output` {output} is the base's weights (`weights`): writing the model there "
+            "would lose them; choose another file"
+        )
+    stem = os.path.splitext(output)[0]
+    checkpoints = stem + ".checkpoints" if checkpoint_dir is None else os.fspath(checkpoint_dir)
+    written = (("`output`", output), ("`checkpoint_dir`", checkpoints))
+    written += (("`cache_dir`", os.fspath(cache_dir)),) if cache_dir is not None else ()
+    inputs = (("the images folder", directory), ("the validation folder", validation_dir))
+    for name, path in written:
+        for what, folder in inputs:
+            if folder is not None and _inside(path, os.fspath(folder)):
+                raise ValueError(
+                    f"{name} {path} lies inside {what} {os.fspath(folder)}: the next run "
+                    "would read what is written there as pictures or classes; write it "
+                    "elsewhere"
+                )
+    _writable(os.path.dirname(output), "`output`")
+    _writable(checkpoints, "`checkpoint_dir`")
+
+
+def _shared_pictures(train: tuple[str, ...], held: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Return the (validation, training) pairs of paths that are one file (device, inode)."""
+
+    def identity(path: str) -> tuple[int, int] | None:
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None  # missing or unreadable: the feature pass says so
+        return status.st_dev, status.st_ino
+
+    trained = {identity(p): p for p in train} | {None: None}
+    return [(p, trained[identity(p)]) for p in held if trained.get(identity(p))]
+
+
 def _data(directory, validation_dir, validation_split: float, seed: int):
     """Classes, every path and label, and the training and validation positions."""
     folder = image_folder(directory, what="the images")
@@ -152,6 +251,14 @@ def _data(directory, validation_dir, validation_split: float, seed: int):
     held: ImageFolder = image_folder(
         validation_dir, classes=folder.classes, what="the validation folder"
     )
+    shared = _shared_pictures(folder.paths, held.paths)
+    if shared:
+        raise ValueError(
+            f"the validation folder {os.fspath(validation_dir)} holds {len(shared)} of the "
+            f"training pictures ({shared[0][0]} is {shared[0][1]}): validation would measure "
+            "pictures the model trains on; give other pictures, or hold out a split "
+            "(--validation-split)"
+        )
     n = len(folder.paths)
     labels = np.concatenate([folder.labels, held.labels])
     positions = np.arange(n + len(held.paths), dtype=np.intp)
