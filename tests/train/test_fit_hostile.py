@@ -124,11 +124,25 @@ def test_output_that_cannot_be_written_is_found_before_the_feature_pass(work):
     assert _no_feature_pass(work)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_cache_or_validation_folder_that_is_a_fifo_is_named_as_such(work):
+    """Before: ``cf: File exists`` after the weights loaded, and ``no such folder``."""
+    os.mkfifo(work / "cf")
+    with pytest.raises(ValueError, match=r"`cache_dir` .*cf is not a folder"):
+        _fit(work, work / "m.npz", cache_dir=work / "cf")
+    code, _, err = _cli(
+        "train", work / "pics", "--weights", work / "base.npz", "-o", work / "m.npz",
+        "--validation-dir", work / "cf",
+    )  # fmt: skip
+    assert code == 2 and err.strip().endswith("cf: not a folder"), err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_read_only_output_folder_is_refused_before_the_feature_pass(work):
-    (work / "out").mkdir(mode=0o555)
-    with pytest.raises(ValueError, match="cannot write"):
-        _fit(work, work / "out" / "m.npz")
+    """/proc takes no new file, even from root (who writes into a folder of mode 0o555)."""
+    with pytest.raises(ValueError, match="`checkpoint_dir`: cannot write in /proc"):
+        _fit(work, "/proc/m.npz")
+    with pytest.raises(ValueError, match="`output`: cannot write in /proc"):
+        _fit(work, "/proc/m.npz", checkpoint_dir=work / "kept")
     assert _no_feature_pass(work)
 
 

@@ -170,7 +170,8 @@ def _check_train(args: argparse.Namespace) -> str | None:
     if os.path.exists(args.images) and not os.path.isdir(args.images):
         return f"IMAGES_DIR {args.images} is not a folder (one subfolder per class)"
     if args.validation_dir is not None and not os.path.isdir(args.validation_dir):
-        return f"--validation-dir {args.validation_dir}: no such folder"
+        found = "not a folder" if os.path.lexists(args.validation_dir) else "no such folder"
+        return f"--validation-dir {args.validation_dir}: {found}"
     from vgg_np.train.fit import MODEL_SUFFIXES
 
     if not args.output.lower().endswith(MODEL_SUFFIXES):

@@ -224,8 +224,9 @@ there would lose them; choose another file
                     "would read what is written there as pictures or classes; write it "
                     "elsewhere"
                 )
+    for name, path in written[1:]:
+        _writable(path, name)
     _writable(os.path.dirname(output), "`output`")
-    _writable(checkpoints, "`checkpoint_dir`")
 
 
 def _shared_pictures(train: tuple[str, ...], held: tuple[str, ...]) -> list[tuple[str, str]]:
