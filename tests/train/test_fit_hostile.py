@@ -124,6 +124,13 @@ def test_output_that_cannot_be_written_is_found_before_the_feature_pass(work):
     assert _no_feature_pass(work)
 
 
+def test_relative_folders_still_to_be_made_are_accepted(work, monkeypatch):
+    """Relative names of folders not made yet (``--cache c``): their parent is checked."""
+    monkeypatch.chdir(work)
+    history = fit("pics", "base.npz", "m.npz", **{**QUICK, "cache_dir": "c/d"})
+    assert history.epoch == [1] and any((work / "c" / "d").iterdir())
+
+
 def test_cache_or_validation_folder_that_is_a_fifo_is_named_as_such(work):
     """Before: ``cf: File exists`` after the weights loaded, and ``no such folder``."""
     os.mkfifo(work / "cf")

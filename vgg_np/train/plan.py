@@ -154,7 +154,7 @@ def _writable(folder: str, what: str) -> None:
     """Refuse a folder that is not one, or where no file can be made (read-only, no access)."""
     if os.path.lexists(folder) and not os.path.isdir(folder):
         raise ValueError(f"{what} {folder} is not a folder")
-    existing = folder
+    existing = os.path.abspath(folder)  # a relative name's dirname ends in "", not "/"
     while not os.path.isdir(existing):  # the folder is made later: its nearest parent
         existing = os.path.dirname(existing)
     try:
