@@ -251,3 +251,23 @@ def test_diverged_run_writes_its_best_epoch_when_that_was_finite(work):
     weights = VGG.from_file(work / "m.npz").weights
     assert history.best_epoch is not None
     assert all(np.isfinite(t).all() for tensors in weights.values() for t in tensors)
+
+
+# -- early stopping without a validation set -----------------------------------------------
+
+
+def test_patience_without_validation_is_refused(work, tmp_path):
+    """Before: --patience was ignored without a word, and every epoch ran."""
+    with pytest.raises(ValueError, match=r"`patience` .* no picture is held out"):
+        _fit(work, work / "m.npz", validation_split=0.0, patience=1)
+    for name in ("a", "b"):  # one picture per class: the split holds none out
+        (tmp_path / "one" / name).mkdir(parents=True)
+        shutil.copy(sorted((work / "pics" / "disc").iterdir())[0], tmp_path / "one" / name)
+    with pytest.raises(ValueError, match="`patience`"):
+        fit(tmp_path / "one", work / "base.npz", tmp_path / "m.npz", patience=2,
+            cache_dir=work / "cache", **QUICK)  # fmt: skip
+    code, _, err = _cli(
+        "train", tmp_path / "one", "--weights", work / "base.npz", "-o", tmp_path / "m.npz",
+        "--epochs", "1", "--cache", work / "cache",
+    )  # fmt: skip
+    assert code == 0 and "no picture held out for validation" in err, err

@@ -47,7 +47,7 @@ from vgg_np.formats import Family, Provenance
 from vgg_np.model import VGG
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import decode_batches
-from vgg_np.train import report
+from vgg_np.train import plan, report
 from vgg_np.train.checkpoint import (
     Checkpoint,
     check_fingerprint,
@@ -62,7 +62,7 @@ from vgg_np.train.optim import (
     make_optimizer,
     optimizer_state,
 )
-from vgg_np.train.plan import DEFAULT_HEAD, Run, Settings, check_outputs, prepare
+from vgg_np.train.plan import DEFAULT_HEAD, Run, Settings, prepare
 
 __all__ = ["DEFAULT_HEAD", "History", "Settings", "fit"]
 
@@ -517,7 +517,7 @@ def fit(
         "learning_rate": learning_rate, "momentum": momentum, "weight_decay": weight_decay,
         "batch_size": batch_size,
     }  # fmt: skip
-    check_outputs(
+    plan.check_outputs(
         directory, weights, output, validation_dir=validation_dir,
         checkpoint_dir=checkpoint_dir, cache_dir=cache_dir,
     )  # fmt: skip
@@ -527,6 +527,7 @@ def fit(
     )
     files = _files_of(output, checkpoint_dir)  # before the feature pass: a failure costs none
     feature_seconds = _use_features(run, cache_dir, verbose)
+    plan.check_validation(run, patience)
     point = _resume(run, files, _fingerprint(run), optimizer_, restart, epochs)
     resumed = point.epoch
     try:

@@ -26,7 +26,7 @@ from vgg_np.train.heads import parse_head
 from vgg_np.train.loop import Top
 from vgg_np.train.optim import OPTIMIZERS
 
-__all__ = ["DEFAULT_HEAD", "Run", "Settings", "check_outputs", "prepare"]
+__all__ = ["DEFAULT_HEAD", "Run", "Settings", "check_outputs", "check_validation", "prepare"]
 
 #: The head when none is given: Keras's transfer-learning guide's, with a hidden layer.
 DEFAULT_HEAD = "gap,dense:256,dropout:0.5"
@@ -348,3 +348,31 @@ def prepare(directory, weights, options: dict, verbose) -> Run:
         say=_noop if quiet else write_line,
         note=_noop if quiet else (lambda text: write_line(f"vgg-np: {text}", file=sys.stderr)),
     )  # fmt: skip
+
+
+def check_validation(run: Run, patience: int | None) -> None:
+    """Refuse early stopping without validation pictures; say when a split held out none.
+
+    Called once the unusable pictures are known (`Run.validation` no longer holds them).
+
+    Examples
+    --------
+    >>> run = Run((), [], np.zeros(0, np.int64), np.zeros(0, np.intp), np.zeros(0, np.intp),
+    ...           Settings(validation_split=0.0), None, None, None, "", None, None, "", print,
+    ...           print)
+    >>> check_validation(run, patience=None)
+    >>> check_validation(run, patience=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: `patience` (--patience) stops on the validation loss, and no picture ...
+    """
+    if len(run.validation):
+        return
+    if patience is not None:  # it would never stop
+        raise ValueError(
+            "`patience` (--patience) stops on the validation loss, and no picture is held out "
+            "for validation (no split, or no class of 2 usable pictures): leave it out, or "
+            "give a validation split or folder"
+        )
+    if run.settings.validation_split > 0:
+        run.note("no picture held out for validation: no class has 2 usable pictures")
