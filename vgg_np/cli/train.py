@@ -167,6 +167,11 @@ def _check_train(args: argparse.Namespace) -> str | None:
     missing = [flag for name, flag in needed if not given(name)]
     if missing:
         return f"IMAGES_DIR needs {' and '.join(missing)} (the base's weights, the model to write)"
+    return _check_folder_paths(args)
+
+
+def _check_folder_paths(args: argparse.Namespace) -> str | None:
+    """Refuse the paths of ``vgg-np train IMAGES_DIR`` that cannot work, before any work."""
     if os.path.exists(args.images) and not os.path.isdir(args.images):
         return f"IMAGES_DIR {args.images} is not a folder (one subfolder per class)"
     if args.validation_dir is not None and not os.path.isdir(args.validation_dir):
