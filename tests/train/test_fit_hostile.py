@@ -271,3 +271,19 @@ def test_patience_without_validation_is_refused(work, tmp_path):
         "--epochs", "1", "--cache", work / "cache",
     )  # fmt: skip
     assert code == 0 and "no picture held out for validation" in err, err
+
+
+# -- the feature cache ---------------------------------------------------------------------
+
+
+def test_swapping_the_training_and_validation_folders_reuses_the_cached_features(work, tmp_path):
+    """The same pictures in another order name the same store, and it serves them all."""
+    write_shapes_folder(tmp_path / "val", 2, size=32, seed=5)
+    first = _fit(work, work / "a.npz", validation_dir=tmp_path / "val")
+    swapped = fit(
+        tmp_path / "val", work / "base.npz", work / "b.npz", validation_dir=work / "pics",
+        cache_dir=work / "cache", **QUICK,
+    )  # fmt: skip
+    assert first.feature_rows["computed"] == 24 + 8
+    assert swapped.feature_rows == {"computed": 0, "changed": 0, "cached": 32}
+    assert swapped.counts["train"] == dict.fromkeys(first.classes, 2)
