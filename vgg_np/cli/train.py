@@ -80,7 +80,7 @@ def _folder_arguments(train: argparse.ArgumentParser) -> None:
         "imagenet[:MODEL[:FAMILY]] (see fetch-weights)")  # fmt: skip
     add("-o", "--output", metavar="MODEL.npz", help="the fine-tuned model file to write")
     add("--head", help="layers after block5_pool: gap, gmp, flatten, dense:N[:act], "
-        f"dropout:R, bn, vgg[:N] (Keras's top); default {DEFAULT_HEAD}")  # fmt: skip
+        f"dropout:R, vgg[:N] (Keras's top); default {DEFAULT_HEAD}")  # fmt: skip
     add("--validation-split", type=_split_fraction, help="fraction of each class held out (0.2)")
     add("--validation-dir", help="a separate folder of the same class subfolders")
     add("--unfreeze", help="train the last blocks too: N blocks (1-4) or block5 ... block2")
