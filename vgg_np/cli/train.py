@@ -85,7 +85,7 @@ def _folder_arguments(train: argparse.ArgumentParser) -> None:
         "imagenet[:MODEL[:FAMILY]] (see fetch-weights)")  # fmt: skip
     add("-o", "--output", metavar="MODEL.npz", help="the fine-tuned model file to write")
     add("--head", help="layers after block5_pool: gap, gmp, flatten, dense:N[:act], "
-        f"dropout:R, bn, vgg[:N] (Keras's top); default {DEFAULT_HEAD}")  # fmt: skip
+        f"dropout:R, vgg[:N] (Keras's top); default {DEFAULT_HEAD}")  # fmt: skip
     add("--validation-split", type=_split_fraction, help="fraction of each class held out (0.2)")
     add("--validation-dir", help="a separate folder of the same class subfolders")
     add("--unfreeze", help="train the last blocks too: N blocks (1-4) or block5 ... block2")
@@ -172,10 +172,16 @@ def _check_train(args: argparse.Namespace) -> str | None:
     missing = [flag for name, flag in needed if not given(name)]
     if missing:
         return f"IMAGES_DIR needs {' and '.join(missing)} (the base's weights, the model to write)"
+    return _check_folder_paths(args)
+
+
+def _check_folder_paths(args: argparse.Namespace) -> str | None:
+    """Refuse the paths of ``vgg-np train IMAGES_DIR`` that cannot work, before any work."""
     if os.path.exists(args.images) and not os.path.isdir(args.images):
         return f"IMAGES_DIR {args.images} is not a folder (one subfolder per class)"
     if args.validation_dir is not None and not os.path.isdir(args.validation_dir):
-        return f"--validation-dir {args.validation_dir}: no such folder"
+        found = "not a folder" if os.path.lexists(args.validation_dir) else "no such folder"
+        return f"--validation-dir {args.validation_dir}: {found}"
     from vgg_np.train.fit import MODEL_SUFFIXES
 
     if not args.output.lower().endswith(MODEL_SUFFIXES):
@@ -183,6 +189,15 @@ def _check_train(args: argparse.Namespace) -> str | None:
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         return f"-o {args.output}: the directory {folder} does not exist"
+    from vgg_np.train.plan import check_outputs
+
+    try:  # the model over its base, outputs inside the pictures, a folder that is read-only
+        check_outputs(
+            args.images, args.weights, args.output, validation_dir=args.validation_dir,
+            checkpoint_dir=args.checkpoints, cache_dir=args.cache,
+        )  # fmt: skip
+    except ValueError as error:
+        return str(error)
     return None
 
 

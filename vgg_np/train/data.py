@@ -18,6 +18,7 @@ run again after a kill sees the same pictures.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +116,8 @@ def image_folder(
     ------
     ValueError
         Naming `root` and the class: not a folder; no class folders; fewer than two
-        classes; a class folder with no picture; other classes than `classes`.
+        classes; a class folder with no picture, or whose name cannot be a class name
+        (blank, or more than one line); other classes than `classes`.
 
     Examples
     --------
@@ -147,6 +149,12 @@ def image_folder(
             f"{what} {root} holds one class folder ({names[0]}): a classifier needs at "
             "least two classes"
         )
+    unusable = [name for name in names if not name.strip() or "\n" in name]
+    if unusable:  # a model file records each class name as one non-blank line
+        raise ValueError(
+            f"{what} {root}: the class folder {unusable[0]!r} cannot be a class name (one "
+            "line, not blank): rename it"
+        )
     if classes is not None and tuple(names) != tuple(classes):
         missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
         raise ValueError(
@@ -164,8 +172,33 @@ def image_folder(
             )
         paths += found
         labels += [label] * len(found)
+    _refuse_pictures_in_two_classes(paths, labels, names, f"{what} {root}")
     ignored = _loose_files(root)
     return ImageFolder(root, tuple(names), tuple(paths), np.array(labels, np.int64), ignored)
+
+
+def _refuse_pictures_in_two_classes(
+    paths: Sequence[str], labels: Sequence[int], names: Sequence[str], where: str
+) -> None:
+    """Refuse one file (by a link, or a hard link) filed under two classes: it has one class.
+
+    Within a class each real file is listed once already (`image_paths`); across classes
+    the same picture would be trained as both, and the split could hold it out under one
+    name while training on it under the other.
+    """
+    seen: dict[tuple[int, int], tuple[str, int]] = {}
+    for path, label in zip(paths, labels, strict=True):
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue  # missing or unreadable: the feature pass says so
+        other = seen.setdefault((status.st_dev, status.st_ino), (path, label))
+        if other[1] != label:
+            raise ValueError(
+                f"{where}: {other[0]} and {path} are the same picture in two classes "
+                f"({names[other[1]]} and {names[label]}): a picture has one class; remove "
+                "one (a link, or a copy by hard link)"
+            )
 
 
 def _loose_files(root: str) -> tuple[str, ...]:

@@ -48,7 +48,7 @@ from vgg_np.layers import Layer
 from vgg_np.model import VGG
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import decode_batches
-from vgg_np.train import report
+from vgg_np.train import plan, report
 from vgg_np.train.checkpoint import (
     Checkpoint,
     check_fingerprint,
@@ -252,7 +252,12 @@ def _batches(run: Run, epoch: int) -> Iterator[tuple[NDArray, NDArray]]:
 
 
 def _resume(
-    run: Run, files: dict, fingerprint: dict, optimizer: SGD | Adam, restart: bool
+    run: Run,
+    files: dict,
+    fingerprint: dict,
+    optimizer: SGD | Adam,
+    restart: bool,
+    epochs: int,
 ) -> Checkpoint:
     """Return the checkpoint to go on from: the last one written, or a fresh start."""
     last, best = files["last"], files["best"]
@@ -266,6 +271,11 @@ def _resume(
         return Checkpoint(0, run.top.weights, history=history, fingerprint=fingerprint)
     point = load_checkpoint(last)
     check_fingerprint(last, point.fingerprint, fingerprint)
+    if point.epoch > epochs:  # the model written would be of more epochs than asked
+        raise ValueError(
+            f"{last} holds {point.epoch} epochs, more than the {epochs} asked: ask for "
+            f"{point.epoch} or more to go on from it, or pass --restart (restart=True)"
+        )
     run.top.set_weights(point.weights, source=f"the weights in {last}")
     load_optimizer_state(optimizer, point.optimizer["scalars"], point.optimizer["arrays"])
     run.note(f"resuming after epoch {point.epoch} from {last}")
@@ -382,6 +392,13 @@ def _finish(
     resumed: int,
 ) -> History:
     kept = _kept_weights(run, point, files, restore_best)
+    diverged = run.top.not_finite()
+    if diverged:  # no prediction could use them: no model file rather than one of NaNs
+        raise ValueError(
+            f"training diverged: after epoch {kept} the weights of {', '.join(diverged)} are "
+            f"not finite (loss {point.history['loss'][kept - 1]:.4g}); {os.fspath(output)} was "
+            "not written: lower the learning rate (--lr) and pass --restart"
+        )
     _write_model(run, output)
     confusion = None
     if len(run.validation):
@@ -543,13 +560,18 @@ def fit(
         "learning_rate": learning_rate, "momentum": momentum, "weight_decay": weight_decay,
         "batch_size": batch_size,
     }  # fmt: skip
+    plan.check_outputs(
+        directory, weights, output, validation_dir=validation_dir,
+        checkpoint_dir=checkpoint_dir, cache_dir=cache_dir,
+    )  # fmt: skip
     run = prepare(directory, weights, options, verbose)
     optimizer_ = make_optimizer(
         optimizer, learning_rate, momentum=momentum, weight_decay=weight_decay
     )
+    files = _files_of(output, checkpoint_dir)  # before the feature pass: a failure costs none
     feature_seconds = _use_features(run, cache_dir, verbose)
-    files = _files_of(output, checkpoint_dir)
-    point = _resume(run, files, _fingerprint(run), optimizer_, restart)
+    plan.check_validation(run, patience)
+    point = _resume(run, files, _fingerprint(run), optimizer_, restart, epochs)
     resumed = point.epoch
     try:
         _epochs(run, point, optimizer_, files, epochs, patience, verbose)

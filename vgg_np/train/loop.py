@@ -81,6 +81,22 @@ class Top:
             name: tuple(np.asarray(a, self.dtype) for a in weights[name]) for name in self._weights
         }
 
+    def not_finite(self) -> list[str]:
+        """Name the layers holding a NaN or an infinity (a run that diverged).
+
+        Examples
+        --------
+        >>> top = Top([Layer("predictions", "dense", 2, "softmax")],
+        ...           {"predictions": (np.full((4, 2), np.nan), np.zeros(2))})
+        >>> top.not_finite()
+        ['predictions']
+        """
+        return [
+            name
+            for name, tensors in self._weights.items()
+            if not all(np.isfinite(t).all() for t in tensors)
+        ]
+
 
 def _logits_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
     *hidden, last = layers

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from vgg_np.train.heads import parse_head
 from vgg_np.train.loop import Top
 from vgg_np.train.optim import OPTIMIZERS
 
-__all__ = ["DEFAULT_HEAD", "Run", "Settings", "prepare"]
+__all__ = ["DEFAULT_HEAD", "Run", "Settings", "check_outputs", "check_validation", "prepare"]
 
 #: The head when none is given: Keras's transfer-learning guide's, with a hidden layer.
 DEFAULT_HEAD = "gap,dense:256,dropout:0.5"
@@ -143,6 +144,113 @@ def _refuse_trained_batch_norms(top: Top) -> None:
         )
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies below it, links resolved."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _writable(folder: str, what: str) -> None:
+    """Refuse a folder that is not one, or where no file can be made (read-only, no access)."""
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{what} {folder} is not a folder")
+    existing = os.path.abspath(folder)  # a relative name's dirname ends in "", not "/"
+    while not os.path.isdir(existing):  # the folder is made later: its nearest parent
+        existing = os.path.dirname(existing)
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write in {existing} ({error.strerror})") from None
+
+
+def check_outputs(
+    directory: str | os.PathLike,
+    weights: object,
+    output: str | os.PathLike,
+    *,
+    validation_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> None:
+    """Refuse outputs that would destroy an input, feed the next run, or fail after the work.
+
+    Checked before anything is read or computed: the model written over the base's weights
+    (the base would be lost), an output, the checkpoints or the feature cache inside the
+    folder of pictures or the validation folder (the next run would read them as a class,
+    or fail on a class folder without pictures), and folders that cannot be written (found
+    otherwise only after the feature pass).
+
+    Parameters
+    ----------
+    directory, weights, output, validation_dir, checkpoint_dir, cache_dir
+        `vgg_np.train.fit`'s arguments of the same names.
+
+    Raises
+    ------
+    ValueError
+        Naming the path and what it would destroy.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "pics").mkdir(); (root / "base.npz").write_bytes(b"weights")
+    7
+    >>> check_outputs(root / "pics", root / "base.npz", root / "model.npz")
+    >>> check_outputs(root / "pics", root / "base.npz", root / "base.npz")
+    Traceback (most recent call last):
+    ...
+    ValueError: `output` .../base.npz is the base's weights (`weights`): writing the model \
+there would lose them; choose another file
+    >>> check_outputs(root / "pics", root / "base.npz", root / "pics" / "model.npz")
+    Traceback (most recent call last):
+    ...
+    ValueError: `output` .../pics/model.npz lies inside the images folder .../pics: ...
+    """
+    output = os.path.abspath(os.fspath(output))
+    if (
+        isinstance(weights, (str, os.PathLike))
+        and os.path.isfile(weights)
+        and os.path.isfile(output)
+        and os.path.samefile(weights, output)
+    ):
+        raise ValueError(
+            f"`output` {output} is the base's weights (`weights`): writing the model there "
+            "would lose them; choose another file"
+        )
+    stem = os.path.splitext(output)[0]
+    checkpoints = stem + ".checkpoints" if checkpoint_dir is None else os.fspath(checkpoint_dir)
+    written = [("`output`", output), ("`checkpoint_dir`", checkpoints)]
+    written += [("`cache_dir`", os.fspath(cache_dir))] if cache_dir is not None else []
+    inputs = (("the images folder", directory), ("the validation folder", validation_dir))
+    for name, path in written:
+        for what, folder in inputs:
+            if folder is not None and _inside(path, os.fspath(folder)):
+                raise ValueError(
+                    f"{name} {path} lies inside {what} {os.fspath(folder)}: the next run "
+                    "would read what is written there as pictures or classes; write it "
+                    "elsewhere"
+                )
+    for name, path in written[1:]:
+        _writable(path, name)
+    _writable(os.path.dirname(output), "`output`")
+
+
+def _shared_pictures(train: tuple[str, ...], held: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Return the (validation, training) pairs of paths that are one file (device, inode)."""
+
+    def identity(path: str) -> tuple[int, int] | None:
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None  # missing or unreadable: the feature pass says so
+        return status.st_dev, status.st_ino
+
+    trained = {identity(p): p for p in train}
+    trained.pop(None, None)  # files that cannot be read are no evidence of sharing
+    return [(p, trained[key]) for p in held if (key := identity(p)) is not None and key in trained]
+
+
 def _data(
     directory: str | os.PathLike,
     validation_dir: str | os.PathLike | None,
@@ -157,6 +265,14 @@ def _data(
     held: ImageFolder = image_folder(
         validation_dir, classes=folder.classes, what="the validation folder"
     )
+    shared = _shared_pictures(folder.paths, held.paths)
+    if shared:
+        raise ValueError(
+            f"the validation folder {os.fspath(validation_dir)} holds {len(shared)} of the "
+            f"training pictures ({shared[0][0]} is {shared[0][1]}): validation would measure "
+            "pictures the model trains on; give other pictures, or hold out a split "
+            "(--validation-split)"
+        )
     n = len(folder.paths)
     labels = np.concatenate([folder.labels, held.labels])
     positions = np.arange(n + len(held.paths), dtype=np.intp)
@@ -258,3 +374,31 @@ def prepare(
         say=_noop if quiet else write_line,
         note=_noop if quiet else (lambda text: write_line(f"vgg-np: {text}", file=sys.stderr)),
     )  # fmt: skip
+
+
+def check_validation(run: Run, patience: int | None) -> None:
+    """Refuse early stopping without validation pictures; say when a split held out none.
+
+    Called once the unusable pictures are known (`Run.validation` no longer holds them).
+
+    Examples
+    --------
+    >>> run = Run((), [], np.zeros(0, np.int64), np.zeros(0, np.intp), np.zeros(0, np.intp),
+    ...           Settings(validation_split=0.0), None, None, None, "", None, None, "", print,
+    ...           print)
+    >>> check_validation(run, patience=None)
+    >>> check_validation(run, patience=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: `patience` (--patience) stops on the validation loss, and no picture ...
+    """
+    if len(run.validation):
+        return
+    if patience is not None:  # it would never stop
+        raise ValueError(
+            "`patience` (--patience) stops on the validation loss, and no picture is held out "
+            "for validation (no split, or no class of 2 usable pictures): leave it out, or "
+            "give a validation split or folder"
+        )
+    if run.settings.validation_split > 0:
+        run.note("no picture held out for validation: no class has 2 usable pictures")
