@@ -19,9 +19,11 @@ stopping, ending in a model file every path of vgg_np reads (`vgg-np predict`,
    training (as the epoch went, dropout on) and validation, a checkpoint
    (`vgg_np.train.checkpoint`), early stopping on the validation loss.
 5. **Result**: the best epoch's weights (lowest validation loss; the last without
-   validation) in a ``.npz`` recording the head, the class names, the preprocessing and
-   the base it came from; the curves and the confusion matrix as PNGs beside it
-   (`vgg_np.train.report`) and the history as JSON.
+   validation) in the format `output` names (`MODEL_SUFFIXES`: ``.npz``, a whole Keras
+   model ``.keras`` / ``.h5``, a torchvision ``.pth``), written by `vgg_np.export.save`
+   and recording the head, the class names, the preprocessing and the base it came
+   from; the curves and the confusion matrix as PNGs beside it
+   (`vgg_np.train.report`) and the history as JSON, which lists the validation pictures.
 
 Every random choice (initial head, shuffling, dropout, augmentation) is drawn from the
 seed and the epoch alone, so a run killed at any point and resumed from its last
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from vgg_np import _files, formats
+from vgg_np import _files, export
 from vgg_np.extract import weights_digest
 from vgg_np.formats import Family, Provenance
 from vgg_np.model import VGG
@@ -64,11 +66,14 @@ from vgg_np.train.optim import (
 )
 from vgg_np.train.plan import DEFAULT_HEAD, Run, Settings, prepare
 
-__all__ = ["DEFAULT_HEAD", "History", "Settings", "fit"]
+__all__ = ["DEFAULT_HEAD", "MODEL_SUFFIXES", "History", "Settings", "fit", "output_problem"]
 
-#: What a fine-tuned model may be written as (the head, the labels and the provenance
-#: travel with the tensors).
-MODEL_SUFFIXES = (".npz",)
+#: What a fine-tuned model may be written as, through `vgg_np.export.save`: vgg_np's
+#: ``.npz``, a whole Keras model (``.keras``, ``.h5`` in ``model.save``'s layout) or a
+#: torchvision state dict (``.pth``, ``.pt``: a head its classifier fits). Each records
+#: the head (the Keras files and the npz: whole; torchvision's: its Linear layers), the
+#: class names and the provenance (preprocessing, input size, base).
+MODEL_SUFFIXES = (".npz", ".keras", ".h5", ".pth", ".pt")
 
 
 @dataclass
@@ -103,6 +108,11 @@ class History:
     feature_rows : dict
         ``computed`` (rows the pass computed now), ``changed`` (of those, pictures that
         changed since their row was computed), ``cached`` (rows read back).
+    validation_files : list of str
+        The validation pictures used, in the order of the confusion matrix's counts
+        (skipped pictures left out): what to check the written model on.
+    written : str
+        The format the model was written in (`vgg_np.export.save`'s answer).
 
     Examples
     --------
@@ -124,6 +134,8 @@ class History:
     counts: dict = field(default_factory=dict)
     feature_seconds: float = 0.0
     feature_rows: dict = field(default_factory=dict)
+    validation_files: list[str] = field(default_factory=list)
+    written: str = ""
 
     def to_dict(self) -> dict:
         """Return the history as plain JSON types (``history.json``; see the class example)."""
@@ -133,16 +145,45 @@ class History:
         return found
 
 
-def _check_arguments(output, epochs, batch_size, patience, seed) -> None:
-    suffix = os.path.splitext(os.fspath(output))[1].lower()
+def output_problem(output: str | os.PathLike) -> str | None:
+    """Say what is wrong with `output` as the model file to write, None if nothing is.
+
+    Checked before any work: the extension (`MODEL_SUFFIXES`), the folder, and that no
+    directory, FIFO or device sits at the path (the model is written beside it and
+    renamed over it, which would replace such a thing or fail after the training).
+
+    Examples
+    --------
+    >>> output_problem("model.keras") is None
+    True
+    >>> output_problem("model.onnx")
+    'must end in .npz, .keras, .h5, .pth or .pt (ONNX is read only)'
+    >>> import tempfile, os
+    >>> folder = os.path.join(tempfile.mkdtemp(), "m.keras")
+    >>> os.mkdir(folder)
+    >>> output_problem(folder)
+    "'.../m.keras' is a directory, not a model file"
+    """
+    path = os.fspath(output)
+    suffix = os.path.splitext(path)[1].lower()
     if suffix not in MODEL_SUFFIXES:
-        raise ValueError(
-            f"`output` {os.fspath(output)!r} must end in {', '.join(MODEL_SUFFIXES)} (the file "
-            "records the head, the class names and the preprocessing)"
-        )
-    folder = os.path.dirname(os.path.abspath(os.fspath(output)))
+        known = f"{', '.join(MODEL_SUFFIXES[:-1])} or {MODEL_SUFFIXES[-1]}"
+        why = " (ONNX is read only)" if suffix == ".onnx" else ""
+        return f"must end in {known}{why}"
+    if os.path.isdir(path):
+        return f"{path!r} is a directory, not a model file"
+    if os.path.lexists(path) and not os.path.isfile(path):
+        return f"{path!r} exists and is not a regular file (a FIFO, a device, a broken link)"
+    folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ValueError(f"`output` {os.fspath(output)!r}: no folder {folder}")
+        return f"the directory {folder} does not exist"
+    return None
+
+
+def _check_arguments(output, epochs, batch_size, patience, seed) -> None:
+    problem = output_problem(output)
+    if problem is not None:
+        raise ValueError(f"`output` {os.fspath(output)!r}: {problem}")
     for name, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"`{name}` must be an int >= {least}, got {value!r}")
@@ -319,13 +360,10 @@ def _kept_weights(run: Run, point: Checkpoint, files: dict, restore_best: bool) 
     return best.epoch
 
 
-def _write_model(run: Run, output) -> None:
-    """Write the whole network, base and trained layers, as a file every path reads."""
-    weights = {**run.base.weights, **run.top.weights}
-    run.network.set_weights(weights, source="the trained weights")
+def _provenance(run: Run) -> Provenance:
     h, w, _ = run.network.input_shape
     spec = describe_head(run.network.head)
-    provenance = Provenance(
+    return Provenance(
         "npz (vgg_np)",
         Family.VGG_NP,
         run.prep.mode,
@@ -337,14 +375,30 @@ def _write_model(run: Run, output) -> None:
             f"vgg-np train, head {spec}, {run.settings.unfreeze} blocks unfrozen, base {run.source}"
         ),
     )
-    info = {"head": run.network.head, "batch_norm_eps": run.network.batch_norm}
-    info["labels"] = run.classes
-    formats.write_weights(output, run.network.weights, provenance=provenance, info=info)
+
+
+def _write_model(run: Run, output) -> str:
+    """Write the whole network, base and trained layers, as a file every path reads.
+
+    `vgg_np.export.save` writes it in the format `output` names, with its class names
+    and provenance; an ``.h5`` is a whole Keras model (``load_model`` opens it).
+    """
+    weights = {**run.base.weights, **run.top.weights}
+    run.network.set_weights(weights, source="the trained weights")
+    layout = "model" if os.fspath(output).lower().endswith(".h5") else None
+    try:
+        return export.save(
+            run.network, output, layout=layout, provenance=_provenance(run), labels=run.classes
+        )
+    except OSError as error:  # a full disk while writing: name the user's file
+        if error.errno is None or error.filename:
+            raise
+        raise type(error)(error.errno, error.strerror, os.fspath(output)) from None
 
 
 def _finish(run: Run, point: Checkpoint, output, files, restore_best: bool, resumed: int):
     kept = _kept_weights(run, point, files, restore_best)
-    _write_model(run, output)
+    written = _write_model(run, output)
     confusion = None
     if len(run.validation):
         take = lambda i: run.features.take(run.validation[i])  # noqa: E731
@@ -365,6 +419,7 @@ def _finish(run: Run, point: Checkpoint, output, files, restore_best: bool, resu
         output=os.fspath(output),
         files={k: v for k, v in files.items() if k == "history" or os.path.exists(v)},
         confusion=confusion, skipped=run.skipped, counts=counts,
+        validation_files=[run.paths[i] for i in run.validation], written=written,
     )  # fmt: skip
     return history
 
@@ -420,8 +475,11 @@ def fit(
         The base: any weights file `VGG.from_file` reads (with or without its top; only
         the convolutions are used), or a model.
     output : str or os.PathLike
-        The model file to write, ``.npz``. Beside it: ``STEM.checkpoints/``,
-        ``STEM.curves.png``, ``STEM.confusion.png`` and ``STEM.history.json``.
+        The model file to write: ``.npz``, ``.keras``, ``.h5`` (a whole Keras model),
+        ``.pth`` / ``.pt`` (torchvision's state dict, for a head its classifier fits;
+        any other is refused before training); see `MODEL_SUFFIXES`. Beside it:
+        ``STEM.checkpoints/``, ``STEM.curves.png``, ``STEM.confusion.png`` and
+        ``STEM.history.json``.
     head : str, default `DEFAULT_HEAD`
         A head spec (`vgg_np.train.heads.parse_head`): ``"gap,dense:256,dropout:0.5"``,
         ``"vgg"`` for Keras's Flatten-fc1-fc2 top ...
@@ -504,6 +562,7 @@ def fit(
         "batch_size": batch_size,
     }  # fmt: skip
     run = prepare(directory, weights, options, verbose)
+    export.check(run.network, output)  # a format that cannot hold the model: say so now
     optimizer_ = make_optimizer(
         optimizer, learning_rate, momentum=momentum, weight_decay=weight_decay
     )
