@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import NARROW_CONFIG, TINY_CONFIG
 from vgg_np import adapters, compare
-from vgg_np.adapters import name_map
+from vgg_np.adapters import name_map, torch_modules
+from vgg_np.adapters import reference as reference_module
 from vgg_np.model import VGG
 from vgg_np.weight_diff import TRANSFORMS, WEIGHT_RTOL, diff_weights
 
@@ -161,7 +162,7 @@ def test_a_missing_relu_leaves_the_tap_on_the_convolution():
 )
 def test_batches_in_either_layout_are_read_and_the_layout_said(shape, layout, assumed):
     x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    nhwc, said = adapters._layouts(x, 3, layout)
+    nhwc, said = reference_module._layouts(x, 3, layout)
     assert said == assumed
     expected = x if assumed == "NHWC" else x.transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(nhwc, expected)
@@ -178,7 +179,7 @@ def test_batches_in_either_layout_are_read_and_the_layout_said(shape, layout, as
 )
 def test_ambiguous_or_wrong_batches_are_refused(shape, layout, message):
     with pytest.raises(ValueError, match=message):
-        adapters._layouts(np.zeros(shape), 3, layout)
+        reference_module._layouts(np.zeros(shape), 3, layout)
 
 
 def test_the_moved_functions_are_still_importable_from_compare():
@@ -200,7 +201,7 @@ def test_nonfinite_weights_differ_and_are_not_explained(reference):
 def test_the_first_dense_kernel_of_an_nchw_network_is_read_in_hwc_order(first):
     rows = np.arange(32.0).reshape(32, 1)  # numbered in C, H, W order, C=8, H=W=2
     tensors = {"block1_conv1": (np.zeros((3, 3, 3, 8)), np.zeros(8)), first: (rows, np.zeros(1))}
-    adapters._fc1_rows(tensors)
+    torch_modules._fc1_rows(tensors)
     hwc = tensors[first][0].ravel()
     assert hwc[:10].tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 1, 5]  # (h=0, w=0, c=0..7), ...
 
@@ -210,13 +211,16 @@ def test_the_reference_from_the_artifact_and_imagenet_build_from_the_inferred_ne
 ):
     """Without weights= (or with "imagenet") the reference is built from the artifact's shapes."""
     own = VGG(TINY_CONFIG, classes=3, classifier_activation=None, seed=1).weights
-    model, notes = adapters._reference(None, own, "keras", oracle=True, activation=None,
-                                       input_shape=(32, 32, 3))  # fmt: skip
+    model, notes = reference_module._reference(
+        None, own, "keras", oracle=True, activation=None, input_shape=(32, 32, 3)
+    )
     assert notes[0].startswith("REFERENCE FROM THE ARTIFACT UNDER TEST")
     assert model.dtype == np.float64 and model.layers[-1].activation is None
     assert all(np.array_equal(model.weights[k][0], own[k][0]) for k in own)
     asked = []
-    monkeypatch.setattr(adapters.hub, "resolve", lambda *a, **k: asked.append((a, k)) or 1 / 0)
+    monkeypatch.setattr(
+        reference_module.hub, "resolve", lambda *a, **k: asked.append((a, k)) or 1 / 0
+    )
     with pytest.raises(ZeroDivisionError):
-        adapters._reference("imagenet", own, "keras", oracle=False, activation=None)
+        reference_module._reference("imagenet", own, "keras", oracle=False, activation=None)
     assert asked == [(("vgg-custom", True), {"batch_norm": False})]

@@ -56,6 +56,16 @@ def server(tmp_path):
     httpd.server_close()
 
 
+def test_the_published_table_answers_from_hub_as_the_very_objects_it_defines():
+    # The table moved to vgg_np._published: hub's names must be its objects, so that a
+    # test's (or a user's) edit of hub.PUBLISHED is the table resolve reads.
+    from vgg_np import _published
+
+    for name in ("MAX_UNPUBLISHED", "NAMES", "PUBLISHED", "Published", "cache_dir"):
+        assert getattr(hub, name) is getattr(_published, name), name
+    assert hub.Published.__module__ == "vgg_np._published"
+
+
 def test_the_published_table_holds_keras_hashes_and_torchvision_prefixes():
     keras16, torch16 = hub.PUBLISHED["vgg16", True]
     assert keras16.digest == "64373286793e3c8b2b4e3219cbf3544b"

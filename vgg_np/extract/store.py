@@ -428,30 +428,50 @@ def create_store(
     plan = _plan(images, model, layer, top, partition_size, preprocess, resize)
     manifest_dir = _manifest_dir(out)
     plan_path = os.path.join(manifest_dir, "plan.json")
-    creating = out + CREATING_SUFFIX
     if os.path.lexists(plan_path):
-        if not os.path.exists(out) and os.path.exists(creating):
-            os.replace(creating, out)  # a run killed between the plan and the rename
-        if not os.path.exists(out):
-            raise ValueError(
-                f"{plan_path} exists but {out} does not: delete {manifest_dir} to start over"
-            )
-        old = _read_plan(out)
-        differences = _differences(old, plan)
-        if differences:
-            raise ValueError(
-                f"{out} was started with other settings: {'; '.join(differences)}; "
-                f"choose another output, or delete {out} and {manifest_dir} to start over"
-                + _pin_hint(manifest_dir, differences, old.get("convolutions"))
-            )
-        store = Store(out, old)
-        store.recomputed = store.verify()
-        return store
+        return _reopen(out, plan)
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists and is not an extraction (no {plan_path})")
     # The array is made under another name and renamed into place after its plan: a kill
     # at any moment leaves no array that a second run would take for someone else's file.
+    creating = out + CREATING_SUFFIX
     _remove(creating)  # the start of a run killed before its plan was written
+    _preallocate(out, creating, plan, partition_size)
+    os.makedirs(manifest_dir, exist_ok=True)
+    pinned = plan_file(model)
+    if pinned is not None:
+        _write_atomically(os.path.join(manifest_dir, PLANS_FILE), pinned)
+    _write_atomically(plan_path, json.dumps(plan, indent=1) + "\n")
+    os.replace(creating, out)
+    return Store(out, plan)
+
+
+def _reopen(out: str, plan: dict) -> Store:
+    """Reopen the store at `out` planned as `plan`, verified; refuse one planned otherwise."""
+    manifest_dir = _manifest_dir(out)
+    plan_path = os.path.join(manifest_dir, "plan.json")
+    creating = out + CREATING_SUFFIX
+    if not os.path.exists(out) and os.path.exists(creating):
+        os.replace(creating, out)  # a run killed between the plan and the rename
+    if not os.path.exists(out):
+        raise ValueError(
+            f"{plan_path} exists but {out} does not: delete {manifest_dir} to start over"
+        )
+    old = _read_plan(out)
+    differences = _differences(old, plan)
+    if differences:
+        raise ValueError(
+            f"{out} was started with other settings: {'; '.join(differences)}; "
+            f"choose another output, or delete {out} and {manifest_dir} to start over"
+            + _pin_hint(manifest_dir, differences, old.get("convolutions"))
+        )
+    store = Store(out, old)
+    store.recomputed = store.verify()
+    return store
+
+
+def _preallocate(out: str, creating: str, plan: dict, partition_size: int) -> None:
+    """Make the store's array, every row unwritten, at `creating` (`out`'s name says its kind)."""
     shape = (len(plan["paths"]), *plan["row_shape"])
     if out.endswith(".zarr"):
         try:
@@ -476,13 +496,6 @@ def create_store(
         except OSError:
             os.remove(creating)  # nothing half made: the same command works once there is room
             raise
-    os.makedirs(manifest_dir, exist_ok=True)
-    pinned = plan_file(model)
-    if pinned is not None:
-        _write_atomically(os.path.join(manifest_dir, PLANS_FILE), pinned)
-    _write_atomically(plan_path, json.dumps(plan, indent=1) + "\n")
-    os.replace(creating, out)
-    return Store(out, plan)
 
 
 def _pin_hint(manifest_dir: str, problems: list[str], recorded: dict | None) -> str:
