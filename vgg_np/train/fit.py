@@ -106,6 +106,9 @@ class History:
     feature_rows : dict
         ``computed`` (rows the pass computed now), ``changed`` (of those, pictures that
         changed since their row was computed), ``cached`` (rows read back).
+    batch_norm : str
+        Whose conventions moved the trained batch norms' running statistics, and why
+        (the statistics themselves are in the model file and the checkpoints).
 
     Examples
     --------
@@ -127,6 +130,7 @@ class History:
     counts: dict = field(default_factory=dict)
     feature_seconds: float = 0.0
     feature_rows: dict = field(default_factory=dict)
+    batch_norm: str = "no batch norm"
 
     def to_dict(self) -> dict:
         """Return the history as plain JSON types (``history.json``; see the class example)."""
@@ -221,6 +225,9 @@ def _fingerprint(run: Run) -> dict[str, str]:
     digests = _features(run).digests
     found["features"] = _digest([[digests[i], int(run.labels[i])] for i in used])
     found["split"] = _digest([run.train.tolist(), run.validation.tolist()])
+    if run.top.statistics:  # absent without batch norms: older checkpoints still resume
+        rules = run.top.statistics
+        found["batch_norm"] = json.dumps({n: dataclasses.astuple(rules[n]) for n in sorted(rules)})
     return found
 
 
@@ -394,10 +401,13 @@ def _finish(
     kept = _kept_weights(run, point, files, restore_best)
     diverged = run.top.not_finite()
     if diverged:  # no prediction could use them: no model file rather than one of NaNs
+        # A batch norm's running variance overflows while its output and the loss stay finite.
+        running = " (a batch norm's input outgrew float32)" * any("running" in d for d in diverged)
         raise ValueError(
             f"training diverged: after epoch {kept} the weights of {', '.join(diverged)} are "
-            f"not finite (loss {point.history['loss'][kept - 1]:.4g}); {os.fspath(output)} was "
-            "not written: lower the learning rate (--lr) and pass --restart"
+            f"not finite{running} (loss {point.history['loss'][kept - 1]:.4g}); "
+            f"{os.fspath(output)} was not written: lower the learning rate (--lr) and pass "
+            "--restart"
         )
     _write_model(run, output)
     confusion = None
@@ -420,6 +430,7 @@ def _finish(
         output=os.fspath(output),
         files={k: v for k, v in files.items() if k == "history" or os.path.exists(v)},
         confusion=confusion, skipped=run.skipped, counts=counts,
+        batch_norm=run.top.statistics_reason,
     )  # fmt: skip
     return history
 
