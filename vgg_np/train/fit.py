@@ -502,7 +502,8 @@ def fit(
         A separate folder of the same class subfolders.
     unfreeze : int or str, default 0
         Blocks of the base that train too: ``1`` or ``"block5"``, ``2`` or ``"block4"``...
-        The frozen blocks' output is what is cached.
+        The frozen blocks' output is what is cached. Their batch norms train as the
+        base's framework trains them (`vgg_np.train.batch_norm`; ``History.batch_norm``).
     optimizer : {"adam", "sgd"}, default "adam"
     learning_rate : float, optional
         Default 1e-3 for Adam, 1e-2 for SGD.

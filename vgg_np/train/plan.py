@@ -3,7 +3,8 @@
 `prepare` reads the class folders (and splits them, or reads the validation folder),
 loads the base's weights, chooses the preprocessing from their provenance, builds the
 frozen base without a top, the whole network with its head (`vgg_np.train.heads`) and
-the part that trains (`vgg_np.train.loop.Top`), and returns them as a `Run`.
+the part that trains (`vgg_np.train.loop.Top`, with each trained batch norm's
+running-statistics convention), and returns them as a `Run`.
 """
 
 from __future__ import annotations
