@@ -18,13 +18,12 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from tests.conftest import EPOCH_FLOAT32_REL_TOL, FIT_BN_STATISTICS_REL_TOL, relative_error
-from tests.train.test_fit import NARROW, _arrays, _cli
+from tests.train.test_fit import NARROW, _arrays, _cli, _kill_when
 from vgg_np import VGG, formats
 from vgg_np.formats import Family, Provenance
 from vgg_np.layers import forward
@@ -236,14 +235,6 @@ def test_an_epoch_with_batch_norms_matches_pytorch_batch_for_batch(shared, tmp_p
     assert error < EPOCH_FLOAT32_REL_TOL, name
     initial = run.top.weights["block5_conv1_bn"][3]
     assert relative_error(trained["block5_conv1_bn"][3], initial) > 1e3 * EPOCH_FLOAT32_REL_TOL
-
-
-def _kill_when(process: subprocess.Popen, ready, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit(shared, tmp_path):
