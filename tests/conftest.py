@@ -209,6 +209,10 @@ EPOCH_FLOAT32_REL_TOL = 1e-6
 # of the unfrozen block's forward pass (engine against the reference), measured 1.2e-7
 # (Keras's convention), 7.3e-8 (PyTorch's); a wrong momentum or variance is off by 1e-3.
 FIT_BN_STATISTICS_REL_TOL = 1e-6
+# SGD's float32 update (two steps with momentum and weight decay) against the formula in
+# float64, max |error| / max |w|: measured 8e-8 (a few float32 roundings of values near 1);
+# a chunk updated twice or skipped is off by 1e-2 or more. About 10x margin.
+SGD_FLOAT32_REL_TOL = 1e-6
 # Adam's update in vgg_np.train.optim against the same formula written out in float64:
 # the in-place updates round a few values differently (measured 2.1e-16 relative, one
 # ulp); 4 ulp.

@@ -8,7 +8,9 @@ sees a square map. Here a model, or the network a file describes
 (`vgg_np.architecture.describe_source`, as `VGG.from_file` reads it), gives the writers
 its layer table and input shape:
 
-- `save` writes a `VGG` in any format, its architecture and provenance included;
+- `save` writes a `VGG` in any format, its architecture, provenance and class names
+  included; `check` says beforehand whether a format can hold it (``vgg-np train``
+  asks before training, not after);
 - `convert` reads any weights file and writes it in any format (`vgg-np convert`).
 
 What one writes, vgg_np reads back as the same network, and the framework the format
@@ -19,16 +21,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
 from vgg_np import formats
 from vgg_np.architecture import describe_source
-from vgg_np.formats.keras_writer import NeedsArchitecture
+from vgg_np.formats.keras_writer import NeedsArchitecture, keras_layers
+from vgg_np.formats.torchvision import check_torchvision
 from vgg_np.model import VGG
 from vgg_np.network import Network
 
-__all__ = ["architecture_info", "convert", "save"]
+__all__ = ["WHOLE_MODEL_SUFFIXES", "architecture_info", "check", "convert", "save"]
+
+#: The formats that hold a whole model: its layers, not only tensors named by layer.
+WHOLE_MODEL_SUFFIXES = {
+    ".keras": "Keras", ".h5": "Keras", ".hdf5": "Keras", ".pth": "torchvision", ".pt": "torchvision"
+}  # fmt: skip
 
 
 def architecture_info(network: Network) -> dict:
@@ -50,7 +59,59 @@ def architecture_info(network: Network) -> dict:
     return info | ({} if network.batch_norm is None else {"batch_norm_eps": network.batch_norm})
 
 
-def save(model: VGG, path: str | os.PathLike, *, layout: str | None = None) -> str:
+def check(model: VGG, path: str | os.PathLike) -> None:
+    """Refuse, before any work, a model that the format `path`'s extension names cannot hold.
+
+    `save` would refuse it too, but only once the weights exist: a training run asks
+    first. Formats that hold tensors by layer name (``.npz``, ``.safetensors``) hold
+    every model.
+
+    Raises
+    ------
+    ValueError
+        Naming `path` and why: an unknown extension, a layer Keras cannot compute (an
+        adaptive pool that is not the identity), a head torchvision's classifier does
+        not fit, a flatten of a map that is not square (torchvision), a batch norm
+        epsilon other than PyTorch's.
+
+    Examples
+    --------
+    >>> from vgg_np import VGGConfig
+    >>> from vgg_np.model import Layer
+    >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), default_size=32)
+    >>> head = (Layer("gap", "global_max"), Layer("out", "dense", 3, "sigmoid"))
+    >>> model = VGG(tiny, input_shape=(32, 32, 3), head=head, seed=0)
+    >>> check(model, "m.keras")
+    >>> check(model, "m.pth")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'm.pth': torchvision's layout cannot hold a head of gap (global_max, None), \
+out (dense, sigmoid): ...
+    """
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    known = [s for f in formats.FORMATS if f.write for s in f.suffixes]
+    if suffix not in known:
+        raise ValueError(
+            f"cannot tell the format to write from {os.fspath(path)!r}: use {', '.join(known)}"
+        )
+    info = architecture_info(model.network)
+    if WHOLE_MODEL_SUFFIXES.get(suffix) == "Keras":
+        try:
+            keras_layers(info["layers"], tuple(info["input_shape"]))
+        except ValueError as error:
+            raise ValueError(f"{os.fspath(path)!r}: {error}") from None
+    elif WHOLE_MODEL_SUFFIXES.get(suffix) == "torchvision":
+        check_torchvision(info, path)
+
+
+def save(
+    model: VGG,
+    path: str | os.PathLike,
+    *,
+    layout: str | None = None,
+    provenance: formats.Provenance | None = None,
+    labels: Sequence[str] | None = None,
+) -> str:
     """Write a model in the format `path`'s extension names, its architecture included.
 
     Parameters
@@ -61,6 +122,13 @@ def save(model: VGG, path: str | os.PathLike, *, layout: str | None = None) -> s
         ``"model"``) are whole Keras models that ``keras.models.load_model`` opens.
     layout : str, optional
         As `vgg_np.formats.write_weights` takes it.
+    provenance : Provenance, optional
+        Where the weights came from; default ``model.weights_provenance``. The model's
+        input size is recorded in it.
+    labels : sequence of str, optional
+        The class names of the outputs, in order; default those the model's file
+        recorded (``model.weights_info["labels"]``). Every format but Keras
+        Applications' ``.h5`` and torchvision-layout ``.safetensors`` records them.
 
     Returns
     -------
@@ -80,22 +148,22 @@ def save(model: VGG, path: str | os.PathLike, *, layout: str | None = None) -> s
     >>> tiny = VGGConfig("tiny", ((4,), (4,), (8,), (8,), (8,)), fc=(16,), default_size=32)
     >>> model = VGG(tiny, input_shape=(64, 32, 3), classes=3, seed=0)
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     print(save(model, pathlib.Path(tmp) / "tiny.keras"))
+    ...     print(save(model, pathlib.Path(tmp) / "tiny.keras", labels=("a", "b", "c")))
     ...     again = VGG.from_file(pathlib.Path(tmp) / "tiny.keras")
     keras-zip (.keras, whole model)
-    >>> again.input_shape, again.layers == model.layers
-    ((64, 32, 3), True)
+    >>> again.input_shape, again.layers == model.layers, again.weights_info["labels"]
+    ((64, 32, 3), True, ('a', 'b', 'c'))
     """
-    provenance = model.weights_provenance
+    provenance = provenance or model.weights_provenance
     h, w, _ = model.input_shape
     if h and w:  # the input size the weights were made for travels with them
         provenance = dataclasses.replace(provenance, input_size=(h, w))
+    info = architecture_info(model.network)
+    labels = model.weights_info.get("labels") if labels is None else tuple(labels)
+    if labels:
+        info["labels"] = labels
     return formats.write_weights(
-        path,
-        model.weights,
-        layout=layout,
-        provenance=provenance,
-        info=architecture_info(model.network),
+        path, model.weights, layout=layout, provenance=provenance, info=info
     )
 
 

@@ -216,8 +216,10 @@ def _is_dir(entry: os.DirEntry) -> bool:
 def input_size(model: VGG) -> Size:
     """Return the size images are resized to for `model`: its input size, else its default.
 
-    The side of a square (or free) input; ``(height, width)`` of a fixed input that is
-    not square (a head of one's own trained at 64x40).
+    The side of a square input; ``(height, width)`` of a fixed input that is not square
+    (a head of one's own trained at 64x40). A free input (a torchvision state dict) takes
+    the size its weights' provenance records (``vgg-np train`` records the size it
+    trained at), else the configuration's default.
 
     Examples
     --------
@@ -228,6 +230,9 @@ def input_size(model: VGG) -> Size:
     (64, 40)
     """
     h, w, _ = model.input_shape
+    recorded = getattr(getattr(model, "weights_provenance", None), "input_size", None)
+    if not (h and w) and recorded:
+        h, w = recorded
     if h and w and h != w:
         return (h, w)
     return h or model.config.default_size

@@ -120,6 +120,8 @@ def test_predict_on_every_format(capsys, image, every_format, name):
         # The same classes as the model itself gives on the same pixels.
         mode, resize = result["preprocess"], result["resize"]
         h, w, _ = model.input_shape
+        if not (h and w) and model.weights_provenance.input_size:  # the size it records
+            h, w = model.weights_provenance.input_size
         size = (h, w) if h and w and h != w else h or 224
         scores = model(preprocess_input(load_image(image, size=size, resize=resize)[None], mode))
         best = np.argsort(-scores[0], kind="stable")[:2]

@@ -463,7 +463,7 @@ def test_stopped_run_is_not_trained_further(work):
     [
         (["PICS"], "IMAGES_DIR needs --weights and -o"),
         (["PICS", "--weights", "BASE"], "IMAGES_DIR needs -o"),
-        (["PICS", "--weights", "BASE", "-o", "m.h5"], "must end in .npz"),
+        (["PICS", "--weights", "BASE", "-o", "m.onnx"], "must end in .npz"),
         (
             ["PICS", "--weights", "BASE", "-o", "m.npz", "--dropout", "0.5"],
             "--dropout belong to the demo",

@@ -7,7 +7,7 @@ Covered: the unfrozen block's and the head's batch norms train (gamma and beta b
 gradient, the running statistics by the base's framework's convention) and the frozen
 ones stay bit for bit; the running statistics of an epoch written out by hand, and
 against PyTorch's over a shuffled epoch of several batches; resume after SIGKILL bit for
-bit; predict; a running variance that overflows.
+bit; predict; the statistics in a `.keras` model file; a running variance that overflows.
 """
 
 from __future__ import annotations
@@ -316,3 +316,20 @@ def test_running_variance_that_overflows_writes_no_model(shared, tmp_path):
     assert code == 1 and "Traceback" not in err, err
     assert last.startswith("vgg-np: error: training diverged") and "running variance" in last
     assert not (tmp_path / "n.npz").exists()
+
+
+def test_running_statistics_travel_in_a_keras_model_file(shared, tmp_path):
+    """``-o MODEL.keras``: the trained statistics are the .npz's, bit for bit, and predict."""
+    base_path = _base_path(shared, "keras")
+    for output in ("m.npz", "m.keras"):
+        fit(shared / "pics", base_path, tmp_path / output, unfreeze=1, head="gap,bn",
+            cache_dir=tmp_path / "c", checkpoint_dir=tmp_path / output.replace(".", "_"),
+            **QUICK)  # fmt: skip
+    npz, keras = VGG.from_file(tmp_path / "m.npz"), VGG.from_file(tmp_path / "m.keras")
+    for name in ("block5_conv1_bn", "block5_conv3_bn", "batch_normalization"):
+        pairs = zip(npz.weights[name], keras.weights[name], strict=True)
+        assert all(np.array_equal(a, b) for a, b in pairs), name
+    base = VGG.from_file(base_path).weights["block5_conv1_bn"]
+    assert not np.array_equal(keras.weights["block5_conv1_bn"][3], base[3])
+    x = _training_pictures(shared, "keras")[:4]
+    assert np.array_equal(np.argmax(npz(x), axis=1), np.argmax(keras(x), axis=1))

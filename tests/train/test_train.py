@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import relative_error
+from tests.conftest import SGD_FLOAT32_REL_TOL, relative_error
 from vgg_np import VGG, VGGConfig
 from vgg_np.train import SGD, loss_and_gradients, shapes_dataset
 
@@ -94,6 +94,38 @@ def test_sgd_momentum_and_weight_decay_follow_pytorch():
     np.testing.assert_allclose(model.weights["predictions"][0], w1 - 0.1 * v2)
     with pytest.raises(ValueError, match="lr > 0"):
         SGD(lr=0)
+
+
+def test_sgd_in_chunks_computes_every_element_as_the_formula_does():
+    """A tensor over several `SGD_CHUNK`s and an uneven last one: each element is the
+    formula's float32 value bit for bit (the same operations in the same order), whichever
+    chunk or thread it falls in; and within float32 rounding of the float64 formula."""
+    from vgg_np.train.loop import Top
+    from vgg_np.train.step import SGD_CHUNK
+
+    rng = np.random.default_rng(0)
+    size = 3 * SGD_CHUNK + 77
+    w0 = rng.standard_normal((size, 1)).astype(np.float32)
+    grads = [rng.standard_normal((size, 1)).astype(np.float32) for _ in range(2)]
+    before = w0.copy()
+    top = Top([], {"dense": (w0,)})
+    sgd = SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    v = np.zeros_like(w0)
+    w = w0.copy()
+    w64, v64 = w0.astype(np.float64), np.zeros((size, 1))
+    for g in grads:
+        sgd.step(top, {"dense": (g,)})
+        v = v * np.float32(0.9) + g + w * np.float32(1e-3)
+        w = (v * np.float32(-0.05)) + w
+        v64 = 0.9 * v64 + g + 1e-3 * w64
+        w64 = w64 - 0.05 * v64
+    got = top.weights["dense"][0]
+    error = relative_error(got, w64)
+    print("first values", got[:3, 0], w[:3, 0], f"relative error from float64 {error:.1e}")
+    np.testing.assert_array_equal(got, w)
+    np.testing.assert_array_equal(sgd.velocity["dense"][0], v)
+    assert error < SGD_FLOAT32_REL_TOL
+    np.testing.assert_array_equal(w0, before)  # a new array each step: the old one is kept
 
 
 def test_shapes_dataset_is_seeded_and_balanced():

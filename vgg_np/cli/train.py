@@ -1,6 +1,6 @@
 """``vgg-np train``: fine-tune a VGG on a folder of one's own pictures, or the generated demo.
 
-``vgg-np train IMAGES_DIR --weights W -o MODEL.npz`` is `vgg_np.train.fit`: one subfolder
+``vgg-np train IMAGES_DIR --weights W -o MODEL`` is `vgg_np.train.fit`: one subfolder
 per class, the base's features computed once and cached, a head from ``--head``, per-epoch
 checkpoints (a rerun resumes), early stopping, the curves and the confusion matrix as
 PNGs beside the model. Without IMAGES_DIR (or with ``--demo``) it is the older lesson:
@@ -83,7 +83,9 @@ def _folder_arguments(train: argparse.ArgumentParser) -> None:
     add = train.add_argument
     add("--weights", help="the base: any weights file (with or without its top), or "
         "imagenet[:MODEL[:FAMILY]] (see fetch-weights)")  # fmt: skip
-    add("-o", "--output", metavar="MODEL.npz", help="the fine-tuned model file to write")
+    add("-o", "--output", metavar="MODEL", help="the fine-tuned model file to write: "
+        ".npz, .keras or .h5 (a whole Keras model), .pth (torchvision's layout, for a head "
+        "it fits)")  # fmt: skip
     add("--head", help="layers after block5_pool: gap, gmp, flatten, dense:N[:act], "
         f"dropout:R, bn, vgg[:N] (Keras's top); default {DEFAULT_HEAD}")  # fmt: skip
     add("--validation-split", type=_split_fraction, help="fraction of each class held out (0.2)")
@@ -123,16 +125,18 @@ def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "or another head computes none), train a head given by --head (and the last "
             "--unfreeze blocks) with vgg_np's own backward pass, print loss and accuracy per "
             "epoch, write a checkpoint every epoch (the same command resumes after a kill), "
-            "stop early on the validation loss with --patience, and write MODEL.npz (it "
-            "records its class names, its preprocessing and its base: vgg-np predict, "
-            "extract, compare and convert read it), MODEL.curves.png, MODEL.confusion.png "
-            "and MODEL.history.json. Pictures that cannot be read are skipped and named. "
+            "stop early on the validation loss with --patience, and write MODEL (.npz, .keras, "
+            ".h5 or .pth: it records its class names, its preprocessing and its base; vgg-np "
+            "predict, extract, compare and convert read it, Keras's load_model opens .keras "
+            "and .h5), MODEL.curves.png, MODEL.confusion.png and MODEL.history.json (with the "
+            "validation pictures' names). Pictures that cannot be read are skipped and named. "
             "Without IMAGES_DIR (or with --demo): generate pictures of stripes, checkerboards "
             "and discs, build a narrow VGG16 (seeded) and train fc1, fc2 and predictions with "
             "SGD (momentum 0.9, weight decay 5e-4, dropout); prints the held-out accuracy."
         ),
         examples=[
             "vgg-np train flowers/ --weights imagenet -o flowers.npz --epochs 10",
+            "vgg-np train flowers/ --weights imagenet -o flowers.keras",
             "vgg-np train pics/ --weights base.npz -o m.npz --head gap,dense:256,dropout:0.5 "
             "--augment flip,crop:0.8 --patience 3",
             "vgg-np train --demo --epochs 20 --seed 0",
@@ -183,15 +187,12 @@ def _check_folder_paths(args: argparse.Namespace) -> str | None:
     if args.validation_dir is not None and not os.path.isdir(args.validation_dir):
         found = "not a folder" if os.path.lexists(args.validation_dir) else "no such folder"
         return f"--validation-dir {args.validation_dir}: {found}"
-    from vgg_np.train.fit import MODEL_SUFFIXES
-
-    if not args.output.lower().endswith(MODEL_SUFFIXES):
-        return f"-o {args.output}: the model file must end in {', '.join(MODEL_SUFFIXES)}"
-    folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(folder):
-        return f"-o {args.output}: the directory {folder} does not exist"
+    from vgg_np.train.fit import output_problem
     from vgg_np.train.plan import check_outputs
 
+    problem = output_problem(args.output)
+    if problem is not None:
+        return f"-o {args.output}: {problem}"
     try:  # the model over its base, outputs inside the pictures, a folder that is read-only
         check_outputs(
             args.images, args.weights, args.output, validation_dir=args.validation_dir,

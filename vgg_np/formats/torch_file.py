@@ -19,8 +19,9 @@ integers: no overflow) before a byte is read; the data are copied out of the fil
 the zip's CRC-32 checked, only when the model asks for a tensor. Files in PyTorch's
 pre-1.6 format (a bare pickle) are refused: re-save them with a current ``torch.save``.
 
-vgg_np records the weights' provenance in the state dict's ``_metadata`` (where PyTorch
-keeps per-module versions), so ``model.load_state_dict`` still takes the file as it is.
+vgg_np records the weights' provenance (and a trained model's class names, as its
+architecture record's ``labels``) in the state dict's ``_metadata`` (where PyTorch keeps
+per-module versions), so ``model.load_state_dict`` still takes the file as it is.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from vgg_np.formats._common import (
     reading,
     stored_member_offset,
 )
+from vgg_np.formats.architecture_record import RECORD_KEY, from_record, to_record
 from vgg_np.formats.contract import Family, Provenance, WeightSource
 from vgg_np.formats.torchvision import (
     LAYOUT_NAMES,
@@ -394,10 +396,12 @@ def open_torch(path: str | os.PathLike, where: str | None = None) -> Iterator[We
             provenance = Provenance.implied(
                 description, Family(layout), f"implied by a PyTorch file in {layout}'s layout"
             )
+        labels = from_record(record[RECORD_KEY], where) if RECORD_KEY in record else {}
         yield WeightSource(
             tensors,
             provenance
             or Provenance(description, Family.UNKNOWN, evidence="no provenance recorded"),
+            {"labels": labels["labels"]} if "labels" in labels else {},
             path=where,
             layout=layout,
         )
@@ -501,5 +505,9 @@ def write_torch(
     """Write canonical weights as a torchvision state dict (as ``torch.save`` does), atomically."""
     dense = check_torchvision(info or {}, path)
     state = to_state_dict(weights, conv_names(weights), dense)
-    write_state_dict(path, state, {METADATA_KEY: provenance.record()})
+    record = provenance.record()
+    # A trained model's class names ride beside the provenance (torch ignores the entry).
+    if (labels := to_record({"labels": (info or {}).get("labels")})) is not None:
+        record[RECORD_KEY] = labels
+    write_state_dict(path, state, {METADATA_KEY: record})
     return "pytorch (torchvision layout)"

@@ -19,9 +19,11 @@ stopping, ending in a model file every path of vgg_np reads (`vgg-np predict`,
    training (as the epoch went, dropout on) and validation, a checkpoint
    (`vgg_np.train.checkpoint`), early stopping on the validation loss.
 5. **Result**: the best epoch's weights (lowest validation loss; the last without
-   validation) in a ``.npz`` recording the head, the class names, the preprocessing and
-   the base it came from; the curves and the confusion matrix as PNGs beside it
-   (`vgg_np.train.report`) and the history as JSON.
+   validation) in the format `output` names (`MODEL_SUFFIXES`: ``.npz``, a whole Keras
+   model ``.keras`` / ``.h5``, a torchvision ``.pth``), written by `vgg_np.export.save`
+   and recording the head, the class names, the preprocessing and the base it came
+   from; the curves and the confusion matrix as PNGs beside it
+   (`vgg_np.train.report`) and the history as JSON, which lists the validation pictures.
 
 Every random choice (initial head, shuffling, dropout, augmentation) is drawn from the
 seed and the epoch alone, so a run killed at any point and resumed from its last
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from vgg_np import _files, formats
+from vgg_np import _files, export
 from vgg_np.extract import weights_digest
 from vgg_np.formats import Family, Provenance
 from vgg_np.layers import Layer
@@ -64,14 +66,17 @@ from vgg_np.train.optim import (
     make_optimizer,
     optimizer_state,
 )
-from vgg_np.train.plan import DEFAULT_HEAD, Run, Settings, prepare
+from vgg_np.train.plan import (
+    DEFAULT_HEAD,
+    MODEL_SUFFIXES,
+    Run,
+    Settings,
+    output_problem,
+    prepare,
+)
 from vgg_np.train.step import SGD
 
-__all__ = ["DEFAULT_HEAD", "History", "Settings", "fit"]
-
-#: What a fine-tuned model may be written as (the head, the labels and the provenance
-#: travel with the tensors).
-MODEL_SUFFIXES = (".npz",)
+__all__ = ["DEFAULT_HEAD", "MODEL_SUFFIXES", "History", "Settings", "fit", "output_problem"]
 
 
 @dataclass
@@ -106,6 +111,11 @@ class History:
     feature_rows : dict
         ``computed`` (rows the pass computed now), ``changed`` (of those, pictures that
         changed since their row was computed), ``cached`` (rows read back).
+    validation_files : list of str
+        The validation pictures used, in the order of the confusion matrix's counts
+        (skipped pictures left out): what to check the written model on.
+    written : str
+        The format the model was written in (`vgg_np.export.save`'s answer).
     batch_norm : str
         Whose conventions moved the trained batch norms' running statistics, and why
         (the statistics themselves are in the model file and the checkpoints).
@@ -130,6 +140,8 @@ class History:
     counts: dict = field(default_factory=dict)
     feature_seconds: float = 0.0
     feature_rows: dict = field(default_factory=dict)
+    validation_files: list[str] = field(default_factory=list)
+    written: str = ""
     batch_norm: str = "no batch norm"
 
     def to_dict(self) -> dict:
@@ -143,15 +155,9 @@ class History:
 def _check_arguments(
     output: str | os.PathLike, epochs: int, batch_size: int, patience: int | None, seed: int
 ) -> None:
-    suffix = os.path.splitext(os.fspath(output))[1].lower()
-    if suffix not in MODEL_SUFFIXES:
-        raise ValueError(
-            f"`output` {os.fspath(output)!r} must end in {', '.join(MODEL_SUFFIXES)} (the file "
-            "records the head, the class names and the preprocessing)"
-        )
-    folder = os.path.dirname(os.path.abspath(os.fspath(output)))
-    if not os.path.isdir(folder):
-        raise ValueError(f"`output` {os.fspath(output)!r}: no folder {folder}")
+    problem = output_problem(output)
+    if problem is not None:
+        raise ValueError(f"`output` {os.fspath(output)!r}: {problem}")
     for name, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"`{name}` must be an int >= {least}, got {value!r}")
@@ -367,13 +373,10 @@ def _kept_weights(run: Run, point: Checkpoint, files: dict, restore_best: bool) 
     return best.epoch
 
 
-def _write_model(run: Run, output: str | os.PathLike) -> None:
-    """Write the whole network, base and trained layers, as a file every path reads."""
-    weights = {**run.base.weights, **run.top.weights}
-    run.network.set_weights(weights, source="the trained weights")
+def _provenance(run: Run) -> Provenance:
     h, w, _ = run.network.input_shape
     spec = describe_head(_head(run))
-    provenance = Provenance(
+    return Provenance(
         "npz (vgg_np)",
         Family.VGG_NP,
         run.prep.mode,
@@ -385,9 +388,25 @@ def _write_model(run: Run, output: str | os.PathLike) -> None:
             f"vgg-np train, head {spec}, {run.settings.unfreeze} blocks unfrozen, base {run.source}"
         ),
     )
-    info: dict[str, object] = {"head": _head(run), "batch_norm_eps": run.network.batch_norm}
-    info["labels"] = run.classes
-    formats.write_weights(output, run.network.weights, provenance=provenance, info=info)
+
+
+def _write_model(run: Run, output: str | os.PathLike) -> str:
+    """Write the whole network, base and trained layers, as a file every path reads.
+
+    `vgg_np.export.save` writes it in the format `output` names, with its class names
+    and provenance; an ``.h5`` is a whole Keras model (``load_model`` opens it).
+    """
+    weights = {**run.base.weights, **run.top.weights}
+    run.network.set_weights(weights, source="the trained weights")
+    layout = "model" if os.fspath(output).lower().endswith(".h5") else None
+    try:
+        return export.save(
+            run.network, output, layout=layout, provenance=_provenance(run), labels=run.classes
+        )
+    except OSError as error:  # a full disk while writing: name the user's file
+        if error.errno is None or error.filename:
+            raise
+        raise type(error)(error.errno, error.strerror, os.fspath(output)) from None
 
 
 def _finish(
@@ -409,7 +428,7 @@ def _finish(
             f"{os.fspath(output)} was not written: lower the learning rate (--lr) and pass "
             "--restart"
         )
-    _write_model(run, output)
+    written = _write_model(run, output)
     confusion = None
     if len(run.validation):
         take = lambda i: _features(run).take(run.validation[i])  # noqa: E731
@@ -430,6 +449,7 @@ def _finish(
         output=os.fspath(output),
         files={k: v for k, v in files.items() if k == "history" or os.path.exists(v)},
         confusion=confusion, skipped=run.skipped, counts=counts,
+        validation_files=[run.paths[i] for i in run.validation], written=written,
         batch_norm=run.top.statistics_reason,
     )  # fmt: skip
     return history
@@ -488,8 +508,11 @@ def fit(
         The base: any weights file `VGG.from_file` reads (with or without its top; only
         the convolutions are used), or a model.
     output : str or os.PathLike
-        The model file to write, ``.npz``. Beside it: ``STEM.checkpoints/``,
-        ``STEM.curves.png``, ``STEM.confusion.png`` and ``STEM.history.json``.
+        The model file to write: ``.npz``, ``.keras``, ``.h5`` (a whole Keras model),
+        ``.pth`` / ``.pt`` (torchvision's state dict, for a head its classifier fits;
+        any other is refused before training); see `MODEL_SUFFIXES`. Beside it:
+        ``STEM.checkpoints/``, ``STEM.curves.png``, ``STEM.confusion.png`` and
+        ``STEM.history.json``.
     head : str, default `DEFAULT_HEAD`
         A head spec (`vgg_np.train.heads.parse_head`): ``"gap,dense:256,dropout:0.5"``,
         ``"vgg"`` for Keras's Flatten-fc1-fc2 top ...
@@ -577,6 +600,7 @@ def fit(
         checkpoint_dir=checkpoint_dir, cache_dir=cache_dir,
     )  # fmt: skip
     run = prepare(directory, weights, options, verbose)
+    export.check(run.network, output)  # a format that cannot hold the model: say so now
     optimizer_ = make_optimizer(
         optimizer, learning_rate, momentum=momentum, weight_decay=weight_decay
     )

@@ -29,10 +29,62 @@ from vgg_np.train.heads import parse_head
 from vgg_np.train.loop import Top
 from vgg_np.train.optim import OPTIMIZERS
 
-__all__ = ["DEFAULT_HEAD", "Run", "Settings", "check_outputs", "check_validation", "prepare"]
+__all__ = [
+    "DEFAULT_HEAD",
+    "MODEL_SUFFIXES",
+    "Run",
+    "Settings",
+    "check_outputs",
+    "check_validation",
+    "output_problem",
+    "prepare",
+]
 
 #: The head when none is given: Keras's transfer-learning guide's, with a hidden layer.
 DEFAULT_HEAD = "gap,dense:256,dropout:0.5"
+
+
+#: What a fine-tuned model may be written as by `vgg_np.train.fit` (`vgg_np.export.save`): vgg_np's
+#: ``.npz``, a whole Keras model (``.keras``, ``.h5`` in ``model.save``'s layout) or a
+#: torchvision state dict (``.pth``, ``.pt``: a head its classifier fits). Each records
+#: the head (the Keras files and the npz: whole; torchvision's: its Linear layers), the
+#: class names and the provenance (preprocessing, input size, base).
+MODEL_SUFFIXES = (".npz", ".keras", ".h5", ".pth", ".pt")
+
+
+def output_problem(output: str | os.PathLike) -> str | None:
+    """Say what is wrong with `output` as the model file to write, None if nothing is.
+
+    Checked before any work: the extension (`MODEL_SUFFIXES`), the folder, and that no
+    directory, FIFO or device sits at the path (the model is written beside it and
+    renamed over it, which would replace such a thing or fail after the training).
+
+    Examples
+    --------
+    >>> output_problem("model.keras") is None
+    True
+    >>> output_problem("model.onnx")
+    'must end in .npz, .keras, .h5, .pth or .pt (ONNX is read only)'
+    >>> import tempfile, os
+    >>> folder = os.path.join(tempfile.mkdtemp(), "m.keras")
+    >>> os.mkdir(folder)
+    >>> output_problem(folder)
+    "'.../m.keras' is a directory, not a model file"
+    """
+    path = os.fspath(output)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in MODEL_SUFFIXES:
+        known = f"{', '.join(MODEL_SUFFIXES[:-1])} or {MODEL_SUFFIXES[-1]}"
+        why = " (ONNX is read only)" if suffix == ".onnx" else ""
+        return f"must end in {known}{why}"
+    if os.path.isdir(path):
+        return f"{path!r} is a directory, not a model file"
+    if os.path.lexists(path) and not os.path.isfile(path):
+        return f"{path!r} exists and is not a regular file (a FIFO, a device, a broken link)"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"the directory {folder} does not exist"
+    return None
 
 
 @dataclass(frozen=True)

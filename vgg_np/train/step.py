@@ -30,6 +30,10 @@ from vgg_np.train.batch_norm import RunningStatistics, choose_statistics
 
 __all__ = ["SGD", "Tape", "loss_and_gradients", "shapes_dataset"]
 
+#: Elements of a tensor `SGD` updates in one go (256 KiB of float32 per array: the chunk
+#: of the weights, gradient, velocity and new weights together stay in a core's L2).
+SGD_CHUNK = 1 << 16
+
 
 class _Trainable(Protocol):
     """What training reads and writes of a model: a `VGG`, or `vgg_np.train.loop.Top`."""
@@ -344,20 +348,28 @@ class SGD:
         """Return the new `w` and update `v` in place, on the step's threads by slices.
 
         One new array per tensor (the old one may be held elsewhere: a snapshot of the best
-        weights); every other pass is in place over the velocity, ours alone.
+        weights); every other pass is in place over the velocity, ours alone. Each thread
+        walks its slice in chunks of `SGD_CHUNK` elements and makes every pass over a chunk
+        before the next: the chunk stays in the core's cache, so `w`, `g` and `v` are read
+        from memory once and `v` and the new `w` written once (5 streams of the tensor, not
+        the 15 of whole-slice passes). Each element is computed by the same operations in
+        the same order whatever the chunking or the threads.
         """
         out = np.empty_like(w)
         w_flat, g_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype))
         v_flat, out_flat = v.reshape(-1), out.reshape(-1)  # views: v and out are contiguous
+        momentum, decay, step = self.momentum, self.weight_decay, -self.lr
 
         def part(i0: int, i1: int) -> None:
-            vs, os_ = v_flat[i0:i1], out_flat[i0:i1]
-            vs *= self.momentum
-            vs += g_flat[i0:i1]
-            if self.weight_decay:
-                vs += np.multiply(w_flat[i0:i1], self.weight_decay, out=os_)
-            np.multiply(vs, -self.lr, out=os_)
-            os_ += w_flat[i0:i1]
+            for c0 in range(i0, i1, SGD_CHUNK):
+                c1 = min(c0 + SGD_CHUNK, i1)
+                vs, os_, ws = v_flat[c0:c1], out_flat[c0:c1], w_flat[c0:c1]
+                vs *= momentum
+                vs += g_flat[c0:c1]
+                if decay:
+                    vs += np.multiply(ws, decay, out=os_)  # os_ as scratch
+                np.multiply(vs, step, out=os_)
+                os_ += ws
 
         fast.map_slices(part, w.size)
         return out
