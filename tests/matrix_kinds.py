@@ -4,7 +4,7 @@ Committed fixtures where they exist (tests/data/heads, tests/data/tiny_vgg16; ma
 tests/reference/make_heads_reference.py), the others written at test time with the
 project's own writers: a seeded VGG11 at a non-square size, torchvision's vgg16_bn with
 its classifier replaced, timm's layout, a Keras head ending Dropout -> Activation, an
-ONNX graph whose Softmax feeds nothing, and what ``vgg-np train`` writes.
+ONNX graph whose Softmax feeds nothing, and what ``vgg-np train`` writes (batch norms trained, too).
 """
 
 from __future__ import annotations
@@ -110,6 +110,28 @@ def _fine_tuned(tmp: pathlib.Path) -> pathlib.Path:
     return tmp / "fine_tuned.npz"
 
 
+def _fine_tuned_batch_norms(tmp: pathlib.Path) -> pathlib.Path:
+    """``vgg-np train`` on a torchvision vgg16_bn: block 5's batch norms and a head's bn
+    trained, their running statistics moved (PyTorch's and Keras's conventions)."""
+    from vgg_np.train import fit
+    from vgg_np.train.data import write_shapes_folder
+
+    write_shapes_folder(tmp / "pictures", 3, size=40, seed=5)
+    base = VGG(
+        VGGConfig("vgg16", WIDTHS), include_top=False, input_shape=(64, 40, 3), seed=15,
+        batch_norm=True,
+    )  # fmt: skip
+    provenance = Provenance(
+        "seeded", Family.TORCHVISION, "torch", "torchvision", (64, 40), "declared by the test"
+    )
+    formats.write_weights(tmp / "base.pth", base.weights, provenance=provenance)
+    fit(
+        tmp / "pictures", tmp / "base.pth", tmp / "fine_tuned_bn.npz", head="gap,bn,dense:8",
+        epochs=2, unfreeze=1, batch_size=4, cache_dir=tmp / "cache", verbose=0,
+    )  # fmt: skip
+    return tmp / "fine_tuned_bn.npz"
+
+
 def _committed(path: pathlib.Path) -> Callable[[pathlib.Path], pathlib.Path]:
     def build(tmp: pathlib.Path) -> pathlib.Path:
         if path.suffix == ".onnx":
@@ -140,4 +162,5 @@ KINDS: dict[str, Kind] = {
     "tf2onnx ONNX, Flatten head": Kind(_committed(HEADS / "keras_flatten_head_tf2onnx.onnx")),
     "ONNX, unused Softmax": Kind(_unused_softmax),
     "vgg-np train output, npz": Kind(_fine_tuned),
+    "vgg-np train output, batch norms trained": Kind(_fine_tuned_batch_norms),
 }

@@ -87,10 +87,11 @@ def _folder_arguments(train: argparse.ArgumentParser) -> None:
         ".npz, .keras or .h5 (a whole Keras model), .pth (torchvision's layout, for a head "
         "it fits)")  # fmt: skip
     add("--head", help="layers after block5_pool: gap, gmp, flatten, dense:N[:act], "
-        f"dropout:R, vgg[:N] (Keras's top); default {DEFAULT_HEAD}")  # fmt: skip
+        f"dropout:R, bn, vgg[:N] (Keras's top); default {DEFAULT_HEAD}")  # fmt: skip
     add("--validation-split", type=_split_fraction, help="fraction of each class held out (0.2)")
     add("--validation-dir", help="a separate folder of the same class subfolders")
-    add("--unfreeze", help="train the last blocks too: N blocks (1-4) or block5 ... block2")
+    add("--unfreeze", help="train the last blocks too, batch norms included: N blocks (1-4) "
+        "or block5 ... block2")  # fmt: skip
     add("--optimizer", choices=("adam", "sgd"), help="adam (default, lr 1e-3) or sgd (lr 1e-2)")
     add("--momentum", type=_rate, help="SGD's momentum (0.9)")
     add("--weight-decay", type=_non_negative_float, help="L2 decay added to the gradient (0)")

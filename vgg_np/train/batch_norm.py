@@ -21,7 +21,7 @@ set another; give a `RunningStatistics` then).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,15 +110,16 @@ _DEFAULT_EPS = {framework: eps for eps, framework in _EPS.items()}
 def choose_statistics(
     layers: Sequence[Layer],
     provenance: Provenance | None = None,
-    statistics: str | RunningStatistics | None = None,
+    statistics: str | RunningStatistics | Mapping[str, RunningStatistics] | None = None,
 ) -> tuple[dict[str, RunningStatistics], str]:
     """Choose each batch norm's running-statistics convention, and say why.
 
-    The caller's choice first; else the family of the weights (torchvision and timm:
-    PyTorch's; Keras: Keras's); else each batch norm's epsilon, when it is one
-    framework's default (PyTorch's 1e-5, as vgg_np's own ``batch_norm=True``; Keras's
-    1e-3): a torchvision base under a head built as Keras builds it keeps both. Any other
-    epsilon is not guessed.
+    The caller's choice first (one for every batch norm, or one per batch norm's name:
+    `vgg_np.train.fit` chooses the base's and the head's apart); else the family of the
+    weights (torchvision and timm: PyTorch's; Keras: Keras's); else each batch norm's
+    epsilon, when it is one framework's default (PyTorch's 1e-5, as vgg_np's own
+    ``batch_norm=True``; Keras's 1e-3): a torchvision base under a head built as Keras
+    builds it keeps both. Any other epsilon is not guessed.
 
     Returns
     -------
@@ -140,10 +141,17 @@ def choose_statistics(
     ('keras', "keras's running statistics (bn: keras's default epsilon 0.001)")
     >>> choose_statistics(head, statistics="torch")[0]["bn"].batch_weight
     0.1
+    >>> choose_statistics(head, statistics={"bn": STATISTICS["torch"]})[1]
+    'given per batch norm'
     """
     norms = [layer for layer in layers if layer.kind == "batch_norm"]
     if not norms:
         return {}, "no batch norm"
+    if isinstance(statistics, Mapping):
+        missing = [layer.name for layer in norms if layer.name not in statistics]
+        if missing:
+            raise ValueError(f"`statistics` gives no convention for the batch norms {missing}")
+        return {layer.name: statistics[layer.name] for layer in norms}, "given per batch norm"
     rule, why = _whole_model(provenance, statistics)
     if rule is not None:
         return {

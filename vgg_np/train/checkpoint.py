@@ -215,6 +215,7 @@ _NAMES = {
     "classes": "the classes",
     "features": "the pictures or their features (a picture changed, came or went)",
     "split": "the validation split",
+    "batch_norm": "the batch norms' running-statistics conventions",
 }
 
 

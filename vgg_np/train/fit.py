@@ -116,6 +116,9 @@ class History:
         (skipped pictures left out): what to check the written model on.
     written : str
         The format the model was written in (`vgg_np.export.save`'s answer).
+    batch_norm : str
+        Whose conventions moved the trained batch norms' running statistics, and why
+        (the statistics themselves are in the model file and the checkpoints).
 
     Examples
     --------
@@ -139,6 +142,7 @@ class History:
     feature_rows: dict = field(default_factory=dict)
     validation_files: list[str] = field(default_factory=list)
     written: str = ""
+    batch_norm: str = "no batch norm"
 
     def to_dict(self) -> dict:
         """Return the history as plain JSON types (``history.json``; see the class example)."""
@@ -227,6 +231,9 @@ def _fingerprint(run: Run) -> dict[str, str]:
     digests = _features(run).digests
     found["features"] = _digest([[digests[i], int(run.labels[i])] for i in used])
     found["split"] = _digest([run.train.tolist(), run.validation.tolist()])
+    if run.top.statistics:  # absent without batch norms: older checkpoints still resume
+        rules = run.top.statistics
+        found["batch_norm"] = json.dumps({n: dataclasses.astuple(rules[n]) for n in sorted(rules)})
     return found
 
 
@@ -413,10 +420,13 @@ def _finish(
     kept = _kept_weights(run, point, files, restore_best)
     diverged = run.top.not_finite()
     if diverged:  # no prediction could use them: no model file rather than one of NaNs
+        # A batch norm's running variance overflows while its output and the loss stay finite.
+        running = " (a batch norm's input outgrew float32)" * any("running" in d for d in diverged)
         raise ValueError(
             f"training diverged: after epoch {kept} the weights of {', '.join(diverged)} are "
-            f"not finite (loss {point.history['loss'][kept - 1]:.4g}); {os.fspath(output)} was "
-            "not written: lower the learning rate (--lr) and pass --restart"
+            f"not finite{running} (loss {point.history['loss'][kept - 1]:.4g}); "
+            f"{os.fspath(output)} was not written: lower the learning rate (--lr) and pass "
+            "--restart"
         )
     written = _write_model(run, output)
     confusion = None
@@ -440,6 +450,7 @@ def _finish(
         files={k: v for k, v in files.items() if k == "history" or os.path.exists(v)},
         confusion=confusion, skipped=run.skipped, counts=counts,
         validation_files=[run.paths[i] for i in run.validation], written=written,
+        batch_norm=run.top.statistics_reason,
     )  # fmt: skip
     return history
 
@@ -514,7 +525,8 @@ def fit(
         A separate folder of the same class subfolders.
     unfreeze : int or str, default 0
         Blocks of the base that train too: ``1`` or ``"block5"``, ``2`` or ``"block4"``...
-        The frozen blocks' output is what is cached.
+        The frozen blocks' output is what is cached. Their batch norms train as the
+        base's framework trains them (`vgg_np.train.batch_norm`; ``History.batch_norm``).
     optimizer : {"adam", "sgd"}, default "adam"
     learning_rate : float, optional
         Default 1e-3 for Adam, 1e-2 for SGD.

@@ -18,10 +18,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import backward
 from vgg_np.layers import Layer, forward
+from vgg_np.train.batch_norm import RunningStatistics
 from vgg_np.train.optim import Adam
 from vgg_np.train.step import SGD, loss_and_gradients
 
 __all__ = ["Top", "evaluate", "train_epoch"]
+
+#: A batch norm's tensors, in the order the layer table holds them.
+_BATCH_NORM_TENSORS = ("gamma", "beta", "running mean", "running variance")
 
 
 class Top:
@@ -30,7 +34,10 @@ class Top:
     `loss_and_gradients` and the optimizers read ``layers``, ``weights``, ``dtype`` and
     ``include_top`` and call ``set_weights``; a `VGG` holds the whole network, this the
     part above the cached features (``block5_conv1`` ... with unfrozen blocks, then the
-    head).
+    head). A batch norm's tensors are (gamma, beta, running mean, running variance):
+    gamma and beta train by gradient, the running statistics move by the convention
+    `statistics` gives it (`vgg_np.train.batch_norm`; `vgg_np.train.plan` chooses), and
+    `evaluate` normalises with them.
 
     Examples
     --------
@@ -52,9 +59,13 @@ class Top:
         layers: Iterable[Layer],
         weights: Mapping[str, tuple[ArrayLike, ...]],
         dtype: npt.DTypeLike = "float32",
+        statistics: Mapping[str, RunningStatistics] | None = None,
     ):
         self.layers = tuple(layers)
         self.dtype = np.dtype(dtype)
+        #: Batch norm name -> whose running-statistics conventions it follows.
+        self.statistics = dict(statistics or {})
+        self.statistics_reason = "given by the caller" if statistics else "no batch norm"
         self._weights = {
             name: tuple(np.asarray(a, self.dtype) for a in tensors)
             for name, tensors in weights.items()
@@ -82,7 +93,10 @@ class Top:
         }
 
     def not_finite(self) -> list[str]:
-        """Name the layers holding a NaN or an infinity (a run that diverged).
+        """Name the tensors holding a NaN or an infinity (a run that diverged).
+
+        A layer's tensors by name; a batch norm's by what they are (its running variance
+        overflows where its input grew past float32's range, though the loss stays finite).
 
         Examples
         --------
@@ -90,12 +104,19 @@ class Top:
         ...           {"predictions": (np.full((4, 2), np.nan), np.zeros(2))})
         >>> top.not_finite()
         ['predictions']
+        >>> ones = np.ones(2)
+        >>> Top([Layer("bn", "batch_norm")], {"bn": (ones, ones, ones, ones * np.inf)}).not_finite()
+        ['bn (running variance)']
         """
-        return [
-            name
-            for name, tensors in self._weights.items()
-            if not all(np.isfinite(t).all() for t in tensors)
-        ]
+        kinds = {layer.name: layer.kind for layer in self.layers}
+        found = []
+        for name, tensors in self._weights.items():
+            bad = [i for i, t in enumerate(tensors) if not np.isfinite(t).all()]
+            if bad and kinds.get(name) == "batch_norm":
+                found.append(f"{name} ({', '.join(_BATCH_NORM_TENSORS[i] for i in bad)})")
+            elif bad:
+                found.append(name)
+        return found
 
 
 def _logits_layers(layers: Sequence[Layer]) -> tuple[Layer, ...]:
@@ -113,7 +134,9 @@ def train_epoch(
     """Take one optimizer step per batch; return the epoch's mean loss and accuracy.
 
     The loss and accuracy are those of each batch before its step, in training mode
-    (dropout on), averaged over pictures: what Keras prints during ``fit``.
+    (dropout on, batch norms on the batch's statistics, their running statistics
+    updated by ``top.statistics``), averaged over pictures: what Keras prints during
+    ``fit``.
 
     Parameters
     ----------
@@ -137,7 +160,9 @@ def train_epoch(
     """
     total, correct, seen = 0.0, 0, 0
     for x, labels in batches:
-        loss, gradients, tape = loss_and_gradients(top, x, labels, rng=rng)
+        loss, gradients, tape = loss_and_gradients(
+            top, x, labels, rng=rng, statistics=top.statistics or None
+        )
         optimizer.step(top, gradients)
         logits = tape.kept["loss"]["logits"]  # (n, classes), before the step
         total += loss * len(labels)

@@ -3,7 +3,8 @@
 `prepare` reads the class folders (and splits them, or reads the validation folder),
 loads the base's weights, chooses the preprocessing from their provenance, builds the
 frozen base without a top, the whole network with its head (`vgg_np.train.heads`) and
-the part that trains (`vgg_np.train.loop.Top`), and returns them as a `Run`.
+the part that trains (`vgg_np.train.loop.Top`, with each trained batch norm's
+running-statistics convention), and returns them as a `Run`.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vgg_np.formats import Preprocessing, choose_preprocessing
+from vgg_np.formats import Preprocessing, Provenance, choose_preprocessing
+from vgg_np.layers import Layer
 from vgg_np.model import VGG
 from vgg_np.progress import write_line
+from vgg_np.train.batch_norm import RunningStatistics, choose_statistics
 from vgg_np.train.data import Augment, ImageFolder, image_folder, parse_augment, split
 from vgg_np.train.features import Features
 from vgg_np.train.heads import parse_head
@@ -186,14 +189,23 @@ def _sizes(base: VGG, input_size: int | tuple[int, int] | None) -> tuple[int, in
     return h, w
 
 
-def _refuse_trained_batch_norms(top: Top) -> None:
-    names = [layer.name for layer in top.layers if layer.kind == "batch_norm"]
-    if names:
-        raise ValueError(
-            f"training the batch norms {', '.join(names)} needs their running statistics "
-            "updated during training, which vgg_np.train.step does not do yet: keep their "
-            "blocks frozen (a smaller `unfreeze`) and leave bn out of the head"
-        )
+def _statistics(
+    above: Sequence[Layer], head: Sequence[Layer], provenance: Provenance
+) -> tuple[dict[str, RunningStatistics], str]:
+    """Each trained batch norm's running-statistics convention, and why.
+
+    The unfrozen blocks' follow the base's framework (its weights' family, else their
+    epsilon: `vgg_np.train.batch_norm.choose_statistics`); the head's ``bn`` is Keras's
+    ``BatchNormalization()`` (`vgg_np.train.heads`) and follows Keras's.
+    """
+    names = {layer.name for layer in head}
+    blocks = [layer for layer in above if layer.name not in names]
+    base_rules, base_why = choose_statistics(blocks, provenance)
+    head_rules, head_why = choose_statistics(head)
+    said = [f"{where}: {why}" for where, rules, why in (
+        ("unfrozen blocks", base_rules, base_why), ("head", head_rules, head_why)
+    ) if rules]  # fmt: skip
+    return {**base_rules, **head_rules}, "; ".join(said) or "no batch norm"
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -361,8 +373,9 @@ def _models(
         for layer in above
         if layer.name in initial
     }
-    top = Top(above, trained, dtype)
-    _refuse_trained_batch_norms(top)
+    statistics, why = _statistics(above, layers, loaded.weights_provenance)
+    top = Top(above, trained, dtype, statistics)
+    top.statistics_reason = why
     return base, network, top, cut
 
 
@@ -419,13 +432,16 @@ def prepare(
         input_size=size, preprocess=prep.mode, resize=prep.resize,
     )  # fmt: skip
     quiet = verbose == 0 or verbose is False
-    return Run(
+    run = Run(
         classes=folder.classes, paths=paths, labels=labels, train=train, validation=validation,
         settings=settings, augment=augment, prep=prep, base=base, source=source,
         network=network, top=top, cut=cut,
         say=_noop if quiet else write_line,
         note=_noop if quiet else (lambda text: write_line(f"vgg-np: {text}", file=sys.stderr)),
     )  # fmt: skip
+    if top.statistics:  # whose conventions move the running statistics, said once
+        run.note(f"batch norms train; their running statistics follow {top.statistics_reason}")
+    return run
 
 
 def check_validation(run: Run, patience: int | None) -> None:

@@ -104,7 +104,7 @@ def loss_and_gradients(
     dropout: float = 0.0,
     rng: np.random.Generator | None = None,
     trainable: set[str] | None = None,
-    statistics: str | RunningStatistics | None = None,
+    statistics: str | RunningStatistics | Mapping[str, RunningStatistics] | None = None,
     update_statistics: bool = True,
 ) -> tuple[float, dict[str, tuple[np.ndarray, ...]], Tape]:
     """Return the mean cross-entropy of `model` on a batch and the gradient of every weight.
@@ -126,11 +126,12 @@ def loss_and_gradients(
     trainable : set of str, optional
         Layers whose gradients to return (all by default); the backward pass stops below
         the lowest of them, so fine-tuning the top is cheap.
-    statistics : {"torch", "keras"} or RunningStatistics, optional
-        Whose conventions the batch norms follow (`vgg_np.train.batch_norm`): by
-        default the weights' family's, else each one's epsilon's. Batch norms normalise
-        with the batch's statistics, but under Keras's conventions those not in
-        `trainable` run on their running statistics (Keras's ``trainable=False``).
+    statistics : {"torch", "keras"}, RunningStatistics or dict, optional
+        Whose conventions the batch norms follow (`vgg_np.train.batch_norm`; a dict
+        gives each batch norm's by name): by default the weights' family's, else each
+        one's epsilon's. Batch norms normalise with the batch's statistics, but under
+        Keras's conventions those not in `trainable` run on their running statistics
+        (Keras's ``trainable=False``).
     update_statistics : bool, default True
         Write the batch norms' new running statistics into `model` (``set_weights``),
         as a framework's training step does; ``Tape.running`` holds them either way.
