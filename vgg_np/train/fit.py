@@ -618,12 +618,17 @@ def fit(
             else "no epoch was finished (the cached features are kept)"
         ) from None
     history = _finish(run, point, output, files, restore_best_weights, resumed)
+    _write_history(run, history, files["history"], feature_seconds)
+    return history
+
+
+def _write_history(run: Run, history: History, path: str, feature_seconds: float) -> None:
+    """Add the feature pass's figures to `history` and write it as JSON beside the model."""
     history.feature_seconds = feature_seconds
     result = _features(run).result
     history.feature_rows = {
         "computed": result.written, "changed": result.changed,
         "cached": result.images - result.written,
     }  # fmt: skip
-    with _files.atomic_write(files["history"]) as f:
+    with _files.atomic_write(path) as f:
         f.write(json.dumps(history.to_dict(), indent=1).encode())
-    return history
