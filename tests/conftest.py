@@ -217,3 +217,36 @@ SGD_FLOAT32_REL_TOL = 1e-6
 # the in-place updates round a few values differently (measured 2.1e-16 relative, one
 # ulp); 4 ulp.
 ADAM_REL_TOL = 1e-15
+
+
+def with_bn_statistics(model: VGG, seed: int = 3) -> VGG:
+    """Give `model`'s batch norms non-trivial (gamma, beta, mean, variance), seeded, in place.
+
+    Fresh batch norms are the identity (1, 0, 0, 1), which hides a wrong order of the four.
+    """
+    rng, weights = np.random.default_rng(seed), model.weights
+    for layer in model.layers:
+        if layer.kind == "batch_norm":
+            c = weights[layer.name][0].shape
+            stats = (rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.5, c))
+            weights[layer.name] = tuple(
+                a.astype(model.dtype) for a in (*stats, rng.uniform(0.5, 2.0, c))
+            )
+    model.set_weights(weights)
+    return model
+
+
+def run_main(*argv: object) -> tuple[int, str, str]:
+    """Run ``vgg-np ARGV`` in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from vgg_np.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()

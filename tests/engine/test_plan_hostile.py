@@ -26,6 +26,7 @@ from tests.conftest import (
     ENGINE_REL_TOL,
     FLOAT64_ENGINE_REL_TOL,
     relative_error,
+    with_bn_statistics,
 )
 from tests.conftest import SMALL_CONFIG as SMALL
 from vgg_np import VGG, preprocess_input
@@ -159,19 +160,6 @@ def hashed_cost(choice: Choice) -> float:
     """Fake seconds that rank the candidates in no pattern (the winners are arbitrary)."""
     digest = hashlib.blake2b(repr(choice).encode(), digest_size=4).digest()
     return 1.0 + int.from_bytes(digest, "little") / 2**32
-
-
-def with_bn_statistics(model: VGG) -> VGG:
-    rng, weights = np.random.default_rng(3), model.weights
-    for layer in model.layers:
-        if layer.kind == "batch_norm":
-            c = weights[layer.name][0].shape
-            stats = (rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.5, c))
-            weights[layer.name] = tuple(
-                a.astype(model.dtype) for a in (*stats, rng.uniform(0.5, 2.0, c))
-            )
-    model.set_weights(weights)
-    return model
 
 
 #: Every kind of network the planner may meet, and its per-image input.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import BN_FOLD_REL_TOL, ENGINE_REL_TOL, relative_error
+from tests.conftest import BN_FOLD_REL_TOL, ENGINE_REL_TOL, relative_error, with_bn_statistics
 from tests.conftest import TINY_CONFIG as TINY
 from vgg_np import VGG
 from vgg_np.layers import Layer, forward
@@ -40,19 +40,6 @@ def reference_outputs(model: VGG, x: np.ndarray) -> dict:
         hook=lambda layer, values: found.update({layer.name: values["output"]}),
     )
     return found
-
-
-def with_bn_statistics(model: VGG, seed: int = 3) -> VGG:
-    rng, weights = np.random.default_rng(seed), model.weights
-    for layer in model.layers:
-        if layer.kind == "batch_norm":
-            c = weights[layer.name][0].shape
-            stats = (rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.5, c))
-            weights[layer.name] = tuple(
-                a.astype(model.dtype) for a in (*stats, rng.uniform(0.5, 2.0, c))
-            )
-    model.set_weights(weights)
-    return model
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "gemm"])

@@ -9,8 +9,6 @@ checkpoints of another run; a full disk; unfrozen blocks; batch norms; the comma
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import pathlib
@@ -26,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import run_main as _cli
 from vgg_np import VGG, VGGConfig, formats
-from vgg_np.cli import main
 from vgg_np.extract import open_store
 from vgg_np.formats import Family, Provenance
 from vgg_np.preprocess import load_image, preprocess_input
@@ -79,16 +77,6 @@ def _fit(work: pathlib.Path, output: str = "m.npz", **options):
 def _arrays(path) -> dict[str, np.ndarray]:
     with np.load(path) as npz:
         return {name: npz[name] for name in npz.files}
-
-
-def _cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
 
 
 # -- the model file ------------------------------------------------------------------------

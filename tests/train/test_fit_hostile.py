@@ -9,8 +9,6 @@ after the feature pass, a diverged run written as a model of NaNs.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import pathlib
 import shutil
@@ -18,8 +16,8 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.conftest import run_main as _cli
 from vgg_np import VGG, VGGConfig, formats
-from vgg_np.cli import main
 from vgg_np.formats import Family, Provenance
 from vgg_np.train import fit
 from vgg_np.train.data import image_folder, write_shapes_folder
@@ -54,16 +52,6 @@ def work(shared, tmp_path) -> pathlib.Path:
 def _fit(work: pathlib.Path, output, **options):
     arguments = {**QUICK, "cache_dir": work / "cache", **options}
     return fit(work / "pics", work / "base.npz", output, **arguments)
-
-
-def _cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def _no_feature_pass(work: pathlib.Path) -> bool:
