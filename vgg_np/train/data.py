@@ -177,6 +177,29 @@ def image_folder(
     return ImageFolder(root, tuple(names), tuple(paths), np.array(labels, np.int64), ignored)
 
 
+def file_identity(path: str) -> tuple[int, int] | None:
+    """Return the file `path` names, as (device, inode): links to one file share it.
+
+    None if it is missing or unreadable (the feature pass says so, naming it).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "a.png")
+    >>> open(path, "wb").close(); os.link(path, os.path.join(folder, "b.png"))
+    >>> file_identity(path) == file_identity(os.path.join(folder, "b.png"))
+    True
+    >>> file_identity(os.path.join(folder, "missing.png")) is None
+    True
+    """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def _refuse_pictures_in_two_classes(
     paths: Sequence[str], labels: Sequence[int], names: Sequence[str], where: str
 ) -> None:
@@ -188,11 +211,10 @@ def _refuse_pictures_in_two_classes(
     """
     seen: dict[tuple[int, int], tuple[str, int]] = {}
     for path, label in zip(paths, labels, strict=True):
-        try:
-            status = os.stat(path)
-        except OSError:
-            continue  # missing or unreadable: the feature pass says so
-        other = seen.setdefault((status.st_dev, status.st_ino), (path, label))
+        key = file_identity(path)
+        if key is None:
+            continue
+        other = seen.setdefault(key, (path, label))
         if other[1] != label:
             raise ValueError(
                 f"{where}: {other[0]} and {path} are the same picture in two classes "

@@ -23,7 +23,14 @@ from vgg_np.layers import Layer
 from vgg_np.model import VGG
 from vgg_np.progress import write_line
 from vgg_np.train.batch_norm import RunningStatistics, choose_statistics
-from vgg_np.train.data import Augment, ImageFolder, image_folder, parse_augment, split
+from vgg_np.train.data import (
+    Augment,
+    ImageFolder,
+    file_identity,
+    image_folder,
+    parse_augment,
+    split,
+)
 from vgg_np.train.features import Features
 from vgg_np.train.heads import parse_head
 from vgg_np.train.loop import Top
@@ -302,17 +309,11 @@ there would lose them; choose another file
 
 def _shared_pictures(train: tuple[str, ...], held: tuple[str, ...]) -> list[tuple[str, str]]:
     """Return the (validation, training) pairs of paths that are one file (device, inode)."""
-
-    def identity(path: str) -> tuple[int, int] | None:
-        try:
-            status = os.stat(path)
-        except OSError:
-            return None  # missing or unreadable: the feature pass says so
-        return status.st_dev, status.st_ino
-
-    trained = {identity(p): p for p in train}
+    trained = {file_identity(p): p for p in train}
     trained.pop(None, None)  # files that cannot be read are no evidence of sharing
-    return [(p, trained[key]) for p in held if (key := identity(p)) is not None and key in trained]
+    return [
+        (p, trained[key]) for p in held if (key := file_identity(p)) is not None and key in trained
+    ]
 
 
 def _data(
