@@ -5,7 +5,8 @@
     python benchmarks/train_step.py --cases head block5 --paired 20   # turn by turn
 
 A step is forward, mean softmax cross-entropy, backward and an SGD update (momentum 0.9,
-weight decay 5e-4): vgg_np's `vgg_np.train.loss_and_gradients` and `vgg_np.train.SGD`;
+weight decay 5e-4): vgg_np's `vgg_np.train.loss_and_gradients` and `vgg_np.train.SGD`,
+inside `vgg_np.train.memory.kept()` as `vgg_np.train.loop.train_epoch` runs its steps;
 PyTorch 2.13 eager ``loss.backward()`` and ``torch.optim.SGD`` on the same weights.
 The cases (float32):
 
@@ -29,6 +30,7 @@ machine ``--paired TURNS`` is steadier: both loaded once, taking turns step by s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -166,16 +168,24 @@ def prepared(engine: str, case: str, batch: int):
     return lambda: step(x, labels)
 
 
+def as_epochs_run(engine: str):
+    """vgg_np's steps as `vgg_np.train.loop.train_epoch` runs them: memory kept between steps."""
+    from vgg_np.train import memory
+
+    return memory.kept() if engine == "vgg_np" else contextlib.nullcontext()
+
+
 def serve(engine: str, case: str, batch: int) -> None:
     """Time one step per "run" line read from stdin (the paired mode)."""
-    step = prepared(engine, case, batch)
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "run":
-            break
-        start = time.perf_counter()
-        step()
-        print(time.perf_counter() - start, flush=True)
+    with as_epochs_run(engine):
+        step = prepared(engine, case, batch)
+        print("ready", flush=True)
+        for line in sys.stdin:
+            if line.strip() != "run":
+                break
+            start = time.perf_counter()
+            step()
+            print(time.perf_counter() - start, flush=True)
 
 
 def paired(case: str, batch: int, turns: int, env: dict) -> list[tuple[float, float]]:
@@ -202,12 +212,13 @@ def paired(case: str, batch: int, turns: int, env: dict) -> list[tuple[float, fl
 
 
 def worker(engine: str, case: str, batch: int, repeats: int) -> dict:
-    step = prepared(engine, case, batch)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    with as_epochs_run(engine):
+        step = prepared(engine, case, batch)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
     return {"times": times}
 
 

@@ -244,7 +244,9 @@ def test_train_epoch_reports_loss_before_each_step():
     top = _top(dtype="float32")
     x = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1, 2])
-    before = top.weights
+    before = {
+        name: tuple(a.copy() for a in t) for name, t in top.weights.items()
+    }  # updated in place
     loss, accuracy = train_epoch(top, iter([(x, y)]), SGD(lr=0.1), np.random.default_rng(0))
     from vgg_np.train.step import loss_and_gradients
 

@@ -125,7 +125,50 @@ def test_sgd_in_chunks_computes_every_element_as_the_formula_does():
     np.testing.assert_array_equal(got, w)
     np.testing.assert_array_equal(sgd.velocity["dense"][0], v)
     assert error < SGD_FLOAT32_REL_TOL
-    np.testing.assert_array_equal(w0, before)  # a new array each step: the old one is kept
+    np.testing.assert_array_equal(w0, before)  # Top updated its own copy, not the caller's
+
+
+def test_sgd_in_place_on_a_top_computes_the_bits_of_a_new_array_on_a_vgg():
+    """`Top` owns its arrays, so SGD writes them in place (the same array object step after
+    step: no new 25 MB kernel each step); a `VGG` gets new arrays (its old ones may be held
+    elsewhere, its engine is packed again). Both give the same bits."""
+    from vgg_np.train.loop import Top
+
+    model = narrow(dtype="float32")
+    initial = {name: model.weights[name] for name in ("fc2", "predictions")}
+    top = Top([], initial)
+    rng = np.random.default_rng(1)
+    sgd_vgg, sgd_top = (SGD(lr=0.05, momentum=0.9, weight_decay=1e-3) for _ in range(2))
+    held = top.weights["fc2"][0]
+    for _ in range(3):
+        grads = {
+            name: tuple(rng.standard_normal(a.shape).astype(np.float32) for a in tensors)
+            for name, tensors in initial.items()
+        }
+        before = model.weights["fc2"][0]
+        sgd_vgg.step(model, grads)
+        sgd_top.step(top, grads)
+        assert top.weights["fc2"][0] is held  # in place
+        assert model.weights["fc2"][0] is not before  # a new array
+    for name in initial:
+        for a, b in zip(top.weights[name], model.weights[name], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(top.weights["fc2"][0], initial["fc2"][0])  # it did train
+
+
+def test_a_top_never_writes_the_arrays_it_was_given_or_set():
+    """Its arrays are copies: a base model's block 5 given to it is never changed in place."""
+    from vgg_np.train.loop import Top
+
+    given = np.ones((4, 3), np.float32)
+    top = Top([], {"dense": (given, np.zeros(3, np.float32))})
+    SGD(lr=0.5).step(top, {"dense": (np.ones((4, 3)), np.ones(3))})
+    np.testing.assert_array_equal(given, 1.0)
+    other = np.full((4, 3), 2.0, np.float32)
+    top.set_weights({"dense": (other, np.zeros(3, np.float32))})
+    SGD(lr=0.5).step(top, {"dense": (np.ones((4, 3)), np.ones(3))})
+    np.testing.assert_array_equal(other, 2.0)
+    np.testing.assert_array_equal(top.weights["dense"][0], 1.5)
 
 
 def test_shapes_dataset_is_seeded_and_balanced():

@@ -302,17 +302,18 @@ def _train_epoch(
     trainable: set[str] | None,
 ) -> float:
     """One pass over (x, labels) in shuffled mini-batches; return the mean loss."""
-    from vgg_np.train import loss_and_gradients
+    from vgg_np.train import loss_and_gradients, memory
 
     batch_size = args.batch_size or 32
     order = rng.permutation(len(x))
     losses = []
-    for first in range(0, len(x), batch_size):
-        batch = order[first : first + batch_size]
-        loss, grads, _ = loss_and_gradients(
-            model, x[batch], labels[batch], dropout=args.dropout or 0.0, rng=rng,
-            trainable=trainable,
-        )  # fmt: skip
-        optimizer.step(model, grads)
-        losses.append(loss)
+    with memory.kept():  # each step reuses the blocks the last one freed
+        for first in range(0, len(x), batch_size):
+            batch = order[first : first + batch_size]
+            loss, grads, _ = loss_and_gradients(
+                model, x[batch], labels[batch], dropout=args.dropout or 0.0, rng=rng,
+                trainable=trainable,
+            )  # fmt: skip
+            optimizer.step(model, grads)
+            losses.append(loss)
     return float(np.mean(losses))

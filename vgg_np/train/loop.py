@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from vgg_np import backward
 from vgg_np.layers import Layer, forward
+from vgg_np.train import memory
 from vgg_np.train.batch_norm import RunningStatistics
 from vgg_np.train.optim import Adam
 from vgg_np.train.step import SGD, loss_and_gradients
@@ -53,6 +54,9 @@ class Top:
     """
 
     include_top = True
+    #: It holds copies of the arrays it is given, so `SGD` updates them in place
+    #: (``weights`` returns them: copy to keep a snapshot).
+    owns_weights = True
 
     def __init__(
         self,
@@ -67,13 +71,16 @@ class Top:
         self.statistics = dict(statistics or {})
         self.statistics_reason = "given by the caller" if statistics else "no batch norm"
         self._weights = {
-            name: tuple(np.asarray(a, self.dtype) for a in tensors)
+            name: tuple(np.array(a, self.dtype) for a in tensors)  # copies: see owns_weights
             for name, tensors in weights.items()
         }
 
     @property
     def weights(self) -> dict[str, tuple[np.ndarray, ...]]:
-        """Layer name -> tensors (a new dict; the arrays are the model's): class example."""
+        """Layer name -> tensors: a new dict, the arrays the model's (class example).
+
+        `SGD` updates these arrays in place: copy them to keep a snapshot.
+        """
         return dict(self._weights)
 
     def set_weights(
@@ -88,9 +95,12 @@ class Top:
                     problems.append(f"{name} {np.shape(new)} where {old.shape} is needed")
         if problems:
             raise ValueError(f"{source} do not fit the trained layers: {'; '.join(problems)}")
-        self._weights = {
-            name: tuple(np.asarray(a, self.dtype) for a in weights[name]) for name in self._weights
-        }
+        self._weights = {name: self._own(name, weights[name]) for name in self._weights}
+
+    def _own(self, name: str, tensors: tuple[ArrayLike, ...]) -> tuple[np.ndarray, ...]:
+        """`tensors` as arrays of its own: those it holds already (updated in place) kept."""
+        held = self._weights[name]
+        return tuple(a if any(a is h for h in held) else np.array(a, self.dtype) for a in tensors)
 
     def not_finite(self) -> list[str]:
         """Name the tensors holding a NaN or an infinity (a run that diverged).
@@ -159,17 +169,18 @@ def train_epoch(
     (0.6931471824645996, 0.5)
     """
     total, correct, seen = 0.0, 0, 0
-    for x, labels in batches:
-        loss, gradients, tape = loss_and_gradients(
-            top, x, labels, rng=rng, statistics=top.statistics or None
-        )
-        optimizer.step(top, gradients)
-        logits = tape.kept["loss"]["logits"]  # (n, classes), before the step
-        total += loss * len(labels)
-        correct += int((np.argmax(logits, axis=1) == labels).sum())
-        seen += len(labels)
-        if on_batch is not None:
-            on_batch(len(labels))
+    with memory.kept():  # each step reuses the blocks the last one freed
+        for x, labels in batches:
+            loss, gradients, tape = loss_and_gradients(
+                top, x, labels, rng=rng, statistics=top.statistics or None
+            )
+            optimizer.step(top, gradients)
+            logits = tape.kept["loss"]["logits"]  # (n, classes), before the step
+            total += loss * len(labels)
+            correct += int((np.argmax(logits, axis=1) == labels).sum())
+            seen += len(labels)
+            if on_batch is not None:
+                on_batch(len(labels))
     if not seen:
         raise ValueError("an epoch without pictures: every training picture was skipped")
     return total / seen, correct / seen

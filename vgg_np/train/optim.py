@@ -63,9 +63,9 @@ class Adam:
         for name, grads in gradients.items():
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
-            slots = self.moments.setdefault(
-                name, [np.zeros_like(w) for w in trained for _ in range(2)]
-            )
+            if name not in self.moments:  # (setdefault would allocate them every step)
+                self.moments[name] = [np.zeros_like(w) for w in trained for _ in range(2)]
+            slots = self.moments[name]
             new = []
             for i, (w, g) in enumerate(zip(trained, grads, strict=True)):
                 m, v = slots[2 * i], slots[2 * i + 1]

@@ -339,37 +339,48 @@ class SGD:
         for name, grads in gradients.items():
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
-            velocity = self.velocity.setdefault(name, [np.zeros_like(w) for w in trained])
-            new = [self._update(*t) for t in zip(trained, grads, velocity, strict=True)]
+            if name not in self.velocity:  # (setdefault would allocate it every step)
+                self.velocity[name] = [np.zeros_like(w) for w in trained]
+            velocity = self.velocity[name]
+            in_place = getattr(model, "owns_weights", False)
+            new = [
+                self._update(*t, in_place=in_place)
+                for t in zip(trained, grads, velocity, strict=True)
+            ]
             weights[name] = (*new, *kept)
         model.set_weights(weights)
 
-    def _update(self, w: np.ndarray, g: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def _update(
+        self, w: np.ndarray, g: np.ndarray, v: np.ndarray, *, in_place: bool = False
+    ) -> np.ndarray:
         """Return the new `w` and update `v` in place, on the step's threads by slices.
 
-        One new array per tensor (the old one may be held elsewhere: a snapshot of the best
-        weights); every other pass is in place over the velocity, ours alone. Each thread
-        walks its slice in chunks of `SGD_CHUNK` elements and makes every pass over a chunk
+        `w` itself, updated in place, where `in_place` (a model that owns its arrays,
+        `vgg_np.train.loop.Top`: no new 25 MB array for a head's kernel each step) and `w`
+        is writeable and contiguous; else a new array (a `VGG`'s old arrays may be held
+        elsewhere, and its engine is packed again from the new ones). Each thread walks
+        its slice in chunks of `SGD_CHUNK` elements and makes every pass over a chunk
         before the next: the chunk stays in the core's cache, so `w`, `g` and `v` are read
         from memory once and `v` and the new `w` written once (5 streams of the tensor, not
         the 15 of whole-slice passes). Each element is computed by the same operations in
-        the same order whatever the chunking or the threads.
+        the same order whatever the chunking, the threads or `in_place`.
         """
-        out = np.empty_like(w)
+        in_place = in_place and w.flags.writeable and w.flags.c_contiguous
+        out = w if in_place else np.empty_like(w)
         w_flat, g_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype))
         v_flat, out_flat = v.reshape(-1), out.reshape(-1)  # views: v and out are contiguous
         momentum, decay, step = self.momentum, self.weight_decay, -self.lr
 
         def part(i0: int, i1: int) -> None:
+            scratch = np.empty(min(SGD_CHUNK, i1 - i0), w.dtype)
             for c0 in range(i0, i1, SGD_CHUNK):
                 c1 = min(c0 + SGD_CHUNK, i1)
-                vs, os_, ws = v_flat[c0:c1], out_flat[c0:c1], w_flat[c0:c1]
+                vs, os_, ws, ss = v_flat[c0:c1], out_flat[c0:c1], w_flat[c0:c1], scratch[: c1 - c0]
                 vs *= momentum
                 vs += g_flat[c0:c1]
                 if decay:
-                    vs += np.multiply(ws, decay, out=os_)  # os_ as scratch
-                np.multiply(vs, step, out=os_)
-                os_ += ws
+                    vs += np.multiply(ws, decay, out=ss)
+                np.add(ws, np.multiply(vs, step, out=ss), out=os_)  # w + (-lr * v)
 
         fast.map_slices(part, w.size)
         return out
