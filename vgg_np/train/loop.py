@@ -100,7 +100,12 @@ class Top:
     def _own(self, name: str, tensors: tuple[ArrayLike, ...]) -> tuple[np.ndarray, ...]:
         """`tensors` as arrays of its own: those it holds already (updated in place) kept."""
         held = self._weights[name]
-        return tuple(a if any(a is h for h in held) else np.array(a, self.dtype) for a in tensors)
+        return tuple(self._copy_unless(a, held) for a in tensors)
+
+    def _copy_unless(self, a: ArrayLike, held: tuple[np.ndarray, ...]) -> np.ndarray:
+        if isinstance(a, np.ndarray) and any(a is h for h in held):
+            return a
+        return np.array(a, self.dtype)
 
     def not_finite(self) -> list[str]:
         """Name the tensors holding a NaN or an infinity (a run that diverged).
