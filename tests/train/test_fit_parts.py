@@ -210,6 +210,36 @@ def test_adam_follows_its_definition():
     np.testing.assert_allclose(top.weights["fc"][0], w, rtol=ADAM_REL_TOL, atol=0)
 
 
+@pytest.mark.parametrize("decay", [0.0, 1e-3])
+def test_adam_in_chunks_computes_every_element_as_the_whole_tensor_formulas_do(decay):
+    """A float32 tensor over several `SGD_CHUNK`s and an uneven last one, on a `Top` (in
+    place) and on a `VGG` (new arrays): bit for bit the whole-tensor expressions."""
+    from vgg_np.model import VGG, VGGConfig
+    from vgg_np.train.step import SGD_CHUNK
+
+    rng = np.random.default_rng(0)
+    tiny = VGGConfig("tiny", ((2,), (2,), (4,), (4,), (4,)), fc=(3 * SGD_CHUNK // 4 + 5,))
+    model = VGG(tiny, classes=3, input_shape=(32, 32, 3), seed=0, classifier_activation=None)
+    w0 = model.weights["fc1"][0]  # (4, 3 * SGD_CHUNK // 4 + 5): 3 chunks and 20 more
+    assert w0.size == 3 * SGD_CHUNK + 20
+    top = Top([], {"fc1": (w0,)})
+    adams = [Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-7, weight_decay=decay) for _ in range(2)]
+    m = v = np.zeros_like(w0)
+    w = w0.copy()
+    for t in (1, 2, 3):
+        g = rng.standard_normal(w0.shape).astype(np.float32)
+        adams[0].step(top, {"fc1": (g,)})
+        adams[1].step(model, {"fc1": (g, np.zeros(w0.shape[1], np.float32))})
+        g = g + decay * w
+        m = m * np.float32(0.9) + (1 - 0.9) * g
+        v = v * np.float32(0.999) + (1 - 0.999) * g * g
+        w = w - 0.01 * ((m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-7))
+    assert w.dtype == np.float32
+    np.testing.assert_array_equal(top.weights["fc1"][0], w)
+    np.testing.assert_array_equal(model.weights["fc1"][0], w)
+    np.testing.assert_array_equal(adams[0].moments["fc1"][1], v)
+
+
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_optimizer_state_resumes_the_same_steps(name):
     """Steps 1-2, state saved, steps 3-4 by a new optimizer == steps 1-4 by one: bit for bit."""
