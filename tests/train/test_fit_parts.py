@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ADAM_REL_TOL
-from vgg_np.layers import Layer
+from tests.conftest import ADAM_REL_TOL, BN_FOLD_REL_TOL, FLOAT64_ENGINE_REL_TOL
+from vgg_np.layers import Layer, forward
 from vgg_np.network import describe
 from vgg_np.train.checkpoint import (
     Checkpoint,
@@ -22,7 +22,7 @@ from vgg_np.train.checkpoint import (
 )
 from vgg_np.train.data import Augment, image_folder, parse_augment, split
 from vgg_np.train.heads import describe_head, parse_head
-from vgg_np.train.loop import Top, train_epoch
+from vgg_np.train.loop import Top, evaluate, train_epoch
 from vgg_np.train.optim import Adam, load_optimizer_state, make_optimizer, optimizer_state
 from vgg_np.train.report import confusion_matrix, confusion_picture, curves_picture
 from vgg_np.train.step import SGD
@@ -268,6 +268,47 @@ def test_make_optimizer_refuses_unknown_and_bad_values():
     with pytest.raises(ValueError, match="lr > 0"):
         Adam(lr=0)
     assert isinstance(make_optimizer("sgd"), SGD)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_evaluate_with_unfrozen_blocks_runs_the_engine_as_predict_does(dtype, monkeypatch):
+    """A block of convolutions and a batch norm under a head: the engine's logits (its
+    batch norm folded) give the reference forward's loss and classes, within the
+    engine's tolerance; the engine is closed after."""
+    import vgg_np.train.loop as loop
+
+    rng = np.random.default_rng(0)
+    layers = [
+        Layer("block5_conv1", "conv", 16, "relu"),
+        Layer("block5_bn", "batch_norm"),
+        Layer("block5_pool", "pool"),
+        Layer("flatten", "flatten"),
+        Layer("dropout", "dropout", rate=0.5),
+        Layer("predictions", "dense", 5, "softmax"),
+    ]
+    weights = {
+        "block5_conv1": (rng.normal(size=(3, 3, 24, 16)) * 0.2, rng.normal(size=16) * 0.1),
+        "block5_bn": (rng.uniform(0.5, 2, 16), rng.normal(size=16), rng.normal(size=16),
+                      rng.uniform(0.5, 2, 16)),
+        "predictions": (rng.normal(size=(4 * 4 * 16, 5)) * 0.1, np.zeros(5)),
+    }  # fmt: skip
+    top = Top(layers, weights, dtype)
+    features = rng.uniform(0, 1, (11, 8, 8, 24)).astype(dtype)
+    labels = rng.integers(0, 5, 11)
+    closed = []
+    engine_close = loop.Engine.close
+    monkeypatch.setattr(loop.Engine, "close", lambda self: closed.append(engine_close(self)))
+    loss, accuracy, classes = evaluate(top, lambda i: features[i], labels, 4)
+    assert len(closed) == 1
+    logit_layers = [*layers[:-1], Layer("predictions", "dense", 5)]
+    reference = forward(logit_layers, top.weights, features)  # dropout off in inference
+    from vgg_np import backward
+
+    expected = backward.softmax_cross_entropy(reference, labels)[0]
+    tolerance = BN_FOLD_REL_TOL if dtype == "float32" else FLOAT64_ENGINE_REL_TOL
+    assert loss == pytest.approx(expected, rel=tolerance)
+    np.testing.assert_array_equal(classes, np.argmax(reference, axis=1))
+    assert accuracy == np.mean(classes == labels)
 
 
 def test_train_epoch_reports_loss_before_each_step():
