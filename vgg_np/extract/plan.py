@@ -266,8 +266,27 @@ def _convolutions_differ(recorded: dict | None, now: dict) -> str | None:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
+    """Say how the plan `new` differs from a store's `old` plan: every setting, every path."""
+    differences = _row_differences(old, new)
+    if old["partition_size"] != new["partition_size"]:
+        was, now = old["partition_size"], new["partition_size"]
+        differences.append(f"partition_size {was!r} (now {now!r})")
+    added = len(set(new["paths"]) - set(old["paths"]))
+    removed = len(set(old["paths"]) - set(new["paths"]))
+    if added or removed:
+        differences.append(f"other images ({added} added, {removed} removed)")
+    return differences
+
+
+def _row_differences(old: dict, new: dict) -> list[str]:
+    """Say what makes the rows of plan `old` other numbers than plan `new`'s, for one image.
+
+    Layer, classes named, input size, dtype, row shape, preprocessing, weights and
+    convolutions: a store that differs in none of them holds, for an image both list,
+    the very row `new` would compute (`vgg_np.extract.seeding` copies it).
+    """
     differences = []
-    for key in ("layer", "top", "partition_size", "size", "dtype"):
+    for key in ("layer", "top", "size", "dtype"):
         if old[key] != new[key]:
             differences.append(f"{key} {old[key]!r} (now {new[key]!r})")
     for key in ("mode", "resize"):  # not the reason: the same choice may be put otherwise
@@ -279,8 +298,6 @@ def _differences(old: dict, new: dict) -> list[str]:
     convolutions_now = _convolutions_differ(old.get("convolutions"), new["convolutions"])
     if convolutions_now:
         differences.append(convolutions_now)
-    added = len(set(new["paths"]) - set(old["paths"]))
-    removed = len(set(old["paths"]) - set(new["paths"]))
-    if added or removed:
-        differences.append(f"other images ({added} added, {removed} removed)")
+    if not differences and old["row_shape"] != new["row_shape"]:  # a plan written otherwise
+        differences.append(f"row_shape {old['row_shape']!r} (now {new['row_shape']!r})")
     return differences

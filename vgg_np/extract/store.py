@@ -14,7 +14,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -238,29 +238,55 @@ class Store:
         """
         self._check_file()
         read_rows = self._row_reader()
-        row_bytes = math.prod(self.plan["row_shape"]) * np.dtype(self.plan["dtype"]).itemsize
-        step = max(1, CHECK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
         damaged = changed = 0
         for partition in self.partitions:
             entries, complete = self._entries(partition)
             bad, moved = set(), set()  # rows whose bytes do not match; whose image changed
             refreshed = False  # an image touched or copied, its bytes the same
-            for start in range(partition.start, partition.stop, step):
-                block = read_rows(start, min(start + step, partition.stop))
-                for row in set(range(start, start + len(block))) & set(entries):
-                    if _row_digest(block[row - start]) != entries[row]["digest"]:
-                        bad.add(row)
-                        continue
-                    is_changed, identity = _recheck_image(entries[row])
-                    if is_changed:
-                        moved.add(row)
-                    elif identity is not None:  # recorded anew: not hashed again next time
-                        entries[row] = {**entries[row], "image": identity}
-                        refreshed = True
+            for row, state, _, identity in self._check_rows(partition, entries, read_rows):
+                if state == "damaged":
+                    bad.add(row)
+                elif state == "changed":
+                    moved.add(row)
+                elif identity is not None:  # recorded anew: not hashed again next time
+                    entries[row] = {**entries[row], "image": identity}
+                    refreshed = True
             damaged, changed = damaged + len(bad), changed + len(moved)
             if bad or moved or refreshed:
                 self._rewrite(partition, entries, bad | moved, complete)
         return damaged, changed
+
+    def _check_rows(
+        self,
+        partition: Partition,
+        entries: dict[int, dict],
+        read_rows: Callable[[int, int], NDArray],
+        wanted: Container[int] | None = None,
+    ) -> Iterator[tuple[int, str, NDArray | None, dict | None]]:
+        """Check the partition's rows that have an entry (and are `wanted`), block by block.
+
+        Yields ``(row, state, data, identity)``: `state` is ``"damaged"`` (the bytes read
+        do not match the entry's checksum), ``"changed"`` (its image changed since) or
+        ``"ok"``; `data` the row's bytes as read, which is what was checked (None when
+        damaged); `identity` the image's identity to record anew when only its size or time
+        changed. The one check of a written row: `verify` repairs with it,
+        `vgg_np.extract.seeding` copies with it.
+        """
+        row_bytes = math.prod(self.plan["row_shape"]) * np.dtype(self.plan["dtype"]).itemsize
+        step = max(1, CHECK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
+        for start in range(partition.start, partition.stop, step):
+            rows = [r for r in range(start, min(start + step, partition.stop)) if r in entries]
+            rows = [r for r in rows if wanted is None or r in wanted]
+            if not rows:
+                continue  # nothing to check here: not even read
+            block = read_rows(start, rows[-1] + 1)  # (rows, *row shape)
+            for row in rows:
+                data = block[row - start] if row - start < len(block) else None  # cut short
+                if data is None or _row_digest(data) != entries[row]["digest"]:
+                    yield row, "damaged", None, None
+                    continue
+                is_changed, identity = _recheck_image(entries[row])
+                yield row, "changed" if is_changed else "ok", data, identity
 
     def _row_reader(self) -> Callable[[int, int], NDArray]:
         """Return ``read(start, stop)`` giving rows ``[start, stop)`` as an array.
