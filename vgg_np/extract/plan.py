@@ -41,6 +41,10 @@ PLAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "paths": list,
 }  # fmt: skip
 
+#: In the manifest: the convolutions' choices the rows are computed with, as a plan file
+#: (`vgg_np.extract.plan.plan_file`) that ``plan=`` takes to resume with the same ones.
+PLANS_FILE = "conv-plans.json"
+
 #: Rows per partition: small enough that a partition is a few minutes of a 2-core
 #: machine's work at full VGG16 (~3 images/s), large enough that a cluster's per-task
 #: overhead (~ms) is lost in the noise.
@@ -301,3 +305,15 @@ def _row_differences(old: dict, new: dict) -> list[str]:
     if not differences and old["row_shape"] != new["row_shape"]:  # a plan written otherwise
         differences.append(f"row_shape {old['row_shape']!r} (now {new['row_shape']!r})")
     return differences
+
+
+def _pin_hint(manifest_dir: str, problems: list[str], recorded: dict | None) -> str:
+    """How to compute with the store's convolutions, if theirs is among the `problems`."""
+    if not any(p.startswith("convolutions") for p in problems) or not recorded:
+        return ""
+    algorithm = recorded.get("conv_algorithm")
+    path = os.path.join(manifest_dir, PLANS_FILE)
+    if algorithm == "reference" or not os.path.isfile(path):
+        return f" (the store's model had conv_algorithm={algorithm!r})"
+    return (f" (to resume, give the model conv_algorithm={algorithm!r} and plan={path!r}; "
+            f"for vgg-np: --plan {path})")  # fmt: skip

@@ -29,12 +29,14 @@ from vgg_np.extract.manifest import (
 )
 from vgg_np.extract.plan import (
     DEFAULT_PARTITION_SIZE,
+    PLANS_FILE,
     Partition,
     _classifier,
     _convolutions_differ,
     _differences,
     _manifest_dir,
     _output_shape,
+    _pin_hint,
     _plan,
     _read_plan,
     convolutions,
@@ -57,9 +59,6 @@ ZARR_CHUNK_BYTES = 16 << 20
 CHECK_BYTES = 4 << 20
 
 SUFFIXES = (".npy", ".zarr")
-#: In the manifest: the convolutions' choices the rows are computed with, as a plan file
-#: (`vgg_np.extract.plan.plan_file`) that ``plan=`` takes to resume with the same ones.
-PLANS_FILE = "conv-plans.json"
 #: Beside ``OUT`` while `create_store` makes its array: renamed to ``OUT`` after the plan.
 CREATING_SUFFIX = ".vgg-np-creating"
 
@@ -263,20 +262,20 @@ class Store:
         read_rows: Callable[[int, int], NDArray],
         wanted: Container[int] | None = None,
     ) -> Iterator[tuple[int, str, NDArray | None, dict | None]]:
-        """Check the partition's rows that have an entry (and are `wanted`), block by block.
+        """Yield ``(row, state, data, identity)`` for the partition's entries (`wanted` ones).
 
-        Yields ``(row, state, data, identity)``: `state` is ``"damaged"`` (the bytes read
-        do not match the entry's checksum), ``"changed"`` (its image changed since) or
-        ``"ok"``; `data` the row's bytes as read, which is what was checked (None when
-        damaged); `identity` the image's identity to record anew when only its size or time
-        changed. The one check of a written row: `verify` repairs with it,
-        `vgg_np.extract.seeding` copies with it.
+        `state`: ``"damaged"`` (the bytes read do not match the checksum; `data` None),
+        ``"changed"`` (the image changed since) or ``"ok"``; `data` the bytes checked; `identity`
+        the image's to record anew (`_recheck_image`). The one check of a written row:
+        `verify` repairs by it, `vgg_np.extract.seeding` copies by it.
         """
         row_bytes = math.prod(self.plan["row_shape"]) * np.dtype(self.plan["dtype"]).itemsize
         step = max(1, CHECK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
         for start in range(partition.start, partition.stop, step):
-            rows = [r for r in range(start, min(start + step, partition.stop)) if r in entries]
-            rows = [r for r in rows if wanted is None or r in wanted]
+            stop = min(start + step, partition.stop)
+            rows = [
+                r for r in range(start, stop) if r in entries and (wanted is None or r in wanted)
+            ]
             if not rows:
                 continue  # nothing to check here: not even read
             block = read_rows(start, rows[-1] + 1)  # (rows, *row shape)
@@ -522,18 +521,6 @@ def _preallocate(out: str, creating: str, plan: dict, partition_size: int) -> No
         except OSError:
             os.remove(creating)  # nothing half made: the same command works once there is room
             raise
-
-
-def _pin_hint(manifest_dir: str, problems: list[str], recorded: dict | None) -> str:
-    """How to compute with the store's convolutions, if theirs is among the `problems`."""
-    if not any(p.startswith("convolutions") for p in problems) or not recorded:
-        return ""
-    algorithm = recorded.get("conv_algorithm")
-    path = os.path.join(manifest_dir, PLANS_FILE)
-    if algorithm == "reference" or not os.path.isfile(path):
-        return f" (the store's model had conv_algorithm={algorithm!r})"
-    return (f" (to resume, give the model conv_algorithm={algorithm!r} and plan={path!r}; "
-            f"for vgg-np: --plan {path})")  # fmt: skip
 
 
 def _remove(path: str) -> None:
