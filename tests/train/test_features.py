@@ -137,6 +137,26 @@ def test_a_concurrent_run_keeps_its_store_and_its_rows(base, pictures, tmp_path)
     assert mine.take(range(12)).tobytes() == rows.tobytes()  # mapped: still the same rows
 
 
+def test_without_locks_or_when_removing_fails_nothing_is_removed_and_the_run_goes_on(
+    base, pictures, tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    _features(pictures, base, cache)
+    grown = _grown(pictures, tmp_path)
+    monkeypatch.setattr(features_module, "fcntl", None)  # Windows: no lock, no removal
+    assert _features(grown, base, cache).result.reused == 12
+    assert _store_of(pictures, base, cache).exists()
+    monkeypatch.undo()
+
+    def refuse(out) -> None:
+        raise PermissionError(13, "Permission denied", str(out))
+
+    monkeypatch.setattr(features_module, "remove_store", refuse)
+    found = _features(grown, base, cache)  # the superseded store cannot go: no matter
+    assert (found.result.written, found.result.already_done) == (0, 13)
+    assert _store_of(pictures, base, cache).exists()
+
+
 # -- an earlier store that must not give its rows ------------------------------------------
 
 

@@ -153,20 +153,28 @@ def _family_stores(folder: str, family: str, out: str) -> list[str]:
 
 @contextlib.contextmanager
 def _locked(folder: str, exclusive: bool = False) -> Iterator[bool]:
-    """Hold the cache's lock, shared (waiting) or exclusive (not waiting); yield if held."""
-    if fcntl is None:
-        yield not exclusive
-        return
-    fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold the cache's lock, shared (waiting) or exclusive (not waiting); yield if held.
+
+    Without locks (no `fcntl`, a folder one cannot write, a filesystem without them) a
+    shared lock is taken as held and an exclusive one as not: nothing is then removed.
+    """
     try:
+        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        fd = None
+    try:
+        if fd is None or fcntl is None:
+            yield not exclusive
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
-        except BlockingIOError:
-            yield False  # another run holds it: nothing is removed this time
+        except OSError:  # held by another run (BlockingIOError), or no locks here
+            yield not exclusive
             return
         yield True
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _prune(folder: str, family: str, out: str, paths: Sequence[str]) -> list[str]:
@@ -184,11 +192,14 @@ def _prune(folder: str, family: str, out: str, paths: Sequence[str]) -> list[str
                 superseded = set(open_store(other).plan["paths"]) <= mine
             except (OSError, ValueError):
                 superseded = False  # unreadable: kept or removed by its rank
-            if superseded or kept >= KEEP_EARLIER:
-                remove_store(other)
-                removed.append(other)
-            else:
+            if not superseded and kept < KEEP_EARLIER:
                 kept += 1
+                continue
+            try:
+                remove_store(other)
+            except OSError:
+                continue  # another time: the features of this run are ready anyway
+            removed.append(other)
     return removed
 
 
@@ -262,7 +273,8 @@ def cached_features(
         store = open_store(out)
         entries = {entry["path"]: entry for entry in store.manifest()}
         array = store.read()  # mapped: a removal from now on does not change it
-        os.utime(store.manifest_dir)  # used now (`_family_stores` ranks by it)
+        with contextlib.suppress(OSError):  # a cache one cannot write is still read
+            os.utime(store.manifest_dir)  # used now (`_family_stores` ranks by it)
     _prune(folder, family, out, paths)
     rows = np.array([entries[p]["row"] for p in paths], np.intp)
     failed = {
