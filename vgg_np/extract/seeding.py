@@ -125,7 +125,7 @@ def _seed_from(store: Store, out: str, wanted: dict[str, int]) -> int:
         mine = {r for r, p in enumerate(partition.paths, partition.start) if p in wanted}
         if not mine:
             continue
-        copies = []
+        copies: dict[int, tuple[NDArray, dict]] = {}  # row of `store` -> its bytes, entry
         try:
             entries = donor._entries(partition)[0]
             for row, state, data, identity in donor._check_rows(
@@ -136,33 +136,34 @@ def _seed_from(store: Store, out: str, wanted: dict[str, int]) -> int:
                     continue  # a failed picture is tried again, as a fresh pass would
                 if not isinstance(entry["image"], dict):
                     continue  # no identity recorded: nothing says the image is the same
+                target = wanted.get(entry["path"])
+                if target is None or target in copies:
+                    continue  # a plan naming a picture twice: its first row is enough
                 image = identity if identity is not None else entry["image"]
-                target = wanted[entry["path"]]
-                copies.append((target, np.array(data), {**entry, "row": target, "image": image}))
+                copies[target] = np.array(data), {**entry, "row": target, "image": image}
         except (OSError, ValueError):
             continue  # this partition's manifest or rows cannot be read: none of its rows
         _write(store, copies)
-        for _, _, entry in copies:
+        for _, entry in copies.values():
             del wanted[entry["path"]]
         taken += len(copies)
     return taken
 
 
-def _write(store: Store, copies: list[tuple[int, NDArray, dict]]) -> None:
+def _write(store: Store, copies: dict[int, tuple[NDArray, dict]]) -> None:
     """Write copied rows into `store`, then journal them, partition by partition."""
-    size = store.plan["partition_size"]
     for partition in store.partitions:
-        mine = sorted((c for c in copies if c[0] // size == partition.index), key=lambda c: c[0])
-        if not mine:
+        rows = [r for r in range(partition.start, partition.stop) if r in copies]
+        if not rows:
             continue
         journal = store._path(partition, "journal.jsonl")
         journaled = _journal_entries(journal, partition)  # a line cut by a kill dropped first
-        mine = [c for c in mine if c[0] not in journaled]  # a concurrent run was quicker
-        if not mine:
+        rows = [r for r in rows if r not in journaled]  # a concurrent run was quicker
+        if not rows:
             continue
-        store._write_rows([c[0] for c in mine], np.stack([c[1] for c in mine]))  # flushed
+        store._write_rows(rows, np.stack([copies[r][0] for r in rows]))  # flushed
         with open(journal, "a") as log:
-            log.write("".join(json.dumps(c[2]) + "\n" for c in mine))
+            log.write("".join(json.dumps(copies[r][1]) + "\n" for r in rows))
             log.flush()  # only after the rows are flushed
             os.fsync(log.fileno())
 

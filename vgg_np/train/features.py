@@ -144,7 +144,7 @@ def _family_stores(folder: str, family: str, out: str) -> list[str]:
     """Return the other stores of `family` in `folder`, most recently used first."""
     found = []
     for other in glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(family)}-*.npy")):
-        try:  # the manifest folder is touched at each use (`_use`)
+        try:  # the manifest folder is touched at each use (`cached_features`)
             found.append((os.stat(other + ".manifest").st_mtime_ns, other))
         except OSError:
             continue  # not a store, or being removed
