@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.conftest import TINY_DIR
 from vgg_np import VGG
-from vgg_np.extract import create_store, extract, open_store, remove_store, seed_store
+from vgg_np.extract import create_store, extract, open_store, remove_store, seed_store, seeding
 
 WEIGHTS = str(TINY_DIR / "model.h5")  # 10 classes, 32x32
 SETTINGS = {"layer": "block5_pool", "batch_size": 2, "partition_size": 4, "verbose": 0}
@@ -82,6 +82,20 @@ def test_a_fifo_in_an_earlier_store_never_blocks(model, images, tmp_path):
     os.mkfifo(plan)
     result = extract(images, tmp_path / "f.npy", model, **SETTINGS, seed_from=[donor])
     assert (result.reused, result.written) == (0, 10)
+
+
+def test_seeding_in_blocks_of_one_row_writes_the_same_store(model, images, tmp_path, monkeypatch):
+    donor = tmp_path / "donor.npy"
+    extract(images[::2], donor, model, **SETTINGS)
+    whole = extract(images, tmp_path / "whole.npy", model, **SETTINGS, seed_from=[donor])
+    monkeypatch.setattr(seeding, "CHECK_BYTES", 1)  # a block per row: memory bounded
+    rows = extract(images, tmp_path / "rows.npy", model, **SETTINGS, seed_from=[donor])
+    assert (whole.reused, rows.reused, rows.written) == (5, 5, 5)
+    assert (tmp_path / "whole.npy").read_bytes() == (tmp_path / "rows.npy").read_bytes()
+    assert (
+        open_store(tmp_path / "whole.npy").manifest()
+        == open_store(tmp_path / "rows.npy").manifest()
+    )
 
 
 def test_only_rows_without_an_entry_are_seeded(model, images, tmp_path):

@@ -21,15 +21,16 @@ and leaves the others to `run_partition`, as a resume would:
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vgg_np.extract.manifest import _journal_entries
 from vgg_np.extract.plan import _manifest_dir, _row_differences
-from vgg_np.extract.store import CREATING_SUFFIX, Store, _remove, open_store
+from vgg_np.extract.store import CHECK_BYTES, CREATING_SUFFIX, Store, _remove, open_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -115,17 +116,32 @@ def _donor(out: str, store: Store) -> tuple[Store, Callable[[int, int], NDArray]
 
 
 def _seed_from(store: Store, out: str, wanted: dict[str, int]) -> int:
-    """Copy the rows of `wanted` images the store at `out` holds, checked; drop them from it."""
+    """Copy the rows of `wanted` images the store at `out` holds, checked; drop them from it.
+
+    Written in blocks of about `CHECK_BYTES`: memory stays bounded whatever the rows' size.
+    """
     found = _donor(out, store)
     if found is None:
         return 0
-    donor, read_rows = found
+    row_bytes = math.prod(store.plan["row_shape"]) * np.dtype(store.plan["dtype"]).itemsize
+    copies: dict[int, tuple[NDArray, dict]] = {}  # row of `store` -> its bytes, entry
     taken = 0
+    for target, data, entry in _checked_copies(*found, wanted):
+        copies[target] = data, entry
+        if len(copies) * row_bytes >= CHECK_BYTES:
+            taken += _flush(store, copies, wanted)
+    return taken + _flush(store, copies, wanted)
+
+
+def _checked_copies(
+    donor: Store, read_rows: Callable[[int, int], NDArray], wanted: dict[str, int]
+) -> Iterator[tuple[int, NDArray, dict]]:
+    """Yield ``(row of the new store, bytes, entry)`` for each row of `donor` that may be copied."""
+    seen: set[str] = set()  # a plan naming a picture twice: its first row is enough
     for partition in donor.partitions:
         mine = {r for r, p in enumerate(partition.paths, partition.start) if p in wanted}
         if not mine:
             continue
-        copies: dict[int, tuple[NDArray, dict]] = {}  # row of `store` -> its bytes, entry
         try:
             entries = donor._entries(partition)[0]
             for row, state, data, identity in donor._check_rows(
@@ -136,18 +152,24 @@ def _seed_from(store: Store, out: str, wanted: dict[str, int]) -> int:
                     continue  # a failed picture is tried again, as a fresh pass would
                 if not isinstance(entry["image"], dict):
                     continue  # no identity recorded: nothing says the image is the same
-                target = wanted.get(entry["path"])
-                if target is None or target in copies:
-                    continue  # a plan naming a picture twice: its first row is enough
+                if entry["path"] in seen:
+                    continue
+                seen.add(entry["path"])
+                target = wanted[entry["path"]]
                 image = identity if identity is not None else entry["image"]
-                copies[target] = np.array(data), {**entry, "row": target, "image": image}
+                yield target, np.array(data), {**entry, "row": target, "image": image}
         except (OSError, ValueError):
-            continue  # this partition's manifest or rows cannot be read: none of its rows
-        _write(store, copies)
-        for _, entry in copies.values():
-            del wanted[entry["path"]]
-        taken += len(copies)
-    return taken
+            continue  # this partition's manifest or rows cannot be read: none of the others
+
+
+def _flush(store: Store, copies: dict[int, tuple[NDArray, dict]], wanted: dict[str, int]) -> int:
+    """Write `copies` into `store` (`_write`), take them off `wanted`; return how many."""
+    _write(store, copies)
+    for _, entry in copies.values():
+        wanted.pop(entry["path"], None)
+    count = len(copies)
+    copies.clear()
+    return count
 
 
 def _write(store: Store, copies: dict[int, tuple[NDArray, dict]]) -> None:
