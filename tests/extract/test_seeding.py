@@ -116,3 +116,14 @@ def test_remove_store_removes_every_file_of_a_store_and_nothing_else(model, imag
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npy", "b.npy.manifest", "images"]
     remove_store(tmp_path / "a.npy")  # nothing there: nothing to do
     assert open_store(tmp_path / "b.npy").pending() == []
+
+
+def test_the_progress_bar_counts_the_rows_computed_not_those_copied(
+    model, images, tmp_path, capsys
+):
+    donor = tmp_path / "donor.npy"
+    extract(images[:7], donor, model, **SETTINGS)
+    capsys.readouterr()
+    extract(images, tmp_path / "f.npy", model, **{**SETTINGS, "verbose": 1}, seed_from=[donor])
+    err = capsys.readouterr().err
+    assert "0/3 images" in err and "3/3 images" in err and "/10 images" not in err

@@ -341,7 +341,9 @@ def extract(
     )
     reused = seed_store(store, seed_from) if seed_from else 0
     pending = store.pending()
-    remaining = sum(p.stop - p.start for p in pending)  # seeded rows counted as journaled
+    # The bar counts the rows this run computes: not those journaled (seeded, or by a kill).
+    journaled = {p.index: len(store._entries(p)[0]) for p in pending}
+    remaining = sum(p.stop - p.start - journaled[p.index] for p in pending)
     results = []
     enabled = show_progress(verbose, -(-remaining // batch_size))
     with interrupted_resumes(store), Progress(remaining, enabled=enabled) as bar:
@@ -359,5 +361,6 @@ def extract(
                     on_batch=on_batch,
                 )
             )  # fmt: skip
-            bar.update(results[-1].already_done)  # journaled by a run that was killed
+            done = results[-1].already_done - journaled[partition.index]  # by a concurrent run
+            bar.update(max(0, done))
     return ExtractResult.collect(store, results, time.perf_counter() - start, reused)
