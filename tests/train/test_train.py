@@ -171,6 +171,66 @@ def test_a_top_never_writes_the_arrays_it_was_given_or_set():
     np.testing.assert_array_equal(top.weights["dense"][0], 1.5)
 
 
+def _other_layout(a: np.ndarray, how: str) -> np.ndarray:
+    """`a`'s values in another memory order: what a user's own conversion hands over."""
+    if how == "fortran":  # a dense kernel from PyTorch's (out, in) weight as ``W.T``
+        return np.asfortranarray(a)
+    # A kernel from PyTorch's OIHW as ``W.transpose(2, 3, 1, 0)``: a view, neither C nor F.
+    return np.ascontiguousarray(a.transpose(3, 2, 0, 1)).transpose(2, 3, 1, 0)
+
+
+@pytest.mark.parametrize("owner", ["top", "vgg"])
+@pytest.mark.parametrize(("name", "how"), [("fc2", "fortran"), ("block5_conv3", "transposed")])
+def test_sgd_on_weights_in_another_memory_order_follows_the_formula(owner, name, how):
+    """Before: the update was written into a temporary C-order copy of a new array laid out
+    like `w` (so the model got uninitialised memory), and a velocity laid out like `w` was
+    never updated (momentum lost) -- silently, with any non-C-contiguous weight."""
+    from vgg_np.train.loop import Top
+
+    model = narrow(dtype="float32")
+    w0, b0 = model.weights[name]
+    odd = _other_layout(w0, how)
+    assert not odd.flags.c_contiguous and np.array_equal(odd, w0)
+    if owner == "top":
+        target = Top([], {name: (odd, b0)})
+    else:
+        model.set_weights({**model.weights, name: (odd, b0)})
+        target = model
+    sgd = SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    rng = np.random.default_rng(2)
+    w64, v64 = w0.astype(np.float64), np.zeros(w0.shape)
+    for _ in range(2):
+        g = rng.standard_normal(w0.shape).astype(np.float32)
+        sgd.step(target, {name: (g, np.zeros_like(b0))})
+        v64 = 0.9 * v64 + g + 1e-3 * w64
+        w64 = w64 - 0.05 * v64
+    got = target.weights[name][0]
+    error = relative_error(got, w64)
+    print(owner, name, how, "first values", got.ravel()[:3], w64.ravel()[:3], f"error {error:.1e}")
+    assert error < SGD_FLOAT32_REL_TOL
+    assert relative_error(sgd.velocity[name][0], v64) < SGD_FLOAT32_REL_TOL
+
+
+def test_sgd_velocity_loaded_or_given_in_another_memory_order_still_moves():
+    """A velocity read back Fortran-ordered (``np.save`` keeps the order) or set by the
+    user is updated like a fresh one: its momentum carries into the next steps."""
+    from vgg_np.train.loop import Top
+    from vgg_np.train.optim import load_optimizer_state
+
+    w0 = np.arange(6, dtype=np.float32).reshape(2, 3)
+    v0 = np.asfortranarray(np.ones((2, 3), np.float32))
+    given, loaded = SGD(lr=0.5, momentum=0.5), SGD(lr=0.5, momentum=0.5)
+    given.velocity["dense"] = [v0.copy(order="F")]
+    load_optimizer_state(loaded, {}, {"dense/0": v0})
+    for sgd in (given, loaded):
+        top = Top([], {"dense": (w0,)})
+        for _ in range(2):
+            sgd.step(top, {"dense": (np.ones((2, 3), np.float32),)})
+        # v1 = 0.5 * 1 + 1 = 1.5, v2 = 0.5 * 1.5 + 1 = 1.75; w = w0 - 0.5 * (1.5 + 1.75)
+        np.testing.assert_array_equal(sgd.velocity["dense"][0], 1.75)
+        np.testing.assert_array_equal(top.weights["dense"][0], w0 - 1.625)
+
+
 def test_shapes_dataset_is_seeded_and_balanced():
     a, la = shapes_dataset(12, seed=3)
     b, _ = shapes_dataset(12, seed=3)

@@ -71,7 +71,7 @@ class Top:
         self.statistics = dict(statistics or {})
         self.statistics_reason = "given by the caller" if statistics else "no batch norm"
         self._weights = {
-            name: tuple(np.array(a, self.dtype) for a in tensors)  # copies: see owns_weights
+            name: tuple(np.array(a, self.dtype, order="C") for a in tensors)  # see owns_weights
             for name, tensors in weights.items()
         }
 
@@ -105,7 +105,8 @@ class Top:
     def _copy_unless(self, a: ArrayLike, held: tuple[np.ndarray, ...]) -> np.ndarray:
         if isinstance(a, np.ndarray) and any(a is h for h in held):
             return a
-        return np.array(a, self.dtype)
+        # C order whatever the caller's (a transposed view): `SGD` then updates it in place.
+        return np.array(a, self.dtype, order="C")
 
     def not_finite(self) -> list[str]:
         """Name the tensors holding a NaN or an infinity (a run that diverged).

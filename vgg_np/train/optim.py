@@ -128,7 +128,8 @@ def load_optimizer_state(
     """
     slots: dict[str, list[np.ndarray]] = {}
     for key in sorted(arrays, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1]))):
-        slots.setdefault(key.rsplit("/", 1)[0], []).append(np.array(arrays[key]))
+        # C order: SGD updates its velocity in place through a flat view.
+        slots.setdefault(key.rsplit("/", 1)[0], []).append(np.array(arrays[key], order="C"))
     if isinstance(optimizer, Adam):
         optimizer.t, optimizer.moments = int(scalars["t"]), slots
     else:

@@ -340,8 +340,12 @@ class SGD:
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
             if name not in self.velocity:  # (setdefault would allocate it every step)
-                self.velocity[name] = [np.zeros_like(w) for w in trained]
+                # C order whatever `w`'s: `_update` writes it through a flat view.
+                self.velocity[name] = [np.zeros(w.shape, w.dtype) for w in trained]
             velocity = self.velocity[name]
+            for i, v in enumerate(velocity):  # one given or loaded in another order
+                if not v.flags.c_contiguous:
+                    velocity[i] = np.array(v, order="C")
             in_place = getattr(model, "owns_weights", False)
             new = [
                 self._update(*t, in_place=in_place)
@@ -366,9 +370,12 @@ class SGD:
         the same order whatever the chunking, the threads or `in_place`.
         """
         in_place = in_place and w.flags.writeable and w.flags.c_contiguous
-        out = w if in_place else np.empty_like(w)
-        w_flat, g_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype))
-        v_flat, out_flat = v.reshape(-1), out.reshape(-1)  # views: v and out are contiguous
+        # A new array in C order whatever `w`'s (a transposed view, a Fortran kernel): the
+        # results are written through `out_flat`, which must be a view of `out`, not a copy.
+        out = w if in_place else np.empty(w.shape, w.dtype)
+        w_flat, g_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype))  # C order, as out
+        assert v.flags.c_contiguous, "the velocity is updated through a flat view"
+        v_flat, out_flat = v.reshape(-1), out.reshape(-1)  # views: v and out are C-contiguous
         momentum, decay, step = self.momentum, self.weight_decay, -self.lr
 
         def part(i0: int, i1: int) -> None:
