@@ -171,6 +171,27 @@ def test_a_top_never_writes_the_arrays_it_was_given_or_set():
     np.testing.assert_array_equal(top.weights["dense"][0], 1.5)
 
 
+def test_a_top_set_with_one_of_its_arrays_twice_holds_two_arrays():
+    """``set_weights`` keeps an array it holds (SGD updated it in place) only in its own
+    slot: given twice (beta set to gamma's values), the second is a copy. Before: both
+    slots held one array, which SGD then updated twice per step (gamma's and beta's
+    gradients both applied to both), silently."""
+    from vgg_np.layers import Layer
+    from vgg_np.train.loop import Top
+
+    ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
+    top = Top([Layer("bn", "batch_norm")], {"bn": (ones, zeros, zeros, ones)})
+    gamma, _, mean, variance = top.weights["bn"]
+    top.set_weights({"bn": (gamma, gamma, mean, variance)})
+    assert top.weights["bn"][0] is gamma and top.weights["bn"][1] is not gamma
+    SGD(lr=0.5, momentum=0.0).step(top, {"bn": (np.full(3, 1.0), np.full(3, -1.0))})
+    np.testing.assert_array_equal(top.weights["bn"][0], 0.5)  # 1 - 0.5 * 1
+    np.testing.assert_array_equal(top.weights["bn"][1], 1.5)  # 1 - 0.5 * -1
+    top.set_weights({"bn": (top.weights["bn"][1], top.weights["bn"][0], mean, variance)})
+    np.testing.assert_array_equal(top.weights["bn"][0], 1.5)  # swapped: both kept apart
+    assert top.weights["bn"][0] is not top.weights["bn"][1]
+
+
 def _other_layout(a: np.ndarray, how: str) -> np.ndarray:
     """`a`'s values in another memory order: what a user's own conversion hands over."""
     if how == "fortran":  # a dense kernel from PyTorch's (out, in) weight as ``W.T``

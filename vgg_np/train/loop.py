@@ -71,7 +71,7 @@ class Top:
         self.statistics = dict(statistics or {})
         self.statistics_reason = "given by the caller" if statistics else "no batch norm"
         self._weights = {
-            name: tuple(np.array(a, self.dtype, order="C") for a in tensors)  # see owns_weights
+            name: tuple(self._copy(a) for a in tensors)  # copies: see owns_weights
             for name, tensors in weights.items()
         }
 
@@ -98,13 +98,17 @@ class Top:
         self._weights = {name: self._own(name, weights[name]) for name in self._weights}
 
     def _own(self, name: str, tensors: tuple[ArrayLike, ...]) -> tuple[np.ndarray, ...]:
-        """`tensors` as arrays of its own: those it holds already (updated in place) kept."""
-        held = self._weights[name]
-        return tuple(self._copy_unless(a, held) for a in tensors)
+        """`tensors` as arrays of its own: each one it holds in that very slot kept.
 
-    def _copy_unless(self, a: ArrayLike, held: tuple[np.ndarray, ...]) -> np.ndarray:
-        if isinstance(a, np.ndarray) and any(a is h for h in held):
-            return a
+        Only in its own slot: an array held for gamma and given for beta too would be one
+        array in two slots, which `SGD` would then update twice a step.
+        """
+        held = self._weights[name]
+        return tuple(
+            a if i < len(held) and a is held[i] else self._copy(a) for i, a in enumerate(tensors)
+        )
+
+    def _copy(self, a: ArrayLike) -> np.ndarray:
         # C order whatever the caller's (a transposed view): `SGD` then updates it in place.
         return np.array(a, self.dtype, order="C")
 
