@@ -14,7 +14,8 @@ faults, 170 ms; none, 105 ms.
 to `MMAP_THRESHOLD` come from the heaps, and freed memory stays there for the next step.
 When the outermost block ends, the trim threshold is glibc's default again and
 ``malloc_trim`` gives the free memory back, so a notebook's process shrinks after
-training. The mmap threshold stays at `MMAP_THRESHOLD` (glibc's own dynamic threshold
+training: `vgg_np.train.fit` holds one block over its epochs, validation and the model's
+writing, and frees the run's arrays before it ends. The mmap threshold stays at `MMAP_THRESHOLD` (glibc's own dynamic threshold
 climbs there with large arrays anyway; setting any threshold turns that climb off).
 
 Memory is reused, never shared: what a step computes is the same either way (every
