@@ -154,3 +154,28 @@ def test_fit_gives_the_memory_back_once_its_model_is_written(fake, tmp_path, mon
         cache_dir=tmp_path / "cache", verbose=0)  # fmt: skip
     assert trims == [True]
     assert memory._depth == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MALLOC_TRIM_THRESHOLD_", "100000000"),
+        ("MALLOC_MMAP_THRESHOLD_", "65536"),
+        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576"),
+        ("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=1:glibc.malloc.mmap_threshold=4096"),
+    ],
+)
+def test_malloc_thresholds_the_user_set_are_left_as_they_are(fake, monkeypatch, variable, value):
+    """Set by the environment (glibc reads it at start): the user chose; before, `kept`
+    replaced them for good (trim threshold back to glibc's default, not theirs)."""
+    monkeypatch.setenv(variable, value)
+    with memory.kept() as told:
+        pass
+    assert told is False and fake.calls == []
+
+
+def test_other_glibc_tunables_do_not_stop_it(fake, monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    with memory.kept() as told:
+        pass
+    assert told is True and fake.calls[-1] == ("malloc_trim", 0)
