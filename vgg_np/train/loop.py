@@ -90,7 +90,10 @@ class Top:
         problems = [f"missing {name}" for name in self._weights if name not in weights]
         problems += [f"extra {name}" for name in weights if name not in self._weights]
         for name, tensors in self._weights.items():
-            for new, old in zip(weights.get(name, tensors), tensors, strict=False):
+            given = weights.get(name, tensors)
+            if len(given) != len(tensors):
+                problems.append(f"{name}: {len(given)} tensors where {len(tensors)} are needed")
+            for new, old in zip(given, tensors, strict=False):
                 if np.shape(new) != old.shape:
                     problems.append(f"{name} {np.shape(new)} where {old.shape} is needed")
         if problems:
