@@ -34,7 +34,7 @@ from tests.conftest import ROOT, relative_error
 from tests.matrix_kinds import KINDS, Kind
 from vgg_np import VGG, export, formats
 from vgg_np.cli import main
-from vgg_np.extract import weights_digest
+from vgg_np.extract import extract, weights_digest
 from vgg_np.preprocess import load_image, preprocess_input
 from vgg_np.streams import ImageStream, input_size
 from vgg_np.summary import Summary
@@ -178,6 +178,18 @@ def _extract_dask(row: Row) -> float:
     return row.same(row.rows_of(out), row.pictures_out)
 
 
+def _extract_seeded(row: Row) -> float:
+    """A store seeded from an earlier one of the first picture: that row copied, bit for bit
+    the row of a fresh store, the other computed (`extract(..., seed_from=...)`)."""
+    donor, seeded, fresh = (row.tmp / f"extract-{name}.npy" for name in ("a", "b", "c"))
+    extract(row.pictures[:1], donor, row.model, verbose=0)
+    result = extract(row.pictures, seeded, row.model, seed_from=[donor], verbose=0)
+    assert (result.reused, result.written) == (1, len(row.pictures) - 1), result
+    extract(row.pictures, fresh, row.model, verbose=0)
+    assert seeded.read_bytes() == fresh.read_bytes(), "seeded rows differ from a fresh store's"
+    return row.same(row.rows_of(seeded), row.pictures_out)
+
+
 def _softmax_reference(row: Row) -> VGG:
     """What `predict` runs: the file's model, with a softmax where it has no head."""
     return VGG.from_file(
@@ -314,6 +326,7 @@ PATHS: dict[str, Callable[[Row], float]] = {
     "extract .npy": _extract,
     "extract .zarr": _extract_zarr,
     "extract Dask": _extract_dask,
+    "extract seeded": _extract_seeded,
     "predict -o": _predict_output,
     "predict --top": _top,
     "compare": _compare,

@@ -265,14 +265,14 @@ def test_changed_picture_noticed_and_checkpoint_refused(work):
 def test_changed_picture_recomputes_its_row_only(work, tmp_path):
     cache = tmp_path / "own"
     first = _fit(work, epochs=1, cache_dir=cache)
-    assert first.feature_rows == {"computed": 32, "changed": 0, "cached": 0}
+    assert first.feature_rows == {"computed": 32, "changed": 0, "reused": 0, "cached": 0}
     picture = work / "pics" / "disc" / sorted(os.listdir(work / "pics" / "disc"))[0]
     Image.new("RGB", (32, 32), (0, 250, 0)).save(picture)
     os.utime(picture, ns=(time.time_ns(), time.time_ns() + 10**9))
     again = _fit(work, epochs=1, cache_dir=cache, restart=True)
-    assert again.feature_rows == {"computed": 1, "changed": 1, "cached": 31}
+    assert again.feature_rows == {"computed": 1, "changed": 1, "reused": 0, "cached": 31}
     other_head = _fit(work, "o.npz", epochs=1, cache_dir=cache, head="gap")
-    assert other_head.feature_rows == {"computed": 0, "changed": 0, "cached": 32}
+    assert other_head.feature_rows == {"computed": 0, "changed": 0, "reused": 0, "cached": 32}
 
 
 @pytest.mark.parametrize(

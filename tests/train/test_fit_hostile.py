@@ -302,5 +302,5 @@ def test_swapping_the_training_and_validation_folders_reuses_the_cached_features
         cache_dir=work / "cache", **QUICK,
     )  # fmt: skip
     assert first.feature_rows["computed"] == 24 + 8
-    assert swapped.feature_rows == {"computed": 0, "changed": 0, "cached": 32}
+    assert swapped.feature_rows == {"computed": 0, "changed": 0, "reused": 0, "cached": 32}
     assert swapped.counts["train"] == dict.fromkeys(first.classes, 2)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ADAM_REL_TOL
-from vgg_np.layers import Layer
+from tests.conftest import ADAM_REL_TOL, BN_FOLD_REL_TOL, FLOAT64_ENGINE_REL_TOL
+from vgg_np.layers import Layer, forward
 from vgg_np.network import describe
 from vgg_np.train.checkpoint import (
     Checkpoint,
@@ -22,7 +22,7 @@ from vgg_np.train.checkpoint import (
 )
 from vgg_np.train.data import Augment, image_folder, parse_augment, split
 from vgg_np.train.heads import describe_head, parse_head
-from vgg_np.train.loop import Top, train_epoch
+from vgg_np.train.loop import Top, evaluate, train_epoch
 from vgg_np.train.optim import Adam, load_optimizer_state, make_optimizer, optimizer_state
 from vgg_np.train.report import confusion_matrix, confusion_picture, curves_picture
 from vgg_np.train.step import SGD
@@ -210,6 +210,36 @@ def test_adam_follows_its_definition():
     np.testing.assert_allclose(top.weights["fc"][0], w, rtol=ADAM_REL_TOL, atol=0)
 
 
+@pytest.mark.parametrize("decay", [0.0, 1e-3])
+def test_adam_in_chunks_computes_every_element_as_the_whole_tensor_formulas_do(decay):
+    """A float32 tensor over several `SGD_CHUNK`s and an uneven last one, on a `Top` (in
+    place) and on a `VGG` (new arrays): bit for bit the whole-tensor expressions."""
+    from vgg_np.model import VGG, VGGConfig
+    from vgg_np.train.step import SGD_CHUNK
+
+    rng = np.random.default_rng(0)
+    tiny = VGGConfig("tiny", ((2,), (2,), (4,), (4,), (4,)), fc=(3 * SGD_CHUNK // 4 + 5,))
+    model = VGG(tiny, classes=3, input_shape=(32, 32, 3), seed=0, classifier_activation=None)
+    w0 = model.weights["fc1"][0]  # (4, 3 * SGD_CHUNK // 4 + 5): 3 chunks and 20 more
+    assert w0.size == 3 * SGD_CHUNK + 20
+    top = Top([], {"fc1": (w0,)})
+    adams = [Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-7, weight_decay=decay) for _ in range(2)]
+    m = v = np.zeros_like(w0)
+    w = w0.copy()
+    for t in (1, 2, 3):
+        g = rng.standard_normal(w0.shape).astype(np.float32)
+        adams[0].step(top, {"fc1": (g,)})
+        adams[1].step(model, {"fc1": (g, np.zeros(w0.shape[1], np.float32))})
+        g = g + decay * w
+        m = m * np.float32(0.9) + (1 - 0.9) * g
+        v = v * np.float32(0.999) + (1 - 0.999) * g * g
+        w = w - 0.01 * ((m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-7))
+    assert w.dtype == np.float32
+    np.testing.assert_array_equal(top.weights["fc1"][0], w)
+    np.testing.assert_array_equal(model.weights["fc1"][0], w)
+    np.testing.assert_array_equal(adams[0].moments["fc1"][1], v)
+
+
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_optimizer_state_resumes_the_same_steps(name):
     """Steps 1-2, state saved, steps 3-4 by a new optimizer == steps 1-4 by one: bit for bit."""
@@ -238,6 +268,47 @@ def test_make_optimizer_refuses_unknown_and_bad_values():
     with pytest.raises(ValueError, match="lr > 0"):
         Adam(lr=0)
     assert isinstance(make_optimizer("sgd"), SGD)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_evaluate_with_unfrozen_blocks_runs_the_engine_as_predict_does(dtype, monkeypatch):
+    """A block of convolutions and a batch norm under a head: the engine's logits (its
+    batch norm folded) give the reference forward's loss and classes, within the
+    engine's tolerance; the engine is closed after."""
+    import vgg_np.train.loop as loop
+
+    rng = np.random.default_rng(0)
+    layers = [
+        Layer("block5_conv1", "conv", 16, "relu"),
+        Layer("block5_bn", "batch_norm"),
+        Layer("block5_pool", "pool"),
+        Layer("flatten", "flatten"),
+        Layer("dropout", "dropout", rate=0.5),
+        Layer("predictions", "dense", 5, "softmax"),
+    ]
+    weights = {
+        "block5_conv1": (rng.normal(size=(3, 3, 24, 16)) * 0.2, rng.normal(size=16) * 0.1),
+        "block5_bn": (rng.uniform(0.5, 2, 16), rng.normal(size=16), rng.normal(size=16),
+                      rng.uniform(0.5, 2, 16)),
+        "predictions": (rng.normal(size=(4 * 4 * 16, 5)) * 0.1, np.zeros(5)),
+    }  # fmt: skip
+    top = Top(layers, weights, dtype)
+    features = rng.uniform(0, 1, (11, 8, 8, 24)).astype(dtype)
+    labels = rng.integers(0, 5, 11)
+    closed = []
+    engine_close = loop.Engine.close
+    monkeypatch.setattr(loop.Engine, "close", lambda self: closed.append(engine_close(self)))
+    loss, accuracy, classes = evaluate(top, lambda i: features[i], labels, 4)
+    assert len(closed) == 1
+    logit_layers = [*layers[:-1], Layer("predictions", "dense", 5)]
+    reference = forward(logit_layers, top.weights, features)  # dropout off in inference
+    from vgg_np import backward
+
+    expected = backward.softmax_cross_entropy(reference, labels)[0]
+    tolerance = BN_FOLD_REL_TOL if dtype == "float32" else FLOAT64_ENGINE_REL_TOL
+    assert loss == pytest.approx(expected, rel=tolerance)
+    np.testing.assert_array_equal(classes, np.argmax(reference, axis=1))
+    assert accuracy == np.mean(classes == labels)
 
 
 def test_train_epoch_reports_loss_before_each_step():

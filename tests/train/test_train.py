@@ -232,6 +232,37 @@ def test_sgd_on_weights_in_another_memory_order_follows_the_formula(owner, name,
     assert relative_error(sgd.velocity[name][0], v64) < SGD_FLOAT32_REL_TOL
 
 
+@pytest.mark.parametrize("owner", ["top", "vgg"])
+@pytest.mark.parametrize(("name", "how"), [("fc2", "fortran"), ("block5_conv3", "transposed")])
+def test_adam_on_weights_in_another_memory_order_takes_the_steps_of_c_order(owner, name, how):
+    """Adam, updated in chunks through flat views like SGD: its moments laid out like a
+    Fortran or transposed weight were copies, never updated (before, silently)."""
+    from vgg_np.train.loop import Top
+    from vgg_np.train.optim import Adam
+
+    w0, b0 = narrow(dtype="float32").weights[name]
+    targets = []
+    for weight in (_other_layout(w0, how), w0.copy()):
+        if owner == "top":
+            targets.append(Top([], {name: (weight, b0)}))
+        else:
+            model = narrow(dtype="float32")
+            model.set_weights({**model.weights, name: (weight, b0)})
+            targets.append(model)
+    optimizers = [Adam(lr=0.01, weight_decay=1e-3) for _ in targets]
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        g = rng.standard_normal(w0.shape).astype(np.float32)
+        for target, adam in zip(targets, optimizers, strict=True):
+            adam.step(target, {name: (g, np.zeros_like(b0))})
+    odd, plain = (target.weights[name][0] for target in targets)
+    print(owner, name, how, "first values", odd.ravel()[:3], plain.ravel()[:3])
+    np.testing.assert_array_equal(odd, plain)
+    for a, b in zip(optimizers[0].moments[name], optimizers[1].moments[name], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(plain, w0)  # it did train
+
+
 def test_sgd_velocity_loaded_or_given_in_another_memory_order_still_moves():
     """A velocity read back Fortran-ordered (``np.save`` keeps the order) or set by the
     user is updated like a fresh one: its momentum carries into the next steps."""

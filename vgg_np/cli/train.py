@@ -236,7 +236,8 @@ def _summary(history: History) -> str:
     rows = history.feature_rows
     lines = [
         f"base features: {rows['computed']} computed ({history.feature_seconds:.1f} s), "
-        f"{rows['cached']} read from the cache"
+        + (f"{rows['reused']} reused from an earlier pass, " if rows.get("reused") else "")
+        + f"{rows['cached']} read from the cache"
         + (f", {rows['changed']} pictures changed since" if rows["changed"] else "")
     ]
     if history.best_epoch is not None:

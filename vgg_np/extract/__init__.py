@@ -62,6 +62,11 @@ Contract of `run_partition` (what a distributed runner may rely on):
   store's ``conv-plans.json`` as ``plan``.
 
 `Store` pickles as its path (a worker reopens it), and `Partition` carries its own paths.
+
+Seeding (`seed_store`, ``extract(..., seed_from=[...])``): a new store's pending rows are
+copied from earlier stores of the same images wherever they are the rows a pass would
+compute (same layer, size, dtype, preprocessing, weights and convolutions, by their plans)
+and pass the checks above (checksum, image unchanged); the earlier stores are only read.
 """
 
 # `NAME as NAME`: the constants keep their address `vgg_np.extract.NAME` (the CLI reads two).
@@ -78,6 +83,7 @@ from vgg_np.extract.run import (
     interrupted_resumes,
     run_partition,
 )
+from vgg_np.extract.seeding import remove_store, seed_store
 from vgg_np.extract.store import CHECK_BYTES as CHECK_BYTES
 from vgg_np.extract.store import SUFFIXES as SUFFIXES
 from vgg_np.extract.store import ZARR_CHUNK_BYTES as ZARR_CHUNK_BYTES
@@ -93,7 +99,9 @@ __all__ = [
     "extract",
     "interrupted_resumes",
     "open_store",
+    "remove_store",
     "run_partition",
+    "seed_store",
     "top_classes",
     "weights_digest",
 ]

@@ -94,6 +94,17 @@ def _ends_cut(path: str) -> bool:
         return False
 
 
+def _journal_entries(journal: str, partition: Partition) -> dict[int, dict]:
+    """Row -> entry of a partition's journal, ready to be appended to.
+
+    A last line cut by a kill is dropped from the file: appending after it would damage it.
+    """
+    entries = _read_entries(journal, partition, journal=True)
+    if _ends_cut(journal):
+        _write_atomically(journal, "".join(json.dumps(entries[r]) + "\n" for r in entries))
+    return entries
+
+
 def _recheck_image(entry: dict) -> tuple[bool, dict | None]:
     """Tell whether an entry's image changed since its row was computed, and its new identity.
 

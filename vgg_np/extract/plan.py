@@ -41,6 +41,10 @@ PLAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "paths": list,
 }  # fmt: skip
 
+#: In the manifest: the convolutions' choices the rows are computed with, as a plan file
+#: (`vgg_np.extract.plan.plan_file`) that ``plan=`` takes to resume with the same ones.
+PLANS_FILE = "conv-plans.json"
+
 #: Rows per partition: small enough that a partition is a few minutes of a 2-core
 #: machine's work at full VGG16 (~3 images/s), large enough that a cluster's per-task
 #: overhead (~ms) is lost in the noise.
@@ -266,8 +270,27 @@ def _convolutions_differ(recorded: dict | None, now: dict) -> str | None:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
+    """Say how the plan `new` differs from a store's `old` plan: every setting, every path."""
+    differences = _row_differences(old, new)
+    if old["partition_size"] != new["partition_size"]:
+        was, now = old["partition_size"], new["partition_size"]
+        differences.append(f"partition_size {was!r} (now {now!r})")
+    added = len(set(new["paths"]) - set(old["paths"]))
+    removed = len(set(old["paths"]) - set(new["paths"]))
+    if added or removed:
+        differences.append(f"other images ({added} added, {removed} removed)")
+    return differences
+
+
+def _row_differences(old: dict, new: dict) -> list[str]:
+    """Say what makes the rows of plan `old` other numbers than plan `new`'s, for one image.
+
+    Layer, classes named, input size, dtype, row shape, preprocessing, weights and
+    convolutions: a store that differs in none of them holds, for an image both list,
+    the very row `new` would compute (`vgg_np.extract.seeding` copies it).
+    """
     differences = []
-    for key in ("layer", "top", "partition_size", "size", "dtype"):
+    for key in ("layer", "top", "size", "dtype"):
         if old[key] != new[key]:
             differences.append(f"{key} {old[key]!r} (now {new[key]!r})")
     for key in ("mode", "resize"):  # not the reason: the same choice may be put otherwise
@@ -279,8 +302,18 @@ def _differences(old: dict, new: dict) -> list[str]:
     convolutions_now = _convolutions_differ(old.get("convolutions"), new["convolutions"])
     if convolutions_now:
         differences.append(convolutions_now)
-    added = len(set(new["paths"]) - set(old["paths"]))
-    removed = len(set(old["paths"]) - set(new["paths"]))
-    if added or removed:
-        differences.append(f"other images ({added} added, {removed} removed)")
+    if not differences and old["row_shape"] != new["row_shape"]:  # a plan written otherwise
+        differences.append(f"row_shape {old['row_shape']!r} (now {new['row_shape']!r})")
     return differences
+
+
+def _pin_hint(manifest_dir: str, problems: list[str], recorded: dict | None) -> str:
+    """How to compute with the store's convolutions, if theirs is among the `problems`."""
+    if not any(p.startswith("convolutions") for p in problems) or not recorded:
+        return ""
+    algorithm = recorded.get("conv_algorithm")
+    path = os.path.join(manifest_dir, PLANS_FILE)
+    if algorithm == "reference" or not os.path.isfile(path):
+        return f" (the store's model had conv_algorithm={algorithm!r})"
+    return (f" (to resume, give the model conv_algorithm={algorithm!r} and plan={path!r}; "
+            f"for vgg-np: --plan {path})")  # fmt: skip

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from vgg_np.extract.manifest import _ends_cut, _read_entries, _row_digest, _write_atomically
+from vgg_np.extract.manifest import _journal_entries, _row_digest, _write_atomically
 from vgg_np.extract.plan import DEFAULT_PARTITION_SIZE, Partition, _classifier
+from vgg_np.extract.seeding import seed_store
 from vgg_np.extract.store import Store, create_store
 from vgg_np.preprocess import top_classes
 from vgg_np.progress import Progress, show_progress
@@ -99,9 +100,7 @@ def run_partition(
         return result
     store.check_model(model)
     journal = store._path(partition, "journal.jsonl")
-    entries = _read_entries(journal, partition, journal=True)
-    if _ends_cut(journal):  # a line cut by a kill: appending after it would damage it
-        _write_atomically(journal, "".join(json.dumps(entries[r]) + "\n" for r in entries))
+    entries = _journal_entries(journal, partition)
     todo = [r for r in range(partition.start, partition.stop) if r not in entries]
     result.already_done = partition.stop - partition.start - len(todo)
     if todo:
@@ -215,7 +214,8 @@ class ExtractResult:
     --------
     ``damaged`` and ``changed`` count the rows recomputed because their bytes no longer
     matched their checksum, or their image changed since it was computed (`Store.verify`);
-    they are part of ``written``.
+    they are part of ``written``. ``reused`` counts the rows copied from earlier stores
+    (``seed_from``); ``images`` is ``written + reused + already_done``.
 
     >>> r = ExtractResult("f.npy", "f.npy.manifest", "fc2", (512, 4096), 512, written=500,
     ...                   failed=3, already_done=12, failed_total=4, seconds=250.0)
@@ -236,13 +236,17 @@ class ExtractResult:
     preprocessing: dict = field(default_factory=dict)  # mode, resize, reason, size
     damaged: int = 0
     changed: int = 0
+    reused: int = 0
 
     @classmethod
-    def collect(cls, store: Store, results: list[PartitionResult], seconds: float) -> ExtractResult:
+    def collect(
+        cls, store: Store, results: list[PartitionResult], seconds: float, reused: int = 0
+    ) -> ExtractResult:
         """Summarise a run of `results` (one per partition run) over `store`.
 
-        Partitions without a result count as done before the run. See `extract` for an
-        example.
+        Partitions without a result count as done before the run; `reused` rows were
+        copied from earlier stores by this run (`vgg_np.extract.seeding`), not done before
+        it. See `extract` for an example.
         """
         ran = {r.index for r in results}
         before = sum(p.stop - p.start for p in store.partitions if p.index not in ran)
@@ -250,10 +254,10 @@ class ExtractResult:
         return cls(
             store.out, store.manifest_dir, store.layer, store.shape, store.shape[0],
             written=sum(r.written for r in results), failed=sum(r.failed for r in results),
-            already_done=before + sum(r.already_done for r in results),
+            already_done=before + sum(r.already_done for r in results) - reused,
             failed_total=failed_total, seconds=seconds,
             preprocessing={**store.plan["preprocessing"], "size": store.size},
-            damaged=store.recomputed[0], changed=store.recomputed[1],
+            damaged=store.recomputed[0], changed=store.recomputed[1], reused=reused,
         )  # fmt: skip
 
     @property
@@ -280,6 +284,7 @@ def extract(
     resize: str | None = None,
     verbose: bool | int | str = "auto",
     on_skip: Callable[[str, str], None] | None = None,
+    seed_from: Iterable[str | os.PathLike] = (),
 ) -> ExtractResult:
     """Write the `layer` output of every image to `out`, resuming what a previous run left.
 
@@ -288,6 +293,10 @@ def extract(
 
     Parameters
     ----------
+    seed_from : iterable of str or os.PathLike, optional
+        Earlier stores: the rows they hold of the same images, computed the same way,
+        checked and unchanged, are copied rather than computed
+        (`vgg_np.extract.seeding.seed_store`; ``reused`` in the result).
     verbose : {"auto", 0, 1}
         A progress bar with rate and ETA on stderr (`vgg_np.progress.show_progress`).
     on_skip : callable, optional
@@ -330,8 +339,11 @@ def extract(
         preprocess=preprocess,
         resize=resize,
     )
+    reused = seed_store(store, seed_from) if seed_from else 0
     pending = store.pending()
-    remaining = sum(p.stop - p.start for p in pending)
+    # The bar counts the rows this run computes: not those journaled (seeded, or by a kill).
+    journaled = {p.index: len(store._entries(p)[0]) for p in pending}
+    remaining = sum(p.stop - p.start - journaled[p.index] for p in pending)
     results = []
     enabled = show_progress(verbose, -(-remaining // batch_size))
     with interrupted_resumes(store), Progress(remaining, enabled=enabled) as bar:
@@ -349,5 +361,6 @@ def extract(
                     on_batch=on_batch,
                 )
             )  # fmt: skip
-            bar.update(results[-1].already_done)  # journaled by a run that was killed
-    return ExtractResult.collect(store, results, time.perf_counter() - start)
+            done = results[-1].already_done - journaled[partition.index]  # by a concurrent run
+            bar.update(max(0, done))
+    return ExtractResult.collect(store, results, time.perf_counter() - start, reused)

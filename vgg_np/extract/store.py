@@ -14,7 +14,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,12 +29,14 @@ from vgg_np.extract.manifest import (
 )
 from vgg_np.extract.plan import (
     DEFAULT_PARTITION_SIZE,
+    PLANS_FILE,
     Partition,
     _classifier,
     _convolutions_differ,
     _differences,
     _manifest_dir,
     _output_shape,
+    _pin_hint,
     _plan,
     _read_plan,
     convolutions,
@@ -57,9 +59,6 @@ ZARR_CHUNK_BYTES = 16 << 20
 CHECK_BYTES = 4 << 20
 
 SUFFIXES = (".npy", ".zarr")
-#: In the manifest: the convolutions' choices the rows are computed with, as a plan file
-#: (`vgg_np.extract.plan.plan_file`) that ``plan=`` takes to resume with the same ones.
-PLANS_FILE = "conv-plans.json"
 #: Beside ``OUT`` while `create_store` makes its array: renamed to ``OUT`` after the plan.
 CREATING_SUFFIX = ".vgg-np-creating"
 
@@ -238,29 +237,55 @@ class Store:
         """
         self._check_file()
         read_rows = self._row_reader()
-        row_bytes = math.prod(self.plan["row_shape"]) * np.dtype(self.plan["dtype"]).itemsize
-        step = max(1, CHECK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
         damaged = changed = 0
         for partition in self.partitions:
             entries, complete = self._entries(partition)
             bad, moved = set(), set()  # rows whose bytes do not match; whose image changed
             refreshed = False  # an image touched or copied, its bytes the same
-            for start in range(partition.start, partition.stop, step):
-                block = read_rows(start, min(start + step, partition.stop))
-                for row in set(range(start, start + len(block))) & set(entries):
-                    if _row_digest(block[row - start]) != entries[row]["digest"]:
-                        bad.add(row)
-                        continue
-                    is_changed, identity = _recheck_image(entries[row])
-                    if is_changed:
-                        moved.add(row)
-                    elif identity is not None:  # recorded anew: not hashed again next time
-                        entries[row] = {**entries[row], "image": identity}
-                        refreshed = True
+            for row, state, _, identity in self._check_rows(partition, entries, read_rows):
+                if state == "damaged":
+                    bad.add(row)
+                elif state == "changed":
+                    moved.add(row)
+                elif identity is not None:  # recorded anew: not hashed again next time
+                    entries[row] = {**entries[row], "image": identity}
+                    refreshed = True
             damaged, changed = damaged + len(bad), changed + len(moved)
             if bad or moved or refreshed:
                 self._rewrite(partition, entries, bad | moved, complete)
         return damaged, changed
+
+    def _check_rows(
+        self,
+        partition: Partition,
+        entries: dict[int, dict],
+        read_rows: Callable[[int, int], NDArray],
+        wanted: Container[int] | None = None,
+    ) -> Iterator[tuple[int, str, NDArray | None, dict | None]]:
+        """Yield ``(row, state, data, identity)`` for the partition's entries (`wanted` ones).
+
+        `state`: ``"damaged"`` (the bytes read do not match the checksum; `data` None),
+        ``"changed"`` (the image changed since) or ``"ok"``; `data` the bytes checked; `identity`
+        the image's to record anew (`_recheck_image`). The one check of a written row:
+        `verify` repairs by it, `vgg_np.extract.seeding` copies by it.
+        """
+        row_bytes = math.prod(self.plan["row_shape"]) * np.dtype(self.plan["dtype"]).itemsize
+        step = max(1, CHECK_BYTES // max(1, row_bytes))  # rows read at once: bounded memory
+        for start in range(partition.start, partition.stop, step):
+            stop = min(start + step, partition.stop)
+            rows = [
+                r for r in range(start, stop) if r in entries and (wanted is None or r in wanted)
+            ]
+            if not rows:
+                continue  # nothing to check here: not even read
+            block = read_rows(start, rows[-1] + 1)  # (rows, *row shape)
+            for row in rows:
+                data = block[row - start] if row - start < len(block) else None  # cut short
+                if data is None or _row_digest(data) != entries[row]["digest"]:
+                    yield row, "damaged", None, None
+                    continue
+                is_changed, identity = _recheck_image(entries[row])
+                yield row, "changed" if is_changed else "ok", data, identity
 
     def _row_reader(self) -> Callable[[int, int], NDArray]:
         """Return ``read(start, stop)`` giving rows ``[start, stop)`` as an array.
@@ -496,18 +521,6 @@ def _preallocate(out: str, creating: str, plan: dict, partition_size: int) -> No
         except OSError:
             os.remove(creating)  # nothing half made: the same command works once there is room
             raise
-
-
-def _pin_hint(manifest_dir: str, problems: list[str], recorded: dict | None) -> str:
-    """How to compute with the store's convolutions, if theirs is among the `problems`."""
-    if not any(p.startswith("convolutions") for p in problems) or not recorded:
-        return ""
-    algorithm = recorded.get("conv_algorithm")
-    path = os.path.join(manifest_dir, PLANS_FILE)
-    if algorithm == "reference" or not os.path.isfile(path):
-        return f" (the store's model had conv_algorithm={algorithm!r})"
-    return (f" (to resume, give the model conv_algorithm={algorithm!r} and plan={path!r}; "
-            f"for vgg-np: --plan {path})")  # fmt: skip
 
 
 def _remove(path: str) -> None:

@@ -110,7 +110,8 @@ class History:
         The feature pass of this call (0 when every row came from the store).
     feature_rows : dict
         ``computed`` (rows the pass computed now), ``changed`` (of those, pictures that
-        changed since their row was computed), ``cached`` (rows read back).
+        changed since their row was computed), ``reused`` (rows copied from the store of
+        an earlier list of pictures), ``cached`` (rows read back).
     validation_files : list of str
         The validation pictures used, in the order of the confusion matrix's counts
         (skipped pictures left out): what to check the written model on.
@@ -197,6 +198,9 @@ def _use_features(
     if features.result.changed:
         changed = features.result.changed
         run.note(f"{changed} pictures changed since their features were computed: recomputed")
+    if features.result.reused:
+        result = features.result
+        run.note(f"{result.reused} rows reused from an earlier pass, {result.written} computed")
     return time.perf_counter() - start if features.result.written else 0.0
 
 
@@ -632,8 +636,8 @@ def _write_history(run: Run, history: History, path: str, feature_seconds: float
     history.feature_seconds = feature_seconds
     result = _features(run).result
     history.feature_rows = {
-        "computed": result.written, "changed": result.changed,
-        "cached": result.images - result.written,
+        "computed": result.written, "changed": result.changed, "reused": result.reused,
+        "cached": result.images - result.written - result.reused,
     }  # fmt: skip
     with _files.atomic_write(path) as f:
         f.write(json.dumps(history.to_dict(), indent=1).encode())

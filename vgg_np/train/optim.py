@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_np.train.step import SGD, _Trainable
+from vgg_np.train.step import SGD, _Trainable, state_arrays, update_in_chunks
 
 __all__ = ["OPTIMIZERS", "Adam", "load_optimizer_state", "make_optimizer", "optimizer_state"]
 
@@ -58,26 +58,49 @@ class Adam:
     def step(self, model: _Trainable, gradients: dict) -> None:
         """Update the model's weights in place from `gradients` (see the class example)."""
         self.t += 1
-        b1, b2 = self.betas
         weights = model.weights
         for name, grads in gradients.items():
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
-            if name not in self.moments:  # (setdefault would allocate them every step)
-                self.moments[name] = [np.zeros_like(w) for w in trained for _ in range(2)]
-            slots = self.moments[name]
-            new = []
-            for i, (w, g) in enumerate(zip(trained, grads, strict=True)):
-                m, v = slots[2 * i], slots[2 * i + 1]
-                g = np.asarray(g, w.dtype) + self.weight_decay * w
-                m *= b1
-                m += (1 - b1) * g
-                v *= b2
-                v += (1 - b2) * g * g
-                update = (m / (1 - b1**self.t)) / (np.sqrt(v / (1 - b2**self.t)) + self.eps)
-                new.append((w - self.lr * update).astype(w.dtype))
+            slots = state_arrays(self.moments, name, trained, 2)  # m, v per tensor
+            in_place = getattr(model, "owns_weights", False)
+            new = [
+                self._update(w, g, slots[2 * i], slots[2 * i + 1], in_place=in_place)
+                for i, (w, g) in enumerate(zip(trained, grads, strict=True))
+            ]
             weights[name] = (*new, *kept)
         model.set_weights(weights)
+
+    def _update(
+        self, w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, in_place: bool
+    ) -> np.ndarray:
+        """Return the new `w` (`vgg_np.train.step.update_in_chunks`); `m` and `v` in place.
+
+        The class's formulas, each element by the operations (and roundings) of the
+        whole-tensor expressions ``g = grad + decay * w``, ``m = b1 * m + (1 - b1) * g``,
+        ``v = b2 * v + (1 - b2) * g * g`` and ``w - lr * ((m / c1) / (sqrt(v / c2) + eps))``.
+        """
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t  # the bias corrections
+        decay, lr, eps = self.weight_decay, self.lr, self.eps
+        w_flat, m_flat, v_flat = np.ravel(w), m.reshape(-1), v.reshape(-1)
+        g_flat = np.ravel(np.asarray(g, w.dtype))
+
+        def chunk(c: slice, out: np.ndarray, scratch: list[np.ndarray]) -> None:
+            a, b = scratch
+            ws, ms, vs = w_flat[c], m_flat[c], v_flat[c]
+            gs = g_flat[c]
+            if decay:
+                gs = np.add(gs, np.multiply(ws, decay, out=a), out=a)
+            ms *= b1
+            ms += np.multiply(gs, 1 - b1, out=b)
+            vs *= b2
+            vs += np.multiply(np.multiply(gs, 1 - b2, out=b), gs, out=b)
+            denominator = np.add(np.sqrt(np.divide(vs, c2, out=b), out=b), eps, out=b)
+            update = np.divide(np.divide(ms, c1, out=a), denominator, out=a)
+            np.subtract(ws, np.multiply(update, lr, out=a), out=out)
+
+        return update_in_chunks(w, chunk, in_place=in_place, scratch=2)
 
 
 def make_optimizer(

@@ -14,7 +14,7 @@ forward pass. `SGD` applies PyTorch's momentum and weight decay. Dropout (invert
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -339,13 +339,7 @@ class SGD:
         for name, grads in gradients.items():
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
-            if name not in self.velocity:  # (setdefault would allocate it every step)
-                # C order whatever `w`'s: `_update` writes it through a flat view.
-                self.velocity[name] = [np.zeros(w.shape, w.dtype) for w in trained]
-            velocity = self.velocity[name]
-            for i, v in enumerate(velocity):  # one given or loaded in another order
-                if not v.flags.c_contiguous:
-                    velocity[i] = np.array(v, order="C")
+            velocity = state_arrays(self.velocity, name, trained, 1)
             in_place = getattr(model, "owns_weights", False)
             new = [
                 self._update(*t, in_place=in_place)
@@ -357,40 +351,101 @@ class SGD:
     def _update(
         self, w: np.ndarray, g: np.ndarray, v: np.ndarray, *, in_place: bool = False
     ) -> np.ndarray:
-        """Return the new `w` and update `v` in place, on the step's threads by slices.
+        """Return the new `w` (see `update_in_chunks`) and update `v` in place.
 
-        `w` itself, updated in place, where `in_place` (a model that owns its arrays,
-        `vgg_np.train.loop.Top`: no new 25 MB array for a head's kernel each step) and `w`
-        is writeable and contiguous; else a new array (a `VGG`'s old arrays may be held
-        elsewhere, and its engine is packed again from the new ones). Each thread walks
-        its slice in chunks of `SGD_CHUNK` elements and makes every pass over a chunk
-        before the next: the chunk stays in the core's cache, so `w`, `g` and `v` are read
-        from memory once and `v` and the new `w` written once (5 streams of the tensor, not
-        the 15 of whole-slice passes). Each element is computed by the same operations in
-        the same order whatever the chunking, the threads or `in_place`.
+        Per element: ``v = momentum * v + g (+ decay * w)``, ``w = w + (-lr * v)``: `w`, `g`
+        and `v` read from memory once, `v` and the new `w` written once.
         """
-        in_place = in_place and w.flags.writeable and w.flags.c_contiguous
-        # A new array in C order whatever `w`'s (a transposed view, a Fortran kernel): the
-        # results are written through `out_flat`, which must be a view of `out`, not a copy.
-        out = w if in_place else np.empty(w.shape, w.dtype)
         w_flat, g_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype))  # C order, as out
         assert v.flags.c_contiguous, "the velocity is updated through a flat view"
-        v_flat, out_flat = v.reshape(-1), out.reshape(-1)  # views: v and out are C-contiguous
+        v_flat = v.reshape(-1)  # a view
         momentum, decay, step = self.momentum, self.weight_decay, -self.lr
 
-        def part(i0: int, i1: int) -> None:
-            scratch = np.empty(min(SGD_CHUNK, i1 - i0), w.dtype)
-            for c0 in range(i0, i1, SGD_CHUNK):
-                c1 = min(c0 + SGD_CHUNK, i1)
-                vs, os_, ws, ss = v_flat[c0:c1], out_flat[c0:c1], w_flat[c0:c1], scratch[: c1 - c0]
-                vs *= momentum
-                vs += g_flat[c0:c1]
-                if decay:
-                    vs += np.multiply(ws, decay, out=ss)
-                np.add(ws, np.multiply(vs, step, out=ss), out=os_)  # w + (-lr * v)
+        def chunk(c: slice, out: np.ndarray, scratch: list[np.ndarray]) -> None:
+            vs, ws, (ss,) = v_flat[c], w_flat[c], scratch
+            vs *= momentum
+            vs += g_flat[c]
+            if decay:
+                vs += np.multiply(ws, decay, out=ss)
+            np.add(ws, np.multiply(vs, step, out=ss), out=out)  # w + (-lr * v)
 
-        fast.map_slices(part, w.size)
-        return out
+        return update_in_chunks(w, chunk, in_place=in_place)
+
+
+def state_arrays(
+    state: dict[str, list[np.ndarray]], name: str, trained: Sequence[np.ndarray], per: int
+) -> list[np.ndarray]:
+    """Return an optimizer's arrays for layer `name`: `per` per trained tensor, zeros first.
+
+    In C order whatever the weights' (a Fortran kernel, a transposed view) or the order
+    they were given or loaded in: the update writes them through flat views
+    (``a.reshape(-1)``), which of an array in another order would be a copy, and the
+    update lost.
+
+    Examples
+    --------
+    >>> state = {}
+    >>> kernel = np.asfortranarray(np.ones((2, 3)))
+    >>> [a.flags.c_contiguous for a in state_arrays(state, "fc", [kernel], 2)]
+    [True, True]
+    >>> state_arrays(state, "fc", [kernel], 2) is state["fc"]  # made once
+    True
+    """
+    if name not in state:  # (setdefault would allocate them every step)
+        state[name] = [np.zeros(w.shape, w.dtype) for w in trained for _ in range(per)]
+    arrays = state[name]
+    for i, a in enumerate(arrays):  # one set by the user in another order
+        if not a.flags.c_contiguous:
+            arrays[i] = np.array(a, order="C")
+    return arrays
+
+
+def update_in_chunks(
+    w: np.ndarray,
+    chunk: Callable[[slice, np.ndarray, list[np.ndarray]], None],
+    *,
+    in_place: bool = False,
+    scratch: int = 1,
+) -> np.ndarray:
+    """Return the new `w` of an optimizer's elementwise update, on the step's threads.
+
+    Each thread walks its slice of the flattened tensor in chunks of `SGD_CHUNK` elements
+    and calls ``chunk(c, out, scratch)`` for each: `c` the chunk's slice of the flat
+    tensors, `out` where the new values go, `scratch` that many arrays of the chunk's
+    size. Every pass over a chunk is made before the next chunk: it stays in the core's
+    cache, so each tensor is read from memory once and each result written once (not
+    once per pass, 15 streams for SGD's whole-tensor passes). Each element is computed by
+    the same operations in the same order whatever the chunking or the threads.
+
+    `out` is `w` itself where `in_place` (a model that owns its arrays,
+    `vgg_np.train.loop.Top`: no new 25 MB array for a head's kernel each step) and `w`
+    is writeable and contiguous; else a new array (a `VGG`'s old arrays may be held
+    elsewhere, and its engine is packed again from the new ones). `chunk` reads `w`
+    before it writes `out` (they may be the same memory).
+
+    Examples
+    --------
+    >>> w = np.arange(5.0)
+    >>> def halve(c, out, scratch):
+    ...     np.multiply(w[c], 0.5, out=out)
+    >>> update_in_chunks(w, halve), w
+    (array([0. , 0.5, 1. , 1.5, 2. ]), array([0., 1., 2., 3., 4.]))
+    """
+    in_place = in_place and w.flags.writeable and w.flags.c_contiguous
+    # A new array in C order whatever `w`'s (a transposed view, a Fortran kernel): the
+    # results are written through `out_flat`, which must be a view of `out`, not a copy;
+    # the chunks of a flat tensor are `np.ravel`'s (C order) too.
+    out = w if in_place else np.empty(w.shape, w.dtype)
+    out_flat = out.reshape(-1)  # a view: out is C-contiguous
+
+    def part(i0: int, i1: int) -> None:
+        buffers = [np.empty(min(SGD_CHUNK, i1 - i0), w.dtype) for _ in range(scratch)]
+        for c0 in range(i0, i1, SGD_CHUNK):
+            c1 = min(c0 + SGD_CHUNK, i1)
+            chunk(slice(c0, c1), out_flat[c0:c1], [b[: c1 - c0] for b in buffers])
+
+    fast.map_slices(part, w.size)
+    return out
 
 
 def shapes_dataset(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
