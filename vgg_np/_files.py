@@ -207,7 +207,12 @@ def read_bytes(path: str | os.PathLike, max_bytes: int, what: str = "file") -> b
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
             raise _too_large(path, size, max_bytes, what)
-        data = f.read(max_bytes + 1)
+        # No more than the file and one byte (read reserves what it is asked for: the whole
+        # cap would need its address space, under ``ulimit -v`` a MemoryError); the rest,
+        # up to the cap, only if the file grew since.
+        data = f.read(size + 1)
+        if len(data) > size:
+            data += f.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:
         raise _too_large(path, len(data), max_bytes, what)
     return data

@@ -251,3 +251,26 @@ def test_unusable_batch_norm_statistics_are_refused_at_load(tmp_path, variance, 
     message = str(info.value)
     assert f"'{path}'" in message and f"block2_conv1_bn ({said})" in message
     assert "NaN" in message
+
+
+def test_reading_a_small_file_reserves_no_more_than_the_file(tmp_path, monkeypatch):
+    """A plan, labels or JSON file of a few bytes, under a cap of 1 GiB, needs a few bytes:
+    before, ``f.read(max_bytes + 1)`` reserved the whole cap first, so ``vgg-np train``
+    under ``ulimit -v`` died of MemoryError reopening its feature store's 200-byte plan.
+    A file that grows after its size was taken is still read whole (up to the cap)."""
+    from vgg_np import _files
+
+    path = tmp_path / "plan.json"
+    path.write_bytes(b"{}" * 100)
+    with memory_limit(256 << 20):
+        assert _files.read_bytes(path, 1 << 30, "extraction plan") == b"{}" * 100
+    real_fstat = os.fstat
+
+    def shrunk(fd: int) -> os.stat_result:  # it held 3 bytes when its size was taken
+        real = tuple(real_fstat(fd))
+        return os.stat_result((*real[:6], 3, *real[7:]))
+
+    monkeypatch.setattr(_files.os, "fstat", shrunk)
+    assert _files.read_bytes(path, 1 << 30, "extraction plan") == b"{}" * 100
+    with pytest.raises(_files.TooLarge, match="more than the 150"):
+        _files.read_bytes(path, 150, "extraction plan")

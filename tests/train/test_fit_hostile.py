@@ -241,6 +241,35 @@ def test_diverged_run_writes_its_best_epoch_when_that_was_finite(work):
     assert all(np.isfinite(t).all() for tensors in weights.values() for t in tensors)
 
 
+# -- a base of one's own ---------------------------------------------------------------
+
+
+def test_unfrozen_kernels_in_another_memory_order_train_as_their_c_order_copies(work):
+    """A base converted by the user (PyTorch's OIHW kernels as ``W.transpose(2, 3, 1, 0)``,
+    views in another memory order) trains block 5 to the very bits of the same weights in
+    C order. Before: SGD wrote each step into a temporary copy, so block 5 held
+    uninitialised memory after the first step, and its velocity never moved."""
+    loaded = VGG.from_file(work / "base.npz").weights
+    views = {
+        name: (np.ascontiguousarray(k.transpose(3, 2, 0, 1)).transpose(2, 3, 1, 0), b)
+        for name, (k, b) in loaded.items()
+        if name.startswith("block5")
+    }
+    trained = {}
+    for kind, block5 in (("views", views), ("copies", {})):
+        base = VGG.from_file(work / "base.npz")
+        base.set_weights({**loaded, **block5})
+        assert kind == "copies" or not base.weights["block5_conv1"][0].flags.c_contiguous
+        output = work / f"{kind}.npz"
+        options = {"unfreeze": 1, "optimizer": "sgd", "epochs": 2, "preprocess": "torch"}
+        fit(work / "pics", base, output, **{**QUICK, "cache_dir": work / "cache", **options})
+        trained[kind] = VGG.from_file(output).weights
+    for name in views:
+        for a, b in zip(trained["views"][name], trained["copies"][name], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert not np.array_equal(trained["copies"]["block5_conv1"][0], loaded["block5_conv1"][0])
+
+
 # -- early stopping without a validation set -----------------------------------------------
 
 

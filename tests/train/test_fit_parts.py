@@ -335,6 +335,12 @@ def test_top_refuses_weights_that_do_not_fit():
     top = _top()
     with pytest.raises(ValueError, match="missing fc; extra other"):
         top.set_weights({"other": (), "predictions": top.weights["predictions"]})
+    # A tensor short (a checkpoint without the bias): before, accepted and the bias dropped.
+    kernel = top.weights["predictions"][0]
+    with pytest.raises(ValueError, match=r"predictions: 1 tensors where 2 are needed"):
+        top.set_weights({**top.weights, "predictions": (kernel,)})
+    with pytest.raises(ValueError, match=r"predictions: 3 tensors where 2 are needed"):
+        top.set_weights({**top.weights, "predictions": (*top.weights["predictions"], kernel)})
 
 
 # -- checkpoints ---------------------------------------------------------------------------

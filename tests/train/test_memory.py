@@ -129,3 +129,53 @@ def test_an_epoch_computes_the_same_with_the_memory_kept_or_not(monkeypatch):
     for name, tensors in plain_weights.items():
         for a, b in zip(tensors, kept_weights[name], strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_fit_gives_the_memory_back_once_its_model_is_written(fake, tmp_path, monkeypatch):
+    """The memory kept by the epochs stays kept through validation and the model's writing
+    (no page faults at each epoch's start), and is given back once, at the end, after the
+    run's arrays are freed. Before, each epoch gave it back, then validation, writing the
+    model and freeing the run grew the heap again, and the process kept that: measured
+    after a small run (VGG16_bn at 48x48, 40 pictures, 4 epochs, --unfreeze 1), 223-311 MB
+    resident when `fit` returned against 133 MB now (what ``malloc_trim`` can reach)."""
+    from vgg_np import VGG, VGGConfig
+    from vgg_np.train import fit
+    from vgg_np.train.data import write_shapes_folder
+
+    trims: list[bool] = []
+    output = tmp_path / "m.npz"
+    monkeypatch.setattr(
+        fake, "malloc_trim", lambda pad: trims.append(output.exists()) or 1, raising=True
+    )
+    write_shapes_folder(tmp_path / "pics", 4, size=32, seed=0)
+    narrow = VGGConfig("vgg16", ((4, 4), (8, 8), (8,) * 3, (8,) * 3, (8,) * 3), fc=(8, 8))
+    base = VGG(narrow, include_top=False, input_shape=(32, 32, 3), seed=0)
+    fit(tmp_path / "pics", base, output, epochs=3, batch_size=8, preprocess="torch",
+        cache_dir=tmp_path / "cache", verbose=0)  # fmt: skip
+    assert trims == [True]
+    assert memory._depth == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MALLOC_TRIM_THRESHOLD_", "100000000"),
+        ("MALLOC_MMAP_THRESHOLD_", "65536"),
+        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576"),
+        ("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=1:glibc.malloc.mmap_threshold=4096"),
+    ],
+)
+def test_malloc_thresholds_the_user_set_are_left_as_they_are(fake, monkeypatch, variable, value):
+    """Set by the environment (glibc reads it at start): the user chose; before, `kept`
+    replaced them for good (trim threshold back to glibc's default, not theirs)."""
+    monkeypatch.setenv(variable, value)
+    with memory.kept() as told:
+        pass
+    assert told is False and fake.calls == []
+
+
+def test_other_glibc_tunables_do_not_stop_it(fake, monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    with memory.kept() as told:
+        pass
+    assert told is True and fake.calls[-1] == ("malloc_trim", 0)

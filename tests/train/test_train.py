@@ -171,6 +171,118 @@ def test_a_top_never_writes_the_arrays_it_was_given_or_set():
     np.testing.assert_array_equal(top.weights["dense"][0], 1.5)
 
 
+def test_a_top_set_with_one_of_its_arrays_twice_holds_two_arrays():
+    """``set_weights`` keeps an array it holds (SGD updated it in place) only in its own
+    slot: given twice (beta set to gamma's values), the second is a copy. Before: both
+    slots held one array, which SGD then updated twice per step (gamma's and beta's
+    gradients both applied to both), silently."""
+    from vgg_np.layers import Layer
+    from vgg_np.train.loop import Top
+
+    ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
+    top = Top([Layer("bn", "batch_norm")], {"bn": (ones, zeros, zeros, ones)})
+    gamma, _, mean, variance = top.weights["bn"]
+    top.set_weights({"bn": (gamma, gamma, mean, variance)})
+    assert top.weights["bn"][0] is gamma and top.weights["bn"][1] is not gamma
+    SGD(lr=0.5, momentum=0.0).step(top, {"bn": (np.full(3, 1.0), np.full(3, -1.0))})
+    np.testing.assert_array_equal(top.weights["bn"][0], 0.5)  # 1 - 0.5 * 1
+    np.testing.assert_array_equal(top.weights["bn"][1], 1.5)  # 1 - 0.5 * -1
+    top.set_weights({"bn": (top.weights["bn"][1], top.weights["bn"][0], mean, variance)})
+    np.testing.assert_array_equal(top.weights["bn"][0], 1.5)  # swapped: both kept apart
+    assert top.weights["bn"][0] is not top.weights["bn"][1]
+
+
+def _other_layout(a: np.ndarray, how: str) -> np.ndarray:
+    """`a`'s values in another memory order: what a user's own conversion hands over."""
+    if how == "fortran":  # a dense kernel from PyTorch's (out, in) weight as ``W.T``
+        return np.asfortranarray(a)
+    # A kernel from PyTorch's OIHW as ``W.transpose(2, 3, 1, 0)``: a view, neither C nor F.
+    return np.ascontiguousarray(a.transpose(3, 2, 0, 1)).transpose(2, 3, 1, 0)
+
+
+@pytest.mark.parametrize("owner", ["top", "vgg"])
+@pytest.mark.parametrize(("name", "how"), [("fc2", "fortran"), ("block5_conv3", "transposed")])
+def test_sgd_on_weights_in_another_memory_order_follows_the_formula(owner, name, how):
+    """Before: the update was written into a temporary C-order copy of a new array laid out
+    like `w` (so the model got uninitialised memory), and a velocity laid out like `w` was
+    never updated (momentum lost) -- silently, with any non-C-contiguous weight."""
+    from vgg_np.train.loop import Top
+
+    model = narrow(dtype="float32")
+    w0, b0 = model.weights[name]
+    odd = _other_layout(w0, how)
+    assert not odd.flags.c_contiguous and np.array_equal(odd, w0)
+    if owner == "top":
+        target = Top([], {name: (odd, b0)})
+    else:
+        model.set_weights({**model.weights, name: (odd, b0)})
+        target = model
+    sgd = SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    rng = np.random.default_rng(2)
+    w64, v64 = w0.astype(np.float64), np.zeros(w0.shape)
+    for _ in range(2):
+        g = rng.standard_normal(w0.shape).astype(np.float32)
+        sgd.step(target, {name: (g, np.zeros_like(b0))})
+        v64 = 0.9 * v64 + g + 1e-3 * w64
+        w64 = w64 - 0.05 * v64
+    got = target.weights[name][0]
+    error = relative_error(got, w64)
+    print(owner, name, how, "first values", got.ravel()[:3], w64.ravel()[:3], f"error {error:.1e}")
+    assert error < SGD_FLOAT32_REL_TOL
+    assert relative_error(sgd.velocity[name][0], v64) < SGD_FLOAT32_REL_TOL
+
+
+@pytest.mark.parametrize("owner", ["top", "vgg"])
+@pytest.mark.parametrize(("name", "how"), [("fc2", "fortran"), ("block5_conv3", "transposed")])
+def test_adam_on_weights_in_another_memory_order_takes_the_steps_of_c_order(owner, name, how):
+    """Adam, updated in chunks through flat views like SGD: its moments laid out like a
+    Fortran or transposed weight were copies, never updated (before, silently)."""
+    from vgg_np.train.loop import Top
+    from vgg_np.train.optim import Adam
+
+    w0, b0 = narrow(dtype="float32").weights[name]
+    targets = []
+    for weight in (_other_layout(w0, how), w0.copy()):
+        if owner == "top":
+            targets.append(Top([], {name: (weight, b0)}))
+        else:
+            model = narrow(dtype="float32")
+            model.set_weights({**model.weights, name: (weight, b0)})
+            targets.append(model)
+    optimizers = [Adam(lr=0.01, weight_decay=1e-3) for _ in targets]
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        g = rng.standard_normal(w0.shape).astype(np.float32)
+        for target, adam in zip(targets, optimizers, strict=True):
+            adam.step(target, {name: (g, np.zeros_like(b0))})
+    odd, plain = (target.weights[name][0] for target in targets)
+    print(owner, name, how, "first values", odd.ravel()[:3], plain.ravel()[:3])
+    np.testing.assert_array_equal(odd, plain)
+    for a, b in zip(optimizers[0].moments[name], optimizers[1].moments[name], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(plain, w0)  # it did train
+
+
+def test_sgd_velocity_loaded_or_given_in_another_memory_order_still_moves():
+    """A velocity read back Fortran-ordered (``np.save`` keeps the order) or set by the
+    user is updated like a fresh one: its momentum carries into the next steps."""
+    from vgg_np.train.loop import Top
+    from vgg_np.train.optim import load_optimizer_state
+
+    w0 = np.arange(6, dtype=np.float32).reshape(2, 3)
+    v0 = np.asfortranarray(np.ones((2, 3), np.float32))
+    given, loaded = SGD(lr=0.5, momentum=0.5), SGD(lr=0.5, momentum=0.5)
+    given.velocity["dense"] = [v0.copy(order="F")]
+    load_optimizer_state(loaded, {}, {"dense/0": v0})
+    for sgd in (given, loaded):
+        top = Top([], {"dense": (w0,)})
+        for _ in range(2):
+            sgd.step(top, {"dense": (np.ones((2, 3), np.float32),)})
+        # v1 = 0.5 * 1 + 1 = 1.5, v2 = 0.5 * 1.5 + 1 = 1.75; w = w0 - 0.5 * (1.5 + 1.75)
+        np.testing.assert_array_equal(sgd.velocity["dense"][0], 1.75)
+        np.testing.assert_array_equal(top.weights["dense"][0], w0 - 1.625)
+
+
 def test_shapes_dataset_is_seeded_and_balanced():
     a, la = shapes_dataset(12, seed=3)
     b, _ = shapes_dataset(12, seed=3)

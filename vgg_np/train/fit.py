@@ -50,7 +50,7 @@ from vgg_np.layers import Layer
 from vgg_np.model import VGG
 from vgg_np.progress import Progress, show_progress
 from vgg_np.streams import decode_batches
-from vgg_np.train import plan, report
+from vgg_np.train import memory, plan, report
 from vgg_np.train.checkpoint import (
     Checkpoint,
     check_fingerprint,
@@ -613,16 +613,21 @@ def fit(
     plan.check_validation(run, patience)
     point = _resume(run, files, _fingerprint(run), optimizer_, restart, epochs)
     resumed = point.epoch
-    try:
-        _epochs(run, point, optimizer_, files, epochs, patience, verbose)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            f"{files['last']} holds the last epoch finished: run the same command again to resume"
-            if os.path.exists(files["last"])
-            else "no epoch was finished (the cached features are kept)"
-        ) from None
-    history = _finish(run, point, output, files, restore_best_weights, resumed)
-    _write_history(run, history, files["history"], feature_seconds)
+    # The memory the steps free is kept for the next epoch, validation and the model's
+    # writing, and given back once, when the run is over (`vgg_np.train.memory`).
+    with memory.kept():
+        try:
+            _epochs(run, point, optimizer_, files, epochs, patience, verbose)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"{files['last']} holds the last epoch finished: run the same command again "
+                "to resume"
+                if os.path.exists(files["last"])
+                else "no epoch was finished (the cached features are kept)"
+            ) from None
+        history = _finish(run, point, output, files, restore_best_weights, resumed)
+        _write_history(run, history, files["history"], feature_seconds)
+        del run, point, optimizer_  # their arrays freed before the memory is given back
     return history
 
 

@@ -75,7 +75,7 @@ class Top:
         self.statistics = dict(statistics or {})
         self.statistics_reason = "given by the caller" if statistics else "no batch norm"
         self._weights = {
-            name: tuple(np.array(a, self.dtype) for a in tensors)  # copies: see owns_weights
+            name: tuple(self._copy(a) for a in tensors)  # copies: see owns_weights
             for name, tensors in weights.items()
         }
 
@@ -94,7 +94,10 @@ class Top:
         problems = [f"missing {name}" for name in self._weights if name not in weights]
         problems += [f"extra {name}" for name in weights if name not in self._weights]
         for name, tensors in self._weights.items():
-            for new, old in zip(weights.get(name, tensors), tensors, strict=False):
+            given = weights.get(name, tensors)
+            if len(given) != len(tensors):
+                problems.append(f"{name}: {len(given)} tensors where {len(tensors)} are needed")
+            for new, old in zip(given, tensors, strict=False):
                 if np.shape(new) != old.shape:
                     problems.append(f"{name} {np.shape(new)} where {old.shape} is needed")
         if problems:
@@ -102,14 +105,19 @@ class Top:
         self._weights = {name: self._own(name, weights[name]) for name in self._weights}
 
     def _own(self, name: str, tensors: tuple[ArrayLike, ...]) -> tuple[np.ndarray, ...]:
-        """`tensors` as arrays of its own: those it holds already (updated in place) kept."""
-        held = self._weights[name]
-        return tuple(self._copy_unless(a, held) for a in tensors)
+        """`tensors` as arrays of its own: each one it holds in that very slot kept.
 
-    def _copy_unless(self, a: ArrayLike, held: tuple[np.ndarray, ...]) -> np.ndarray:
-        if isinstance(a, np.ndarray) and any(a is h for h in held):
-            return a
-        return np.array(a, self.dtype)
+        Only in its own slot: an array held for gamma and given for beta too would be one
+        array in two slots, which `SGD` would then update twice a step.
+        """
+        held = self._weights[name]
+        return tuple(
+            a if i < len(held) and a is held[i] else self._copy(a) for i, a in enumerate(tensors)
+        )
+
+    def _copy(self, a: ArrayLike) -> np.ndarray:
+        # C order whatever the caller's (a transposed view): `SGD` then updates it in place.
+        return np.array(a, self.dtype, order="C")
 
     def not_finite(self) -> list[str]:
         """Name the tensors holding a NaN or an infinity (a run that diverged).

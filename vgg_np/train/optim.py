@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vgg_np.train.step import SGD, _Trainable, update_in_chunks
+from vgg_np.train.step import SGD, _Trainable, state_arrays, update_in_chunks
 
 __all__ = ["OPTIMIZERS", "Adam", "load_optimizer_state", "make_optimizer", "optimizer_state"]
 
@@ -62,9 +62,7 @@ class Adam:
         for name, grads in gradients.items():
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
-            if name not in self.moments:  # (setdefault would allocate them every step)
-                self.moments[name] = [np.zeros_like(w) for w in trained for _ in range(2)]
-            slots = self.moments[name]
+            slots = state_arrays(self.moments, name, trained, 2)  # m, v per tensor
             in_place = getattr(model, "owns_weights", False)
             new = [
                 self._update(w, g, slots[2 * i], slots[2 * i + 1], in_place=in_place)
@@ -153,7 +151,8 @@ def load_optimizer_state(
     """
     slots: dict[str, list[np.ndarray]] = {}
     for key in sorted(arrays, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1]))):
-        slots.setdefault(key.rsplit("/", 1)[0], []).append(np.array(arrays[key]))
+        # C order: SGD updates its velocity in place through a flat view.
+        slots.setdefault(key.rsplit("/", 1)[0], []).append(np.array(arrays[key], order="C"))
     if isinstance(optimizer, Adam):
         optimizer.t, optimizer.moments = int(scalars["t"]), slots
     else:

@@ -339,9 +339,7 @@ class SGD:
         for name, grads in gradients.items():
             # The first len(grads) tensors train; the rest (running statistics) stay.
             trained, kept = weights[name][: len(grads)], weights[name][len(grads) :]
-            if name not in self.velocity:  # (setdefault would allocate it every step)
-                self.velocity[name] = [np.zeros_like(w) for w in trained]
-            velocity = self.velocity[name]
+            velocity = state_arrays(self.velocity, name, trained, 1)
             in_place = getattr(model, "owns_weights", False)
             new = [
                 self._update(*t, in_place=in_place)
@@ -358,7 +356,9 @@ class SGD:
         Per element: ``v = momentum * v + g (+ decay * w)``, ``w = w + (-lr * v)``: `w`, `g`
         and `v` read from memory once, `v` and the new `w` written once.
         """
-        w_flat, g_flat, v_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype)), v.reshape(-1)
+        w_flat, g_flat = np.ravel(w), np.ravel(np.asarray(g, w.dtype))  # C order, as out
+        assert v.flags.c_contiguous, "the velocity is updated through a flat view"
+        v_flat = v.reshape(-1)  # a view
         momentum, decay, step = self.momentum, self.weight_decay, -self.lr
 
         def chunk(c: slice, out: np.ndarray, scratch: list[np.ndarray]) -> None:
@@ -370,6 +370,34 @@ class SGD:
             np.add(ws, np.multiply(vs, step, out=ss), out=out)  # w + (-lr * v)
 
         return update_in_chunks(w, chunk, in_place=in_place)
+
+
+def state_arrays(
+    state: dict[str, list[np.ndarray]], name: str, trained: Sequence[np.ndarray], per: int
+) -> list[np.ndarray]:
+    """Return an optimizer's arrays for layer `name`: `per` per trained tensor, zeros first.
+
+    In C order whatever the weights' (a Fortran kernel, a transposed view) or the order
+    they were given or loaded in: the update writes them through flat views
+    (``a.reshape(-1)``), which of an array in another order would be a copy, and the
+    update lost.
+
+    Examples
+    --------
+    >>> state = {}
+    >>> kernel = np.asfortranarray(np.ones((2, 3)))
+    >>> [a.flags.c_contiguous for a in state_arrays(state, "fc", [kernel], 2)]
+    [True, True]
+    >>> state_arrays(state, "fc", [kernel], 2) is state["fc"]  # made once
+    True
+    """
+    if name not in state:  # (setdefault would allocate them every step)
+        state[name] = [np.zeros(w.shape, w.dtype) for w in trained for _ in range(per)]
+    arrays = state[name]
+    for i, a in enumerate(arrays):  # one set by the user in another order
+        if not a.flags.c_contiguous:
+            arrays[i] = np.array(a, order="C")
+    return arrays
 
 
 def update_in_chunks(
@@ -404,8 +432,11 @@ def update_in_chunks(
     (array([0. , 0.5, 1. , 1.5, 2. ]), array([0., 1., 2., 3., 4.]))
     """
     in_place = in_place and w.flags.writeable and w.flags.c_contiguous
-    out = w if in_place else np.empty_like(w)
-    out_flat = out.reshape(-1)  # a view: out is contiguous
+    # A new array in C order whatever `w`'s (a transposed view, a Fortran kernel): the
+    # results are written through `out_flat`, which must be a view of `out`, not a copy;
+    # the chunks of a flat tensor are `np.ravel`'s (C order) too.
+    out = w if in_place else np.empty(w.shape, w.dtype)
+    out_flat = out.reshape(-1)  # a view: out is C-contiguous
 
     def part(i0: int, i1: int) -> None:
         buffers = [np.empty(min(SGD_CHUNK, i1 - i0), w.dtype) for _ in range(scratch)]
