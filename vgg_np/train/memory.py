@@ -6,9 +6,9 @@ gradients. glibc's malloc hands a freed block above its thresholds back to the k
 (``munmap``, or trimming the top of a thread's heap), so the next step gets fresh pages:
 a page fault on first touch and the kernel zeroing each page, with the step's two threads
 faulting at once. Measured on this 2-core machine (Zen 4, load 1): block 5's step
-(batch 32 of 14x14x512, `benchmarks/train_step.py`) took 8,300-9,800 page faults and
-1216-1262 ms; with the memory kept, none and 999-1093 ms. A convolution alone: 5,200
-faults, 170 ms; none, 105 ms.
+(batch 32 of 14x14x512, `benchmarks/train_step.py`'s) took 5,200-9,800 page faults and
+1125-1297 ms; with the memory kept, none and 999-1093 ms. A convolution alone: 5,200
+faults, 170 ms; none, 105 ms (docs/performance.md, "Training steps").
 
 `kept` raises glibc's two thresholds for the duration of a block (`mallopt`): blocks up
 to `MMAP_THRESHOLD` come from the heaps, and freed memory stays there for the next step.
