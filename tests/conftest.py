@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -16,6 +17,12 @@ from hypothesis import HealthCheck, settings
 
 from tests.reference.make_keras_reference import TINY, TINY_CLASSES
 from vgg_np import VGG, VGGConfig
+
+# A run started in the background by a shell without job control (``pytest ... &`` in a
+# script) inherits SIGINT ignored, and Python then installs no Ctrl-C handler, in itself or
+# in the commands the tests start: the tests of what a Ctrl-C does would see nothing happen.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # -- Paths: every test module reads its fixtures from here, wherever it sits in tests/ ----
 ROOT = pathlib.Path(__file__).resolve().parents[1]
