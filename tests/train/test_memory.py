@@ -192,3 +192,21 @@ def test_a_threshold_put_in_os_environ_later_does_not_stop_it(fake, monkeypatch)
     with memory.kept() as told:
         pass
     assert told is True and fake.calls[-1] == ("malloc_trim", 0)
+
+
+def test_a_ctrl_c_while_the_thresholds_are_set_leaves_no_block_open(fake, monkeypatch):
+    """A KeyboardInterrupt landing in the setting's own calls: before, the block was
+    counted but never ended, so no later block set or gave anything back, for good."""
+
+    def interrupted(parameter, value):
+        fake.calls.append(("mallopt", parameter, value))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fake, "mallopt", interrupted)
+    with pytest.raises(KeyboardInterrupt), memory.kept():
+        pass
+    assert memory._depth == 0
+    monkeypatch.setattr(fake, "mallopt", FakeLibc.mallopt.__get__(fake))
+    with memory.kept():
+        pass
+    assert fake.calls[-1] == ("malloc_trim", 0) and memory._depth == 0

@@ -123,16 +123,21 @@ def kept() -> Iterator[bool]:
     if libc is None:
         yield False
         return
-    with _lock:
-        _depth += 1
-        if _depth == 1:
-            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-            libc.mallopt(_M_TRIM_THRESHOLD, KEPT_TRIM_THRESHOLD)
+    counted = False
     try:
+        with _lock:
+            # No call between the two: a Ctrl-C lands in a call (the setting's), so the
+            # block is counted only where its end will be too.
+            _depth += 1
+            counted = True
+            if _depth == 1:
+                libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                libc.mallopt(_M_TRIM_THRESHOLD, KEPT_TRIM_THRESHOLD)
         yield True
     finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                libc.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-                libc.malloc_trim(0)
+        if counted:
+            with _lock:
+                _depth -= 1
+                if _depth == 0:
+                    libc.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+                    libc.malloc_trim(0)
