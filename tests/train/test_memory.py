@@ -166,16 +166,47 @@ def test_fit_gives_the_memory_back_once_its_model_is_written(fake, tmp_path, mon
     ],
 )
 def test_malloc_thresholds_the_user_set_are_left_as_they_are(fake, monkeypatch, variable, value):
-    """Set by the environment (glibc reads it at start): the user chose; before, `kept`
-    replaced them for good (trim threshold back to glibc's default, not theirs)."""
-    monkeypatch.setenv(variable, value)
+    """Set in the environment the process started with (what glibc reads): the user
+    chose; before, `kept` replaced them for good (the trim threshold set back to glibc's
+    default, not theirs)."""
+    monkeypatch.setattr(memory, "_start_environment", lambda: {"HOME": "/", variable: value})
     with memory.kept() as told:
         pass
     assert told is False and fake.calls == []
 
 
 def test_other_glibc_tunables_do_not_stop_it(fake, monkeypatch):
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    tunables = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    monkeypatch.setattr(memory, "_start_environment", lambda: tunables)
     with memory.kept() as told:
         pass
     assert told is True and fake.calls[-1] == ("malloc_trim", 0)
+
+
+def test_a_threshold_put_in_os_environ_later_does_not_stop_it(fake, monkeypatch):
+    """Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` in `os.environ` for the workers it
+    starts; this process's malloc is unchanged, so `kept` still acts (found by the full
+    suite: after the Dask tests, `kept` did nothing)."""
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert "MALLOC_TRIM_THRESHOLD_" not in memory._start_environment()
+    with memory.kept() as told:
+        pass
+    assert told is True and fake.calls[-1] == ("malloc_trim", 0)
+
+
+def test_a_ctrl_c_while_the_thresholds_are_set_leaves_no_block_open(fake, monkeypatch):
+    """A KeyboardInterrupt landing in the setting's own calls: before, the block was
+    counted but never ended, so no later block set or gave anything back, for good."""
+
+    def interrupted(parameter, value):
+        fake.calls.append(("mallopt", parameter, value))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fake, "mallopt", interrupted)
+    with pytest.raises(KeyboardInterrupt), memory.kept():
+        pass
+    assert memory._depth == 0
+    monkeypatch.setattr(fake, "mallopt", FakeLibc.mallopt.__get__(fake))
+    with memory.kept():
+        pass
+    assert fake.calls[-1] == ("malloc_trim", 0) and memory._depth == 0

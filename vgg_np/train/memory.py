@@ -58,11 +58,28 @@ _lock = threading.Lock()
 _depth = 0
 
 
+def _start_environment() -> dict[str, str]:
+    """Return the environment the process started with, as glibc read it (/proc/self/environ).
+
+    Not `os.environ`, which later code changes: Dask's nanny puts
+    ``MALLOC_TRIM_THRESHOLD_`` there for the workers it starts, which does not change
+    this process's malloc. `os.environ` where ``/proc`` cannot be read.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return dict(os.environ)
+    pairs = (entry.decode(errors="replace").partition("=") for entry in entries if entry)
+    return {name: value for name, _, value in pairs}
+
+
 def _set_by_user() -> bool:
-    """Whether the environment gives malloc thresholds of the user's own."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    """Whether the process started with malloc thresholds of the user's own."""
+    environment = _start_environment()
+    tunables = environment.get("GLIBC_TUNABLES", "")
     return any(
-        f"MALLOC_{name.upper()}_" in os.environ or f"glibc.malloc.{name}" in tunables
+        f"MALLOC_{name.upper()}_" in environment or f"glibc.malloc.{name}" in tunables
         for name in _THRESHOLDS
     )
 
@@ -106,16 +123,21 @@ def kept() -> Iterator[bool]:
     if libc is None:
         yield False
         return
-    with _lock:
-        _depth += 1
-        if _depth == 1:
-            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-            libc.mallopt(_M_TRIM_THRESHOLD, KEPT_TRIM_THRESHOLD)
+    counted = False
     try:
+        with _lock:
+            # No call between the two: a Ctrl-C lands in a call (the setting's), so the
+            # block is counted only where its end will be too.
+            _depth += 1
+            counted = True
+            if _depth == 1:
+                libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                libc.mallopt(_M_TRIM_THRESHOLD, KEPT_TRIM_THRESHOLD)
         yield True
     finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                libc.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-                libc.malloc_trim(0)
+        if counted:
+            with _lock:
+                _depth -= 1
+                if _depth == 0:
+                    libc.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+                    libc.malloc_trim(0)
